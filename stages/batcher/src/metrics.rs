@@ -1,0 +1,47 @@
+//! Metrics on :9094/metrics (a stage the original did not have).
+
+use codelupe_runtime::telemetry::register;
+use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
+
+pub struct BatcherMetrics {
+    pub files_consumed: IntCounter,
+    pub tokens_produced: IntCounter,
+    pub batches_produced: IntCounterVec,
+    pub duplicates_dropped: IntCounter,
+    pub tokenize_duration: Histogram,
+}
+
+impl BatcherMetrics {
+    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            files_consumed: register::counter(
+                r,
+                "batcher_files_consumed_total",
+                "Files read from code-files",
+            )?,
+            tokens_produced: register::counter(
+                r,
+                "batcher_tokens_produced_total",
+                "Tokens packed into published batches",
+            )?,
+            batches_produced: register::counter_vec(
+                r,
+                "batcher_batches_produced_total",
+                "Batches published, by split",
+                "split",
+                &["train", "eval"],
+            )?,
+            duplicates_dropped: register::counter(
+                r,
+                "batcher_duplicates_dropped_total",
+                "Files dropped as exact duplicates",
+            )?,
+            tokenize_duration: register::histogram(
+                r,
+                "batcher_tokenize_duration_seconds",
+                "Time to tokenize one file",
+                prometheus::exponential_buckets(0.0001, 4.0, 10)?,
+            )?,
+        })
+    }
+}

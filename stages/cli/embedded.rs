@@ -1,0 +1,162 @@
+//! `codelupe run`: every stage of topology.yaml in one process, each with its own
+//! metrics port, on an embedded broker unless brokers are given; progress on stderr.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use codelupe_runtime::config::Config;
+use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
+use codelupe_runtime::topology::Topology;
+use codelupe_runtime::StageRuntime;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use prometheus::Registry;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::stages;
+
+pub async fn run_all(
+    brokers: Option<String>,
+    limit: Option<Duration>,
+    topology: &Topology,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // The embedded broker lives until every stage has left its group.
+    let (clients, _embedded) = match brokers {
+        Some(brokers) => (crate::connect(&brokers, config).await?, None),
+        None => {
+            let broker = EmbeddedBroker::start(topology)?;
+            tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
+            (
+                KafkaClients::new(broker.bootstrap_servers(), &config.kafka),
+                Some(broker),
+            )
+        }
+    };
+
+    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(2));
+    let style =
+        ProgressStyle::with_template("{prefix:>11} {spinner} {msg}").expect("static template");
+    let mut tasks = JoinSet::new();
+    let mut watched = Vec::new();
+    for name in topology.stages.keys() {
+        let entry = stages::entry(name)?;
+        let runtime =
+            StageRuntime::resolve(name, topology, config, clients.clone(), shutdown.clone())?;
+        (entry.register_metrics)(&runtime.registry)?;
+        let server = runtime.serve_metrics().await?;
+        let bar = progress.add(
+            ProgressBar::new_spinner()
+                .with_style(style.clone())
+                .with_prefix(name.clone()),
+        );
+        let endpoint = format!("http://{}{}", runtime.metrics_addr, runtime.metrics_path);
+        let status = match entry.launch {
+            Some(launch) => {
+                let stage = name.clone();
+                let fut = launch(runtime.clone());
+                tasks.spawn(async move { (stage, fut.await) });
+                None
+            }
+            None => {
+                runtime.readiness.set_not_ready(entry.not_built());
+                Some(format!("not built yet (issue #{})", entry.issue))
+            }
+        };
+        tracing::info!(stage = %name, %endpoint, status = status.as_deref().unwrap_or("running"), "stage started");
+        watched.push(Watched {
+            bar,
+            endpoint,
+            status,
+            registry: runtime.registry.clone(),
+            server,
+        });
+    }
+
+    let deadline = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = &mut deadline => {
+                tracing::info!("time limit reached");
+                break;
+            }
+            Some(joined) = tasks.join_next() => {
+                let (stage, result) = joined.context("a stage task panicked")?;
+                if let Err(e) = result {
+                    failure = Some(e.context(format!("stage {stage} failed")));
+                    break;
+                }
+            }
+            _ = tick.tick() => watched.iter().for_each(Watched::draw),
+            _ = report.tick(), if progress.is_hidden() => {
+                for w in &watched {
+                    tracing::info!("{}", w.line());
+                }
+            }
+        }
+    }
+    shutdown.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((stage, Err(e))) = joined {
+            failure.get_or_insert(e.context(format!("stage {stage} failed")));
+        }
+    }
+    for w in watched {
+        w.bar.finish_with_message(w.line());
+        let _ = w.server.await;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+struct Watched {
+    bar: ProgressBar,
+    endpoint: String,
+    status: Option<String>,
+    registry: Registry,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Watched {
+    fn draw(&self) {
+        self.bar.set_message(self.line());
+        self.bar.tick();
+    }
+
+    fn line(&self) -> String {
+        let value = |name: &str| -> f64 {
+            self.registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+                .sum()
+        };
+        match &self.status {
+            Some(status) => format!("{}  {status}", self.endpoint),
+            None => format!(
+                "{}  in {}  out {}  dead {}  in flight {}  lag {}",
+                self.endpoint,
+                value("codelupe_records_consumed_total"),
+                value("codelupe_records_produced_total"),
+                value("codelupe_dead_letters_total"),
+                value("codelupe_records_in_flight"),
+                value("codelupe_consumer_lag"),
+            ),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The stages this binary knows: how to register each one's contract metrics and, once
+//! its issue has landed, how to run it.
+
+use anyhow::bail;
+use codelupe_runtime::config::Config;
+use codelupe_runtime::kafka::KafkaClients;
+use codelupe_runtime::topology::Topology;
+use codelupe_runtime::StageRuntime;
+use futures::future::BoxFuture;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+pub struct StageEntry {
+    pub name: &'static str,
+    /// The issue that builds the stage's logic.
+    pub issue: u32,
+    pub register_metrics: fn(&Registry) -> prometheus::Result<()>,
+    /// None until the stage is built: it then refuses to run instead of pretending.
+    pub launch: Option<fn(StageRuntime) -> BoxFuture<'static, anyhow::Result<()>>>,
+}
+
+pub const STAGES: &[StageEntry] = &[
+    StageEntry {
+        name: codelupe_crawler::STAGE,
+        issue: codelupe_crawler::BUILT_BY_ISSUE,
+        register_metrics: |r| codelupe_crawler::metrics::CrawlerMetrics::register(r).map(drop),
+        launch: None,
+    },
+    StageEntry {
+        name: codelupe_downloader::STAGE,
+        issue: codelupe_downloader::BUILT_BY_ISSUE,
+        register_metrics: |r| {
+            codelupe_downloader::metrics::DownloaderMetrics::register(r).map(drop)
+        },
+        launch: None,
+    },
+    StageEntry {
+        name: codelupe_processor::STAGE,
+        issue: codelupe_processor::BUILT_BY_ISSUE,
+        register_metrics: |r| codelupe_processor::metrics::ProcessorMetrics::register(r).map(drop),
+        launch: None,
+    },
+    StageEntry {
+        name: codelupe_batcher::STAGE,
+        issue: codelupe_batcher::BUILT_BY_ISSUE,
+        register_metrics: |r| codelupe_batcher::metrics::BatcherMetrics::register(r).map(drop),
+        launch: None,
+    },
+    StageEntry {
+        name: codelupe_trainer::STAGE,
+        issue: codelupe_trainer::BUILT_BY_ISSUE,
+        register_metrics: |r| codelupe_trainer::metrics::TrainerMetrics::register(r).map(drop),
+        launch: None,
+    },
+];
+
+pub fn entry(name: &str) -> anyhow::Result<&'static StageEntry> {
+    match STAGES.iter().find(|s| s.name == name) {
+        Some(entry) => Ok(entry),
+        None => bail!(
+            "unknown stage {name}; stages are {}",
+            STAGES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+impl StageEntry {
+    pub fn not_built(&self) -> String {
+        format!(
+            "stage {} is not built yet (issue #{})",
+            self.name, self.issue
+        )
+    }
+}
+
+/// `codelupe stage NAME`: one replica, metrics server included, until shutdown.
+pub async fn run_one(
+    name: &str,
+    topology: &Topology,
+    config: &Config,
+    clients: KafkaClients,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let entry = entry(name)?;
+    let Some(launch) = entry.launch else {
+        bail!("{}", entry.not_built());
+    };
+    let runtime = StageRuntime::resolve(name, topology, config, clients, shutdown.clone())?;
+    (entry.register_metrics)(&runtime.registry)?;
+    let server = runtime.serve_metrics().await?;
+    let result = launch(runtime).await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}

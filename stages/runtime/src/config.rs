@@ -1,0 +1,304 @@
+//! The one config loader: a YAML file, then `CODELUPE_*` environment overrides, then
+//! command-line overrides. Unknown keys are errors that name the full key path.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// Environment variables under the prefix that are not config keys.
+const RESERVED_ENV: &[&str] = &["CODELUPE_CONFIG", "CODELUPE_LOG"];
+pub const ENV_PREFIX: &str = "CODELUPE_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    /// Path of topology.yaml; relative paths resolve against the working directory.
+    pub topology: PathBuf,
+    /// Per-stage overrides of topology.yaml and stage options, keyed by stage name.
+    pub stages: BTreeMap<String, StageSettings>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            topology: PathBuf::from("topology.yaml"),
+            stages: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port,...`; absent means the embedded broker (`codelupe run` only).
+    pub brokers: Option<String>,
+    pub dead_letter_topic: String,
+    /// Attempts to reach the cluster at start before giving up.
+    pub connect_attempts: u32,
+    /// First wait between attempts; doubles each time.
+    pub connect_backoff_ms: u64,
+    /// Extra librdkafka properties for every client (security.protocol, sasl.*, ...).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            dead_letter_topic: "dead-letters".into(),
+            connect_attempts: 5,
+            connect_backoff_ms: 500,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageSettings {
+    pub group: Option<String>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub metrics_port: Option<u16>,
+    pub metrics_bind: IpAddr,
+    /// Input records being transformed or awaiting produce acks at once.
+    pub max_in_flight: usize,
+    /// Attempts at a retryable transform error before the record is dead-lettered.
+    pub max_attempts: u32,
+    /// How long shutdown waits for in-flight records before abandoning them uncommitted.
+    pub drain_timeout_ms: u64,
+    /// The stage's own options, read by the stage with [`StageSettings::options`].
+    pub options: Value,
+}
+
+impl Default for StageSettings {
+    fn default() -> Self {
+        Self {
+            group: None,
+            input: None,
+            output: None,
+            metrics_port: None,
+            metrics_bind: IpAddr::from([0, 0, 0, 0]),
+            max_in_flight: 64,
+            max_attempts: 3,
+            drain_timeout_ms: 10_000,
+            options: Value::Null,
+        }
+    }
+}
+
+impl StageSettings {
+    /// Reads this stage's `options` into the stage's own type (deny_unknown_fields there
+    /// makes a misspelt option an error naming `stages.<stage>.options.<key>`).
+    pub fn options<T: DeserializeOwned + Default>(&self, stage: &str) -> Result<T, ConfigError> {
+        if self.options.is_null() {
+            return Ok(T::default());
+        }
+        from_value(self.options.clone(), &format!("stages.{stage}.options"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: not YAML: {source}")]
+    Syntax {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl Config {
+    /// File (optional) + process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                let value: Value =
+                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Syntax {
+                        path: path.into(),
+                        source,
+                    })?;
+                if value.is_null() {
+                    Value::Mapping(Default::default())
+                } else {
+                    value
+                }
+            }
+            None => Value::Mapping(Default::default()),
+        };
+        let mut env: Vec<_> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&k.as_str()))
+            .collect();
+        env.sort();
+        for (var, raw) in &env {
+            apply_env_override(&mut tree, var, raw)?;
+        }
+        from_value(tree, "")
+    }
+
+    /// Settings for one stage; defaults when the config says nothing about it.
+    pub fn stage(&self, name: &str) -> StageSettings {
+        self.stages.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// `CODELUPE_STAGES__PROCESSOR__MAX_IN_FLIGHT=8` sets `stages.processor.max_in_flight`.
+fn apply_env_override(tree: &mut Value, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.into(),
+            message: "empty key segment (use __ between keys)".into(),
+        });
+    }
+    // A scalar in YAML syntax, so numbers and booleans keep their types.
+    let value: Value = serde_yaml::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+    let mut node = tree;
+    for (i, segment) in path.iter().enumerate() {
+        let map = match node {
+            Value::Mapping(map) => map,
+            other if other.is_null() => {
+                *other = Value::Mapping(Default::default());
+                other.as_mapping_mut().expect("just made a mapping")
+            }
+            _ => {
+                return Err(ConfigError::Env {
+                    var: var.into(),
+                    message: format!("`{}` is not a section", path[..i].join(".")),
+                })
+            }
+        };
+        let key = Value::String(segment.clone());
+        if i + 1 == path.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+/// Deserializes with the full path of the offending key in the error.
+pub fn from_value<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        let key = match (prefix.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{inner}"),
+        };
+        ConfigError::Key {
+            key,
+            message: err.into_inner().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_keeps_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "kafka:\n  brokers: a:1\nstages:\n  processor:\n    max_in_flight: 4\n",
+        )
+        .unwrap();
+        let config = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("CODELUPE_KAFKA__BROKERS", "127.0.0.1:19092"),
+                ("CODELUPE_STAGES__PROCESSOR__METRICS_PORT", "9999"),
+                ("CODELUPE_CONFIG", "ignored"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.brokers.as_deref(), Some("127.0.0.1:19092"));
+        let processor = config.stage("processor");
+        assert_eq!(processor.max_in_flight, 4);
+        assert_eq!(processor.metrics_port, Some(9999));
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_the_full_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "stages:\n  processor:\n    max_inflight: 4\n").unwrap();
+        let err = Config::load_with_env(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stages.processor"), "{err}");
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_from_env_is_an_error() {
+        let err = Config::load_with_env(None, env(&[("CODELUPE_KAFKA__BROKER", "x:1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker"), "{err}");
+        assert!(err.contains("kafka"), "{err}");
+    }
+
+    #[test]
+    fn stage_options_errors_are_prefixed() {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Opts {
+            #[allow(dead_code)]
+            workers: Option<u32>,
+        }
+        let config = Config::load_with_env(
+            None,
+            env(&[("CODELUPE_STAGES__PROCESSOR__OPTIONS__WORKRS", "2")]),
+        )
+        .unwrap();
+        let err = config
+            .stage("processor")
+            .options::<Opts>("processor")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stages.processor.options"), "{err}");
+        assert!(err.contains("workrs"), "{err}");
+    }
+}

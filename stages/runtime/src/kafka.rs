@@ -1,0 +1,274 @@
+//! Kafka clients built one way for every stage, the start-up reachability check, the
+//! embedded broker, and topic publishing from topology.yaml.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
+
+use crate::config::KafkaConfig;
+use crate::topology::Topology;
+
+/// Where the brokers are and the extra client properties; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct KafkaClients {
+    pub brokers: String,
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaClients {
+    pub fn new(brokers: impl Into<String>, config: &KafkaConfig) -> Self {
+        Self {
+            brokers: brokers.into(),
+            extra: config
+                .client
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn base(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id);
+        for (k, v) in &self.extra {
+            config.set(k, v);
+        }
+        config
+    }
+
+    /// Idempotent, fully acknowledged producer: a retried send never duplicates within
+    /// a partition, and an ack means every in-sync replica has the record.
+    pub fn producer_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = self.base(client_id);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "zstd");
+        config
+    }
+
+    /// Offsets are stored by the stage loop only after the outputs derived from a record
+    /// are acknowledged; librdkafka's auto-commit then commits what was stored (also on
+    /// partition revoke).
+    pub fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.base(client_id);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "2000");
+        config
+    }
+
+    /// Fails with one line after `attempts` tries, backing off from `first_backoff`.
+    pub async fn wait_until_reachable(
+        &self,
+        attempts: u32,
+        first_backoff: Duration,
+    ) -> anyhow::Result<()> {
+        let probe: BaseProducer = self
+            .base("codelupe-connect-check")
+            .create()
+            .context("cannot create a Kafka client")?;
+        let probe = std::sync::Arc::new(probe);
+        let mut backoff = first_backoff;
+        let mut last_error = String::new();
+        for attempt in 1..=attempts.max(1) {
+            let client = probe.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                client
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(3))
+                    .map(|_| ())
+            })
+            .await?;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last_error = e.to_string();
+                    tracing::warn!(brokers = %self.brokers, attempt, error = %last_error, "Kafka not reachable yet");
+                }
+            }
+            if attempt < attempts {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+        bail!(
+            "cannot reach Kafka at {} after {} attempts: {}",
+            self.brokers,
+            attempts.max(1),
+            last_error
+        )
+    }
+}
+
+/// librdkafka's in-process mock cluster, with the topology's topics created: the
+/// embedded default of `codelupe run` and of unit tests.
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    pub fn start(topology: &Topology) -> anyhow::Result<Self> {
+        let cluster = MockCluster::new(1).context("cannot start the embedded Kafka broker")?;
+        for (name, topic) in &topology.topics {
+            cluster
+                .create_topic(name, topic.partitions, 1)
+                .with_context(|| format!("embedded broker: cannot create topic {name}"))?;
+        }
+        Ok(Self { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}
+
+/// What `apply` did or found, one line each.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub grown: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub drift: Vec<String>,
+}
+
+impl ApplyReport {
+    pub fn changed(&self) -> bool {
+        !self.created.is_empty() || !self.grown.is_empty()
+    }
+}
+
+/// Creates missing topics and grows partition counts to match the topology; reports
+/// settings that differ from it (partitions above the declared count, retention,
+/// cleanup policy) without touching them. Running it twice changes nothing the second time.
+pub async fn apply_topology(
+    clients: &KafkaClients,
+    topology: &Topology,
+) -> anyhow::Result<ApplyReport> {
+    let admin: AdminClient<DefaultClientContext> = clients
+        .base("codelupe-topology")
+        .create()
+        .context("cannot create a Kafka admin client")?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .with_context(|| format!("cannot read cluster metadata from {}", clients.brokers))?;
+    let existing: HashMap<String, usize> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_string(), t.partitions().len()))
+        .collect();
+
+    let mut report = ApplyReport::default();
+    let retention: Vec<String> = topology
+        .topics
+        .values()
+        .map(|t| t.retention_ms.to_string())
+        .collect();
+    let mut to_create = Vec::new();
+    for ((name, topic), retention) in topology.topics.iter().zip(&retention) {
+        if !existing.contains_key(name) {
+            to_create.push(
+                NewTopic::new(
+                    name,
+                    topic.partitions,
+                    TopicReplication::Fixed(topic.replication_factor),
+                )
+                .set("retention.ms", retention)
+                .set("cleanup.policy", topic.cleanup_policy.as_kafka()),
+            );
+        }
+    }
+    if !to_create.is_empty() {
+        for result in admin.create_topics(&to_create, &options).await? {
+            match result {
+                Ok(name) => report.created.push(name),
+                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    report.unchanged.push(name)
+                }
+                Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+            }
+        }
+    }
+
+    let mut to_grow = Vec::new();
+    for (name, topic) in &topology.topics {
+        let Some(&have) = existing.get(name) else {
+            continue;
+        };
+        let want = topic.partitions as usize;
+        if have < want {
+            to_grow.push(NewPartitions::new(name, want));
+        } else if have > want {
+            report.drift.push(format!(
+                "topic {name}: has {have} partitions, topology declares {want} (Kafka cannot shrink a topic)"
+            ));
+        } else {
+            report.unchanged.push(name.clone());
+        }
+    }
+    if !to_grow.is_empty() {
+        for result in admin.create_partitions(&to_grow, &options).await? {
+            match result {
+                Ok(name) => report.grown.push(name),
+                Err((name, code)) => bail!("cannot grow topic {name}: {code}"),
+            }
+        }
+    }
+
+    let specifiers: Vec<_> = topology
+        .topics
+        .keys()
+        .filter(|name| existing.contains_key(*name))
+        .map(|name| ResourceSpecifier::Topic(name))
+        .collect();
+    if !specifiers.is_empty() {
+        for result in admin.describe_configs(&specifiers, &options).await? {
+            let resource = result.map_err(|e| anyhow!("cannot describe topic configs: {e}"))?;
+            let rdkafka::admin::OwnedResourceSpecifier::Topic(name) = &resource.specifier else {
+                continue;
+            };
+            let Some(topic) = topology.topics.get(name) else {
+                continue;
+            };
+            let entries = resource.entry_map();
+            let want = [
+                ("retention.ms", topic.retention_ms.to_string()),
+                (
+                    "cleanup.policy",
+                    topic.cleanup_policy.as_kafka().to_string(),
+                ),
+            ];
+            for (key, want) in want {
+                let have = entries.get(key).and_then(|e| e.value.clone());
+                if have.as_deref() != Some(want.as_str()) {
+                    report.drift.push(format!(
+                        "topic {name}: {key} is {}, topology declares {want}",
+                        have.as_deref().unwrap_or("unset")
+                    ));
+                }
+            }
+        }
+    }
+    report.unchanged.sort();
+    report.unchanged.dedup();
+    Ok(report)
+}

@@ -1,0 +1,16 @@
+//! What every CodeLupe stage shares: config, topology, Avro records, the Kafka loop
+//! and the metrics server. A stage crate holds only its own domain logic.
+
+pub mod codec;
+pub mod config;
+pub mod kafka;
+pub mod offsets;
+pub mod pipeline;
+pub mod records;
+pub mod stage;
+pub mod telemetry;
+pub mod topology;
+
+pub use codec::AvroRecord;
+pub use pipeline::{Keyed, Publisher, Transform, TransformError};
+pub use stage::StageRuntime;

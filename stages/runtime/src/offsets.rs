@@ -1,0 +1,89 @@
+//! Which input offsets may be committed. Records of a partition finish out of order
+//! (they are transformed concurrently); an offset is committable only when it and
+//! every offset before it have had all their outputs acknowledged.
+
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+struct PartitionOffsets {
+    pending: BTreeSet<i64>,
+    /// One past the highest offset seen.
+    next_unseen: i64,
+    /// The last value handed out for storing (the next offset to consume).
+    stored: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<i32, PartitionOffsets>,
+}
+
+impl OffsetTracker {
+    pub fn begin(&mut self, partition: i32, offset: i64) {
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionOffsets {
+                stored: offset,
+                ..Default::default()
+            });
+        p.pending.insert(offset);
+        p.next_unseen = p.next_unseen.max(offset + 1);
+    }
+
+    /// Marks `offset` done; returns the new contiguous high-water mark (the offset to
+    /// store, i.e. the next one to consume) when it moved.
+    pub fn complete(&mut self, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&partition)?;
+        if !p.pending.remove(&offset) {
+            return None;
+        }
+        let low = p.pending.first().copied().unwrap_or(p.next_unseen);
+        (low > p.stored).then(|| {
+            p.stored = low;
+            low
+        })
+    }
+
+    /// Forgets partitions this consumer no longer owns; late completions for them are
+    /// ignored (their outputs are acknowledged, so a replay is only a duplicate).
+    pub fn revoke(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        for partition in partitions {
+            self.partitions.remove(&partition);
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.pending.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_water_mark_waits_for_the_lowest_pending_offset() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            t.begin(0, o);
+        }
+        assert_eq!(t.complete(0, 12), None);
+        assert_eq!(t.complete(0, 11), None);
+        assert_eq!(t.complete(0, 10), Some(13));
+        assert_eq!(t.complete(0, 14), None);
+        assert_eq!(t.complete(0, 13), Some(15));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn partitions_are_independent_and_revocation_forgets() {
+        let mut t = OffsetTracker::default();
+        t.begin(0, 0);
+        t.begin(1, 5);
+        assert_eq!(t.complete(1, 5), Some(6));
+        t.revoke([0]);
+        assert_eq!(t.complete(0, 0), None);
+        assert_eq!(t.complete(1, 5), None, "a repeated completion is ignored");
+    }
+}

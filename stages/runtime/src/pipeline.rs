@@ -1,0 +1,524 @@
+//! The one consume → transform → produce loop every consuming stage runs.
+//!
+//! Delivery: at-least-once with an idempotent producer. Records are transformed
+//! concurrently (up to `max_in_flight`); an input offset is stored only once every
+//! output derived from it (or its dead letter) is acknowledged, using the contiguous
+//! high-water mark per partition, and librdkafka's auto-commit commits stored offsets
+//! periodically, on revoke and on close. A crash replays at most the uncommitted tail.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::AvroRecord;
+use crate::offsets::OffsetTracker;
+use crate::records::{now_ms, DeadLetter};
+use crate::stage::StageRuntime;
+use crate::telemetry::{register, Readiness};
+
+/// An output record and the key that routes it to its partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyed<T> {
+    pub key: String,
+    pub value: T,
+}
+
+/// Why a record could not be transformed. `reason` is a bounded label value.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TransformError {
+    pub reason: &'static str,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl TransformError {
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn retryable(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// A stage's domain logic: decode → decide → outputs. Everything about Kafka is here
+/// in the runtime, not in the stage.
+pub trait Transform: Send + Sync + 'static {
+    type Input: AvroRecord;
+    type Output: AvroRecord;
+
+    fn transform(
+        &self,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Vec<Keyed<Self::Output>>, TransformError>> + Send;
+}
+
+/// Counts and gauges every consuming stage exports next to its own metrics.
+#[derive(Clone)]
+pub struct LoopMetrics {
+    pub consumed: IntCounter,
+    pub produced: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub retries: IntCounter,
+    pub in_flight: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub last_processed: IntGauge,
+}
+
+impl LoopMetrics {
+    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            consumed: register::counter(
+                r,
+                "codelupe_records_consumed_total",
+                "Input records received from Kafka",
+            )?,
+            produced: register::counter(
+                r,
+                "codelupe_records_produced_total",
+                "Output records acknowledged by Kafka",
+            )?,
+            dead_letters: register::counter_vec(
+                r,
+                "codelupe_dead_letters_total",
+                "Input records sent to the dead-letter topic",
+                "reason",
+                &["decode", "transform"],
+            )?,
+            retries: register::counter(
+                r,
+                "codelupe_transform_retries_total",
+                "Transform attempts repeated after a retryable error",
+            )?,
+            in_flight: register::int_gauge(
+                r,
+                "codelupe_records_in_flight",
+                "Input records being transformed or awaiting produce acknowledgements",
+            )?,
+            consumer_lag: register::int_gauge_vec(
+                r,
+                "codelupe_consumer_lag",
+                "Records between the consumer position and the partition end",
+                &["topic", "partition"],
+            )?,
+            last_processed: register::int_gauge(
+                r,
+                "codelupe_last_processed_timestamp_seconds",
+                "Unix time the last input record was fully handled",
+            )?,
+        })
+    }
+}
+
+/// Sends records and waits for the broker's acknowledgement, retrying with backoff until
+/// it comes or shutdown abandons the send. The only way records leave a stage.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    shutdown: CancellationToken,
+}
+
+/// The send was abandoned because the stage is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("send abandoned: shutting down")]
+pub struct Abandoned;
+
+impl Publisher {
+    pub fn new(runtime: &StageRuntime) -> anyhow::Result<Self> {
+        let producer = runtime
+            .clients
+            .producer_config(&runtime.client_id())
+            .create()
+            .context("cannot create the Kafka producer")?;
+        Ok(Self {
+            producer,
+            shutdown: runtime.shutdown.clone(),
+        })
+    }
+
+    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), Abandoned> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let record = FutureRecord::to(topic).key(key).payload(payload);
+            let error = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Abandoned),
+                result = self.producer.send(record, Timeout::Never) => match result {
+                    Ok(_) => return Ok(()),
+                    Err((error, _)) => error,
+                },
+            };
+            tracing::warn!(%topic, %error, ?backoff, "produce failed; retrying");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Abandoned),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    pub async fn send_record<T: AvroRecord>(
+        &self,
+        topic: &str,
+        record: &Keyed<T>,
+    ) -> Result<Result<(), Abandoned>, crate::codec::CodecError> {
+        let payload = record.value.encode()?;
+        Ok(self.send(topic, record.key.as_bytes(), &payload).await)
+    }
+
+    /// Waits for queued records to be acknowledged (used before a source stage exits).
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer
+            .flush(timeout)
+            .context("records were still unacknowledged at exit")
+    }
+}
+
+enum Event {
+    Revoked(Vec<i32>),
+}
+
+/// Consumer callbacks: readiness and lag from librdkafka, revocations to the loop.
+struct LoopContext {
+    readiness: Arc<Readiness>,
+    lag: IntGaugeVec,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            for e in list.elements() {
+                let _ = self
+                    .lag
+                    .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+            }
+            tracing::info!(?partitions, "partitions revoked");
+            let _ = self.events.send(Event::Revoked(partitions));
+        }
+    }
+
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+                self.readiness.set_ready();
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => self
+                .readiness
+                .set_not_ready(format!("rebalance failed: {e}")),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Nothing new to commit is reported as an error by librdkafka; not a problem.
+            if !matches!(
+                e.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::NoOffset)
+            ) {
+                tracing::warn!(error = %e, "offset commit failed; it is retried on the next commit");
+            }
+        }
+    }
+}
+
+/// Runs `transform` over the stage's input until shutdown.
+pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::Result<()> {
+    let (input, group) = runtime.require_input()?;
+    let output = runtime.output.clone();
+    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let context = LoopContext {
+        readiness: runtime.readiness.clone(),
+        lag: metrics.consumer_lag.clone(),
+        events: events_tx,
+    };
+    let consumer: StreamConsumer<LoopContext> = runtime
+        .clients
+        .consumer_config(&runtime.client_id(), group)
+        .create_with_context(context)
+        .context("cannot create the Kafka consumer")?;
+    let consumer = Arc::new(consumer);
+    consumer
+        .subscribe(&[input])
+        .with_context(|| format!("cannot subscribe to {input}"))?;
+    runtime.readiness.set_not_ready(format!(
+        "waiting for a partition assignment in group {group}"
+    ));
+
+    let shared = Arc::new(Shared {
+        transform,
+        publisher: Publisher::new(runtime)?,
+        output,
+        stage: runtime.name.clone(),
+        dead_letter_topic: runtime.dead_letter_topic.clone(),
+        max_attempts: runtime.settings.max_attempts.max(1),
+        metrics: metrics.clone(),
+    });
+    let permits = Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
+    let mut tracker = OffsetTracker::default();
+    let mut tasks = JoinSet::new();
+    let mut stream = consumer.stream();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = runtime.shutdown.cancelled() => break,
+            Some(Event::Revoked(partitions)) = events_rx.recv() => tracker.revoke(partitions),
+            Some((partition, offset)) = done_rx.recv() => {
+                store(&consumer, input, &mut tracker, partition, offset);
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // Only this loop takes permits, so one is free whenever the guard holds.
+            message = stream.next(), if permits.available_permits() > 0 => {
+                let permit = permits.clone().try_acquire_owned().expect("guarded by available_permits");
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                    None => break,
+                };
+                metrics.consumed.inc();
+                metrics.in_flight.inc();
+                let record = InputRecord {
+                    topic: message.topic().to_string(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                };
+                tracker.begin(record.partition, record.offset);
+                let shared = shared.clone();
+                let done = done_tx.clone();
+                tasks.spawn(async move {
+                    let handled = shared.handle(&record).await;
+                    shared.metrics.in_flight.dec();
+                    drop(permit);
+                    if handled.is_ok() {
+                        shared.metrics.last_processed.set(now_ms() / 1000);
+                        let _ = done.send((record.partition, record.offset));
+                    }
+                });
+            }
+        }
+    }
+    drop(stream);
+
+    // Drain: give in-flight records a bounded time to finish so their offsets can be
+    // stored; whatever is left is abandoned uncommitted and replayed by the next owner.
+    let drain = Duration::from_millis(runtime.settings.drain_timeout_ms);
+    let deadline = tokio::time::Instant::now() + drain;
+    tracing::info!(stage = %runtime.name, in_flight = tracker.in_flight(), "draining");
+    loop {
+        tokio::select! {
+            Some((partition, offset)) = done_rx.recv() => store(&consumer, input, &mut tracker, partition, offset),
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(abandoned = tasks.len(), "drain timeout: abandoning in-flight records uncommitted");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    while let Ok((partition, offset)) = done_rx.try_recv() {
+        store(&consumer, input, &mut tracker, partition, offset);
+    }
+    // Commit what was stored, then leave the group (the drop closes the consumer);
+    // both block, so off the async workers.
+    drop(shared);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit");
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .await?;
+    Ok(())
+}
+
+fn store(
+    consumer: &StreamConsumer<LoopContext>,
+    topic: &str,
+    tracker: &mut OffsetTracker,
+    partition: i32,
+    offset: i64,
+) {
+    let Some(next) = tracker.complete(partition, offset) else {
+        return;
+    };
+    let mut list = TopicPartitionList::new();
+    if list
+        .add_partition_offset(topic, partition, Offset::Offset(next))
+        .is_ok()
+    {
+        if let Err(e) = consumer.store_offsets(&list) {
+            // The partition moved to another member meanwhile; it will replay from
+            // that member's committed offset.
+            tracing::debug!(partition, next, error = %e, "offset not stored");
+        }
+    }
+}
+
+struct InputRecord {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+struct Shared<T: Transform> {
+    transform: T,
+    publisher: Publisher,
+    output: Option<String>,
+    stage: String,
+    dead_letter_topic: String,
+    max_attempts: u32,
+    metrics: LoopMetrics,
+}
+
+impl<T: Transform> Shared<T> {
+    /// Transforms one record and publishes its outputs or its dead letter; Ok means
+    /// everything derived from it is acknowledged and its offset may be stored.
+    async fn handle(&self, record: &InputRecord) -> Result<(), Abandoned> {
+        let outcome = self.transform_with_retries(record).await;
+        let outputs = match outcome {
+            Ok(outputs) => outputs,
+            Err((reason, error, attempts)) => {
+                return self.dead_letter(record, reason, error, attempts).await;
+            }
+        };
+        let Some(topic) = self.output.as_deref() else {
+            if !outputs.is_empty() {
+                let error = format!(
+                    "stage {} has no output topic but produced records",
+                    self.stage
+                );
+                return self.dead_letter(record, "no_output_topic", error, 1).await;
+            }
+            return Ok(());
+        };
+        let mut encoded = Vec::with_capacity(outputs.len());
+        for output in &outputs {
+            match output.value.encode() {
+                Ok(bytes) => encoded.push((output.key.as_bytes(), bytes)),
+                Err(e) => return self.dead_letter(record, "encode", e.to_string(), 1).await,
+            }
+        }
+        let sends = encoded
+            .iter()
+            .map(|(key, bytes)| self.publisher.send(topic, key, bytes));
+        for result in futures::future::join_all(sends).await {
+            result?;
+            self.metrics.produced.inc();
+        }
+        Ok(())
+    }
+
+    async fn transform_with_retries(
+        &self,
+        record: &InputRecord,
+    ) -> Result<Vec<Keyed<T::Output>>, (&'static str, String, u32)> {
+        let Some(value) = record.value.as_deref() else {
+            return Err(("empty_value", "record has no value".into(), 1));
+        };
+        let mut attempt = 1;
+        loop {
+            // Decoding each attempt keeps `Input` free of a Clone bound; it is cheap.
+            let input = T::Input::decode(value).map_err(|e| ("decode", e.to_string(), attempt))?;
+            match self.transform.transform(input).await {
+                Ok(outputs) => return Ok(outputs),
+                Err(e) if e.retryable && attempt < self.max_attempts => {
+                    self.metrics.retries.inc();
+                    tracing::debug!(reason = e.reason, error = %e, attempt, "retrying transform");
+                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt - 1))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err((e.reason, e.message, attempt)),
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        record: &InputRecord,
+        reason: &'static str,
+        error: String,
+        attempts: u32,
+    ) -> Result<(), Abandoned> {
+        tracing::warn!(
+            stage = %self.stage, reason, %error,
+            topic = %record.topic, partition = record.partition, offset = record.offset,
+            "dead-lettering record"
+        );
+        let letter = DeadLetter {
+            stage: self.stage.clone(),
+            reason: reason.to_string(),
+            error,
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            attempts: attempts as i32,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            failed_at_ms: now_ms(),
+        };
+        let payload = letter
+            .encode()
+            .expect("a DeadLetter always encodes: its schema is tested");
+        self.publisher
+            .send(
+                &self.dead_letter_topic,
+                record.key.as_deref().unwrap_or_default(),
+                &payload,
+            )
+            .await?;
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! One Rust type per schema in `schemas/`; the `.avsc` files are the source of truth
+//! and `tests/` check each type against its file.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use serde_avro_fast::Schema;
+
+use crate::codec::{parse_embedded, AvroRecord};
+
+macro_rules! avro_record {
+    ($ty:ty, $file:literal) => {
+        impl AvroRecord for $ty {
+            const SCHEMA_FILE: &'static str = $file;
+            const SCHEMA_JSON: &'static str = include_str!(concat!("../../../schemas/", $file));
+            fn schema() -> &'static Schema {
+                static SCHEMA: OnceLock<Schema> = OnceLock::new();
+                parse_embedded(&SCHEMA, $file, Self::SCHEMA_JSON)
+            }
+        }
+    };
+}
+
+/// `repo-urls`: a repository the crawler found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoUrl {
+    pub full_name: String,
+    pub clone_url: String,
+    pub default_branch: Option<String>,
+    pub language: Option<String>,
+    pub stars: i64,
+    pub forks: i64,
+    pub size_kb: i64,
+    pub topics: Vec<String>,
+    pub license_spdx: Option<String>,
+    pub archived: bool,
+    pub fork: bool,
+    pub created_at_ms: Option<i64>,
+    pub pushed_at_ms: Option<i64>,
+    pub description: Option<String>,
+    pub source: String,
+    pub discovered_at_ms: i64,
+}
+avro_record!(RepoUrl, "repo-urls.avsc");
+
+/// `repo-clones`: a reference to a bare clone in the clone store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepoClone {
+    pub full_name: String,
+    pub clone_uri: String,
+    pub commit_id: String,
+    pub default_branch: Option<String>,
+    pub size_bytes: i64,
+    pub file_count: i64,
+    pub lines_by_language: BTreeMap<String, i64>,
+    pub quality_score: f64,
+    pub cloned_at_ms: i64,
+}
+avro_record!(RepoClone, "repo-clones.avsc");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParseStats {
+    pub error_node_share: f64,
+    pub function_count: i64,
+    pub type_count: i64,
+    pub comment_share: f64,
+    pub max_depth: i64,
+}
+
+/// `code-files`: one file worth training on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeFile {
+    pub content_hash: String,
+    pub repo_full_name: String,
+    pub commit_id: String,
+    pub path: String,
+    pub language: String,
+    pub content: String,
+    pub size_bytes: i64,
+    pub lines: i64,
+    pub quality_score: f64,
+    pub quality_components: BTreeMap<String, f64>,
+    pub parse_stats: Option<ParseStats>,
+}
+avro_record!(CodeFile, "code-files.avsc");
+
+/// `training-batches`: token ids packed into fixed-length sequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingBatch {
+    pub batch_id: String,
+    pub split: String,
+    pub sequence_length: i32,
+    pub token_ids: Vec<i32>,
+    pub document_starts: Vec<i32>,
+    pub content_hashes: Vec<String>,
+    pub tokenizer_fingerprint: String,
+}
+avro_record!(TrainingBatch, "training-batches.avsc");
+
+/// `dead-letters`: a record a stage could not handle, with why and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub stage: String,
+    pub reason: String,
+    pub error: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub attempts: i32,
+    #[serde(with = "serde_bytes")]
+    pub key: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+    pub failed_at_ms: i64,
+}
+avro_record!(DeadLetter, "dead-letter.avsc");
+
+/// Milliseconds since the Unix epoch, the unit of every `*_ms` field.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

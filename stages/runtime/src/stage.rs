@@ -1,0 +1,113 @@
+//! What one stage process (or one stage inside `codelupe run`) is handed: its resolved
+//! topics and group, Kafka clients, metrics registry, readiness and shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail};
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, StageSettings};
+use crate::kafka::KafkaClients;
+use crate::telemetry::{self, Readiness};
+use crate::topology::Topology;
+
+#[derive(Clone)]
+pub struct StageRuntime {
+    pub name: String,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub group: Option<String>,
+    pub metrics_addr: SocketAddr,
+    pub metrics_path: String,
+    pub dead_letter_topic: String,
+    pub settings: StageSettings,
+    pub clients: KafkaClients,
+    pub registry: Registry,
+    pub readiness: Arc<Readiness>,
+    pub shutdown: CancellationToken,
+}
+
+impl StageRuntime {
+    /// Topology entry overridden by the config's `stages.<name>` section.
+    pub fn resolve(
+        name: &str,
+        topology: &Topology,
+        config: &Config,
+        clients: KafkaClients,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let spec = topology
+            .stage(name)
+            .ok_or_else(|| anyhow!("stage {name} is not declared in topology.yaml"))?;
+        let settings = config.stage(name);
+        let input = settings.input.clone().or_else(|| spec.input.clone());
+        let output = settings.output.clone().or_else(|| spec.output.clone());
+        for topic in input.iter().chain(output.iter()) {
+            if !topology.topics.contains_key(topic) {
+                bail!("stage {name}: topic {topic} is not declared in topology.yaml");
+            }
+        }
+        if !topology
+            .topics
+            .contains_key(&config.kafka.dead_letter_topic)
+        {
+            bail!(
+                "config key `kafka.dead_letter_topic`: topic {} is not declared in topology.yaml",
+                config.kafka.dead_letter_topic
+            );
+        }
+        let port = settings.metrics_port.unwrap_or(spec.metrics.port);
+        Ok(Self {
+            name: name.to_string(),
+            group: settings.group.clone().or_else(|| spec.group.clone()),
+            input,
+            output,
+            metrics_addr: SocketAddr::new(settings.metrics_bind, port),
+            metrics_path: spec.metrics.path.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            settings,
+            clients,
+            registry: telemetry::new_registry(),
+            readiness: Readiness::new("starting"),
+            shutdown,
+        })
+    }
+
+    /// Config keys under `stages.<name>` that a stage did not expect are caught when
+    /// the stage reads its options; this checks the section names themselves.
+    pub fn check_stage_sections(topology: &Topology, config: &Config) -> anyhow::Result<()> {
+        for name in config.stages.keys() {
+            if topology.stage(name).is_none() {
+                bail!("config key `stages.{name}`: no stage of that name in topology.yaml");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn serve_metrics(&self) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        telemetry::serve(
+            self.metrics_addr,
+            self.metrics_path.clone(),
+            self.registry.clone(),
+            self.readiness.clone(),
+            self.shutdown.clone(),
+        )
+        .await
+    }
+
+    pub fn require_input(&self) -> anyhow::Result<(&str, &str)> {
+        match (&self.input, &self.group) {
+            (Some(input), Some(group)) => Ok((input, group)),
+            _ => bail!(
+                "stage {} needs an input topic and a consumer group",
+                self.name
+            ),
+        }
+    }
+
+    pub fn client_id(&self) -> String {
+        format!("codelupe-{}", self.name)
+    }
+}

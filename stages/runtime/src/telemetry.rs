@@ -1,0 +1,234 @@
+//! The one HTTP server of a stage process: Prometheus metrics at the path topology.yaml
+//! gives, `/healthz` (the process answers) and `/readyz` (joined its group / connected).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Readiness of one stage, set by the Kafka loop (assignment received, producer
+/// connected) and read by `/readyz`.
+#[derive(Debug)]
+pub struct Readiness {
+    ready: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Readiness {
+    pub fn new(initial_reason: &str) -> Arc<Self> {
+        Arc::new(Self {
+            ready: AtomicBool::new(false),
+            reason: Mutex::new(initial_reason.into()),
+        })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.reason.lock().expect("readiness lock") = reason.into();
+        self.ready.store(false, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason.lock().expect("readiness lock").clone()
+    }
+}
+
+/// A new registry with the process collector (CPU, memory, fds). No namespace: the
+/// contract metric names carry their own prefixes.
+pub fn new_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector registers once per registry");
+    registry
+}
+
+/// Binds now (so a taken port fails the start with a clear error) and serves until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics_path: String,
+    registry: Registry,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let state = Arc::new((metrics_path, registry, readiness));
+    Ok(tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics server: accept failed");
+                        continue;
+                    }
+                },
+            };
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            // One task per connection, so a slow scraper never blocks another.
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(&req, &state.0, &state.1, &state.2)) }
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                }
+            });
+        }
+    }))
+}
+
+fn route(
+    req: &Request<Incoming>,
+    metrics_path: &str,
+    registry: &Registry,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path == metrics_path {
+        let encoder = TextEncoder::new();
+        let mut body = Vec::new();
+        if let Err(e) = encoder.encode(&registry.gather(), &mut body) {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding metrics: {e}\n"),
+            );
+        }
+        return Response::builder()
+            .header("content-type", encoder.format_type())
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts");
+    }
+    match path {
+        "/healthz" | "/health" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" | "/ready" => {
+            if readiness.is_ready() {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {}\n", readiness.reason()),
+                )
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("no such path; metrics are at {metrics_path}\n"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+/// Registration helpers, so each stage's metrics module is a list of names and helps.
+pub mod register {
+    use prometheus::core::Collector;
+    use prometheus::{
+        Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+        IntGaugeVec, Opts, Registry,
+    };
+
+    fn add<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
+        registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    pub fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        add(r, IntCounter::new(name, help)?)
+    }
+
+    /// A labelled counter whose known label values exist at 0 from the start, so
+    /// `rate()` and alert rules see a series before the first event.
+    pub fn counter_vec(
+        r: &Registry,
+        name: &str,
+        help: &str,
+        label: &str,
+        known: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let c = add(r, IntCounterVec::new(Opts::new(name, help), &[label])?)?;
+        for value in known {
+            c.with_label_values(&[*value]);
+        }
+        Ok(c)
+    }
+
+    pub fn int_gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        add(r, IntGauge::new(name, help)?)
+    }
+
+    pub fn int_gauge_vec(
+        r: &Registry,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        add(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    pub fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
+        add(r, Gauge::new(name, help)?)
+    }
+
+    pub fn gauge_vec(
+        r: &Registry,
+        name: &str,
+        help: &str,
+        label: &str,
+        known: &[&str],
+    ) -> prometheus::Result<GaugeVec> {
+        let g = add(r, GaugeVec::new(Opts::new(name, help), &[label])?)?;
+        for value in known {
+            g.with_label_values(&[*value]);
+        }
+        Ok(g)
+    }
+
+    pub fn histogram(
+        r: &Registry,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> prometheus::Result<Histogram> {
+        add(
+            r,
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?,
+        )
+    }
+}

@@ -1,0 +1,63 @@
+//! Metrics on :8090/prometheus, names and labels from the original system. Training
+//! runs take minutes to hours, so the duration buckets do too (the original's stopped
+//! at 10 s).
+
+use codelupe_runtime::telemetry::register;
+use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, Registry};
+
+pub struct TrainerMetrics {
+    pub training_runs: IntCounter,
+    pub files_trained: IntCounter,
+    pub samples_trained: IntCounter,
+    pub current_loss: Gauge,
+    pub current_eval_loss: Gauge,
+    pub gpu_memory_bytes: Gauge,
+    pub dataset_size: GaugeVec,
+    pub training_duration: Histogram,
+}
+
+impl TrainerMetrics {
+    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            training_runs: register::counter(
+                r,
+                "trainer_training_runs_total",
+                "Training runs completed",
+            )?,
+            files_trained: register::counter(
+                r,
+                "trainer_files_trained_total",
+                "Files whose tokens were trained on",
+            )?,
+            samples_trained: register::counter(
+                r,
+                "trainer_samples_trained_total",
+                "Sequences trained on",
+            )?,
+            current_loss: register::gauge(
+                r,
+                "trainer_current_loss",
+                "Training loss of the last step",
+            )?,
+            current_eval_loss: register::gauge(
+                r,
+                "trainer_current_eval_loss",
+                "Loss on the fixed eval set at the last evaluation",
+            )?,
+            gpu_memory_bytes: register::gauge(r, "trainer_gpu_memory_bytes", "GPU memory in use")?,
+            dataset_size: register::gauge_vec(
+                r,
+                "trainer_dataset_size",
+                "Sequences available, by split",
+                "split",
+                &["train", "eval"],
+            )?,
+            training_duration: register::histogram(
+                r,
+                "trainer_training_duration_seconds",
+                "Duration of one training run",
+                vec![60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0],
+            )?,
+        })
+    }
+}

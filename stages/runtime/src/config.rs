@@ -44,7 +44,11 @@ pub struct KafkaConfig {
     /// First wait between attempts; doubles each time.
     pub connect_backoff_ms: u64,
     /// Extra librdkafka properties for every client (security.protocol, sasl.*, ...).
+    #[serde(deserialize_with = "scalar_map")]
     pub client: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers only (session.timeout.ms, ...).
+    #[serde(deserialize_with = "scalar_map")]
+    pub consumer: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -55,8 +59,27 @@ impl Default for KafkaConfig {
             connect_attempts: 5,
             connect_backoff_ms: 500,
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
         }
     }
+}
+
+/// librdkafka properties are strings; YAML (and env overrides) may spell them as
+/// numbers or booleans.
+fn scalar_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => Ok((k, s)),
+            Value::Number(n) => Ok((k, n.to_string())),
+            Value::Bool(b) => Ok((k, b.to_string())),
+            _ => Err(serde::de::Error::custom(format!(
+                "{k}: expected a string, number or boolean"
+            ))),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,7 @@ use crate::topology::Topology;
 pub struct KafkaClients {
     pub brokers: String,
     pub extra: Vec<(String, String)>,
+    pub consumer_extra: Vec<(String, String)>,
 }
 
 impl KafkaClients {
@@ -29,6 +30,11 @@ impl KafkaClients {
             brokers: brokers.into(),
             extra: config
                 .client
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            consumer_extra: config
+                .consumer
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
@@ -71,6 +77,9 @@ impl KafkaClients {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "2000");
+        for (k, v) in &self.consumer_extra {
+            config.set(k, v);
+        }
         config
     }
 

@@ -1,0 +1,272 @@
+//! The stage runtime's delivery guarantees on the real broker: nothing lost when a
+//! replica dies, undecodable records dead-lettered without stopping the stage.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use codelupe_runtime::config::Config;
+use codelupe_runtime::kafka::KafkaClients;
+use codelupe_runtime::records::{DeadLetter, RepoUrl};
+use codelupe_runtime::topology::Topology;
+use codelupe_runtime::{AvroRecord, Keyed, StageRuntime, Transform, TransformError};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+/// The test stage: passes each repository through unchanged, keyed by name.
+struct Relay;
+
+impl Transform for Relay {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+
+    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+        Ok(vec![Keyed {
+            key: input.full_name.clone(),
+            value: input,
+        }])
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn produce(topic: &str, records: impl Iterator<Item = RepoUrl>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends: Vec<_> = records
+        .map(|r| {
+            let payload = r.encode().unwrap();
+            let producer = producer.clone();
+            let topic = topic.to_string();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&r.full_name).payload(&payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .collect();
+    futures::future::join_all(sends).await;
+}
+
+/// Not a test on its own: one relay replica, run as a child process by
+/// `replica_killed_mid_stream_loses_nothing` so it can be SIGKILLed like a real one.
+#[test]
+#[ignore = "child process of replica_killed_mid_stream_loses_nothing"]
+fn relay_replica_process() {
+    let topology = Topology::load(std::env::var("RELAY_TOPOLOGY").unwrap().as_ref()).unwrap();
+    let config = Config::load(None).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let clients = KafkaClients::new(brokers(), &config.kafka);
+        let shutdown = CancellationToken::new();
+        let stage =
+            StageRuntime::resolve("relay", &topology, &config, clients, shutdown.clone()).unwrap();
+        let server = stage.serve_metrics().await.unwrap();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            term.recv().await;
+            cancel.cancel();
+        });
+        codelupe_runtime::pipeline::run(Relay, &stage)
+            .await
+            .unwrap();
+        server.await.unwrap();
+    });
+}
+
+fn spawn_replica(topology: &std::path::Path, dead: &str, port: u16) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "relay_replica_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RELAY_TOPOLOGY", topology)
+        .env("CODELUPE_KAFKA__DEAD_LETTER_TOPIC", dead)
+        .env("CODELUPE_STAGES__RELAY__METRICS_PORT", port.to_string())
+        .env("CODELUPE_STAGES__RELAY__METRICS_BIND", "127.0.0.1")
+        // A killed member's partitions move after the session timeout.
+        .env("CODELUPE_KAFKA__CONSUMER__SESSION.TIMEOUT.MS", "6000")
+        .env("CODELUPE_KAFKA__CONSUMER__HEARTBEAT.INTERVAL.MS", "1000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_mid_stream_loses_nothing() {
+    const TOTAL: usize = 10_000;
+    let (input, output, dead) = (
+        unique("relay-in"),
+        unique("relay-out"),
+        unique("relay-dead"),
+    );
+    create_topics(&[(&input, 3), (&output, 3), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = relay_topology(dir.path(), &input, &output, &dead, 3);
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_replica(&topology, &dead, port_a);
+    let mut b = spawn_replica(&topology, &dead, port_b);
+    wait_for("both replicas ready", Duration::from_secs(60), || {
+        for replica in [&mut a, &mut b] {
+            if let Some(status) = replica.try_wait().unwrap() {
+                panic!("a replica exited during start-up with {status}");
+            }
+        }
+        [port_a, port_b]
+            .iter()
+            .all(|p| matches!(http_get(*p, "/readyz"), Ok((200, _))))
+    });
+
+    // First half, then kill replica A mid-stream, then the second half.
+    produce(&input, (0..TOTAL / 2).map(repo_url)).await;
+    let out = output.clone();
+    wait_for("some output", Duration::from_secs(60), || {
+        topic_size(&out, 3) >= 1_000
+    });
+    a.kill().unwrap(); // SIGKILL: no drain, no commit, no leaving the group
+    a.wait().unwrap();
+    produce(&input, (TOTAL / 2..TOTAL).map(repo_url)).await;
+
+    let expected: HashSet<String> = (0..TOTAL).map(|i| repo_url(i).full_name).collect();
+    wait_for(
+        "every input key in the output",
+        Duration::from_secs(120),
+        || topic_size(&out, 3) >= TOTAL as i64,
+    );
+    let records = read_all(&output, Duration::from_secs(3));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (key, value) in &records {
+        let decoded = RepoUrl::decode(value).expect("output decodes as repo-urls");
+        assert_eq!(&decoded.full_name, key);
+        *counts.entry(key.clone()).or_default() += 1;
+    }
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|k| !counts.contains_key(*k))
+        .collect();
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!(
+        "relay: {TOTAL} keys in, {} records out, {} distinct, {duplicates} duplicates after the kill",
+        records.len(),
+        counts.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} keys lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+
+    // The surviving replica's metrics are valid Prometheus exposition, lag included.
+    let (status, body) = http_get(port_b, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("codelupe_records_produced_total"), "{body}");
+    promtool_check_metrics("relay replica", &body);
+
+    // SIGTERM: drains, commits, leaves the group, exits cleanly.
+    Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status()
+        .unwrap();
+    let status = b.wait().unwrap();
+    assert!(
+        status.success(),
+        "replica B exited with {status} after SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_record_goes_to_dead_letters_and_the_stage_goes_on() {
+    let (input, output, dead) = (unique("dlq-in"), unique("dlq-out"), unique("dlq-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = dead.clone();
+    let shutdown = CancellationToken::new();
+    let stage = StageRuntime::resolve(
+        "relay",
+        &topology,
+        &config,
+        KafkaClients::new(brokers(), &config.kafka),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let registry = stage.registry.clone();
+    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+
+    // An operator's tool writes garbage; then a good record follows.
+    let kcat = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'not avro at all' | kcat -b {} -t {input} -P -k broken-key",
+            brokers()
+        ))
+        .status()
+        .expect("kcat is installed");
+    assert!(kcat.success());
+    let good = repo_url(42);
+    produce(&input, std::iter::once(good.clone())).await;
+
+    let (out, dlq) = (output.clone(), dead.clone());
+    wait_for(
+        "the good record relayed and the bad one dead-lettered",
+        Duration::from_secs(60),
+        || topic_size(&out, 1) >= 1 && topic_size(&dlq, 1) >= 1,
+    );
+    let letters = read_all(&dead, Duration::from_secs(2));
+    assert_eq!(letters.len(), 1);
+    let letter = DeadLetter::decode(&letters[0].1).unwrap();
+    assert_eq!(letters[0].0, "broken-key");
+    assert_eq!(letter.stage, "relay");
+    assert_eq!(letter.reason, "decode");
+    assert_eq!(letter.topic, input);
+    assert_eq!((letter.partition, letter.offset), (0, 0));
+    assert_eq!(letter.value.as_deref(), Some(&b"not avro at all"[..]));
+    assert!(letter.error.contains("single-object"), "{}", letter.error);
+
+    let relayed = read_all(&output, Duration::from_secs(2));
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(RepoUrl::decode(&relayed[0].1).unwrap(), good);
+
+    let exposition = {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    assert!(
+        exposition.contains("codelupe_dead_letters_total{reason=\"decode\"} 1"),
+        "{exposition}"
+    );
+    promtool_check_metrics("relay (in-process)", &exposition);
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -1,0 +1,215 @@
+//! Shared by the end-to-end tests: the real broker started by `tests/kafka/broker.sh`
+//! (address in TEST_KAFKA_BROKERS), unique topics, the codelupe binary, and
+//! Prometheus's own tools.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use codelupe_runtime::records::{now_ms, RepoUrl};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+pub fn brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS").expect(
+        "TEST_KAFKA_BROKERS is not set: these tests need the real broker; run `bash tests/run` \
+         (or `tests/kafka/broker.sh up` and export TEST_KAFKA_BROKERS=127.0.0.1:19092)",
+    )
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn codelupe() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_codelupe"));
+    command.current_dir(repo_root()).env("CODELUPE_LOG", "warn");
+    command
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub async fn create_topics(topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let new: Vec<_> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// A topology file declaring a test stage `relay` from `input` to `output`, with the
+/// repository's schemas, for the runtime's own tests.
+pub fn relay_topology(
+    dir: &Path,
+    input: &str,
+    output: &str,
+    dead: &str,
+    partitions: i32,
+) -> PathBuf {
+    let schemas = repo_root().join("schemas");
+    let text = format!(
+        "topics:\n\
+         \x20 {input}: {{partitions: {partitions}, retention_ms: 3600000, cleanup_policy: delete, schema: {s}/repo-urls.avsc}}\n\
+         \x20 {output}: {{partitions: {partitions}, retention_ms: 3600000, cleanup_policy: delete, schema: {s}/repo-urls.avsc}}\n\
+         \x20 {dead}: {{partitions: 1, retention_ms: 3600000, cleanup_policy: delete, schema: {s}/dead-letter.avsc}}\n\
+         stages:\n\
+         \x20 relay: {{input: {input}, output: {output}, group: {input}-relay, metrics: {{port: 0, path: /metrics}}, replicas: {replicas}}}\n",
+        replicas = partitions.min(2),
+        s = schemas.display()
+    );
+    let path = dir.join("topology.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn repo_url(i: usize) -> RepoUrl {
+    RepoUrl {
+        full_name: format!("owner{}/repo-{i}", i % 97),
+        clone_url: format!("https://github.com/owner{}/repo-{i}.git", i % 97),
+        default_branch: Some("main".into()),
+        language: Some("Rust".into()),
+        stars: i as i64,
+        forks: 1,
+        size_kb: 10,
+        topics: vec!["test".into()],
+        license_spdx: Some("MIT".into()),
+        archived: false,
+        fork: false,
+        created_at_ms: Some(0),
+        pushed_at_ms: Some(now_ms()),
+        description: None,
+        source: "test".into(),
+        discovered_at_ms: now_ms(),
+    }
+}
+
+/// Every (key, value) currently in `topic`, read from the beginning until `idle`
+/// passes without a new record.
+pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut records = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                records.push((key, m.payload().unwrap_or_default().to_vec()));
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Sum of the high watermarks of `topic` (records ever written to it).
+pub fn topic_size(topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `promtool check metrics` on an exposition; panics with promtool's words on failure.
+pub fn promtool_check_metrics(name: &str, exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed for {name}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

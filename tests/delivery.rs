@@ -128,10 +128,10 @@ async fn replica_killed_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let topology = relay_topology(dir.path(), &input, &output, &dead, 3);
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = spawn_replica(&topology, &dead, port_a);
-    let mut b = spawn_replica(&topology, &dead, port_b);
+    let mut a = KillOnDrop(spawn_replica(&topology, &dead, port_a));
+    let mut b = KillOnDrop(spawn_replica(&topology, &dead, port_b));
     wait_for("both replicas ready", Duration::from_secs(60), || {
-        for replica in [&mut a, &mut b] {
+        for replica in [&mut a.0, &mut b.0] {
             if let Some(status) = replica.try_wait().unwrap() {
                 panic!("a replica exited during start-up with {status}");
             }
@@ -147,8 +147,8 @@ async fn replica_killed_mid_stream_loses_nothing() {
     wait_for("some output", Duration::from_secs(60), || {
         topic_size(&out, 3) >= 1_000
     });
-    a.kill().unwrap(); // SIGKILL: no drain, no commit, no leaving the group
-    a.wait().unwrap();
+    a.0.kill().unwrap(); // SIGKILL: no drain, no commit, no leaving the group
+    a.0.wait().unwrap();
     produce(&input, (TOTAL / 2..TOTAL).map(repo_url)).await;
 
     let expected: HashSet<String> = (0..TOTAL).map(|i| repo_url(i).full_name).collect();
@@ -189,10 +189,10 @@ async fn replica_killed_mid_stream_loses_nothing() {
 
     // SIGTERM: drains, commits, leaves the group, exits cleanly.
     Command::new("kill")
-        .args(["-TERM", &b.id().to_string()])
+        .args(["-TERM", &b.0.id().to_string()])
         .status()
         .unwrap();
-    let status = b.wait().unwrap();
+    let status = b.0.wait().unwrap();
     assert!(
         status.success(),
         "replica B exited with {status} after SIGTERM"

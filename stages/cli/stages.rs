@@ -10,13 +10,16 @@ use futures::future::BoxFuture;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
+/// Runs a built stage until its runtime's shutdown token is cancelled.
+pub type Launch = fn(StageRuntime) -> BoxFuture<'static, anyhow::Result<()>>;
+
 pub struct StageEntry {
     pub name: &'static str,
     /// The issue that builds the stage's logic.
     pub issue: u32,
     pub register_metrics: fn(&Registry) -> prometheus::Result<()>,
     /// None until the stage is built: it then refuses to run instead of pretending.
-    pub launch: Option<fn(StageRuntime) -> BoxFuture<'static, anyhow::Result<()>>>,
+    pub launch: Option<Launch>,
 }
 
 pub const STAGES: &[StageEntry] = &[

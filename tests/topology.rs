@@ -1,0 +1,278 @@
+//! `codelupe topology` and the start-up errors, through the real binary.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+/// The one `error:` line of a failed command, asserting there is exactly one.
+fn error_line(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{}",
+        text(out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<_> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    errors[0].to_string()
+}
+
+#[test]
+fn the_repository_topology_checks_out() {
+    let out = codelupe().args(["topology", "check"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("5 topics, 5 stages: ok"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_topology_referencing_a_missing_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(repo_root().join("topology.yaml")).unwrap();
+    let broken = original
+        .replace(
+            "schema: schemas/",
+            &format!("schema: {}/schemas/", repo_root().display()),
+        )
+        .replace("schemas/code-files.avsc", "schemas/no-such-file.avsc");
+    let path = dir.path().join("topology.yaml");
+    std::fs::write(&path, broken).unwrap();
+    let out = codelupe()
+        .args(["--topology", path.to_str().unwrap(), "topology", "check"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains("topic code-files") && line.contains("no-such-file.avsc"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unknown_config_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("codelupe.yaml");
+    std::fs::write(
+        &config,
+        "kafka:\n  brokers: 127.0.0.1:1\nstages:\n  processor:\n    max_in_fligth: 3\n",
+    )
+    .unwrap();
+    let out = codelupe()
+        .args(["--config", config.to_str().unwrap(), "topology", "check"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains("stages.processor") && line.contains("max_in_fligth"),
+        "{line}"
+    );
+
+    let out = codelupe()
+        .args(["topology", "check"])
+        .env("CODELUPE_KAFKA__BROKER", "x:1")
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(line.contains("kafka") && line.contains("broker"), "{line}");
+
+    std::fs::write(&config, "stages:\n  procesor: {}\n").unwrap();
+    let out = codelupe()
+        .args(["--config", config.to_str().unwrap(), "topology", "check"])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(line.contains("stages.procesor"), "{line}");
+}
+
+#[test]
+fn an_unreachable_broker_fails_after_retries() {
+    let out = codelupe()
+        .args(["topology", "apply", "--brokers", "127.0.0.1:1"])
+        .env("CODELUPE_KAFKA__CONNECT_ATTEMPTS", "3")
+        .env("CODELUPE_KAFKA__CONNECT_BACKOFF_MS", "50")
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(
+        line.contains("cannot reach Kafka at 127.0.0.1:1 after 3 attempts"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unbuilt_stage_refuses_to_run() {
+    let out = codelupe()
+        .args(["stage", "trainer", "--brokers", &brokers()])
+        .output()
+        .unwrap();
+    let line = error_line(&out);
+    assert!(line.contains("not built yet"), "{line}");
+}
+
+fn kcat_partitions(topic: &str) -> usize {
+    let out = Command::new("kcat")
+        .args(["-b", &brokers(), "-L", "-t", topic])
+        .output()
+        .expect("kcat is installed");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let header = format!("topic \"{topic}\" with ");
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&header))
+        .unwrap_or_else(|| panic!("kcat does not list {topic}:\n{listing}"));
+    line.split(&header)
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn apply(topology: &Path) -> String {
+    let out = codelupe()
+        .args([
+            "--topology",
+            topology.to_str().unwrap(),
+            "topology",
+            "apply",
+            "--brokers",
+            &brokers(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn apply_is_idempotent_grows_partitions_and_reports_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = unique("t");
+    // The repository's topology with unique topic names, so reruns start clean.
+    let original = std::fs::read_to_string(repo_root().join("topology.yaml")).unwrap();
+    let mut renamed = original.replace(
+        "schema: schemas/",
+        &format!("schema: {}/schemas/", repo_root().display()),
+    );
+    let topics = [
+        "repo-urls",
+        "repo-clones",
+        "code-files",
+        "training-batches",
+        "dead-letters",
+    ];
+    for topic in topics {
+        renamed = renamed
+            .replace(&format!("  {topic}:\n"), &format!("  {topic}-{suffix}:\n"))
+            .replace(
+                &format!("input: {topic}\n"),
+                &format!("input: {topic}-{suffix}\n"),
+            )
+            .replace(
+                &format!("output: {topic}\n"),
+                &format!("output: {topic}-{suffix}\n"),
+            );
+    }
+    let path = dir.path().join("topology.yaml");
+    std::fs::write(&path, &renamed).unwrap();
+
+    let first = apply(&path);
+    assert_eq!(first.matches("created ").count(), 5, "{first}");
+    let second = apply(&path);
+    assert!(second.contains("no changes: 5 topics match"), "{second}");
+    assert!(
+        !second.contains("created") && !second.contains("drift"),
+        "{second}"
+    );
+    let topology =
+        codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
+    for topic in topics {
+        assert_eq!(
+            kcat_partitions(&format!("{topic}-{suffix}")),
+            topology.topics[topic].partitions as usize,
+            "{topic}"
+        );
+    }
+
+    // Grow one topic, shorten another's retention: grown, and drift reported.
+    let edited = renamed
+        .replacen("partitions: 3\n", "partitions: 5\n", 1)
+        .replace("retention_ms: 1209600000", "retention_ms: 86400000");
+    std::fs::write(&path, &edited).unwrap();
+    let third = apply(&path);
+    assert!(
+        third.contains(&format!("grew training-batches-{suffix} to 5 partitions")),
+        "{third}"
+    );
+    assert!(third.contains(&format!("drift: topic code-files-{suffix}: retention.ms is 1209600000, topology declares 86400000")), "{third}");
+    assert_eq!(kcat_partitions(&format!("training-batches-{suffix}")), 5);
+}
+
+#[test]
+fn the_committed_prometheus_config_is_rendered_from_the_topology_and_valid() {
+    let rendered = codelupe()
+        .args([
+            "topology",
+            "prometheus",
+            "--rule-file",
+            "codelupe_alerts.yml",
+        ])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered));
+    let committed = std::fs::read_to_string(repo_root().join("configs/prometheus.yml")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rendered.stdout),
+        committed,
+        "configs/prometheus.yml is stale: regenerate with `codelupe topology prometheus --rule-file codelupe_alerts.yml > configs/prometheus.yml`"
+    );
+    for (name, config) in [("dns", committed.clone()), ("static", String::new())] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = if name == "static" {
+            let out = codelupe()
+                .args(["topology", "prometheus", "--static-host", "127.0.0.1"])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        } else {
+            std::fs::copy(
+                repo_root().join("configs/codelupe_alerts.yml"),
+                dir.path().join("codelupe_alerts.yml"),
+            )
+            .unwrap();
+            config
+        };
+        let path = dir.path().join("prometheus.yml");
+        std::fs::write(&path, &config).unwrap();
+        let out = Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        for stage in ["crawler", "downloader", "processor", "batcher", "trainer"] {
+            assert!(
+                config.contains(&format!("job_name: {stage}")),
+                "{name}: {stage}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_alert_rules_are_valid() {
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(repo_root().join("configs/codelupe_alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

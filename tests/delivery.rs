@@ -185,6 +185,12 @@ async fn replica_killed_mid_stream_loses_nothing() {
     let (status, body) = http_get(port_b, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("codelupe_records_produced_total"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "codelupe_consumer_lag{{partition=\"0\",topic=\"{input}\"}}"
+        )),
+        "{body}"
+    );
     promtool_check_metrics("relay replica", &body);
 
     // SIGTERM: drains, commits, leaves the group, exits cleanly.

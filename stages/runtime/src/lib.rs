@@ -6,11 +6,13 @@ pub mod config;
 pub mod kafka;
 pub mod offsets;
 pub mod pipeline;
+pub mod publish;
 pub mod records;
 pub mod stage;
 pub mod telemetry;
 pub mod topology;
 
 pub use codec::AvroRecord;
-pub use pipeline::{Keyed, Publisher, Transform, TransformError};
+pub use pipeline::{Keyed, Transform, TransformError};
+pub use publish::{Publisher, TransactionalPublisher};
 pub use stage::StageRuntime;

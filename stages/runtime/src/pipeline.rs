@@ -16,17 +16,15 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::codec::AvroRecord;
 use crate::offsets::OffsetTracker;
+use crate::publish::{Abandoned, Publisher};
 use crate::records::{now_ms, DeadLetter};
 use crate::stage::StageRuntime;
 use crate::telemetry::{register, Readiness};
@@ -134,69 +132,6 @@ impl LoopMetrics {
     }
 }
 
-/// Sends records and waits for the broker's acknowledgement, retrying with backoff until
-/// it comes or shutdown abandons the send. The only way records leave a stage.
-#[derive(Clone)]
-pub struct Publisher {
-    producer: FutureProducer,
-    shutdown: CancellationToken,
-}
-
-/// The send was abandoned because the stage is shutting down.
-#[derive(Debug, thiserror::Error)]
-#[error("send abandoned: shutting down")]
-pub struct Abandoned;
-
-impl Publisher {
-    pub fn new(runtime: &StageRuntime) -> anyhow::Result<Self> {
-        let producer = runtime
-            .clients
-            .producer_config(&runtime.client_id())
-            .create()
-            .context("cannot create the Kafka producer")?;
-        Ok(Self {
-            producer,
-            shutdown: runtime.shutdown.clone(),
-        })
-    }
-
-    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), Abandoned> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let record = FutureRecord::to(topic).key(key).payload(payload);
-            let error = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned),
-                result = self.producer.send(record, Timeout::Never) => match result {
-                    Ok(_) => return Ok(()),
-                    Err((error, _)) => error,
-                },
-            };
-            tracing::warn!(%topic, %error, ?backoff, "produce failed; retrying");
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned),
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    pub async fn send_record<T: AvroRecord>(
-        &self,
-        topic: &str,
-        record: &Keyed<T>,
-    ) -> Result<Result<(), Abandoned>, crate::codec::CodecError> {
-        let payload = record.value.encode()?;
-        Ok(self.send(topic, record.key.as_bytes(), &payload).await)
-    }
-
-    /// Waits for queued records to be acknowledged (used before a source stage exits).
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .context("records were still unacknowledged at exit")
-    }
-}
-
 enum Event {
     Revoked(Vec<i32>),
 }
@@ -223,8 +158,18 @@ impl ClientContext for LoopContext {
 }
 
 impl ConsumerContext for LoopContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         if let Rebalance::Revoke(list) = rebalance {
+            // Commit what is stored before the partitions go, so the next owner starts
+            // right after the last acknowledged record. Records still in flight were not
+            // stored and will be replayed by that owner (duplicates, never losses).
+            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit on revoke");
+            }
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             for e in list.elements() {
                 let _ = self

@@ -1,0 +1,184 @@
+//! The ways records leave a stage. [`Publisher`]: each send retried until the broker
+//! acknowledges it (at-least-once, idempotent). [`TransactionalPublisher`]: a batch of
+//! records, possibly to several topics, visible to read_committed consumers all
+//! together or not at all (exactly-once for source stages and their state).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::AvroRecord;
+use crate::pipeline::Keyed;
+use crate::stage::StageRuntime;
+
+/// Sends records and waits for the broker's acknowledgement, retrying with backoff until
+/// it comes or shutdown abandons the send. The only way records leave a stage.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    shutdown: CancellationToken,
+}
+
+/// The send was abandoned because the stage is shutting down.
+#[derive(Debug, thiserror::Error)]
+#[error("send abandoned: shutting down")]
+pub struct Abandoned;
+
+impl Publisher {
+    pub fn new(runtime: &StageRuntime) -> anyhow::Result<Self> {
+        let producer = runtime
+            .clients
+            .producer_config(&runtime.client_id())
+            .create()
+            .context("cannot create the Kafka producer")?;
+        Ok(Self {
+            producer,
+            shutdown: runtime.shutdown.clone(),
+        })
+    }
+
+    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), Abandoned> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let record = FutureRecord::to(topic).key(key).payload(payload);
+            let error = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Abandoned),
+                result = self.producer.send(record, Timeout::Never) => match result {
+                    Ok(_) => return Ok(()),
+                    Err((error, _)) => error,
+                },
+            };
+            tracing::warn!(%topic, %error, ?backoff, "produce failed; retrying");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Abandoned),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    pub async fn send_record<T: AvroRecord>(
+        &self,
+        topic: &str,
+        record: &Keyed<T>,
+    ) -> Result<Result<(), Abandoned>, crate::codec::CodecError> {
+        let payload = record.value.encode()?;
+        Ok(self.send(topic, record.key.as_bytes(), &payload).await)
+    }
+
+    /// Waits for queued records to be acknowledged (used before a source stage exits).
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer
+            .flush(timeout)
+            .context("records were still unacknowledged at exit")
+    }
+}
+
+/// One record of a transactional batch.
+pub struct Outgoing {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl Outgoing {
+    pub fn record<T: AvroRecord>(
+        topic: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Self, crate::codec::CodecError> {
+        Ok(Self {
+            topic: topic.to_string(),
+            key: key.as_bytes().to_vec(),
+            payload: value.encode()?,
+        })
+    }
+}
+
+/// A transactional producer. `init` fences any earlier instance with the same
+/// transactional id (a crashed predecessor's open transaction is aborted), so state
+/// read after `init` is exactly what committed batches left.
+#[derive(Clone)]
+pub struct TransactionalPublisher {
+    producer: Arc<FutureProducer>,
+    timeout: Duration,
+}
+
+impl TransactionalPublisher {
+    pub async fn init(runtime: &StageRuntime, transactional_id: &str) -> anyhow::Result<Self> {
+        let producer: FutureProducer = runtime
+            .clients
+            .producer_config(&runtime.client_id())
+            .set("transactional.id", transactional_id)
+            .create()
+            .context("cannot create the transactional Kafka producer")?;
+        let publisher = Self {
+            producer: Arc::new(producer),
+            timeout: Duration::from_secs(30),
+        };
+        publisher
+            .blocking(|p, t| p.init_transactions(t))
+            .await
+            .with_context(|| format!("cannot initialise transactions for {transactional_id}"))?;
+        Ok(publisher)
+    }
+
+    /// Transaction calls block; keep them off the async workers.
+    async fn blocking(
+        &self,
+        call: impl FnOnce(&FutureProducer, Duration) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+    ) -> rdkafka::error::KafkaResult<()> {
+        let producer = self.producer.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || call(&producer, timeout))
+            .await
+            .expect("transaction call panicked")
+    }
+
+    /// Sends `batch` in one transaction, retrying what the error class allows; Ok once
+    /// the transaction is committed.
+    pub async fn send_batch(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_batch(batch).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let (fatal, abort) = match &e {
+                        KafkaError::Transaction(t) => (t.is_fatal(), t.txn_requires_abort()),
+                        _ => (false, true),
+                    };
+                    if fatal || attempt >= 5 {
+                        bail!("transaction failed after {attempt} attempts: {e}");
+                    }
+                    tracing::warn!(error = %e, attempt, "transaction failed; retrying");
+                    if abort {
+                        if let Err(e) = self.blocking(|p, t| p.abort_transaction(t)).await {
+                            tracing::warn!(error = %e, "abort failed");
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn try_batch(&self, batch: &[Outgoing]) -> rdkafka::error::KafkaResult<()> {
+        self.producer.begin_transaction()?;
+        let sends = batch.iter().map(|r| {
+            self.producer.send(
+                FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload),
+                Timeout::After(self.timeout),
+            )
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e)?;
+        }
+        self.blocking(|p, t| p.commit_transaction(t)).await
+    }
+}

@@ -59,12 +59,27 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
                     200,
                     "{stage} /healthz"
                 );
+            }
+            if start.elapsed() >= Duration::from_secs(30) {
                 let (ready, why) = http_get(*port, "/readyz").unwrap();
                 // Stages whose issues have not landed say so instead of pretending.
                 assert!(
                     ready == 200 || why.contains("not built yet"),
                     "{stage} /readyz: {ready} {why}"
                 );
+                if *stage == "crawler" {
+                    // The offline default crawls the git repositories under the working
+                    // directory: at least this checkout.
+                    let published = body
+                        .lines()
+                        .find_map(|l| l.strip_prefix("crawler_repos_indexed_total "))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                    assert!(
+                        published >= 1.0,
+                        "the embedded crawler published nothing:\n{body}"
+                    );
+                }
             }
         }
         rounds += 1;
@@ -178,7 +193,10 @@ const SEED_QUERIES_OVER_HISTOGRAM_NAMES: &[&str] = &[
 
 fn check_seed_queries(prometheus: &Prometheus) {
     for job in ["crawler", "downloader", "processor", "batcher", "trainer"] {
-        let up = query(prometheus, &format!("up{{job=\"{job}\"}}"));
+        let up = query(
+            prometheus,
+            &format!("max_over_time(up{{job=\"{job}\"}}[1m])"),
+        );
         assert_eq!(
             up["data"]["result"][0]["value"][1], "1",
             "{job} is not up in Prometheus: {up}"

@@ -135,6 +135,20 @@ fn dead_letter_matches_its_schema() {
 }
 
 #[test]
+fn crawler_state_matches_its_schema() {
+    check(CrawlerState {
+        pushed_at_ms: Some(1_700_000_000_000),
+        done_until_ms: None,
+        updated_at_ms: now_ms(),
+    });
+    check(CrawlerState {
+        pushed_at_ms: None,
+        done_until_ms: Some(1_700_000_000_000),
+        updated_at_ms: now_ms(),
+    });
+}
+
+#[test]
 fn a_value_of_another_schema_is_rejected_by_fingerprint() {
     let clone = RepoClone {
         full_name: "a/b".into(),
@@ -168,6 +182,7 @@ fn every_topic_schema_in_the_topology_has_a_record_type() {
         CodeFile::SCHEMA_FILE,
         TrainingBatch::SCHEMA_FILE,
         DeadLetter::SCHEMA_FILE,
+        CrawlerState::SCHEMA_FILE,
     ];
     for (name, topic) in &topology.topics {
         let file = topic.schema.file_name().unwrap().to_str().unwrap();

@@ -25,7 +25,7 @@ fn the_repository_topology_checks_out() {
     let out = codelupe().args(["topology", "check"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("5 topics, 5 stages: ok"),
+        text(&out).contains("6 topics, 5 stages: ok"),
         "{}",
         text(&out)
     );
@@ -156,48 +156,27 @@ fn apply(topology: &Path) -> String {
 fn apply_is_idempotent_grows_partitions_and_reports_drift() {
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("t");
-    // The repository's topology with unique topic names, so reruns start clean.
-    let original = std::fs::read_to_string(repo_root().join("topology.yaml")).unwrap();
-    let mut renamed = original.replace(
-        "schema: schemas/",
-        &format!("schema: {}/schemas/", repo_root().display()),
-    );
-    let topics = [
-        "repo-urls",
-        "repo-clones",
-        "code-files",
-        "training-batches",
-        "dead-letters",
-    ];
-    for topic in topics {
-        renamed = renamed
-            .replace(&format!("  {topic}:\n"), &format!("  {topic}-{suffix}:\n"))
-            .replace(
-                &format!("input: {topic}\n"),
-                &format!("input: {topic}-{suffix}\n"),
-            )
-            .replace(
-                &format!("output: {topic}\n"),
-                &format!("output: {topic}-{suffix}\n"),
-            );
-    }
-    let path = dir.path().join("topology.yaml");
-    std::fs::write(&path, &renamed).unwrap();
+    let path = renamed_topology(dir.path(), &suffix);
+    let renamed = std::fs::read_to_string(&path).unwrap();
+    let topology =
+        codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
+    let topics: Vec<&str> = topology.topics.keys().map(String::as_str).collect();
 
     let first = apply(&path);
-    assert_eq!(first.matches("created ").count(), 5, "{first}");
+    assert_eq!(first.matches("created ").count(), topics.len(), "{first}");
     let second = apply(&path);
-    assert!(second.contains("no changes: 5 topics match"), "{second}");
+    assert!(
+        second.contains(&format!("no changes: {} topics match", topics.len())),
+        "{second}"
+    );
     assert!(
         !second.contains("created") && !second.contains("drift"),
         "{second}"
     );
-    let topology =
-        codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
-    for topic in topics {
+    for topic in &topics {
         assert_eq!(
             kcat_partitions(&format!("{topic}-{suffix}")),
-            topology.topics[topic].partitions as usize,
+            topology.topics[*topic].partitions as usize,
             "{topic}"
         );
     }

@@ -23,9 +23,11 @@ pub async fn run_all(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // The embedded broker lives until every stage has left its group.
+    let mut config = config.clone();
     let (clients, _embedded) = match brokers {
-        Some(brokers) => (crate::connect(&brokers, config).await?, None),
+        Some(brokers) => (crate::connect(&brokers, &config).await?, None),
         None => {
+            offline_crawler_default(&mut config);
             let broker = EmbeddedBroker::start(topology)?;
             tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
             (
@@ -43,7 +45,7 @@ pub async fn run_all(
     for name in topology.stages.keys() {
         let entry = stages::entry(name)?;
         let runtime =
-            StageRuntime::resolve(name, topology, config, clients.clone(), shutdown.clone())?;
+            StageRuntime::resolve(name, topology, &config, clients.clone(), shutdown.clone())?;
         (entry.register_metrics)(&runtime.registry)?;
         let server = runtime.serve_metrics().await?;
         let bar = progress.add(
@@ -69,6 +71,7 @@ pub async fn run_all(
             bar,
             endpoint,
             status,
+            progress: entry.progress,
             registry: runtime.registry.clone(),
             server,
         });
@@ -122,10 +125,23 @@ pub async fn run_all(
     }
 }
 
+/// With no network on the embedded default, the crawler reads the git repositories
+/// under the working directory unless its options say otherwise.
+fn offline_crawler_default(config: &mut Config) {
+    let crawler = config.stages.entry("crawler".into()).or_default();
+    if crawler.options.is_null() {
+        crawler.options =
+            serde_yaml::from_str("{source: local_folder, local_folder: ., interval_s: 60}")
+                .expect("static YAML");
+        tracing::info!("embedded default: the crawler reads git repositories under the working directory (set stages.crawler.options to change)");
+    }
+}
+
 struct Watched {
     bar: ProgressBar,
     endpoint: String,
     status: Option<String>,
+    progress: &'static [(&'static str, &'static str)],
     registry: Registry,
     server: tokio::task::JoinHandle<()>,
 }
@@ -137,26 +153,20 @@ impl Watched {
     }
 
     fn line(&self) -> String {
-        let value = |name: &str| -> f64 {
-            self.registry
-                .gather()
+        if let Some(status) = &self.status {
+            return format!("{}  {status}", self.endpoint);
+        }
+        let families = self.registry.gather();
+        let mut line = self.endpoint.clone();
+        for (label, name) in self.progress {
+            let total: f64 = families
                 .iter()
-                .filter(|f| f.name() == name)
+                .filter(|f| f.name() == *name)
                 .flat_map(|f| f.get_metric())
                 .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-                .sum()
-        };
-        match &self.status {
-            Some(status) => format!("{}  {status}", self.endpoint),
-            None => format!(
-                "{}  in {}  out {}  dead {}  in flight {}  lag {}",
-                self.endpoint,
-                value("codelupe_records_consumed_total"),
-                value("codelupe_records_produced_total"),
-                value("codelupe_dead_letters_total"),
-                value("codelupe_records_in_flight"),
-                value("codelupe_consumer_lag"),
-            ),
+                .sum();
+            line.push_str(&format!("  {label} {}", total as i64));
         }
+        line
     }
 }

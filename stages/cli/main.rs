@@ -51,6 +51,9 @@ enum Command {
         name: String,
         #[arg(long)]
         brokers: Option<String>,
+        /// Source stages: one pass, then exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Validate, publish, or render scrape config from topology.yaml.
     Topology {
@@ -117,13 +120,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Topology { action } => {
             topology_command(action, &config, &topology, &topology_path).await
         }
-        Command::Stage { name, brokers } => {
+        Command::Stage {
+            name,
+            brokers,
+            once,
+        } => {
             let brokers = brokers.or(config.kafka.brokers.clone()).with_context(|| {
                 format!("stage {name} needs Kafka: pass --brokers or set kafka.brokers (the embedded broker is for `codelupe run`)")
             })?;
             let clients = connect(&brokers, &config).await?;
             let shutdown = shutdown_on_signal();
-            stages::run_one(&name, &topology, &config, clients, shutdown).await
+            stages::run_one(&name, &topology, &config, clients, shutdown, once).await
         }
         Command::Run { brokers, seconds } => {
             embedded::run_all(

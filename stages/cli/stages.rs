@@ -20,14 +20,31 @@ pub struct StageEntry {
     pub register_metrics: fn(&Registry) -> prometheus::Result<()>,
     /// None until the stage is built: it then refuses to run instead of pretending.
     pub launch: Option<Launch>,
+    /// What `codelupe run` shows of the stage: (label, metric summed over its series).
+    pub progress: &'static [(&'static str, &'static str)],
 }
+
+/// Progress of a stage that runs the runtime's consume loop.
+const LOOP_PROGRESS: &[(&str, &str)] = &[
+    ("in", "codelupe_records_consumed_total"),
+    ("out", "codelupe_records_produced_total"),
+    ("dead", "codelupe_dead_letters_total"),
+    ("in flight", "codelupe_records_in_flight"),
+    ("lag", "codelupe_consumer_lag"),
+];
 
 pub const STAGES: &[StageEntry] = &[
     StageEntry {
         name: codelupe_crawler::STAGE,
         issue: codelupe_crawler::BUILT_BY_ISSUE,
-        register_metrics: |r| codelupe_crawler::metrics::CrawlerMetrics::register(r).map(drop),
-        launch: None,
+        // The stage registers its own metrics when it runs.
+        register_metrics: |_| Ok(()),
+        launch: Some(|runtime| Box::pin(codelupe_crawler::run(runtime))),
+        progress: &[
+            ("scraped", "crawler_repos_scraped_total"),
+            ("published", "crawler_repos_indexed_total"),
+            ("errors", "crawler_scrape_errors_total"),
+        ],
     },
     StageEntry {
         name: codelupe_downloader::STAGE,
@@ -36,24 +53,28 @@ pub const STAGES: &[StageEntry] = &[
             codelupe_downloader::metrics::DownloaderMetrics::register(r).map(drop)
         },
         launch: None,
+        progress: LOOP_PROGRESS,
     },
     StageEntry {
         name: codelupe_processor::STAGE,
         issue: codelupe_processor::BUILT_BY_ISSUE,
         register_metrics: |r| codelupe_processor::metrics::ProcessorMetrics::register(r).map(drop),
         launch: None,
+        progress: LOOP_PROGRESS,
     },
     StageEntry {
         name: codelupe_batcher::STAGE,
         issue: codelupe_batcher::BUILT_BY_ISSUE,
         register_metrics: |r| codelupe_batcher::metrics::BatcherMetrics::register(r).map(drop),
         launch: None,
+        progress: LOOP_PROGRESS,
     },
     StageEntry {
         name: codelupe_trainer::STAGE,
         issue: codelupe_trainer::BUILT_BY_ISSUE,
         register_metrics: |r| codelupe_trainer::metrics::TrainerMetrics::register(r).map(drop),
         launch: None,
+        progress: LOOP_PROGRESS,
     },
 ];
 
@@ -83,12 +104,14 @@ pub async fn run_one(
     config: &Config,
     clients: KafkaClients,
     shutdown: CancellationToken,
+    once: bool,
 ) -> anyhow::Result<()> {
     let entry = entry(name)?;
     let Some(launch) = entry.launch else {
         bail!("{}", entry.not_built());
     };
-    let runtime = StageRuntime::resolve(name, topology, config, clients, shutdown.clone())?;
+    let mut runtime = StageRuntime::resolve(name, topology, config, clients, shutdown.clone())?;
+    runtime.once = once;
     (entry.register_metrics)(&runtime.registry)?;
     let server = runtime.serve_metrics().await?;
     let result = launch(runtime).await;

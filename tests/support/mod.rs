@@ -3,6 +3,8 @@
 //! Prometheus's own tools.
 #![allow(dead_code)]
 
+pub mod fake_github;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,33 @@ pub fn relay_topology(
     path
 }
 
+/// The repository's topology.yaml with every topic renamed `<topic>-<suffix>`, so a test
+/// (and each rerun) gets topics of its own.
+pub fn renamed_topology(dir: &Path, suffix: &str) -> PathBuf {
+    let original = std::fs::read_to_string(repo_root().join("topology.yaml")).unwrap();
+    let topology =
+        codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
+    let mut renamed = original.replace(
+        "schema: schemas/",
+        &format!("schema: {}/schemas/", repo_root().display()),
+    );
+    for topic in topology.topics.keys() {
+        renamed = renamed
+            .replace(&format!("  {topic}:\n"), &format!("  {topic}-{suffix}:\n"))
+            .replace(
+                &format!("input: {topic}\n"),
+                &format!("input: {topic}-{suffix}\n"),
+            )
+            .replace(
+                &format!("output: {topic}\n"),
+                &format!("output: {topic}-{suffix}\n"),
+            );
+    }
+    let path = dir.join("topology.yaml");
+    std::fs::write(&path, renamed).unwrap();
+    path
+}
+
 pub fn repo_url(i: usize) -> RepoUrl {
     RepoUrl {
         full_name: format!("owner{}/repo-{i}", i % 97),
@@ -136,7 +165,8 @@ pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
     records
 }
 
-/// Sum of the high watermarks of `topic` (records ever written to it).
+/// Sum of the high watermarks of `topic` (records ever written to it, transaction
+/// markers included); 0 while the topic's metadata has not reached the client yet.
 pub fn topic_size(topic: &str, partitions: i32) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -146,8 +176,8 @@ pub fn topic_size(topic: &str, partitions: i32) -> i64 {
         .map(|p| {
             consumer
                 .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .unwrap()
-                .1
+                .map(|(_, high)| high)
+                .unwrap_or(0)
         })
         .sum()
 }

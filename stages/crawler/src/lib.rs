@@ -1,8 +1,224 @@
-//! Crawler: discovers repositories (GitHub Search API, URL lists, local folders) and
-//! publishes them to `repo-urls`. The discovery logic lands with issue #3; until then
-//! the stage refuses to run rather than pretend.
+//! Crawler: discovers repositories (GitHub Search API, a URL list, or a local folder
+//! of git repositories) and publishes each to `repo-urls`, keyed by full name. Output
+//! and progress are written in one Kafka transaction per page, so a crash never
+//! publishes a repository twice nor loses the cursor.
 
+pub mod github;
 pub mod metrics;
+pub mod sources;
+pub mod state;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use codelupe_runtime::publish::{Outgoing, TransactionalPublisher};
+use codelupe_runtime::records::RepoUrl;
+use codelupe_runtime::StageRuntime;
+use serde::Deserialize;
+
+use crate::github::{GithubOptions, GithubSource, Stopped};
+use crate::metrics::CrawlerMetrics;
+use crate::state::CrawlState;
 
 pub const STAGE: &str = "crawler";
 pub const BUILT_BY_ISSUE: u32 = 3;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Github,
+    UrlList,
+    LocalFolder,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrawlerOptions {
+    pub source: SourceKind,
+    pub github: GithubOptions,
+    /// File of URLs or owner/name lines; `-` reads standard input.
+    pub url_list: Option<PathBuf>,
+    pub local_folder: Option<PathBuf>,
+    /// How deep to look for repositories under `local_folder`.
+    pub local_depth: usize,
+    /// Compacted topic holding what was published and the per-query cursors.
+    pub state_topic: String,
+    /// Fences a crashed predecessor; give each concurrently running crawler its own.
+    pub transactional_id: String,
+    /// Seconds between passes when not run with --once.
+    pub interval_s: u64,
+}
+
+impl Default for CrawlerOptions {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Github,
+            github: GithubOptions::default(),
+            url_list: None,
+            local_folder: None,
+            local_depth: 3,
+            state_topic: "crawler-state".into(),
+            transactional_id: "codelupe-crawler".into(),
+            interval_s: 3600,
+        }
+    }
+}
+
+/// Publishes pages of discovered repositories with their state, transactionally.
+pub struct Sink<'a> {
+    publisher: &'a TransactionalPublisher,
+    pub state: CrawlState,
+    output: &'a str,
+    state_topic: &'a str,
+    metrics: &'a CrawlerMetrics,
+}
+
+impl Sink<'_> {
+    /// Publishes the repositories that are news (new, or pushed since), with the
+    /// cursor if given, in one transaction; returns how many were published.
+    pub async fn publish(
+        &mut self,
+        repos: Vec<RepoUrl>,
+        cursor: Option<(&str, i64)>,
+    ) -> anyhow::Result<usize> {
+        let mut seen = HashSet::new();
+        let fresh: Vec<RepoUrl> = repos
+            .into_iter()
+            .filter(|r| self.state.is_news(r) && seen.insert(r.full_name.clone()))
+            .collect();
+        if fresh.is_empty() && cursor.is_none() {
+            return Ok(0);
+        }
+        let mut batch = Vec::with_capacity(fresh.len() * 2 + 1);
+        for repo in &fresh {
+            match Outgoing::record(self.output, &repo.full_name, repo) {
+                Ok(record) => batch.push(record),
+                Err(e) => {
+                    self.metrics
+                        .index_errors
+                        .with_label_values(&["encode"])
+                        .inc();
+                    bail!("cannot encode {}: {e}", repo.full_name);
+                }
+            }
+        }
+        batch.extend(CrawlState::entries(self.state_topic, &fresh, cursor)?);
+        if let Err(e) = self.publisher.send_batch(&batch).await {
+            self.metrics
+                .index_errors
+                .with_label_values(&["produce"])
+                .inc();
+            return Err(e);
+        }
+        self.state.committed(&fresh, cursor);
+        self.metrics.repos_indexed.inc_by(fresh.len() as u64);
+        if let Some(last) = fresh.last() {
+            self.metrics.last_repo_stars.set(last.stars as f64);
+        }
+        Ok(fresh.len())
+    }
+}
+
+/// Runs passes until shutdown, or one pass with `--once`.
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: CrawlerOptions = runtime.settings.options(STAGE)?;
+    let metrics = CrawlerMetrics::register(&runtime.registry)?;
+    let output = runtime
+        .output
+        .clone()
+        .context("the crawler needs an output topic")?;
+    if let Some(input) = &runtime.input {
+        bail!("the crawler reads no topic, but input {input} is configured");
+    }
+    runtime
+        .readiness
+        .set_not_ready("initialising transactions and loading crawl state");
+    let publisher = TransactionalPublisher::init(&runtime, &options.transactional_id).await?;
+    let state = CrawlState::load(&runtime.clients, &options.state_topic).await?;
+    runtime.readiness.set_ready();
+    let mut sink = Sink {
+        publisher: &publisher,
+        state,
+        output: &output,
+        state_topic: &options.state_topic,
+        metrics: &metrics,
+    };
+    loop {
+        match pass(&options, &mut sink, &metrics, &runtime).await {
+            Ok(published) => tracing::info!(
+                published,
+                known = sink.state.published_count(),
+                "crawl pass done"
+            ),
+            Err(Stopped::Shutdown) => return Ok(()),
+            Err(Stopped::Failed(e)) if runtime.once => return Err(e),
+            Err(Stopped::Failed(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "crawl pass stopped; the next pass resumes from the cursor")
+            }
+        }
+        if runtime.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = runtime.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(options.interval_s)) => {}
+        }
+    }
+}
+
+async fn pass(
+    options: &CrawlerOptions,
+    sink: &mut Sink<'_>,
+    metrics: &CrawlerMetrics,
+    runtime: &StageRuntime,
+) -> Result<usize, Stopped> {
+    match options.source {
+        SourceKind::Github => {
+            GithubSource::new(&options.github, metrics, runtime.shutdown.clone())?
+                .crawl(sink)
+                .await
+        }
+        SourceKind::UrlList => {
+            let path = options
+                .url_list
+                .clone()
+                .context("stages.crawler.options.url_list is required for source url_list")?;
+            let (repos, bad) = sources::read_url_list(&path)?;
+            for problem in &bad {
+                metrics
+                    .scrape_errors
+                    .with_label_values(&["invalid_input"])
+                    .inc();
+                tracing::warn!(
+                    "{}: line {}: skipped: {}",
+                    path.display(),
+                    problem.line,
+                    problem.message
+                );
+            }
+            publish_all(sink, metrics, repos).await
+        }
+        SourceKind::LocalFolder => {
+            let root = options.local_folder.clone().context(
+                "stages.crawler.options.local_folder is required for source local_folder",
+            )?;
+            let repos = sources::scan_folder(&root, options.local_depth)?;
+            publish_all(sink, metrics, repos).await
+        }
+    }
+}
+
+async fn publish_all(
+    sink: &mut Sink<'_>,
+    metrics: &CrawlerMetrics,
+    repos: Vec<RepoUrl>,
+) -> Result<usize, Stopped> {
+    metrics.repos_scraped.inc_by(repos.len() as u64);
+    let mut published = 0;
+    for chunk in repos.chunks(100) {
+        published += sink.publish(chunk.to_vec(), None).await?;
+    }
+    Ok(published)
+}

@@ -116,6 +116,15 @@ pub struct DeadLetter {
 }
 avro_record!(DeadLetter, "dead-letter.avsc");
 
+/// `crawler-state`: what the crawler has published and how far each query got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrawlerState {
+    pub pushed_at_ms: Option<i64>,
+    pub done_until_ms: Option<i64>,
+    pub updated_at_ms: i64,
+}
+avro_record!(CrawlerState, "crawler-state.avsc");
+
 /// Milliseconds since the Unix epoch, the unit of every `*_ms` field.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -27,6 +27,8 @@ pub struct StageRuntime {
     pub registry: Registry,
     pub readiness: Arc<Readiness>,
     pub shutdown: CancellationToken,
+    /// One pass, then exit (source stages; `--once`).
+    pub once: bool,
 }
 
 impl StageRuntime {
@@ -72,6 +74,7 @@ impl StageRuntime {
             registry: telemetry::new_registry(),
             readiness: Readiness::new("starting"),
             shutdown,
+            once: false,
         })
     }
 

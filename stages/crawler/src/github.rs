@@ -1,0 +1,655 @@
+//! GitHub REST Search API source (`/search/repositories`).
+//!
+//! The API returns at most 1,000 results per query, so each language's date range is
+//! split in halves until a window reports fewer than 1,000 (`total_count`); windows are
+//! published in order and the cursor moves past a window only once all its pages are
+//! committed. Rate limits are waited out, 5xx/network/malformed responses retried with
+//! backoff, and a page that still fails stops the pass with an error: no page is ever
+//! skipped.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use codelupe_runtime::records::{now_ms, RepoUrl};
+use reqwest::header::HeaderMap;
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::CrawlerMetrics;
+use crate::Sink;
+
+/// The API's hard cap on results reachable through one query.
+pub const SEARCH_CAP: u64 = 1000;
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowField {
+    /// Last push; a repository pushed again moves into a later window and is found again.
+    Pushed,
+    Created,
+}
+
+impl WindowField {
+    fn qualifier(self) -> &'static str {
+        match self {
+            WindowField::Pushed => "pushed",
+            WindowField::Created => "created",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubOptions {
+    /// `https://api.github.com`, or a GitHub Enterprise `https://host/api/v3`.
+    pub api_url: String,
+    pub languages: Vec<String>,
+    pub min_stars: Option<u64>,
+    pub max_stars: Option<u64>,
+    pub max_size_kb: Option<u64>,
+    /// SPDX-like license keys as GitHub's `license:` qualifier takes them (`mit`, `apache-2.0`).
+    pub licenses: Vec<String>,
+    pub include_forks: bool,
+    pub include_archived: bool,
+    pub window_field: WindowField,
+    /// First day of the range (YYYY-MM-DD).
+    pub since: NaiveDate,
+    /// Last day of the range; absent means now.
+    pub until: Option<NaiveDate>,
+    pub per_page: u32,
+    /// Pause when a token has this many requests left or fewer, until its reset.
+    pub min_remaining: u32,
+    /// Attempts at a page that fails with a retryable error before the pass stops.
+    pub max_attempts: u32,
+    pub max_backoff_s: u64,
+    /// Request timeout.
+    pub timeout_s: u64,
+}
+
+impl Default for GithubOptions {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".into(),
+            languages: [
+                "Rust",
+                "Go",
+                "Python",
+                "TypeScript",
+                "JavaScript",
+                "Dart",
+                "Java",
+                "C",
+                "C++",
+            ]
+            .map(String::from)
+            .to_vec(),
+            min_stars: Some(10),
+            max_stars: None,
+            max_size_kb: None,
+            licenses: Vec::new(),
+            include_forks: false,
+            include_archived: false,
+            window_field: WindowField::Pushed,
+            since: NaiveDate::from_ymd_opt(2008, 1, 1).expect("valid date"),
+            until: None,
+            per_page: 100,
+            min_remaining: 1,
+            max_attempts: 6,
+            max_backoff_s: 60,
+            timeout_s: 30,
+        }
+    }
+}
+
+/// A token that never shows itself in logs, errors or debug output.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[derive(Debug)]
+struct TokenBudget {
+    token: Option<Token>,
+    remaining: Option<u64>,
+    reset_at: Option<i64>,
+}
+
+/// Tokens from `GITHUB_TOKENS` (comma-separated) or `GITHUB_TOKEN`; none means the
+/// anonymous limit.
+fn tokens_from_env() -> Vec<TokenBudget> {
+    let raw = std::env::var("GITHUB_TOKENS")
+        .or_else(|_| std::env::var("GITHUB_TOKEN"))
+        .unwrap_or_default();
+    let mut tokens: Vec<_> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| TokenBudget {
+            token: Some(Token(t.to_string())),
+            remaining: None,
+            reset_at: None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        tokens.push(TokenBudget {
+            token: None,
+            remaining: None,
+            reset_at: None,
+        });
+    }
+    tokens
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchResponse {
+    total_count: u64,
+    #[serde(default)]
+    incomplete_results: bool,
+    items: Vec<Item>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Item {
+    full_name: String,
+    clone_url: String,
+    default_branch: Option<String>,
+    language: Option<String>,
+    #[serde(default)]
+    stargazers_count: i64,
+    #[serde(default)]
+    forks_count: i64,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    topics: Vec<String>,
+    license: Option<License>,
+    #[serde(default)]
+    archived: bool,
+    #[serde(default)]
+    fork: bool,
+    created_at: Option<DateTime<Utc>>,
+    pushed_at: Option<DateTime<Utc>>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct License {
+    spdx_id: Option<String>,
+}
+
+impl Item {
+    fn into_record(self) -> RepoUrl {
+        RepoUrl {
+            full_name: self.full_name,
+            clone_url: self.clone_url,
+            default_branch: self.default_branch,
+            language: self.language,
+            stars: self.stargazers_count,
+            forks: self.forks_count,
+            size_kb: self.size,
+            topics: self.topics,
+            license_spdx: self
+                .license
+                .and_then(|l| l.spdx_id)
+                .filter(|id| id != "NOASSERTION"),
+            archived: self.archived,
+            fork: self.fork,
+            created_at_ms: self.created_at.map(|t| t.timestamp_millis()),
+            pushed_at_ms: self.pushed_at.map(|t| t.timestamp_millis()),
+            description: self.description,
+            source: "github".into(),
+            discovered_at_ms: now_ms(),
+        }
+    }
+}
+
+struct Page {
+    total_count: u64,
+    items: Vec<Item>,
+    next: Option<Url>,
+}
+
+pub struct GithubSource<'a> {
+    options: &'a GithubOptions,
+    http: reqwest::Client,
+    base: Url,
+    tokens: Vec<TokenBudget>,
+    turn: usize,
+    metrics: &'a CrawlerMetrics,
+    shutdown: CancellationToken,
+}
+
+/// Why a pass stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("shutting down")]
+    Shutdown,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl<'a> GithubSource<'a> {
+    pub fn new(
+        options: &'a GithubOptions,
+        metrics: &'a CrawlerMetrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut base = Url::parse(&options.api_url).with_context(|| {
+            format!("stages.crawler.options.github.api_url: {}", options.api_url)
+        })?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("codelupe-crawler/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(options.timeout_s))
+            .build()?;
+        Ok(Self {
+            options,
+            http,
+            base,
+            tokens: tokens_from_env(),
+            turn: 0,
+            metrics,
+            shutdown,
+        })
+    }
+
+    /// The stable name of a language's query, under which its cursor is kept.
+    fn cursor_key(&self, language: &str) -> String {
+        format!(
+            "github/{}/{}",
+            language.to_lowercase(),
+            self.qualifiers().join(" ")
+        )
+    }
+
+    fn qualifiers(&self) -> Vec<String> {
+        let o = self.options;
+        let mut q = Vec::new();
+        match (o.min_stars, o.max_stars) {
+            (Some(min), Some(max)) => q.push(format!("stars:{min}..{max}")),
+            (Some(min), None) => q.push(format!("stars:>={min}")),
+            (None, Some(max)) => q.push(format!("stars:<={max}")),
+            (None, None) => {}
+        }
+        if let Some(size) = o.max_size_kb {
+            q.push(format!("size:<={size}"));
+        }
+        if !o.include_forks {
+            q.push("fork:false".into());
+        }
+        if !o.include_archived {
+            q.push("archived:false".into());
+        }
+        for license in &o.licenses {
+            q.push(format!("license:{license}"));
+        }
+        q
+    }
+
+    fn query(&self, language: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+        let mut q = vec![format!("language:\"{language}\"")];
+        q.extend(self.qualifiers());
+        q.push(format!(
+            "{}:{}..{}",
+            self.options.window_field.qualifier(),
+            from.format("%Y-%m-%dT%H:%M:%SZ"),
+            to.format("%Y-%m-%dT%H:%M:%SZ")
+        ));
+        q.join(" ")
+    }
+
+    fn first_page_url(&self, query: &str) -> anyhow::Result<Url> {
+        let mut url = self.base.join("search/repositories")?;
+        url.query_pairs_mut()
+            .append_pair("q", query)
+            .append_pair("per_page", &self.options.per_page.to_string())
+            .append_pair("page", "1");
+        Ok(url)
+    }
+
+    /// One pass over every language; returns the repositories published.
+    pub async fn crawl(&mut self, sink: &mut Sink<'_>) -> Result<usize, Stopped> {
+        let until = match self.options.until {
+            Some(day) => Utc.from_utc_datetime(&day.and_hms_opt(23, 59, 59).expect("valid time")),
+            None => Utc::now(),
+        };
+        let since =
+            Utc.from_utc_datetime(&self.options.since.and_hms_opt(0, 0, 0).expect("valid time"));
+        let mut published = 0;
+        for language in self.options.languages.clone() {
+            let key = self.cursor_key(&language);
+            let from = match sink.state.cursor(&key) {
+                Some(done) => Utc
+                    .timestamp_millis_opt(done)
+                    .single()
+                    .map(|t| t + chrono::Duration::seconds(1))
+                    .unwrap_or(since),
+                None => since,
+            };
+            if from > until {
+                continue;
+            }
+            tracing::info!(%language, %from, %until, "crawling");
+            published += self
+                .crawl_language(&language, &key, from, until, sink)
+                .await?;
+        }
+        Ok(published)
+    }
+
+    async fn crawl_language(
+        &mut self,
+        language: &str,
+        cursor_key: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        sink: &mut Sink<'_>,
+    ) -> Result<usize, Stopped> {
+        let mut published = 0;
+        // Windows to do, latest last: popping takes them in chronological order, so
+        // the cursor only ever moves past fully published windows.
+        let mut windows = vec![(from, until)];
+        while let Some((a, b)) = windows.pop() {
+            let query = self.query(language, a, b);
+            let mut page = self.fetch(self.first_page_url(&query)?).await?;
+            let span = b - a;
+            if page.total_count >= SEARCH_CAP {
+                if span > chrono::Duration::seconds(1) {
+                    let mid = a + span / 2;
+                    windows.push((mid + chrono::Duration::seconds(1), b));
+                    windows.push((a, mid));
+                    continue;
+                }
+                self.metrics
+                    .scrape_errors
+                    .with_label_values(&["window_too_dense"])
+                    .inc();
+                tracing::warn!(%query, total = page.total_count, "a one-second window holds 1,000 or more repositories; only the first 1,000 are reachable");
+            }
+            loop {
+                let next = page.next.take();
+                let repos: Vec<RepoUrl> = page.items.drain(..).map(Item::into_record).collect();
+                self.metrics.repos_scraped.inc_by(repos.len() as u64);
+                // The last page of a window carries the cursor in its transaction.
+                let cursor = next.is_none().then(|| (cursor_key, b.timestamp_millis()));
+                published += sink.publish(repos, cursor).await?;
+                match next {
+                    None => break,
+                    Some(url) => page = self.fetch(url).await?,
+                }
+            }
+        }
+        Ok(published)
+    }
+
+    /// GETs one page, waiting out rate limits and retrying transient failures.
+    async fn fetch(&mut self, url: Url) -> Result<Page, Stopped> {
+        let mut attempt = 0;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let slot = self.pick_token().await?;
+            let mut request = self
+                .http
+                .get(url.clone())
+                .header("accept", "application/vnd.github+json")
+                .header("x-github-api-version", "2022-11-28");
+            if let Some(token) = &self.tokens[slot].token {
+                request = request.bearer_auth(&token.0);
+            }
+            let started = Instant::now();
+            let response = request.send().await;
+            self.metrics
+                .scrape_duration
+                .observe(started.elapsed().as_secs_f64());
+            let failure = match response {
+                Err(e) => Failure::retry("network", format!("request failed: {}", without_url(&e))),
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    self.note_budget(slot, &headers);
+                    match status {
+                        StatusCode::OK => match response.bytes().await {
+                            Err(e) => Failure::retry(
+                                "network",
+                                format!("reading body: {}", without_url(&e)),
+                            ),
+                            Ok(body) => match serde_json::from_slice::<SearchResponse>(&body) {
+                                Ok(parsed) => {
+                                    if parsed.incomplete_results {
+                                        tracing::warn!("GitHub reported incomplete results (search timed out); retrying the page");
+                                        Failure::retry("incomplete", "incomplete results".into())
+                                    } else {
+                                        return Ok(Page {
+                                            total_count: parsed.total_count,
+                                            items: parsed.items,
+                                            next: self.next_link(&headers)?,
+                                        });
+                                    }
+                                }
+                                Err(e) => {
+                                    Failure::retry("malformed", format!("malformed JSON: {e}"))
+                                }
+                            },
+                        },
+                        StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                            if let Some(wait) = retry_after(&headers) {
+                                Failure::wait("rate_limited", wait)
+                            } else if header_u64(&headers, "x-ratelimit-remaining") == Some(0) {
+                                let reset =
+                                    header_u64(&headers, "x-ratelimit-reset").unwrap_or(0) as i64;
+                                Failure::wait("rate_limited", until_epoch(reset))
+                            } else {
+                                Failure::retry("forbidden", format!("HTTP {status}"))
+                            }
+                        }
+                        s if s.is_server_error() => {
+                            Failure::retry("server_error", format!("HTTP {status}"))
+                        }
+                        s => {
+                            self.metrics
+                                .scrape_errors
+                                .with_label_values(&["bad_request"])
+                                .inc();
+                            let body = response.text().await.unwrap_or_default();
+                            return Err(Stopped::Failed(anyhow!(
+                                "GitHub refused the search ({s}): {}",
+                                body.chars().take(300).collect::<String>()
+                            )));
+                        }
+                    }
+                }
+            };
+            self.metrics
+                .scrape_errors
+                .with_label_values(&[failure.reason])
+                .inc();
+            let pause = match failure.wait {
+                // A rate limit is not a failure of the page: wait it out, no attempt used.
+                Some(wait) => {
+                    tracing::warn!(wait_s = wait.as_secs_f64(), "rate limited; waiting");
+                    wait
+                }
+                None => {
+                    attempt += 1;
+                    if attempt >= self.options.max_attempts {
+                        return Err(Stopped::Failed(anyhow!(
+                            "page {} failed {attempt} times, last: {}",
+                            page_label(&url),
+                            failure.message
+                        )));
+                    }
+                    tracing::warn!(page = %page_label(&url), attempt, error = %failure.message, "retrying page");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(self.options.max_backoff_s));
+                    pause
+                }
+            };
+            self.sleep(pause).await?;
+        }
+    }
+
+    /// Round-robin over tokens with budget left; when none has, wait for the earliest reset.
+    async fn pick_token(&mut self) -> Result<usize, Stopped> {
+        let floor = self.options.min_remaining as u64;
+        for _ in 0..self.tokens.len() {
+            let slot = self.turn % self.tokens.len();
+            self.turn += 1;
+            let budget = &self.tokens[slot];
+            let exhausted = budget.remaining.is_some_and(|r| r <= floor)
+                && budget
+                    .reset_at
+                    .is_some_and(|reset| reset > Utc::now().timestamp());
+            if !exhausted {
+                return Ok(slot);
+            }
+        }
+        let (slot, reset) = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, t.reset_at.unwrap_or(0)))
+            .min_by_key(|(_, reset)| *reset)
+            .expect("at least one token slot");
+        let wait = until_epoch(reset);
+        tracing::info!(
+            wait_s = wait.as_secs(),
+            "every token is near its rate limit; pausing until reset"
+        );
+        self.sleep(wait).await?;
+        self.tokens[slot].remaining = None;
+        Ok(slot)
+    }
+
+    fn note_budget(&mut self, slot: usize, headers: &HeaderMap) {
+        if let Some(remaining) = header_u64(headers, "x-ratelimit-remaining") {
+            self.tokens[slot].remaining = Some(remaining);
+            self.metrics.rate_limit_remaining.set(remaining as f64);
+        }
+        if let Some(reset) = header_u64(headers, "x-ratelimit-reset") {
+            self.tokens[slot].reset_at = Some(reset as i64);
+        }
+    }
+
+    /// The `rel="next"` link, only if it stays on the API's own origin (the token is
+    /// sent with it).
+    fn next_link(&self, headers: &HeaderMap) -> anyhow::Result<Option<Url>> {
+        let Some(link) = headers.get("link").and_then(|v| v.to_str().ok()) else {
+            return Ok(None);
+        };
+        for part in link.split(',') {
+            let mut pieces = part.split(';');
+            let target = pieces.next().unwrap_or_default().trim();
+            if !pieces.any(|p| p.trim() == "rel=\"next\"") {
+                continue;
+            }
+            let target = target.trim_start_matches('<').trim_end_matches('>');
+            let url = Url::parse(target).with_context(|| format!("bad next link {target}"))?;
+            if url.origin() != self.base.origin() {
+                bail!(
+                    "next link leaves the API origin: {}",
+                    url.origin().ascii_serialization()
+                );
+            }
+            return Ok(Some(url));
+        }
+        Ok(None)
+    }
+
+    async fn sleep(&self, pause: Duration) -> Result<(), Stopped> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(Stopped::Shutdown),
+            _ = tokio::time::sleep(pause) => Ok(()),
+        }
+    }
+}
+
+struct Failure {
+    reason: &'static str,
+    message: String,
+    wait: Option<Duration>,
+}
+
+impl Failure {
+    fn retry(reason: &'static str, message: String) -> Self {
+        Self {
+            reason,
+            message,
+            wait: None,
+        }
+    }
+
+    fn wait(reason: &'static str, wait: Duration) -> Self {
+        Self {
+            reason,
+            message: "rate limited".into(),
+            wait: Some(wait),
+        }
+    }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    header_u64(headers, "retry-after").map(Duration::from_secs)
+}
+
+/// Time until a Unix-seconds reset, plus a second of slack; at least a second.
+fn until_epoch(reset: i64) -> Duration {
+    let wait = reset - Utc::now().timestamp() + 1;
+    Duration::from_secs(wait.clamp(1, 3600) as u64)
+}
+
+/// A page for messages: the page number only (the query can be long; no token is in URLs).
+fn page_label(url: &Url) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == "page")
+        .map(|(_, v)| format!("page {v}"))
+        .unwrap_or_else(|| url.path().to_string())
+}
+
+/// reqwest errors print the URL; keep messages short and free of query strings.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "<url>");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_never_prints() {
+        let t = Token("ghp_secret".into());
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+
+    #[test]
+    fn query_carries_the_configured_qualifiers_and_window() {
+        let options = GithubOptions {
+            licenses: vec!["mit".into()],
+            max_size_kb: Some(5000),
+            ..Default::default()
+        };
+        let metrics = CrawlerMetrics::register(&prometheus::Registry::new()).unwrap();
+        let source = GithubSource::new(&options, &metrics, CancellationToken::new()).unwrap();
+        let a = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        let b = Utc.with_ymd_and_hms(2024, 1, 31, 23, 59, 59).unwrap();
+        assert_eq!(
+            source.query("C++", a, b),
+            "language:\"C++\" stars:>=10 size:<=5000 fork:false archived:false license:mit pushed:2024-01-01T00:00:00Z..2024-01-31T23:59:59Z"
+        );
+    }
+}

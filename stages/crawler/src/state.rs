@@ -1,0 +1,241 @@
+//! What the crawler has published and how far each query got, kept in the compacted
+//! `crawler-state` topic and written in the same transaction as the `repo-urls`
+//! records it describes, so the two never disagree after a crash.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use codelupe_runtime::kafka::KafkaClients;
+use codelupe_runtime::publish::Outgoing;
+use codelupe_runtime::records::{now_ms, CrawlerState, RepoUrl};
+use codelupe_runtime::AvroRecord;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+const REPO_PREFIX: &str = "repo/";
+const CURSOR_PREFIX: &str = "cursor/";
+
+/// The reader asks for end-of-partition events to know it has read everything;
+/// librdkafka also reports them as client errors, which are not worth a log line.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "state reader");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+#[derive(Debug, Default)]
+pub struct CrawlState {
+    /// Published repositories and the pushed_at they were published with.
+    published: HashMap<String, Option<i64>>,
+    cursors: HashMap<String, i64>,
+}
+
+impl CrawlState {
+    /// Reads the state topic to its end (read_committed: aborted batches are invisible).
+    /// Call after the transactional producer is initialised, which aborts whatever a
+    /// crashed predecessor left open.
+    pub async fn load(clients: &KafkaClients, topic: &str) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer<QuietEof> = clients
+            .base("codelupe-crawler-state")
+            .set("group.id", "codelupe-crawler-state-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create_with_context(QuietEof)
+            .context("cannot create the state reader")?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || Self::read(&consumer, &topic)).await?
+    }
+
+    fn read(consumer: &BaseConsumer<QuietEof>, topic: &str) -> anyhow::Result<Self> {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot read metadata of {topic}"))?;
+        let partitions = match metadata.topics().first() {
+            Some(t) if t.error().is_none() => t.partitions().len() as i32,
+            _ => bail!("state topic {topic} does not exist (run `codelupe topology apply`)"),
+        };
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&list)?;
+        let mut state = Self::default();
+        let mut at_end = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while at_end < partitions {
+            if Instant::now() > deadline {
+                bail!("reading state topic {topic} did not reach its end in 120 s");
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                    at_end += 1
+                }
+                Some(Err(e)) => bail!("reading state topic {topic}: {e}"),
+                Some(Ok(message)) => {
+                    let key =
+                        String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                    match message.payload() {
+                        // A tombstone forgets the entry.
+                        None => state.forget(&key),
+                        Some(payload) => {
+                            let entry = CrawlerState::decode(payload)
+                                .with_context(|| format!("state entry {key} in {topic}"))?;
+                            state.apply(&key, &entry);
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            repositories = state.published.len(),
+            cursors = state.cursors.len(),
+            "crawl state loaded"
+        );
+        Ok(state)
+    }
+
+    fn apply(&mut self, key: &str, entry: &CrawlerState) {
+        if let Some(name) = key.strip_prefix(REPO_PREFIX) {
+            self.published.insert(name.to_string(), entry.pushed_at_ms);
+        } else if let (Some(query), Some(done)) =
+            (key.strip_prefix(CURSOR_PREFIX), entry.done_until_ms)
+        {
+            self.cursors.insert(query.to_string(), done);
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some(name) = key.strip_prefix(REPO_PREFIX) {
+            self.published.remove(name);
+        } else if let Some(query) = key.strip_prefix(CURSOR_PREFIX) {
+            self.cursors.remove(query);
+        }
+    }
+
+    /// Never published, or pushed since it was.
+    pub fn is_news(&self, repo: &RepoUrl) -> bool {
+        match self.published.get(&repo.full_name) {
+            None => true,
+            Some(before) => matches!((before, repo.pushed_at_ms), (Some(b), Some(now)) if now > *b),
+        }
+    }
+
+    pub fn cursor(&self, query: &str) -> Option<i64> {
+        self.cursors.get(query).copied()
+    }
+
+    pub fn published_count(&self) -> usize {
+        self.published.len()
+    }
+
+    /// State records for a batch: one per published repository, plus the cursor.
+    pub fn entries(
+        state_topic: &str,
+        repos: &[RepoUrl],
+        cursor: Option<(&str, i64)>,
+    ) -> Result<Vec<Outgoing>, codelupe_runtime::codec::CodecError> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(repos.len() + 1);
+        for repo in repos {
+            let entry = CrawlerState {
+                pushed_at_ms: repo.pushed_at_ms,
+                done_until_ms: None,
+                updated_at_ms: now,
+            };
+            out.push(Outgoing::record(
+                state_topic,
+                &format!("{REPO_PREFIX}{}", repo.full_name),
+                &entry,
+            )?);
+        }
+        if let Some((query, done)) = cursor {
+            let entry = CrawlerState {
+                pushed_at_ms: None,
+                done_until_ms: Some(done),
+                updated_at_ms: now,
+            };
+            out.push(Outgoing::record(
+                state_topic,
+                &format!("{CURSOR_PREFIX}{query}"),
+                &entry,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// After the batch's transaction committed.
+    pub fn committed(&mut self, repos: &[RepoUrl], cursor: Option<(&str, i64)>) {
+        for repo in repos {
+            self.published
+                .insert(repo.full_name.clone(), repo.pushed_at_ms);
+        }
+        if let Some((query, done)) = cursor {
+            self.cursors.insert(query.to_string(), done);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str, pushed: Option<i64>) -> RepoUrl {
+        RepoUrl {
+            full_name: name.into(),
+            clone_url: String::new(),
+            default_branch: None,
+            language: None,
+            stars: 0,
+            forks: 0,
+            size_kb: 0,
+            topics: vec![],
+            license_spdx: None,
+            archived: false,
+            fork: false,
+            created_at_ms: None,
+            pushed_at_ms: pushed,
+            description: None,
+            source: "test".into(),
+            discovered_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn republishes_only_when_pushed_at_moved_on() {
+        let mut state = CrawlState::default();
+        assert!(state.is_news(&repo("a/b", Some(10))));
+        state.committed(&[repo("a/b", Some(10)), repo("c/d", None)], Some(("q", 99)));
+        assert!(!state.is_news(&repo("a/b", Some(10))));
+        assert!(!state.is_news(&repo("a/b", Some(9))));
+        assert!(state.is_news(&repo("a/b", Some(11))));
+        assert!(!state.is_news(&repo("c/d", None)));
+        assert_eq!(state.cursor("q"), Some(99));
+    }
+
+    #[test]
+    fn entries_round_trip_through_apply() {
+        let repos = [repo("a/b", Some(5))];
+        let entries = CrawlState::entries("s", &repos, Some(("github/x", 42))).unwrap();
+        let mut state = CrawlState::default();
+        for e in &entries {
+            let key = String::from_utf8(e.key.clone()).unwrap();
+            state.apply(&key, &CrawlerState::decode(&e.payload).unwrap());
+        }
+        assert_eq!(state.cursor("github/x"), Some(42));
+        assert!(!state.is_news(&repos[0]));
+    }
+}

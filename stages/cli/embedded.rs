@@ -27,7 +27,7 @@ pub async fn run_all(
     let (clients, _embedded) = match brokers {
         Some(brokers) => (crate::connect(&brokers, &config).await?, None),
         None => {
-            offline_crawler_default(&mut config);
+            offline_defaults(&mut config);
             let broker = EmbeddedBroker::start(topology)?;
             tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
             (
@@ -125,15 +125,24 @@ pub async fn run_all(
     }
 }
 
-/// With no network on the embedded default, the crawler reads the git repositories
-/// under the working directory unless its options say otherwise.
-fn offline_crawler_default(config: &mut Config) {
-    let crawler = config.stages.entry("crawler".into()).or_default();
-    if crawler.options.is_null() {
-        crawler.options =
-            serde_yaml::from_str("{source: local_folder, local_folder: ., interval_s: 60}")
-                .expect("static YAML");
-        tracing::info!("embedded default: the crawler reads git repositories under the working directory (set stages.crawler.options to change)");
+/// Options a stage gets on the embedded default when the config gives none: with no
+/// network, the crawler reads the git repositories under the working directory and the
+/// downloader clones them locally into `.codelupe/clones`.
+const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
+    ("crawler", "{source: local_folder, local_folder: ., interval_s: 60}"),
+    (
+        "downloader",
+        "{store: .codelupe/clones, urls: {allow_local: true}, filter: {min_stars: 0, languages: [], exclude_words: []}}",
+    ),
+];
+
+fn offline_defaults(config: &mut Config) {
+    for (stage, options) in OFFLINE_DEFAULTS {
+        let settings = config.stages.entry(stage.to_string()).or_default();
+        if settings.options.is_null() {
+            settings.options = serde_yaml::from_str(options).expect("static YAML");
+            tracing::info!(%stage, %options, "embedded default (set stages.{stage}.options to change)");
+        }
     }
 }
 

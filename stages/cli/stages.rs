@@ -49,10 +49,8 @@ pub const STAGES: &[StageEntry] = &[
     StageEntry {
         name: codelupe_downloader::STAGE,
         issue: codelupe_downloader::BUILT_BY_ISSUE,
-        register_metrics: |r| {
-            codelupe_downloader::metrics::DownloaderMetrics::register(r).map(drop)
-        },
-        launch: None,
+        register_metrics: |_| Ok(()),
+        launch: Some(|runtime| Box::pin(codelupe_downloader::run(runtime))),
         progress: LOOP_PROGRESS,
     },
     StageEntry {

@@ -1,8 +1,232 @@
-//! Downloader: filters `repo-urls` by metadata and makes bare shallow clones into the
-//! clone store, publishing `repo-clones`. Built by issue #4; until then the stage
-//! refuses to run rather than pretend.
+//! Downloader: filters `repo-urls` by metadata, makes bare shallow clones into the
+//! clone store, and publishes a `repo-clones` reference per clone. Failures are
+//! dead-lettered with their reason by the runtime; the stage goes on.
 
+pub mod clone;
+pub mod filter;
 pub mod metrics;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
+use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::clone::{CloneFailure, Limits, Source, UrlPolicy};
+use crate::filter::FilterOptions;
+use crate::metrics::DownloaderMetrics;
+use crate::store::{CloneStore, Marker};
 
 pub const STAGE: &str = "downloader";
 pub const BUILT_BY_ISSUE: u32 = 4;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloaderOptions {
+    pub filter: FilterOptions,
+    pub urls: UrlPolicy,
+    pub store: PathBuf,
+    pub max_concurrent: usize,
+    pub clone_timeout_s: u64,
+    /// Transfer cap: a clone is aborted once it has received more.
+    pub max_clone_bytes: u64,
+    /// Attempts at a clone failing with a network error.
+    pub max_attempts: u32,
+    /// Clones older than this are deleted by the sweep.
+    pub retention_hours: u64,
+    /// Oldest clones are deleted while the store holds more.
+    pub max_store_bytes: Option<u64>,
+    pub sweep_interval_s: u64,
+}
+
+impl Default for DownloaderOptions {
+    fn default() -> Self {
+        Self {
+            filter: FilterOptions::default(),
+            urls: UrlPolicy::default(),
+            store: PathBuf::from("/var/lib/codelupe/clones"),
+            max_concurrent: 4,
+            clone_timeout_s: 600,
+            max_clone_bytes: 1 << 30,
+            max_attempts: 3,
+            retention_hours: 72,
+            max_store_bytes: None,
+            sweep_interval_s: 600,
+        }
+    }
+}
+
+pub struct Downloader {
+    options: DownloaderOptions,
+    store: Arc<CloneStore>,
+    metrics: DownloaderMetrics,
+    slots: Arc<Semaphore>,
+    /// From `GITHUB_TOKEN`, given to libgit2 through the credentials callback only.
+    token: Option<String>,
+}
+
+impl Downloader {
+    pub fn new(options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
+        let store = Arc::new(CloneStore::open(&options.store)?);
+        metrics.max_concurrent.set(options.max_concurrent as i64);
+        Ok(Self {
+            slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+            token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+            options,
+            store,
+            metrics,
+        })
+    }
+
+    pub fn store(&self) -> &CloneStore {
+        &self.store
+    }
+
+    fn failed(&self, reason: &'static str, message: String) -> TransformError {
+        self.metrics.repos_failed.with_label_values(&[reason]).inc();
+        TransformError::permanent(reason, message)
+    }
+
+    async fn clone_with_retries(&self, source: &Source) -> Result<(std::path::PathBuf, clone::TreeStats), CloneFailure> {
+        let limits = Limits {
+            max_bytes: self.options.max_clone_bytes,
+            timeout: Duration::from_secs(self.options.clone_timeout_s),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let temporary = self.store.temporary();
+            let (source_c, temp_c, token) = (source.clone(), temporary.clone(), self.token.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let repo = clone::clone_bare(&source_c, &temp_c, limits, token.as_deref())?;
+                clone::measure(&repo)
+            })
+            .await
+            .unwrap_or_else(|e| Err(CloneFailure { reason: "network", message: format!("clone task failed: {e}"), transient: false }));
+            match result {
+                Ok(stats) => return Ok((temporary, stats)),
+                Err(failure) => {
+                    // Nothing of a failed clone stays behind.
+                    std::fs::remove_dir_all(&temporary).ok();
+                    if !failure.transient || attempt >= self.options.max_attempts {
+                        return Err(failure);
+                    }
+                    tracing::warn!(url = %source.url, attempt, reason = failure.reason, error = %failure, "clone failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
+                }
+            }
+        }
+    }
+}
+
+fn output(repo: &RepoUrl, dest: &std::path::Path, marker: &Marker, score: f64) -> Vec<Keyed<RepoClone>> {
+    vec![Keyed {
+        key: repo.full_name.clone(),
+        value: RepoClone {
+            full_name: repo.full_name.clone(),
+            clone_uri: format!("file://{}", dest.display()),
+            commit_id: marker.commit_id.clone(),
+            default_branch: marker.default_branch.clone(),
+            size_bytes: marker.size_bytes,
+            file_count: marker.file_count,
+            lines_by_language: marker.lines_by_language.clone(),
+            quality_score: score,
+            cloned_at_ms: marker.cloned_at_ms,
+        },
+    }]
+}
+
+impl Transform for Downloader {
+    type Input = RepoUrl;
+    type Output = RepoClone;
+
+    async fn transform(&self, repo: RepoUrl) -> Result<Vec<Keyed<RepoClone>>, TransformError> {
+        if let Err(rejection) = filter::check(&repo, &self.options.filter) {
+            self.metrics.quality_filtered.inc();
+            self.metrics.quality_filtered_reasons.with_label_values(&[rejection.reason()]).inc();
+            return Ok(Vec::new());
+        }
+        let score = filter::quality_score(&repo, now_ms());
+        self.metrics.quality_passed.inc();
+        self.metrics.repo_quality_score.observe(score);
+
+        let source = self
+            .options
+            .urls
+            .check(&repo.clone_url)
+            .map_err(|why| self.failed("refused_url", why))?;
+        let dest = self
+            .store
+            .path_for(&source.host, &repo.full_name)
+            .ok_or_else(|| self.failed("refused_url", format!("unsafe repository name {:?}", repo.full_name)))?;
+
+        // Cloned already and nothing pushed since: publish again without the network.
+        if let Some(marker) = CloneStore::marker(&dest) {
+            let fresh = match (marker.pushed_at_ms, repo.pushed_at_ms) {
+                (Some(had), Some(now)) => had >= now,
+                (_, None) => true,
+                (None, Some(_)) => false,
+            };
+            if fresh && marker.full_name == repo.full_name {
+                return Ok(output(&repo, &dest, &marker, score));
+            }
+        }
+
+        let _slot = self.slots.acquire().await.expect("semaphore is never closed");
+        self.metrics.active_downloads.inc();
+        let started = Instant::now();
+        let result = self.clone_with_retries(&source).await;
+        self.metrics.active_downloads.dec();
+        let (temporary, stats) = result.map_err(|f| self.failed(f.reason, f.message))?;
+        let marker = Marker {
+            full_name: repo.full_name.clone(),
+            commit_id: stats.commit_id.clone(),
+            default_branch: stats.default_branch.clone().or(repo.default_branch.clone()),
+            pushed_at_ms: repo.pushed_at_ms,
+            size_bytes: stats.size_bytes,
+            file_count: stats.file_count,
+            lines_by_language: stats.lines_by_language.clone(),
+            cloned_at_ms: now_ms(),
+        };
+        if let Err(e) = self.store.commit(&temporary, &dest, &marker) {
+            std::fs::remove_dir_all(&temporary).ok();
+            return Err(TransformError::retryable("store", format!("cannot place clone in the store: {e:#}")));
+        }
+        self.metrics.clone_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.last_repo_size_kb.set(stats.size_bytes as f64 / 1024.0);
+        self.metrics.repo_lines_of_code.observe(stats.lines_of_code() as f64);
+        self.metrics.repos_downloaded.inc();
+        Ok(output(&repo, &dest, &marker, score))
+    }
+}
+
+/// Runs the stage until shutdown, sweeping the clone store on an interval.
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: DownloaderOptions = runtime.settings.options(STAGE)?;
+    let metrics = DownloaderMetrics::register(&runtime.registry)?;
+    let downloader = Downloader::new(options.clone(), metrics)?;
+    let store = downloader.store.clone();
+    let shutdown = runtime.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.max(1)));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let (store, retention, budget) = (store.clone(), Duration::from_secs(options.retention_hours * 3600), options.max_store_bytes);
+                    match tokio::task::spawn_blocking(move || store.sweep(retention, budget)).await {
+                        Ok(Ok(0)) => {}
+                        Ok(Ok(n)) => tracing::info!(deleted = n, "clone store swept"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "clone store sweep failed"),
+                        Err(e) => tracing::warn!(error = %e, "clone store sweep panicked"),
+                    }
+                }
+            }
+        }
+    });
+    codelupe_runtime::pipeline::run(downloader, &runtime).await
+}

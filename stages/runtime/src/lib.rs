@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod kafka;
+pub mod language;
 pub mod offsets;
 pub mod pipeline;
 pub mod publish;

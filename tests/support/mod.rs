@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod git_fixtures;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -138,21 +139,30 @@ pub fn repo_url(i: usize) -> RepoUrl {
     }
 }
 
-/// Every (key, value) currently in `topic`, read from the beginning until `idle`
-/// passes without a new record.
+/// Every (key, value) currently in `topic` (read_committed), read from the beginning
+/// of every partition until `idle` passes without a new record. Assigns partitions
+/// directly: no group join to wait for.
 pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
     let mut records = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                 records.push((key, m.payload().unwrap_or_default().to_vec()));

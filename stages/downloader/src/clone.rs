@@ -46,9 +46,15 @@ impl UrlPolicy {
                 return Err(format!("local sources are disabled: {url}"));
             }
             if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
-                return Err(format!("local source must be an absolute path without ..: {url}"));
+                return Err(format!(
+                    "local source must be an absolute path without ..: {url}"
+                ));
             }
-            Ok(Source { url: url.to_string(), host: "local".into(), shallow: false })
+            Ok(Source {
+                url: url.to_string(),
+                host: "local".into(),
+                shallow: false,
+            })
         };
         if let Some(path) = url.strip_prefix("file://") {
             return local(path);
@@ -56,18 +62,34 @@ impl UrlPolicy {
         let Some((scheme, rest)) = url.split_once("://") else {
             return local(url);
         };
-        if !self.allowed_schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
+        if !self
+            .allowed_schemes
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(scheme))
+        {
             return Err(format!("scheme {scheme} is not allowed"));
         }
         let authority = rest.split('/').next().unwrap_or_default();
         if authority.contains('@') {
             return Err("credentials in the URL are refused; configure a token".into());
         }
-        let host = authority.split(':').next().unwrap_or_default().to_ascii_lowercase();
-        if !self.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+        let host = authority
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if !self
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&host))
+        {
             return Err(format!("host {host} is not allowed"));
         }
-        Ok(Source { url: url.to_string(), host, shallow: true })
+        Ok(Source {
+            url: url.to_string(),
+            host,
+            shallow: true,
+        })
     }
 }
 
@@ -114,9 +136,11 @@ pub fn clone_bare(
         }
         true
     });
-    callbacks.sideband_progress(|_| started.elapsed() <= limits.timeout || {
-        aborted.store(ABORT_TIMEOUT, Ordering::Relaxed);
-        false
+    callbacks.sideband_progress(|_| {
+        started.elapsed() <= limits.timeout || {
+            aborted.store(ABORT_TIMEOUT, Ordering::Relaxed);
+            false
+        }
     });
     let mut asked = false;
     callbacks.credentials(|_url, _username, _allowed| match token {
@@ -159,18 +183,32 @@ fn classify(e: &git2::Error) -> CloneFailure {
     } else if e.code() == ErrorCode::NotFound
         || lower.contains("not found")
         || lower.contains("does not exist")
+        || lower.contains("no such repository")
         || lower.contains("does not appear to be a git repository")
         || lower.contains("access denied")
     {
         ("not_found", false)
-    } else if matches!(e.class(), ErrorClass::Odb | ErrorClass::Indexer | ErrorClass::Zlib | ErrorClass::Object) {
+    } else if matches!(
+        e.class(),
+        ErrorClass::Odb | ErrorClass::Indexer | ErrorClass::Zlib | ErrorClass::Object
+    ) {
         ("corrupt", false)
     } else if e.code() == ErrorCode::Timeout || lower.contains("timed out") {
         ("timeout", true)
     } else {
-        ("network", matches!(e.class(), ErrorClass::Net | ErrorClass::Http | ErrorClass::Ssl | ErrorClass::Os))
+        (
+            "network",
+            matches!(
+                e.class(),
+                ErrorClass::Net | ErrorClass::Http | ErrorClass::Ssl | ErrorClass::Os
+            ),
+        )
     };
-    CloneFailure { reason, message, transient }
+    CloneFailure {
+        reason,
+        message,
+        transient,
+    }
 }
 
 /// What the HEAD tree holds.
@@ -195,7 +233,11 @@ const MAX_COUNTED_BLOB: usize = 1 << 20;
 /// Reads HEAD's tree straight from the object database: no checkout, and symlinks are
 /// never followed (they are blobs holding a path).
 pub fn measure(repo: &git2::Repository) -> Result<TreeStats, CloneFailure> {
-    let corrupt = |e: git2::Error| CloneFailure { reason: "corrupt", message: e.message().to_string(), transient: false };
+    let corrupt = |e: git2::Error| CloneFailure {
+        reason: "corrupt",
+        message: e.message().to_string(),
+        transient: false,
+    };
     let head = repo.head().map_err(corrupt)?;
     let commit = head.peel_to_commit().map_err(corrupt)?;
     let mut stats = TreeStats {
@@ -207,7 +249,9 @@ pub fn measure(repo: &git2::Repository) -> Result<TreeStats, CloneFailure> {
     let mut failure = None;
     tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
         // Regular files only: no symlinks (0o120000), no submodules.
-        if entry.kind() != Some(git2::ObjectType::Blob) || !matches!(entry.filemode(), 0o100644 | 0o100755) {
+        if entry.kind() != Some(git2::ObjectType::Blob)
+            || !matches!(entry.filemode(), 0o100644 | 0o100755)
+        {
             return git2::TreeWalkResult::Ok;
         }
         let blob = match repo.find_blob(entry.id()) {
@@ -224,7 +268,10 @@ pub fn measure(repo: &git2::Repository) -> Result<TreeStats, CloneFailure> {
             let content = blob.content();
             if content.len() <= MAX_COUNTED_BLOB && !content.iter().take(8000).any(|&b| b == 0) {
                 let lines = bytecount_lines(content);
-                *stats.lines_by_language.entry(language.to_string()).or_default() += lines;
+                *stats
+                    .lines_by_language
+                    .entry(language.to_string())
+                    .or_default() += lines;
             }
         }
         git2::TreeWalkResult::Ok
@@ -260,11 +307,21 @@ mod tests {
         ] {
             assert!(p.check(refused).is_err(), "{refused}");
         }
-        let local = UrlPolicy { allow_local: true, ..Default::default() };
+        let local = UrlPolicy {
+            allow_local: true,
+            ..Default::default()
+        };
         assert!(!local.check("file:///srv/a.git").unwrap().shallow);
         assert!(local.check("file:///srv/../etc").is_err());
-        let git = UrlPolicy { allowed_schemes: vec!["git".into()], allowed_hosts: vec!["127.0.0.1".into()], ..Default::default() };
-        assert_eq!(git.check("git://127.0.0.1:9418/a.git").unwrap().host, "127.0.0.1");
+        let git = UrlPolicy {
+            allowed_schemes: vec!["git".into()],
+            allowed_hosts: vec!["127.0.0.1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            git.check("git://127.0.0.1:9418/a.git").unwrap().host,
+            "127.0.0.1"
+        );
     }
 
     #[test]

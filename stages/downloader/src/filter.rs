@@ -31,17 +31,29 @@ impl Default for FilterOptions {
         Self {
             min_stars: 10,
             min_forks: 0,
-            languages: ["Rust", "Go", "Python", "TypeScript", "JavaScript", "Dart", "Java", "C", "C++"]
-                .map(String::from)
-                .to_vec(),
+            languages: [
+                "Rust",
+                "Go",
+                "Python",
+                "TypeScript",
+                "JavaScript",
+                "Dart",
+                "Java",
+                "C",
+                "C++",
+            ]
+            .map(String::from)
+            .to_vec(),
             licenses: Vec::new(),
             exclude_archived: true,
             exclude_forks: true,
             max_size_kb: Some(2 * 1024 * 1024),
             pushed_after: None,
-            exclude_words: ["awesome", "tutorial", "homework", "leetcode", "dotfiles", "mirror"]
-                .map(String::from)
-                .to_vec(),
+            exclude_words: [
+                "awesome", "tutorial", "homework", "leetcode", "dotfiles", "mirror",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -78,7 +90,10 @@ impl Rejection {
 
 pub fn check(repo: &RepoUrl, o: &FilterOptions) -> Result<(), Rejection> {
     let in_list = |list: &[String], value: &Option<String>| {
-        list.is_empty() || value.as_ref().is_some_and(|v| list.iter().any(|x| x.eq_ignore_ascii_case(v)))
+        list.is_empty()
+            || value
+                .as_ref()
+                .is_some_and(|v| list.iter().any(|x| x.eq_ignore_ascii_case(v)))
     };
     if repo.stars < o.min_stars {
         return Err(Rejection::Stars);
@@ -102,7 +117,9 @@ pub fn check(repo: &RepoUrl, o: &FilterOptions) -> Result<(), Rejection> {
         return Err(Rejection::Size);
     }
     if let Some(day) = o.pushed_after {
-        let cutoff = Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight")).timestamp_millis();
+        let cutoff = Utc
+            .from_utc_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight"))
+            .timestamp_millis();
         if repo.pushed_at_ms.is_none_or(|p| p < cutoff) {
             return Err(Rejection::Stale);
         }
@@ -111,7 +128,10 @@ pub fn check(repo: &RepoUrl, o: &FilterOptions) -> Result<(), Rejection> {
         let name = repo.full_name.rsplit('/').next().unwrap_or_default();
         let text = format!("{name} {}", repo.description.as_deref().unwrap_or_default());
         let tokens = tokens(&text);
-        if o.exclude_words.iter().any(|w| tokens.iter().any(|t| t.eq_ignore_ascii_case(w))) {
+        if o.exclude_words
+            .iter()
+            .any(|w| tokens.iter().any(|t| t.eq_ignore_ascii_case(w)))
+        {
             return Err(Rejection::ExcludedWord);
         }
     }
@@ -155,7 +175,9 @@ pub fn tokens(text: &str) -> Vec<String> {
 /// | description | 10 if described | |
 /// | topics | 10 × min(1, topics / 3) | 3 topics |
 pub fn quality_score(repo: &RepoUrl, now_ms: i64) -> f64 {
-    let log_share = |value: i64, full_at_log10: f64| ((value.max(0) as f64 + 1.0).log10() / full_at_log10).min(1.0);
+    let log_share = |value: i64, full_at_log10: f64| {
+        ((value.max(0) as f64 + 1.0).log10() / full_at_log10).min(1.0)
+    };
     let stars = 40.0 * log_share(repo.stars, 4.0);
     let forks = 15.0 * log_share(repo.forks, 3.0);
     let recency = repo
@@ -165,8 +187,20 @@ pub fn quality_score(repo: &RepoUrl, now_ms: i64) -> f64 {
             15.0 * (1.0 - (days / 1095.0).min(1.0))
         })
         .unwrap_or(0.0);
-    let license = if repo.license_spdx.is_some() { 10.0 } else { 0.0 };
-    let description = if repo.description.as_deref().is_some_and(|d| !d.trim().is_empty()) { 10.0 } else { 0.0 };
+    let license = if repo.license_spdx.is_some() {
+        10.0
+    } else {
+        0.0
+    };
+    let description = if repo
+        .description
+        .as_deref()
+        .is_some_and(|d| !d.trim().is_empty())
+    {
+        10.0
+    } else {
+        0.0
+    };
     let topics = 10.0 * (repo.topics.len() as f64 / 3.0).min(1.0);
     (stars + forks + recency + license + description + topics).clamp(0.0, 100.0)
 }
@@ -198,27 +232,99 @@ mod tests {
 
     #[test]
     fn words_match_whole_tokens_only() {
-        let o = FilterOptions { exclude_words: vec!["test".into(), "copy".into()], ..Default::default() };
-        assert_eq!(check(&repo(), &o), Ok(()), "fastest and copyright are not test and copy");
-        for name in ["owner/my-test-repo", "owner/test", "owner/parserTest", "owner/test_utils"] {
-            let r = RepoUrl { full_name: name.into(), ..repo() };
+        let o = FilterOptions {
+            exclude_words: vec!["test".into(), "copy".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&repo(), &o),
+            Ok(()),
+            "fastest and copyright are not test and copy"
+        );
+        for name in [
+            "owner/my-test-repo",
+            "owner/test",
+            "owner/parserTest",
+            "owner/test_utils",
+        ] {
+            let r = RepoUrl {
+                full_name: name.into(),
+                ..repo()
+            };
             assert_eq!(check(&r, &o), Err(Rejection::ExcludedWord), "{name}");
         }
-        assert_eq!(tokens("HTTPServer fooBar v2Api"), ["HTTPServer", "foo", "Bar", "v2", "Api"]);
+        assert_eq!(
+            tokens("HTTPServer fooBar v2Api"),
+            ["HTTPServer", "foo", "Bar", "v2", "Api"]
+        );
     }
 
     #[test]
     fn rules_report_the_first_failure() {
         let o = FilterOptions::default();
-        assert_eq!(check(&RepoUrl { stars: 3, ..repo() }, &o), Err(Rejection::Stars));
-        assert_eq!(check(&RepoUrl { language: Some("COBOL".into()), ..repo() }, &o), Err(Rejection::Language));
-        assert_eq!(check(&RepoUrl { language: Some("c++".into()), ..repo() }, &o), Ok(()));
-        assert_eq!(check(&RepoUrl { archived: true, ..repo() }, &o), Err(Rejection::Archived));
-        assert_eq!(check(&RepoUrl { fork: true, ..repo() }, &o), Err(Rejection::Fork));
-        assert_eq!(check(&RepoUrl { size_kb: 10_000_000, ..repo() }, &o), Err(Rejection::Size));
-        let licensed = FilterOptions { licenses: vec!["apache-2.0".into()], ..Default::default() };
+        assert_eq!(
+            check(&RepoUrl { stars: 3, ..repo() }, &o),
+            Err(Rejection::Stars)
+        );
+        assert_eq!(
+            check(
+                &RepoUrl {
+                    language: Some("COBOL".into()),
+                    ..repo()
+                },
+                &o
+            ),
+            Err(Rejection::Language)
+        );
+        assert_eq!(
+            check(
+                &RepoUrl {
+                    language: Some("c++".into()),
+                    ..repo()
+                },
+                &o
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &RepoUrl {
+                    archived: true,
+                    ..repo()
+                },
+                &o
+            ),
+            Err(Rejection::Archived)
+        );
+        assert_eq!(
+            check(
+                &RepoUrl {
+                    fork: true,
+                    ..repo()
+                },
+                &o
+            ),
+            Err(Rejection::Fork)
+        );
+        assert_eq!(
+            check(
+                &RepoUrl {
+                    size_kb: 10_000_000,
+                    ..repo()
+                },
+                &o
+            ),
+            Err(Rejection::Size)
+        );
+        let licensed = FilterOptions {
+            licenses: vec!["apache-2.0".into()],
+            ..Default::default()
+        };
         assert_eq!(check(&repo(), &licensed), Err(Rejection::License));
-        let recent = FilterOptions { pushed_after: NaiveDate::from_ymd_opt(2100, 1, 1), ..Default::default() };
+        let recent = FilterOptions {
+            pushed_after: NaiveDate::from_ymd_opt(2100, 1, 1),
+            ..Default::default()
+        };
         assert_eq!(check(&repo(), &recent), Err(Rejection::Stale));
     }
 
@@ -244,7 +350,12 @@ mod tests {
         };
         assert_eq!(quality_score(&bare, now), 0.0);
         let r = repo(); // 500 stars, 20 forks, pushed now, licensed, described, 1 topic
-        let expected = 40.0 * (501f64.log10() / 4.0) + 15.0 * (21f64.log10() / 3.0) + 15.0 + 10.0 + 10.0 + 10.0 / 3.0;
+        let expected = 40.0 * (501f64.log10() / 4.0)
+            + 15.0 * (21f64.log10() / 3.0)
+            + 15.0
+            + 10.0
+            + 10.0
+            + 10.0 / 3.0;
         assert!((quality_score(&r, now) - expected).abs() < 1e-9);
     }
 }

@@ -91,7 +91,10 @@ impl Downloader {
         TransformError::permanent(reason, message)
     }
 
-    async fn clone_with_retries(&self, source: &Source) -> Result<(std::path::PathBuf, clone::TreeStats), CloneFailure> {
+    async fn clone_with_retries(
+        &self,
+        source: &Source,
+    ) -> Result<(std::path::PathBuf, clone::TreeStats), CloneFailure> {
         let limits = Limits {
             max_bytes: self.options.max_clone_bytes,
             timeout: Duration::from_secs(self.options.clone_timeout_s),
@@ -106,7 +109,13 @@ impl Downloader {
                 clone::measure(&repo)
             })
             .await
-            .unwrap_or_else(|e| Err(CloneFailure { reason: "network", message: format!("clone task failed: {e}"), transient: false }));
+            .unwrap_or_else(|e| {
+                Err(CloneFailure {
+                    reason: "network",
+                    message: format!("clone task failed: {e}"),
+                    transient: false,
+                })
+            });
             match result {
                 Ok(stats) => return Ok((temporary, stats)),
                 Err(failure) => {
@@ -123,7 +132,12 @@ impl Downloader {
     }
 }
 
-fn output(repo: &RepoUrl, dest: &std::path::Path, marker: &Marker, score: f64) -> Vec<Keyed<RepoClone>> {
+fn output(
+    repo: &RepoUrl,
+    dest: &std::path::Path,
+    marker: &Marker,
+    score: f64,
+) -> Vec<Keyed<RepoClone>> {
     vec![Keyed {
         key: repo.full_name.clone(),
         value: RepoClone {
@@ -147,7 +161,10 @@ impl Transform for Downloader {
     async fn transform(&self, repo: RepoUrl) -> Result<Vec<Keyed<RepoClone>>, TransformError> {
         if let Err(rejection) = filter::check(&repo, &self.options.filter) {
             self.metrics.quality_filtered.inc();
-            self.metrics.quality_filtered_reasons.with_label_values(&[rejection.reason()]).inc();
+            self.metrics
+                .quality_filtered_reasons
+                .with_label_values(&[rejection.reason()])
+                .inc();
             return Ok(Vec::new());
         }
         let score = filter::quality_score(&repo, now_ms());
@@ -162,7 +179,12 @@ impl Transform for Downloader {
         let dest = self
             .store
             .path_for(&source.host, &repo.full_name)
-            .ok_or_else(|| self.failed("refused_url", format!("unsafe repository name {:?}", repo.full_name)))?;
+            .ok_or_else(|| {
+                self.failed(
+                    "refused_url",
+                    format!("unsafe repository name {:?}", repo.full_name),
+                )
+            })?;
 
         // Cloned already and nothing pushed since: publish again without the network.
         if let Some(marker) = CloneStore::marker(&dest) {
@@ -176,7 +198,11 @@ impl Transform for Downloader {
             }
         }
 
-        let _slot = self.slots.acquire().await.expect("semaphore is never closed");
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         self.metrics.active_downloads.inc();
         let started = Instant::now();
         let result = self.clone_with_retries(&source).await;
@@ -194,11 +220,20 @@ impl Transform for Downloader {
         };
         if let Err(e) = self.store.commit(&temporary, &dest, &marker) {
             std::fs::remove_dir_all(&temporary).ok();
-            return Err(TransformError::retryable("store", format!("cannot place clone in the store: {e:#}")));
+            return Err(TransformError::retryable(
+                "store",
+                format!("cannot place clone in the store: {e:#}"),
+            ));
         }
-        self.metrics.clone_duration.observe(started.elapsed().as_secs_f64());
-        self.metrics.last_repo_size_kb.set(stats.size_bytes as f64 / 1024.0);
-        self.metrics.repo_lines_of_code.observe(stats.lines_of_code() as f64);
+        self.metrics
+            .clone_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .last_repo_size_kb
+            .set(stats.size_bytes as f64 / 1024.0);
+        self.metrics
+            .repo_lines_of_code
+            .observe(stats.lines_of_code() as f64);
         self.metrics.repos_downloaded.inc();
         Ok(output(&repo, &dest, &marker, score))
     }

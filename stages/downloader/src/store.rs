@@ -41,7 +41,8 @@ pub struct CloneStore {
 impl CloneStore {
     /// Creates the store if needed and clears temporary clones a crash left behind.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("cannot create clone store {}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create clone store {}", root.display()))?;
         let root = root.canonicalize()?;
         let tmp = root.join(".tmp");
         if tmp.exists() {
@@ -76,7 +77,9 @@ impl CloneStore {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        self.root.join(".tmp").join(format!("{}-{nanos}", std::process::id()))
+        self.root
+            .join(".tmp")
+            .join(format!("{}-{nanos}", std::process::id()))
     }
 
     pub fn marker(path: &Path) -> Option<Marker> {
@@ -86,7 +89,12 @@ impl CloneStore {
 
     /// Writes the marker into the finished temporary clone and renames it into place,
     /// replacing an older clone of the same repository.
-    pub fn commit(&self, temporary: &Path, destination: &Path, marker: &Marker) -> anyhow::Result<()> {
+    pub fn commit(
+        &self,
+        temporary: &Path,
+        destination: &Path,
+        marker: &Marker,
+    ) -> anyhow::Result<()> {
         std::fs::write(temporary.join(MARKER), serde_json::to_vec_pretty(marker)?)?;
         let parent = destination.parent().context("clone path has a parent")?;
         std::fs::create_dir_all(parent)?;
@@ -129,10 +137,14 @@ fn collect_clones(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, Marker)>) {
     if depth > 3 {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) || path.file_name().is_some_and(|n| n == ".tmp") {
+        if !entry.file_type().is_ok_and(|t| t.is_dir())
+            || path.file_name().is_some_and(|n| n == ".tmp")
+        {
             continue;
         }
         match CloneStore::marker(&path) {
@@ -148,7 +160,9 @@ fn safe_part(part: &str) -> Option<String> {
     let ok = !part.is_empty()
         && part.len() <= 100
         && !part.starts_with('.')
-        && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     ok.then(|| part.to_ascii_lowercase())
 }
 
@@ -177,8 +191,20 @@ mod tests {
         let b = store.path_for("github.com", "a/b-c").unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with(store.root()) && b.starts_with(store.root()));
-        assert_eq!(store.path_for("github.com", "Owner/Repo.git"), store.path_for("github.com", "owner/repo"));
-        for bad in ["../x", "a/..", "a/.git", "/etc/passwd", "a", "a/b/c", "a/", "a/b\\c"] {
+        assert_eq!(
+            store.path_for("github.com", "Owner/Repo.git"),
+            store.path_for("github.com", "owner/repo")
+        );
+        for bad in [
+            "../x",
+            "a/..",
+            "a/.git",
+            "/etc/passwd",
+            "a",
+            "a/b/c",
+            "a/",
+            "a/b\\c",
+        ] {
             assert_eq!(store.path_for("github.com", bad), None, "{bad}");
         }
         assert_eq!(store.path_for("..", "a/b"), None);
@@ -193,11 +219,15 @@ mod tests {
             let tmp = store.temporary();
             std::fs::create_dir_all(&tmp).unwrap();
             let dest = store.path_for("h", name).unwrap();
-            store.commit(&tmp, &dest, &marker(name, now - age_h * 3_600_000, size)).unwrap();
+            store
+                .commit(&tmp, &dest, &marker(name, now - age_h * 3_600_000, size))
+                .unwrap();
             assert_eq!(CloneStore::marker(&dest).unwrap().full_name, name);
         }
         // 72 h retention removes o/old; a 1000-byte budget then removes the older of the rest.
-        let deleted = store.sweep(Duration::from_secs(72 * 3600), Some(1000)).unwrap();
+        let deleted = store
+            .sweep(Duration::from_secs(72 * 3600), Some(1000))
+            .unwrap();
         assert_eq!(deleted, 2);
         assert!(!store.path_for("h", "o/old").unwrap().exists());
         assert!(!store.path_for("h", "o/mid").unwrap().exists());

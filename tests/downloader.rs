@@ -1,0 +1,417 @@
+//! The downloader against repositories served by `git daemon` on 127.0.0.1: eligible
+//! ones become bare shallow clones at the right commit, ineligible ones are filtered
+//! with their reason, hostile inputs are refused or capped and leave nothing behind,
+//! and a downloader killed mid-clone never uses the half clone.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use codelupe_downloader::clone::UrlPolicy;
+use codelupe_downloader::filter::FilterOptions;
+use codelupe_downloader::metrics::DownloaderMetrics;
+use codelupe_downloader::{Downloader, DownloaderOptions};
+use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
+use codelupe_runtime::{AvroRecord, Transform};
+use support::git_fixtures::*;
+use support::*;
+
+const RUST: &str = "fn main() {\n    let x = 1;\n    let y = 2;\n    println!(\"{}\", x + y);\n}\n";
+const PYTHON: &str = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n";
+
+fn url_record(full_name: &str, clone_url: &str) -> RepoUrl {
+    RepoUrl {
+        full_name: full_name.into(),
+        clone_url: clone_url.into(),
+        default_branch: Some("main".into()),
+        language: Some("Rust".into()),
+        stars: 120,
+        forks: 4,
+        size_kb: 10,
+        topics: vec!["cli".into()],
+        license_spdx: Some("MIT".into()),
+        archived: false,
+        fork: false,
+        created_at_ms: Some(0),
+        pushed_at_ms: Some(1_700_000_000_000),
+        description: Some("a fixture".into()),
+        source: "test".into(),
+        discovered_at_ms: now_ms(),
+    }
+}
+
+fn options(store: &Path) -> DownloaderOptions {
+    DownloaderOptions {
+        store: store.to_path_buf(),
+        urls: UrlPolicy {
+            allowed_schemes: vec!["git".into()],
+            allowed_hosts: vec!["127.0.0.1".into()],
+            allow_local: false,
+        },
+        filter: FilterOptions {
+            exclude_words: vec!["test".into()],
+            ..Default::default()
+        },
+        max_clone_bytes: 1 << 20,
+        clone_timeout_s: 60,
+        ..Default::default()
+    }
+}
+
+fn counter(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// Every path under `dir`, relative, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn downloader(options: DownloaderOptions) -> (Downloader, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = DownloaderMetrics::register(&registry).unwrap();
+    (Downloader::new(options, metrics).unwrap(), registry)
+}
+
+#[tokio::test]
+async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let head = bare_repo(
+        &srv.join("alice/good.git"),
+        &[
+            ("README.md", b"# good\n".to_vec()),
+            ("src/main.rs", RUST.into()),
+            ("lib.py", PYTHON.into()),
+        ],
+        Some(("passwd-link", "/etc/passwd")),
+    );
+    let daemon = GitDaemon::start(&srv);
+    let store = dir.path().join("store");
+    let (downloader, registry) = downloader(options(&store));
+
+    let out = downloader
+        .transform(url_record("alice/good", &daemon.url("alice/good.git")))
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    let clone: &RepoClone = &out[0].value;
+    assert_eq!(out[0].key, "alice/good");
+    assert_eq!(clone.commit_id, head);
+    assert_eq!(
+        clone.file_count, 3,
+        "regular files only: the symlink is not a file"
+    );
+    assert_eq!(clone.lines_by_language.get("Rust"), Some(&5));
+    assert_eq!(clone.lines_by_language.get("Python"), Some(&5));
+    assert!(clone.quality_score > 0.0 && clone.quality_score <= 100.0);
+    RepoClone::decode(&clone.encode().unwrap()).unwrap();
+
+    let path = clone.clone_uri.strip_prefix("file://").unwrap();
+    assert!(Path::new(path).starts_with(store.canonicalize().unwrap()));
+    let repo = git2::Repository::open_bare(path).unwrap();
+    assert!(repo.is_bare() && repo.is_shallow(), "bare and shallow");
+    assert_eq!(
+        repo.head()
+            .unwrap()
+            .peel_to_commit()
+            .unwrap()
+            .id()
+            .to_string(),
+        head
+    );
+    // The symlink is a blob holding a path; cloning bare never follows or creates it.
+    let tree = repo.head().unwrap().peel_to_tree().unwrap();
+    let link = tree.get_name("passwd-link").unwrap();
+    assert_eq!(link.filemode(), 0o120000);
+    assert_eq!(repo.find_blob(link.id()).unwrap().content(), b"/etc/passwd");
+    for entry in listing(&store) {
+        let p = store.join(&entry);
+        assert!(
+            !p.symlink_metadata().unwrap().file_type().is_symlink(),
+            "symlink in the store: {entry}"
+        );
+        assert!(
+            !entry.ends_with("main.rs") && !entry.contains("passwd"),
+            "checked-out file in the store: {entry}"
+        );
+    }
+    assert_eq!(
+        counter(&registry, "downloader_repos_downloaded_total", None),
+        1.0
+    );
+    assert_eq!(
+        counter(&registry, "downloader_quality_passed_total", None),
+        1.0
+    );
+
+    // Cloned already at this push: published again without touching the network.
+    std::fs::remove_dir_all(srv.join("alice/good.git")).unwrap();
+    let again = downloader
+        .transform(url_record("alice/good", &daemon.url("alice/good.git")))
+        .await
+        .unwrap();
+    assert_eq!(again[0].value.commit_id, head);
+    assert_eq!(
+        counter(&registry, "downloader_repos_downloaded_total", None),
+        1.0
+    );
+
+    // Ineligible: filtered with the first rule they fail; "fastest" is not "test".
+    let few_stars = RepoUrl {
+        stars: 3,
+        ..url_record("bob/small", &daemon.url("bob/small.git"))
+    };
+    assert!(downloader.transform(few_stars).await.unwrap().is_empty());
+    let worded = url_record("bob/test-utils", &daemon.url("bob/test-utils.git"));
+    assert!(downloader.transform(worded).await.unwrap().is_empty());
+    let archived = RepoUrl {
+        archived: true,
+        ..url_record("bob/old", &daemon.url("bob/old.git"))
+    };
+    assert!(downloader.transform(archived).await.unwrap().is_empty());
+    assert_eq!(
+        counter(&registry, "downloader_quality_filtered_total", None),
+        3.0
+    );
+    for reason in ["stars", "excluded_word", "archived"] {
+        assert_eq!(
+            counter(
+                &registry,
+                "downloader_quality_filtered_reasons_total",
+                Some(reason)
+            ),
+            1.0,
+            "{reason}"
+        );
+    }
+    bare_repo(&srv.join("bob/fastest.git"), &[("a.rs", RUST.into())], None);
+    let fastest = url_record("bob/fastest", &daemon.url("bob/fastest.git"));
+    assert_eq!(downloader.transform(fastest).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    bare_repo(
+        &srv.join("mallory/huge.git"),
+        &[
+            ("a.rs", RUST.into()),
+            ("blob.bin", incompressible(3 << 20, 7)),
+        ],
+        None,
+    );
+    bare_repo(
+        &srv.join("mallory/fine.git"),
+        &[("a.rs", RUST.into())],
+        None,
+    );
+    let daemon = GitDaemon::start(&srv);
+    let store = dir.path().join("store");
+    let (downloader, registry) = downloader(options(&store));
+
+    let cases = [
+        (url_record("mallory/etc", "file:///etc"), "refused_url"),
+        (url_record("mallory/local", "/etc"), "refused_url"),
+        (
+            url_record("../escape", &daemon.url("mallory/fine.git")),
+            "refused_url",
+        ),
+        (
+            url_record("mallory/..", &daemon.url("mallory/fine.git")),
+            "refused_url",
+        ),
+        (
+            url_record(
+                "mallory/elsewhere",
+                &format!("git://localhost:{}/mallory/fine.git", daemon.port),
+            ),
+            "refused_url",
+        ),
+        (
+            url_record(
+                "mallory/https-elsewhere",
+                "https://evil.example.com/mallory/fine.git",
+            ),
+            "refused_url",
+        ),
+        (
+            url_record("mallory/huge", &daemon.url("mallory/huge.git")),
+            "too_large",
+        ),
+        (
+            url_record("mallory/missing", &daemon.url("mallory/missing.git")),
+            "not_found",
+        ),
+    ];
+    for (record, reason) in cases {
+        let name = record.full_name.clone();
+        let err = downloader.transform(record).await.expect_err(&name);
+        assert_eq!(err.reason, reason, "{name}: {err}");
+        assert!(!err.retryable, "{name}");
+    }
+    assert_eq!(
+        counter(
+            &registry,
+            "downloader_repos_failed_total",
+            Some("refused_url")
+        ),
+        6.0
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "downloader_repos_failed_total",
+            Some("too_large")
+        ),
+        1.0
+    );
+    assert_eq!(listing(&store), [".tmp"], "nothing left in the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let quick = bare_repo(&srv.join("carol/quick.git"), &[("a.rs", RUST.into())], None);
+    let slow = bare_repo(
+        &srv.join("carol/slow.git"),
+        &[
+            ("a.rs", RUST.into()),
+            ("data.bin", incompressible(1_500_000, 3)),
+        ],
+        None,
+    );
+    let daemon = GitDaemon::start(&srv);
+    // ~150 KB/s: the slow clone takes about 10 s.
+    let proxy = throttling_proxy(daemon.port, 150_000);
+
+    let suffix = unique("d");
+    let topology = renamed_topology(dir.path(), &suffix);
+    let applied = codelupe()
+        .args([
+            "--topology",
+            topology.to_str().unwrap(),
+            "topology",
+            "apply",
+            "--brokers",
+            &brokers(),
+        ])
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{}", text(&applied));
+    let store = dir.path().join("store");
+    let config = dir.path().join("codelupe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: 6000, heartbeat.interval.ms: 1000}}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    options:\n      store: {}\n      max_clone_bytes: 10000000\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
+            brokers(),
+            free_port(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    let input = format!("repo-urls-{suffix}");
+    let output = format!("repo-clones-{suffix}");
+    let via_proxy = |name: &str| format!("git://127.0.0.1:{proxy}/{name}.git");
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for name in ["carol/slow", "carol/quick"] {
+        let record = url_record(name, &via_proxy(name));
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&input)
+                    .key(name)
+                    .payload(&record.encode().unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let stage = || {
+        Command::new(env!("CARGO_BIN_EXE_codelupe"))
+            .current_dir(repo_root())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--topology",
+                topology.to_str().unwrap(),
+                "stage",
+                "downloader",
+            ])
+            .env("CODELUPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let slow_path = store.join("127.0.0.1/carol/slow.git");
+    let mut first = KillOnDrop(stage());
+    wait_for("a clone in progress", Duration::from_secs(60), || {
+        std::fs::read_dir(store.join(".tmp")).is_ok_and(|mut d| d.next().is_some())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(!slow_path.exists(), "a half clone is in place");
+    assert!(
+        !listing(&store.join(".tmp")).is_empty(),
+        "the killed clone was mid-transfer"
+    );
+
+    let _second = KillOnDrop(stage());
+    let out = output.clone();
+    wait_for("both clones published", Duration::from_secs(120), || {
+        let names: std::collections::HashSet<String> = read_all(&out, Duration::from_secs(1))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        names.contains("carol/slow") && names.contains("carol/quick")
+    });
+    for (key, value) in read_all(&output, Duration::from_secs(1)) {
+        let clone = RepoClone::decode(&value).unwrap();
+        let expected = if key == "carol/slow" { &slow } else { &quick };
+        assert_eq!(&clone.commit_id, expected, "{key}");
+        let repo =
+            git2::Repository::open_bare(clone.clone_uri.strip_prefix("file://").unwrap()).unwrap();
+        assert_eq!(
+            &repo
+                .head()
+                .unwrap()
+                .peel_to_commit()
+                .unwrap()
+                .id()
+                .to_string(),
+            expected
+        );
+    }
+    assert!(
+        listing(&store.join(".tmp")).is_empty(),
+        "the stale temporary clone was removed"
+    );
+}

@@ -126,14 +126,15 @@ pub async fn run_all(
 }
 
 /// Options a stage gets on the embedded default when the config gives none: with no
-/// network, the crawler reads the git repositories under the working directory and the
-/// downloader clones them locally into `.codelupe/clones`.
+/// network, the crawler reads the git repositories under the working directory, the
+/// downloader clones them locally into `.codelupe/clones` and the processor reads them there.
 const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
     ("crawler", "{source: local_folder, local_folder: ., interval_s: 60}"),
     (
         "downloader",
         "{store: .codelupe/clones, urls: {allow_local: true}, filter: {min_stars: 0, languages: [], exclude_words: []}}",
     ),
+    ("processor", "{store: .codelupe/clones}"),
 ];
 
 fn offline_defaults(config: &mut Config) {

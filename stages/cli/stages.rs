@@ -56,8 +56,8 @@ pub const STAGES: &[StageEntry] = &[
     StageEntry {
         name: codelupe_processor::STAGE,
         issue: codelupe_processor::BUILT_BY_ISSUE,
-        register_metrics: |r| codelupe_processor::metrics::ProcessorMetrics::register(r).map(drop),
-        launch: None,
+        register_metrics: |_| Ok(()),
+        launch: Some(|runtime| Box::pin(codelupe_processor::run(runtime))),
         progress: LOOP_PROGRESS,
     },
     StageEntry {

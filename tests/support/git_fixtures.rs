@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::KillOnDrop;
 
 /// A bare repository at `path` with `files` (path, content) in two commits (the first
-/// commit holds only the first file), plus an optional symlink entry. Returns the HEAD
-/// commit id.
+/// commit holds only the first file), plus an optional symlink entry at the top. Returns
+/// the HEAD commit id.
 pub fn bare_repo(path: &Path, files: &[(&str, Vec<u8>)], symlink: Option<(&str, &str)>) -> String {
     let repo = git2::Repository::init_bare(path).unwrap();
     let sig = git2::Signature::new(
@@ -22,37 +22,20 @@ pub fn bare_repo(path: &Path, files: &[(&str, Vec<u8>)], symlink: Option<(&str, 
     .unwrap();
     let mut parent: Option<git2::Oid> = None;
     for upto in [1, files.len()] {
-        let mut builder = repo.treebuilder(None).unwrap();
-        let mut subtrees: std::collections::BTreeMap<String, Vec<(String, git2::Oid)>> =
-            Default::default();
-        for (name, content) in &files[..upto] {
-            let blob = repo.blob(content).unwrap();
-            match name.split_once('/') {
-                Some((dir, file)) => subtrees
-                    .entry(dir.to_string())
-                    .or_default()
-                    .push((file.to_string(), blob)),
-                None => {
-                    builder.insert(name, blob, 0o100644).unwrap();
-                }
-            }
-        }
-        for (dir, entries) in subtrees {
-            let mut sub = repo.treebuilder(None).unwrap();
-            for (file, blob) in entries {
-                sub.insert(&file, blob, 0o100644).unwrap();
-            }
-            builder
-                .insert(&dir, sub.write().unwrap(), 0o040000)
-                .unwrap();
-        }
+        let mut entries: Vec<(String, git2::Oid, i32)> = files[..upto]
+            .iter()
+            .map(|(name, content)| (name.to_string(), repo.blob(content).unwrap(), 0o100644))
+            .collect();
         if upto == files.len() {
             if let Some((name, target)) = symlink {
-                let blob = repo.blob(target.as_bytes()).unwrap();
-                builder.insert(name, blob, 0o120000).unwrap();
+                entries.push((
+                    name.to_string(),
+                    repo.blob(target.as_bytes()).unwrap(),
+                    0o120000,
+                ));
             }
         }
-        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
+        let tree = repo.find_tree(write_tree(&repo, &entries)).unwrap();
         let parents: Vec<git2::Commit> = parent
             .iter()
             .map(|p| repo.find_commit(*p).unwrap())
@@ -64,6 +47,32 @@ pub fn bare_repo(path: &Path, files: &[(&str, Vec<u8>)], symlink: Option<(&str, 
         );
     }
     parent.unwrap().to_string()
+}
+
+/// Writes nested trees for (path, blob, mode) entries; returns the root tree.
+fn write_tree(repo: &git2::Repository, entries: &[(String, git2::Oid, i32)]) -> git2::Oid {
+    let mut builder = repo.treebuilder(None).unwrap();
+    let mut subdirs: std::collections::BTreeMap<String, Vec<(String, git2::Oid, i32)>> =
+        Default::default();
+    for (path, oid, mode) in entries {
+        match path.split_once('/') {
+            Some((dir, rest)) => {
+                subdirs
+                    .entry(dir.to_string())
+                    .or_default()
+                    .push((rest.to_string(), *oid, *mode))
+            }
+            None => {
+                builder.insert(path, *oid, *mode).unwrap();
+            }
+        }
+    }
+    for (dir, children) in subdirs {
+        builder
+            .insert(&dir, write_tree(repo, &children), 0o040000)
+            .unwrap();
+    }
+    builder.write().unwrap()
 }
 
 /// Bytes that do not compress, so a pack is as big as its content.
@@ -169,4 +178,78 @@ pub fn throttling_proxy(target: u16, bytes_per_second: usize) -> u16 {
         }
     });
     port
+}
+
+/// A bare repository at `bare` holding everything under `tree` in one commit (made with
+/// the git CLI, as a user would). Returns the commit id.
+pub fn import_tree(tree: &Path, bare: &Path, work: &Path) -> String {
+    let run = |cmd: &mut Command| {
+        let status = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{cmd:?}");
+    };
+    let copy = work.join(tree.file_name().unwrap());
+    run(Command::new("cp").arg("-r").arg(tree).arg(&copy));
+    // Nested git metadata or ignore rules in the copy would hide files from the import.
+    let _ = std::fs::remove_dir_all(copy.join(".git"));
+    run(Command::new("git").args(["init", "-q"]).current_dir(&copy));
+    run(Command::new("git")
+        .args(["add", "-A", "-f"])
+        .current_dir(&copy));
+    run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "import",
+        ])
+        .current_dir(&copy));
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&copy)
+        .arg(bare));
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(&copy)
+        .output()
+        .unwrap();
+    String::from_utf8(head.stdout).unwrap().trim().to_string()
+}
+
+/// Crate sources Cargo downloaded for this build: real code no one here wrote.
+pub fn registry_crates(prefixes: &[&str]) -> Vec<PathBuf> {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let mut found = Vec::new();
+    for index in std::fs::read_dir(home.join("registry/src"))
+        .unwrap()
+        .flatten()
+    {
+        for prefix in prefixes {
+            let mut versions: Vec<PathBuf> = std::fs::read_dir(index.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{prefix}."))
+                })
+                .collect();
+            versions.sort();
+            if let Some(last) = versions.pop() {
+                found.push(last);
+            }
+        }
+    }
+    found
 }

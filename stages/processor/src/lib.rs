@@ -1,8 +1,278 @@
-//! Processor: reads each clone's HEAD tree from the bare repository, selects, parses
-//! and scores files, publishing `code-files`. Built by issue #5; until then the stage
-//! refuses to run rather than pretend.
+//! Processor: reads each clone's tree at the published commit straight from the bare
+//! repository (no checkout), selects, filters, parses and scores every file, and
+//! publishes one `code-files` record per file worth training on, keyed by content
+//! hash. Exact duplicates across repositories are dropped downstream by the batcher,
+//! whose state partitions like `code-files` (same key); within one clone a content is
+//! published once.
 
 pub mod metrics;
+pub mod parse;
+pub mod score;
+pub mod select;
+pub mod text;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use codelupe_runtime::records::{CodeFile, RepoClone};
+use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
+use rayon::prelude::*;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::metrics::ProcessorMetrics;
+use crate::select::PathVerdict;
 
 pub const STAGE: &str = "processor";
 pub const BUILT_BY_ISSUE: u32 = 5;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorOptions {
+    /// The clone store; clones referenced outside it are refused.
+    pub store: PathBuf,
+    pub workers: usize,
+    pub min_bytes: usize,
+    pub max_bytes: usize,
+    pub min_quality: f64,
+    pub parse_timeout_ms: u64,
+}
+
+impl Default for ProcessorOptions {
+    fn default() -> Self {
+        Self {
+            store: PathBuf::from("/var/lib/codelupe/clones"),
+            workers: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2),
+            min_bytes: 100,
+            max_bytes: 1 << 20,
+            min_quality: 30.0,
+            parse_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// The outcome for one file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Keep(Box<CodeFile>),
+    Skip(&'static str),
+}
+
+#[derive(Clone)]
+pub struct Processor {
+    options: ProcessorOptions,
+    store: PathBuf,
+    pool: Arc<rayon::ThreadPool>,
+    metrics: Arc<ProcessorMetrics>,
+}
+
+impl Processor {
+    pub fn new(options: ProcessorOptions, metrics: ProcessorMetrics) -> anyhow::Result<Self> {
+        let workers = options.workers.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("processor-{i}"))
+            .build()?;
+        metrics.worker_count.set(workers as i64);
+        // The clone store bounds what clone URIs may point at, so it must resolve.
+        std::fs::create_dir_all(&options.store)
+            .and_then(|()| options.store.canonicalize())
+            .map_err(|e| anyhow::anyhow!("clone store {}: {e}", options.store.display()))?;
+        Ok(Self {
+            store: options.store.canonicalize()?,
+            options,
+            pool: Arc::new(pool),
+            metrics: Arc::new(metrics),
+        })
+    }
+
+    /// Every file of `clone` at its commit with its verdict, in tree order.
+    pub fn examine_clone(
+        &self,
+        clone: &RepoClone,
+    ) -> Result<Vec<(String, Verdict)>, TransformError> {
+        let path = clone.clone_uri.strip_prefix("file://").ok_or_else(|| {
+            TransformError::permanent(
+                "refused_clone",
+                format!("not a file:// clone URI: {}", clone.clone_uri),
+            )
+        })?;
+        let path = PathBuf::from(path);
+        let resolved = path.canonicalize().map_err(|e| {
+            TransformError::permanent("missing_clone", format!("{}: {e}", path.display()))
+        })?;
+        if !resolved.starts_with(&self.store) {
+            return Err(TransformError::permanent(
+                "refused_clone",
+                format!("{} is outside the clone store", resolved.display()),
+            ));
+        }
+        let corrupt = |e: git2::Error| {
+            TransformError::permanent(
+                "corrupt_clone",
+                format!("{}: {}", resolved.display(), e.message()),
+            )
+        };
+        let repo = git2::Repository::open_bare(&resolved).map_err(corrupt)?;
+        let oid = git2::Oid::from_str(&clone.commit_id).map_err(corrupt)?;
+        let tree = repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(corrupt)?;
+
+        // Path rules first (cheap), then read the blobs that survive them.
+        let mut entries = Vec::new();
+        let mut skipped = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob)
+                && matches!(entry.filemode(), 0o100644 | 0o100755)
+            {
+                let path = format!("{dir}{}", entry.name().unwrap_or_default());
+                match select::by_path(&path) {
+                    PathVerdict::Keep(language) => entries.push((path, language, entry.id())),
+                    PathVerdict::Skip(reason) => skipped.push((path, Verdict::Skip(reason))),
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(corrupt)?;
+        let mut files = Vec::with_capacity(entries.len());
+        for (path, language, id) in entries {
+            match repo.find_blob(id) {
+                Ok(blob) => files.push((path, language, blob.content().to_vec())),
+                Err(_) => skipped.push((path, Verdict::Skip("unreadable"))),
+            }
+        }
+        let examined: Vec<(String, Verdict)> = self.pool.install(|| {
+            files
+                .into_par_iter()
+                .map(|(path, language, bytes)| {
+                    let verdict = self.examine_file(clone, &path, language, &bytes);
+                    (path, verdict)
+                })
+                .collect()
+        });
+        skipped.extend(examined);
+        Ok(skipped)
+    }
+
+    /// Filters, parses and scores one file (runs on a worker thread).
+    pub fn examine_file(
+        &self,
+        clone: &RepoClone,
+        path: &str,
+        language: &'static str,
+        bytes: &[u8],
+    ) -> Verdict {
+        self.metrics.active_files.inc();
+        let started = Instant::now();
+        let verdict = self.judge(clone, path, language, bytes);
+        self.metrics
+            .file_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.active_files.dec();
+        verdict
+    }
+
+    fn judge(
+        &self,
+        clone: &RepoClone,
+        path: &str,
+        language: &'static str,
+        bytes: &[u8],
+    ) -> Verdict {
+        let o = &self.options;
+        if bytes.len() < o.min_bytes {
+            return Verdict::Skip("too_small");
+        }
+        if bytes.len() > o.max_bytes {
+            return Verdict::Skip("too_large");
+        }
+        if bytes.contains(&0) {
+            return Verdict::Skip("binary");
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return Verdict::Skip("binary");
+        };
+        let stats = text::stats(text);
+        if let Some(reason) = text::reject(text, language, &stats) {
+            return Verdict::Skip(reason);
+        }
+        let parse =
+            match parse::parse_stats(language, text, Duration::from_millis(o.parse_timeout_ms)) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(_)) => return Verdict::Skip("parse_failed"),
+            };
+        let components = score::components(&stats, parse.as_ref());
+        let parse = parse.map(|p| p.stats);
+        let quality = score::score(&components);
+        self.metrics.file_quality_score.observe(quality);
+        if quality < o.min_quality {
+            return Verdict::Skip("low_quality");
+        }
+        Verdict::Keep(Box::new(CodeFile {
+            content_hash: format!("{:x}", Sha256::digest(bytes)),
+            repo_full_name: clone.full_name.clone(),
+            commit_id: clone.commit_id.clone(),
+            path: path.to_string(),
+            language: language.to_string(),
+            content: text.to_string(),
+            size_bytes: bytes.len() as i64,
+            lines: stats.lines as i64,
+            quality_score: quality,
+            quality_components: components,
+            parse_stats: parse,
+        }))
+    }
+}
+
+impl Transform for Processor {
+    type Input = RepoClone;
+    type Output = CodeFile;
+
+    async fn transform(&self, clone: RepoClone) -> Result<Vec<Keyed<CodeFile>>, TransformError> {
+        let this = self.clone();
+        let examined = tokio::task::spawn_blocking(move || this.examine_clone(&clone))
+            .await
+            .map_err(|e| TransformError::retryable("worker", format!("worker failed: {e}")))??;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (_, verdict) in examined {
+            match verdict {
+                Verdict::Skip(reason) => self
+                    .metrics
+                    .files_skipped
+                    .with_label_values(&[reason])
+                    .inc(),
+                Verdict::Keep(file) => {
+                    if seen.insert(file.content_hash.clone()) {
+                        self.metrics.files_processed.inc();
+                        out.push(Keyed {
+                            key: file.content_hash.clone(),
+                            value: *file,
+                        });
+                    } else {
+                        self.metrics
+                            .files_skipped
+                            .with_label_values(&["duplicate"])
+                            .inc();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the stage until shutdown.
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: ProcessorOptions = runtime.settings.options(STAGE)?;
+    let metrics = ProcessorMetrics::register(&runtime.registry)?;
+    let processor = Processor::new(options, metrics)?;
+    codelupe_runtime::pipeline::run(processor, &runtime).await
+}

@@ -44,6 +44,24 @@ pub struct TopicSpec {
     pub cleanup_policy: CleanupPolicy,
     /// Avro schema of the values, relative to topology.yaml.
     pub schema: PathBuf,
+    /// Further topic configs (e.g. `max.message.bytes`), set at creation and checked for drift.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    /// Every topic config the topology declares, as Kafka names them.
+    pub fn kafka_configs(&self) -> Vec<(String, String)> {
+        let mut configs = vec![
+            ("retention.ms".to_string(), self.retention_ms.to_string()),
+            (
+                "cleanup.policy".to_string(),
+                self.cleanup_policy.as_kafka().to_string(),
+            ),
+        ];
+        configs.extend(self.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        configs
+    }
 }
 
 fn one() -> i32 {

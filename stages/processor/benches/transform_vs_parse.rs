@@ -1,0 +1,189 @@
+//! Files per second of the processor's whole per-clone transform (path rules, filters,
+//! parse, score, hash) against a bare loop that only reads the same blobs from the same
+//! bare repositories and parses them with tree-sitter, on real code: crate sources Cargo
+//! downloaded for this build, each imported into a bare git repository. Alternates the
+//! two, reports the median of several rounds, with 1 and 2 worker threads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codelupe_processor::metrics::ProcessorMetrics;
+use codelupe_processor::{parse, select, Processor, ProcessorOptions};
+use codelupe_runtime::records::RepoClone;
+
+const ROUNDS: usize = 5;
+const CRATES: &[&str] = &[
+    "tokio-1",
+    "serde_json-1",
+    "hyper-1",
+    "regex-syntax-0",
+    "git2-0",
+    "rayon-1",
+    "clap_builder-4",
+    "tree-sitter-0",
+    "prometheus-0",
+    "rdkafka-0",
+    "chrono-0",
+    "reqwest-0",
+];
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.stderr(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn import(crate_dir: &Path, store: &Path, work: &Path) -> RepoClone {
+    let name = crate_dir.file_name().unwrap().to_string_lossy().to_string();
+    let tree = work.join(&name);
+    run(Command::new("cp").arg("-r").arg(crate_dir).arg(&tree));
+    run(Command::new("git").args(["init", "-q"]).current_dir(&tree));
+    run(Command::new("git")
+        .args(["add", "-A", "-f"])
+        .current_dir(&tree));
+    run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "import",
+        ])
+        .current_dir(&tree));
+    let bare = store.join(format!("{name}.git"));
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&tree)
+        .arg(&bare));
+    RepoClone {
+        full_name: format!("crates/{name}"),
+        clone_uri: format!("file://{}", bare.display()),
+        commit_id: run(Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&tree)),
+        default_branch: None,
+        size_bytes: 0,
+        file_count: 0,
+        lines_by_language: Default::default(),
+        quality_score: 0.0,
+        cloned_at_ms: 0,
+    }
+}
+
+fn crates() -> Vec<PathBuf> {
+    let home = PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo/registry/src");
+    let mut found = Vec::new();
+    for index in std::fs::read_dir(home).unwrap().flatten() {
+        for prefix in CRATES {
+            let mut versions: Vec<PathBuf> = std::fs::read_dir(index.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{prefix}."))
+                })
+                .collect();
+            versions.sort();
+            found.extend(versions.pop());
+        }
+    }
+    found
+}
+
+/// The bare loop: read every blob the path rules keep, parse those with a grammar.
+fn bare_parse(clone: &RepoClone) -> usize {
+    let repo =
+        git2::Repository::open_bare(clone.clone_uri.strip_prefix("file://").unwrap()).unwrap();
+    let tree = repo
+        .find_commit(git2::Oid::from_str(&clone.commit_id).unwrap())
+        .unwrap()
+        .tree()
+        .unwrap();
+    let mut files = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob) {
+            let path = format!("{dir}{}", entry.name().unwrap_or_default());
+            if let select::PathVerdict::Keep(language) = select::by_path(&path) {
+                files.push((language, entry.id()));
+            }
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .unwrap();
+    let mut parsed = 0;
+    for (language, id) in files {
+        let blob = repo.find_blob(id).unwrap();
+        if let Ok(text) = std::str::from_utf8(blob.content()) {
+            if parse::parse_stats(language, text, Duration::from_secs(5)).is_some() {
+                parsed += 1;
+            }
+        }
+    }
+    parsed
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, work) = (dir.path().join("store"), dir.path().join("work"));
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let clones: Vec<RepoClone> = crates().iter().map(|c| import(c, &store, &work)).collect();
+    let processor = |workers| {
+        let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
+        Processor::new(
+            ProcessorOptions {
+                store: store.clone(),
+                workers,
+                ..Default::default()
+            },
+            metrics,
+        )
+        .unwrap()
+    };
+    let (one, two) = (processor(1), processor(2));
+    let files: usize = clones.iter().map(bare_parse).sum();
+    let examined: usize = clones
+        .iter()
+        .map(|c| one.examine_clone(c).unwrap().len())
+        .sum();
+    let (mut bare, mut stage1, mut stage2) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        clones.iter().for_each(|c| {
+            bare_parse(c);
+        });
+        bare.push(t.elapsed());
+        let t = Instant::now();
+        clones.iter().for_each(|c| {
+            one.examine_clone(c).unwrap();
+        });
+        stage1.push(t.elapsed());
+        let t = Instant::now();
+        clones.iter().for_each(|c| {
+            two.examine_clone(c).unwrap();
+        });
+        stage2.push(t.elapsed());
+    }
+    let (b, s1, s2) = (median(bare), median(stage1), median(stage2));
+    let rate = |d: Duration| files as f64 / d.as_secs_f64();
+    println!("corpus: {} crates, {examined} files examined, {files} parseable files (the rate's numerator)", clones.len());
+    println!("bare read + parse, 1 thread:   {:>8.0} files/s", rate(b));
+    println!("stage transform, 1 worker:     {:>8.0} files/s  = {:.2}x the bare parse per core (goal >= 0.7x)", rate(s1), b.as_secs_f64() / s1.as_secs_f64());
+    println!(
+        "stage transform, 2 workers:    {:>8.0} files/s  = {:.2}x one worker",
+        rate(s2),
+        s1.as_secs_f64() / s2.as_secs_f64()
+    );
+}

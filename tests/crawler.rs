@@ -30,20 +30,7 @@ struct Setup {
 /// options are `options` (YAML).
 fn setup(options: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let suffix = unique("c");
-    let topology = renamed_topology(dir.path(), &suffix);
-    let applied = codelupe()
-        .args([
-            "--topology",
-            topology.to_str().unwrap(),
-            "topology",
-            "apply",
-            "--brokers",
-            &brokers(),
-        ])
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{}", text(&applied));
+    let (suffix, topology) = fresh_topics(dir.path(), "c");
     let config = dir.path().join("codelupe.yaml");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -84,17 +71,6 @@ async fn crawl_once(setup: &Setup) -> prometheus::Registry {
     let registry = runtime.registry.clone();
     codelupe_crawler::run(runtime).await.unwrap();
     registry
-}
-
-fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric())
-        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
-        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-        .sum()
 }
 
 /// Published repositories, by name, with how often each was published.

@@ -12,8 +12,6 @@ use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::records::{DeadLetter, RepoUrl};
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{AvroRecord, Keyed, StageRuntime, Transform, TransformError};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -41,28 +39,10 @@ fn free_port() -> u16 {
 }
 
 async fn produce(topic: &str, records: impl Iterator<Item = RepoUrl>) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let sends: Vec<_> = records
-        .map(|r| {
-            let payload = r.encode().unwrap();
-            let producer = producer.clone();
-            let topic = topic.to_string();
-            async move {
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&r.full_name).payload(&payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .unwrap();
-            }
-        })
+    let records = records
+        .map(|r| (r.full_name.clone(), r.encode().unwrap()))
         .collect();
-    futures::future::join_all(sends).await;
+    produce_all(topic, records).await;
 }
 
 /// Not a test on its own: one relay replica, run as a child process by

@@ -15,7 +15,6 @@ use codelupe_downloader::metrics::DownloaderMetrics;
 use codelupe_downloader::{Downloader, DownloaderOptions};
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
 use codelupe_runtime::{AvroRecord, Transform};
-use support::git_fixtures::*;
 use support::*;
 
 const RUST: &str = "fn main() {\n    let x = 1;\n    let y = 2;\n    println!(\"{}\", x + y);\n}\n";
@@ -58,17 +57,6 @@ fn options(store: &Path) -> DownloaderOptions {
         clone_timeout_s: 60,
         ..Default::default()
     }
-}
-
-fn counter(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric())
-        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
-        .map(|m| m.get_counter().get_value())
-        .sum()
 }
 
 /// Every path under `dir`, relative, sorted.
@@ -158,11 +146,11 @@ async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() 
         );
     }
     assert_eq!(
-        counter(&registry, "downloader_repos_downloaded_total", None),
+        metric(&registry, "downloader_repos_downloaded_total", None),
         1.0
     );
     assert_eq!(
-        counter(&registry, "downloader_quality_passed_total", None),
+        metric(&registry, "downloader_quality_passed_total", None),
         1.0
     );
 
@@ -174,7 +162,7 @@ async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() 
         .unwrap();
     assert_eq!(again[0].value.commit_id, head);
     assert_eq!(
-        counter(&registry, "downloader_repos_downloaded_total", None),
+        metric(&registry, "downloader_repos_downloaded_total", None),
         1.0
     );
 
@@ -192,12 +180,12 @@ async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() 
     };
     assert!(downloader.transform(archived).await.unwrap().is_empty());
     assert_eq!(
-        counter(&registry, "downloader_quality_filtered_total", None),
+        metric(&registry, "downloader_quality_filtered_total", None),
         3.0
     );
     for reason in ["stars", "excluded_word", "archived"] {
         assert_eq!(
-            counter(
+            metric(
                 &registry,
                 "downloader_quality_filtered_reasons_total",
                 Some(reason)
@@ -273,7 +261,7 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
         assert!(!err.retryable, "{name}");
     }
     assert_eq!(
-        counter(
+        metric(
             &registry,
             "downloader_repos_failed_total",
             Some("refused_url")
@@ -281,7 +269,7 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
         6.0
     );
     assert_eq!(
-        counter(
+        metric(
             &registry,
             "downloader_repos_failed_total",
             Some("too_large")
@@ -308,20 +296,7 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
     // ~150 KB/s: the slow clone takes about 10 s.
     let proxy = throttling_proxy(daemon.port, 150_000);
 
-    let suffix = unique("d");
-    let topology = renamed_topology(dir.path(), &suffix);
-    let applied = codelupe()
-        .args([
-            "--topology",
-            topology.to_str().unwrap(),
-            "topology",
-            "apply",
-            "--brokers",
-            &brokers(),
-        ])
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{}", text(&applied));
+    let (suffix, topology) = fresh_topics(dir.path(), "d");
     let store = dir.path().join("store");
     let config = dir.path().join("codelupe.yaml");
     std::fs::write(
@@ -337,22 +312,13 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
     let input = format!("repo-urls-{suffix}");
     let output = format!("repo-clones-{suffix}");
     let via_proxy = |name: &str| format!("git://127.0.0.1:{proxy}/{name}.git");
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for name in ["carol/slow", "carol/quick"] {
-        let record = url_record(name, &via_proxy(name));
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::to(&input)
-                    .key(name)
-                    .payload(&record.encode().unwrap()),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    let records = ["carol/slow", "carol/quick"].map(|name| {
+        (
+            name.to_string(),
+            url_record(name, &via_proxy(name)).encode().unwrap(),
+        )
+    });
+    produce_all(&input, records.to_vec()).await;
     let stage = || {
         Command::new(env!("CARGO_BIN_EXE_codelupe"))
             .current_dir(repo_root())

@@ -14,7 +14,6 @@ use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::records::{now_ms, CodeFile, RepoClone};
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{AvroRecord, StageRuntime, Transform};
-use support::git_fixtures::*;
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -155,16 +154,7 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         assert_eq!(record.key.len(), 64);
         CodeFile::decode(&record.value.encode().unwrap()).unwrap();
     }
-    let skipped = |reason: &str| {
-        registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == "processor_files_skipped_total")
-            .flat_map(|f| f.get_metric())
-            .filter(|m| m.get_label().iter().any(|l| l.value() == reason))
-            .map(|m| m.get_counter().get_value())
-            .sum::<f64>()
-    };
+    let skipped = |reason| metric(&registry, "processor_files_skipped_total", Some(reason));
     assert_eq!(skipped("vendored"), 2.0);
     assert_eq!(skipped("minified"), 2.0);
     assert_eq!(skipped("duplicate"), 1.0);
@@ -201,43 +191,20 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
         "crate sources from the Cargo registry: {crates:?}"
     );
 
-    let suffix = unique("p");
-    let topology_path = renamed_topology(dir.path(), &suffix);
-    let applied = codelupe()
-        .args([
-            "--topology",
-            topology_path.to_str().unwrap(),
-            "topology",
-            "apply",
-            "--brokers",
-            &brokers(),
-        ])
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{}", text(&applied));
+    let (suffix, topology_path) = fresh_topics(dir.path(), "p");
     let (input, output) = (
         format!("repo-clones-{suffix}"),
         format!("code-files-{suffix}"),
     );
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let mut records = Vec::new();
     for source in &crates {
         let name = source.file_name().unwrap().to_string_lossy().to_string();
         let bare = store.join(format!("local/crates/{name}.git"));
         let commit = import_tree(source, &bare, &work);
         let record = clone_record(&format!("crates/{name}"), &bare, &commit);
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::to(&input)
-                    .key(&record.full_name)
-                    .payload(&record.encode().unwrap()),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
+        records.push((record.full_name.clone(), record.encode().unwrap()));
     }
+    produce_all(&input, records).await;
 
     let topology = Topology::load(&topology_path).unwrap();
     let mut config = Config::default();
@@ -257,23 +224,15 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
     let registry = runtime.registry.clone();
     let stage = tokio::spawn(async move { codelupe_processor::run(runtime).await });
 
-    let consumed = |r: &prometheus::Registry, name: &str| -> f64 {
-        r.gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric())
-            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-            .sum()
-    };
     let wanted = crates.len() as f64;
     let reg = registry.clone();
     wait_for("every clone processed", Duration::from_secs(300), || {
-        consumed(&reg, "codelupe_records_consumed_total") >= wanted
-            && consumed(&reg, "codelupe_records_in_flight") == 0.0
+        metric(&reg, "codelupe_records_consumed_total", None) >= wanted
+            && metric(&reg, "codelupe_records_in_flight", None) == 0.0
     });
     shutdown.cancel();
     stage.await.unwrap().unwrap();
-    assert_eq!(consumed(&registry, "codelupe_dead_letters_total"), 0.0);
+    assert_eq!(metric(&registry, "codelupe_dead_letters_total", None), 0.0);
 
     // Decoded with the schema read from schemas/, independently of the Rust type's copy.
     let schema: serde_avro_fast::Schema =
@@ -282,7 +241,7 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
             .parse()
             .unwrap();
     let records = read_all(&output, Duration::from_secs(2));
-    let published = consumed(&registry, "processor_files_processed_total");
+    let published = metric(&registry, "processor_files_processed_total", None);
     assert_eq!(records.len() as f64, published);
     assert!(
         records.len() > 100,

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 
 use support::*;
@@ -136,22 +135,6 @@ fn kcat_partitions(topic: &str) -> usize {
         .unwrap()
 }
 
-fn apply(topology: &Path) -> String {
-    let out = codelupe()
-        .args([
-            "--topology",
-            topology.to_str().unwrap(),
-            "topology",
-            "apply",
-            "--brokers",
-            &brokers(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn apply_is_idempotent_grows_partitions_and_reports_drift() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,9 +145,9 @@ fn apply_is_idempotent_grows_partitions_and_reports_drift() {
         codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
     let topics: Vec<&str> = topology.topics.keys().map(String::as_str).collect();
 
-    let first = apply(&path);
+    let first = apply_topology(&path);
     assert_eq!(first.matches("created ").count(), topics.len(), "{first}");
-    let second = apply(&path);
+    let second = apply_topology(&path);
     assert!(
         second.contains(&format!("no changes: {} topics match", topics.len())),
         "{second}"
@@ -186,7 +169,7 @@ fn apply_is_idempotent_grows_partitions_and_reports_drift() {
         .replacen("partitions: 3\n", "partitions: 5\n", 1)
         .replace("retention_ms: 1209600000", "retention_ms: 86400000");
     std::fs::write(&path, &edited).unwrap();
-    let third = apply(&path);
+    let third = apply_topology(&path);
     assert!(
         third.contains(&format!("grew training-batches-{suffix} to 5 partitions")),
         "{third}"

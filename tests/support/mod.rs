@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
-pub mod git_fixtures;
+
+#[allow(unused_imports)] // each test binary uses a different part
+pub use codelupe_testkit::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -118,6 +120,65 @@ pub fn renamed_topology(dir: &Path, suffix: &str) -> PathBuf {
     path
 }
 
+/// `codelupe topology apply` of `topology` on the test broker; returns what it printed.
+pub fn apply_topology(topology: &Path) -> String {
+    let out = codelupe()
+        .args([
+            "--topology",
+            topology.to_str().unwrap(),
+            "topology",
+            "apply",
+            "--brokers",
+            &brokers(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Topics of a test's own (the repository's topology renamed with a fresh suffix),
+/// created on the broker. Returns the suffix and the topology file.
+pub fn fresh_topics(dir: &Path, prefix: &str) -> (String, PathBuf) {
+    let suffix = unique(prefix);
+    let topology = renamed_topology(dir, &suffix);
+    apply_topology(&topology);
+    (suffix, topology)
+}
+
+/// Produces (key, value) pairs to `topic` and waits for every acknowledgement.
+pub async fn produce_all(topic: &str, records: Vec<(String, Vec<u8>)>) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends = records.iter().map(|(key, value)| {
+        producer.send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(value),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// The value of a counter or gauge in `registry`, summed over its series (those with a
+/// label of value `label`, if given). Histograms read as 0.
+pub fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
 pub fn repo_url(i: usize) -> RepoUrl {
     RepoUrl {
         full_name: format!("owner{}/repo-{i}", i % 97),
@@ -192,17 +253,6 @@ pub fn topic_size(topic: &str, partitions: i32) -> i64 {
         .sum()
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -268,15 +318,4 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// Kills the child when dropped, so a failed assertion never leaves a process holding
-/// ports for the next test.
-pub struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -72,19 +72,10 @@ impl Default for GithubOptions {
     fn default() -> Self {
         Self {
             api_url: "https://api.github.com".into(),
-            languages: [
-                "Rust",
-                "Go",
-                "Python",
-                "TypeScript",
-                "JavaScript",
-                "Dart",
-                "Java",
-                "C",
-                "C++",
-            ]
-            .map(String::from)
-            .to_vec(),
+            languages: codelupe_runtime::language::DEFAULT_LANGUAGES
+                .iter()
+                .map(|l| l.to_string())
+                .collect(),
             min_stars: Some(10),
             max_stars: None,
             max_size_kb: None,

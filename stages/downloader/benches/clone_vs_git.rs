@@ -3,11 +3,11 @@
 //! repositories made from real code: crate sources Cargo downloaded for this build.
 //! Alternates the two per round and prints medians and their ratio.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codelupe_downloader::clone::{clone_bare, measure, Limits, Source};
+use codelupe_testkit::{import_tree, registry_crates, GitDaemon};
 
 const ROUNDS: usize = 7;
 const CRATES: &[&str] = &[
@@ -17,71 +17,6 @@ const CRATES: &[&str] = &[
     "git2-0",
     "rdkafka-sys-4",
 ];
-
-fn run(cmd: &mut Command) {
-    let status = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{cmd:?}");
-}
-
-/// A bare repository holding one crate's sources in one commit.
-fn fixture(crate_dir: &Path, srv: &Path, work: &Path) -> String {
-    let name = crate_dir.file_name().unwrap().to_string_lossy().to_string();
-    let tree = work.join(&name);
-    run(Command::new("cp").arg("-r").arg(crate_dir).arg(&tree));
-    run(Command::new("git").args(["init", "-q"]).current_dir(&tree));
-    run(Command::new("git").args(["add", "-A"]).current_dir(&tree));
-    run(Command::new("git")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "import",
-        ])
-        .current_dir(&tree));
-    run(Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&tree)
-        .arg(srv.join(format!("{name}.git"))));
-    name
-}
-
-fn registry_crates() -> Vec<PathBuf> {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let mut found = Vec::new();
-    for index in std::fs::read_dir(home.join("registry/src"))
-        .unwrap()
-        .flatten()
-    {
-        for prefix in CRATES {
-            let mut versions: Vec<PathBuf> = std::fs::read_dir(index.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with(&format!("{prefix}."))
-                })
-                .collect();
-            versions.sort();
-            if let Some(last) = versions.pop() {
-                found.push(last);
-            }
-        }
-    }
-    found
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -98,37 +33,20 @@ fn main() {
     for d in [&srv, &work, &out] {
         std::fs::create_dir_all(d).unwrap();
     }
-    let names: Vec<String> = registry_crates()
+    let names: Vec<String> = registry_crates(CRATES)
         .iter()
-        .map(|c| fixture(c, &srv, &work))
+        .map(|c| {
+            let name = c.file_name().unwrap().to_string_lossy().to_string();
+            import_tree(c, &srv.join(format!("{name}.git")), &work);
+            name
+        })
         .collect();
     assert!(
         !names.is_empty(),
         "no crate sources found under the Cargo registry"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // The daemon binary itself, so killing it at the end leaves no orphan.
-    let exec_path = Command::new("git")
-        .arg("--exec-path")
-        .output()
-        .unwrap()
-        .stdout;
-    let daemon_bin = PathBuf::from(String::from_utf8(exec_path).unwrap().trim()).join("git-daemon");
-    let mut daemon = Command::new(daemon_bin)
-        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", srv.display()))
-        .arg(&srv)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let daemon = GitDaemon::start(&srv);
+    let port = daemon.port;
     let limits = Limits {
         max_bytes: 1 << 30,
         timeout: Duration::from_secs(600),
@@ -148,10 +66,13 @@ fn main() {
         for round in 0..ROUNDS {
             let target = out.join(format!("cli-{name}-{round}"));
             let t = Instant::now();
-            run(Command::new("git")
+            let status = Command::new("git")
                 .args(["clone", "-q", "--bare", "--depth", "1"])
                 .arg(&url)
-                .arg(&target));
+                .arg(&target)
+                .status()
+                .unwrap();
+            assert!(status.success(), "git clone {url}");
             cli.push(t.elapsed());
 
             let target = out.join(format!("ours-{name}-{round}"));
@@ -182,6 +103,4 @@ fn main() {
         total_ours.as_secs_f64() / total_cli.as_secs_f64(),
         total_measured.as_secs_f64() / total_cli.as_secs_f64()
     );
-    daemon.kill().ok();
-    daemon.wait().ok();
 }

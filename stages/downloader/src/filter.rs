@@ -31,19 +31,10 @@ impl Default for FilterOptions {
         Self {
             min_stars: 10,
             min_forks: 0,
-            languages: [
-                "Rust",
-                "Go",
-                "Python",
-                "TypeScript",
-                "JavaScript",
-                "Dart",
-                "Java",
-                "C",
-                "C++",
-            ]
-            .map(String::from)
-            .to_vec(),
+            languages: codelupe_runtime::language::DEFAULT_LANGUAGES
+                .iter()
+                .map(|l| l.to_string())
+                .collect(),
             licenses: Vec::new(),
             exclude_archived: true,
             exclude_forks: true,

@@ -4,13 +4,12 @@
 //! downloaded for this build, each imported into a bare git repository. Alternates the
 //! two, reports the median of several rounds, with 1 and 2 worker threads.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{parse, select, Processor, ProcessorOptions};
 use codelupe_runtime::records::RepoClone;
+use codelupe_testkit::{import_tree, registry_crates};
 
 const ROUNDS: usize = 5;
 const CRATES: &[&str] = &[
@@ -28,43 +27,18 @@ const CRATES: &[&str] = &[
     "reqwest-0",
 ];
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stderr(Stdio::null()).output().unwrap();
-    assert!(out.status.success(), "{cmd:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn import(crate_dir: &Path, store: &Path, work: &Path) -> RepoClone {
+fn import(
+    crate_dir: &std::path::Path,
+    store: &std::path::Path,
+    work: &std::path::Path,
+) -> RepoClone {
     let name = crate_dir.file_name().unwrap().to_string_lossy().to_string();
-    let tree = work.join(&name);
-    run(Command::new("cp").arg("-r").arg(crate_dir).arg(&tree));
-    run(Command::new("git").args(["init", "-q"]).current_dir(&tree));
-    run(Command::new("git")
-        .args(["add", "-A", "-f"])
-        .current_dir(&tree));
-    run(Command::new("git")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "import",
-        ])
-        .current_dir(&tree));
     let bare = store.join(format!("{name}.git"));
-    run(Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&tree)
-        .arg(&bare));
+    let commit_id = import_tree(crate_dir, &bare, work);
     RepoClone {
         full_name: format!("crates/{name}"),
         clone_uri: format!("file://{}", bare.display()),
-        commit_id: run(Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(&tree)),
+        commit_id,
         default_branch: None,
         size_bytes: 0,
         file_count: 0,
@@ -72,29 +46,6 @@ fn import(crate_dir: &Path, store: &Path, work: &Path) -> RepoClone {
         quality_score: 0.0,
         cloned_at_ms: 0,
     }
-}
-
-fn crates() -> Vec<PathBuf> {
-    let home = PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo/registry/src");
-    let mut found = Vec::new();
-    for index in std::fs::read_dir(home).unwrap().flatten() {
-        for prefix in CRATES {
-            let mut versions: Vec<PathBuf> = std::fs::read_dir(index.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with(&format!("{prefix}."))
-                })
-                .collect();
-            versions.sort();
-            found.extend(versions.pop());
-        }
-    }
-    found
 }
 
 /// The bare loop: read every blob the path rules keep, parse those with a grammar.
@@ -139,7 +90,10 @@ fn main() {
     let (store, work) = (dir.path().join("store"), dir.path().join("work"));
     std::fs::create_dir_all(&store).unwrap();
     std::fs::create_dir_all(&work).unwrap();
-    let clones: Vec<RepoClone> = crates().iter().map(|c| import(c, &store, &work)).collect();
+    let clones: Vec<RepoClone> = registry_crates(CRATES)
+        .iter()
+        .map(|c| import(c, &store, &work))
+        .collect();
     let processor = |workers| {
         let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
         Processor::new(

@@ -1,5 +1,19 @@
 //! Programming language of a file from its name: one table for every stage that asks.
 
+/// Languages a code model is trained on by default: the crawler searches for them and
+/// the downloader accepts them.
+pub const DEFAULT_LANGUAGES: &[&str] = &[
+    "Rust",
+    "Go",
+    "Python",
+    "TypeScript",
+    "JavaScript",
+    "Dart",
+    "Java",
+    "C",
+    "C++",
+];
+
 /// The language of `path` by extension or well-known file name; None if not code we keep.
 pub fn of_path(path: &str) -> Option<&'static str> {
     let name = path.rsplit('/').next().unwrap_or(path);

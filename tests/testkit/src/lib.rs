@@ -1,13 +1,13 @@
-//! Git repositories made by the tests, served by a real `git daemon` on 127.0.0.1, and
-//! a throttling TCP proxy to make a clone slow enough to kill halfway.
+//! Fixtures shared by the end-to-end tests and the benchmarks: git repositories made
+//! here or imported from real code (crate sources Cargo downloaded), served by a real
+//! `git daemon` on 127.0.0.1, and a throttling TCP proxy to make a clone slow enough
+//! to kill halfway.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use super::KillOnDrop;
+use std::time::{Duration, Instant};
 
 /// A bare repository at `path` with `files` (path, content) in two commits (the first
 /// commit holds only the first file), plus an optional symlink entry at the top. Returns
@@ -133,7 +133,7 @@ impl GitDaemon {
             port,
             base: base.to_path_buf(),
         };
-        super::wait_for("git daemon", Duration::from_secs(10), || {
+        wait_for("git daemon", Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         daemon
@@ -252,4 +252,26 @@ pub fn registry_crates(prefixes: &[&str]) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills the child when dropped, so a failed assertion never leaves a process holding
+/// ports for the next test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -85,12 +85,12 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
         rounds += 1;
         std::thread::sleep(Duration::from_secs(5));
     }
-    check_seed_queries(&prometheus);
     if let Some(status) = run.try_wait().unwrap() {
         let mut stderr = String::new();
         std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         panic!("codelupe run exited on its own with {status}:\n{stderr}");
     }
+    check_seed_queries(&prometheus);
 
     Command::new("kill")
         .args(["-INT", &run.id().to_string()])
@@ -98,7 +98,6 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
         .unwrap();
     let stopped = Instant::now();
     let status = loop {
-        check_seed_queries(&prometheus);
         if let Some(status) = run.try_wait().unwrap() {
             break status;
         }

@@ -46,7 +46,12 @@ pub async fn run_all(
         let entry = stages::entry(name)?;
         let runtime =
             StageRuntime::resolve(name, topology, &config, clients.clone(), shutdown.clone())?;
-        (entry.register_metrics)(&runtime.registry)?;
+        if let stages::Status::NotBuilt {
+            contract_metrics, ..
+        } = entry.status
+        {
+            contract_metrics(&runtime.registry)?;
+        }
         let server = runtime.serve_metrics().await?;
         let bar = progress.add(
             ProgressBar::new_spinner()
@@ -54,16 +59,19 @@ pub async fn run_all(
                 .with_prefix(name.clone()),
         );
         let endpoint = format!("http://{}{}", runtime.metrics_addr, runtime.metrics_path);
-        let status = match entry.launch {
-            Some(launch) => {
+        let status = match entry.status {
+            stages::Status::Built(launch) => {
                 let stage = name.clone();
                 let fut = launch(runtime.clone());
                 tasks.spawn(async move { (stage, fut.await) });
                 None
             }
-            None => {
-                runtime.readiness.set_not_ready(entry.not_built());
-                Some(format!("not built yet (issue #{})", entry.issue))
+            stages::Status::NotBuilt { issue, .. } => {
+                let why = format!("not built yet (issue #{issue})");
+                runtime
+                    .readiness
+                    .set_not_ready(format!("stage {name} is {why}"));
+                Some(why)
             }
         };
         tracing::info!(stage = %name, %endpoint, status = status.as_deref().unwrap_or("running"), "stage started");

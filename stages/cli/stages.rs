@@ -1,5 +1,5 @@
-//! The stages this binary knows: how to register each one's contract metrics and, once
-//! its issue has landed, how to run it.
+//! The stages this binary knows: how to run each built one, and the contract metrics of
+//! those whose issues have not landed yet.
 
 use anyhow::bail;
 use codelupe_runtime::config::Config;
@@ -10,16 +10,23 @@ use futures::future::BoxFuture;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Runs a built stage until its runtime's shutdown token is cancelled.
+/// Runs a built stage until its runtime's shutdown token is cancelled; the stage
+/// registers its own metrics.
 pub type Launch = fn(StageRuntime) -> BoxFuture<'static, anyhow::Result<()>>;
+
+pub enum Status {
+    Built(Launch),
+    /// Refuses to run; `codelupe run` serves its contract metrics (at zero) and a
+    /// not-ready `/readyz` saying which issue builds it.
+    NotBuilt {
+        issue: u32,
+        contract_metrics: fn(&Registry) -> prometheus::Result<()>,
+    },
+}
 
 pub struct StageEntry {
     pub name: &'static str,
-    /// The issue that builds the stage's logic.
-    pub issue: u32,
-    pub register_metrics: fn(&Registry) -> prometheus::Result<()>,
-    /// None until the stage is built: it then refuses to run instead of pretending.
-    pub launch: Option<Launch>,
+    pub status: Status,
     /// What `codelupe run` shows of the stage: (label, metric summed over its series).
     pub progress: &'static [(&'static str, &'static str)],
 }
@@ -36,10 +43,7 @@ const LOOP_PROGRESS: &[(&str, &str)] = &[
 pub const STAGES: &[StageEntry] = &[
     StageEntry {
         name: codelupe_crawler::STAGE,
-        issue: codelupe_crawler::BUILT_BY_ISSUE,
-        // The stage registers its own metrics when it runs.
-        register_metrics: |_| Ok(()),
-        launch: Some(|runtime| Box::pin(codelupe_crawler::run(runtime))),
+        status: Status::Built(|runtime| Box::pin(codelupe_crawler::run(runtime))),
         progress: &[
             ("scraped", "crawler_repos_scraped_total"),
             ("published", "crawler_repos_indexed_total"),
@@ -48,30 +52,28 @@ pub const STAGES: &[StageEntry] = &[
     },
     StageEntry {
         name: codelupe_downloader::STAGE,
-        issue: codelupe_downloader::BUILT_BY_ISSUE,
-        register_metrics: |_| Ok(()),
-        launch: Some(|runtime| Box::pin(codelupe_downloader::run(runtime))),
+        status: Status::Built(|runtime| Box::pin(codelupe_downloader::run(runtime))),
         progress: LOOP_PROGRESS,
     },
     StageEntry {
         name: codelupe_processor::STAGE,
-        issue: codelupe_processor::BUILT_BY_ISSUE,
-        register_metrics: |_| Ok(()),
-        launch: Some(|runtime| Box::pin(codelupe_processor::run(runtime))),
+        status: Status::Built(|runtime| Box::pin(codelupe_processor::run(runtime))),
         progress: LOOP_PROGRESS,
     },
     StageEntry {
         name: codelupe_batcher::STAGE,
-        issue: codelupe_batcher::BUILT_BY_ISSUE,
-        register_metrics: |r| codelupe_batcher::metrics::BatcherMetrics::register(r).map(drop),
-        launch: None,
+        status: Status::NotBuilt {
+            issue: codelupe_batcher::BUILT_BY_ISSUE,
+            contract_metrics: |r| codelupe_batcher::metrics::BatcherMetrics::register(r).map(drop),
+        },
         progress: LOOP_PROGRESS,
     },
     StageEntry {
         name: codelupe_trainer::STAGE,
-        issue: codelupe_trainer::BUILT_BY_ISSUE,
-        register_metrics: |r| codelupe_trainer::metrics::TrainerMetrics::register(r).map(drop),
-        launch: None,
+        status: Status::NotBuilt {
+            issue: codelupe_trainer::BUILT_BY_ISSUE,
+            contract_metrics: |r| codelupe_trainer::metrics::TrainerMetrics::register(r).map(drop),
+        },
         progress: LOOP_PROGRESS,
     },
 ];
@@ -86,15 +88,6 @@ pub fn entry(name: &str) -> anyhow::Result<&'static StageEntry> {
     }
 }
 
-impl StageEntry {
-    pub fn not_built(&self) -> String {
-        format!(
-            "stage {} is not built yet (issue #{})",
-            self.name, self.issue
-        )
-    }
-}
-
 /// `codelupe stage NAME`: one replica, metrics server included, until shutdown.
 pub async fn run_one(
     name: &str,
@@ -105,12 +98,12 @@ pub async fn run_one(
     once: bool,
 ) -> anyhow::Result<()> {
     let entry = entry(name)?;
-    let Some(launch) = entry.launch else {
-        bail!("{}", entry.not_built());
+    let launch = match entry.status {
+        Status::Built(launch) => launch,
+        Status::NotBuilt { issue, .. } => bail!("stage {name} is not built yet (issue #{issue})"),
     };
     let mut runtime = StageRuntime::resolve(name, topology, config, clients, shutdown.clone())?;
     runtime.once = once;
-    (entry.register_metrics)(&runtime.registry)?;
     let server = runtime.serve_metrics().await?;
     let result = launch(runtime).await;
     shutdown.cancel();

@@ -7,7 +7,7 @@
 //! periodically, on revoke and on close. A crash replays at most the uncommitted tail.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -132,15 +132,12 @@ impl LoopMetrics {
     }
 }
 
-enum Event {
-    Revoked(Vec<i32>),
-}
-
-/// Consumer callbacks: readiness and lag from librdkafka, revocations to the loop.
+/// Consumer callbacks: readiness and lag from librdkafka; revocations applied to the
+/// offset tracker inside the callback, before any record of a new assignment arrives.
 struct LoopContext {
     readiness: Arc<Readiness>,
     lag: IntGaugeVec,
-    events: mpsc::UnboundedSender<Event>,
+    tracker: Arc<Mutex<OffsetTracker>>,
 }
 
 impl ClientContext for LoopContext {
@@ -177,7 +174,10 @@ impl ConsumerContext for LoopContext {
                     .remove_label_values(&[e.topic(), &e.partition().to_string()]);
             }
             tracing::info!(?partitions, "partitions revoked");
-            let _ = self.events.send(Event::Revoked(partitions));
+            self.tracker
+                .lock()
+                .expect("tracker lock")
+                .revoke(partitions);
         }
     }
 
@@ -213,11 +213,11 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let (input, group) = runtime.require_input()?;
     let output = runtime.output.clone();
     let metrics = LoopMetrics::register(&runtime.registry)?;
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let context = LoopContext {
         readiness: runtime.readiness.clone(),
         lag: metrics.consumer_lag.clone(),
-        events: events_tx,
+        tracker: tracker.clone(),
     };
     let consumer: StreamConsumer<LoopContext> = runtime
         .clients
@@ -243,7 +243,6 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     });
     let permits = Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
-    let mut tracker = OffsetTracker::default();
     let mut tasks = JoinSet::new();
     let mut stream = consumer.stream();
 
@@ -251,9 +250,8 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break,
-            Some(Event::Revoked(partitions)) = events_rx.recv() => tracker.revoke(partitions),
             Some((partition, offset)) = done_rx.recv() => {
-                store(&consumer, input, &mut tracker, partition, offset);
+                store(&consumer, input, &tracker, partition, offset);
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             // Only this loop takes permits, so one is free whenever the guard holds.
@@ -276,7 +274,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                     key: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec),
                 };
-                tracker.begin(record.partition, record.offset);
+                tracker.lock().expect("tracker lock").begin(record.partition, record.offset);
                 let shared = shared.clone();
                 let done = done_tx.clone();
                 tasks.spawn(async move {
@@ -297,10 +295,14 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     // stored; whatever is left is abandoned uncommitted and replayed by the next owner.
     let drain = Duration::from_millis(runtime.settings.drain_timeout_ms);
     let deadline = tokio::time::Instant::now() + drain;
-    tracing::info!(stage = %runtime.name, in_flight = tracker.in_flight(), "draining");
+    tracing::info!(
+        stage = %runtime.name,
+        in_flight = tracker.lock().expect("tracker lock").in_flight(),
+        "draining"
+    );
     loop {
         tokio::select! {
-            Some((partition, offset)) = done_rx.recv() => store(&consumer, input, &mut tracker, partition, offset),
+            Some((partition, offset)) = done_rx.recv() => store(&consumer, input, &tracker, partition, offset),
             joined = tasks.join_next() => if joined.is_none() { break },
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(abandoned = tasks.len(), "drain timeout: abandoning in-flight records uncommitted");
@@ -310,7 +312,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
         }
     }
     while let Ok((partition, offset)) = done_rx.try_recv() {
-        store(&consumer, input, &mut tracker, partition, offset);
+        store(&consumer, input, &tracker, partition, offset);
     }
     // Commit what was stored, then leave the group (the drop closes the consumer);
     // both block, so off the async workers.
@@ -329,11 +331,15 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
 fn store(
     consumer: &StreamConsumer<LoopContext>,
     topic: &str,
-    tracker: &mut OffsetTracker,
+    tracker: &Mutex<OffsetTracker>,
     partition: i32,
     offset: i64,
 ) {
-    let Some(next) = tracker.complete(partition, offset) else {
+    let completed = tracker
+        .lock()
+        .expect("tracker lock")
+        .complete(partition, offset);
+    let Some(next) = completed else {
         return;
     };
     let mut list = TopicPartitionList::new();

@@ -54,6 +54,21 @@ fn setup(options: &str) -> Setup {
     }
 }
 
+/// `codelupe stage crawler --once` with the setup's config and topology.
+fn crawler_once(setup: &Setup) -> Command {
+    let mut command = codelupe();
+    command.args([
+        "--config",
+        setup.config.to_str().unwrap(),
+        "--topology",
+        setup.topology.to_str().unwrap(),
+        "stage",
+        "crawler",
+        "--once",
+    ]);
+    command
+}
+
 /// One pass in this process; returns the stage's metrics registry.
 async fn crawl_once(setup: &Setup) -> prometheus::Registry {
     let config = Config::load(Some(&setup.config)).unwrap();
@@ -165,18 +180,7 @@ async fn killed_mid_crawl_it_resumes_from_its_cursor_and_publishes_nothing_twice
     let github = FakeGithub::start(repos(2_500), Duration::from_millis(40));
     let setup = setup(&github_options(&github.url));
     let crawler = |setup: &Setup| {
-        Command::new(env!("CARGO_BIN_EXE_codelupe"))
-            .current_dir(repo_root())
-            .args([
-                "--config",
-                setup.config.to_str().unwrap(),
-                "--topology",
-                setup.topology.to_str().unwrap(),
-                "stage",
-                "crawler",
-                "--once",
-            ])
-            .env("CODELUPE_LOG", "warn")
+        crawler_once(setup)
             .env("GITHUB_TOKEN", "ghp_test_token_never_printed")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -237,18 +241,7 @@ async fn the_url_list_source_publishes_valid_lines_and_reports_bad_ones_by_numbe
     )
     .unwrap();
     let setup = setup(&format!("source: url_list\nurl_list: {}\n", list.display()));
-    let out = codelupe()
-        .args([
-            "--config",
-            setup.config.to_str().unwrap(),
-            "--topology",
-            setup.topology.to_str().unwrap(),
-            "stage",
-            "crawler",
-            "--once",
-        ])
-        .output()
-        .unwrap();
+    let out = crawler_once(&setup).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("line 4:"),

@@ -1,0 +1,186 @@
+//! Packing documents into fixed-length sequences: each document followed by the
+//! end-of-text token, laid end to end, cut into batches of `sequences × length`
+//! tokens. Every batch records where each document (or the piece of one that spills
+//! over from the previous batch) starts, and which files it holds.
+
+use sha2::{Digest, Sha256};
+
+/// One batch before it becomes a `training-batches` record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packed {
+    /// Deterministic: the hash of the token ids, so a rerun makes the same ids.
+    pub batch_id: String,
+    pub token_ids: Vec<i32>,
+    pub document_starts: Vec<i32>,
+    pub content_hashes: Vec<String>,
+}
+
+pub struct Packer {
+    batch_len: usize,
+    end_of_text: i32,
+    tokens: Vec<i32>,
+    /// (start in `tokens`, content hash) of each document in the buffer.
+    documents: Vec<(usize, String)>,
+}
+
+impl Packer {
+    pub fn new(sequence_length: usize, sequences_per_batch: usize, end_of_text: u32) -> Self {
+        Self {
+            batch_len: sequence_length * sequences_per_batch,
+            end_of_text: end_of_text as i32,
+            tokens: Vec::new(),
+            documents: Vec::new(),
+        }
+    }
+
+    /// Adds a document; returns the batches it completed.
+    pub fn push(&mut self, document: &[u32], content_hash: &str) -> Vec<Packed> {
+        self.documents
+            .push((self.tokens.len(), content_hash.to_string()));
+        self.tokens.extend(document.iter().map(|&t| t as i32));
+        self.tokens.push(self.end_of_text);
+        let mut out = Vec::new();
+        while self.tokens.len() >= self.batch_len {
+            out.push(self.cut());
+        }
+        out
+    }
+
+    /// Tokens waiting for a batch to fill.
+    pub fn buffered(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The partial batch, padded with end-of-text tokens (at shutdown or end of input).
+    pub fn flush(&mut self) -> Option<Packed> {
+        if self.tokens.is_empty() {
+            return None;
+        }
+        self.tokens.resize(self.batch_len, self.end_of_text);
+        Some(self.cut())
+    }
+
+    fn cut(&mut self) -> Packed {
+        let rest = self.tokens.split_off(self.batch_len);
+        let token_ids = std::mem::replace(&mut self.tokens, rest);
+        let mut document_starts = Vec::new();
+        let mut content_hashes = Vec::new();
+        let mut carried = Vec::new();
+        for (start, hash) in self.documents.drain(..) {
+            if start < self.batch_len {
+                document_starts.push(start as i32);
+                content_hashes.push(hash.clone());
+            }
+            // A document that ends beyond this batch continues at 0 in the next one.
+            carried.push((start.saturating_sub(self.batch_len), hash));
+        }
+        // Keep only documents with tokens left: the last one started here, or later ones.
+        let keep_from = carried
+            .iter()
+            .rposition(|(start, _)| *start == 0)
+            .unwrap_or(0);
+        self.documents = carried.split_off(keep_from);
+        if self.tokens.is_empty() {
+            self.documents.clear();
+        }
+        if document_starts.first() != Some(&0) {
+            document_starts.insert(0, 0);
+        }
+        let mut digest = Sha256::new();
+        for t in &token_ids {
+            digest.update(t.to_le_bytes());
+        }
+        Packed {
+            batch_id: format!("{:x}", digest.finalize())[..24].to_string(),
+            token_ids,
+            document_starts,
+            content_hashes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EOT: u32 = 0;
+
+    #[test]
+    fn documents_are_laid_end_to_end_with_their_starts() {
+        let mut packer = Packer::new(4, 2, EOT);
+        let docs: Vec<Vec<u32>> = vec![
+            vec![1, 2, 3],
+            vec![4, 5, 6, 7, 8, 9, 10, 11, 12],
+            vec![13],
+            vec![14, 15],
+        ];
+        let mut batches = Vec::new();
+        for (i, d) in docs.iter().enumerate() {
+            batches.extend(packer.push(d, &format!("h{i}")));
+        }
+        batches.extend(packer.flush());
+        let all: Vec<i32> = batches.iter().flat_map(|b| b.token_ids.clone()).collect();
+        assert_eq!(
+            all,
+            [1, 2, 3, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 13, 0, 14, 15, 0, 0, 0, 0, 0, 0]
+        );
+        assert!(batches.iter().all(|b| b.token_ids.len() == 8));
+        assert_eq!(batches[0].document_starts, [0, 4]);
+        assert_eq!(batches[0].content_hashes, ["h0", "h1"]);
+        // h1 spills over: its piece starts batch 1 at 0, then h2 at 6.
+        assert_eq!(batches[1].document_starts, [0, 6]);
+        assert_eq!(batches[1].content_hashes, ["h1", "h2"]);
+        assert_eq!(batches[2].document_starts, [0]);
+        assert_eq!(batches[2].content_hashes, ["h3"]);
+        assert_ne!(batches[0].batch_id, batches[1].batch_id);
+    }
+
+    #[test]
+    fn every_batch_lists_exactly_the_documents_it_overlaps() {
+        let (seq, per) = (16, 3);
+        let mut packer = Packer::new(seq, per, EOT);
+        let mut expected_stream = Vec::new();
+        let mut spans = Vec::new(); // (start, end) in the stream, per document
+        let mut batches = Vec::new();
+        let mut x = 7u64;
+        for i in 0..200 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = 1 + (x >> 33) as usize % 70;
+            let doc: Vec<u32> = (0..len).map(|j| 1 + ((i * 31 + j) % 1000) as u32).collect();
+            let start = expected_stream.len();
+            expected_stream.extend(doc.iter().map(|&t| t as i32));
+            expected_stream.push(EOT as i32);
+            spans.push((start, expected_stream.len()));
+            batches.extend(packer.push(&doc, &format!("h{i}")));
+        }
+        let tail = packer.buffered();
+        batches.extend(packer.flush());
+        let all: Vec<i32> = batches.iter().flat_map(|b| b.token_ids.clone()).collect();
+        assert_eq!(&all[..expected_stream.len()], &expected_stream[..]);
+        assert!(
+            tail > 0
+                && all[expected_stream.len()..]
+                    .iter()
+                    .all(|&t| t == EOT as i32)
+        );
+        let batch_len = seq * per;
+        for (n, batch) in batches.iter().enumerate() {
+            let (lo, hi) = (n * batch_len, (n + 1) * batch_len);
+            let overlapping: Vec<String> = spans
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, e))| *s < hi && *e > lo)
+                .map(|(i, _)| format!("h{i}"))
+                .collect();
+            assert_eq!(batch.content_hashes, overlapping, "batch {n}");
+            let starts: Vec<i32> = spans
+                .iter()
+                .filter(|(s, e)| *s < hi && *e > lo)
+                .map(|(s, _)| s.saturating_sub(lo) as i32)
+                .collect();
+            assert_eq!(batch.document_starts, starts, "batch {n}");
+        }
+    }
+}

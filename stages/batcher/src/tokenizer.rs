@@ -1,0 +1,160 @@
+//! The code tokenizer: a byte-level BPE fitted with the `tokenizers` crate, or any
+//! existing `tokenizer.json` (a Qwen or StarCoder tokenizer a user already has), with
+//! the special tokens packing and fill-in-the-middle need.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context as _};
+use sha2::{Digest, Sha256};
+use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+pub const FIM_PREFIX: &str = "<fim_prefix>";
+pub const FIM_MIDDLE: &str = "<fim_middle>";
+pub const FIM_SUFFIX: &str = "<fim_suffix>";
+pub const FILE_SEPARATOR: &str = "<file_sep>";
+pub const REPO_NAME: &str = "<repo_name>";
+pub const SPECIAL_TOKENS: [&str; 6] = [
+    END_OF_TEXT,
+    FIM_PREFIX,
+    FIM_MIDDLE,
+    FIM_SUFFIX,
+    FILE_SEPARATOR,
+    REPO_NAME,
+];
+
+/// A tokenizer with the ids of its special tokens resolved once.
+pub struct CodeTokenizer {
+    inner: Tokenizer,
+    pub end_of_text: u32,
+    pub fim_prefix: u32,
+    pub fim_middle: u32,
+    pub fim_suffix: u32,
+    pub file_separator: u32,
+    pub repo_name: u32,
+    /// First 16 hex digits of the SHA-256 of the tokenizer's JSON: batches carry it, and
+    /// the trainer refuses batches made with another tokenizer.
+    pub fingerprint: String,
+}
+
+impl CodeTokenizer {
+    /// Fits a byte-level BPE of `vocab_size` on `texts`.
+    pub fn train<I, S>(texts: I, vocab_size: usize) -> anyhow::Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let specials: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevel::default()));
+        tokenizer
+            .train(&mut trainer, texts)
+            .map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+        Self::wrap(tokenizer)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let mut tokenizer =
+            Tokenizer::from_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        // A tokenizer from elsewhere may lack some of ours; they are added, not assumed.
+        let missing: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .filter(|t| tokenizer.token_to_id(t).is_none())
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        tokenizer.add_special_tokens(&missing);
+        Self::wrap(tokenizer)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        self.inner
+            .save(path, true)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))
+            .with_context(|| "writing tokenizer.json")
+    }
+
+    fn wrap(inner: Tokenizer) -> anyhow::Result<Self> {
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| anyhow!("tokenizer has no {t} token"))
+        };
+        let json = inner.to_string(false).map_err(|e| anyhow!("{e}"))?;
+        let fingerprint = format!("{:x}", Sha256::digest(json.as_bytes()))[..16].to_string();
+        Ok(Self {
+            end_of_text: id(END_OF_TEXT)?,
+            fim_prefix: id(FIM_PREFIX)?,
+            fim_middle: id(FIM_MIDDLE)?,
+            fim_suffix: id(FIM_SUFFIX)?,
+            file_separator: id(FILE_SEPARATOR)?,
+            repo_name: id(REPO_NAME)?,
+            fingerprint,
+            inner,
+        })
+    }
+
+    /// Token ids of plain text (special-token strings inside it are not special).
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("{e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.inner.decode(ids, false).map_err(|e| anyhow!("{e}"))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn corpus() -> Vec<String> {
+        let samples = [
+            "fn main() {\n    println!(\"héllo, wörld ✓\");\n}\n",
+            "def add(a, b):\n    return a + b\n",
+            "function f(x) { return x * 2; }\n",
+            "#include <stdio.h>\nint main(void) { printf(\"%d\\n\", 42); }\n",
+        ];
+        (0..50)
+            .flat_map(|_| samples.iter().map(|s| s.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn trains_round_trips_and_saves() {
+        let tok = CodeTokenizer::train(corpus().into_iter(), 400).unwrap();
+        for text in corpus().iter().take(4) {
+            assert_eq!(&tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tok.save(&path).unwrap();
+        let loaded = CodeTokenizer::load(&path).unwrap();
+        assert_eq!(loaded.fingerprint, tok.fingerprint);
+        assert_eq!(loaded.fim_middle, tok.fim_middle);
+        assert_eq!(tok.decode(&[tok.end_of_text]).unwrap(), END_OF_TEXT);
+    }
+}

@@ -185,7 +185,11 @@ async fn pass(
                 .url_list
                 .clone()
                 .context("stages.crawler.options.url_list is required for source url_list")?;
-            let (repos, bad) = sources::read_url_list(&path)?;
+            // File reads and folder walks block: keep them off the async workers.
+            let list = path.clone();
+            let (repos, bad) = tokio::task::spawn_blocking(move || sources::read_url_list(&list))
+                .await
+                .map_err(anyhow::Error::from)??;
             for problem in &bad {
                 metrics
                     .scrape_errors
@@ -204,7 +208,10 @@ async fn pass(
             let root = options.local_folder.clone().context(
                 "stages.crawler.options.local_folder is required for source local_folder",
             )?;
-            let repos = sources::scan_folder(&root, options.local_depth)?;
+            let depth = options.local_depth;
+            let repos = tokio::task::spawn_blocking(move || sources::scan_folder(&root, depth))
+                .await
+                .map_err(anyhow::Error::from)??;
             publish_all(sink, metrics, repos).await
         }
     }

@@ -79,11 +79,11 @@ impl Processor {
             .build()?;
         metrics.worker_count.set(workers as i64);
         // The clone store bounds what clone URIs may point at, so it must resolve.
-        std::fs::create_dir_all(&options.store)
+        let store = std::fs::create_dir_all(&options.store)
             .and_then(|()| options.store.canonicalize())
             .map_err(|e| anyhow::anyhow!("clone store {}: {e}", options.store.display()))?;
         Ok(Self {
-            store: options.store.canonicalize()?,
+            store,
             options,
             pool: Arc::new(pool),
             metrics: Arc::new(metrics),

@@ -13,7 +13,6 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::AvroRecord;
-use crate::pipeline::Keyed;
 use crate::stage::StageRuntime;
 
 /// Sends records and waits for the broker's acknowledgement, retrying with backoff until
@@ -60,22 +59,6 @@ impl Publisher {
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-    }
-
-    pub async fn send_record<T: AvroRecord>(
-        &self,
-        topic: &str,
-        record: &Keyed<T>,
-    ) -> Result<Result<(), Abandoned>, crate::codec::CodecError> {
-        let payload = record.value.encode()?;
-        Ok(self.send(topic, record.key.as_bytes(), &payload).await)
-    }
-
-    /// Waits for queued records to be acknowledged (used before a source stage exits).
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .context("records were still unacknowledged at exit")
     }
 }
 

@@ -3,36 +3,16 @@
 //! records it describes, so the two never disagree after a crash.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
 
-use anyhow::{bail, Context as _};
-use codelupe_runtime::kafka::KafkaClients;
+use anyhow::Context as _;
+use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, CrawlerState, RepoUrl};
 use codelupe_runtime::AvroRecord;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 
 const REPO_PREFIX: &str = "repo/";
 const CURSOR_PREFIX: &str = "cursor/";
-
-/// The reader asks for end-of-partition events to know it has read everything;
-/// librdkafka also reports them as client errors, which are not worth a log line.
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!(%error, reason, "state reader");
-        }
-    }
-}
-
-impl ConsumerContext for QuietEof {}
 
 #[derive(Debug, Default)]
 pub struct CrawlState {
@@ -46,60 +26,27 @@ impl CrawlState {
     /// Call after the transactional producer is initialised, which aborts whatever a
     /// crashed predecessor left open.
     pub async fn load(clients: &KafkaClients, topic: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer<QuietEof> = clients
-            .base("codelupe-crawler-state")
-            .set("group.id", "codelupe-crawler-state-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create_with_context(QuietEof)
-            .context("cannot create the state reader")?;
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || Self::read(&consumer, &topic)).await?
-    }
-
-    fn read(consumer: &BaseConsumer<QuietEof>, topic: &str) -> anyhow::Result<Self> {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("cannot read metadata of {topic}"))?;
-        let partitions = match metadata.topics().first() {
-            Some(t) if t.error().is_none() => t.partitions().len() as i32,
-            _ => bail!("state topic {topic} does not exist (run `codelupe topology apply`)"),
-        };
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&list)?;
-        let mut state = Self::default();
-        let mut at_end = 0;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while at_end < partitions {
-            if Instant::now() > deadline {
-                bail!("reading state topic {topic} did not reach its end in 120 s");
-            }
-            match consumer.poll(Duration::from_millis(500)) {
-                None => {}
-                Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
-                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
-                    at_end += 1
-                }
-                Some(Err(e)) => bail!("reading state topic {topic}: {e}"),
-                Some(Ok(message)) => {
-                    let key =
-                        String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-                    match message.payload() {
-                        // A tombstone forgets the entry.
-                        None => state.forget(&key),
-                        Some(payload) => {
-                            let entry = CrawlerState::decode(payload)
-                                .with_context(|| format!("state entry {key} in {topic}"))?;
-                            state.apply(&key, &entry);
-                        }
+        let label = topic.to_string();
+        let state = kafka::read_to_end(
+            clients,
+            topic,
+            None,
+            Self::default(),
+            move |state, key, payload| {
+                let key = String::from_utf8_lossy(key);
+                match payload {
+                    // A tombstone forgets the entry.
+                    None => state.forget(&key),
+                    Some(payload) => {
+                        let entry = CrawlerState::decode(payload)
+                            .with_context(|| format!("state entry {key} in {label}"))?;
+                        state.apply(&key, &entry);
                     }
                 }
-            }
-        }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
         tracing::info!(
             repositories = state.published.len(),
             cursors = state.cursors.len(),

@@ -2,16 +2,23 @@
 //! embedded broker, and topic publishing from topology.yaml.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::admin::{
     AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::topology::Topology;
@@ -123,6 +130,107 @@ impl KafkaClients {
             attempts.max(1),
             last_error
         )
+    }
+}
+
+/// A reader that asks for end-of-partition events to know it has read everything;
+/// librdkafka also reports them as client errors, which are not worth a log line.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "state reader");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+/// Reads `partitions` of `topic` (all when None) from the beginning to their current
+/// end with read_committed isolation, folding each (key, payload) into `state`;
+/// `apply` may stop early with `ControlFlow::Break`. For state kept in compacted
+/// topics, and for samples of a topic.
+pub async fn read_to_end<S, F>(
+    clients: &KafkaClients,
+    topic: &str,
+    partitions: Option<Vec<i32>>,
+    mut state: S,
+    mut apply: F,
+) -> anyhow::Result<S>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8], Option<&[u8]>) -> anyhow::Result<ControlFlow<()>> + Send + 'static,
+{
+    let consumer: BaseConsumer<QuietEof> = clients
+        .base("codelupe-state-reader")
+        .set("group.id", "codelupe-state-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        // The end of an idle partition is only reported when a fetch returns.
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(QuietEof)
+        .context("cannot create a topic reader")?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let partitions = match partitions {
+            Some(partitions) => partitions,
+            None => (0..partition_count(consumer.client(), &topic)?).collect(),
+        };
+        let mut list = TopicPartitionList::new();
+        for &p in &partitions {
+            list.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&list)?;
+        let mut at_end = 0;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while at_end < partitions.len() {
+            if Instant::now() > deadline {
+                bail!("reading topic {topic} did not reach its end in 300 s");
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                    at_end += 1
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+                Some(Err(e)) => bail!("reading topic {topic}: {e}"),
+                Some(Ok(message)) => {
+                    let key = message.key().unwrap_or_default();
+                    if apply(&mut state, key, message.payload())?.is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(state)
+    })
+    .await?
+}
+
+impl KafkaClients {
+    /// How many partitions `topic` has on the cluster.
+    pub async fn partition_count(&self, topic: &str) -> anyhow::Result<i32> {
+        let probe: BaseProducer = self
+            .base("codelupe-metadata")
+            .create()
+            .context("cannot create a Kafka client")?;
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || partition_count(probe.client(), &topic)).await?
+    }
+}
+
+/// How many partitions `topic` has; an error naming the fix when it does not exist.
+fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<i32> {
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("cannot read metadata of {topic}"))?;
+    match metadata.topics().first() {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as i32)
+        }
+        _ => bail!("topic {topic} does not exist (run `codelupe topology apply`)"),
     }
 }
 

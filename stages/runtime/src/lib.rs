@@ -1,6 +1,7 @@
 //! What every CodeLupe stage shares: config, topology, Avro records, the Kafka loop
 //! and the metrics server. A stage crate holds only its own domain logic.
 
+pub mod aggregate;
 pub mod codec;
 pub mod config;
 pub mod kafka;

@@ -134,10 +134,12 @@ impl LoopMetrics {
 
 /// Consumer callbacks: readiness and lag from librdkafka; revocations applied to the
 /// offset tracker inside the callback, before any record of a new assignment arrives.
-struct LoopContext {
+pub(crate) struct LoopContext {
     readiness: Arc<Readiness>,
     lag: IntGaugeVec,
     tracker: Arc<Mutex<OffsetTracker>>,
+    /// Tells a stateful stage which partitions left, before their new owner's records.
+    revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
 }
 
 impl ClientContext for LoopContext {
@@ -177,7 +179,10 @@ impl ConsumerContext for LoopContext {
             self.tracker
                 .lock()
                 .expect("tracker lock")
-                .revoke(partitions);
+                .revoke(partitions.iter().copied());
+            if let Some(revoked) = &self.revoked {
+                let _ = revoked.send(partitions);
+            }
         }
     }
 
@@ -208,36 +213,66 @@ impl ConsumerContext for LoopContext {
     }
 }
 
-/// Runs `transform` over the stage's input until shutdown.
-pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::Result<()> {
+/// The stage's consumer, subscribed to its input; revocations reach `tracker` and,
+/// when given, `revoked`.
+pub(crate) fn subscribe(
+    runtime: &StageRuntime,
+    metrics: &LoopMetrics,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
+) -> anyhow::Result<Arc<StreamConsumer<LoopContext>>> {
     let (input, group) = runtime.require_input()?;
-    let output = runtime.output.clone();
-    let metrics = LoopMetrics::register(&runtime.registry)?;
-    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let context = LoopContext {
         readiness: runtime.readiness.clone(),
         lag: metrics.consumer_lag.clone(),
-        tracker: tracker.clone(),
+        tracker,
+        revoked,
     };
     let consumer: StreamConsumer<LoopContext> = runtime
         .clients
         .consumer_config(&runtime.client_id(), group)
         .create_with_context(context)
         .context("cannot create the Kafka consumer")?;
-    let consumer = Arc::new(consumer);
     consumer
         .subscribe(&[input])
         .with_context(|| format!("cannot subscribe to {input}"))?;
     runtime.readiness.set_not_ready(format!(
         "waiting for a partition assignment in group {group}"
     ));
+    Ok(Arc::new(consumer))
+}
 
+/// Commits what was stored, then leaves the group (the drop closes the consumer); both
+/// block, so off the async workers.
+pub(crate) async fn commit_and_leave(
+    consumer: Arc<StreamConsumer<LoopContext>>,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit");
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs `transform` over the stage's input until shutdown.
+pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::Result<()> {
+    let (input, _) = runtime.require_input()?;
+    let output = runtime.output.clone();
+    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
+
+    let publisher = Publisher::new(runtime)?;
     let shared = Arc::new(Shared {
         transform,
-        publisher: Publisher::new(runtime)?,
+        dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
+        publisher,
         output,
         stage: runtime.name.clone(),
-        dead_letter_topic: runtime.dead_letter_topic.clone(),
         max_attempts: runtime.settings.max_attempts.max(1),
         metrics: metrics.clone(),
     });
@@ -267,13 +302,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 };
                 metrics.consumed.inc();
                 metrics.in_flight.inc();
-                let record = InputRecord {
-                    topic: message.topic().to_string(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                };
+                let record = InputRecord::of(&message);
                 tracker.lock().expect("tracker lock").begin(record.partition, record.offset);
                 let shared = shared.clone();
                 let done = done_tx.clone();
@@ -291,44 +320,46 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     }
     drop(stream);
 
-    // Drain: give in-flight records a bounded time to finish so their offsets can be
-    // stored; whatever is left is abandoned uncommitted and replayed by the next owner.
-    let drain = Duration::from_millis(runtime.settings.drain_timeout_ms);
-    let deadline = tokio::time::Instant::now() + drain;
     tracing::info!(
         stage = %runtime.name,
         in_flight = tracker.lock().expect("tracker lock").in_flight(),
         "draining"
     );
+    let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
+    drain(&mut tasks, &mut done_rx, timeout, |(partition, offset)| {
+        store(&consumer, input, &tracker, partition, offset)
+    })
+    .await;
+    drop(shared);
+    commit_and_leave(consumer).await
+}
+
+/// Gives in-flight work a bounded time to finish so its offsets can be stored; whatever
+/// is left is abandoned uncommitted and replayed by the next owner.
+pub(crate) async fn drain<M>(
+    tasks: &mut JoinSet<()>,
+    done: &mut mpsc::UnboundedReceiver<M>,
+    timeout: Duration,
+    mut on_done: impl FnMut(M),
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         tokio::select! {
-            Some((partition, offset)) = done_rx.recv() => store(&consumer, input, &tracker, partition, offset),
+            Some(message) = done.recv() => on_done(message),
             joined = tasks.join_next() => if joined.is_none() { break },
             _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(abandoned = tasks.len(), "drain timeout: abandoning in-flight records uncommitted");
+                tracing::warn!(abandoned = tasks.len(), "drain timeout: abandoning in-flight work uncommitted");
                 tasks.abort_all();
                 break;
             }
         }
     }
-    while let Ok((partition, offset)) = done_rx.try_recv() {
-        store(&consumer, input, &tracker, partition, offset);
+    while let Ok(message) = done.try_recv() {
+        on_done(message);
     }
-    // Commit what was stored, then leave the group (the drop closes the consumer);
-    // both block, so off the async workers.
-    drop(shared);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            tracing::debug!(error = %e, "final commit");
-        }
-        consumer.unsubscribe();
-        drop(consumer);
-    })
-    .await?;
-    Ok(())
 }
 
-fn store(
+pub(crate) fn store(
     consumer: &StreamConsumer<LoopContext>,
     topic: &str,
     tracker: &Mutex<OffsetTracker>,
@@ -355,12 +386,82 @@ fn store(
     }
 }
 
-struct InputRecord {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+pub(crate) struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl InputRecord {
+    pub fn of(message: &impl Message) -> Self {
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Publishes the records a stage could not handle to the dead-letter topic.
+#[derive(Clone)]
+pub(crate) struct DeadLetters {
+    pub publisher: Publisher,
+    pub stage: String,
+    pub topic: String,
+    pub metrics: LoopMetrics,
+}
+
+impl DeadLetters {
+    pub fn new(runtime: &StageRuntime, publisher: Publisher, metrics: LoopMetrics) -> Self {
+        Self {
+            publisher,
+            stage: runtime.name.clone(),
+            topic: runtime.dead_letter_topic.clone(),
+            metrics,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        record: &InputRecord,
+        reason: &'static str,
+        error: String,
+        attempts: u32,
+    ) -> Result<(), Abandoned> {
+        tracing::warn!(
+            stage = %self.stage, reason, %error,
+            topic = %record.topic, partition = record.partition, offset = record.offset,
+            "dead-lettering record"
+        );
+        let letter = DeadLetter {
+            stage: self.stage.clone(),
+            reason: reason.to_string(),
+            error,
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            attempts: attempts as i32,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            failed_at_ms: now_ms(),
+        };
+        let payload = letter
+            .encode()
+            .expect("a DeadLetter always encodes: its schema is tested");
+        self.publisher
+            .send(
+                &self.topic,
+                record.key.as_deref().unwrap_or_default(),
+                &payload,
+            )
+            .await?;
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        Ok(())
+    }
 }
 
 struct Shared<T: Transform> {
@@ -368,7 +469,7 @@ struct Shared<T: Transform> {
     publisher: Publisher,
     output: Option<String>,
     stage: String,
-    dead_letter_topic: String,
+    dead_letters: DeadLetters,
     max_attempts: u32,
     metrics: LoopMetrics,
 }
@@ -442,34 +543,8 @@ impl<T: Transform> Shared<T> {
         error: String,
         attempts: u32,
     ) -> Result<(), Abandoned> {
-        tracing::warn!(
-            stage = %self.stage, reason, %error,
-            topic = %record.topic, partition = record.partition, offset = record.offset,
-            "dead-lettering record"
-        );
-        let letter = DeadLetter {
-            stage: self.stage.clone(),
-            reason: reason.to_string(),
-            error,
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            attempts: attempts as i32,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            failed_at_ms: now_ms(),
-        };
-        let payload = letter
-            .encode()
-            .expect("a DeadLetter always encodes: its schema is tested");
-        self.publisher
-            .send(
-                &self.dead_letter_topic,
-                record.key.as_deref().unwrap_or_default(),
-                &payload,
-            )
-            .await?;
-        self.metrics.dead_letters.with_label_values(&[reason]).inc();
-        Ok(())
+        self.dead_letters
+            .send(record, reason, error, attempts)
+            .await
     }
 }

@@ -42,9 +42,21 @@ impl Publisher {
     }
 
     pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), Abandoned> {
+        self.send_to(topic, None, key, payload).await
+    }
+
+    /// Like [`Self::send`], to `partition` when given (else the key's partition).
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<(), Abandoned> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let record = FutureRecord::to(topic).key(key).payload(payload);
+            let mut record = FutureRecord::to(topic).key(key).payload(payload);
+            record.partition = partition;
             let error = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Abandoned),
                 result = self.producer.send(record, Timeout::Never) => match result {
@@ -62,9 +74,12 @@ impl Publisher {
     }
 }
 
-/// One record of a transactional batch.
+/// One record to publish (a transactional batch, or a follow-up of an output).
+#[derive(Debug)]
 pub struct Outgoing {
     pub topic: String,
+    /// None: the key's partition.
+    pub partition: Option<i32>,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
 }
@@ -77,6 +92,7 @@ impl Outgoing {
     ) -> Result<Self, crate::codec::CodecError> {
         Ok(Self {
             topic: topic.to_string(),
+            partition: None,
             key: key.as_bytes().to_vec(),
             payload: value.encode()?,
         })
@@ -154,10 +170,9 @@ impl TransactionalPublisher {
     async fn try_batch(&self, batch: &[Outgoing]) -> rdkafka::error::KafkaResult<()> {
         self.producer.begin_transaction()?;
         let sends = batch.iter().map(|r| {
-            self.producer.send(
-                FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload),
-                Timeout::After(self.timeout),
-            )
+            let mut record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
+            record.partition = r.partition;
+            self.producer.send(record, Timeout::After(self.timeout))
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(e, _)| e)?;

@@ -1,0 +1,412 @@
+//! The consume loop for stages whose outputs gather many inputs (the batcher: files →
+//! batches). Inputs are handed to the stage one at a time, each partition in offset
+//! order; the stage seals outputs when they are full. An input's offset is stored only
+//! when every output holding a part of it is acknowledged and its last part has been
+//! sealed, so inputs still in a partial output at shutdown or crash stay uncommitted
+//! and are replayed: nothing is lost, at worst something is published twice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use rdkafka::consumer::StreamConsumer;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::codec::AvroRecord;
+use crate::offsets::OffsetTracker;
+use crate::pipeline::{
+    commit_and_leave, drain, store, subscribe, DeadLetters, InputRecord, LoopContext, LoopMetrics,
+};
+use crate::publish::{Outgoing, Publisher};
+use crate::records::now_ms;
+use crate::stage::StageRuntime;
+use crate::TransformError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InputPosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An output ready to publish.
+#[derive(Debug)]
+pub struct Sealed<T> {
+    pub key: String,
+    pub value: T,
+    /// The inputs with a part in this output, and whether it is their last part.
+    pub inputs: Vec<(InputPosition, bool)>,
+    /// Records published only after `value` is acknowledged and before its inputs are
+    /// released (the batcher's dedup marks: a mark never exists without its batch).
+    pub then: Vec<Outgoing>,
+}
+
+/// What handing over one input (or a flush) produced.
+#[derive(Debug)]
+pub struct Step<T> {
+    pub sealed: Vec<Sealed<T>>,
+    /// Inputs finished without a part in any output (duplicates dropped, say).
+    pub finished: Vec<InputPosition>,
+}
+
+impl<T> Default for Step<T> {
+    fn default() -> Self {
+        Self {
+            sealed: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+}
+
+pub trait Aggregate: Send + 'static {
+    type Input: AvroRecord;
+    type Output: AvroRecord;
+
+    /// Takes one input. A permanent error dead-letters it; a retryable one (state it
+    /// could not load, say) stops the stage with the input uncommitted, since the
+    /// aggregate cannot skip it and go on.
+    fn push(
+        &mut self,
+        at: InputPosition,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Step<Self::Output>, TransformError>> + Send;
+
+    /// Seals every partial output; called when the input has paused for `flush_after`.
+    fn flush(&mut self) -> Step<Self::Output>;
+
+    /// None: partial outputs wait for more input however long that takes.
+    fn flush_after(&self) -> Option<Duration>;
+
+    /// These partitions went to another consumer, which replays their unreleased
+    /// inputs: drop their partial outputs and any state the new owner may change.
+    fn revoke(&mut self, partitions: &[i32]);
+}
+
+/// How many unacknowledged outputs hold each input, and whether its last part is
+/// sealed. A revocation starts a new generation of the partition, so a late
+/// acknowledgement from before it cannot release an input consumed again after it.
+#[derive(Debug, Default)]
+struct Holds {
+    generations: HashMap<i32, u64>,
+    held: HashMap<InputPosition, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    generation: u64,
+    outstanding: usize,
+    last_part_sealed: bool,
+}
+
+type Ticket = Vec<(InputPosition, u64)>;
+
+impl Holds {
+    fn dispatch(&mut self, inputs: &[(InputPosition, bool)]) -> Ticket {
+        inputs
+            .iter()
+            .map(|&(at, last)| {
+                let generation = self.generations.get(&at.partition).copied().unwrap_or(0);
+                let held = self.held.entry(at).or_insert(Held {
+                    generation,
+                    outstanding: 0,
+                    last_part_sealed: false,
+                });
+                held.outstanding += 1;
+                held.last_part_sealed |= last;
+                (at, generation)
+            })
+            .collect()
+    }
+
+    /// The inputs this acknowledgement releases.
+    fn acked(&mut self, ticket: Ticket) -> Vec<InputPosition> {
+        let mut released = Vec::new();
+        for (at, generation) in ticket {
+            let Some(held) = self.held.get_mut(&at) else {
+                continue;
+            };
+            if held.generation != generation {
+                continue;
+            }
+            held.outstanding -= 1;
+            if held.outstanding == 0 && held.last_part_sealed {
+                self.held.remove(&at);
+                released.push(at);
+            }
+        }
+        released
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            *self.generations.entry(*p).or_default() += 1;
+        }
+        self.held
+            .retain(|at, _| !partitions.contains(&at.partition));
+    }
+}
+
+enum Done {
+    /// Inputs handled on their own (dead-lettered).
+    Released(Vec<InputPosition>),
+    /// An output and its follow-ups were acknowledged.
+    Acked(Ticket),
+}
+
+struct Loop {
+    input: String,
+    output: String,
+    consumer: Arc<StreamConsumer<LoopContext>>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    holds: Holds,
+    publisher: Publisher,
+    dead_letters: DeadLetters,
+    metrics: LoopMetrics,
+    permits: Arc<Semaphore>,
+    done: mpsc::UnboundedSender<Done>,
+    tasks: JoinSet<()>,
+}
+
+/// Runs `aggregate` over the stage's input until shutdown. Partial outputs are not
+/// flushed at shutdown: their inputs stay uncommitted for the next owner.
+pub async fn run_aggregate<A: Aggregate>(
+    mut aggregate: A,
+    runtime: &StageRuntime,
+) -> anyhow::Result<()> {
+    let (input, _) = runtime.require_input()?;
+    let output = runtime
+        .output
+        .clone()
+        .with_context(|| format!("stage {} needs an output topic", runtime.name))?;
+    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
+    let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
+    let publisher = Publisher::new(runtime)?;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let mut state = Loop {
+        input: input.to_string(),
+        output,
+        consumer: consumer.clone(),
+        tracker,
+        holds: Holds::default(),
+        dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
+        publisher,
+        metrics,
+        permits: Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1))),
+        done: done_tx,
+        tasks: JoinSet::new(),
+    };
+    let flush_after = aggregate.flush_after();
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let mut stream = consumer.stream();
+    let mut failure = None;
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = runtime.shutdown.cancelled() => break,
+            Some(partitions) = revoked.recv() => {
+                state.holds.revoke(&partitions);
+                aggregate.revoke(&partitions);
+            }
+            Some(message) = done.recv() => state.on_done(message),
+            Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
+            _ = sleep_until(flush_at), if flush_at.is_some() => {
+                flush_at = None;
+                let step = aggregate.flush();
+                if let Err(e) = state.dispatch(step).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            message = stream.next() => {
+                let record = match message {
+                    Some(Ok(message)) => InputRecord::of(&message),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                    None => break,
+                };
+                // The rebalance callback ran inside this poll: apply it before the record.
+                while let Ok(partitions) = revoked.try_recv() {
+                    state.holds.revoke(&partitions);
+                    aggregate.revoke(&partitions);
+                }
+                state.begin(&record);
+                let at = InputPosition { partition: record.partition, offset: record.offset };
+                let step = match record.value.as_deref().map(A::Input::decode) {
+                    None => Err(TransformError::permanent("empty_value", "record has no value")),
+                    Some(Err(e)) => Err(TransformError::permanent("decode", e.to_string())),
+                    Some(Ok(input)) => aggregate.push(at, input).await,
+                };
+                let dispatched = match step {
+                    Ok(step) => state.dispatch(step).await,
+                    Err(e) if e.retryable => Err(anyhow::anyhow!(
+                        "{} at partition {} offset {}: {e}", e.reason, at.partition, at.offset
+                    )),
+                    Err(e) => {
+                        state.dead_letter(record, e.reason, e.message);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = dispatched {
+                    failure = Some(e);
+                    break;
+                }
+                flush_at = flush_after.map(|after| tokio::time::Instant::now() + after);
+            }
+        }
+    }
+    drop(stream);
+    tracing::info!(
+        stage = %runtime.name,
+        in_flight = state.tracker.lock().expect("tracker lock").in_flight(),
+        "draining; inputs in partial outputs stay uncommitted"
+    );
+    let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
+    let mut tasks = std::mem::take(&mut state.tasks);
+    drain(&mut tasks, &mut done, timeout, |message| {
+        state.on_done(message)
+    })
+    .await;
+    drop(state);
+    commit_and_leave(consumer).await?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Loop {
+    fn begin(&self, record: &InputRecord) {
+        self.metrics.consumed.inc();
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        tracker.begin(record.partition, record.offset);
+        self.metrics.in_flight.set(tracker.in_flight() as i64);
+    }
+
+    fn release(&self, at: InputPosition) {
+        store(
+            &self.consumer,
+            &self.input,
+            &self.tracker,
+            at.partition,
+            at.offset,
+        );
+        self.metrics
+            .in_flight
+            .set(self.tracker.lock().expect("tracker lock").in_flight() as i64);
+        self.metrics.last_processed.set(now_ms() / 1000);
+    }
+
+    fn on_done(&mut self, message: Done) {
+        let released = match message {
+            Done::Released(inputs) => inputs,
+            Done::Acked(ticket) => self.holds.acked(ticket),
+        };
+        for at in released {
+            self.release(at);
+        }
+    }
+
+    /// Publishes each sealed output (with its follow-ups) in its own task, at most
+    /// `max_in_flight` at once; inputs finished on their own are released now.
+    async fn dispatch<T: AvroRecord>(&mut self, step: Step<T>) -> anyhow::Result<()> {
+        for at in step.finished {
+            self.release(at);
+        }
+        for sealed in step.sealed {
+            let payload = sealed
+                .value
+                .encode()
+                .context("cannot encode an output record")?;
+            let ticket = self.holds.dispatch(&sealed.inputs);
+            let permit = self.permits.clone().acquire_owned().await?;
+            let (publisher, topic, done) = (
+                self.publisher.clone(),
+                self.output.clone(),
+                self.done.clone(),
+            );
+            let produced = self.metrics.produced.clone();
+            self.tasks.spawn(async move {
+                let sent = async {
+                    publisher
+                        .send(&topic, sealed.key.as_bytes(), &payload)
+                        .await?;
+                    for then in &sealed.then {
+                        publisher
+                            .send_to(&then.topic, then.partition, &then.key, &then.payload)
+                            .await?;
+                    }
+                    Ok::<_, crate::publish::Abandoned>(())
+                };
+                if sent.await.is_ok() {
+                    produced.inc();
+                    let _ = done.send(Done::Acked(ticket));
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, record: InputRecord, reason: &'static str, error: String) {
+        let (dead_letters, done) = (self.dead_letters.clone(), self.done.clone());
+        self.tasks.spawn(async move {
+            if dead_letters.send(&record, reason, error, 1).await.is_ok() {
+                let at = InputPosition {
+                    partition: record.partition,
+                    offset: record.offset,
+                };
+                let _ = done.send(Done::Released(vec![at]));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offset: i64) -> InputPosition {
+        InputPosition { partition, offset }
+    }
+
+    #[test]
+    fn an_input_is_released_when_every_output_holding_it_is_acked() {
+        let mut holds = Holds::default();
+        // Input 0 spans outputs A and B; input 1 lies in B alone.
+        let a = holds.dispatch(&[(at(0, 0), false)]);
+        let b = holds.dispatch(&[(at(0, 0), true), (at(0, 1), true)]);
+        assert_eq!(holds.acked(b), [at(0, 1)], "A still holds input 0");
+        assert_eq!(holds.acked(a), [at(0, 0)]);
+        // A part acked before the last part is sealed releases nothing.
+        let c = holds.dispatch(&[(at(0, 2), false)]);
+        assert!(holds.acked(c).is_empty());
+        let d = holds.dispatch(&[(at(0, 2), true)]);
+        assert_eq!(holds.acked(d), [at(0, 2)]);
+    }
+
+    #[test]
+    fn acks_from_before_a_revocation_release_nothing() {
+        let mut holds = Holds::default();
+        let old = holds.dispatch(&[(at(3, 7), true)]);
+        holds.revoke(&[3]);
+        // Consumed again after the partition came back, not yet acked.
+        let new = holds.dispatch(&[(at(3, 7), true)]);
+        assert!(holds.acked(old).is_empty());
+        assert_eq!(holds.acked(new), [at(3, 7)]);
+    }
+}

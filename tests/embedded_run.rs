@@ -80,6 +80,18 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
                         "the embedded crawler published nothing:\n{body}"
                     );
                 }
+                if *stage == "batcher" {
+                    // This checkout's files went all the way through to training batches.
+                    let batches: f64 = body
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("batcher_batches_produced_total{"))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum();
+                    assert!(
+                        batches >= 1.0,
+                        "the embedded batcher made no batch:\n{body}"
+                    );
+                }
             }
         }
         rounds += 1;

@@ -149,6 +149,15 @@ fn crawler_state_matches_its_schema() {
 }
 
 #[test]
+fn batcher_seen_matches_its_schema() {
+    check(BatcherSeen {
+        content_hash: "ab".repeat(32),
+        batch_id: "0123456789abcdef01234567".into(),
+        seen_at_ms: now_ms(),
+    });
+}
+
+#[test]
 fn a_value_of_another_schema_is_rejected_by_fingerprint() {
     let clone = RepoClone {
         full_name: "a/b".into(),
@@ -183,6 +192,7 @@ fn every_topic_schema_in_the_topology_has_a_record_type() {
         TrainingBatch::SCHEMA_FILE,
         DeadLetter::SCHEMA_FILE,
         CrawlerState::SCHEMA_FILE,
+        BatcherSeen::SCHEMA_FILE,
     ];
     for (name, topic) in &topology.topics {
         let file = topic.schema.file_name().unwrap().to_str().unwrap();

@@ -24,7 +24,7 @@ fn the_repository_topology_checks_out() {
     let out = codelupe().args(["topology", "check"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("6 topics, 5 stages: ok"),
+        text(&out).contains("7 topics, 5 stages: ok"),
         "{}",
         text(&out)
     );

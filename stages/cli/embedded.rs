@@ -28,6 +28,17 @@ pub async fn run_all(
         Some(brokers) => (crate::connect(&brokers, &config).await?, None),
         None => {
             offline_defaults(&mut config);
+            let batcher: codelupe_batcher::BatcherOptions = config
+                .stage(codelupe_batcher::STAGE)
+                .options(codelupe_batcher::STAGE)?;
+            let tokenizer = batcher.tokenizer.as_path();
+            if tokenizer == std::path::Path::new(OFFLINE_TOKENIZER) && !tokenizer.exists() {
+                tracing::info!(
+                    "no {OFFLINE_TOKENIZER} yet: fitting one on the working directory's sources"
+                );
+                let sample = codelupe_batcher::sample::from_dirs(&[".".into()], 5_000)?;
+                crate::train_tokenizer(sample, 8_192, tokenizer).await?;
+            }
             let broker = EmbeddedBroker::start(topology)?;
             tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
             (
@@ -135,7 +146,8 @@ pub async fn run_all(
 
 /// Options a stage gets on the embedded default when the config gives none: with no
 /// network, the crawler reads the git repositories under the working directory, the
-/// downloader clones them locally into `.codelupe/clones` and the processor reads them there.
+/// downloader clones them locally into `.codelupe/clones`, the processor reads them there
+/// and the batcher uses a tokenizer fitted on the working directory.
 const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
     ("crawler", "{source: local_folder, local_folder: ., interval_s: 60}"),
     (
@@ -143,7 +155,14 @@ const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
         "{store: .codelupe/clones, urls: {allow_local: true}, filter: {min_stars: 0, languages: [], exclude_words: []}}",
     ),
     ("processor", "{store: .codelupe/clones}"),
+    (
+        "batcher",
+        "{tokenizer: .codelupe/tokenizer.json, sequence_length: 1024, flush_idle_ms: 5000}",
+    ),
 ];
+
+/// The embedded default's tokenizer: fitted once on the working directory's sources.
+const OFFLINE_TOKENIZER: &str = ".codelupe/tokenizer.json";
 
 fn offline_defaults(config: &mut Config) {
     for (stage, options) in OFFLINE_DEFAULTS {

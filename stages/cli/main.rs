@@ -1,6 +1,6 @@
 //! `codelupe`: runs one stage against a Kafka cluster (`stage`), every stage in one
-//! process (`run`, on an embedded broker by default), and publishes topics from
-//! topology.yaml (`topology`).
+//! process (`run`, on an embedded broker by default), publishes topics from
+//! topology.yaml (`topology`) and fits the batcher's tokenizer (`tokenizer train`).
 
 mod embedded;
 mod stages;
@@ -59,6 +59,34 @@ enum Command {
     Topology {
         #[command(subcommand)]
         action: TopologyAction,
+    },
+    /// The batcher's tokenizer.
+    Tokenizer {
+        #[command(subcommand)]
+        action: TokenizerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerAction {
+    /// Fit a byte-level BPE tokenizer (with the batcher's special tokens) on source
+    /// files under folders, or on the first records of code-files, and write it.
+    Train {
+        /// Folders to read source files from (.gitignore respected); repeatable.
+        #[arg(long = "from-dir", required_unless_present = "from_topic")]
+        from_dirs: Vec<PathBuf>,
+        /// Read the code-files topic instead, from --brokers or kafka.brokers.
+        #[arg(long, conflicts_with = "from_dirs")]
+        from_topic: bool,
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value_t = 32_768)]
+        vocab_size: usize,
+        /// At most this many files.
+        #[arg(long, default_value_t = 50_000)]
+        max_files: usize,
+        #[arg(long, short, default_value = "tokenizer.json")]
+        out: PathBuf,
     },
 }
 
@@ -119,6 +147,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topology { action } => {
             topology_command(action, &config, &topology, &topology_path).await
+        }
+        Command::Tokenizer {
+            action:
+                TokenizerAction::Train {
+                    from_dirs,
+                    from_topic,
+                    brokers,
+                    vocab_size,
+                    max_files,
+                    out,
+                },
+        } => {
+            let sample = if from_topic {
+                let brokers = brokers
+                    .or(config.kafka.brokers.clone())
+                    .context("--from-topic needs Kafka: pass --brokers or set kafka.brokers")?;
+                let clients = connect(&brokers, &config).await?;
+                let topic = StageRuntime::resolve(
+                    codelupe_batcher::STAGE,
+                    &topology,
+                    &config,
+                    clients.clone(),
+                    CancellationToken::new(),
+                )?
+                .input
+                .context("the batcher has no input topic")?;
+                eprintln!("reading up to {max_files} files from {topic}…");
+                codelupe_batcher::sample::from_topic(&clients, &topic, max_files).await?
+            } else {
+                eprintln!("reading up to {max_files} source files…");
+                codelupe_batcher::sample::from_dirs(&from_dirs, max_files)?
+            };
+            train_tokenizer(sample, vocab_size, &out).await
         }
         Command::Stage {
             name,
@@ -199,6 +260,47 @@ async fn topology_command(
             Ok(())
         }
     }
+}
+
+/// Fits, reports and writes the tokenizer; training is CPU-bound, so off the async workers.
+pub(crate) async fn train_tokenizer(
+    sample: codelupe_batcher::sample::Sample,
+    vocab_size: usize,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use codelupe_batcher::tokenizer::CodeTokenizer;
+    if sample.texts.is_empty() {
+        bail!("no source files to train on");
+    }
+    eprintln!(
+        "training a {vocab_size}-token byte-level BPE on {} files ({:.1} MiB)…",
+        sample.texts.len(),
+        sample.bytes as f64 / (1 << 20) as f64
+    );
+    let started = std::time::Instant::now();
+    let (tokenizer, tokens) = tokio::task::spawn_blocking(move || {
+        let tokenizer = CodeTokenizer::train(sample.texts.iter(), vocab_size)?;
+        let tokens: usize = sample
+            .texts
+            .iter()
+            .map(|t| tokenizer.encode(t).map(|ids| ids.len()))
+            .sum::<anyhow::Result<_>>()?;
+        anyhow::Ok((tokenizer, (tokens, sample.bytes)))
+    })
+    .await??;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    tokenizer.save(out)?;
+    println!(
+        "wrote {}: vocabulary {}, fingerprint {}, {:.2} bytes per token on the sample, {:.1} s",
+        out.display(),
+        tokenizer.vocab_size(),
+        tokenizer.fingerprint,
+        tokens.1 as f64 / tokens.0.max(1) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn connect(brokers: &str, config: &Config) -> anyhow::Result<KafkaClients> {

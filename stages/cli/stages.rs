@@ -62,11 +62,14 @@ pub const STAGES: &[StageEntry] = &[
     },
     StageEntry {
         name: codelupe_batcher::STAGE,
-        status: Status::NotBuilt {
-            issue: codelupe_batcher::BUILT_BY_ISSUE,
-            contract_metrics: |r| codelupe_batcher::metrics::BatcherMetrics::register(r).map(drop),
-        },
-        progress: LOOP_PROGRESS,
+        status: Status::Built(|runtime| Box::pin(codelupe_batcher::run(runtime))),
+        progress: &[
+            ("files", "batcher_files_consumed_total"),
+            ("duplicates", "batcher_duplicates_dropped_total"),
+            ("batches", "batcher_batches_produced_total"),
+            ("tokens", "batcher_tokens_produced_total"),
+            ("lag", "codelupe_consumer_lag"),
+        ],
     },
     StageEntry {
         name: codelupe_trainer::STAGE,

@@ -80,13 +80,12 @@ pub fn tokens(
         return Ok(out);
     }
     // Character-level cut points, so no piece splits a UTF-8 sequence.
-    let chars: Vec<(usize, char)> = file.content.char_indices().collect();
-    let n = chars.len() as u64;
+    let n = file.content.chars().count() as u64;
     let byte_at = |i: u64| {
-        chars
-            .get(i as usize)
-            .map(|(b, _)| *b)
-            .unwrap_or(file.content.len())
+        file.content
+            .char_indices()
+            .nth(i as usize)
+            .map_or(file.content.len(), |(b, _)| b)
     };
     let (mut a, mut b) = (dice.next() % (n + 1), dice.next() % (n + 1));
     if a > b {

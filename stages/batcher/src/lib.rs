@@ -1,14 +1,311 @@
-//! Batcher: tokenizes `code-files`, deduplicates and packs them into fixed-length
-//! sequences on `training-batches`. Built by issue #6. Here so far: the tokenizer
-//! (train or load), one file as tokens (metadata, fill-in-the-middle, eval split) and
-//! packing. Still to come: the Kafka wiring (an input completes only when every batch
-//! holding its tokens is acknowledged), the dedup state and `codelupe tokenizer train`;
-//! until then the stage refuses to run rather than pretend.
+//! Batcher: tokenizes `code-files`, drops exact duplicates and packs the rest into
+//! fixed-length sequences on `training-batches`.
+//!
+//! Each input partition has its own packers (one per split), so a partition's batches
+//! depend only on that partition's records: a rerun over the same input makes
+//! byte-identical batches however partitions interleave. Dedup is exact per partition
+//! (code-files is keyed by content hash, so copies of a file share a partition); its
+//! state is the compacted `batcher-seen` topic, marked only after the batch holding the
+//! file is acknowledged and reloaded when a partition is assigned.
 
 pub mod document;
 pub mod metrics;
 pub mod pack;
+pub mod sample;
 pub mod tokenizer;
 
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Sealed, Step};
+use codelupe_runtime::kafka::{self, KafkaClients};
+use codelupe_runtime::publish::Outgoing;
+use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, TrainingBatch};
+use codelupe_runtime::{StageRuntime, TransformError};
+
+use crate::document::DocumentOptions;
+use crate::metrics::BatcherMetrics;
+use crate::pack::{Packed, Packer};
+use crate::tokenizer::CodeTokenizer;
+
 pub const STAGE: &str = "batcher";
-pub const BUILT_BY_ISSUE: u32 = 6;
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatcherOptions {
+    /// The tokenizer.json to use: `codelupe tokenizer train` writes one, or bring a
+    /// Qwen or StarCoder one.
+    pub tokenizer: PathBuf,
+    pub sequence_length: usize,
+    pub sequences_per_batch: usize,
+    pub document: DocumentOptions,
+    /// The compacted topic holding the dedup state.
+    pub seen_topic: String,
+    /// Seal partial batches (padded with end-of-text) once the input has paused this
+    /// long, so the tail of a stream reaches the trainer; 0 keeps them until full.
+    pub flush_idle_ms: u64,
+}
+
+impl Default for BatcherOptions {
+    fn default() -> Self {
+        Self {
+            tokenizer: PathBuf::from("tokenizer.json"),
+            sequence_length: 2048,
+            sequences_per_batch: 8,
+            document: DocumentOptions::default(),
+            seen_topic: "batcher-seen".into(),
+            flush_idle_ms: 30_000,
+        }
+    }
+}
+
+/// A document in a packer: which file, and which input record it came from.
+#[derive(Debug, Clone)]
+struct Member {
+    content_hash: String,
+    at: InputPosition,
+}
+
+struct PartitionState {
+    /// First 128 bits of each content hash packed or being packed.
+    seen: HashSet<u128>,
+    train: Packer<Member>,
+    eval: Packer<Member>,
+}
+
+pub struct Batcher {
+    tokenizer: Arc<CodeTokenizer>,
+    options: BatcherOptions,
+    clients: KafkaClients,
+    metrics: BatcherMetrics,
+    partitions: HashMap<i32, PartitionState>,
+}
+
+fn dedup_key(content_hash: &str) -> Option<u128> {
+    u128::from_str_radix(content_hash.get(..32)?, 16).ok()
+}
+
+impl Batcher {
+    pub fn new(
+        tokenizer: CodeTokenizer,
+        options: BatcherOptions,
+        clients: KafkaClients,
+        metrics: BatcherMetrics,
+    ) -> anyhow::Result<Self> {
+        if options.sequence_length == 0 || options.sequences_per_batch == 0 {
+            bail!("stages.batcher.options: sequence_length and sequences_per_batch must be > 0");
+        }
+        Ok(Self {
+            tokenizer: Arc::new(tokenizer),
+            options,
+            clients,
+            metrics,
+            partitions: HashMap::new(),
+        })
+    }
+
+    /// The partition's state, its dedup marks read from the seen topic on first use.
+    async fn partition(&mut self, partition: i32) -> anyhow::Result<&mut PartitionState> {
+        if !self.partitions.contains_key(&partition) {
+            let started = Instant::now();
+            let seen = kafka::read_to_end(
+                &self.clients,
+                &self.options.seen_topic,
+                Some(vec![partition]),
+                HashSet::new(),
+                |seen, key, _| {
+                    if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
+                        seen.insert(key);
+                    }
+                    Ok(ControlFlow::Continue(()))
+                },
+            )
+            .await
+            .with_context(|| format!("loading dedup marks of partition {partition}"))?;
+            tracing::info!(partition, marks = seen.len(), elapsed = ?started.elapsed(), "dedup state loaded");
+            let (len, per, eot) = (
+                self.options.sequence_length,
+                self.options.sequences_per_batch,
+                self.tokenizer.end_of_text,
+            );
+            self.partitions.insert(
+                partition,
+                PartitionState {
+                    seen,
+                    train: Packer::new(len, per, eot),
+                    eval: Packer::new(len, per, eot),
+                },
+            );
+        }
+        Ok(self.partitions.get_mut(&partition).expect("inserted above"))
+    }
+
+    /// A packed batch as a record, with the dedup marks of the files that end in it.
+    fn seal(&self, split: &str, packed: Packed<Member>) -> Sealed<TrainingBatch> {
+        self.metrics
+            .tokens_produced
+            .inc_by(packed.token_ids.len() as u64);
+        self.metrics
+            .batches_produced
+            .with_label_values(&[split])
+            .inc();
+        let mut then = Vec::new();
+        for (member, last) in &packed.members {
+            if *last {
+                let mark = BatcherSeen {
+                    content_hash: member.content_hash.clone(),
+                    batch_id: packed.batch_id.clone(),
+                    seen_at_ms: now_ms(),
+                };
+                let mut outgoing =
+                    Outgoing::record(&self.options.seen_topic, &member.content_hash, &mark)
+                        .expect("a BatcherSeen always encodes: its schema is tested");
+                outgoing.partition = Some(member.at.partition);
+                then.push(outgoing);
+            }
+        }
+        Sealed {
+            key: packed.batch_id.clone(),
+            inputs: packed
+                .members
+                .iter()
+                .map(|(m, last)| (m.at, *last))
+                .collect(),
+            then,
+            value: TrainingBatch {
+                batch_id: packed.batch_id,
+                split: split.to_string(),
+                sequence_length: self.options.sequence_length as i32,
+                token_ids: packed.token_ids,
+                document_starts: packed.document_starts,
+                content_hashes: packed
+                    .members
+                    .into_iter()
+                    .map(|(m, _)| m.content_hash)
+                    .collect(),
+                tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
+            },
+        }
+    }
+}
+
+impl Aggregate for Batcher {
+    type Input = CodeFile;
+    type Output = TrainingBatch;
+
+    async fn push(
+        &mut self,
+        at: InputPosition,
+        file: CodeFile,
+    ) -> Result<Step<TrainingBatch>, TransformError> {
+        self.metrics.files_consumed.inc();
+        let key = dedup_key(&file.content_hash).ok_or_else(|| {
+            TransformError::permanent(
+                "bad_content_hash",
+                format!("content_hash {:?} is not a hex SHA-256", file.content_hash),
+            )
+        })?;
+        let state = self
+            .partition(at.partition)
+            .await
+            .map_err(|e| TransformError::retryable("dedup_state", format!("{e:#}")))?;
+        if !state.seen.insert(key) {
+            self.metrics.duplicates_dropped.inc();
+            return Ok(Step {
+                finished: vec![at],
+                ..Step::default()
+            });
+        }
+        let started = Instant::now();
+        let tokens = document::tokens(&self.tokenizer, &file, &self.options.document)
+            .map_err(|e| TransformError::permanent("tokenize", format!("{e:#}")))?;
+        self.metrics
+            .tokenize_duration
+            .observe(started.elapsed().as_secs_f64());
+        let eval = document::is_eval(&file.content_hash, self.options.document.eval_share);
+        let member = Member {
+            content_hash: file.content_hash,
+            at,
+        };
+        let state = self
+            .partitions
+            .get_mut(&at.partition)
+            .expect("loaded above");
+        let (split, packer) = if eval {
+            ("eval", &mut state.eval)
+        } else {
+            ("train", &mut state.train)
+        };
+        let packed = packer.push(&tokens, member);
+        Ok(Step {
+            sealed: packed.into_iter().map(|p| self.seal(split, p)).collect(),
+            finished: Vec::new(),
+        })
+    }
+
+    fn flush(&mut self) -> Step<TrainingBatch> {
+        let mut partial = Vec::new();
+        let mut partitions: Vec<_> = self.partitions.iter_mut().collect();
+        partitions.sort_by_key(|(p, _)| **p);
+        for (_, state) in partitions {
+            partial.extend(state.train.flush().map(|p| ("train", p)));
+            partial.extend(state.eval.flush().map(|p| ("eval", p)));
+        }
+        if !partial.is_empty() {
+            tracing::info!(
+                batches = partial.len(),
+                "input paused: sealing partial batches"
+            );
+        }
+        Step {
+            sealed: partial
+                .into_iter()
+                .map(|(split, p)| self.seal(split, p))
+                .collect(),
+            finished: Vec::new(),
+        }
+    }
+
+    fn flush_after(&self) -> Option<Duration> {
+        (self.options.flush_idle_ms > 0).then(|| Duration::from_millis(self.options.flush_idle_ms))
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+}
+
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: BatcherOptions = runtime.settings.options(STAGE)?;
+    let (input, _) = runtime.require_input()?;
+    let (inputs, marks) = (
+        runtime.clients.partition_count(input).await?,
+        runtime.clients.partition_count(&options.seen_topic).await?,
+    );
+    if inputs != marks {
+        bail!(
+            "{} has {marks} partitions but {input} has {inputs}: dedup marks share the input's \
+             partition numbers, so they must match (fix topology.yaml and re-apply)",
+            options.seen_topic
+        );
+    }
+    let tokenizer = CodeTokenizer::load(&options.tokenizer).context(
+        "cannot load the tokenizer (stages.batcher.options.tokenizer); \
+         `codelupe tokenizer train` makes one",
+    )?;
+    tracing::info!(
+        tokenizer = %options.tokenizer.display(),
+        vocabulary = tokenizer.vocab_size(),
+        fingerprint = %tokenizer.fingerprint,
+        "tokenizer loaded"
+    );
+    let metrics = BatcherMetrics::register(&runtime.registry)?;
+    let batcher = Batcher::new(tokenizer, options, runtime.clients.clone(), metrics)?;
+    aggregate::run_aggregate(batcher, &runtime).await
+}

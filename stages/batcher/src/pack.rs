@@ -1,29 +1,31 @@
 //! Packing documents into fixed-length sequences: each document followed by the
 //! end-of-text token, laid end to end, cut into batches of `sequences × length`
 //! tokens. Every batch records where each document (or the piece of one that spills
-//! over from the previous batch) starts, and which files it holds.
+//! over from the previous batch) starts, and which documents it holds: each with a tag
+//! (the batcher's: content hash and input position) and whether it ends there.
 
 use sha2::{Digest, Sha256};
 
 /// One batch before it becomes a `training-batches` record.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Packed {
+pub struct Packed<T> {
     /// Deterministic: the hash of the token ids, so a rerun makes the same ids.
     pub batch_id: String,
     pub token_ids: Vec<i32>,
     pub document_starts: Vec<i32>,
-    pub content_hashes: Vec<String>,
+    /// The documents with tokens here, in order, and whether their last token is here.
+    pub members: Vec<(T, bool)>,
 }
 
-pub struct Packer {
+pub struct Packer<T> {
     batch_len: usize,
     end_of_text: i32,
     tokens: Vec<i32>,
-    /// (start in `tokens`, content hash) of each document in the buffer.
-    documents: Vec<(usize, String)>,
+    /// (start in `tokens`, tag) of each document in the buffer.
+    documents: Vec<(usize, T)>,
 }
 
-impl Packer {
+impl<T: Clone> Packer<T> {
     pub fn new(sequence_length: usize, sequences_per_batch: usize, end_of_text: u32) -> Self {
         Self {
             batch_len: sequence_length * sequences_per_batch,
@@ -34,9 +36,8 @@ impl Packer {
     }
 
     /// Adds a document; returns the batches it completed.
-    pub fn push(&mut self, document: &[u32], content_hash: &str) -> Vec<Packed> {
-        self.documents
-            .push((self.tokens.len(), content_hash.to_string()));
+    pub fn push(&mut self, document: &[u32], tag: T) -> Vec<Packed<T>> {
+        self.documents.push((self.tokens.len(), tag));
         self.tokens.extend(document.iter().map(|&t| t as i32));
         self.tokens.push(self.end_of_text);
         let mut out = Vec::new();
@@ -52,7 +53,7 @@ impl Packer {
     }
 
     /// The partial batch, padded with end-of-text tokens (at shutdown or end of input).
-    pub fn flush(&mut self) -> Option<Packed> {
+    pub fn flush(&mut self) -> Option<Packed<T>> {
         if self.tokens.is_empty() {
             return None;
         }
@@ -60,19 +61,23 @@ impl Packer {
         Some(self.cut())
     }
 
-    fn cut(&mut self) -> Packed {
+    fn cut(&mut self) -> Packed<T> {
+        let buffered = self.tokens.len();
         let rest = self.tokens.split_off(self.batch_len);
         let token_ids = std::mem::replace(&mut self.tokens, rest);
         let mut document_starts = Vec::new();
-        let mut content_hashes = Vec::new();
+        let mut members = Vec::new();
         let mut carried = Vec::new();
-        for (start, hash) in self.documents.drain(..) {
+        let ends: Vec<usize> = (self.documents.iter().skip(1).map(|(start, _)| *start))
+            .chain([buffered])
+            .collect();
+        for ((start, tag), end) in self.documents.drain(..).zip(ends) {
             if start < self.batch_len {
                 document_starts.push(start as i32);
-                content_hashes.push(hash.clone());
+                members.push((tag.clone(), end <= self.batch_len));
             }
             // A document that ends beyond this batch continues at 0 in the next one.
-            carried.push((start.saturating_sub(self.batch_len), hash));
+            carried.push((start.saturating_sub(self.batch_len), tag));
         }
         // Keep only documents with tokens left: the last one started here, or later ones.
         let keep_from = carried
@@ -94,7 +99,7 @@ impl Packer {
             batch_id: format!("{:x}", digest.finalize())[..24].to_string(),
             token_ids,
             document_starts,
-            content_hashes,
+            members,
         }
     }
 }
@@ -116,7 +121,7 @@ mod tests {
         ];
         let mut batches = Vec::new();
         for (i, d) in docs.iter().enumerate() {
-            batches.extend(packer.push(d, &format!("h{i}")));
+            batches.extend(packer.push(d, format!("h{i}")));
         }
         batches.extend(packer.flush());
         let all: Vec<i32> = batches.iter().flat_map(|b| b.token_ids.clone()).collect();
@@ -125,13 +130,17 @@ mod tests {
             [1, 2, 3, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 13, 0, 14, 15, 0, 0, 0, 0, 0, 0]
         );
         assert!(batches.iter().all(|b| b.token_ids.len() == 8));
+        let member = |h: &str, last| (h.to_string(), last);
         assert_eq!(batches[0].document_starts, [0, 4]);
-        assert_eq!(batches[0].content_hashes, ["h0", "h1"]);
+        assert_eq!(
+            batches[0].members,
+            [member("h0", true), member("h1", false)]
+        );
         // h1 spills over: its piece starts batch 1 at 0, then h2 at 6.
         assert_eq!(batches[1].document_starts, [0, 6]);
-        assert_eq!(batches[1].content_hashes, ["h1", "h2"]);
+        assert_eq!(batches[1].members, [member("h1", true), member("h2", true)]);
         assert_eq!(batches[2].document_starts, [0]);
-        assert_eq!(batches[2].content_hashes, ["h3"]);
+        assert_eq!(batches[2].members, [member("h3", true)]);
         assert_ne!(batches[0].batch_id, batches[1].batch_id);
     }
 
@@ -153,7 +162,7 @@ mod tests {
             expected_stream.extend(doc.iter().map(|&t| t as i32));
             expected_stream.push(EOT as i32);
             spans.push((start, expected_stream.len()));
-            batches.extend(packer.push(&doc, &format!("h{i}")));
+            batches.extend(packer.push(&doc, format!("h{i}")));
         }
         let tail = packer.buffered();
         batches.extend(packer.flush());
@@ -168,13 +177,13 @@ mod tests {
         let batch_len = seq * per;
         for (n, batch) in batches.iter().enumerate() {
             let (lo, hi) = (n * batch_len, (n + 1) * batch_len);
-            let overlapping: Vec<String> = spans
+            let overlapping: Vec<(String, bool)> = spans
                 .iter()
                 .enumerate()
                 .filter(|(_, (s, e))| *s < hi && *e > lo)
-                .map(|(i, _)| format!("h{i}"))
+                .map(|(i, (_, e))| (format!("h{i}"), *e <= hi))
                 .collect();
-            assert_eq!(batch.content_hashes, overlapping, "batch {n}");
+            assert_eq!(batch.members, overlapping, "batch {n}");
             let starts: Vec<i32> = spans
                 .iter()
                 .filter(|(s, e)| *s < hi && *e > lo)

@@ -88,7 +88,9 @@ impl CodeTokenizer {
             .with_context(|| "writing tokenizer.json")
     }
 
-    fn wrap(inner: Tokenizer) -> anyhow::Result<Self> {
+    fn wrap(mut inner: Tokenizer) -> anyhow::Result<Self> {
+        // A source file that contains "<|endoftext|>" is text, not a document boundary.
+        inner.set_encode_special_tokens(true);
         let id = |t: &str| {
             inner
                 .token_to_id(t)
@@ -156,5 +158,9 @@ mod tests {
         assert_eq!(loaded.fingerprint, tok.fingerprint);
         assert_eq!(loaded.fim_middle, tok.fim_middle);
         assert_eq!(tok.decode(&[tok.end_of_text]).unwrap(), END_OF_TEXT);
+        let tricky = "split on <|endoftext|> or <fim_middle> here";
+        let ids = tok.encode(tricky).unwrap();
+        assert!(!ids.contains(&tok.end_of_text) && !ids.contains(&tok.fim_middle));
+        assert_eq!(tok.decode(&ids).unwrap(), tricky);
     }
 }

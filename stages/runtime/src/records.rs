@@ -125,6 +125,15 @@ pub struct CrawlerState {
 }
 avro_record!(CrawlerState, "crawler-state.avsc");
 
+/// `batcher-seen`: a file already packed into an acknowledged batch (exact dedup).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatcherSeen {
+    pub content_hash: String,
+    pub batch_id: String,
+    pub seen_at_ms: i64,
+}
+avro_record!(BatcherSeen, "batcher-seen.avsc");
+
 /// Milliseconds since the Unix epoch, the unit of every `*_ms` field.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -1,0 +1,419 @@
+//! The batcher on the real broker, as its own process: batches decode back to exactly
+//! the source files, reruns are byte-identical, and a SIGKILL mid-stream loses nothing.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use codelupe_batcher::document::{self, DocumentOptions};
+use codelupe_batcher::tokenizer::CodeTokenizer;
+use codelupe_runtime::records::{CodeFile, TrainingBatch};
+use codelupe_runtime::AvroRecord;
+use sha2::{Digest, Sha256};
+use support::*;
+
+const SEQUENCE_LENGTH: usize = 512;
+const SEQUENCES_PER_BATCH: usize = 4;
+const BATCH_LEN: usize = SEQUENCE_LENGTH * SEQUENCES_PER_BATCH;
+
+fn document_options() -> DocumentOptions {
+    DocumentOptions {
+        eval_share: 0.05,
+        ..DocumentOptions::default()
+    }
+}
+
+/// Source files of real crates as code-files records; `keep` decides which.
+fn code_files(crates: &[PathBuf], mut keep: impl FnMut(&CodeFile) -> bool) -> Vec<CodeFile> {
+    let mut files = Vec::new();
+    for root in crates {
+        let repo = format!("crates/{}", root.file_name().unwrap().to_string_lossy());
+        let mut paths: Vec<PathBuf> = ignore::WalkBuilder::new(root)
+            .build()
+            .flatten()
+            .map(|e| e.into_path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let Ok(content) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let file = CodeFile {
+                content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
+                repo_full_name: repo.clone(),
+                commit_id: "0".repeat(40),
+                path: path.strip_prefix(root).unwrap().display().to_string(),
+                language: "Rust".into(),
+                size_bytes: content.len() as i64,
+                lines: content.lines().count() as i64,
+                content,
+                quality_score: 80.0,
+                quality_components: BTreeMap::new(),
+                parse_stats: None,
+            };
+            if keep(&file) {
+                files.push(file);
+            }
+        }
+    }
+    files
+}
+
+fn train_tokenizer(dir: &Path, sources: &[PathBuf]) -> PathBuf {
+    let out = dir.join("tokenizer.json");
+    let mut command = codelupe();
+    command.args(["tokenizer", "train", "--vocab-size", "4000", "-o"]);
+    command.arg(&out);
+    for source in sources {
+        command.arg("--from-dir").arg(source);
+    }
+    let result = command.output().unwrap();
+    assert!(result.status.success(), "{}", text(&result));
+    assert!(text(&result).contains("fingerprint"), "{}", text(&result));
+    out
+}
+
+struct Run {
+    suffix: String,
+    topology: PathBuf,
+    config: PathBuf,
+    port: u16,
+}
+
+impl Run {
+    fn new(dir: &Path, tokenizer: &Path) -> Self {
+        let dir = dir.join(unique("run"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (suffix, topology) = fresh_topics(&dir, "b");
+        let port = free_port();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                // A killed member's partitions move on after 6 s, not the default 45.
+                "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: '6000'}}\n\
+                 stages:\n  batcher:\n    group: batcher-{suffix}\n    metrics_port: {port}\n    metrics_bind: 127.0.0.1\n\
+                 \x20   options:\n      tokenizer: {}\n      sequence_length: {SEQUENCE_LENGTH}\n      sequences_per_batch: {SEQUENCES_PER_BATCH}\n\
+                 \x20     seen_topic: batcher-seen-{suffix}\n      flush_idle_ms: 3000\n      document: {{eval_share: 0.05}}\n",
+                brokers(),
+                tokenizer.display(),
+            ),
+        )
+        .unwrap();
+        Run {
+            suffix,
+            topology,
+            config,
+            port,
+        }
+    }
+
+    fn input(&self) -> String {
+        format!("code-files-{}", self.suffix)
+    }
+
+    fn output(&self) -> String {
+        format!("training-batches-{}", self.suffix)
+    }
+
+    fn start(&self) -> KillOnDrop {
+        let child: Child = codelupe()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--topology")
+            .arg(&self.topology)
+            .args(["stage", "batcher"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    }
+
+    /// A metric of the running stage, summed over its series; None while unreachable.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(self.port, "/metrics").ok()?;
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    /// Until every consumed input is released (its batches acknowledged, partial ones
+    /// flushed after the input paused).
+    fn wait_until_done(&self, consumed: usize) {
+        wait_for("batcher done", Duration::from_secs(240), || {
+            self.metric("codelupe_records_consumed_total") >= Some(consumed as f64)
+                && self.metric("codelupe_records_in_flight") == Some(0.0)
+        });
+    }
+
+    fn batches(&self) -> Vec<(String, Vec<u8>)> {
+        read_all(&self.output(), Duration::from_secs(2))
+    }
+}
+
+fn stop(mut stage: KillOnDrop) {
+    let pid = stage.0.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = stage.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+async fn produce_files(topic: &str, files: &[CodeFile]) {
+    let records = files
+        .iter()
+        .map(|f| (f.content_hash.clone(), f.encode().unwrap()))
+        .collect();
+    produce_all(topic, records).await;
+}
+
+/// Each file's document tokens as the batches hold them. A document lies whole in one
+/// batch or starts in one and ends (with its end-of-text) at the start of another;
+/// batches are consumed in no particular order, so every head is tried with every tail.
+fn documents_in(tok: &CodeTokenizer, batches: &[TrainingBatch]) -> HashMap<String, Vec<Vec<u32>>> {
+    let eot = tok.end_of_text as i32;
+    let mut heads: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
+    let mut tails: HashMap<String, Vec<(usize, Vec<u32>)>> = HashMap::new();
+    for batch in batches {
+        for (i, (hash, &start)) in batch
+            .content_hashes
+            .iter()
+            .zip(&batch.document_starts)
+            .enumerate()
+        {
+            let end = batch
+                .document_starts
+                .get(i + 1)
+                .map_or(batch.token_ids.len(), |&s| s as usize);
+            let piece = &batch.token_ids[start as usize..end];
+            let ids = |s: &[i32]| s.iter().map(|&t| t as u32).collect::<Vec<_>>();
+            match piece.iter().position(|&t| t == eot) {
+                Some(at) => tails
+                    .entry(hash.clone())
+                    .or_default()
+                    .push((start as usize, ids(&piece[..at]))),
+                None => heads.entry(hash.clone()).or_default().push(ids(piece)),
+            }
+        }
+    }
+    let mut documents: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
+    for (hash, tails) in tails {
+        let candidates = documents.entry(hash.clone()).or_default();
+        for (start, tail) in tails {
+            candidates.push(tail.clone());
+            if start == 0 {
+                for head in heads.get(&hash).into_iter().flatten() {
+                    candidates.push([head.clone(), tail.clone()].concat());
+                }
+            }
+        }
+    }
+    documents
+}
+
+/// Copies share a hash and partition; the batcher keeps the first one it reads.
+fn first_of_each_hash(files: &[CodeFile]) -> HashMap<&str, &CodeFile> {
+    let mut first = HashMap::new();
+    for f in files {
+        first.entry(f.content_hash.as_str()).or_insert(f);
+    }
+    first
+}
+
+fn decode_batches(records: &[(String, Vec<u8>)], fingerprint: &str) -> Vec<TrainingBatch> {
+    records
+        .iter()
+        .map(|(key, value)| {
+            let batch = TrainingBatch::decode(value).unwrap();
+            assert_eq!(&batch.batch_id, key);
+            assert_eq!(batch.tokenizer_fingerprint, fingerprint);
+            assert_eq!(batch.sequence_length as usize, SEQUENCE_LENGTH);
+            assert_eq!(batch.token_ids.len(), BATCH_LEN);
+            assert_eq!(batch.document_starts.len(), batch.content_hashes.len());
+            assert_eq!(batch.document_starts.first(), Some(&0));
+            assert!(batch.document_starts.windows(2).all(|w| w[0] < w[1]));
+            batch
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let crates = registry_crates(&["serde_json-1", "regex-syntax-0", "tokio-1"]);
+    assert!(crates.len() >= 2, "crate sources: {crates:?}");
+    let tokenizer_path = train_tokenizer(dir.path(), &crates);
+    let tok = CodeTokenizer::load(&tokenizer_path).unwrap();
+    let options = document_options();
+    // Files shorter than a batch, so each lies in at most two batches.
+    let mut files = code_files(&crates, |f| {
+        document::tokens(&tok, f, &options).unwrap().len() < BATCH_LEN - 1
+    });
+    let distinct = files.len();
+    assert!(distinct > 150, "{distinct} files");
+    // Exact copies under another repository: same hash, so dropped.
+    let copies: Vec<CodeFile> = files[..20]
+        .iter()
+        .map(|f| CodeFile {
+            repo_full_name: "someone/vendored".into(),
+            ..f.clone()
+        })
+        .collect();
+    files.extend(copies);
+
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let run = Run::new(dir.path(), &tokenizer_path);
+        produce_files(&run.input(), &files).await;
+        let stage = run.start();
+        run.wait_until_done(files.len());
+        assert_eq!(
+            run.metric("batcher_duplicates_dropped_total"),
+            Some(20.0),
+            "copies dropped"
+        );
+        assert_eq!(run.metric("codelupe_dead_letters_total"), Some(0.0));
+        stop(stage);
+        let mut records = run.batches();
+        records.sort();
+        outputs.push(records);
+    }
+    assert!(!outputs[0].is_empty());
+    assert!(
+        outputs[0] == outputs[1],
+        "a rerun over the same input makes byte-identical batches"
+    );
+
+    let batches = decode_batches(&outputs[0], &tok.fingerprint);
+    let by_hash = first_of_each_hash(&files);
+    let documents = documents_in(&tok, &batches);
+    assert_eq!(documents.len(), distinct, "every distinct file, once");
+    let (mut rearranged, mut eval) = (0, 0);
+    for (hash, candidates) in &documents {
+        let file = by_hash[hash.as_str()];
+        let expected = document::tokens(&tok, file, &options).unwrap();
+        assert!(
+            candidates.contains(&expected),
+            "{}: the batches hold its tokens",
+            file.path
+        );
+        assert_eq!(
+            document::restore(&tok, hash, &expected, &options).unwrap(),
+            file.content,
+            "decodes back to the file"
+        );
+        rearranged += expected.contains(&tok.fim_middle) as usize;
+    }
+    for batch in &batches {
+        let in_eval = batch
+            .content_hashes
+            .iter()
+            .map(|h| document::is_eval(h, options.eval_share))
+            .collect::<HashSet<_>>();
+        assert_eq!(in_eval.len(), 1, "a batch holds one split");
+        assert_eq!(in_eval.contains(&true), batch.split == "eval");
+        eval += (batch.split == "eval") as usize;
+        // The text of a batch is the files' text plus the special tokens.
+        let text = tok
+            .decode(
+                &batch
+                    .token_ids
+                    .iter()
+                    .map(|&t| t as u32)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        assert!(text.contains(codelupe_batcher::tokenizer::END_OF_TEXT));
+    }
+    assert!(
+        rearranged > distinct / 4 && rearranged < distinct * 3 / 4,
+        "{rearranged} of {distinct} rearranged for FIM"
+    );
+    assert!(eval > 0, "some eval batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_every_file_reaches_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let crates = registry_crates(&[
+        "regex-syntax-0",
+        "hyper-1",
+        "tokio-1",
+        "syn-2",
+        "regex-automata-0",
+    ]);
+    assert!(crates.len() >= 2, "crate sources: {crates:?}");
+    let tokenizer_path = train_tokenizer(dir.path(), &crates[..1]);
+    let tok = CodeTokenizer::load(&tokenizer_path).unwrap();
+    let options = document_options();
+    let files = code_files(&crates, |f| {
+        document::tokens(&tok, f, &options).unwrap().len() < BATCH_LEN - 1
+    });
+    let hashes: HashSet<&str> = files.iter().map(|f| f.content_hash.as_str()).collect();
+    assert!(files.len() > 300, "{} files", files.len());
+
+    let run = Run::new(dir.path(), &tokenizer_path);
+    produce_files(&run.input(), &files).await;
+    let first = run.start();
+    let third = files.len() as f64 / 3.0;
+    wait_for("a third consumed", Duration::from_secs(240), || {
+        run.metric("batcher_files_consumed_total")
+            .is_some_and(|n| n >= third)
+    });
+    drop(first); // SIGKILL
+    let before = run.batches().len();
+
+    let second = run.start();
+    wait_for(
+        "the restarted batcher is done",
+        Duration::from_secs(240),
+        || {
+            // Lag is reported per partition once assigned; 0 everywhere means all read.
+            run.metric("codelupe_records_consumed_total") > Some(0.0)
+                && run.metric("codelupe_consumer_lag{") == Some(0.0)
+                && run.metric("codelupe_records_in_flight") == Some(0.0)
+        },
+    );
+    stop(second);
+
+    let batches = decode_batches(&run.batches(), &tok.fingerprint);
+    let documents = documents_in(&tok, &batches);
+    let by_hash = first_of_each_hash(&files);
+    let missing: Vec<&str> = hashes
+        .iter()
+        .filter(|h| {
+            let expected = document::tokens(&tok, by_hash[**h], &options).unwrap();
+            !documents
+                .get(**h)
+                .is_some_and(|candidates| candidates.contains(&expected))
+        })
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} files missing: {:?}",
+        missing.len(),
+        hashes.len(),
+        missing.iter().map(|h| &by_hash[h].path).collect::<Vec<_>>()
+    );
+    assert!(
+        before > 0 && batches.len() > before,
+        "{before} then {}",
+        batches.len()
+    );
+    let packed: usize = batches.iter().map(|b| b.content_hashes.len()).sum();
+    eprintln!(
+        "{} files, {} batches ({before} before the kill), {packed} document pieces",
+        hashes.len(),
+        batches.len()
+    );
+}

@@ -1,5 +1,5 @@
-# The `codelupe` binary (every stage but the trainer, which links libtorch and gets
-# its own image with issue #7).
+# The `codelupe` binary: every stage but the trainer, which links libtorch and has its
+# own image (stages/trainer/Dockerfile).
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -12,7 +12,6 @@ use codelupe_batcher::document::{self, DocumentOptions};
 use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_runtime::records::{CodeFile, TrainingBatch};
 use codelupe_runtime::AvroRecord;
-use sha2::{Digest, Sha256};
 use support::*;
 
 const SEQUENCE_LENGTH: usize = 512;
@@ -26,41 +25,16 @@ fn document_options() -> DocumentOptions {
     }
 }
 
-/// Source files of real crates as code-files records; `keep` decides which.
-fn code_files(crates: &[PathBuf], mut keep: impl FnMut(&CodeFile) -> bool) -> Vec<CodeFile> {
-    let mut files = Vec::new();
-    for root in crates {
-        let repo = format!("crates/{}", root.file_name().unwrap().to_string_lossy());
-        let mut paths: Vec<PathBuf> = ignore::WalkBuilder::new(root)
-            .build()
-            .flatten()
-            .map(|e| e.into_path())
-            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let Ok(content) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            let file = CodeFile {
-                content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
-                repo_full_name: repo.clone(),
-                commit_id: "0".repeat(40),
-                path: path.strip_prefix(root).unwrap().display().to_string(),
-                language: "Rust".into(),
-                size_bytes: content.len() as i64,
-                lines: content.lines().count() as i64,
-                content,
-                quality_score: 80.0,
-                quality_components: BTreeMap::new(),
-                parse_stats: None,
-            };
-            if keep(&file) {
-                files.push(file);
-            }
-        }
-    }
+/// Files shorter than a batch, so each lies in at most two batches.
+fn shorter_than_a_batch(
+    files: Vec<CodeFile>,
+    tok: &CodeTokenizer,
+    options: &DocumentOptions,
+) -> Vec<CodeFile> {
     files
+        .into_iter()
+        .filter(|f| document::tokens(tok, f, options).unwrap().len() < BATCH_LEN - 1)
+        .collect()
 }
 
 fn train_tokenizer(dir: &Path, sources: &[PathBuf]) -> PathBuf {
@@ -254,10 +228,7 @@ async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identica
     let tokenizer_path = train_tokenizer(dir.path(), &crates);
     let tok = CodeTokenizer::load(&tokenizer_path).unwrap();
     let options = document_options();
-    // Files shorter than a batch, so each lies in at most two batches.
-    let mut files = code_files(&crates, |f| {
-        document::tokens(&tok, f, &options).unwrap().len() < BATCH_LEN - 1
-    });
+    let mut files = shorter_than_a_batch(code_files(&crates, is_rust), &tok, &options);
     let distinct = files.len();
     assert!(distinct > 150, "{distinct} files");
     // Exact copies under another repository: same hash, so dropped.
@@ -355,9 +326,7 @@ async fn killed_mid_stream_and_restarted_every_file_reaches_the_output() {
     let tokenizer_path = train_tokenizer(dir.path(), &crates[..1]);
     let tok = CodeTokenizer::load(&tokenizer_path).unwrap();
     let options = document_options();
-    let files = code_files(&crates, |f| {
-        document::tokens(&tok, f, &options).unwrap().len() < BATCH_LEN - 1
-    });
+    let files = shorter_than_a_batch(code_files(&crates, is_rust), &tok, &options);
     let hashes: HashSet<&str> = files.iter().map(|f| f.content_hash.as_str()).collect();
     assert!(files.len() > 300, "{} files", files.len());
 

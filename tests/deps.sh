@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need that a fresh machine lacks (Debian packages): kcat to
 # talk to Kafka like an operator, promtool to check metrics, cmake and git for the
-# build. Java 17 and Maven (for the test broker) are on the machine already.
+# build, python3-venv for the torch venv (tests/torch.sh). Java 17 and Maven (for the test broker) are on the machine already.
 set -euo pipefail
 
 need=()
@@ -13,6 +13,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v perl >/dev/null || need+=(perl)   # builds the vendored OpenSSL
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+# the torch venv (tests/torch.sh)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 # validates docker-compose.yml (no Docker engine here; Compose v1 reads the same file)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 
 use support::*;
@@ -105,13 +106,23 @@ fn an_unreachable_broker_fails_after_retries() {
 }
 
 #[test]
-fn an_unbuilt_stage_refuses_to_run() {
+fn generate_hands_over_to_the_trainer_binary_or_says_how_to_build_it() {
     let out = codelupe()
-        .args(["stage", "trainer", "--brokers", &brokers()])
+        .args(["generate", "--checkpoint", "/nonexistent", "--prompt", "fn"])
         .output()
         .unwrap();
     let line = error_line(&out);
-    assert!(line.contains("not built yet"), "{line}");
+    let trainer =
+        Path::new(env!("CARGO_BIN_EXE_codelupe")).with_file_name(codelupe_trainer_api::BINARY);
+    if trainer.exists() {
+        // The trainer's own error: the hand-over passed the arguments through.
+        assert!(line.contains("no checkpoint in /nonexistent"), "{line}");
+    } else {
+        assert!(
+            line.contains("cargo build --release -p codelupe-trainer"),
+            "{line}"
+        );
+    }
 }
 
 fn kcat_partitions(topic: &str) -> usize {

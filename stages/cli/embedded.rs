@@ -1,4 +1,5 @@
-//! `codelupe run`: every stage of topology.yaml in one process, each with its own
+//! `codelupe run`: every stage of topology.yaml in one process (the trainer, which
+//! links libtorch, as a child process when its binary is built), each with its own
 //! metrics port, on an embedded broker unless brokers are given; progress on stderr.
 
 use std::time::Duration;
@@ -6,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use codelupe_runtime::config::Config;
 use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
-use codelupe_runtime::topology::Topology;
 use codelupe_runtime::StageRuntime;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prometheus::Registry;
@@ -18,14 +18,14 @@ use crate::stages;
 pub async fn run_all(
     brokers: Option<String>,
     limit: Option<Duration>,
-    topology: &Topology,
-    config: &Config,
+    at: stages::Invocation<'_>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let topology = at.topology;
     // The embedded broker lives until every stage has left its group.
-    let mut config = config.clone();
+    let mut config = at.config.clone();
     let (clients, _embedded) = match brokers {
-        Some(brokers) => (crate::connect(&brokers, &config).await?, None),
+        Some(brokers) => (KafkaClients::connect(&brokers, &config).await?, None),
         None => {
             offline_defaults(&mut config);
             let batcher: codelupe_batcher::BatcherOptions = config
@@ -57,33 +57,45 @@ pub async fn run_all(
         let entry = stages::entry(name)?;
         let runtime =
             StageRuntime::resolve(name, topology, &config, clients.clone(), shutdown.clone())?;
-        if let stages::Status::NotBuilt {
-            contract_metrics, ..
-        } = entry.status
-        {
-            contract_metrics(&runtime.registry)?;
-        }
-        let server = runtime.serve_metrics().await?;
+        let endpoint = format!("http://{}{}", runtime.metrics_addr, runtime.metrics_path);
         let bar = progress.add(
             ProgressBar::new_spinner()
                 .with_style(style.clone())
                 .with_prefix(name.clone()),
         );
-        let endpoint = format!("http://{}{}", runtime.metrics_addr, runtime.metrics_path);
-        let status = match entry.status {
+        let (status, server) = match entry.status {
             stages::Status::Built(launch) => {
+                let server = runtime.serve_metrics().await?;
                 let stage = name.clone();
                 let fut = launch(runtime.clone());
                 tasks.spawn(async move { (stage, fut.await) });
-                None
+                (None, Some(server))
             }
-            stages::Status::NotBuilt { issue, .. } => {
-                let why = format!("not built yet (issue #{issue})");
-                runtime
-                    .readiness
-                    .set_not_ready(format!("stage {name} is {why}"));
-                Some(why)
-            }
+            stages::Status::External {
+                binary,
+                contract_metrics,
+            } => match stages::find_binary(binary) {
+                Ok(path) => {
+                    let child = external_stage(&path, name, &at, &config, &clients)?;
+                    let why = format!("own process {} (pid {})", binary, child.id().unwrap_or(0));
+                    let stage = name.clone();
+                    let stop = shutdown.clone();
+                    tasks.spawn(
+                        async move { (stage.clone(), supervise(child, &stage, stop).await) },
+                    );
+                    (Some(why), None)
+                }
+                Err(e) => {
+                    // Its metrics stay scrapeable (at zero); /readyz says what is missing.
+                    contract_metrics(&runtime.registry)?;
+                    runtime.readiness.set_not_ready(format!("{e:#}"));
+                    let server = runtime.serve_metrics().await?;
+                    (
+                        Some(format!("not running: {binary} is not built")),
+                        Some(server),
+                    )
+                }
+            },
         };
         tracing::info!(stage = %name, %endpoint, status = status.as_deref().unwrap_or("running"), "stage started");
         watched.push(Watched {
@@ -136,7 +148,9 @@ pub async fn run_all(
     }
     for w in watched {
         w.bar.finish_with_message(w.line());
-        let _ = w.server.await;
+        if let Some(server) = w.server {
+            let _ = server.await;
+        }
     }
     match failure {
         Some(e) => Err(e),
@@ -159,10 +173,67 @@ const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
         "batcher",
         "{tokenizer: .codelupe/tokenizer.json, sequence_length: 1024, flush_idle_ms: 5000}",
     ),
+    (
+        "trainer",
+        "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, steps_per_run: 20, idle_checkpoint_ms: 10000, eval_batches: 2}",
+    ),
 ];
 
 /// The embedded default's tokenizer: fitted once on the working directory's sources.
 const OFFLINE_TOKENIZER: &str = ".codelupe/tokenizer.json";
+
+/// Starts an external stage against the same brokers, topology and config, with its
+/// (possibly embedded-default) options passed through the environment.
+fn external_stage(
+    binary: &std::path::Path,
+    name: &str,
+    at: &stages::Invocation<'_>,
+    config: &Config,
+    clients: &KafkaClients,
+) -> anyhow::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(binary);
+    command.arg("--topology").arg(at.topology_file);
+    if let Some(file) = at.config_file {
+        command.arg("--config").arg(file);
+    }
+    command
+        .args(["stage", "--brokers", &clients.brokers])
+        .env(
+            "CODELUPE_LOG",
+            std::env::var("CODELUPE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .kill_on_drop(true);
+    let options = &config.stage(name).options;
+    if !options.is_null() {
+        let var = format!("CODELUPE_STAGES__{}__OPTIONS", name.to_ascii_uppercase());
+        command.env(var, serde_yaml::to_string(options)?);
+    }
+    command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))
+}
+
+/// Waits for an external stage; on shutdown asks it to stop (SIGTERM) and waits.
+async fn supervise(
+    mut child: tokio::process::Child,
+    stage: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        _ = shutdown.cancelled() => {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+            child.wait().await?
+        }
+    };
+    if status.success() {
+        Ok(())
+    } else {
+        anyhow::bail!("{stage} exited with {status}")
+    }
+}
 
 fn offline_defaults(config: &mut Config) {
     for (stage, options) in OFFLINE_DEFAULTS {
@@ -180,7 +251,8 @@ struct Watched {
     status: Option<String>,
     progress: &'static [(&'static str, &'static str)],
     registry: Registry,
-    server: tokio::task::JoinHandle<()>,
+    /// None when the stage is another process, which serves its own metrics.
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Watched {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use codelupe_runtime::config::Config;
+use codelupe_runtime::config::{Config, ConfigArgs};
 use codelupe_runtime::kafka::{apply_topology, KafkaClients};
 use codelupe_runtime::topology::{Discovery, Topology};
 use codelupe_runtime::StageRuntime;
@@ -24,12 +24,8 @@ use tokio_util::sync::CancellationToken;
     about = "A streaming pipeline from public repositories to a continuously trained code model"
 )]
 struct Cli {
-    /// Config file (YAML); `CODELUPE_*` environment variables override it.
-    #[arg(long, global = true, env = "CODELUPE_CONFIG")]
-    config: Option<PathBuf>,
-    /// topology.yaml to use instead of the config's `topology` key.
-    #[arg(long, global = true)]
-    topology: Option<PathBuf>,
+    #[command(flatten)]
+    files: ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +55,14 @@ enum Command {
     Topology {
         #[command(subcommand)]
         action: TopologyAction,
+    },
+    /// Sample from a trainer checkpoint: `codelupe generate --checkpoint DIR --prompt
+    /// TEXT`, or `--prefix A --suffix B` to fill the middle. Runs codelupe-trainer's
+    /// `generate` (see its --help for every option).
+    #[command(disable_help_flag = true)]
+    Generate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// The batcher's tokenizer.
     Tokenizer {
@@ -112,13 +116,7 @@ enum TopologyAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CODELUPE_LOG")
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    codelupe_runtime::telemetry::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -137,8 +135,16 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    // Sampling needs neither config nor topology: hand over to the trainer binary.
+    if let Command::Generate { args } = &cli.command {
+        let mut command =
+            std::process::Command::new(stages::find_binary(codelupe_trainer_api::BINARY)?);
+        command.arg("generate").args(args);
+        return Err(std::os::unix::process::CommandExt::exec(&mut command).into());
+    }
+    let config = Config::load(cli.files.config.as_deref())?;
     let topology_path = cli
+        .files
         .topology
         .clone()
         .unwrap_or_else(|| config.topology.clone());
@@ -163,7 +169,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 let brokers = brokers
                     .or(config.kafka.brokers.clone())
                     .context("--from-topic needs Kafka: pass --brokers or set kafka.brokers")?;
-                let clients = connect(&brokers, &config).await?;
+                let clients = KafkaClients::connect(&brokers, &config).await?;
                 let topic = StageRuntime::resolve(
                     codelupe_batcher::STAGE,
                     &topology,
@@ -189,17 +195,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let brokers = brokers.or(config.kafka.brokers.clone()).with_context(|| {
                 format!("stage {name} needs Kafka: pass --brokers or set kafka.brokers (the embedded broker is for `codelupe run`)")
             })?;
-            let clients = connect(&brokers, &config).await?;
-            let shutdown = shutdown_on_signal();
-            stages::run_one(&name, &topology, &config, clients, shutdown, once).await
+            let at = stages::Invocation {
+                brokers: &brokers,
+                topology_file: &topology_path,
+                topology: &topology,
+                config_file: cli.files.config.as_deref(),
+                config: &config,
+                once,
+            };
+            stages::run_one(&name, at).await
         }
+        Command::Generate { .. } => unreachable!("handled above"),
         Command::Run { brokers, seconds } => {
+            let brokers = brokers.or(config.kafka.brokers.clone());
+            let at = stages::Invocation {
+                brokers: brokers.as_deref().unwrap_or_default(),
+                topology_file: &topology_path,
+                topology: &topology,
+                config_file: cli.files.config.as_deref(),
+                config: &config,
+                once: false,
+            };
             embedded::run_all(
-                brokers.or(config.kafka.brokers.clone()),
+                brokers.clone(),
                 seconds.map(Duration::from_secs),
-                &topology,
-                &config,
-                shutdown_on_signal(),
+                at,
+                codelupe_runtime::stage::shutdown_on_signal(),
             )
             .await
         }
@@ -229,7 +250,7 @@ async fn topology_command(
             let Some(brokers) = brokers.or(config.kafka.brokers.clone()) else {
                 bail!("topology apply needs Kafka: pass --brokers or set kafka.brokers");
             };
-            let clients = connect(&brokers, config).await?;
+            let clients = KafkaClients::connect(&brokers, config).await?;
             let report = apply_topology(&clients, topology).await?;
             for name in &report.created {
                 println!("created {name}");
@@ -301,38 +322,4 @@ pub(crate) async fn train_tokenizer(
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-async fn connect(brokers: &str, config: &Config) -> anyhow::Result<KafkaClients> {
-    let clients = KafkaClients::new(brokers, &config.kafka);
-    clients
-        .wait_until_reachable(
-            config.kafka.connect_attempts,
-            Duration::from_millis(config.kafka.connect_backoff_ms),
-        )
-        .await?;
-    Ok(clients)
-}
-
-/// Cancelled on the first SIGINT or SIGTERM; a second one exits at once.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("can install a SIGTERM handler");
-        for round in 0.. {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            if round > 0 {
-                eprintln!("second signal: exiting without waiting");
-                std::process::exit(130);
-            }
-            tracing::info!("shutting down: finishing in-flight records (signal again to exit now)");
-            cancel.cancel();
-        }
-    });
-    token
 }

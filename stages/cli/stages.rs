@@ -1,14 +1,14 @@
-//! The stages this binary knows: how to run each built one, and the contract metrics of
-//! those whose issues have not landed yet.
+//! The stages this binary knows: how to run each one, in this process or, for the
+//! trainer (which links libtorch), as its own executable.
+
+use std::path::PathBuf;
 
 use anyhow::bail;
 use codelupe_runtime::config::Config;
-use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::StageRuntime;
 use futures::future::BoxFuture;
 use prometheus::Registry;
-use tokio_util::sync::CancellationToken;
 
 /// Runs a built stage until its runtime's shutdown token is cancelled; the stage
 /// registers its own metrics.
@@ -16,10 +16,11 @@ pub type Launch = fn(StageRuntime) -> BoxFuture<'static, anyhow::Result<()>>;
 
 pub enum Status {
     Built(Launch),
-    /// Refuses to run; `codelupe run` serves its contract metrics (at zero) and a
-    /// not-ready `/readyz` saying which issue builds it.
-    NotBuilt {
-        issue: u32,
+    /// Runs as `binary`, found next to this executable or on PATH. When it is missing,
+    /// `codelupe run` serves its contract metrics (at zero) and a not-ready `/readyz`
+    /// saying how to build it.
+    External {
+        binary: &'static str,
         contract_metrics: fn(&Registry) -> prometheus::Result<()>,
     },
 }
@@ -72,12 +73,14 @@ pub const STAGES: &[StageEntry] = &[
         ],
     },
     StageEntry {
-        name: codelupe_trainer::STAGE,
-        status: Status::NotBuilt {
-            issue: codelupe_trainer::BUILT_BY_ISSUE,
-            contract_metrics: |r| codelupe_trainer::metrics::TrainerMetrics::register(r).map(drop),
+        name: codelupe_trainer_api::STAGE,
+        status: Status::External {
+            binary: codelupe_trainer_api::BINARY,
+            contract_metrics: |r| {
+                codelupe_trainer_api::metrics::TrainerMetrics::register(r).map(drop)
+            },
         },
-        progress: LOOP_PROGRESS,
+        progress: &[],
     },
 ];
 
@@ -91,25 +94,56 @@ pub fn entry(name: &str) -> anyhow::Result<&'static StageEntry> {
     }
 }
 
-/// `codelupe stage NAME`: one replica, metrics server included, until shutdown.
-pub async fn run_one(
-    name: &str,
-    topology: &Topology,
-    config: &Config,
-    clients: KafkaClients,
-    shutdown: CancellationToken,
-    once: bool,
-) -> anyhow::Result<()> {
-    let entry = entry(name)?;
-    let launch = match entry.status {
-        Status::Built(launch) => launch,
-        Status::NotBuilt { issue, .. } => bail!("stage {name} is not built yet (issue #{issue})"),
-    };
-    let mut runtime = StageRuntime::resolve(name, topology, config, clients, shutdown.clone())?;
-    runtime.once = once;
-    let server = runtime.serve_metrics().await?;
-    let result = launch(runtime).await;
-    shutdown.cancel();
-    let _ = server.await;
-    result
+/// An external stage's executable: next to this one (as cargo builds them), else on PATH.
+pub fn find_binary(binary: &str) -> anyhow::Result<PathBuf> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(binary)));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(binary));
+    match sibling.into_iter().chain(on_path).find(|p| p.is_file()) {
+        Some(path) => Ok(path),
+        None => bail!(
+            "{binary} was not found next to codelupe or on PATH; build it with \
+             `cargo build --release -p codelupe-trainer` (it links libtorch: see README)"
+        ),
+    }
+}
+
+/// `codelupe stage NAME`: one replica, metrics server included, until shutdown. An
+/// external stage replaces this process (so signals reach it directly).
+pub struct Invocation<'a> {
+    pub brokers: &'a str,
+    pub topology_file: &'a std::path::Path,
+    pub topology: &'a Topology,
+    pub config_file: Option<&'a std::path::Path>,
+    pub config: &'a Config,
+    pub once: bool,
+}
+
+pub async fn run_one(name: &str, at: Invocation<'_>) -> anyhow::Result<()> {
+    match entry(name)?.status {
+        Status::Built(launch) => {
+            codelupe_runtime::stage::run_stage(
+                name,
+                at.brokers,
+                at.topology,
+                at.config,
+                at.once,
+                launch,
+            )
+            .await
+        }
+        Status::External { binary, .. } => {
+            let mut command = std::process::Command::new(find_binary(binary)?);
+            command.arg("--topology").arg(at.topology_file);
+            if let Some(file) = at.config_file {
+                command.arg("--config").arg(file);
+            }
+            command.args(["stage", "--brokers", at.brokers]);
+            Err(std::os::unix::process::CommandExt::exec(&mut command).into())
+        }
+    }
 }

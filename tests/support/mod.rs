@@ -1,6 +1,5 @@
-//! Shared by the end-to-end tests: the real broker started by `tests/kafka/broker.sh`
-//! (address in TEST_KAFKA_BROKERS), unique topics, the codelupe binary, and
-//! Prometheus's own tools.
+//! Shared by the end-to-end tests: the codelupe binary, topologies with topics of a
+//! test's own, and Prometheus's own tools; the broker helpers are in the testkit.
 #![allow(dead_code)]
 
 pub mod fake_github;
@@ -12,21 +11,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use codelupe_runtime::records::{now_ms, RepoUrl};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-
-pub fn brokers() -> String {
-    std::env::var("TEST_KAFKA_BROKERS").expect(
-        "TEST_KAFKA_BROKERS is not set: these tests need the real broker; run `bash tests/run` \
-         (or `tests/kafka/broker.sh up` and export TEST_KAFKA_BROKERS=127.0.0.1:19092)",
-    )
-}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,36 +25,6 @@ pub fn codelupe() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_codelupe"));
     command.current_dir(repo_root()).env("CODELUPE_LOG", "warn");
     command
-}
-
-/// A topic name no other test (or earlier run) uses.
-pub fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-pub async fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let new: Vec<_> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
 }
 
 /// A topology file declaring a test stage `relay` from `input` to `output`, with the
@@ -146,26 +105,6 @@ pub fn fresh_topics(dir: &Path, prefix: &str) -> (String, PathBuf) {
     (suffix, topology)
 }
 
-/// Produces (key, value) pairs to `topic` and waits for every acknowledgement.
-pub async fn produce_all(topic: &str, records: Vec<(String, Vec<u8>)>) {
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let sends = records.iter().map(|(key, value)| {
-        producer.send(
-            rdkafka::producer::FutureRecord::to(topic)
-                .key(key)
-                .payload(value),
-            Duration::from_secs(30),
-        )
-    });
-    for result in futures::future::join_all(sends).await {
-        result.map_err(|(e, _)| e).unwrap();
-    }
-}
-
 /// The value of a counter or gauge in `registry`, summed over its series (those with a
 /// label of value `label`, if given). Histograms read as 0.
 pub fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {
@@ -198,42 +137,6 @@ pub fn repo_url(i: usize) -> RepoUrl {
         source: "test".into(),
         discovered_at_ms: now_ms(),
     }
-}
-
-/// Every (key, value) currently in `topic` (read_committed), read from the beginning
-/// of every partition until `idle` passes without a new record. Assigns partitions
-/// directly: no group join to wait for.
-pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut list = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&list).unwrap();
-    let mut records = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                records.push((key, m.payload().unwrap_or_default().to_vec()));
-                last = Instant::now();
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    records
 }
 
 /// Sum of the high watermarks of `topic` (records ever written to it, transaction

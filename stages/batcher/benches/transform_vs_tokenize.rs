@@ -4,7 +4,6 @@
 //! sources Cargo downloaded for this build. Alternates the two and reports the median
 //! of several rounds; both on one thread, as one batcher replica runs.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,8 +15,7 @@ use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{language, AvroRecord};
-use codelupe_testkit::registry_crates;
-use sha2::{Digest, Sha256};
+use codelupe_testkit::{code_files, registry_crates};
 
 const ROUNDS: usize = 5;
 const CRATES: &[&str] = &[
@@ -30,36 +28,6 @@ const CRATES: &[&str] = &[
     "chrono-0",
     "syn-2",
 ];
-
-fn code_files() -> Vec<CodeFile> {
-    let mut files = Vec::new();
-    for root in registry_crates(CRATES) {
-        let repo = format!("crates/{}", root.file_name().unwrap().to_string_lossy());
-        for entry in ignore::WalkBuilder::new(&root).build().flatten() {
-            let path = entry.path();
-            let Some(language) = language::of_path(&path.to_string_lossy()) else {
-                continue;
-            };
-            let Ok(content) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            files.push(CodeFile {
-                content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
-                repo_full_name: repo.clone(),
-                commit_id: "0".repeat(40),
-                path: path.strip_prefix(&root).unwrap().display().to_string(),
-                language: language.into(),
-                size_bytes: content.len() as i64,
-                lines: content.lines().count() as i64,
-                content,
-                quality_score: 80.0,
-                quality_components: BTreeMap::new(),
-                parse_stats: None,
-            });
-        }
-    }
-    files
-}
 
 /// The tokenizers crate alone: (tokens, elapsed).
 fn bare(tokenizer: &tokenizers::Tokenizer, files: &[CodeFile]) -> (usize, Duration) {
@@ -118,7 +86,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let mut files = code_files();
+    let mut files = code_files(&registry_crates(CRATES), |p| {
+        language::of_path(&p.to_string_lossy()).is_some()
+    });
     files.sort_by(|a, b| a.content_hash.cmp(&b.content_hash));
     files.dedup_by(|a, b| a.content_hash == b.content_hash);
     let bytes: usize = files.iter().map(|f| f.content.len()).sum();

@@ -13,6 +13,17 @@ use serde_yaml::Value;
 const RESERVED_ENV: &[&str] = &["CODELUPE_CONFIG", "CODELUPE_LOG"];
 pub const ENV_PREFIX: &str = "CODELUPE_";
 
+/// The arguments every CodeLupe binary takes to find its config and topology.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// Config file (YAML); `CODELUPE_*` environment variables override it.
+    #[arg(long, global = true, env = "CODELUPE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// topology.yaml to use instead of the config's `topology` key.
+    #[arg(long, global = true)]
+    pub topology: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {

@@ -90,6 +90,18 @@ impl KafkaClients {
         config
     }
 
+    /// Clients for `brokers` once they answer, retrying as `kafka.connect_*` says.
+    pub async fn connect(brokers: &str, config: &crate::config::Config) -> anyhow::Result<Self> {
+        let clients = Self::new(brokers, &config.kafka);
+        clients
+            .wait_until_reachable(
+                config.kafka.connect_attempts,
+                Duration::from_millis(config.kafka.connect_backoff_ms),
+            )
+            .await?;
+        Ok(clients)
+    }
+
     /// Fails with one line after `attempts` tries, backing off from `first_backoff`.
     pub async fn wait_until_reachable(
         &self,

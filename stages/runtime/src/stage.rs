@@ -114,3 +114,51 @@ impl StageRuntime {
         format!("codelupe-{}", self.name)
     }
 }
+
+/// Connects to `brokers` (retrying as the config says), resolves stage `name`, serves
+/// its metrics and runs `launch` until it returns; the one way a stage process starts.
+pub async fn run_stage<F, Fut>(
+    name: &str,
+    brokers: &str,
+    topology: &Topology,
+    config: &Config,
+    once: bool,
+    launch: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(StageRuntime) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let clients = KafkaClients::connect(brokers, config).await?;
+    let shutdown = shutdown_on_signal();
+    let mut runtime = StageRuntime::resolve(name, topology, config, clients, shutdown.clone())?;
+    runtime.once = once;
+    let server = runtime.serve_metrics().await?;
+    let result = launch(runtime).await;
+    shutdown.cancel();
+    let _ = server.await;
+    result
+}
+
+/// Cancelled on the first SIGINT or SIGTERM; a second one exits at once.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        for round in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round > 0 {
+                eprintln!("second signal: exiting without waiting");
+                std::process::exit(130);
+            }
+            tracing::info!("shutting down: finishing in-flight work (signal again to exit now)");
+            cancel.cancel();
+        }
+    });
+    token
+}

@@ -1,5 +1,6 @@
 //! The one HTTP server of a stage process: Prometheus metrics at the path topology.yaml
-//! gives, `/healthz` (the process answers) and `/readyz` (joined its group / connected).
+//! gives, `/healthz` (the process answers), `/readyz` (joined its group / connected)
+//! and, for stages that publish one, a JSON `/status`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness {
     ready: AtomicBool,
     reason: Mutex<String>,
+    status: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -30,7 +32,13 @@ impl Readiness {
         Arc::new(Self {
             ready: AtomicBool::new(false),
             reason: Mutex::new(initial_reason.into()),
+            status: Mutex::new(None),
         })
+    }
+
+    /// The JSON document `/status` serves from now on.
+    pub fn set_status(&self, json: String) {
+        *self.status.lock().expect("status lock") = Some(json);
     }
 
     pub fn set_ready(&self) {
@@ -49,6 +57,17 @@ impl Readiness {
     pub fn reason(&self) -> String {
         self.reason.lock().expect("readiness lock").clone()
     }
+}
+
+/// Logs to stderr, filtered by `CODELUPE_LOG` (default: info, librdkafka warnings).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CODELUPE_LOG")
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A new registry with the process collector (CPU, memory, fds). No namespace: the
@@ -141,6 +160,13 @@ fn route(
                 )
             }
         }
+        "/status" => match readiness.status.lock().expect("status lock").clone() {
+            Some(json) => Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(json)))
+                .expect("static response parts"),
+            None => text(StatusCode::NOT_FOUND, "this stage has no status\n".into()),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             format!("no such path; metrics are at {metrics_path}\n"),

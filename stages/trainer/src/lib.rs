@@ -1,8 +1,12 @@
-//! Trainer: continuous training of a code model from `training-batches`, with
-//! crash-safe checkpoints. Built by issue #7 (which adds libtorch, in its own binary so
-//! no other stage links it); until then the stage refuses to run rather than pretend.
+//! Trainer: continuous training of a decoder-only code model from `training-batches`
+//! with tch (libtorch), crash-safe checkpoints, and sampling from them. The only crate
+//! that links libtorch; it ships as its own binary, `codelupe-trainer`.
 
-pub mod metrics;
+pub mod checkpoint;
+pub mod generate;
+pub mod model;
+pub mod optim;
+pub mod stage;
+pub mod train;
 
-pub const STAGE: &str = "trainer";
-pub const BUILT_BY_ISSUE: u32 = 7;
+pub use codelupe_trainer_api::{metrics, BINARY, STAGE};

@@ -3,6 +3,11 @@
 //! `git daemon` on 127.0.0.1, and a throttling TCP proxy to make a clone slow enough
 //! to kill halfway.
 
+pub mod corpus;
+pub mod kafka;
+pub use corpus::{code_files, is_rust};
+pub use kafka::*;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

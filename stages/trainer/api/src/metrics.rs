@@ -3,7 +3,7 @@
 //! at 10 s).
 
 use codelupe_runtime::telemetry::register;
-use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, Registry};
+use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, IntCounterVec, Registry};
 
 pub struct TrainerMetrics {
     pub training_runs: IntCounter,
@@ -14,6 +14,10 @@ pub struct TrainerMetrics {
     pub gpu_memory_bytes: Gauge,
     pub dataset_size: GaugeVec,
     pub training_duration: Histogram,
+    pub tokens_per_second: Gauge,
+    pub learning_rate: Gauge,
+    pub tokens_trained: IntCounter,
+    pub batches_skipped: IntCounterVec,
 }
 
 impl TrainerMetrics {
@@ -56,7 +60,31 @@ impl TrainerMetrics {
                 r,
                 "trainer_training_duration_seconds",
                 "Duration of one training run",
-                vec![60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0],
+                vec![
+                    10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+                ],
+            )?,
+            tokens_per_second: register::gauge(
+                r,
+                "trainer_tokens_per_second",
+                "Training throughput over the last logging interval",
+            )?,
+            learning_rate: register::gauge(
+                r,
+                "trainer_learning_rate",
+                "Learning rate of the last optimiser step",
+            )?,
+            tokens_trained: register::counter(
+                r,
+                "trainer_tokens_trained_total",
+                "Tokens trained on",
+            )?,
+            batches_skipped: register::counter_vec(
+                r,
+                "trainer_batches_skipped_total",
+                "Batches not trained on, by reason",
+                "reason",
+                &["eval_set_full", "tokenizer_mismatch", "decode"],
             )?,
         })
     }

@@ -1,0 +1,189 @@
+//! Checkpoints and the fixed eval set, on disk. A checkpoint is a folder
+//! `step-NNNNNNNNNN/` holding the weights and optimiser moments (safetensors), the
+//! tokenizer, and `state.json` (step, learning-rate position, the input offsets it
+//! includes, the batches trained since the previous one). It is written under a
+//! temporary name, synced, then renamed, so a crash leaves either the whole checkpoint
+//! or none of it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::model::ModelConfig;
+use crate::train::{Sequences, Trainer};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointState {
+    /// Optimiser steps taken.
+    pub step: u64,
+    pub tokens_seen: u64,
+    /// Per input partition, the next offset to read: everything before it is in this
+    /// checkpoint (trained on, or deliberately skipped).
+    pub offsets: BTreeMap<i32, i64>,
+    pub learning_rate: f64,
+    pub train_loss: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub preset: String,
+    pub model: ModelConfig,
+    pub tokenizer_fingerprint: String,
+    /// Batch ids trained on since the previous checkpoint, in order.
+    pub batches: Vec<String>,
+    pub written_at_ms: i64,
+}
+
+const PREFIX: &str = "step-";
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+fn sync_file(path: &Path) -> anyhow::Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Writes a checkpoint of `trainer` under `root` and keeps the newest `keep`.
+pub fn write(
+    root: &Path,
+    state: &CheckpointState,
+    trainer: &Trainer,
+    tokenizer: &Path,
+    keep: usize,
+) -> anyhow::Result<PathBuf> {
+    let name = format!("{PREFIX}{:010}", state.step);
+    let temporary = root.join(format!(".tmp-{name}"));
+    let target = root.join(&name);
+    if temporary.exists() {
+        std::fs::remove_dir_all(&temporary)?;
+    }
+    std::fs::create_dir_all(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    trainer.save(&temporary)?;
+    std::fs::write(
+        temporary.join("state.json"),
+        serde_json::to_vec_pretty(state)?,
+    )?;
+    std::fs::copy(tokenizer, temporary.join("tokenizer.json"))
+        .with_context(|| format!("copying {}", tokenizer.display()))?;
+    for file in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "tokenizer.json",
+    ] {
+        sync_file(&temporary.join(file))?;
+    }
+    sync_dir(&temporary)?;
+    if target.exists() {
+        // The same step again (a run that ended without an optimiser step).
+        std::fs::remove_dir_all(&target)?;
+    }
+    std::fs::rename(&temporary, &target)
+        .with_context(|| format!("renaming {} into place", temporary.display()))?;
+    sync_dir(root)?;
+    for (old, _) in list(root)?.into_iter().rev().skip(keep.max(1)) {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
+    }
+    Ok(target)
+}
+
+/// Every complete checkpoint under `root`, oldest first.
+pub fn list(root: &Path) -> anyhow::Result<Vec<(PathBuf, CheckpointState)>> {
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let path = entry?.path();
+        let is_checkpoint = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(PREFIX));
+        if is_checkpoint {
+            found.push((path.clone(), read_state(&path)?));
+        }
+    }
+    found.sort_by_key(|(path, _)| path.clone());
+    Ok(found)
+}
+
+pub fn read_state(dir: &Path) -> anyhow::Result<CheckpointState> {
+    let path = dir.join("state.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn latest(root: &Path) -> anyhow::Result<Option<(PathBuf, CheckpointState)>> {
+    Ok(list(root)?.pop())
+}
+
+/// The fixed eval set: the first eval-split batches the trainer ever read, kept on
+/// disk so every evaluation, across runs and restarts, uses the same sequences.
+#[derive(Default)]
+pub struct EvalSet {
+    pub batch_ids: Vec<String>,
+    pub sequences: Vec<Sequences>,
+}
+
+impl EvalSet {
+    const TENSORS: &'static str = "eval-set.safetensors";
+    const IDS: &'static str = "eval-set.json";
+
+    pub fn load(root: &Path) -> anyhow::Result<Self> {
+        let ids = root.join(Self::IDS);
+        if !ids.exists() {
+            return Ok(Self::default());
+        }
+        let batch_ids: Vec<String> = serde_json::from_slice(&std::fs::read(&ids)?)
+            .with_context(|| format!("parsing {}", ids.display()))?;
+        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(root.join(Self::TENSORS))
+            .context("reading the eval set")?
+            .into_iter()
+            .collect();
+        let sequences = (0..batch_ids.len())
+            .map(|i| {
+                let get = |what: &str| {
+                    tensors
+                        .get(&format!("{what}.{i}"))
+                        .map(|t| t.shallow_clone())
+                        .ok_or_else(|| anyhow::anyhow!("eval set lacks {what}.{i}"))
+                };
+                Ok(Sequences {
+                    tokens: get("tokens")?,
+                    positions: get("positions")?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            batch_ids,
+            sequences,
+        })
+    }
+
+    /// Tensors first, then the id list that makes them visible, each atomically.
+    pub fn save(&self, root: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(root)?;
+        let mut tensors = Vec::new();
+        for (i, s) in self.sequences.iter().enumerate() {
+            tensors.push((format!("tokens.{i}"), s.tokens.shallow_clone()));
+            tensors.push((format!("positions.{i}"), s.positions.shallow_clone()));
+        }
+        let temporary = root.join(format!(".tmp-{}", Self::TENSORS));
+        Tensor::write_safetensors(&tensors, &temporary)?;
+        sync_file(&temporary)?;
+        std::fs::rename(&temporary, root.join(Self::TENSORS))?;
+        let temporary = root.join(format!(".tmp-{}", Self::IDS));
+        std::fs::write(&temporary, serde_json::to_vec(&self.batch_ids)?)?;
+        sync_file(&temporary)?;
+        std::fs::rename(&temporary, root.join(Self::IDS))?;
+        sync_dir(root)
+    }
+}

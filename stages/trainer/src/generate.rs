@@ -1,0 +1,124 @@
+//! Sampling from a checkpoint: complete a prompt, or fill the middle between a prefix
+//! and a suffix (the batcher's prefix-suffix-middle format).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use codelupe_batcher::tokenizer::CodeTokenizer;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint;
+use crate::model::Transformer;
+
+pub enum Prompt {
+    Complete(String),
+    FillMiddle { prefix: String, suffix: String },
+}
+
+pub struct Sampling {
+    pub max_tokens: usize,
+    /// 0: greedy.
+    pub temperature: f64,
+    /// Sample among the k likeliest tokens; 0: all.
+    pub top_k: i64,
+    pub seed: i64,
+    pub device: Device,
+}
+
+/// The longest context fed to the model; older tokens are dropped.
+const MAX_CONTEXT: usize = 2048;
+
+pub struct Generator {
+    tokenizer: CodeTokenizer,
+    model: Transformer,
+    _vs: nn::VarStore,
+}
+
+impl Generator {
+    /// From a checkpoint folder, or the newest checkpoint in a checkpoint root.
+    pub fn load(path: &Path, device: Device) -> anyhow::Result<Self> {
+        let dir: PathBuf = if path.join("state.json").exists() {
+            path.to_path_buf()
+        } else {
+            checkpoint::latest(path)?
+                .map(|(dir, _)| dir)
+                .with_context(|| format!("no checkpoint in {}", path.display()))?
+        };
+        let state = checkpoint::read_state(&dir)?;
+        let tokenizer = CodeTokenizer::load(&dir.join("tokenizer.json"))?;
+        if tokenizer.fingerprint != state.tokenizer_fingerprint {
+            bail!("{}: tokenizer does not match the checkpoint", dir.display());
+        }
+        let mut vs = nn::VarStore::new(device);
+        let model = Transformer::new(&vs.root(), state.model);
+        tch::no_grad(|| vs.read_safetensors(dir.join("model.safetensors")))
+            .with_context(|| format!("loading {}", dir.display()))?;
+        vs.freeze();
+        Ok(Self {
+            tokenizer,
+            model,
+            _vs: vs,
+        })
+    }
+
+    /// The text the model produces for `prompt`: the continuation, or for a fill the
+    /// whole file (prefix + generated middle + suffix).
+    pub fn generate(&self, prompt: &Prompt, sampling: &Sampling) -> anyhow::Result<String> {
+        let t = &self.tokenizer;
+        let mut ids: Vec<u32> = match prompt {
+            Prompt::Complete(text) => t.encode(text)?,
+            Prompt::FillMiddle { prefix, suffix } => [
+                vec![t.fim_prefix],
+                t.encode(prefix)?,
+                vec![t.fim_suffix],
+                t.encode(suffix)?,
+                vec![t.fim_middle],
+            ]
+            .concat(),
+        };
+        let prompt_len = ids.len();
+        tch::manual_seed(sampling.seed);
+        tch::no_grad(|| {
+            for _ in 0..sampling.max_tokens {
+                let context = &ids[ids.len().saturating_sub(MAX_CONTEXT)..];
+                let n = context.len() as i64;
+                let tokens =
+                    Tensor::from_slice(&context.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                        .view([1, n])
+                        .to_device(sampling.device);
+                let positions = Tensor::arange(n, (Kind::Int64, sampling.device)).view([1, n]);
+                let logits = self
+                    .model
+                    .forward(&tokens, &positions)
+                    .get(0)
+                    .get(n - 1)
+                    .to_kind(Kind::Float);
+                let next = if sampling.temperature <= 0.0 {
+                    logits.argmax(0, false)
+                } else {
+                    let mut scaled = logits / sampling.temperature;
+                    if sampling.top_k > 0 && sampling.top_k < scaled.size()[0] {
+                        let (top, _) = scaled.topk(sampling.top_k, 0, true, true);
+                        let floor = top.get(sampling.top_k - 1);
+                        scaled = scaled.where_self(
+                            &scaled.ge_tensor(&floor),
+                            &Tensor::from(f64::NEG_INFINITY).to_device(sampling.device),
+                        );
+                    }
+                    scaled.softmax(0, Kind::Float).multinomial(1, false).get(0)
+                };
+                let next = next.int64_value(&[]) as u32;
+                if next == t.end_of_text {
+                    break;
+                }
+                ids.push(next);
+            }
+            anyhow::Ok(())
+        })?;
+        let generated = t.decode(&ids[prompt_len..])?;
+        Ok(match prompt {
+            Prompt::Complete(_) => generated,
+            Prompt::FillMiddle { prefix, suffix } => format!("{prefix}{generated}{suffix}"),
+        })
+    }
+}

@@ -1,0 +1,501 @@
+//! The trainer stage: reads `training-batches` and trains forever, in runs of
+//! `steps_per_run` optimiser steps, each ending in an evaluation and a checkpoint.
+//!
+//! It does not use the runtime's consume loop: its unit of delivery is the checkpoint,
+//! not the record. Partitions are assigned by hand at the offsets the latest checkpoint
+//! holds, and offsets are committed to the group (for lag dashboards) only after the
+//! checkpoint containing them is on disk. The checkpoint is the truth: after a crash the
+//! trainer resumes from its weights and its offsets, so a batch is in the model exactly
+//! once, whatever was committed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use codelupe_batcher::tokenizer::CodeTokenizer;
+use codelupe_runtime::records::{now_ms, TrainingBatch};
+use codelupe_runtime::{AvroRecord, StageRuntime};
+use codelupe_trainer_api::metrics::TrainerMetrics;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::checkpoint::{self, CheckpointState, EvalSet};
+use crate::model::ModelConfig;
+use crate::optim::OptimizerOptions;
+use crate::train::{Sequences, Trainer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerOptions {
+    /// Model size: tiny, 125m or 350m.
+    pub preset: String,
+    /// The tokenizer the batches were made with (its fingerprint must match theirs).
+    pub tokenizer: PathBuf,
+    pub checkpoint_dir: PathBuf,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    pub device: String,
+    pub steps_per_run: u64,
+    /// Batches (micro-batches) per optimiser step.
+    pub grad_accumulation: u32,
+    pub optimizer: OptimizerOptions,
+    /// Eval-split batches kept as the fixed eval set.
+    pub eval_batches: usize,
+    pub keep_checkpoints: usize,
+    /// End a run early (evaluate, checkpoint) when no batch arrives for this long, so
+    /// the tail of the stream is saved; 0: wait for a full run.
+    pub idle_checkpoint_ms: u64,
+    pub seed: i64,
+    /// bf16 autocast on CUDA.
+    pub bf16: bool,
+    pub log_every_steps: u64,
+}
+
+impl Default for TrainerOptions {
+    fn default() -> Self {
+        Self {
+            preset: "tiny".into(),
+            tokenizer: PathBuf::from("tokenizer.json"),
+            checkpoint_dir: PathBuf::from("checkpoints"),
+            device: "auto".into(),
+            steps_per_run: 500,
+            grad_accumulation: 1,
+            optimizer: OptimizerOptions::default(),
+            eval_batches: 8,
+            keep_checkpoints: 3,
+            idle_checkpoint_ms: 60_000,
+            seed: 0,
+            bf16: true,
+            log_every_steps: 10,
+        }
+    }
+}
+
+pub fn choose_device(name: &str) -> anyhow::Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) if n < tch::Cuda::device_count() as usize => Device::Cuda(n),
+            _ => bail!(
+                "device {other:?} is not available (CUDA devices: {}); use auto, cpu, cuda or cuda:N",
+                tch::Cuda::device_count()
+            ),
+        },
+    })
+}
+
+/// GPU memory this process holds, from nvidia-smi (libtorch's allocator statistics are
+/// not exposed by tch).
+fn gpu_memory_bytes() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let pid = std::process::id().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let (p, mib) = line.split_once(',')?;
+            (p.trim() == pid)
+                .then(|| mib.trim().parse::<f64>().ok().map(|m| m * 1024.0 * 1024.0))?
+        })
+}
+
+/// What `/status` shows.
+#[derive(Debug, Default, Serialize)]
+struct Status {
+    state: &'static str,
+    device: String,
+    preset: String,
+    parameters: i64,
+    step: u64,
+    tokens_seen: u64,
+    train_loss: Option<f64>,
+    eval_loss: Option<f64>,
+    learning_rate: f64,
+    tokens_per_second: f64,
+    eval_set_batches: usize,
+    last_checkpoint: Option<String>,
+    offsets: BTreeMap<i32, i64>,
+}
+
+/// The batches of the run in progress.
+struct Run {
+    started: Instant,
+    batches: Vec<String>,
+    steps: u64,
+    micro_batches: u32,
+    loss_sum: f64,
+    loss_count: u32,
+}
+
+impl Run {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            batches: Vec::new(),
+            steps: 0,
+            micro_batches: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+        }
+    }
+}
+
+struct Stage {
+    options: TrainerOptions,
+    metrics: TrainerMetrics,
+    runtime: StageRuntime,
+    tokenizer: CodeTokenizer,
+    trainer: Trainer,
+    eval: EvalSet,
+    offsets: BTreeMap<i32, i64>,
+    tokens_seen: u64,
+    run: Run,
+    status: Status,
+    throughput: (Instant, u64),
+}
+
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: TrainerOptions = runtime.settings.options(codelupe_trainer_api::STAGE)?;
+    let metrics = TrainerMetrics::register(&runtime.registry)?;
+    let (input, group) = runtime.require_input()?;
+    let partitions = runtime.clients.partition_count(input).await?;
+    let consumer: BaseConsumer = runtime
+        .clients
+        .consumer_config(&runtime.client_id(), group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("cannot create the Kafka consumer")?;
+    let input = input.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut stage = Stage::start(options, metrics, runtime)?;
+        stage.assign(&consumer, &input, partitions)?;
+        stage.train(&consumer, &input)
+    })
+    .await?
+}
+
+impl Stage {
+    fn start(
+        options: TrainerOptions,
+        metrics: TrainerMetrics,
+        runtime: StageRuntime,
+    ) -> anyhow::Result<Self> {
+        let tokenizer = CodeTokenizer::load(&options.tokenizer).context(
+            "cannot load the tokenizer (stages.trainer.options.tokenizer): use the batcher's",
+        )?;
+        let device = choose_device(&options.device)?;
+        let config = ModelConfig::preset(&options.preset, tokenizer.vocab_size() as i64)?;
+        let mut trainer = Trainer::new(
+            config,
+            options.optimizer.clone(),
+            device,
+            options.seed,
+            options.bf16,
+        );
+        let root = &options.checkpoint_dir;
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        let mut status = Status {
+            state: "starting",
+            device: format!("{device:?}"),
+            preset: options.preset.clone(),
+            parameters: config.parameters(),
+            ..Status::default()
+        };
+        let (mut offsets, mut tokens_seen) = (BTreeMap::new(), 0);
+        if let Some((dir, state)) = checkpoint::latest(root)? {
+            if state.tokenizer_fingerprint != tokenizer.fingerprint || state.model != config {
+                bail!(
+                    "checkpoint {} was made with tokenizer {} and model {:?}, not tokenizer {} \
+                     and preset {}: point checkpoint_dir elsewhere to start a new model",
+                    dir.display(),
+                    state.tokenizer_fingerprint,
+                    state.model,
+                    tokenizer.fingerprint,
+                    options.preset
+                );
+            }
+            trainer.load(&dir, state.step)?;
+            tracing::info!(checkpoint = %dir.display(), step = state.step, "resumed");
+            offsets = state.offsets.clone();
+            tokens_seen = state.tokens_seen;
+            status.last_checkpoint = Some(dir.display().to_string());
+            status.eval_loss = state.eval_loss;
+            status.train_loss = state.train_loss;
+        }
+        let eval = EvalSet::load(root)?;
+        metrics.dataset_size.with_label_values(&["eval"]).set(
+            eval.sequences
+                .iter()
+                .map(|s| s.tokens.size()[0])
+                .sum::<i64>() as f64,
+        );
+        tracing::info!(
+            %options.preset, parameters = config.parameters(), ?device,
+            step = trainer.optimizer.step, eval_batches = eval.batch_ids.len(),
+            "trainer ready"
+        );
+        Ok(Self {
+            status,
+            throughput: (Instant::now(), tokens_seen),
+            options,
+            metrics,
+            runtime,
+            tokenizer,
+            trainer,
+            eval,
+            offsets,
+            tokens_seen,
+            run: Run::new(),
+        })
+    }
+
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer,
+        input: &str,
+        partitions: i32,
+    ) -> anyhow::Result<()> {
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            let offset = self
+                .offsets
+                .get(&p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            list.add_partition_offset(input, p, offset)?;
+        }
+        consumer
+            .assign(&list)
+            .context("cannot assign the input partitions")?;
+        self.runtime.readiness.set_ready();
+        self.status.state = "training";
+        self.publish_status();
+        Ok(())
+    }
+
+    fn train(&mut self, consumer: &BaseConsumer, input: &str) -> anyhow::Result<()> {
+        let idle = (self.options.idle_checkpoint_ms > 0)
+            .then(|| Duration::from_millis(self.options.idle_checkpoint_ms));
+        let mut last_input = Instant::now();
+        loop {
+            if self.runtime.shutdown.is_cancelled() {
+                if !self.run.batches.is_empty() {
+                    self.finish_run(consumer, input, "shutdown")?;
+                }
+                return Ok(());
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {
+                    let paused = idle.is_some_and(|idle| last_input.elapsed() >= idle);
+                    if paused && !self.run.batches.is_empty() {
+                        self.finish_run(consumer, input, "input paused")?;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Ok(message)) => {
+                    last_input = Instant::now();
+                    self.handle(message.payload())?;
+                    self.offsets
+                        .insert(message.partition(), message.offset() + 1);
+                    if self.run.steps >= self.options.steps_per_run {
+                        self.finish_run(consumer, input, "run complete")?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, payload: Option<&[u8]>) -> anyhow::Result<()> {
+        let batch = match payload.map(TrainingBatch::decode) {
+            Some(Ok(batch)) => batch,
+            other => {
+                tracing::error!(error = ?other.and_then(Result::err), "undecodable batch skipped");
+                self.skip("decode");
+                return Ok(());
+            }
+        };
+        if batch.tokenizer_fingerprint != self.tokenizer.fingerprint {
+            tracing::error!(
+                batch = %batch.batch_id, theirs = %batch.tokenizer_fingerprint,
+                ours = %self.tokenizer.fingerprint,
+                "batch made with another tokenizer skipped"
+            );
+            self.skip("tokenizer_mismatch");
+            return Ok(());
+        }
+        let sequences = Sequences::from_batch(&batch)?;
+        if batch.split == "eval" {
+            if self.eval.batch_ids.len() < self.options.eval_batches
+                && !self.eval.batch_ids.contains(&batch.batch_id)
+            {
+                self.eval.batch_ids.push(batch.batch_id);
+                self.eval.sequences.push(sequences);
+                self.eval.save(&self.options.checkpoint_dir)?;
+                let rows: i64 = self.eval.sequences.iter().map(|s| s.tokens.size()[0]).sum();
+                self.metrics
+                    .dataset_size
+                    .with_label_values(&["eval"])
+                    .set(rows as f64);
+            } else {
+                self.skip("eval_set_full");
+            }
+            return Ok(());
+        }
+        let accumulation = self.options.grad_accumulation.max(1);
+        let loss = self.trainer.accumulate(&sequences, accumulation);
+        let rows = sequences.tokens.size()[0];
+        self.run.batches.push(batch.batch_id);
+        self.run.micro_batches += 1;
+        self.run.loss_sum += loss;
+        self.run.loss_count += 1;
+        self.tokens_seen += sequences.tokens() as u64;
+        self.metrics
+            .tokens_trained
+            .inc_by(sequences.tokens() as u64);
+        self.metrics.samples_trained.inc_by(rows as u64);
+        self.metrics
+            .files_trained
+            .inc_by(batch.content_hashes.len() as u64);
+        self.metrics
+            .dataset_size
+            .with_label_values(&["train"])
+            .add(rows as f64);
+        if self.run.micro_batches >= accumulation {
+            self.optimizer_step();
+        }
+        Ok(())
+    }
+
+    fn skip(&self, reason: &str) {
+        self.metrics
+            .batches_skipped
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    fn optimizer_step(&mut self) {
+        let (lr, norm) = self.trainer.step();
+        let loss = self.run.loss_sum / self.run.loss_count.max(1) as f64;
+        self.run.micro_batches = 0;
+        self.run.steps += 1;
+        self.run.loss_sum = 0.0;
+        self.run.loss_count = 0;
+        self.metrics.current_loss.set(loss);
+        self.metrics.learning_rate.set(lr);
+        self.status.train_loss = Some(loss);
+        self.status.learning_rate = lr;
+        self.status.step = self.trainer.optimizer.step;
+        self.status.tokens_seen = self.tokens_seen;
+        let step = self.trainer.optimizer.step;
+        if step % self.options.log_every_steps.max(1) == 0 {
+            let (since, tokens_then) = self.throughput;
+            let rate = (self.tokens_seen - tokens_then) as f64 / since.elapsed().as_secs_f64();
+            self.throughput = (Instant::now(), self.tokens_seen);
+            self.metrics.tokens_per_second.set(rate);
+            self.status.tokens_per_second = rate;
+            let context = self.trainer.model.config;
+            let mfu = rate * context.flops_per_token(self.tokens_context()) / 989e12;
+            tracing::info!(
+                step,
+                loss,
+                lr,
+                grad_norm = norm,
+                tokens_per_second = rate,
+                mfu_vs_h100_bf16 = mfu,
+                "step"
+            );
+            if let Some(bytes) = self
+                .trainer
+                .device()
+                .is_cuda()
+                .then(gpu_memory_bytes)
+                .flatten()
+            {
+                self.metrics.gpu_memory_bytes.set(bytes);
+            }
+        }
+        self.publish_status();
+    }
+
+    /// The sequence length of the eval set, or a typical one, for the FLOP estimate.
+    fn tokens_context(&self) -> i64 {
+        self.eval
+            .sequences
+            .first()
+            .map_or(2048, |s| s.tokens.size()[1])
+    }
+
+    /// Ends the run: the last partial accumulation becomes a step, then evaluation,
+    /// checkpoint, and only then the offset commit.
+    fn finish_run(
+        &mut self,
+        consumer: &BaseConsumer,
+        input: &str,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        if self.run.micro_batches > 0 {
+            self.optimizer_step();
+        }
+        let eval_loss = self.trainer.evaluate(&self.eval.sequences);
+        if let Some(loss) = eval_loss {
+            self.metrics.current_eval_loss.set(loss);
+        }
+        let state = CheckpointState {
+            step: self.trainer.optimizer.step,
+            tokens_seen: self.tokens_seen,
+            offsets: self.offsets.clone(),
+            learning_rate: self.status.learning_rate,
+            train_loss: self.status.train_loss,
+            eval_loss,
+            preset: self.options.preset.clone(),
+            model: self.trainer.model.config,
+            tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
+            batches: std::mem::take(&mut self.run.batches),
+            written_at_ms: now_ms(),
+        };
+        let dir = checkpoint::write(
+            &self.options.checkpoint_dir,
+            &state,
+            &self.trainer,
+            &self.options.tokenizer,
+            self.options.keep_checkpoints,
+        )?;
+        let mut list = TopicPartitionList::new();
+        for (&p, &o) in &self.offsets {
+            list.add_partition_offset(input, p, Offset::Offset(o))?;
+        }
+        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
+            // The checkpoint holds the offsets; the commit only feeds lag dashboards.
+            tracing::warn!(error = %e, "offset commit failed");
+        }
+        let elapsed = self.run.started.elapsed().as_secs_f64();
+        self.metrics.training_runs.inc();
+        self.metrics.training_duration.observe(elapsed);
+        tracing::info!(
+            checkpoint = %dir.display(), step = state.step, batches = state.batches.len(),
+            eval_loss = ?eval_loss, seconds = elapsed, why, "run finished"
+        );
+        self.status.eval_loss = eval_loss;
+        self.status.last_checkpoint = Some(dir.display().to_string());
+        self.status.eval_set_batches = self.eval.batch_ids.len();
+        self.run = Run::new();
+        self.publish_status();
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        self.status.offsets = self.offsets.clone();
+        if let Ok(json) = serde_json::to_string_pretty(&self.status) {
+            self.runtime.readiness.set_status(json);
+        }
+    }
+}

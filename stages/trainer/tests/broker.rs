@@ -1,0 +1,167 @@
+//! The trainer binary on the real broker: killed with SIGKILL mid-run and restarted, the
+//! batches in its checkpoints are exactly the batches produced, none twice; its HTTP
+//! port serves the original trainer metrics, /health, /ready and /status.
+
+mod corpus;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use codelupe_runtime::AvroRecord;
+use codelupe_testkit::{
+    brokers, create_topics, free_port, produce_all, unique, wait_for, KillOnDrop,
+};
+use codelupe_trainer::checkpoint;
+
+fn start(config: &Path, topology: &Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_codelupe-trainer"))
+            .arg("--config")
+            .arg(config)
+            .arg("--topology")
+            .arg(topology)
+            .arg("stage")
+            .env("CODELUPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    Some((status, response.split("\r\n\r\n").nth(1)?.to_string()))
+}
+
+/// Every batch id in every checkpoint, in order.
+fn trained(root: &Path) -> Vec<String> {
+    checkpoint::list(root)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, state)| state.batches)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 40);
+    assert_eq!(corpus.train.len(), 40);
+    let suffix = unique("t");
+    let (input, dead) = (
+        format!("training-batches-{suffix}"),
+        format!("dead-letters-{suffix}"),
+    );
+    create_topics(&[(&input, 3), (&dead, 1)]).await;
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+    let port = free_port();
+    let topology = dir.path().join("topology.yaml");
+    std::fs::write(
+        &topology,
+        format!(
+            "topics:\n\
+             \x20 {input}: {{partitions: 3, retention_ms: -1, cleanup_policy: delete, schema: {s}/training-batches.avsc}}\n\
+             \x20 {dead}: {{partitions: 1, retention_ms: -1, cleanup_policy: delete, schema: {s}/dead-letter.avsc}}\n\
+             stages:\n\
+             \x20 trainer: {{input: {input}, group: trainer-{suffix}, metrics: {{port: {port}, path: /prometheus}}, replicas: 1, binary: codelupe-trainer}}\n",
+            s = schemas.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("checkpoints");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: {}\n  dead_letter_topic: {dead}\n\
+             stages:\n  trainer:\n    metrics_bind: 127.0.0.1\n    options:\n\
+             \x20     tokenizer: {}\n      checkpoint_dir: {}\n      device: cpu\n\
+             \x20     steps_per_run: 5\n      idle_checkpoint_ms: 4000\n      eval_batches: 2\n\
+             \x20     keep_checkpoints: 1000\n      optimizer: {{warmup_steps: 5}}\n",
+            brokers(),
+            corpus.tokenizer_path.display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let record =
+        |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
+
+    // First 23 train batches (and the eval ones): four full runs of 5, then 3 trained
+    // into a fifth run when the kill comes.
+    let mut first: Vec<_> = corpus.eval.iter().map(record).collect();
+    first.extend(corpus.train[..23].iter().map(record));
+    produce_all(&input, first).await;
+    let trainer = start(&config, &topology);
+    wait_for("four checkpoints", Duration::from_secs(240), || {
+        checkpoint::list(&root).map_or(0, |c| c.len()) >= 4
+    });
+    let (status, metrics) = http_get(port, "/prometheus").unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "trainer_training_runs_total",
+        "trainer_files_trained_total",
+        "trainer_samples_trained_total",
+        "trainer_current_loss",
+        "trainer_current_eval_loss",
+        "trainer_gpu_memory_bytes",
+        "trainer_dataset_size{split=\"train\"}",
+        "trainer_dataset_size{split=\"eval\"}",
+        "trainer_training_duration_seconds_bucket",
+        "trainer_tokens_per_second",
+        "trainer_learning_rate",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert_eq!(http_get(port, "/health").unwrap().0, 200);
+    assert_eq!(http_get(port, "/ready").unwrap().0, 200);
+    let (_, status) = http_get(port, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["step"].as_u64().unwrap() >= 15, "{status}");
+    assert!(status["last_checkpoint"].is_string(), "{status}");
+    // The fifth run has trained on batches no checkpoint holds yet.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before_kill = trained(&root).len();
+    assert!(
+        before_kill < 23,
+        "{before_kill} batches checkpointed before the kill"
+    );
+    drop(trainer); // SIGKILL
+
+    produce_all(&input, corpus.train[23..].iter().map(record).collect()).await;
+    let mut trainer = start(&config, &topology);
+    wait_for("every batch checkpointed", Duration::from_secs(240), || {
+        trained(&root).len() >= corpus.train.len()
+    });
+    Command::new("kill")
+        .args(["-TERM", &trainer.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(trainer.0.wait().unwrap().success());
+
+    let ids = trained(&root);
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "a batch trained twice: {ids:?}");
+    let produced: HashSet<&String> = corpus.train.iter().map(|b| &b.batch_id).collect();
+    assert_eq!(distinct, produced, "trained = produced");
+    let states = checkpoint::list(&root).unwrap();
+    let last = &states.last().unwrap().1;
+    assert!(last.eval_loss.is_some(), "evaluated on the fixed eval set");
+    assert_eq!(
+        last.offsets.values().sum::<i64>() as usize,
+        corpus.train.len() + corpus.eval.len(),
+        "the offsets cover every record"
+    );
+    eprintln!(
+        "{} batches, {} checkpoints, {before_kill} checkpointed before the kill",
+        ids.len(),
+        states.len()
+    );
+}

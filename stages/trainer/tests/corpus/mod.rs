@@ -1,0 +1,72 @@
+//! Training batches made from real code (crate sources Cargo downloaded for this build)
+//! with the batcher's own tokenizer, documents and packer.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use codelupe_batcher::document::{self, DocumentOptions};
+use codelupe_batcher::pack::Packer;
+use codelupe_batcher::tokenizer::CodeTokenizer;
+use codelupe_runtime::records::{CodeFile, TrainingBatch};
+
+pub const SEQUENCE_LENGTH: usize = 64;
+pub const SEQUENCES_PER_BATCH: usize = 8;
+
+pub struct Corpus {
+    pub tokenizer_path: PathBuf,
+    pub tokenizer: CodeTokenizer,
+    pub train: Vec<TrainingBatch>,
+    pub eval: Vec<TrainingBatch>,
+}
+
+fn files() -> Vec<CodeFile> {
+    let crates = codelupe_testkit::registry_crates(&["regex-syntax-0", "serde_json-1"]);
+    let files = codelupe_testkit::code_files(&crates, codelupe_testkit::is_rust);
+    assert!(files.len() > 50, "{} files of real code", files.len());
+    files
+}
+
+/// A 512-token tokenizer fitted on the files, and up to `max_train` train batches plus
+/// the eval batches (a tenth of the files) they make.
+pub fn build(dir: &Path, max_train: usize) -> Corpus {
+    let files = files();
+    let tokenizer = CodeTokenizer::train(files.iter().map(|f| f.content.as_str()), 512).unwrap();
+    let tokenizer_path = dir.join("tokenizer.json");
+    tokenizer.save(&tokenizer_path).unwrap();
+    let options = DocumentOptions {
+        eval_share: 0.1,
+        ..DocumentOptions::default()
+    };
+    let mut packers = [
+        Packer::new(SEQUENCE_LENGTH, SEQUENCES_PER_BATCH, tokenizer.end_of_text),
+        Packer::new(SEQUENCE_LENGTH, SEQUENCES_PER_BATCH, tokenizer.end_of_text),
+    ];
+    let (mut train, mut eval) = (Vec::new(), Vec::new());
+    for file in &files {
+        let eval_file = document::is_eval(&file.content_hash, options.eval_share);
+        let tokens = document::tokens(&tokenizer, file, &options).unwrap();
+        for packed in packers[eval_file as usize].push(&tokens, file.content_hash.clone()) {
+            let batch = TrainingBatch {
+                batch_id: packed.batch_id,
+                split: if eval_file { "eval" } else { "train" }.into(),
+                sequence_length: SEQUENCE_LENGTH as i32,
+                token_ids: packed.token_ids,
+                document_starts: packed.document_starts,
+                content_hashes: packed.members.into_iter().map(|(h, _)| h).collect(),
+                tokenizer_fingerprint: tokenizer.fingerprint.clone(),
+            };
+            if eval_file {
+                eval.push(batch);
+            } else if train.len() < max_train {
+                train.push(batch);
+            }
+        }
+    }
+    assert!(eval.len() >= 4, "{} eval batches", eval.len());
+    Corpus {
+        tokenizer_path,
+        tokenizer,
+        train,
+        eval,
+    }
+}

@@ -1,0 +1,55 @@
+//! Real code as `code-files` records: the source files of crates Cargo downloaded.
+
+use std::path::{Path, PathBuf};
+
+use codelupe_runtime::language;
+use codelupe_runtime::records::CodeFile;
+use sha2::{Digest, Sha256};
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// The readable text files under each crate root that `keep` accepts, in path order, as
+/// records of repository `crates/<root folder name>` (language from the extension).
+pub fn code_files(roots: &[PathBuf], mut keep: impl FnMut(&Path) -> bool) -> Vec<CodeFile> {
+    let mut files = Vec::new();
+    for root in roots {
+        let repo = format!("crates/{}", root.file_name().unwrap().to_string_lossy());
+        let mut paths = Vec::new();
+        walk(root, &mut paths);
+        paths.sort();
+        for path in paths.into_iter().filter(|p| keep(p)) {
+            let Ok(content) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            files.push(CodeFile {
+                content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
+                repo_full_name: repo.clone(),
+                commit_id: "0".repeat(40),
+                language: language::of_path(&relative).unwrap_or("Text").into(),
+                size_bytes: content.len() as i64,
+                lines: content.lines().count() as i64,
+                path: relative,
+                content,
+                quality_score: 80.0,
+                quality_components: Default::default(),
+                parse_stats: None,
+            });
+        }
+    }
+    files
+}
+
+/// Rust sources only.
+pub fn is_rust(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "rs")
+}

@@ -1,0 +1,103 @@
+//! The test Kafka broker started by `tests/kafka/broker.sh` (address in
+//! TEST_KAFKA_BROKERS): topics of one's own, producing and reading them back.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+pub fn brokers() -> String {
+    std::env::var("TEST_KAFKA_BROKERS").expect(
+        "TEST_KAFKA_BROKERS is not set: these tests need the real broker; run `bash tests/run` \
+         (or `tests/kafka/broker.sh up` and export TEST_KAFKA_BROKERS=127.0.0.1:19092)",
+    )
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub async fn create_topics(topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let new: Vec<_> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// Produces (key, value) pairs to `topic` and waits for every acknowledgement.
+pub async fn produce_all(topic: &str, records: Vec<(String, Vec<u8>)>) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends = records.iter().map(|(key, value)| {
+        producer.send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(value),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Every (key, value) currently in `topic` (read_committed), read from the beginning
+/// of every partition until `idle` passes without a new record. Assigns partitions
+/// directly: no group join to wait for.
+pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut records = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                records.push((key, m.payload().unwrap_or_default().to_vec()));
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}

@@ -22,12 +22,12 @@ impl BatcherMetrics {
             tokens_produced: register::counter(
                 r,
                 "batcher_tokens_produced_total",
-                "Tokens packed into published batches",
+                "Tokens in batches sealed for publishing (padding included)",
             )?,
             batches_produced: register::counter_vec(
                 r,
                 "batcher_batches_produced_total",
-                "Batches published, by split",
+                "Batches sealed for publishing, by split",
                 "split",
                 &["train", "eval"],
             )?,

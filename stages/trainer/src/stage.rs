@@ -332,7 +332,14 @@ impl Stage {
             self.skip("tokenizer_mismatch");
             return Ok(());
         }
-        let sequences = Sequences::from_batch(&batch)?;
+        let sequences = match Sequences::from_batch(&batch) {
+            Ok(sequences) => sequences,
+            Err(e) => {
+                tracing::error!(error = %e, "malformed batch skipped");
+                self.skip("decode");
+                return Ok(());
+            }
+        };
         if batch.split == "eval" {
             if self.eval.batch_ids.len() < self.options.eval_batches
                 && !self.eval.batch_ids.contains(&batch.batch_id)

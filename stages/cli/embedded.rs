@@ -202,6 +202,7 @@ fn external_stage(
             "CODELUPE_LOG",
             std::env::var("CODELUPE_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .env(codelupe_runtime::stage::EXIT_WITH_PARENT_ENV, "1")
         .kill_on_drop(true);
     let options = &config.stage(name).options;
     if !options.is_null() {

@@ -10,7 +10,11 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 /// Environment variables under the prefix that are not config keys.
-const RESERVED_ENV: &[&str] = &["CODELUPE_CONFIG", "CODELUPE_LOG"];
+const RESERVED_ENV: &[&str] = &[
+    "CODELUPE_CONFIG",
+    "CODELUPE_LOG",
+    crate::stage::EXIT_WITH_PARENT_ENV,
+];
 pub const ENV_PREFIX: &str = "CODELUPE_";
 
 /// The arguments every CodeLupe binary takes to find its config and topology.

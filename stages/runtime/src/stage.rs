@@ -140,9 +140,24 @@ where
     result
 }
 
-/// Cancelled on the first SIGINT or SIGTERM; a second one exits at once.
+/// Set by `codelupe run` on the stages it starts as child processes.
+pub const EXIT_WITH_PARENT_ENV: &str = "CODELUPE_EXIT_WITH_PARENT";
+
+/// Cancelled on the first SIGINT or SIGTERM (a second one exits at once), and, in a
+/// child process started by `codelupe run`, when that parent dies (even by SIGKILL,
+/// which it cannot pass on): the orphan would otherwise keep its port.
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
+    if std::env::var_os(EXIT_WITH_PARENT_ENV).is_some() {
+        let (cancel, parent) = (token.clone(), std::os::unix::process::parent_id());
+        tokio::spawn(async move {
+            while std::os::unix::process::parent_id() == parent {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            tracing::warn!("the parent process is gone: shutting down");
+            cancel.cancel();
+        });
+    }
     let cancel = token.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

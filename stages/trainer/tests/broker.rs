@@ -135,11 +135,22 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
     );
     drop(trainer); // SIGKILL
 
-    produce_all(&input, corpus.train[23..].iter().map(record).collect()).await;
+    // The rest, and one batch made with another tokenizer, which is refused.
+    let mut foreign = corpus.train[0].clone();
+    foreign.batch_id = "made-with-another-tokenizer".into();
+    foreign.tokenizer_fingerprint = "0123456789abcdef".into();
+    let mut rest: Vec<_> = corpus.train[23..].iter().map(record).collect();
+    rest.insert(5, record(&foreign));
+    produce_all(&input, rest).await;
     let mut trainer = start(&config, &topology);
     wait_for("every batch checkpointed", Duration::from_secs(240), || {
         trained(&root).len() >= corpus.train.len()
     });
+    let (_, metrics) = http_get(port, "/prometheus").unwrap();
+    assert!(
+        metrics.contains("trainer_batches_skipped_total{reason=\"tokenizer_mismatch\"} 1"),
+        "{metrics}"
+    );
     Command::new("kill")
         .args(["-TERM", &trainer.0.id().to_string()])
         .status()
@@ -156,7 +167,7 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
     assert!(last.eval_loss.is_some(), "evaluated on the fixed eval set");
     assert_eq!(
         last.offsets.values().sum::<i64>() as usize,
-        corpus.train.len() + corpus.eval.len(),
+        corpus.train.len() + corpus.eval.len() + 1,
         "the offsets cover every record"
     );
     eprintln!(

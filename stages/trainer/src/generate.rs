@@ -89,7 +89,7 @@ impl Generator {
                 let positions = Tensor::arange(n, (Kind::Int64, sampling.device)).view([1, n]);
                 let logits = self
                     .model
-                    .forward(&tokens, &positions)
+                    .forward(&tokens, &positions, false)
                     .get(0)
                     .get(n - 1)
                     .to_kind(Kind::Float);

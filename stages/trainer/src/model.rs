@@ -114,7 +114,7 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let (b, t, d) = x.size3().expect("[batch, time, channels]");
         let head = d / self.n_heads;
         let qkv = self.attention_norm.forward(x).apply(&self.qkv);
@@ -132,9 +132,9 @@ impl Block {
             &q,
             &k,
             &v,
-            None::<Tensor>,
+            mask,
             0.0,
-            true,
+            mask.is_none(),
             None,
             false,
         )
@@ -189,13 +189,23 @@ impl Transformer {
 
     /// Logits [B, T, vocab] for `tokens` [B, T] at `positions` [B, T] (positions restart
     /// at every document, so a document's first token is at 0 wherever it is packed).
-    pub fn forward(&self, tokens: &Tensor, positions: &Tensor) -> Tensor {
+    /// With `mask_documents`, a token attends only to earlier tokens of its own document
+    /// (an explicit mask: slower than the fused causal kernel).
+    pub fn forward(&self, tokens: &Tensor, positions: &Tensor, mask_documents: bool) -> Tensor {
+        let mask = mask_documents.then(|| {
+            // Documents numbered from where positions restart.
+            let documents = positions.eq(0).cumsum(1, Kind::Int64);
+            let same = documents.unsqueeze(2).eq_tensor(&documents.unsqueeze(1));
+            let t = positions.size()[1];
+            let causal = Tensor::ones([t, t], (Kind::Bool, positions.device())).tril(0);
+            same.logical_and(&causal).unsqueeze(1)
+        });
         let angles = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inverse_frequencies;
         let angles = angles.unsqueeze(1); // [B, 1, T, D/2], shared by the heads
         let (cos, sin) = (angles.cos(), angles.sin());
         let mut x = tokens.apply(&self.embedding);
         for block in &self.blocks {
-            x = block.forward(&x, &cos, &sin);
+            x = block.forward(&x, &cos, &sin, mask.as_ref());
         }
         self.final_norm
             .forward(&x)
@@ -203,11 +213,11 @@ impl Transformer {
     }
 
     /// Mean next-token cross-entropy of `tokens` [B, T]: positions 0..T-1 predict 1..T.
-    pub fn loss(&self, tokens: &Tensor, positions: &Tensor) -> Tensor {
+    pub fn loss(&self, tokens: &Tensor, positions: &Tensor, mask_documents: bool) -> Tensor {
         let t = tokens.size()[1];
         let inputs = tokens.narrow(1, 0, t - 1);
         let targets = tokens.narrow(1, 1, t - 1);
-        let logits = self.forward(&inputs, &positions.narrow(1, 0, t - 1));
+        let logits = self.forward(&inputs, &positions.narrow(1, 0, t - 1), mask_documents);
         logits
             .to_kind(Kind::Float)
             .view([-1, self.config.vocab_size])
@@ -242,7 +252,10 @@ mod tests {
         let a = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([1, 6]);
         let b = Tensor::from_slice(&[1i64, 2, 3, 9, 9, 9]).view([1, 6]);
         let positions = Tensor::arange(6, (Kind::Int64, tch::Device::Cpu)).view([1, 6]);
-        let (la, lb) = (model.forward(&a, &positions), model.forward(&b, &positions));
+        let (la, lb) = (
+            model.forward(&a, &positions, false),
+            model.forward(&b, &positions, false),
+        );
         // The first three positions see only the shared prefix.
         assert!(la
             .narrow(1, 0, 3)
@@ -250,5 +263,24 @@ mod tests {
         assert!(!la
             .narrow(1, 3, 1)
             .allclose(&lb.narrow(1, 3, 1), 1e-5, 1e-6, false));
+        // Within one document the explicit mask equals the fused causal kernel.
+        assert!(model
+            .forward(&a, &positions, true)
+            .allclose(&la, 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn with_document_masking_a_document_ignores_the_one_before_it() {
+        tch::manual_seed(2);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let model = Transformer::new(&vs.root(), ModelConfig::preset("tiny", 50).unwrap());
+        // Two documents, 0..3 and 3..6; only the first differs between a and b.
+        let a = Tensor::from_slice(&[1i64, 2, 3, 7, 8, 9]).view([1, 6]);
+        let b = Tensor::from_slice(&[4i64, 5, 6, 7, 8, 9]).view([1, 6]);
+        let positions = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]).view([1, 6]);
+        let second =
+            |tokens: &Tensor, mask| model.forward(tokens, &positions, mask).narrow(1, 3, 3);
+        assert!(second(&a, true).allclose(&second(&b, true), 1e-5, 1e-6, false));
+        assert!(!second(&a, false).allclose(&second(&b, false), 1e-5, 1e-6, false));
     }
 }

@@ -51,6 +51,8 @@ pub struct TrainerOptions {
     pub seed: i64,
     /// bf16 autocast on CUDA.
     pub bf16: bool,
+    /// Keep attention within documents (positions restart at documents either way).
+    pub mask_documents: bool,
     pub log_every_steps: u64,
 }
 
@@ -69,6 +71,7 @@ impl Default for TrainerOptions {
             idle_checkpoint_ms: 60_000,
             seed: 0,
             bf16: true,
+            mask_documents: false,
             log_every_steps: 10,
         }
     }
@@ -202,6 +205,7 @@ impl Stage {
             options.seed,
             options.bf16,
         );
+        trainer.mask_documents = options.mask_documents;
         let root = &options.checkpoint_dir;
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let mut status = Status {

@@ -62,6 +62,8 @@ pub struct Trainer {
     pub optimizer: AdamW,
     /// bf16 autocast (CUDA only).
     pub bf16: bool,
+    /// Attention stays within documents (see [`Transformer::forward`]).
+    pub mask_documents: bool,
 }
 
 impl Trainer {
@@ -82,6 +84,7 @@ impl Trainer {
             model,
             optimizer,
             bf16: bf16 && device.is_cuda(),
+            mask_documents: false,
         }
     }
 
@@ -94,7 +97,8 @@ impl Trainer {
     pub fn accumulate(&mut self, sequences: &Sequences, accumulation: u32) -> f64 {
         let on_device = sequences.to(self.device());
         let loss = tch::autocast(self.bf16, || {
-            self.model.loss(&on_device.tokens, &on_device.positions)
+            self.model
+                .loss(&on_device.tokens, &on_device.positions, self.mask_documents)
         });
         (&loss / accumulation.max(1) as f64).backward();
         loss.double_value(&[])
@@ -117,8 +121,11 @@ impl Trainer {
             eval.iter()
                 .map(|s| {
                     let s = s.to(self.device());
-                    tch::autocast(self.bf16, || self.model.loss(&s.tokens, &s.positions))
-                        .double_value(&[])
+                    tch::autocast(self.bf16, || {
+                        self.model
+                            .loss(&s.tokens, &s.positions, self.mask_documents)
+                    })
+                    .double_value(&[])
                 })
                 .sum()
         });

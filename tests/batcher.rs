@@ -242,9 +242,27 @@ async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identica
     files.extend(copies);
 
     let mut outputs = Vec::new();
-    for _ in 0..2 {
+    for round in 0..2 {
         let run = Run::new(dir.path(), &tokenizer_path);
         produce_files(&run.input(), &files).await;
+        if round == 0 {
+            // A tokenizer can also be fitted on what the processor published.
+            let out = dir.path().join("from-topic.json");
+            let result = codelupe()
+                .arg("--topology")
+                .arg(&run.topology)
+                .arg("--config")
+                .arg(&run.config)
+                .args(["tokenizer", "train", "--from-topic"])
+                .args(["--vocab-size", "1000", "--max-files", "60", "-o"])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(result.status.success(), "{}", text(&result));
+            assert!(text(&result).contains("on 60 files"), "{}", text(&result));
+            let vocabulary = CodeTokenizer::load(&out).unwrap().vocab_size();
+            assert!((500..=1000).contains(&vocabulary), "{vocabulary}");
+        }
         let stage = run.start();
         run.wait_until_done(files.len());
         assert_eq!(

@@ -133,6 +133,36 @@ impl CodeTokenizer {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_tokenizer_from_elsewhere_gets_the_missing_special_tokens() {
+        // A byte-level BPE with only an end-of-text token of another spelling, as a
+        // Qwen or GPT-2 style tokenizer.json has.
+        let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
+            .vocab_size(300)
+            .special_tokens(vec![AddedToken::from("<|im_end|>", true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        let mut foreign = Tokenizer::new(BPE::default());
+        foreign
+            .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
+            .with_decoder(Some(ByteLevel::default()));
+        foreign.train(&mut trainer, corpus().into_iter()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        foreign.save(&path, false).unwrap();
+        assert!(foreign.token_to_id(FIM_MIDDLE).is_none());
+
+        let loaded = CodeTokenizer::load(&path).unwrap();
+        let ids = [loaded.end_of_text, loaded.fim_prefix, loaded.fim_middle];
+        assert!(ids
+            .iter()
+            .all(|&id| id as usize >= foreign.get_vocab_size(true)));
+        assert_eq!(loaded.decode(&[loaded.fim_middle]).unwrap(), FIM_MIDDLE);
+        let text = "fn main() {}\n";
+        assert_eq!(loaded.decode(&loaded.encode(text).unwrap()).unwrap(), text);
+    }
+
     pub(crate) fn corpus() -> Vec<String> {
         let samples = [
             "fn main() {\n    println!(\"héllo, wörld ✓\");\n}\n",

@@ -23,7 +23,6 @@ use crate::metrics::CrawlerMetrics;
 use crate::state::CrawlState;
 
 pub const STAGE: &str = "crawler";
-pub const BUILT_BY_ISSUE: u32 = 3;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]

@@ -22,7 +22,6 @@ use crate::metrics::DownloaderMetrics;
 use crate::store::{CloneStore, Marker};
 
 pub const STAGE: &str = "downloader";
-pub const BUILT_BY_ISSUE: u32 = 4;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

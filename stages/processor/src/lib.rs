@@ -26,7 +26,6 @@ use crate::metrics::ProcessorMetrics;
 use crate::select::PathVerdict;
 
 pub const STAGE: &str = "processor";
-pub const BUILT_BY_ISSUE: u32 = 5;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -18,7 +18,7 @@ use crate::stages;
 pub async fn run_all(
     brokers: Option<String>,
     limit: Option<Duration>,
-    at: stages::Invocation<'_>,
+    at: stages::Setup<'_>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topology = at.topology;
@@ -187,7 +187,7 @@ const OFFLINE_TOKENIZER: &str = ".codelupe/tokenizer.json";
 fn external_stage(
     binary: &std::path::Path,
     name: &str,
-    at: &stages::Invocation<'_>,
+    at: &stages::Setup<'_>,
     config: &Config,
     clients: &KafkaClients,
 ) -> anyhow::Result<tokio::process::Child> {

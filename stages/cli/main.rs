@@ -150,6 +150,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.topology.clone());
     let topology = Topology::load(&topology_path)?;
     StageRuntime::check_stage_sections(&topology, &config)?;
+    let setup = stages::Setup {
+        topology_file: &topology_path,
+        topology: &topology,
+        config_file: cli.files.config.as_deref(),
+        config: &config,
+    };
     match cli.command {
         Command::Topology { action } => {
             topology_command(action, &config, &topology, &topology_path).await
@@ -195,31 +201,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let brokers = brokers.or(config.kafka.brokers.clone()).with_context(|| {
                 format!("stage {name} needs Kafka: pass --brokers or set kafka.brokers (the embedded broker is for `codelupe run`)")
             })?;
-            let at = stages::Invocation {
-                brokers: &brokers,
-                topology_file: &topology_path,
-                topology: &topology,
-                config_file: cli.files.config.as_deref(),
-                config: &config,
-                once,
-            };
-            stages::run_one(&name, at).await
+            stages::run_one(&name, &brokers, once, setup).await
         }
         Command::Generate { .. } => unreachable!("handled above"),
         Command::Run { brokers, seconds } => {
-            let brokers = brokers.or(config.kafka.brokers.clone());
-            let at = stages::Invocation {
-                brokers: brokers.as_deref().unwrap_or_default(),
-                topology_file: &topology_path,
-                topology: &topology,
-                config_file: cli.files.config.as_deref(),
-                config: &config,
-                once: false,
-            };
             embedded::run_all(
-                brokers.clone(),
+                brokers.or(config.kafka.brokers.clone()),
                 seconds.map(Duration::from_secs),
-                at,
+                setup,
                 codelupe_runtime::stage::shutdown_on_signal(),
             )
             .await

@@ -112,29 +112,22 @@ pub fn find_binary(binary: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// `codelupe stage NAME`: one replica, metrics server included, until shutdown. An
-/// external stage replaces this process (so signals reach it directly).
-pub struct Invocation<'a> {
-    pub brokers: &'a str,
+/// The config and topology a stage runs with, and the files they came from (passed on
+/// to an external stage).
+pub struct Setup<'a> {
     pub topology_file: &'a std::path::Path,
     pub topology: &'a Topology,
     pub config_file: Option<&'a std::path::Path>,
     pub config: &'a Config,
-    pub once: bool,
 }
 
-pub async fn run_one(name: &str, at: Invocation<'_>) -> anyhow::Result<()> {
+/// `codelupe stage NAME`: one replica, metrics server included, until shutdown. An
+/// external stage replaces this process (so signals reach it directly).
+pub async fn run_one(name: &str, brokers: &str, once: bool, at: Setup<'_>) -> anyhow::Result<()> {
     match entry(name)?.status {
         Status::Built(launch) => {
-            codelupe_runtime::stage::run_stage(
-                name,
-                at.brokers,
-                at.topology,
-                at.config,
-                at.once,
-                launch,
-            )
-            .await
+            codelupe_runtime::stage::run_stage(name, brokers, at.topology, at.config, once, launch)
+                .await
         }
         Status::External { binary, .. } => {
             let mut command = std::process::Command::new(find_binary(binary)?);
@@ -142,7 +135,7 @@ pub async fn run_one(name: &str, at: Invocation<'_>) -> anyhow::Result<()> {
             if let Some(file) = at.config_file {
                 command.arg("--config").arg(file);
             }
-            command.args(["stage", "--brokers", at.brokers]);
+            command.args(["stage", "--brokers", brokers]);
             Err(std::os::unix::process::CommandExt::exec(&mut command).into())
         }
     }

@@ -7,8 +7,7 @@ pub mod fake_github;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use codelupe_testkit::*;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -154,25 +153,6 @@ pub fn topic_size(topic: &str, partitions: i32) -> i64 {
                 .unwrap_or(0)
         })
         .sum()
-}
-
-/// A plain HTTP/1.0 GET on loopback: (status, body).
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Names from the original system that promtool's lint objects to. They are a contract

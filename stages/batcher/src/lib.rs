@@ -108,8 +108,9 @@ impl Batcher {
         })
     }
 
-    /// The partition's state, its dedup marks read from the seen topic on first use.
-    async fn partition(&mut self, partition: i32) -> anyhow::Result<&mut PartitionState> {
+    /// Creates the partition's state on first use, its dedup marks read from the seen
+    /// topic.
+    async fn load_partition(&mut self, partition: i32) -> anyhow::Result<()> {
         if !self.partitions.contains_key(&partition) {
             let started = Instant::now();
             let seen = kafka::read_to_end(
@@ -141,7 +142,7 @@ impl Batcher {
                 },
             );
         }
-        Ok(self.partitions.get_mut(&partition).expect("inserted above"))
+        Ok(())
     }
 
     /// A packed batch as a record, with the dedup marks of the files that end in it.
@@ -209,10 +210,13 @@ impl Aggregate for Batcher {
                 format!("content_hash {:?} is not a hex SHA-256", file.content_hash),
             )
         })?;
-        let state = self
-            .partition(at.partition)
+        self.load_partition(at.partition)
             .await
             .map_err(|e| TransformError::retryable("dedup_state", format!("{e:#}")))?;
+        let state = self
+            .partitions
+            .get_mut(&at.partition)
+            .expect("loaded above");
         if !state.seen.insert(key) {
             self.metrics.duplicates_dropped.inc();
             return Ok(Step {
@@ -231,10 +235,6 @@ impl Aggregate for Batcher {
             content_hash: file.content_hash,
             at,
         };
-        let state = self
-            .partitions
-            .get_mut(&at.partition)
-            .expect("loaded above");
         let (split, packer) = if eval {
             ("eval", &mut state.eval)
         } else {

@@ -482,7 +482,10 @@ impl<T: Transform> Shared<T> {
         let outputs = match outcome {
             Ok(outputs) => outputs,
             Err((reason, error, attempts)) => {
-                return self.dead_letter(record, reason, error, attempts).await;
+                return self
+                    .dead_letters
+                    .send(record, reason, error, attempts)
+                    .await;
             }
         };
         let Some(topic) = self.output.as_deref() else {
@@ -491,7 +494,10 @@ impl<T: Transform> Shared<T> {
                     "stage {} has no output topic but produced records",
                     self.stage
                 );
-                return self.dead_letter(record, "no_output_topic", error, 1).await;
+                return self
+                    .dead_letters
+                    .send(record, "no_output_topic", error, 1)
+                    .await;
             }
             return Ok(());
         };
@@ -499,7 +505,12 @@ impl<T: Transform> Shared<T> {
         for output in &outputs {
             match output.value.encode() {
                 Ok(bytes) => encoded.push((output.key.as_bytes(), bytes)),
-                Err(e) => return self.dead_letter(record, "encode", e.to_string(), 1).await,
+                Err(e) => {
+                    return self
+                        .dead_letters
+                        .send(record, "encode", e.to_string(), 1)
+                        .await
+                }
             }
         }
         let sends = encoded
@@ -534,17 +545,5 @@ impl<T: Transform> Shared<T> {
                 Err(e) => return Err((e.reason, e.message, attempt)),
             }
         }
-    }
-
-    async fn dead_letter(
-        &self,
-        record: &InputRecord,
-        reason: &'static str,
-        error: String,
-        attempts: u32,
-    ) -> Result<(), Abandoned> {
-        self.dead_letters
-            .send(record, reason, error, attempts)
-            .await
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use codelupe_runtime::AvroRecord;
 use codelupe_testkit::{
-    brokers, create_topics, free_port, produce_all, unique, wait_for, KillOnDrop,
+    brokers, create_topics, free_port, http_get, produce_all, unique, wait_for, KillOnDrop,
 };
 use codelupe_trainer::checkpoint;
 
@@ -28,16 +28,6 @@ fn start(config: &Path, topology: &Path) -> KillOnDrop {
             .spawn()
             .unwrap(),
     )
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    Some((status, response.split("\r\n\r\n").nth(1)?.to_string()))
 }
 
 /// Every batch id in every checkpoint, in order.

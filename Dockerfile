@@ -1,8 +1,10 @@
 # The `codelupe` binary: every stage but the trainer, which links libtorch and has its
 # own image (stages/trainer/Dockerfile).
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY setup setup
+# The same package list as a developer's machine (the rust image has most of it).
+RUN bash setup/deps.sh run && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked --bin codelupe
 

@@ -21,7 +21,7 @@ fn compose_config() -> serde_json::Value {
         .current_dir(repo_root())
         .args(["--profile", "trainer", "config"])
         .output()
-        .expect("docker compose (or docker-compose) is installed by tests/deps.sh");
+        .expect("docker compose (or docker-compose) is installed by setup/deps.sh");
     assert!(out.status.success(), "compose config: {}", text(&out));
     let yaml: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
     serde_json::to_value(yaml).unwrap()

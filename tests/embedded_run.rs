@@ -1,9 +1,14 @@
-//! `codelupe run` on its embedded default: no Kafka installed, no network. Every
-//! stage's metrics port answers for 30 s with valid exposition, a real Prometheus
-//! scrapes them and answers the original system's dashboard queries, and Ctrl-C stops it.
+//! `codelupe run` on its embedded default, as a newcomer runs it in a fresh checkout: no
+//! Kafka installed, no network. Every stage's metrics port answers for 30 s with valid
+//! exposition, a real Prometheus scrapes them and answers the original system's
+//! dashboard queries, `codelupe tail` decodes records from the running broker, the
+//! trainer writes a checkpoint that `codelupe generate` samples from, headless Chromium
+//! renders the live page with every stage and a loss curve, and Ctrl-C stops it with a
+//! summary.
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,15 +21,61 @@ const ENDPOINTS: &[(&str, u16, &str)] = &[
     ("batcher", 9094, "/metrics"),
     ("trainer", 8090, "/prometheus"),
 ];
+const LIVE_PAGE_PORT: u16 = 9080;
+/// The issue's bound: within this, every port answers and a checkpoint is on disk.
+const FIRST_CHECKPOINT_WITHIN: Duration = Duration::from_secs(600);
+
+/// A fresh clone of this repository, as a newcomer has it.
+fn fresh_checkout(dir: &Path) -> PathBuf {
+    let work = dir.join("codelupe");
+    let status = Command::new("git")
+        .args(["clone", "--quiet"])
+        .arg(repo_root())
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git clone of the repository");
+    work
+}
+
+fn newest_checkpoint(root: &Path) -> Option<PathBuf> {
+    let mut done: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .collect();
+    done.sort();
+    done.pop()
+}
+
+fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,800",
+            "--virtual-time-budget=5000",
+        ])
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium is installed (setup/deps.sh test)")
+}
 
 #[test]
-fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
+fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = fresh_checkout(dir.path());
     let mut guard = KillOnDrop(
         codelupe()
+            .current_dir(&work)
             .arg("run")
             .env_remove("CODELUPE_KAFKA__BROKERS")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -33,11 +84,18 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
     let start = Instant::now();
     wait_for(
         "the crawler's metrics port",
-        Duration::from_secs(30),
-        || http_get(9092, "/healthz").is_ok(),
+        Duration::from_secs(60),
+        || {
+            if let Some(status) = run.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                panic!("codelupe run exited at start with {status}:\n{stderr}");
+            }
+            http_get(9092, "/healthz").is_ok()
+        },
     );
     for (stage, port, _) in ENDPOINTS {
-        // The trainer, a child process when its binary is built, binds a moment later.
+        // The trainer, a child process, binds a moment later.
         wait_for(stage, Duration::from_secs(60), || {
             http_get(*port, "/healthz").is_ok()
         });
@@ -68,11 +126,7 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
             }
             if start.elapsed() >= Duration::from_secs(30) {
                 let (ready, why) = http_get(*port, "/readyz").unwrap();
-                // A trainer whose binary is not built says so instead of pretending.
-                assert!(
-                    ready == 200 || (*stage == "trainer" && why.contains("was not found")),
-                    "{stage} /readyz: {ready} {why}"
-                );
+                assert_eq!(ready, 200, "{stage} /readyz: {why}");
                 if *stage == "crawler" {
                     // The offline default crawls the git repositories under the working
                     // directory: at least this checkout.
@@ -109,6 +163,15 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
         panic!("codelupe run exited on its own with {status}:\n{stderr}");
     }
     check_seed_queries(&prometheus);
+    check_tail(&work);
+
+    let checkpoints = work.join(".codelupe/checkpoints");
+    wait_for(
+        "the trainer's first checkpoint",
+        FIRST_CHECKPOINT_WITHIN.saturating_sub(start.elapsed()),
+        || newest_checkpoint(&checkpoints).is_some(),
+    );
+    check_live_page();
 
     Command::new("kill")
         .args(["-INT", &run.id().to_string()])
@@ -120,12 +183,13 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
             break status;
         }
         assert!(
-            stopped.elapsed() < Duration::from_secs(30),
-            "codelupe run did not stop within 30 s of Ctrl-C"
+            stopped.elapsed() < Duration::from_secs(60),
+            "codelupe run did not stop within 60 s of Ctrl-C"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let mut stderr = String::new();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    std::io::Read::read_to_string(run.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "exit {status}:\n{stderr}");
     for (_, port, _) in ENDPOINTS {
@@ -134,6 +198,106 @@ fn run_serves_every_metrics_port_for_30_seconds_and_stops_on_ctrl_c() {
             "port {port} still open after exit"
         );
     }
+    // The summary names the model it made and how to try it.
+    let newest = newest_checkpoint(&checkpoints).unwrap();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    for expected in [
+        "summary after",
+        "repositories  1 found",
+        " kept; skipped: ",
+        "optimiser steps",
+        &format!("checkpoint    .codelupe/checkpoints/{name}"),
+        "generate --checkpoint .codelupe/checkpoints --prompt",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "summary lacks {expected:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        !work.join(".codelupe/broker").exists(),
+        "the embedded broker's address outlived the run"
+    );
+
+    let generated = codelupe()
+        .current_dir(&work)
+        .args(["generate", "--checkpoint", ".codelupe/checkpoints"])
+        .args(["--prompt", "fn main(", "--max-tokens", "24"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", text(&generated));
+    assert!(
+        !String::from_utf8_lossy(&generated.stdout).trim().is_empty(),
+        "generate printed nothing: {}",
+        text(&generated)
+    );
+}
+
+/// `codelupe tail` finds the running embedded broker and prints decoded records.
+fn check_tail(work: &Path) {
+    let out = codelupe()
+        .current_dir(work)
+        .args(["tail", "code-files", "--max", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in lines {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let value = &record["value"];
+        assert_eq!(record["key"], value["content_hash"], "{line}");
+        assert!(
+            !value["content"].as_str().unwrap_or_default().is_empty(),
+            "{line}"
+        );
+        assert!(value["path"].as_str().is_some(), "{line}");
+    }
+}
+
+/// The live page in headless Chromium: every stage, and a loss curve of two points or
+/// more drawn on a canvas. A screenshot is left in the test's temporary target folder.
+fn check_live_page() {
+    wait_for(
+        "two optimiser steps on the live page",
+        Duration::from_secs(300),
+        || {
+            let Ok((200, board)) = http_get(LIVE_PAGE_PORT, "/api/board") else {
+                return false;
+            };
+            let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+            board["train_loss"].as_array().map_or(0, Vec::len) >= 2
+        },
+    );
+    let url = format!("http://127.0.0.1:{LIVE_PAGE_PORT}/");
+    let dom = chromium(&["--dump-dom"], &url);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for (stage, _, _) in ENDPOINTS {
+        assert!(
+            dom.contains(&format!("data-stage=\"{stage}\"")),
+            "the live page does not show {stage}:\n{dom}"
+        );
+    }
+    for topic in ["repo-urls", "repo-clones", "code-files", "training-batches"] {
+        assert!(
+            dom.contains(&format!("data-topic=\"{topic}\"")),
+            "{topic}:\n{dom}"
+        );
+    }
+    let points: usize = dom
+        .split("data-loss-points=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(points >= 2, "loss curve of {points} points:\n{dom}");
+    assert!(dom.contains("<canvas"), "no chart was drawn:\n{dom}");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live-page.png");
+    let screenshot = chromium(&[&format!("--screenshot={}", shot.display())], &url);
+    assert!(screenshot.status.success(), "{}", text(&screenshot));
+    assert!(std::fs::metadata(&shot)
+        .map(|m| m.len() > 10_000)
+        .unwrap_or(false));
 }
 
 struct Prometheus {

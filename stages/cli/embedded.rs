@@ -1,8 +1,10 @@
 //! `codelupe run`: every stage of topology.yaml in one process (the trainer, which
 //! links libtorch, as a child process when its binary is built), each with its own
-//! metrics port, on an embedded broker unless brokers are given; progress on stderr.
+//! metrics port, on an embedded broker unless brokers are given; progress on stderr,
+//! a live page on its own port, and a summary at the end.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codelupe_runtime::config::Config;
@@ -13,19 +15,32 @@ use prometheus::Registry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::stages;
+use crate::{live, stages, summary, tail};
+
+pub struct RunOptions {
+    pub brokers: Option<String>,
+    /// Stop after this long instead of at Ctrl-C.
+    pub limit: Option<Duration>,
+    /// The live page's port.
+    pub page_port: u16,
+}
 
 pub async fn run_all(
-    brokers: Option<String>,
-    limit: Option<Duration>,
+    options: RunOptions,
     at: stages::Setup<'_>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let RunOptions {
+        brokers,
+        limit,
+        page_port,
+    } = options;
+    let started = Instant::now();
     let topology = at.topology;
     // The embedded broker lives until every stage has left its group.
     let mut config = at.config.clone();
-    let (clients, _embedded) = match brokers {
-        Some(brokers) => (KafkaClients::connect(&brokers, &config).await?, None),
+    let (clients, _embedded, _address_file) = match brokers {
+        Some(brokers) => (KafkaClients::connect(&brokers, &config).await?, None, None),
         None => {
             offline_defaults(&mut config);
             let batcher: codelupe_batcher::BatcherOptions = config
@@ -41,9 +56,11 @@ pub async fn run_all(
             }
             let broker = EmbeddedBroker::start(topology)?;
             tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
+            let address_file = AddressFile::write(&broker.bootstrap_servers())?;
             (
                 KafkaClients::new(broker.bootstrap_servers(), &config.kafka),
                 Some(broker),
+                Some(address_file),
             )
         }
     };
@@ -53,7 +70,10 @@ pub async fn run_all(
         ProgressStyle::with_template("{prefix:>11} {spinner} {msg}").expect("static template");
     let mut tasks = JoinSet::new();
     let mut watched = Vec::new();
-    for name in topology.stages.keys() {
+    let mut tracked = Vec::new();
+    let mut trainer_status_url = None;
+    let mut trainer_missing = None;
+    for name in &pipeline_order(topology) {
         let entry = stages::entry(name)?;
         let runtime =
             StageRuntime::resolve(name, topology, &config, clients.clone(), shutdown.clone())?;
@@ -78,6 +98,10 @@ pub async fn run_all(
                 Ok(path) => {
                     let child = external_stage(&path, name, &at, &config, &clients)?;
                     let why = format!("own process {} (pid {})", binary, child.id().unwrap_or(0));
+                    trainer_status_url = Some(format!(
+                        "http://127.0.0.1:{}/status",
+                        runtime.metrics_addr.port()
+                    ));
                     let stage = name.clone();
                     let stop = shutdown.clone();
                     tasks.spawn(
@@ -89,6 +113,7 @@ pub async fn run_all(
                     // Its metrics stay scrapeable (at zero); /readyz says what is missing.
                     contract_metrics(&runtime.registry)?;
                     runtime.readiness.set_not_ready(format!("{e:#}"));
+                    trainer_missing = Some(format!("{binary} is not built"));
                     let server = runtime.serve_metrics().await?;
                     (
                         Some(format!("not running: {binary} is not built")),
@@ -98,6 +123,12 @@ pub async fn run_all(
             },
         };
         tracing::info!(stage = %name, %endpoint, status = status.as_deref().unwrap_or("running"), "stage started");
+        tracked.push(live::Tracked {
+            name: name.clone(),
+            registry: server.is_some().then(|| runtime.registry.clone()),
+            flow: entry.flow.as_ref(),
+            note: status.clone(),
+        });
         watched.push(Watched {
             bar,
             endpoint,
@@ -107,6 +138,18 @@ pub async fn run_all(
             server,
         });
     }
+
+    let page_stop = CancellationToken::new();
+    let page = live::start(
+        page_port,
+        tracked,
+        topology,
+        clients.clone(),
+        trainer_status_url,
+        page_stop.clone(),
+    )
+    .await?;
+    eprintln!("live page: http://localhost:{page_port}/");
 
     let deadline = async {
         match limit {
@@ -152,6 +195,23 @@ pub async fn run_all(
             let _ = server.await;
         }
     }
+    page_stop.cancel();
+    let board = page.await.context("the live page's task panicked")?;
+    let checkpoint_root = config
+        .stage(codelupe_trainer_api::STAGE)
+        .options
+        .get("checkpoint_dir")
+        .and_then(|v| v.as_str())
+        .map_or_else(|| PathBuf::from("checkpoints"), PathBuf::from);
+    print!(
+        "{}",
+        summary::render(
+            &board,
+            started.elapsed(),
+            &checkpoint_root,
+            trainer_missing.as_deref()
+        )
+    );
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
@@ -161,7 +221,10 @@ pub async fn run_all(
 /// Options a stage gets on the embedded default when the config gives none: with no
 /// network, the crawler reads the git repositories under the working directory, the
 /// downloader clones them locally into `.codelupe/clones`, the processor reads them there
-/// and the batcher uses a tokenizer fitted on the working directory.
+/// and the batcher uses a tokenizer fitted on the working directory. Batches are small
+/// and a tenth of the files held out, so the tiny model on a CPU checkpoints and
+/// evaluates within a minute or two of its first batch, with a short warm-up so the
+/// loss visibly falls over the few hundred steps a working directory gives.
 const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
     ("crawler", "{source: local_folder, local_folder: ., interval_s: 60}"),
     (
@@ -171,11 +234,11 @@ const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
     ("processor", "{store: .codelupe/clones}"),
     (
         "batcher",
-        "{tokenizer: .codelupe/tokenizer.json, sequence_length: 1024, flush_idle_ms: 5000}",
+        "{tokenizer: .codelupe/tokenizer.json, sequence_length: 512, flush_idle_ms: 5000, document: {eval_share: 0.1}}",
     ),
     (
         "trainer",
-        "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, steps_per_run: 20, idle_checkpoint_ms: 10000, eval_batches: 2}",
+        "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, steps_per_run: 10, idle_checkpoint_ms: 10000, eval_batches: 2, optimizer: {learning_rate: 0.001, min_learning_rate: 0.0001, warmup_steps: 5, decay_steps: 2000}}",
     ),
 ];
 
@@ -236,6 +299,60 @@ async fn supervise(
     }
 }
 
+/// The stages from the source down the topics (topology.yaml lists them by name).
+fn pipeline_order(topology: &codelupe_runtime::topology::Topology) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut next: Option<String> = None;
+    while order.len() < topology.stages.len() {
+        let found = topology.stages.iter().find(|(name, stage)| {
+            !order.contains(name)
+                && match &next {
+                    Some(topic) => stage.input.as_deref() == Some(topic.as_str()),
+                    None => stage.input.is_none(),
+                }
+        });
+        match found {
+            Some((name, stage)) => {
+                order.push(name.clone());
+                next = stage.output.clone();
+            }
+            // Not a single chain: the rest in name order.
+            None => {
+                let rest: Vec<String> = topology
+                    .stages
+                    .keys()
+                    .filter(|n| !order.contains(n))
+                    .cloned()
+                    .collect();
+                order.extend(rest);
+            }
+        }
+    }
+    order
+}
+
+/// `.codelupe/broker` while the embedded broker runs, so `codelupe tail` finds it;
+/// removed when the run ends.
+struct AddressFile(PathBuf);
+
+impl AddressFile {
+    fn write(bootstrap: &str) -> anyhow::Result<Self> {
+        let path = PathBuf::from(tail::EMBEDDED_BROKER_FILE);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, format!("{bootstrap}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for AddressFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn offline_defaults(config: &mut Config) {
     for (stage, options) in OFFLINE_DEFAULTS {
         let settings = config.stages.entry(stage.to_string()).or_default();
@@ -269,12 +386,7 @@ impl Watched {
         let families = self.registry.gather();
         let mut line = self.endpoint.clone();
         for (label, name) in self.progress {
-            let total: f64 = families
-                .iter()
-                .filter(|f| f.name() == *name)
-                .flat_map(|f| f.get_metric())
-                .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
-                .sum();
+            let total = live::metric_total(&families, name);
             line.push_str(&format!("  {label} {}", total as i64));
         }
         line

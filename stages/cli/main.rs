@@ -1,9 +1,13 @@
 //! `codelupe`: runs one stage against a Kafka cluster (`stage`), every stage in one
 //! process (`run`, on an embedded broker by default), publishes topics from
-//! topology.yaml (`topology`) and fits the batcher's tokenizer (`tokenizer train`).
+//! topology.yaml (`topology`), fits the batcher's tokenizer (`tokenizer train`) and
+//! prints a topic's records decoded (`tail`).
 
 mod embedded;
+mod live;
 mod stages;
+mod summary;
+mod tail;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,9 +42,26 @@ enum Command {
         /// embedded broker is started in-process.
         #[arg(long)]
         brokers: Option<String>,
-        /// Stop after this many seconds instead of at Ctrl-C.
+        /// Stop after this long (`90s`, `10m`, `2h`) instead of at Ctrl-C.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Port of the live page (the pipeline, lag per topic, skip reasons, loss curve).
+        #[arg(long, default_value_t = 9080)]
+        page_port: u16,
+    },
+    /// Print a topic's records as JSON lines, decoded with the topic's Avro schema.
+    /// Without --brokers (or kafka.brokers) it reads the embedded broker of the
+    /// `codelupe run` running in this folder.
+    Tail {
+        topic: String,
         #[arg(long)]
-        seconds: Option<u64>,
+        brokers: Option<String>,
+        /// Start at each partition's first record (default: its last --max, or 10).
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records (default: follow until Ctrl-C).
+        #[arg(long)]
+        max: Option<u64>,
     },
     /// Run one replica of one stage against a Kafka cluster.
     Stage {
@@ -204,11 +225,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             stages::run_one(&name, &brokers, once, setup).await
         }
         Command::Generate { .. } => unreachable!("handled above"),
-        Command::Run { brokers, seconds } => {
+        Command::Run {
+            brokers,
+            duration,
+            page_port,
+        } => {
+            let options = embedded::RunOptions {
+                brokers: brokers.or(config.kafka.brokers.clone()),
+                limit: duration,
+                page_port,
+            };
             embedded::run_all(
-                brokers.or(config.kafka.brokers.clone()),
-                seconds.map(Duration::from_secs),
+                options,
                 setup,
+                codelupe_runtime::stage::shutdown_on_signal(),
+            )
+            .await
+        }
+        Command::Tail {
+            topic,
+            brokers,
+            from_beginning,
+            max,
+        } => {
+            let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
+            let clients = KafkaClients::connect(&brokers, &config).await?;
+            let options = tail::TailOptions {
+                topic,
+                from_beginning,
+                max,
+            };
+            tail::tail(
+                clients,
+                &topology,
+                options,
                 codelupe_runtime::stage::shutdown_on_signal(),
             )
             .await

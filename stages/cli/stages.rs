@@ -30,7 +30,21 @@ pub struct StageEntry {
     pub status: Status,
     /// What `codelupe run` shows of the stage: (label, metric summed over its series).
     pub progress: &'static [(&'static str, &'static str)],
+    /// The counters of what it takes in and what it puts out, for the live page's
+    /// rates (an external stage reports through its own `/status` instead).
+    pub flow: Option<Flow>,
 }
+
+pub struct Flow {
+    pub consumed: &'static str,
+    pub produced: &'static str,
+}
+
+/// The flow of a stage that runs the runtime's consume loop.
+const LOOP_FLOW: Option<Flow> = Some(Flow {
+    consumed: "codelupe_records_consumed_total",
+    produced: "codelupe_records_produced_total",
+});
 
 /// Progress of a stage that runs the runtime's consume loop.
 const LOOP_PROGRESS: &[(&str, &str)] = &[
@@ -50,16 +64,22 @@ pub const STAGES: &[StageEntry] = &[
             ("published", "crawler_repos_indexed_total"),
             ("errors", "crawler_scrape_errors_total"),
         ],
+        flow: Some(Flow {
+            consumed: "crawler_repos_scraped_total",
+            produced: "crawler_repos_indexed_total",
+        }),
     },
     StageEntry {
         name: codelupe_downloader::STAGE,
         status: Status::Built(|runtime| Box::pin(codelupe_downloader::run(runtime))),
         progress: LOOP_PROGRESS,
+        flow: LOOP_FLOW,
     },
     StageEntry {
         name: codelupe_processor::STAGE,
         status: Status::Built(|runtime| Box::pin(codelupe_processor::run(runtime))),
         progress: LOOP_PROGRESS,
+        flow: LOOP_FLOW,
     },
     StageEntry {
         name: codelupe_batcher::STAGE,
@@ -71,6 +91,10 @@ pub const STAGES: &[StageEntry] = &[
             ("tokens", "batcher_tokens_produced_total"),
             ("lag", "codelupe_consumer_lag"),
         ],
+        flow: Some(Flow {
+            consumed: "batcher_files_consumed_total",
+            produced: "batcher_batches_produced_total",
+        }),
     },
     StageEntry {
         name: codelupe_trainer_api::STAGE,
@@ -81,6 +105,7 @@ pub const STAGES: &[StageEntry] = &[
             },
         },
         progress: &[],
+        flow: None,
     },
 ];
 

@@ -134,6 +134,28 @@ pub struct BatcherSeen {
 }
 avro_record!(BatcherSeen, "batcher-seen.avsc");
 
+/// Decodes a value written with the schema in `schema_file` (a name under `schemas/`,
+/// as topology.yaml gives it) into JSON, for people reading topics (`codelupe tail`).
+pub fn decode_to_json(schema_file: &str, bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+    fn json<R: AvroRecord>(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(R::decode(bytes)?)?)
+    }
+    let file = std::path::Path::new(schema_file)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or(schema_file);
+    match file {
+        RepoUrl::SCHEMA_FILE => json::<RepoUrl>(bytes),
+        RepoClone::SCHEMA_FILE => json::<RepoClone>(bytes),
+        CodeFile::SCHEMA_FILE => json::<CodeFile>(bytes),
+        TrainingBatch::SCHEMA_FILE => json::<TrainingBatch>(bytes),
+        DeadLetter::SCHEMA_FILE => json::<DeadLetter>(bytes),
+        CrawlerState::SCHEMA_FILE => json::<CrawlerState>(bytes),
+        BatcherSeen::SCHEMA_FILE => json::<BatcherSeen>(bytes),
+        other => anyhow::bail!("no record type is bound to schema {other}"),
+    }
+}
+
 /// Milliseconds since the Unix epoch, the unit of every `*_ms` field.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

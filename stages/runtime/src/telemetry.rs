@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
@@ -83,6 +83,14 @@ pub fn new_registry() -> Registry {
     registry
 }
 
+pub use hyper::StatusCode;
+
+/// What a [`Router`] answers.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Answers one request path; what [`serve_http`] runs for every request.
+pub type Router = Arc<dyn Fn(&str) -> HttpResponse + Send + Sync>;
+
 /// Binds now (so a taken port fails the start with a clear error) and serves until
 /// `shutdown` is cancelled.
 pub async fn serve(
@@ -92,10 +100,22 @@ pub async fn serve(
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let router: Router = Arc::new(move |path| route(path, &metrics_path, &registry, &readiness));
+    serve_http(addr, "metrics", router, shutdown).await
+}
+
+/// The one HTTP server: binds `addr` now and answers GET requests through `router`
+/// until `shutdown` is cancelled. `what` names it in errors.
+pub async fn serve_http(
+    addr: SocketAddr,
+    what: &str,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    let state = Arc::new((metrics_path, registry, readiness));
+        .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+    let what = what.to_string();
     Ok(tokio::spawn(async move {
         loop {
             let stream = tokio::select! {
@@ -103,18 +123,18 @@ pub async fn serve(
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
-                        tracing::warn!(error = %e, "metrics server: accept failed");
+                        tracing::warn!(error = %e, "{what} server: accept failed");
                         continue;
                     }
                 },
             };
-            let state = state.clone();
+            let router = router.clone();
             let shutdown = shutdown.clone();
-            // One task per connection, so a slow scraper never blocks another.
+            // One task per connection, so a slow client never blocks another.
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&req, &state.0, &state.1, &state.2)) }
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(router(req.uri().path())) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
@@ -128,12 +148,11 @@ pub async fn serve(
 }
 
 fn route(
-    req: &Request<Incoming>,
+    path: &str,
     metrics_path: &str,
     registry: &Registry,
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
     if path == metrics_path {
         let encoder = TextEncoder::new();
         let mut body = Vec::new();
@@ -161,10 +180,7 @@ fn route(
             }
         }
         "/status" => match readiness.status.lock().expect("status lock").clone() {
-            Some(json) => Response::builder()
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(json)))
-                .expect("static response parts"),
+            Some(json) => body("application/json", json),
             None => text(StatusCode::NOT_FOUND, "this stage has no status\n".into()),
         },
         _ => text(
@@ -174,7 +190,16 @@ fn route(
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// A 200 response with this content type.
+pub fn body(content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts")
+}
+
+/// A plain-text response with this status.
+pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")

@@ -219,6 +219,35 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
         "the embedded broker's address outlived the run"
     );
 
+    // A second run in the same folder goes on from the checkpoint with another pass over
+    // the files (the embedded broker starts empty), instead of waiting past their end.
+    let steps = |summary: &str| -> u64 {
+        summary
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("training")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no step count in the summary:\n{summary}"))
+    };
+    let second = codelupe()
+        .current_dir(&work)
+        .args(["run", "--for", "90s"])
+        .env_remove("CODELUPE_KAFKA__BROKERS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", text(&second));
+    let second = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        steps(&second) > steps(&stdout),
+        "the second run trained nothing more:\n{stdout}\n{second}"
+    );
+
     let generated = codelupe()
         .current_dir(&work)
         .args(["generate", "--checkpoint", ".codelupe/checkpoints"])

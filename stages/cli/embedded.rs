@@ -127,6 +127,7 @@ pub async fn run_all(
             name: name.clone(),
             registry: server.is_some().then(|| runtime.registry.clone()),
             flow: entry.flow.as_ref(),
+            progress: entry.progress,
             note: status.clone(),
         });
         watched.push(Watched {
@@ -238,7 +239,7 @@ const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
     ),
     (
         "trainer",
-        "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, steps_per_run: 10, idle_checkpoint_ms: 10000, eval_batches: 2, optimizer: {learning_rate: 0.001, min_learning_rate: 0.0001, warmup_steps: 5, decay_steps: 2000}}",
+        "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, resume_offsets: false, steps_per_run: 10, idle_checkpoint_ms: 10000, eval_batches: 2, optimizer: {learning_rate: 0.001, min_learning_rate: 0.0001, warmup_steps: 5, decay_steps: 2000}}",
     ),
 ];
 

@@ -32,6 +32,8 @@ pub struct Tracked {
     /// Its metrics, when it runs in this process.
     pub registry: Option<Registry>,
     pub flow: Option<&'static Flow>,
+    /// What the stage's progress line shows: (label, metric summed over its series).
+    pub progress: &'static [(&'static str, &'static str)],
     /// Set when it does not run in this process: `own process …` or `not running: …`.
     pub note: Option<String>,
 }
@@ -57,6 +59,18 @@ pub struct StageCard {
     pub consumed_per_second: f64,
     pub produced_per_second: f64,
     pub dead_letters: f64,
+    /// The stage's progress counters, by label (files, duplicates, tokens, …).
+    pub progress: Vec<(String, f64)>,
+}
+
+impl StageCard {
+    /// The progress counter with this label, or 0.
+    pub fn progress(&self, label: &str) -> f64 {
+        self.progress
+            .iter()
+            .find(|(l, _)| l == label)
+            .map_or(0.0, |(_, v)| *v)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,6 +220,11 @@ impl Sampler {
                     card.produced = metric_total(&families, flow.produced);
                 }
                 card.dead_letters = metric_total(&families, "codelupe_dead_letters_total");
+                card.progress = stage
+                    .progress
+                    .iter()
+                    .map(|(label, metric)| (label.to_string(), metric_total(&families, metric)))
+                    .collect();
                 skips.extend(reasons(&stage.name, &families));
             }
             window.push_back((now, card.consumed, card.produced));

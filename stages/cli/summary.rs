@@ -94,9 +94,11 @@ pub fn render(
     }
     let _ = writeln!(
         out,
-        "  batches       {} from {} files",
+        "  batches       {} holding {} tokens, from {} files ({} exact duplicates dropped)",
         count(board, "batcher", |s| s.produced),
+        count(board, "batcher", |s| s.progress("tokens")),
         count(board, "batcher", |s| s.consumed),
+        count(board, "batcher", |s| s.progress("duplicates")),
     );
     if let Some(why) = trainer_missing {
         let _ = writeln!(out, "  training      none: {why}");
@@ -173,7 +175,10 @@ mod tests {
                 card("crawler", 3.0, 3.0),
                 card("downloader", 3.0, 2.0),
                 card("processor", 2.0, 75.0),
-                card("batcher", 75.0, 22.0),
+                StageCard {
+                    progress: vec![("tokens".into(), 90_112.0), ("duplicates".into(), 2.0)],
+                    ..card("batcher", 75.0, 22.0)
+                },
             ],
             skips: vec![Skip {
                 stage: "processor".into(),
@@ -187,7 +192,10 @@ mod tests {
         let text = render(&board, Duration::from_secs(65), root.path(), None);
         assert!(text.contains("3 found, 2 cloned"), "{text}");
         assert!(text.contains("75 kept; skipped: vendored 4"), "{text}");
-        assert!(text.contains("22 from 75 files"), "{text}");
+        assert!(
+            text.contains("22 holding 90112 tokens, from 75 files (2 exact duplicates dropped)"),
+            "{text}"
+        );
         assert!(text.contains("22 optimiser steps"), "{text}");
         assert!(text.contains("eval loss 7.125 → 5.250"), "{text}");
         assert!(text.contains("step-0000000022"), "{text}");

@@ -54,6 +54,11 @@ pub struct TrainerOptions {
     /// Keep attention within documents (positions restart at documents either way).
     pub mask_documents: bool,
     pub log_every_steps: u64,
+    /// Read the input from the checkpoint's offsets (false: from the beginning, keeping
+    /// the weights), for an input that does not outlive the trainer: the embedded
+    /// broker of `codelupe run` starts empty each time, so a second run is another
+    /// pass over the same files rather than a wait past their end.
+    pub resume_offsets: bool,
 }
 
 impl Default for TrainerOptions {
@@ -73,6 +78,7 @@ impl Default for TrainerOptions {
             bf16: true,
             mask_documents: false,
             log_every_steps: 10,
+            resume_offsets: true,
         }
     }
 }
@@ -230,7 +236,11 @@ impl Stage {
             }
             trainer.load(&dir, state.step)?;
             tracing::info!(checkpoint = %dir.display(), step = state.step, "resumed");
-            offsets = state.offsets.clone();
+            if options.resume_offsets {
+                offsets = state.offsets.clone();
+            } else {
+                tracing::info!("resume_offsets is off: reading the input from its beginning");
+            }
             tokens_seen = state.tokens_seen;
             status.last_checkpoint = Some(dir.display().to_string());
             status.eval_loss = state.eval_loss;

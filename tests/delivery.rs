@@ -1,5 +1,6 @@
 //! The stage runtime's delivery guarantees on the real broker: nothing lost when a
-//! replica dies, undecodable records dead-lettered without stopping the stage.
+//! replica dies, undecodable records dead-lettered without stopping the stage, and an
+//! output the broker refuses for good dead-lettered instead of retried forever.
 
 mod support;
 
@@ -252,6 +253,122 @@ async fn malformed_record_goes_to_dead_letters_and_the_stage_goes_on() {
         "{exposition}"
     );
     promtool_check_metrics("relay (in-process)", &exposition);
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// Creates `topic` with one partition and these topic configs.
+async fn create_topic_with(topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new = new.set(key, value);
+    }
+    for result in admin
+        .create_topics([&new], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on() {
+    let (input, output, dead) = (unique("big-in"), unique("big-out"), unique("big-dead"));
+    create_topics(&[(&input, 1)]).await;
+    // The output takes records up to 20 kB, the dead letters up to 300 kB.
+    create_topic_with(&output, &[("max.message.bytes", "20000")]).await;
+    create_topic_with(&dead, &[("max.message.bytes", "300000")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = dead.clone();
+    let clients = KafkaClients::new(brokers(), &config.kafka);
+    let shutdown = CancellationToken::new();
+    let stage = StageRuntime::resolve(
+        "relay",
+        &topology,
+        &config,
+        clients.clone(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+
+    // A record whose output is too large for the output topic, an undecodable value
+    // too large to dead-letter whole, then a good record. Incompressible, so the
+    // producer's compression cannot make them fit.
+    let mut big = repo_url(1);
+    big.description = Some(
+        incompressible(25_000, 7)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    );
+    let garbage = incompressible(900_000, 8);
+    let good = repo_url(2);
+    produce_all(
+        &input,
+        vec![
+            (big.full_name.clone(), big.encode().unwrap()),
+            ("garbage".into(), garbage),
+            (good.full_name.clone(), good.encode().unwrap()),
+        ],
+    )
+    .await;
+
+    let (out, dlq) = (output.clone(), dead.clone());
+    wait_for(
+        "the good record relayed and two dead letters",
+        Duration::from_secs(60),
+        || topic_size(&out, 1) >= 1 && topic_size(&dlq, 1) >= 2,
+    );
+    let mut lag =
+        codelupe_runtime::kafka::LagReader::new(&clients, &format!("{input}-relay"), &input)
+            .unwrap();
+    wait_for(
+        "every input offset committed (no partition stopped)",
+        Duration::from_secs(30),
+        || lag.lag().unwrap() == 0,
+    );
+    let relayed = read_all(&output, Duration::from_secs(2));
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(RepoUrl::decode(&relayed[0].1).unwrap(), good);
+
+    let letters: HashMap<String, DeadLetter> = read_all(&dead, Duration::from_secs(2))
+        .into_iter()
+        .map(|(key, value)| (key, DeadLetter::decode(&value).unwrap()))
+        .collect();
+    let refused = &letters[&big.full_name];
+    assert_eq!(refused.reason, "output_rejected");
+    assert!(
+        refused
+            .error
+            .contains(&format!("{output} refused a record of"))
+            && refused.error.contains("too large"),
+        "{}",
+        refused.error
+    );
+    assert_eq!(refused.value.as_deref(), Some(&big.encode().unwrap()[..]));
+    let cut = &letters["garbage"];
+    assert_eq!(cut.reason, "decode");
+    assert_eq!(
+        cut.value.as_ref().map(Vec::len),
+        Some(codelupe_runtime::pipeline::MAX_DEAD_LETTER_VALUE)
+    );
+    assert!(
+        cut.error
+            .contains("value cut to its first 262144 of 900000 bytes"),
+        "{}",
+        cut.error
+    );
 
     shutdown.cancel();
     running.await.unwrap().unwrap();

@@ -21,7 +21,7 @@ use crate::offsets::OffsetTracker;
 use crate::pipeline::{
     commit_and_leave, drain, store, subscribe, DeadLetters, InputRecord, LoopContext, LoopMetrics,
 };
-use crate::publish::{Outgoing, Publisher};
+use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
 use crate::stage::StageRuntime;
 use crate::TransformError;
@@ -154,6 +154,9 @@ enum Done {
     Released(Vec<InputPosition>),
     /// An output and its follow-ups were acknowledged.
     Acked(Ticket),
+    /// An output or a dead letter was refused for good: an output holds pieces of many
+    /// inputs, so none of them can be dead-lettered alone; the stage stops.
+    Refused(crate::publish::SendError),
 }
 
 struct Loop {
@@ -213,7 +216,16 @@ pub async fn run_aggregate<A: Aggregate>(
                 state.holds.revoke(&partitions);
                 aggregate.revoke(&partitions);
             }
-            Some(message) = done.recv() => state.on_done(message),
+            Some(message) = done.recv() => {
+                if let Done::Refused(e) = message {
+                    failure = Some(anyhow::Error::new(e).context(format!(
+                        "stage {} stopped: a record it made was refused for good",
+                        runtime.name
+                    )));
+                    break;
+                }
+                state.on_done(message);
+            }
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = sleep_until(flush_at), if flush_at.is_some() => {
                 flush_at = None;
@@ -315,6 +327,8 @@ impl Loop {
         let released = match message {
             Done::Released(inputs) => inputs,
             Done::Acked(ticket) => self.holds.acked(ticket),
+            // Seen by the loop, which stops; during the drain nothing more is released.
+            Done::Refused(_) => Vec::new(),
         };
         for at in released {
             self.release(at);
@@ -350,11 +364,17 @@ impl Loop {
                             .send_to(&then.topic, then.partition, &then.key, &then.payload)
                             .await?;
                     }
-                    Ok::<_, crate::publish::Abandoned>(())
+                    Ok::<_, SendError>(())
                 };
-                if sent.await.is_ok() {
-                    produced.inc();
-                    let _ = done.send(Done::Acked(ticket));
+                match sent.await {
+                    Ok(()) => {
+                        produced.inc();
+                        let _ = done.send(Done::Acked(ticket));
+                    }
+                    Err(e @ SendError::Rejected { .. }) => {
+                        let _ = done.send(Done::Refused(e));
+                    }
+                    Err(SendError::Abandoned) => {}
                 }
                 drop(permit);
             });
@@ -365,12 +385,18 @@ impl Loop {
     fn dead_letter(&mut self, record: InputRecord, reason: &'static str, error: String) {
         let (dead_letters, done) = (self.dead_letters.clone(), self.done.clone());
         self.tasks.spawn(async move {
-            if dead_letters.send(&record, reason, error, 1).await.is_ok() {
-                let at = InputPosition {
-                    partition: record.partition,
-                    offset: record.offset,
-                };
-                let _ = done.send(Done::Released(vec![at]));
+            match dead_letters.send(&record, reason, error, 1).await {
+                Ok(()) => {
+                    let at = InputPosition {
+                        partition: record.partition,
+                        offset: record.offset,
+                    };
+                    let _ = done.send(Done::Released(vec![at]));
+                }
+                Err(e @ SendError::Rejected { .. }) => {
+                    let _ = done.send(Done::Refused(e));
+                }
+                Err(SendError::Abandoned) => {}
             }
         });
     }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::AvroRecord;
 use crate::offsets::OffsetTracker;
-use crate::publish::{Abandoned, Publisher};
+use crate::publish::{Publisher, SendError};
 use crate::records::{now_ms, DeadLetter};
 use crate::stage::StageRuntime;
 use crate::telemetry::{register, Readiness};
@@ -105,7 +105,7 @@ impl LoopMetrics {
                 "codelupe_dead_letters_total",
                 "Input records sent to the dead-letter topic",
                 "reason",
-                &["decode", "transform"],
+                &["decode", "transform", "output_rejected"],
             )?,
             retries: register::counter(
                 r,
@@ -278,6 +278,9 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     });
     let permits = Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
+    // A dead letter the dead-letter topic refuses: the record can go nowhere.
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<SendError>();
+    let mut fatal = None;
     let mut tasks = JoinSet::new();
     let mut stream = consumer.stream();
 
@@ -285,6 +288,10 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break,
+            Some(e) = fatal_rx.recv() => {
+                fatal = Some(e);
+                break;
+            }
             Some((partition, offset)) = done_rx.recv() => {
                 store(&consumer, input, &tracker, partition, offset);
             }
@@ -305,14 +312,20 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 let record = InputRecord::of(&message);
                 tracker.lock().expect("tracker lock").begin(record.partition, record.offset);
                 let shared = shared.clone();
-                let done = done_tx.clone();
+                let (done, fatal) = (done_tx.clone(), fatal_tx.clone());
                 tasks.spawn(async move {
                     let handled = shared.handle(&record).await;
                     shared.metrics.in_flight.dec();
                     drop(permit);
-                    if handled.is_ok() {
-                        shared.metrics.last_processed.set(now_ms() / 1000);
-                        let _ = done.send((record.partition, record.offset));
+                    match handled {
+                        Ok(()) => {
+                            shared.metrics.last_processed.set(now_ms() / 1000);
+                            let _ = done.send((record.partition, record.offset));
+                        }
+                        Err(e @ SendError::Rejected { .. }) => {
+                            let _ = fatal.send(e);
+                        }
+                        Err(SendError::Abandoned) => {}
                     }
                 });
             }
@@ -331,7 +344,14 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     })
     .await;
     drop(shared);
-    commit_and_leave(consumer).await
+    commit_and_leave(consumer).await?;
+    match fatal {
+        Some(e) => Err(anyhow::Error::new(e).context(format!(
+            "stage {} stopped: a dead letter was refused, so a record could go nowhere",
+            runtime.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Gives in-flight work a bounded time to finish so its offsets can be stored; whatever
@@ -425,18 +445,30 @@ impl DeadLetters {
         }
     }
 
+    /// Publishes `record`'s dead letter. A value above [`MAX_DEAD_LETTER_VALUE`] is cut
+    /// to that excerpt (the error says so; the original stays at its topic, partition
+    /// and offset), so the letter itself fits the dead-letter topic. A letter the topic
+    /// refuses is returned as [`SendError::Rejected`]: the stage cannot go on safely.
     pub async fn send(
         &self,
         record: &InputRecord,
         reason: &'static str,
-        error: String,
+        mut error: String,
         attempts: u32,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), SendError> {
         tracing::warn!(
             stage = %self.stage, reason, %error,
             topic = %record.topic, partition = record.partition, offset = record.offset,
             "dead-lettering record"
         );
+        let mut value = record.value.clone();
+        if let Some(v) = value.as_mut().filter(|v| v.len() > MAX_DEAD_LETTER_VALUE) {
+            error.push_str(&format!(
+                " (value cut to its first {MAX_DEAD_LETTER_VALUE} of {} bytes)",
+                v.len()
+            ));
+            v.truncate(MAX_DEAD_LETTER_VALUE);
+        }
         let letter = DeadLetter {
             stage: self.stage.clone(),
             reason: reason.to_string(),
@@ -446,7 +478,7 @@ impl DeadLetters {
             offset: record.offset,
             attempts: attempts as i32,
             key: record.key.clone(),
-            value: record.value.clone(),
+            value,
             failed_at_ms: now_ms(),
         };
         let payload = letter
@@ -464,6 +496,10 @@ impl DeadLetters {
     }
 }
 
+/// The largest input value a dead letter carries whole: well inside the default
+/// `max.message.bytes` of a topic (1 MiB) with the letter's other fields.
+pub const MAX_DEAD_LETTER_VALUE: usize = 256 * 1024;
+
 struct Shared<T: Transform> {
     transform: T,
     publisher: Publisher,
@@ -477,7 +513,7 @@ struct Shared<T: Transform> {
 impl<T: Transform> Shared<T> {
     /// Transforms one record and publishes its outputs or its dead letter; Ok means
     /// everything derived from it is acknowledged and its offset may be stored.
-    async fn handle(&self, record: &InputRecord) -> Result<(), Abandoned> {
+    async fn handle(&self, record: &InputRecord) -> Result<(), SendError> {
         let outcome = self.transform_with_retries(record).await;
         let outputs = match outcome {
             Ok(outputs) => outputs,
@@ -516,11 +552,23 @@ impl<T: Transform> Shared<T> {
         let sends = encoded
             .iter()
             .map(|(key, bytes)| self.publisher.send(topic, key, bytes));
+        let mut rejected = None;
         for result in futures::future::join_all(sends).await {
-            result?;
-            self.metrics.produced.inc();
+            match result {
+                Ok(()) => self.metrics.produced.inc(),
+                Err(SendError::Abandoned) => return Err(SendError::Abandoned),
+                Err(e @ SendError::Rejected { .. }) => rejected = Some(e),
+            }
         }
-        Ok(())
+        match rejected {
+            // Retrying cannot help and waiting would stop the partition for good.
+            Some(e) => {
+                self.dead_letters
+                    .send(record, "output_rejected", e.to_string(), 1)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 
     async fn transform_with_retries(

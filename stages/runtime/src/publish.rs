@@ -1,5 +1,6 @@
 //! The ways records leave a stage. [`Publisher`]: each send retried until the broker
-//! acknowledges it (at-least-once, idempotent). [`TransactionalPublisher`]: a batch of
+//! acknowledges it (at-least-once, idempotent), unless the broker or the client says it
+//! can never succeed (too large, no such topic, not authorised), which is returned. [`TransactionalPublisher`]: a batch of
 //! records, possibly to several topics, visible to read_committed consumers all
 //! together or not at all (exactly-once for source stages and their state).
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +22,61 @@ use crate::stage::StageRuntime;
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
+    /// Sends one record a batch: the broker refuses a whole batch as too large, so a
+    /// record refused so is sent again alone to learn whether it is the large one.
+    alone: FutureProducer,
     shutdown: CancellationToken,
 }
 
-/// The send was abandoned because the stage is shutting down.
+/// Why a send did not end in an acknowledgement.
 #[derive(Debug, thiserror::Error)]
-#[error("send abandoned: shutting down")]
-pub struct Abandoned;
+pub enum SendError {
+    /// The stage is shutting down.
+    #[error("send abandoned: shutting down")]
+    Abandoned,
+    /// An error no retry can mend: the record is too large for the client or the topic,
+    /// the topic does not exist, or the stage may not write to it.
+    #[error("{topic} refused a record of {bytes} bytes: {error}")]
+    Rejected {
+        topic: String,
+        bytes: usize,
+        error: KafkaError,
+    },
+}
+
+/// What a produce error means for the record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Retry with backoff: queue full, timeouts, transport errors (librdkafka has
+    /// already retried the broker's transient errors itself).
+    Transient,
+    /// The batch holding the record was too large; the record may be.
+    TooLarge,
+    /// No retry can mend it: no such topic, not authorised, fatal producer state.
+    Permanent,
+}
+
+pub fn verdict(error: &KafkaError) -> Verdict {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            Verdict::TooLarge
+        }
+        Some(
+            C::UnknownTopic
+            | C::UnknownTopicOrPartition
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::InvalidRecord
+            | C::InvalidRequiredAcks
+            | C::Fatal
+            | C::Fenced,
+        ) => Verdict::Permanent,
+        _ => Verdict::Transient,
+    }
+}
 
 impl Publisher {
     pub fn new(runtime: &StageRuntime) -> anyhow::Result<Self> {
@@ -35,13 +85,21 @@ impl Publisher {
             .producer_config(&runtime.client_id())
             .create()
             .context("cannot create the Kafka producer")?;
+        let alone = runtime
+            .clients
+            .producer_config(&runtime.client_id())
+            .set("batch.num.messages", "1")
+            .set("linger.ms", "0")
+            .create()
+            .context("cannot create the Kafka producer")?;
         Ok(Self {
             producer,
+            alone,
             shutdown: runtime.shutdown.clone(),
         })
     }
 
-    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), Abandoned> {
+    pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), SendError> {
         self.send_to(topic, None, key, payload).await
     }
 
@@ -52,21 +110,38 @@ impl Publisher {
         partition: Option<i32>,
         key: &[u8],
         payload: &[u8],
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), SendError> {
         let mut backoff = Duration::from_millis(100);
+        let mut alone = false;
         loop {
             let mut record = FutureRecord::to(topic).key(key).payload(payload);
             record.partition = partition;
+            let producer = if alone { &self.alone } else { &self.producer };
             let error = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned),
-                result = self.producer.send(record, Timeout::Never) => match result {
+                _ = self.shutdown.cancelled() => return Err(SendError::Abandoned),
+                result = producer.send(record, Timeout::Never) => match result {
                     Ok(_) => return Ok(()),
                     Err((error, _)) => error,
                 },
             };
+            let rejected = match verdict(&error) {
+                Verdict::Transient => false,
+                Verdict::TooLarge if !alone => {
+                    alone = true;
+                    continue;
+                }
+                Verdict::TooLarge | Verdict::Permanent => true,
+            };
+            if rejected {
+                return Err(SendError::Rejected {
+                    topic: topic.to_string(),
+                    bytes: key.len() + payload.len(),
+                    error,
+                });
+            }
             tracing::warn!(%topic, %error, ?backoff, "produce failed; retrying");
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(Abandoned),
+                _ = self.shutdown.cancelled() => return Err(SendError::Abandoned),
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -178,5 +253,43 @@ impl TransactionalPublisher {
             result.map_err(|(e, _)| e)?;
         }
         self.blocking(|p, t| p.commit_transaction(t)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn production(code: RDKafkaErrorCode) -> KafkaError {
+        KafkaError::MessageProduction(code)
+    }
+
+    #[test]
+    fn size_errors_are_told_apart_from_permanent_ones() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+        ] {
+            assert_eq!(verdict(&production(code)), Verdict::TooLarge, "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::Fatal,
+        ] {
+            assert_eq!(verdict(&production(code)), Verdict::Permanent, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_retried() {
+        for code in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert_eq!(verdict(&production(code)), Verdict::Transient, "{code:?}");
+        }
     }
 }

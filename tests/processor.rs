@@ -264,3 +264,71 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
         records.len()
     );
 }
+
+/// A valid C file of about `len` bytes: commented functions, each distinct.
+fn large_c_source(len: usize) -> Vec<u8> {
+    let mut source = String::from("#include <stdio.h>\n\n");
+    let mut i = 0;
+    while source.len() < len {
+        source.push_str(&format!(
+            "/* Scales value {i} by three and adds one. */\n\
+             int scale_{i:06}(int value) {{\n    int total = value * 3 + {i};\n    return total;\n}}\n\n"
+        ));
+        i += 1;
+    }
+    source.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_file_above_kafkas_default_record_limit_reaches_code_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let bare = store.join("local/big/c.git");
+    // Under max_bytes (1 MiB), above librdkafka's and the broker's default limits.
+    let source = large_c_source(1_020_000);
+    assert!(source.len() > 1_000_000 && source.len() < 1 << 20);
+    let commit = bare_repo(&bare, &[("src/big.c", source.clone())], None);
+
+    let (suffix, topology_path) = fresh_topics(dir.path(), "big");
+    let (input, output) = (
+        format!("repo-clones-{suffix}"),
+        format!("code-files-{suffix}"),
+    );
+    let record = clone_record("big/c", &bare, &commit);
+    produce_all(
+        &input,
+        vec![(record.full_name.clone(), record.encode().unwrap())],
+    )
+    .await;
+
+    let topology = Topology::load(&topology_path).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = format!("dead-letters-{suffix}");
+    let settings = config.stages.entry("processor".into()).or_default();
+    settings.options = serde_yaml::from_str(&format!("{{store: {}}}", store.display())).unwrap();
+    let shutdown = CancellationToken::new();
+    let runtime = StageRuntime::resolve(
+        "processor",
+        &topology,
+        &config,
+        KafkaClients::new(brokers(), &config.kafka),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let registry = runtime.registry.clone();
+    let stage = tokio::spawn(async move { codelupe_processor::run(runtime).await });
+    let out = output.clone();
+    wait_for(
+        "the large file in code-files",
+        Duration::from_secs(120),
+        || topic_size(&out, 12) >= 1,
+    );
+    shutdown.cancel();
+    stage.await.unwrap().unwrap();
+    assert_eq!(metric(&registry, "codelupe_dead_letters_total", None), 0.0);
+    let records = read_all(&output, Duration::from_secs(2));
+    assert_eq!(records.len(), 1);
+    let file = CodeFile::decode(&records[0].1).unwrap();
+    assert_eq!(file.path, "src/big.c");
+    assert_eq!(file.content.as_bytes(), &source[..]);
+}

@@ -249,3 +249,50 @@ fn the_alert_rules_are_valid() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn a_stage_whose_records_can_outgrow_its_output_topic_refuses_to_start() {
+    use codelupe_runtime::config::Config;
+    use codelupe_runtime::kafka::KafkaClients;
+    use codelupe_runtime::topology::Topology;
+    use codelupe_runtime::StageRuntime;
+    let largest = codelupe_processor::ProcessorOptions::default().max_bytes
+        + codelupe_processor::RECORD_METADATA_BYTES;
+    let processor = |topology: &Topology| {
+        let config = Config::default();
+        StageRuntime::resolve(
+            "processor",
+            topology,
+            &config,
+            KafkaClients::new("127.0.0.1:1", &config.kafka),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap()
+    };
+    // The repository's topology gives code-files room for the processor's largest file.
+    let ours = Topology::load(&repo_root().join("topology.yaml")).unwrap();
+    processor(&ours)
+        .check_output_fits(largest, "max_bytes")
+        .unwrap();
+    // At Kafka's default limit, a 1 MiB file and its metadata would not fit.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("topology.yaml");
+    let text = std::fs::read_to_string(repo_root().join("topology.yaml"))
+        .unwrap()
+        .replace(
+            "schema: schemas/",
+            &format!("schema: {}/schemas/", repo_root().display()),
+        )
+        .replace("    config:\n", "")
+        .replace("      max.message.bytes: \"2097152\"\n", "");
+    std::fs::write(&path, text).unwrap();
+    let defaults = Topology::load(&path).unwrap();
+    let error = processor(&defaults)
+        .check_output_fits(largest, "max_bytes")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("topic code-files takes at most 1048588 (max.message.bytes)"),
+        "{error}"
+    );
+}

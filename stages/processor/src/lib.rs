@@ -269,8 +269,16 @@ impl Transform for Processor {
 }
 
 /// Runs the stage until shutdown.
+/// A bound on a `code-files` record beyond the file's content: path, repository, hash,
+/// language, scores and parse statistics.
+pub const RECORD_METADATA_BYTES: usize = 64 * 1024;
+
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: ProcessorOptions = runtime.settings.options(STAGE)?;
+    runtime.check_output_fits(
+        options.max_bytes + RECORD_METADATA_BYTES,
+        "stages.processor.options.max_bytes plus the record's metadata",
+    )?;
     let metrics = ProcessorMetrics::register(&runtime.registry)?;
     let processor = Processor::new(options, metrics)?;
     codelupe_runtime::pipeline::run(processor, &runtime).await

@@ -23,6 +23,10 @@ use rdkafka::ClientContext;
 use crate::config::KafkaConfig;
 use crate::topology::Topology;
 
+/// The producers' limit on one record (librdkafka's `message.max.bytes`): above the
+/// largest `max.message.bytes` topology.yaml gives a topic.
+pub const MAX_RECORD_BYTES: usize = 8 << 20;
+
 /// Where the brokers are and the extra client properties; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KafkaClients {
@@ -67,7 +71,10 @@ impl KafkaClients {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("compression.type", "zstd");
+            .set("compression.type", "zstd")
+            // The client's own cap (default 1,000,000 bytes) stays above every topic's
+            // max.message.bytes, so the topic's limit is the one that counts.
+            .set("message.max.bytes", MAX_RECORD_BYTES.to_string());
         config
     }
 
@@ -360,23 +367,23 @@ pub async fn apply_topology(
         .collect();
 
     let mut report = ApplyReport::default();
-    let retention: Vec<String> = topology
+    let configs: Vec<Vec<(String, String)>> = topology
         .topics
         .values()
-        .map(|t| t.retention_ms.to_string())
+        .map(|t| t.kafka_configs())
         .collect();
     let mut to_create = Vec::new();
-    for ((name, topic), retention) in topology.topics.iter().zip(&retention) {
+    for ((name, topic), configs) in topology.topics.iter().zip(&configs) {
         if !existing.contains_key(name) {
-            to_create.push(
-                NewTopic::new(
-                    name,
-                    topic.partitions,
-                    TopicReplication::Fixed(topic.replication_factor),
-                )
-                .set("retention.ms", retention)
-                .set("cleanup.policy", topic.cleanup_policy.as_kafka()),
+            let mut new = NewTopic::new(
+                name,
+                topic.partitions,
+                TopicReplication::Fixed(topic.replication_factor),
             );
+            for (key, value) in configs {
+                new = new.set(key, value);
+            }
+            to_create.push(new);
         }
     }
     if !to_create.is_empty() {
@@ -432,15 +439,8 @@ pub async fn apply_topology(
                 continue;
             };
             let entries = resource.entry_map();
-            let want = [
-                ("retention.ms", topic.retention_ms.to_string()),
-                (
-                    "cleanup.policy",
-                    topic.cleanup_policy.as_kafka().to_string(),
-                ),
-            ];
-            for (key, want) in want {
-                let have = entries.get(key).and_then(|e| e.value.clone());
+            for (key, want) in topic.kafka_configs() {
+                let have = entries.get(key.as_str()).and_then(|e| e.value.clone());
                 if have.as_deref() != Some(want.as_str()) {
                     report.drift.push(format!(
                         "topic {name}: {key} is {}, topology declares {want}",

@@ -22,6 +22,8 @@ pub struct StageRuntime {
     pub metrics_addr: SocketAddr,
     pub metrics_path: String,
     pub dead_letter_topic: String,
+    /// The largest record the output topic takes (its `max.message.bytes`).
+    pub output_max_bytes: Option<usize>,
     pub settings: StageSettings,
     pub clients: KafkaClients,
     pub registry: Registry,
@@ -32,6 +34,24 @@ pub struct StageRuntime {
 }
 
 impl StageRuntime {
+    /// Refuses to start a stage whose records can be larger than its output topic
+    /// takes: such a record would be refused and dead-lettered at run time instead.
+    /// `largest` is the stage's bound on one record; `bound_by` names the option.
+    pub fn check_output_fits(&self, largest: usize, bound_by: &str) -> anyhow::Result<()> {
+        let (Some(topic), Some(limit)) = (&self.output, self.output_max_bytes) else {
+            return Ok(());
+        };
+        if largest > limit {
+            bail!(
+                "stage {}: a record can reach {largest} bytes ({bound_by}), but topic {topic} \
+                 takes at most {limit} (max.message.bytes): raise the topic's \
+                 max.message.bytes in topology.yaml or lower the option",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
     /// Topology entry overridden by the config's `stages.<name>` section.
     pub fn resolve(
         name: &str,
@@ -65,6 +85,9 @@ impl StageRuntime {
             name: name.to_string(),
             group: settings.group.clone().or_else(|| spec.group.clone()),
             input,
+            output_max_bytes: output
+                .as_ref()
+                .map(|topic| topology.topics[topic].max_message_bytes()),
             output,
             metrics_addr: SocketAddr::new(settings.metrics_bind, port),
             metrics_path: spec.metrics.path.clone(),

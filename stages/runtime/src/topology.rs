@@ -49,7 +49,19 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
+/// Kafka's default `max.message.bytes` for a topic.
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 impl TopicSpec {
+    /// The largest record the topic takes: its `max.message.bytes` as declared, or
+    /// Kafka's default.
+    pub fn max_message_bytes(&self) -> usize {
+        self.config
+            .get("max.message.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+    }
+
     /// Every topic config the topology declares, as Kafka names them.
     pub fn kafka_configs(&self) -> Vec<(String, String)> {
         let mut configs = vec![

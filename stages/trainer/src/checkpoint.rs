@@ -107,9 +107,16 @@ pub fn list(root: &Path) -> anyhow::Result<Vec<(PathBuf, CheckpointState)>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(PREFIX));
-        if is_checkpoint {
-            found.push((path.clone(), read_state(&path)?));
+        if !is_checkpoint {
+            continue;
         }
+        // Every checkpoint this trainer writes has its state.json (written before the
+        // rename); a folder without one was put there some other way and is not one.
+        if !path.join("state.json").exists() {
+            tracing::warn!(folder = %path.display(), "no state.json: not a checkpoint, ignored");
+            continue;
+        }
+        found.push((path.clone(), read_state(&path)?));
     }
     found.sort_by_key(|(path, _)| path.clone());
     Ok(found)

@@ -128,6 +128,10 @@ fn a_resumed_trainer_equals_the_saved_one_and_takes_the_same_next_step() {
     )
     .unwrap();
 
+    // A newer-named folder without state.json (a partial copy, say) is not a
+    // checkpoint: it neither stops the trainer nor hides the real one.
+    std::fs::create_dir_all(root.join("step-9999999999")).unwrap();
+
     // A fresh process would start from other random weights; loading replaces them.
     let mut resumed = trainer(&corpus, 99);
     let (dir_, saved) = checkpoint::latest(&root).unwrap().unwrap();

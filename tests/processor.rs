@@ -173,6 +173,36 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     );
 }
 
+/// The processor on the test broker over the topics of `topology` (suffixed
+/// `suffix`), with these options; stops when the token is cancelled.
+fn start_processor(
+    topology: &Path,
+    suffix: &str,
+    options: &str,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    prometheus::Registry,
+    CancellationToken,
+) {
+    let topology = Topology::load(topology).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = format!("dead-letters-{suffix}");
+    config.stages.entry("processor".into()).or_default().options =
+        serde_yaml::from_str(options).unwrap();
+    let shutdown = CancellationToken::new();
+    let runtime = StageRuntime::resolve(
+        "processor",
+        &topology,
+        &config,
+        KafkaClients::new(brokers(), &config.kafka),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let registry = runtime.registry.clone();
+    let stage = tokio::spawn(async move { codelupe_processor::run(runtime).await });
+    (stage, registry, shutdown)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_against_the_schema() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,23 +236,11 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
     }
     produce_all(&input, records).await;
 
-    let topology = Topology::load(&topology_path).unwrap();
-    let mut config = Config::default();
-    config.kafka.dead_letter_topic = format!("dead-letters-{suffix}");
-    let settings = config.stages.entry("processor".into()).or_default();
-    settings.options =
-        serde_yaml::from_str(&format!("{{store: {}, workers: 2}}", store.display())).unwrap();
-    let shutdown = CancellationToken::new();
-    let runtime = StageRuntime::resolve(
-        "processor",
-        &topology,
-        &config,
-        KafkaClients::new(brokers(), &config.kafka),
-        shutdown.clone(),
-    )
-    .unwrap();
-    let registry = runtime.registry.clone();
-    let stage = tokio::spawn(async move { codelupe_processor::run(runtime).await });
+    let (stage, registry, shutdown) = start_processor(
+        &topology_path,
+        &suffix,
+        &format!("{{store: {}, workers: 2}}", store.display()),
+    );
 
     let wanted = crates.len() as f64;
     let reg = registry.clone();
@@ -301,22 +319,11 @@ async fn a_kept_file_above_kafkas_default_record_limit_reaches_code_files() {
     )
     .await;
 
-    let topology = Topology::load(&topology_path).unwrap();
-    let mut config = Config::default();
-    config.kafka.dead_letter_topic = format!("dead-letters-{suffix}");
-    let settings = config.stages.entry("processor".into()).or_default();
-    settings.options = serde_yaml::from_str(&format!("{{store: {}}}", store.display())).unwrap();
-    let shutdown = CancellationToken::new();
-    let runtime = StageRuntime::resolve(
-        "processor",
-        &topology,
-        &config,
-        KafkaClients::new(brokers(), &config.kafka),
-        shutdown.clone(),
-    )
-    .unwrap();
-    let registry = runtime.registry.clone();
-    let stage = tokio::spawn(async move { codelupe_processor::run(runtime).await });
+    let (stage, registry, shutdown) = start_processor(
+        &topology_path,
+        &suffix,
+        &format!("{{store: {}}}", store.display()),
+    );
     let out = output.clone();
     wait_for(
         "the large file in code-files",

@@ -89,17 +89,20 @@ fn the_compiler_wrapper_records_the_headers_of_a_compilation() {
         "#include <stdio.h>\nint main(void) { return 0; }\n",
     )
     .unwrap();
+    let cc = |args: &[&str]| {
+        Command::new("bash")
+            .arg(bin.join("cc"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("HEADER_AUDIT_DIR", &records)
+            .output()
+            .unwrap()
+    };
     // Options a build passes (cmake's dependency files among them) must not disturb
     // the compilation or the record.
-    let out = Command::new("bash")
-        .arg(bin.join("cc"))
-        .args([
-            "-O2", "-c", "x.c", "-o", "x.o", "-MD", "-MT", "x.o", "-MF", "x.o.d",
-        ])
-        .current_dir(dir.path())
-        .env("HEADER_AUDIT_DIR", &records)
-        .output()
-        .unwrap();
+    let out = cc(&[
+        "-O2", "-c", "x.c", "-o", "x.o", "-MD", "-MT", "x.o", "-MF", "x.o.d",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(dir.path().join("x.o").is_file());
     assert!(
@@ -113,13 +116,7 @@ fn the_compiler_wrapper_records_the_headers_of_a_compilation() {
     assert!(recorded.contains("/usr/include/stdio.h"), "{recorded}");
     // A failing compilation fails as it would without the wrapper.
     std::fs::write(dir.path().join("bad.c"), "#include <no/such/header.h>\n").unwrap();
-    let out = Command::new("bash")
-        .arg(bin.join("cc"))
-        .args(["-c", "bad.c", "-o", "bad.o"])
-        .current_dir(dir.path())
-        .env("HEADER_AUDIT_DIR", &records)
-        .output()
-        .unwrap();
+    let out = cc(&["-c", "bad.c", "-o", "bad.o"]);
     assert!(!out.status.success());
 }
 

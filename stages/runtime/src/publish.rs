@@ -1,8 +1,9 @@
 //! The ways records leave a stage. [`Publisher`]: each send retried until the broker
 //! acknowledges it (at-least-once, idempotent), unless the broker or the client says it
-//! can never succeed (too large, no such topic, not authorised), which is returned. [`TransactionalPublisher`]: a batch of
-//! records, possibly to several topics, visible to read_committed consumers all
-//! together or not at all (exactly-once for source stages and their state).
+//! can never succeed (too large, no such topic, not authorised), which is returned.
+//! [`TransactionalPublisher`]: a batch of records, possibly to several topics, visible
+//! to read_committed consumers all together or not at all (exactly-once for source
+//! stages and their state).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,20 +125,19 @@ impl Publisher {
                     Err((error, _)) => error,
                 },
             };
-            let rejected = match verdict(&error) {
-                Verdict::Transient => false,
+            match verdict(&error) {
+                Verdict::Transient => {}
                 Verdict::TooLarge if !alone => {
                     alone = true;
                     continue;
                 }
-                Verdict::TooLarge | Verdict::Permanent => true,
-            };
-            if rejected {
-                return Err(SendError::Rejected {
-                    topic: topic.to_string(),
-                    bytes: key.len() + payload.len(),
-                    error,
-                });
+                Verdict::TooLarge | Verdict::Permanent => {
+                    return Err(SendError::Rejected {
+                        topic: topic.to_string(),
+                        bytes: key.len() + payload.len(),
+                        error,
+                    })
+                }
             }
             tracing::warn!(%topic, %error, ?backoff, "produce failed; retrying");
             tokio::select! {

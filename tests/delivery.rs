@@ -373,3 +373,75 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// Relays each repository after `delay`: records are still being transformed when
+/// shutdown starts.
+struct SlowRelay {
+    delay: Duration,
+}
+
+impl Transform for SlowRelay {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+
+    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+        tokio::time::sleep(self.delay).await;
+        Relay.transform(input).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_records_in_flight_instead_of_abandoning_them() {
+    const TOTAL: usize = 20;
+    let (input, output, dead) = (
+        unique("drain-in"),
+        unique("drain-out"),
+        unique("drain-dead"),
+    );
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = dead.clone();
+    let clients = KafkaClients::new(brokers(), &config.kafka);
+    let shutdown = CancellationToken::new();
+    let stage = StageRuntime::resolve(
+        "relay",
+        &topology,
+        &config,
+        clients.clone(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    assert!(
+        stage.settings.drain_timeout_ms >= 5_000,
+        "the drain outlasts the delay"
+    );
+    let registry = stage.registry.clone();
+    let relay = SlowRelay {
+        delay: Duration::from_secs(2),
+    };
+    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(relay, &stage).await });
+    produce(&input, (0..TOTAL).map(repo_url)).await;
+    wait_for("every record in flight", Duration::from_secs(60), || {
+        metric(&registry, "codelupe_records_in_flight", None) == TOTAL as f64
+    });
+
+    // SIGTERM mid-transform: the drain lets every record finish and commits it.
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let relayed = read_all(&output, Duration::from_secs(2));
+    assert_eq!(
+        relayed.len(),
+        TOTAL,
+        "every in-flight record reached the output"
+    );
+    let mut lag =
+        codelupe_runtime::kafka::LagReader::new(&clients, &format!("{input}-relay"), &input)
+            .unwrap();
+    assert_eq!(
+        lag.lag().unwrap(),
+        0,
+        "every drained record committed: a restart replays nothing"
+    );
+}

@@ -19,20 +19,22 @@ use crate::codec::AvroRecord;
 use crate::stage::StageRuntime;
 
 /// Sends records and waits for the broker's acknowledgement, retrying with backoff until
-/// it comes or shutdown abandons the send. The only way records leave a stage.
+/// it comes or the drain after shutdown runs out. The only way records leave a stage.
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
     /// Sends one record a batch: the broker refuses a whole batch as too large, so a
     /// record refused so is sent again alone to learn whether it is the large one.
     alone: FutureProducer,
-    shutdown: CancellationToken,
+    /// Cancelled `drain_timeout_ms` after shutdown starts: sends in flight at shutdown
+    /// are the drain's to finish, so they are abandoned only when it gives up.
+    abandon: CancellationToken,
 }
 
 /// Why a send did not end in an acknowledgement.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The stage is shutting down.
+    /// The stage is shutting down and its drain timed out.
     #[error("send abandoned: shutting down")]
     Abandoned,
     /// An error no retry can mend: the record is too large for the client or the topic,
@@ -96,7 +98,7 @@ impl Publisher {
         Ok(Self {
             producer,
             alone,
-            shutdown: runtime.shutdown.clone(),
+            abandon: runtime.drain_deadline(),
         })
     }
 
@@ -119,7 +121,7 @@ impl Publisher {
             record.partition = partition;
             let producer = if alone { &self.alone } else { &self.producer };
             let error = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(SendError::Abandoned),
+                _ = self.abandon.cancelled() => return Err(SendError::Abandoned),
                 result = producer.send(record, Timeout::Never) => match result {
                     Ok(_) => return Ok(()),
                     Err((error, _)) => error,
@@ -141,7 +143,7 @@ impl Publisher {
             }
             tracing::warn!(%topic, %error, ?backoff, "produce failed; retrying");
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(SendError::Abandoned),
+                _ = self.abandon.cancelled() => return Err(SendError::Abandoned),
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));

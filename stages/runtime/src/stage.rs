@@ -133,6 +133,20 @@ impl StageRuntime {
         }
     }
 
+    /// Cancelled `drain_timeout_ms` after shutdown starts: what is still running then
+    /// is abandoned uncommitted (the next owner of its partition replays it).
+    pub fn drain_deadline(&self) -> CancellationToken {
+        let deadline = CancellationToken::new();
+        let (shutdown, expire) = (self.shutdown.clone(), deadline.clone());
+        let drain = std::time::Duration::from_millis(self.settings.drain_timeout_ms);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+            expire.cancel();
+        });
+        deadline
+    }
+
     pub fn client_id(&self) -> String {
         format!("codelupe-{}", self.name)
     }

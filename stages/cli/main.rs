@@ -145,7 +145,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Work stuck in a blocking call (a clone from a server that stopped sending, a
+    // walk over a huge tree) was abandoned by the drain; dropping the runtime would
+    // wait for it, and the process must end.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, outermost first.

@@ -86,7 +86,10 @@ fn main() -> ExitCode {
         Command::Stage { brokers } => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|runtime| {
-                runtime.block_on(stage(cli.files.config, cli.files.topology, brokers))
+                let result = runtime.block_on(stage(cli.files.config, cli.files.topology, brokers));
+                // A step still running on a blocking thread must not hold the exit.
+                runtime.shutdown_background();
+                result
             }),
     };
     match result {

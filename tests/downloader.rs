@@ -7,9 +7,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use codelupe_downloader::clone::UrlPolicy;
+use codelupe_downloader::clone::{clone_bare, Limits, Source, Token, UrlPolicy};
 use codelupe_downloader::filter::FilterOptions;
 use codelupe_downloader::metrics::DownloaderMetrics;
 use codelupe_downloader::{Downloader, DownloaderOptions};
@@ -55,6 +55,9 @@ fn options(store: &Path) -> DownloaderOptions {
         },
         max_clone_bytes: 1 << 20,
         clone_timeout_s: 60,
+        // libgit2's timeout is process-wide: every downloader of this test binary
+        // sets the same one.
+        read_timeout_s: 5,
         ..Default::default()
     }
 }
@@ -216,6 +219,7 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
         &[("a.rs", RUST.into())],
         None,
     );
+    tree_bomb(&srv.join("mallory/paths.git"), 10, 10);
     let daemon = GitDaemon::start(&srv);
     let store = dir.path().join("store");
     let (downloader, registry) = downloader(options(&store));
@@ -252,6 +256,11 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
         (
             url_record("mallory/missing", &daemon.url("mallory/missing.git")),
             "not_found",
+        ),
+        // 10^10 paths: refused at the entry cap, not walked.
+        (
+            url_record("mallory/paths", &daemon.url("mallory/paths.git")),
+            "tree_bomb",
         ),
     ];
     for (record, reason) in cases {
@@ -380,4 +389,235 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
         listing(&store.join(".tmp")).is_empty(),
         "the stale temporary clone was removed"
     );
+}
+
+#[tokio::test]
+async fn only_the_default_branch_tip_is_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    let bare = srv.join("dora/branches.git");
+    let head = bare_repo(&bare, &[("a.rs", RUST.into())], None);
+    // Another branch and a tag, holding a blob the default branch does not.
+    let served = git2::Repository::open_bare(&bare).unwrap();
+    let default_branch = served.head().unwrap().shorthand().unwrap().to_string();
+    let side_blob = served.blob(b"only on the side branch\n").unwrap();
+    let mut tree = served.treebuilder(None).unwrap();
+    tree.insert("side.txt", side_blob, 0o100644).unwrap();
+    let tree = served.find_tree(tree.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    let parent = served
+        .find_commit(git2::Oid::from_str(&head).unwrap())
+        .unwrap();
+    let side = served
+        .commit(
+            Some("refs/heads/side"),
+            &sig,
+            &sig,
+            "side",
+            &tree,
+            &[&parent],
+        )
+        .unwrap();
+    served
+        .tag_lightweight("v1", &served.find_object(side, None).unwrap(), false)
+        .unwrap();
+    let daemon = GitDaemon::start(&srv);
+    let store = dir.path().join("store");
+    let (downloader, _) = downloader(options(&store));
+
+    let out = downloader
+        .transform(url_record(
+            "dora/branches",
+            &daemon.url("dora/branches.git"),
+        ))
+        .await
+        .unwrap();
+    let clone = &out[0].value;
+    assert_eq!(clone.commit_id, head);
+    assert_eq!(
+        clone.default_branch.as_deref(),
+        Some(default_branch.as_str())
+    );
+    let repo =
+        git2::Repository::open_bare(clone.clone_uri.strip_prefix("file://").unwrap()).unwrap();
+    let refs: Vec<String> = repo
+        .references()
+        .unwrap()
+        .names()
+        .map(|n| n.unwrap().to_string())
+        .collect();
+    assert_eq!(
+        refs,
+        [format!("refs/heads/{default_branch}")],
+        "one branch, no tags"
+    );
+    assert_eq!(
+        repo.head().unwrap().shorthand(),
+        Ok(default_branch.as_str())
+    );
+    assert!(
+        repo.find_commit(side).is_err(),
+        "the side branch was fetched"
+    );
+    assert!(
+        repo.find_blob(side_blob).is_err(),
+        "the side branch's blob was fetched"
+    );
+    assert!(repo.is_shallow());
+    let remotes = repo.remotes().unwrap();
+    assert!(
+        remotes.is_empty(),
+        "the URL is not kept in the clone's config"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_stops_sending_fails_the_clone_after_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalled = StalledServer::start();
+    let store = dir.path().join("store");
+    let (downloader, _) = downloader(DownloaderOptions {
+        max_attempts: 1,
+        ..options(&store)
+    });
+    let url = format!("git://127.0.0.1:{}/erin/stalled.git", stalled.port);
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(90),
+        downloader.transform(url_record("erin/stalled", &url)),
+    )
+    .await
+    .expect("the clone is still waiting on a server that sends nothing")
+    .unwrap_err();
+    assert_eq!(err.reason, "timeout", "{err}");
+    assert_eq!(stalled.connections(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "gave up after {:?}, not after the 5 s read timeout",
+        started.elapsed()
+    );
+    assert_eq!(listing(&store), [".tmp"], "nothing left in the store");
+}
+
+#[test]
+fn no_redirect_to_another_host_is_followed_and_the_token_goes_to_its_host_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = RecordingHost::start("404 Not Found", Vec::new());
+    let redirecting = RecordingHost::start(
+        "302 Found",
+        vec![format!(
+            "Location: http://localhost:{}/m/r.git/info/refs?service=git-upload-pack",
+            elsewhere.port
+        )],
+    );
+    let asking = RecordingHost::start(
+        "401 Unauthorized",
+        vec!["WWW-Authenticate: Basic realm=\"git\"".into()],
+    );
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        timeout: Duration::from_secs(30),
+    };
+    let secret = "ghp_the-token-under-test";
+    for (i, host) in [&redirecting, &asking].into_iter().enumerate() {
+        let source = Source {
+            url: format!("http://127.0.0.1:{}/m/r.git", host.port),
+            host: "127.0.0.1".into(),
+            shallow: true,
+        };
+        // Named as the token's host, but asked over plain http: no token either.
+        let token = Token {
+            secret,
+            host: "127.0.0.1",
+        };
+        let Err(failure) = clone_bare(
+            &source,
+            &dir.path().join(i.to_string()),
+            limits,
+            Some(token),
+        ) else {
+            panic!("nothing to clone at {}", source.url)
+        };
+        assert!(!failure.transient, "{failure}");
+        assert_eq!(failure.reason, ["refused_url", "auth"][i], "{failure}");
+        assert!(!host.requests().is_empty());
+    }
+    assert!(
+        elsewhere.requests().is_empty(),
+        "an off-site redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+    let sent = asking.requests();
+    assert!(
+        sent.iter().all(|r| r.header("authorization").is_none()),
+        "credentials went to a host over http: {sent:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_process_while_a_clone_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalled = StalledServer::start();
+    let (suffix, topology) = fresh_topics(dir.path(), "stuck");
+    let store = dir.path().join("store");
+    let config = dir.path().join("codelupe.yaml");
+    // A read timeout far beyond the test: the clone stays stuck in libgit2.
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    drain_timeout_ms: 2000\n    options:\n      store: {}\n      read_timeout_s: 3600\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
+            brokers(),
+            free_port(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    let url = format!("git://127.0.0.1:{}/erin/stuck.git", stalled.port);
+    produce_all(
+        &format!("repo-urls-{suffix}"),
+        vec![(
+            "erin/stuck".into(),
+            url_record("erin/stuck", &url).encode().unwrap(),
+        )],
+    )
+    .await;
+    let mut stage = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_codelupe"))
+            .current_dir(repo_root())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--topology",
+                topology.to_str().unwrap(),
+                "stage",
+                "downloader",
+            ])
+            .env("CODELUPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "the clone to reach the server",
+        Duration::from_secs(60),
+        || stalled.connections() > 0,
+    );
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &stage.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = stage.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM with a 2 s drain"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exited with {status}");
+    println!("exited {:?} after SIGTERM", signalled.elapsed());
 }

@@ -173,6 +173,99 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     );
 }
 
+/// A loose blob whose header claims `claimed` bytes but which holds 11: its size reads
+/// from the header, and reading it fails as damage.
+fn damaged_blob(repo: &git2::Repository, claimed: u64, seed: &str) -> git2::Oid {
+    let id = git2::Oid::hash_object(git2::ObjectType::Blob, seed.as_bytes()).unwrap();
+    let mut body = format!("blob {claimed}\0").into_bytes();
+    body.extend_from_slice(b"fn main() {");
+    // A complete zlib stream of one stored block (RFC 1950/1951), with its Adler-32.
+    let len = body.len() as u16;
+    let mut zlib = vec![0x78, 0x01, 0x01];
+    zlib.extend_from_slice(&len.to_le_bytes());
+    zlib.extend_from_slice(&(!len).to_le_bytes());
+    zlib.extend_from_slice(&body);
+    let (a, b) = body.iter().fold((1u32, 0u32), |(a, b), &x| {
+        let a = (a + u32::from(x)) % 65_521;
+        (a, (b + a) % 65_521)
+    });
+    zlib.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let hex = id.to_string();
+    let path = repo.path().join("objects").join(&hex[..2]);
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join(&hex[2..]), zlib).unwrap();
+    id
+}
+
+/// A commit on top of HEAD adding `entries` (name, blob) at the top of the tree.
+fn commit_adding(repo: &git2::Repository, entries: &[(&str, git2::Oid)]) -> String {
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    let mut tree = repo.treebuilder(Some(&head.tree().unwrap())).unwrap();
+    for (name, id) in entries {
+        tree.insert(name, *id, 0o100644).unwrap();
+    }
+    let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@example.com").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "more", &tree, &[&head])
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees_are_dead_lettered()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (processor, registry) = processor(&store, 2);
+
+    // A 5 GB blob (as its header says) is too large without being inflated; the rest
+    // of the clone is processed.
+    let bare = store.join("local/mallory/huge.git");
+    bare_repo(&bare, &[(GOOD[0].0, GOOD[0].2.as_bytes().to_vec())], None);
+    let repo = git2::Repository::open_bare(&bare).unwrap();
+    let huge = damaged_blob(&repo, 5_000_000_000, "huge");
+    let commit = commit_adding(&repo, &[("huge.rs", huge)]);
+    let records = processor
+        .transform(clone_record("mallory/huge", &bare, &commit))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        metric(
+            &registry,
+            "processor_files_skipped_total",
+            Some("too_large")
+        ),
+        1.0
+    );
+
+    // A blob that may be kept but cannot be read: the clone is damaged, dead-lettered
+    // (not a silent skip with the offset committed).
+    let bare = store.join("local/mallory/damaged.git");
+    bare_repo(&bare, &[(GOOD[0].0, GOOD[0].2.as_bytes().to_vec())], None);
+    let repo = git2::Repository::open_bare(&bare).unwrap();
+    let damaged = damaged_blob(&repo, 500, "damaged");
+    let commit = commit_adding(&repo, &[("damaged.rs", damaged)]);
+    let err = processor
+        .transform(clone_record("mallory/damaged", &bare, &commit))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, "corrupt_clone", "{err}");
+    assert!(!err.retryable);
+
+    // 10^10 paths in a few hundred bytes: refused at the entry cap, not walked.
+    let bare = store.join("local/mallory/paths.git");
+    let commit = tree_bomb(&bare, 10, 10);
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        processor.transform(clone_record("mallory/paths", &bare, &commit)),
+    )
+    .await
+    .expect("the processor is walking 10^10 paths")
+    .unwrap_err();
+    assert_eq!(err.reason, "tree_bomb", "{err}");
+}
+
 /// The processor on the test broker over the topics of `topology` (suffixed
 /// `suffix`), with these options; stops when the token is cancelled.
 fn start_processor(

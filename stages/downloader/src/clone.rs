@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use git2::{Cred, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks};
+use codelupe_runtime::tree::{self, TreeError, TreeLimits};
+use git2::{
+    AutotagOption, Cred, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks, RemoteRedirect,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +102,31 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+/// The GitHub token and the one host it may be handed to.
+#[derive(Debug, Clone, Copy)]
+pub struct Token<'a> {
+    pub secret: &'a str,
+    pub host: &'a str,
+}
+
+impl Token<'_> {
+    /// Only `host` over https, on the default port, asks for it: not a host a
+    /// redirect led to, not plain http where anyone on the path reads it.
+    pub fn may_go_to(&self, url: &str) -> bool {
+        let Some(rest) = url.strip_prefix("https://") else {
+            return false;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        !authority.contains('@')
+            && host.eq_ignore_ascii_case(self.host)
+            && port.is_none_or(|p| p == "443")
+    }
+}
+
 /// Why a clone failed; `reason` is the metric and dead-letter label.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -113,14 +141,20 @@ const ABORT_NONE: u8 = 0;
 const ABORT_TOO_LARGE: u8 = 1;
 const ABORT_TIMEOUT: u8 = 2;
 
-/// Clones `source` bare (and shallow where the transport allows) into `into`, aborting
-/// as soon as the transfer passes `limits`. The token, if any, is handed over by the
-/// credentials callback: it is never part of the URL and never written to disk.
+/// Where the fetch puts the remote's HEAD before it is named after its branch.
+const FETCHED_HEAD: &str = "refs/remotes/origin/HEAD";
+
+/// Clones the default branch of `source` bare (and shallow where the transport allows)
+/// into `into`, as `git clone --bare --depth 1 --single-branch` does: one branch's tip,
+/// no other branches, no tags. Aborts as soon as the transfer passes `limits`, and
+/// follows no redirect to another host. The token is handed over by the credentials
+/// callback, and only to [`Token::host`] over https: it is never part of the URL and
+/// never written to disk.
 pub fn clone_bare(
     source: &Source,
     into: &Path,
     limits: Limits,
-    token: Option<&str>,
+    token: Option<Token<'_>>,
 ) -> Result<git2::Repository, CloneFailure> {
     let started = Instant::now();
     let aborted = AtomicU8::new(ABORT_NONE);
@@ -143,42 +177,94 @@ pub fn clone_bare(
         }
     });
     let mut asked = false;
-    callbacks.credentials(|_url, _username, _allowed| match token {
+    callbacks.credentials(|url, _username, _allowed| match token {
         // Asked twice means the token was refused: stop instead of looping.
-        Some(token) if !asked => {
+        Some(token) if !asked && token.may_go_to(url) => {
             asked = true;
-            Cred::userpass_plaintext("x-access-token", token)
+            Cred::userpass_plaintext("x-access-token", token.secret)
         }
         _ => Err(git2::Error::from_str("authentication required")),
     });
     let mut fetch = FetchOptions::new();
-    fetch.remote_callbacks(callbacks);
+    fetch
+        .remote_callbacks(callbacks)
+        .follow_redirects(RemoteRedirect::None)
+        .download_tags(AutotagOption::None);
     if source.shallow {
         fetch.depth(1);
     }
-    let result = git2::build::RepoBuilder::new()
-        .bare(true)
-        .fetch_options(fetch)
-        .clone(&source.url, into);
-    result.map_err(|e| match aborted.load(Ordering::Relaxed) {
-        ABORT_TOO_LARGE => CloneFailure {
-            reason: "too_large",
-            message: format!("transfer passed the {} byte cap", limits.max_bytes),
-            transient: false,
-        },
-        ABORT_TIMEOUT => CloneFailure {
-            reason: "timeout",
-            message: format!("clone took longer than {:?}", limits.timeout),
-            transient: true,
-        },
-        _ => classify(&e),
-    })
+    let store = |e: git2::Error| CloneFailure {
+        reason: "store",
+        message: format!("{}: {}", into.display(), e.message()),
+        transient: true,
+    };
+    let repo = git2::Repository::init_bare(into).map_err(store)?;
+    let branch = {
+        // Anonymous: the URL is not written into the clone's config.
+        let mut remote = repo.remote_anonymous(&source.url).map_err(store)?;
+        let fetched = remote.fetch(&[format!("+HEAD:{FETCHED_HEAD}")], Some(&mut fetch), None);
+        fetched.map_err(|e| match aborted.load(Ordering::Relaxed) {
+            ABORT_TOO_LARGE => CloneFailure {
+                reason: "too_large",
+                message: format!("transfer passed the {} byte cap", limits.max_bytes),
+                transient: false,
+            },
+            ABORT_TIMEOUT => CloneFailure {
+                reason: "timeout",
+                message: format!("clone took longer than {:?}", limits.timeout),
+                transient: true,
+            },
+            _ => classify(&e),
+        })?;
+        // The advertisement stays readable after the fetch disconnects.
+        remote
+            .default_branch()
+            .ok()
+            .and_then(|name| name.as_str().ok().map(String::from))
+    };
+    let empty = |_| CloneFailure {
+        reason: "empty",
+        message: "the repository has no HEAD to clone".into(),
+        transient: false,
+    };
+    let head = repo.refname_to_id(FETCHED_HEAD).map_err(empty)?;
+    repo.find_reference(FETCHED_HEAD)
+        .and_then(|mut r| r.delete())
+        .map_err(store)?;
+    match branch.filter(|b| b.starts_with("refs/heads/")) {
+        Some(branch) => {
+            repo.reference(&branch, head, true, "clone: default branch")
+                .map_err(store)?;
+            repo.set_head(&branch).map_err(store)?;
+        }
+        // A server that does not say which branch HEAD is: keep the commit, unnamed.
+        None => repo.set_head_detached(head).map_err(store)?,
+    }
+    Ok(repo)
+}
+
+/// libgit2's socket timeouts, for connecting and for each read, process-wide: a
+/// server that accepts and then sends nothing fails the clone instead of holding it.
+pub fn set_server_timeout(timeout: Duration) -> anyhow::Result<()> {
+    let ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
+    // SAFETY: libgit2 options are plain process-wide ints; set before any clone
+    // of this downloader runs, to the same value by every downloader of the process.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(ms)?;
+        git2::opts::set_server_timeout_in_milliseconds(ms)?;
+    }
+    Ok(())
 }
 
 fn classify(e: &git2::Error) -> CloneFailure {
     let message = e.message().to_string();
     let lower = message.to_ascii_lowercase();
-    let (reason, transient) = if e.code() == ErrorCode::Auth || lower.contains("authentication") {
+    let (reason, transient) = if lower.contains("cannot redirect") {
+        // A redirect to another host: the URL policy holds for every hop.
+        ("refused_url", false)
+    } else if e.code() == ErrorCode::Auth || lower.contains("authentication") {
         ("auth", false)
     } else if e.code() == ErrorCode::NotFound
         || lower.contains("not found")
@@ -228,11 +314,12 @@ impl TreeStats {
 }
 
 /// Largest blob whose lines are counted; bigger files are data, not code.
-const MAX_COUNTED_BLOB: usize = 1 << 20;
+const MAX_COUNTED_BLOB: u64 = 1 << 20;
 
 /// Reads HEAD's tree straight from the object database: no checkout, and symlinks are
-/// never followed (they are blobs holding a path).
-pub fn measure(repo: &git2::Repository) -> Result<TreeStats, CloneFailure> {
+/// never followed (they are blobs holding a path). Sizes come from object headers;
+/// only blobs small enough to be code are inflated, to count their lines.
+pub fn measure(repo: &git2::Repository, limits: &TreeLimits) -> Result<TreeStats, CloneFailure> {
     let corrupt = |e: git2::Error| CloneFailure {
         reason: "corrupt",
         message: e.message().to_string(),
@@ -246,41 +333,31 @@ pub fn measure(repo: &git2::Repository) -> Result<TreeStats, CloneFailure> {
         ..Default::default()
     };
     let tree = commit.tree().map_err(corrupt)?;
-    let mut failure = None;
-    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        // Regular files only: no symlinks (0o120000), no submodules.
-        if entry.kind() != Some(git2::ObjectType::Blob)
-            || !matches!(entry.filemode(), 0o100644 | 0o100755)
-        {
-            return git2::TreeWalkResult::Ok;
+    let refused = |e: TreeError| CloneFailure {
+        reason: e.reason(),
+        message: e.to_string(),
+        transient: false,
+    };
+    let files = tree::files(repo, &tree, limits).map_err(refused)?;
+    let counted: Vec<(&tree::FileEntry, &str)> = files
+        .iter()
+        .filter(|f| f.size <= MAX_COUNTED_BLOB)
+        .filter_map(|f| Some((f, codelupe_runtime::language::of_path(&f.path)?)))
+        .collect();
+    tree::check_read_budget(counted.iter().map(|(f, _)| *f), limits).map_err(refused)?;
+    stats.file_count = files.len() as i64;
+    stats.size_bytes = files.iter().map(|f| f.size as i64).sum();
+    for (file, language) in counted {
+        let blob = repo.find_blob(file.id).map_err(corrupt)?;
+        let content = blob.content();
+        if !content.iter().take(8000).any(|&b| b == 0) {
+            *stats
+                .lines_by_language
+                .entry(language.to_string())
+                .or_default() += bytecount_lines(content);
         }
-        let blob = match repo.find_blob(entry.id()) {
-            Ok(blob) => blob,
-            Err(e) => {
-                failure = Some(corrupt(e));
-                return git2::TreeWalkResult::Abort;
-            }
-        };
-        stats.file_count += 1;
-        stats.size_bytes += blob.size() as i64;
-        let path = format!("{dir}{}", entry.name().unwrap_or_default());
-        if let Some(language) = codelupe_runtime::language::of_path(&path) {
-            let content = blob.content();
-            if content.len() <= MAX_COUNTED_BLOB && !content.iter().take(8000).any(|&b| b == 0) {
-                let lines = bytecount_lines(content);
-                *stats
-                    .lines_by_language
-                    .entry(language.to_string())
-                    .or_default() += lines;
-            }
-        }
-        git2::TreeWalkResult::Ok
-    })
-    .map_err(corrupt)?;
-    match failure {
-        Some(f) => Err(f),
-        None => Ok(stats),
     }
+    Ok(stats)
 }
 
 fn bytecount_lines(content: &[u8]) -> i64 {
@@ -322,6 +399,30 @@ mod tests {
             git.check("git://127.0.0.1:9418/a.git").unwrap().host,
             "127.0.0.1"
         );
+    }
+
+    #[test]
+    fn the_token_goes_to_its_host_over_https_only() {
+        let token = Token {
+            secret: "t",
+            host: "github.com",
+        };
+        for url in [
+            "https://github.com/a/b.git/info/refs?service=git-upload-pack",
+            "https://GitHub.com:443/a/b.git",
+        ] {
+            assert!(token.may_go_to(url), "{url}");
+        }
+        for url in [
+            "http://github.com/a/b.git",
+            "git://github.com/a/b.git",
+            "https://github.com.evil.example/a/b.git",
+            "https://evil.example/github.com/a/b.git",
+            "https://github.com:8443/a/b.git",
+            "https://x@github.com/a/b.git",
+        ] {
+            assert!(!token.may_go_to(url), "{url}");
+        }
     }
 
     #[test]

@@ -16,10 +16,11 @@ use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::clone::{CloneFailure, Limits, Source, UrlPolicy};
+use crate::clone::{CloneFailure, Limits, Source, Token, UrlPolicy};
 use crate::filter::FilterOptions;
 use crate::metrics::DownloaderMetrics;
 use crate::store::{CloneStore, Marker};
+use codelupe_runtime::tree::TreeLimits;
 
 pub const STAGE: &str = "downloader";
 
@@ -40,6 +41,13 @@ pub struct DownloaderOptions {
     /// Oldest clones are deleted while the store holds more.
     pub max_store_bytes: Option<u64>,
     pub sweep_interval_s: u64,
+    /// A server that sends nothing for this long fails the clone (a network error,
+    /// retried): a stalled server cannot hold a clone slot for good.
+    pub read_timeout_s: u64,
+    /// The host `GITHUB_TOKEN` is given to, over https only.
+    pub token_host: String,
+    /// Caps on the walk over a clone's tree.
+    pub tree: TreeLimits,
 }
 
 impl Default for DownloaderOptions {
@@ -55,6 +63,9 @@ impl Default for DownloaderOptions {
             retention_hours: 72,
             max_store_bytes: None,
             sweep_interval_s: 600,
+            read_timeout_s: 60,
+            token_host: "github.com".into(),
+            tree: TreeLimits::default(),
         }
     }
 }
@@ -72,6 +83,7 @@ impl Downloader {
     pub fn new(options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
         let store = Arc::new(CloneStore::open(&options.store)?);
         metrics.max_concurrent.set(options.max_concurrent as i64);
+        clone::set_server_timeout(Duration::from_secs(options.read_timeout_s))?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
             token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
@@ -103,9 +115,14 @@ impl Downloader {
             attempt += 1;
             let temporary = self.store.temporary();
             let (source_c, temp_c, token) = (source.clone(), temporary.clone(), self.token.clone());
+            let (token_host, tree_limits) = (self.options.token_host.clone(), self.options.tree);
             let result = tokio::task::spawn_blocking(move || {
-                let repo = clone::clone_bare(&source_c, &temp_c, limits, token.as_deref())?;
-                clone::measure(&repo)
+                let token = token.as_deref().map(|secret| Token {
+                    secret,
+                    host: &token_host,
+                });
+                let repo = clone::clone_bare(&source_c, &temp_c, limits, token)?;
+                clone::measure(&repo, &tree_limits)
             })
             .await
             .unwrap_or_else(|e| {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codelupe_runtime::records::{CodeFile, RepoClone};
+use codelupe_runtime::tree::{self, TreeError, TreeLimits};
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -37,6 +38,8 @@ pub struct ProcessorOptions {
     pub max_bytes: usize,
     pub min_quality: f64,
     pub parse_timeout_ms: u64,
+    /// Caps on the walk over a clone's tree.
+    pub tree: TreeLimits,
 }
 
 impl Default for ProcessorOptions {
@@ -50,6 +53,7 @@ impl Default for ProcessorOptions {
             max_bytes: 1 << 20,
             min_quality: 30.0,
             parse_timeout_ms: 2_000,
+            tree: TreeLimits::default(),
         }
     }
 }
@@ -123,28 +127,40 @@ impl Processor {
             .and_then(|c| c.tree())
             .map_err(corrupt)?;
 
-        // Path rules first (cheap), then read the blobs that survive them.
-        let mut entries = Vec::new();
+        // Path rules first (cheap), then sizes from object headers, then read the blobs
+        // that survive both: a blob is inflated only when it may be kept.
+        let listed = tree::files(&repo, &tree, &self.options.tree).map_err(|e| match e {
+            TreeError::Bomb(why) => {
+                TransformError::permanent("tree_bomb", format!("{}: {why}", resolved.display()))
+            }
+            TreeError::Corrupt(e) => corrupt(e),
+        })?;
+        let mut to_read = Vec::new();
         let mut skipped = Vec::new();
-        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-            if entry.kind() == Some(git2::ObjectType::Blob)
-                && matches!(entry.filemode(), 0o100644 | 0o100755)
-            {
-                let path = format!("{dir}{}", entry.name().unwrap_or_default());
-                match select::by_path(&path) {
-                    PathVerdict::Keep(language) => entries.push((path, language, entry.id())),
-                    PathVerdict::Skip(reason) => skipped.push((path, Verdict::Skip(reason))),
+        for file in listed {
+            let verdict = match select::by_path(&file.path) {
+                PathVerdict::Skip(reason) => Verdict::Skip(reason),
+                PathVerdict::Keep(_) if file.size < self.options.min_bytes as u64 => {
+                    Verdict::Skip("too_small")
                 }
-            }
-            git2::TreeWalkResult::Ok
-        })
-        .map_err(corrupt)?;
-        let mut files = Vec::with_capacity(entries.len());
-        for (path, language, id) in entries {
-            match repo.find_blob(id) {
-                Ok(blob) => files.push((path, language, blob.content().to_vec())),
-                Err(_) => skipped.push((path, Verdict::Skip("unreadable"))),
-            }
+                PathVerdict::Keep(_) if file.size > self.options.max_bytes as u64 => {
+                    Verdict::Skip("too_large")
+                }
+                PathVerdict::Keep(language) => {
+                    to_read.push((file, language));
+                    continue;
+                }
+            };
+            skipped.push((file.path, verdict));
+        }
+        tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree).map_err(
+            |why| TransformError::permanent("tree_bomb", format!("{}: {why}", resolved.display())),
+        )?;
+        let mut files = Vec::with_capacity(to_read.len());
+        for (file, language) in to_read {
+            // Listed a moment ago: a blob that cannot be read now is damage, not a skip.
+            let blob = repo.find_blob(file.id).map_err(corrupt)?;
+            files.push((file.path, language, blob.content().to_vec()));
         }
         let examined: Vec<(String, Verdict)> = self.pool.install(|| {
             files

@@ -1,5 +1,6 @@
-//! What every CodeLupe stage shares: config, topology, Avro records, the Kafka loop
-//! and the metrics server. A stage crate holds only its own domain logic.
+//! What every CodeLupe stage shares: config, topology, Avro records, the Kafka loop,
+//! the metrics server and the capped walk over a clone's tree. A stage crate holds
+//! only its own domain logic.
 
 pub mod aggregate;
 pub mod codec;
@@ -13,6 +14,7 @@ pub mod records;
 pub mod stage;
 pub mod telemetry;
 pub mod topology;
+pub mod tree;
 
 pub use codec::AvroRecord;
 pub use pipeline::{Keyed, Transform, TransformError};

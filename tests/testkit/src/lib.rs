@@ -4,8 +4,10 @@
 //! to kill halfway.
 
 pub mod corpus;
+pub mod hostile;
 pub mod kafka;
 pub use corpus::{code_files, is_rust};
+pub use hostile::{RecordingHost, StalledServer};
 pub use kafka::*;
 
 use std::io::{Read, Write};
@@ -52,6 +54,34 @@ pub fn bare_repo(path: &Path, files: &[(&str, Vec<u8>)], symlink: Option<(&str, 
         );
     }
     parent.unwrap().to_string()
+}
+
+/// A bare repository whose one commit names one subtree `fanout` times, `depth` levels
+/// deep, over a single small blob: fanout^depth paths in a few hundred bytes of
+/// objects (a git "tree bomb"). Returns the commit id.
+pub fn tree_bomb(path: &Path, fanout: usize, depth: usize) -> String {
+    let repo = git2::Repository::init_bare(path).unwrap();
+    let blob = repo.blob(b"fn main() {}\n").unwrap();
+    let mut builder = repo.treebuilder(None).unwrap();
+    builder.insert("leaf.rs", blob, 0o100644).unwrap();
+    let mut tree = builder.write().unwrap();
+    for _ in 0..depth {
+        let mut builder = repo.treebuilder(None).unwrap();
+        for i in 0..fanout {
+            builder.insert(format!("d{i}"), tree, 0o040000).unwrap();
+        }
+        tree = builder.write().unwrap();
+    }
+    let sig = git2::Signature::new(
+        "bomb",
+        "bomb@example.com",
+        &git2::Time::new(1_700_000_000, 0),
+    )
+    .unwrap();
+    let tree = repo.find_tree(tree).unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "bomb", &tree, &[])
+        .unwrap()
+        .to_string()
 }
 
 /// Writes nested trees for (path, blob, mode) entries; returns the root tree.

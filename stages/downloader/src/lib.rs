@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::clone::{CloneFailure, Limits, Source, Token, UrlPolicy};
 use crate::filter::FilterOptions;
 use crate::metrics::DownloaderMetrics;
-use crate::store::{CloneStore, Marker};
+use crate::store::{CloneStore, Marker, TempClone};
 use codelupe_runtime::tree::TreeLimits;
 
 pub const STAGE: &str = "downloader";
@@ -105,7 +105,7 @@ impl Downloader {
     async fn clone_with_retries(
         &self,
         source: &Source,
-    ) -> Result<(std::path::PathBuf, clone::TreeStats), CloneFailure> {
+    ) -> Result<(TempClone, clone::TreeStats), CloneFailure> {
         let limits = Limits {
             max_bytes: self.options.max_clone_bytes,
             timeout: Duration::from_secs(self.options.clone_timeout_s),
@@ -113,8 +113,16 @@ impl Downloader {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let temporary = self.store.temporary();
-            let (source_c, temp_c, token) = (source.clone(), temporary.clone(), self.token.clone());
+            let temporary = self.store.temporary().map_err(|e| CloneFailure {
+                reason: "store",
+                message: format!("{e:#}"),
+                transient: true,
+            })?;
+            let (source_c, temp_c, token) = (
+                source.clone(),
+                temporary.path().to_path_buf(),
+                self.token.clone(),
+            );
             let (token_host, tree_limits) = (self.options.token_host.clone(), self.options.tree);
             let result = tokio::task::spawn_blocking(move || {
                 let token = token.as_deref().map(|secret| Token {
@@ -136,7 +144,7 @@ impl Downloader {
                 Ok(stats) => return Ok((temporary, stats)),
                 Err(failure) => {
                     // Nothing of a failed clone stays behind.
-                    std::fs::remove_dir_all(&temporary).ok();
+                    temporary.discard();
                     if !failure.transient || attempt >= self.options.max_attempts {
                         return Err(failure);
                     }
@@ -234,8 +242,7 @@ impl Transform for Downloader {
             lines_by_language: stats.lines_by_language.clone(),
             cloned_at_ms: now_ms(),
         };
-        if let Err(e) = self.store.commit(&temporary, &dest, &marker) {
-            std::fs::remove_dir_all(&temporary).ok();
+        if let Err(e) = self.store.commit(temporary, &dest, &marker) {
             return Err(TransformError::retryable(
                 "store",
                 format!("cannot place clone in the store: {e:#}"),

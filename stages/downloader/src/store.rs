@@ -4,8 +4,9 @@
 //!
 //! Layout: `<root>/<host>/<owner>/<name>.git`, each part lowercased and checked (no
 //! empty, `.` or `..` parts, no separators), so `a-b/c` and `a/b-c` cannot collide and
-//! nothing lands outside the root. Temporary clones live in `<root>/.tmp/` and are
-//! removed at start-up (what a crash left behind).
+//! nothing lands outside the root. Temporary clones live in `<root>/.tmp/`, each locked
+//! (flock) by the process making it; at start-up the ones no process holds are removed
+//! (what a crash left behind), never another replica's clone in progress.
 //!
 //! Retention: `sweep` deletes clones older than the retention period, then the oldest
 //! clones while the store is over its byte budget. The processor must have read a clone
@@ -14,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -39,19 +41,22 @@ pub struct CloneStore {
 }
 
 impl CloneStore {
-    /// Creates the store if needed and clears temporary clones a crash left behind.
+    /// Creates the store if needed and clears temporary clones a crash left behind:
+    /// those whose lock no live process holds.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)
             .with_context(|| format!("cannot create clone store {}", root.display()))?;
         let root = root.canonicalize()?;
         let tmp = root.join(".tmp");
-        if tmp.exists() {
-            for entry in std::fs::read_dir(&tmp)?.flatten() {
-                tracing::info!(path = %entry.path().display(), "removing an unfinished clone");
-                std::fs::remove_dir_all(entry.path()).ok();
+        std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)?.flatten() {
+            let path = entry.path();
+            let abandoned = std::fs::File::open(&path).is_ok_and(|dir| dir.try_lock().is_ok());
+            if abandoned {
+                tracing::info!(path = %path.display(), "removing an unfinished clone");
+                remove(&path)?;
             }
         }
-        std::fs::create_dir_all(&tmp)?;
         Ok(Self { root })
     }
 
@@ -71,15 +76,27 @@ impl CloneStore {
         Some(path)
     }
 
-    /// A fresh temporary directory inside the store (same filesystem, so rename is atomic).
-    pub fn temporary(&self) -> PathBuf {
+    /// A fresh temporary directory inside the store (same filesystem, so rename is
+    /// atomic), locked for as long as the returned value lives.
+    pub fn temporary(&self) -> anyhow::Result<TempClone> {
+        let path = self.unique_temporary_path();
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let lock = std::fs::File::open(&path)?;
+        lock.try_lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(TempClone { path, _lock: lock })
+    }
+
+    fn unique_temporary_path(&self) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root
             .join(".tmp")
-            .join(format!("{}-{nanos}", std::process::id()))
+            .join(format!("{}-{nanos}-{n}", std::process::id()))
     }
 
     pub fn marker(path: &Path) -> Option<Marker> {
@@ -88,23 +105,34 @@ impl CloneStore {
     }
 
     /// Writes the marker into the finished temporary clone and renames it into place,
-    /// replacing an older clone of the same repository.
+    /// replacing an older clone of the same repository. On failure the temporary clone
+    /// is removed.
     pub fn commit(
         &self,
-        temporary: &Path,
+        temporary: TempClone,
         destination: &Path,
         marker: &Marker,
     ) -> anyhow::Result<()> {
-        std::fs::write(temporary.join(MARKER), serde_json::to_vec_pretty(marker)?)?;
+        let placed = self.place(temporary.path(), destination, marker);
+        if placed.is_err() {
+            temporary.discard();
+        }
+        placed
+    }
+
+    fn place(&self, from: &Path, destination: &Path, marker: &Marker) -> anyhow::Result<()> {
+        std::fs::write(from.join(MARKER), serde_json::to_vec_pretty(marker)?)?;
         let parent = destination.parent().context("clone path has a parent")?;
         std::fs::create_dir_all(parent)?;
         if destination.exists() {
-            let old = self.temporary();
+            // Moved aside unlocked: if this process dies before removing it, the next
+            // start-up does.
+            let old = self.unique_temporary_path();
             std::fs::rename(destination, &old)?;
-            std::fs::rename(temporary, destination)?;
-            std::fs::remove_dir_all(&old).ok();
+            std::fs::rename(from, destination)?;
+            remove(&old)?;
         } else {
-            std::fs::rename(temporary, destination)?;
+            std::fs::rename(from, destination)?;
         }
         Ok(())
     }
@@ -125,11 +153,36 @@ impl CloneStore {
                 continue;
             }
             tracing::info!(path = %path.display(), expired, over_budget, "removing clone");
-            std::fs::remove_dir_all(&path)?;
+            remove(&path)?;
             total = total.saturating_sub(marker.size_bytes.max(0) as u64);
             deleted += 1;
         }
         Ok(deleted)
+    }
+}
+
+/// A temporary clone in `.tmp/`, locked while this value lives.
+pub struct TempClone {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl TempClone {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes what the failed clone left.
+    pub fn discard(self) {
+        remove(&self.path).ok();
+    }
+}
+
+/// Removes a directory tree; one another replica removed first is not an error.
+fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -216,11 +269,10 @@ mod tests {
         let store = CloneStore::open(dir.path()).unwrap();
         let now = codelupe_runtime::records::now_ms();
         for (name, age_h, size) in [("o/old", 100, 10), ("o/mid", 2, 600), ("o/new", 1, 600)] {
-            let tmp = store.temporary();
-            std::fs::create_dir_all(&tmp).unwrap();
+            let tmp = store.temporary().unwrap();
             let dest = store.path_for("h", name).unwrap();
             store
-                .commit(&tmp, &dest, &marker(name, now - age_h * 3_600_000, size))
+                .commit(tmp, &dest, &marker(name, now - age_h * 3_600_000, size))
                 .unwrap();
             assert_eq!(CloneStore::marker(&dest).unwrap().full_name, name);
         }
@@ -235,12 +287,36 @@ mod tests {
     }
 
     #[test]
-    fn open_clears_unfinished_clones() {
+    fn open_clears_abandoned_clones_but_not_a_peers_clone_in_progress() {
         let dir = tempfile::tempdir().unwrap();
         let store = CloneStore::open(dir.path()).unwrap();
-        let tmp = store.temporary();
-        std::fs::create_dir_all(tmp.join("objects")).unwrap();
+        let in_progress = store.temporary().unwrap();
+        std::fs::create_dir_all(in_progress.path().join("objects")).unwrap();
+        // What a crashed process left: a directory nobody holds a lock on.
+        let abandoned = dir.path().join(".tmp/4242-1-0");
+        std::fs::create_dir_all(abandoned.join("objects")).unwrap();
+
+        // Another replica starts on the same store.
         CloneStore::open(dir.path()).unwrap();
-        assert!(!tmp.exists());
+        assert!(!abandoned.exists(), "the abandoned clone stayed");
+        assert!(
+            in_progress.path().exists(),
+            "a clone in progress was removed"
+        );
+
+        let path = in_progress.path().to_path_buf();
+        drop(in_progress);
+        CloneStore::open(dir.path()).unwrap();
+        assert!(!path.exists(), "released: nobody holds it any more");
+    }
+
+    #[test]
+    fn a_clone_another_replica_removed_first_does_not_stop_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("h/o/gone.git");
+        assert!(remove(&gone).is_ok());
+        std::fs::create_dir_all(gone.join("objects")).unwrap();
+        remove(&gone).unwrap();
+        assert!(!gone.exists());
     }
 }

@@ -5,8 +5,8 @@
 //! depend only on that partition's records: a rerun over the same input makes
 //! byte-identical batches however partitions interleave. Dedup is exact per partition
 //! (code-files is keyed by content hash, so copies of a file share a partition); its
-//! state is the compacted `batcher-seen` topic, marked only after the batch holding the
-//! file is acknowledged and reloaded when a partition is assigned.
+//! state is the compacted `batcher-seen` topic, marked only after every batch holding a
+//! piece of the file is acknowledged and reloaded when a partition is assigned.
 
 pub mod document;
 pub mod metrics;
@@ -145,8 +145,13 @@ impl Batcher {
         Ok(())
     }
 
-    /// A packed batch as a record, with the dedup marks of the files that end in it.
-    fn seal(&self, split: &str, packed: Packed<Member>) -> Sealed<TrainingBatch> {
+    /// A packed batch as a record, and the dedup marks of the files that end in it, each
+    /// published when its file is released (every batch holding a piece of it acked).
+    fn seal(
+        &self,
+        split: &str,
+        packed: Packed<Member>,
+    ) -> (Sealed<TrainingBatch>, Vec<(InputPosition, Outgoing)>) {
         self.metrics
             .tokens_produced
             .inc_by(packed.token_ids.len() as u64);
@@ -154,7 +159,7 @@ impl Batcher {
             .batches_produced
             .with_label_values(&[split])
             .inc();
-        let mut then = Vec::new();
+        let mut marks = Vec::new();
         for (member, last) in &packed.members {
             if *last {
                 let mark = BatcherSeen {
@@ -166,17 +171,16 @@ impl Batcher {
                     Outgoing::record(&self.options.seen_topic, &member.content_hash, &mark)
                         .expect("a BatcherSeen always encodes: its schema is tested");
                 outgoing.partition = Some(member.at.partition);
-                then.push(outgoing);
+                marks.push((member.at, outgoing));
             }
         }
-        Sealed {
+        let sealed = Sealed {
             key: packed.batch_id.clone(),
             inputs: packed
                 .members
                 .iter()
                 .map(|(m, last)| (m.at, *last))
                 .collect(),
-            then,
             value: TrainingBatch {
                 batch_id: packed.batch_id,
                 split: split.to_string(),
@@ -190,7 +194,22 @@ impl Batcher {
                     .collect(),
                 tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
             },
+        };
+        (sealed, marks)
+    }
+
+    /// Packed batches as one step: the records and their marks.
+    fn step(
+        &self,
+        packed: impl IntoIterator<Item = (&'static str, Packed<Member>)>,
+    ) -> Step<TrainingBatch> {
+        let mut step = Step::default();
+        for (split, p) in packed {
+            let (sealed, marks) = self.seal(split, p);
+            step.sealed.push(sealed);
+            step.on_release.extend(marks);
         }
+        step
     }
 }
 
@@ -241,10 +260,7 @@ impl Aggregate for Batcher {
             ("train", &mut state.train)
         };
         let packed = packer.push(&tokens, member);
-        Ok(Step {
-            sealed: packed.into_iter().map(|p| self.seal(split, p)).collect(),
-            finished: Vec::new(),
-        })
+        Ok(self.step(packed.into_iter().map(|p| (split, p))))
     }
 
     fn flush(&mut self) -> Step<TrainingBatch> {
@@ -261,13 +277,7 @@ impl Aggregate for Batcher {
                 "input paused: sealing partial batches"
             );
         }
-        Step {
-            sealed: partial
-                .into_iter()
-                .map(|(split, p)| self.seal(split, p))
-                .collect(),
-            finished: Vec::new(),
-        }
+        self.step(partial)
     }
 
     fn flush_after(&self) -> Option<Duration> {

@@ -1,8 +1,9 @@
 //! The consume loop for stages whose outputs gather many inputs (the batcher: files →
 //! batches). Inputs are handed to the stage one at a time, each partition in offset
-//! order; the stage seals outputs when they are full. An input's offset is stored only
-//! when every output holding a part of it is acknowledged and its last part has been
-//! sealed, so inputs still in a partial output at shutdown or crash stay uncommitted
+//! order; the stage seals outputs when they are full. An input is released when every
+//! output holding a part of it is acknowledged and its last part has been sealed; then
+//! its follow-up records (the batcher's dedup marks) are published and its offset is
+//! stored. So inputs still in a partial output at shutdown or crash stay uncommitted
 //! and are replayed: nothing is lost, at worst something is published twice.
 
 use std::collections::HashMap;
@@ -39,9 +40,6 @@ pub struct Sealed<T> {
     pub value: T,
     /// The inputs with a part in this output, and whether it is their last part.
     pub inputs: Vec<(InputPosition, bool)>,
-    /// Records published only after `value` is acknowledged and before its inputs are
-    /// released (the batcher's dedup marks: a mark never exists without its batch).
-    pub then: Vec<Outgoing>,
 }
 
 /// What handing over one input (or a flush) produced.
@@ -50,6 +48,10 @@ pub struct Step<T> {
     pub sealed: Vec<Sealed<T>>,
     /// Inputs finished without a part in any output (duplicates dropped, say).
     pub finished: Vec<InputPosition>,
+    /// Records to publish when an input is released (every output holding a part of it
+    /// acknowledged), before its offset is stored: the batcher's dedup marks, so a mark
+    /// never exists while a batch of its file might still be lost.
+    pub on_release: Vec<(InputPosition, Outgoing)>,
 }
 
 impl<T> Default for Step<T> {
@@ -57,6 +59,7 @@ impl<T> Default for Step<T> {
         Self {
             sealed: Vec::new(),
             finished: Vec::new(),
+            on_release: Vec::new(),
         }
     }
 }
@@ -99,6 +102,7 @@ struct Held {
     generation: u64,
     outstanding: usize,
     last_part_sealed: bool,
+    on_release: Vec<Outgoing>,
 }
 
 type Ticket = Vec<(InputPosition, u64)>;
@@ -113,6 +117,7 @@ impl Holds {
                     generation,
                     outstanding: 0,
                     last_part_sealed: false,
+                    on_release: Vec::new(),
                 });
                 held.outstanding += 1;
                 held.last_part_sealed |= last;
@@ -121,8 +126,20 @@ impl Holds {
             .collect()
     }
 
-    /// The inputs this acknowledgement releases.
-    fn acked(&mut self, ticket: Ticket) -> Vec<InputPosition> {
+    /// Keeps `record` to publish when `at` is released; Err(record) when `at` is not
+    /// held (nothing of it is in flight: publish now).
+    fn on_release(&mut self, at: InputPosition, record: Outgoing) -> Result<(), Outgoing> {
+        match self.held.get_mut(&at) {
+            Some(held) => {
+                held.on_release.push(record);
+                Ok(())
+            }
+            None => Err(record),
+        }
+    }
+
+    /// The inputs this acknowledgement releases, with their follow-up records.
+    fn acked(&mut self, ticket: Ticket) -> Vec<(InputPosition, Vec<Outgoing>)> {
         let mut released = Vec::new();
         for (at, generation) in ticket {
             let Some(held) = self.held.get_mut(&at) else {
@@ -133,8 +150,8 @@ impl Holds {
             }
             held.outstanding -= 1;
             if held.outstanding == 0 && held.last_part_sealed {
-                self.held.remove(&at);
-                released.push(at);
+                let held = self.held.remove(&at).expect("present above");
+                released.push((at, held.on_release));
             }
         }
         released
@@ -150,9 +167,9 @@ impl Holds {
 }
 
 enum Done {
-    /// Inputs handled on their own (dead-lettered).
+    /// Inputs handled: dead-lettered, or their follow-ups acknowledged.
     Released(Vec<InputPosition>),
-    /// An output and its follow-ups were acknowledged.
+    /// An output was acknowledged.
     Acked(Ticket),
     /// An output or a dead letter was refused for good: an output holds pieces of many
     /// inputs, so none of them can be dead-lettered alone; the stage stops.
@@ -324,19 +341,54 @@ impl Loop {
     }
 
     fn on_done(&mut self, message: Done) {
-        let released = match message {
-            Done::Released(inputs) => inputs,
-            Done::Acked(ticket) => self.holds.acked(ticket),
+        match message {
+            Done::Released(inputs) => {
+                for at in inputs {
+                    self.release(at);
+                }
+            }
+            Done::Acked(ticket) => {
+                for (at, follow_ups) in self.holds.acked(ticket) {
+                    self.publish_then_release(at, follow_ups);
+                }
+            }
             // Seen by the loop, which stops; during the drain nothing more is released.
-            Done::Refused(_) => Vec::new(),
-        };
-        for at in released {
-            self.release(at);
+            Done::Refused(_) => {}
         }
     }
 
-    /// Publishes each sealed output (with its follow-ups) in its own task, at most
-    /// `max_in_flight` at once; inputs finished on their own are released now.
+    /// Publishes `follow_ups` of a released input, then stores its offset.
+    fn publish_then_release(&mut self, at: InputPosition, follow_ups: Vec<Outgoing>) {
+        if follow_ups.is_empty() {
+            self.release(at);
+            return;
+        }
+        let (publisher, done) = (self.publisher.clone(), self.done.clone());
+        self.tasks.spawn(async move {
+            for record in &follow_ups {
+                let sent = publisher
+                    .send_to(
+                        &record.topic,
+                        record.partition,
+                        &record.key,
+                        &record.payload,
+                    )
+                    .await;
+                match sent {
+                    Ok(()) => {}
+                    Err(e @ SendError::Rejected { .. }) => {
+                        let _ = done.send(Done::Refused(e));
+                        return;
+                    }
+                    Err(SendError::Abandoned) => return,
+                }
+            }
+            let _ = done.send(Done::Released(vec![at]));
+        });
+    }
+
+    /// Publishes each sealed output in its own task, at most `max_in_flight` at once;
+    /// inputs finished on their own are released now.
     async fn dispatch<T: AvroRecord>(&mut self, step: Step<T>) -> anyhow::Result<()> {
         for at in step.finished {
             self.release(at);
@@ -355,18 +407,10 @@ impl Loop {
             );
             let produced = self.metrics.produced.clone();
             self.tasks.spawn(async move {
-                let sent = async {
-                    publisher
-                        .send(&topic, sealed.key.as_bytes(), &payload)
-                        .await?;
-                    for then in &sealed.then {
-                        publisher
-                            .send_to(&then.topic, then.partition, &then.key, &then.payload)
-                            .await?;
-                    }
-                    Ok::<_, SendError>(())
-                };
-                match sent.await {
+                match publisher
+                    .send(&topic, sealed.key.as_bytes(), &payload)
+                    .await
+                {
                     Ok(()) => {
                         produced.inc();
                         let _ = done.send(Done::Acked(ticket));
@@ -378,6 +422,15 @@ impl Loop {
                 }
                 drop(permit);
             });
+        }
+        let mut unheld: HashMap<InputPosition, Vec<Outgoing>> = HashMap::new();
+        for (at, record) in step.on_release {
+            if let Err(record) = self.holds.on_release(at, record) {
+                unheld.entry(at).or_default().push(record);
+            }
+        }
+        for (at, records) in unheld {
+            self.publish_then_release(at, records);
         }
         Ok(())
     }
@@ -414,15 +467,40 @@ mod tests {
     fn an_input_is_released_when_every_output_holding_it_is_acked() {
         let mut holds = Holds::default();
         // Input 0 spans outputs A and B; input 1 lies in B alone.
+        let released = |holds: &mut Holds, ticket| -> Vec<InputPosition> {
+            holds.acked(ticket).into_iter().map(|(at, _)| at).collect()
+        };
         let a = holds.dispatch(&[(at(0, 0), false)]);
         let b = holds.dispatch(&[(at(0, 0), true), (at(0, 1), true)]);
-        assert_eq!(holds.acked(b), [at(0, 1)], "A still holds input 0");
-        assert_eq!(holds.acked(a), [at(0, 0)]);
+        assert_eq!(released(&mut holds, b), [at(0, 1)], "A still holds input 0");
+        assert_eq!(released(&mut holds, a), [at(0, 0)]);
         // A part acked before the last part is sealed releases nothing.
         let c = holds.dispatch(&[(at(0, 2), false)]);
         assert!(holds.acked(c).is_empty());
         let d = holds.dispatch(&[(at(0, 2), true)]);
-        assert_eq!(holds.acked(d), [at(0, 2)]);
+        assert_eq!(released(&mut holds, d), [at(0, 2)]);
+    }
+
+    #[test]
+    fn follow_ups_wait_for_every_output_holding_their_input() {
+        let mut holds = Holds::default();
+        let mark = |key: &str| Outgoing {
+            topic: "seen".into(),
+            partition: Some(0),
+            key: key.as_bytes().to_vec(),
+            payload: Vec::new(),
+        };
+        // Input 0's head is in batch A, its tail in batch B, which is acked first.
+        let a = holds.dispatch(&[(at(0, 0), false)]);
+        let b = holds.dispatch(&[(at(0, 0), true)]);
+        holds.on_release(at(0, 0), mark("file-0")).unwrap();
+        assert!(holds.acked(b).is_empty(), "batch A may still be lost");
+        let released = holds.acked(a);
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].0, at(0, 0));
+        assert_eq!(released[0].1[0].key, b"file-0");
+        // Nothing held: the follow-up is handed back to publish at once.
+        assert!(holds.on_release(at(0, 9), mark("file-9")).is_err());
     }
 
     #[test]
@@ -433,6 +511,6 @@ mod tests {
         // Consumed again after the partition came back, not yet acked.
         let new = holds.dispatch(&[(at(3, 7), true)]);
         assert!(holds.acked(old).is_empty());
-        assert_eq!(holds.acked(new), [at(3, 7)]);
+        assert_eq!(holds.acked(new)[0].0, at(3, 7));
     }
 }

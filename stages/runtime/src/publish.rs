@@ -5,7 +5,7 @@
 //! to read_committed consumers all together or not at all (exactly-once for source
 //! stages and their state).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -179,83 +179,130 @@ impl Outgoing {
 /// A transactional producer. `init` fences any earlier instance with the same
 /// transactional id (a crashed predecessor's open transaction is aborted), so state
 /// read after `init` is exactly what committed batches left.
+///
+/// Errors follow librdkafka's transactional rules: a commit that fails retriably (a
+/// timeout) is committed again, not begun again; anything else that fails inside a
+/// transaction aborts it; a fatal error replaces the producer by a new one with the
+/// same id (which fences the old). After the last attempt the producer is left with no
+/// transaction open, so the next batch can start.
 #[derive(Clone)]
 pub struct TransactionalPublisher {
-    producer: Arc<FutureProducer>,
+    config: rdkafka::ClientConfig,
+    producer: Arc<Mutex<Arc<FutureProducer>>>,
     timeout: Duration,
 }
 
+/// Attempts at a batch, and at committing one transaction, before giving up.
+const TRANSACTION_ATTEMPTS: u32 = 5;
+
 impl TransactionalPublisher {
     pub async fn init(runtime: &StageRuntime, transactional_id: &str) -> anyhow::Result<Self> {
-        let producer: FutureProducer = runtime
-            .clients
-            .producer_config(&runtime.client_id())
-            .set("transactional.id", transactional_id)
-            .create()
-            .context("cannot create the transactional Kafka producer")?;
-        let publisher = Self {
-            producer: Arc::new(producer),
-            timeout: Duration::from_secs(30),
-        };
-        publisher
-            .blocking(|p, t| p.init_transactions(t))
+        let mut config = runtime.clients.producer_config(&runtime.client_id());
+        config.set("transactional.id", transactional_id);
+        Self::start(config, Duration::from_secs(30))
             .await
-            .with_context(|| format!("cannot initialise transactions for {transactional_id}"))?;
-        Ok(publisher)
+            .with_context(|| format!("cannot initialise transactions for {transactional_id}"))
     }
 
-    /// Transaction calls block; keep them off the async workers.
-    async fn blocking(
-        &self,
-        call: impl FnOnce(&FutureProducer, Duration) -> rdkafka::error::KafkaResult<()> + Send + 'static,
-    ) -> rdkafka::error::KafkaResult<()> {
-        let producer = self.producer.clone();
-        let timeout = self.timeout;
-        tokio::task::spawn_blocking(move || call(&producer, timeout))
-            .await
-            .expect("transaction call panicked")
+    /// A publisher over `config` (which names the `transactional.id`); `timeout` bounds
+    /// each transaction call.
+    pub async fn start(config: rdkafka::ClientConfig, timeout: Duration) -> anyhow::Result<Self> {
+        let producer = Self::create(&config, timeout).await?;
+        Ok(Self {
+            config,
+            producer: Arc::new(Mutex::new(producer)),
+            timeout,
+        })
     }
 
-    /// Sends `batch` in one transaction, retrying what the error class allows; Ok once
-    /// the transaction is committed.
+    async fn create(
+        config: &rdkafka::ClientConfig,
+        timeout: Duration,
+    ) -> anyhow::Result<Arc<FutureProducer>> {
+        let producer: Arc<FutureProducer> = Arc::new(
+            config
+                .create()
+                .context("cannot create the transactional Kafka producer")?,
+        );
+        blocking(&producer, timeout, |p, t| p.init_transactions(t)).await?;
+        Ok(producer)
+    }
+
+    fn current(&self) -> Arc<FutureProducer> {
+        self.producer.lock().expect("producer lock").clone()
+    }
+
+    /// Sends `batch` in one transaction; Ok once the transaction is committed.
     pub async fn send_batch(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_batch(batch).await {
+            let producer = self.current();
+            let error = match self.try_batch(&producer, batch).await {
                 Ok(()) => return Ok(()),
-                Err(e) => {
-                    let (fatal, abort) = match &e {
-                        KafkaError::Transaction(t) => (t.is_fatal(), t.txn_requires_abort()),
-                        _ => (false, true),
-                    };
-                    if fatal || attempt >= 5 {
-                        bail!("transaction failed after {attempt} attempts: {e}");
-                    }
-                    tracing::warn!(error = %e, attempt, "transaction failed; retrying");
-                    if abort {
-                        if let Err(e) = self.blocking(|p, t| p.abort_transaction(t)).await {
-                            tracing::warn!(error = %e, "abort failed");
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
+                Err(e) => e,
+            };
+            let fatal = matches!(&error, KafkaError::Transaction(t) if t.is_fatal());
+            // Whatever failed, a transaction may be open: abort it so the next begins. A
+            // producer that cannot abort (fatal, or a commit still pending) is replaced.
+            let aborted = !fatal
+                && blocking(&producer, self.timeout, |p, t| p.abort_transaction(t))
+                    .await
+                    .is_ok();
+            tracing::warn!(%error, attempt, aborted, "transaction failed");
+            if !aborted {
+                let fresh = Self::create(&self.config, self.timeout).await?;
+                *self.producer.lock().expect("producer lock") = fresh;
             }
+            if attempt >= TRANSACTION_ATTEMPTS {
+                bail!("transaction failed after {attempt} attempts: {error}");
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
     }
 
-    async fn try_batch(&self, batch: &[Outgoing]) -> rdkafka::error::KafkaResult<()> {
-        self.producer.begin_transaction()?;
+    async fn try_batch(
+        &self,
+        producer: &Arc<FutureProducer>,
+        batch: &[Outgoing],
+    ) -> rdkafka::error::KafkaResult<()> {
+        producer.begin_transaction()?;
         let sends = batch.iter().map(|r| {
             let mut record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
             record.partition = r.partition;
-            self.producer.send(record, Timeout::After(self.timeout))
+            producer.send(record, Timeout::After(self.timeout))
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(e, _)| e)?;
         }
-        self.blocking(|p, t| p.commit_transaction(t)).await
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match blocking(producer, self.timeout, |p, t| p.commit_transaction(t)).await {
+                // Retriable and not abortable: the commit is still pending; ask again.
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable()
+                        && !e.txn_requires_abort()
+                        && tries < TRANSACTION_ATTEMPTS =>
+                {
+                    tracing::warn!(error = %e, tries, "commit not confirmed yet; committing again");
+                }
+                result => return result,
+            }
+        }
     }
+}
+
+/// Transaction calls block; keep them off the async workers.
+async fn blocking(
+    producer: &Arc<FutureProducer>,
+    timeout: Duration,
+    call: impl FnOnce(&FutureProducer, Duration) -> rdkafka::error::KafkaResult<()> + Send + 'static,
+) -> rdkafka::error::KafkaResult<()> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || call(&producer, timeout))
+        .await
+        .expect("transaction call panicked")
 }
 
 #[cfg(test)]
@@ -293,5 +340,45 @@ mod tests {
         ] {
             assert_eq!(verdict(&production(code)), Verdict::Transient, "{code:?}");
         }
+    }
+
+    /// The test stage's records: `n` small ones to topic `t`.
+    fn records(n: usize) -> Vec<Outgoing> {
+        (0..n)
+            .map(|i| Outgoing {
+                topic: "t".into(),
+                partition: None,
+                key: format!("k{i}").into_bytes(),
+                payload: vec![b'x'; 10],
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_times_out_is_committed_again_and_the_producer_stays_usable() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 1, 1).unwrap();
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("transactional.id", "tx-under-test")
+            .set("retry.backoff.ms", "100")
+            .set("retry.backoff.max.ms", "100");
+        let publisher = TransactionalPublisher::start(config, Duration::from_secs(1))
+            .await
+            .unwrap();
+        publisher.send_batch(&records(3)).await.unwrap();
+        // The coordinator answers EndTxn "still loading" for about 3 s: the commit call
+        // times out (retriable) before the broker confirms it.
+        cluster.request_errors(
+            RDKafkaApiKey::EndTxn,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 30],
+        );
+        publisher.send_batch(&records(3)).await.unwrap();
+        cluster.clear_request_errors(RDKafkaApiKey::EndTxn);
+        // No transaction left open: the next batch begins and commits.
+        publisher.send_batch(&records(2)).await.unwrap();
     }
 }

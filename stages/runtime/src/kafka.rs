@@ -295,7 +295,8 @@ impl LagReader {
 }
 
 /// How many partitions `topic` has; an error naming the fix when it does not exist.
-fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<i32> {
+/// Blocks: call it off the async workers.
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> anyhow::Result<i32> {
     let metadata = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("cannot read metadata of {topic}"))?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use codelupe_batcher::tokenizer::CodeTokenizer;
+use codelupe_runtime::kafka;
 use codelupe_runtime::records::{now_ms, TrainingBatch};
 use codelupe_runtime::{AvroRecord, StageRuntime};
 use codelupe_trainer_api::metrics::TrainerMetrics;
@@ -59,6 +60,9 @@ pub struct TrainerOptions {
     /// broker of `codelupe run` starts empty each time, so a second run is another
     /// pass over the same files rather than a wait past their end.
     pub resume_offsets: bool,
+    /// How often to look for partitions added to the input; they are read from their
+    /// beginning.
+    pub partition_check_ms: u64,
 }
 
 impl Default for TrainerOptions {
@@ -74,6 +78,7 @@ impl Default for TrainerOptions {
             eval_batches: 8,
             keep_checkpoints: 3,
             idle_checkpoint_ms: 60_000,
+            partition_check_ms: 30_000,
             seed: 0,
             bf16: true,
             mask_documents: false,
@@ -167,6 +172,8 @@ struct Stage {
     trainer: Trainer,
     eval: EvalSet,
     offsets: BTreeMap<i32, i64>,
+    /// Input partitions assigned, 0 to this.
+    partitions: i32,
     tokens_seen: u64,
     run: Run,
     status: Status,
@@ -268,6 +275,7 @@ impl Stage {
             trainer,
             eval,
             offsets,
+            partitions: 0,
             tokens_seen,
             run: Run::new(),
         })
@@ -290,17 +298,55 @@ impl Stage {
         consumer
             .assign(&list)
             .context("cannot assign the input partitions")?;
+        self.partitions = partitions;
         self.runtime.readiness.set_ready();
         self.status.state = "training";
         self.publish_status();
         Ok(())
     }
 
+    /// Partitions added to the input since they were assigned join the assignment,
+    /// read from their beginning (no checkpoint has an offset for them).
+    fn assign_new_partitions(&mut self, consumer: &BaseConsumer, input: &str) {
+        let count = match kafka::partition_count(consumer.client(), input) {
+            Ok(count) if count > self.partitions => count,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the input's partition count");
+                return;
+            }
+        };
+        let mut list = TopicPartitionList::new();
+        for p in self.partitions..count {
+            let offset = self
+                .offsets
+                .get(&p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            if let Err(e) = list.add_partition_offset(input, p, offset) {
+                tracing::warn!(error = %e, partition = p, "cannot add a partition");
+                return;
+            }
+        }
+        match consumer.incremental_assign(&list) {
+            Ok(()) => {
+                tracing::info!(from = self.partitions, to = count, "input partitions added");
+                self.partitions = count;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot assign the added partitions"),
+        }
+    }
+
     fn train(&mut self, consumer: &BaseConsumer, input: &str) -> anyhow::Result<()> {
         let idle = (self.options.idle_checkpoint_ms > 0)
             .then(|| Duration::from_millis(self.options.idle_checkpoint_ms));
         let mut last_input = Instant::now();
+        let check_every = Duration::from_millis(self.options.partition_check_ms.max(100));
+        let mut next_check = Instant::now() + check_every;
         loop {
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + check_every;
+                self.assign_new_partitions(consumer, input);
+            }
             if self.runtime.shutdown.is_cancelled() {
                 if !self.run.batches.is_empty() {
                     self.finish_run(consumer, input, "shutdown")?;

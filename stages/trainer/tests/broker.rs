@@ -39,25 +39,31 @@ fn trained(root: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = corpus::build(dir.path(), 40);
-    assert_eq!(corpus.train.len(), 40);
+/// A trainer's topology and config over fresh topics: the input with `partitions`
+/// partitions, checkpoints under `dir`, the metrics port.
+struct Setup {
+    input: String,
+    topology: std::path::PathBuf,
+    config: std::path::PathBuf,
+    root: std::path::PathBuf,
+    port: u16,
+}
+
+async fn setup(dir: &Path, tokenizer: &Path, partitions: i32, options: &str) -> Setup {
     let suffix = unique("t");
     let (input, dead) = (
         format!("training-batches-{suffix}"),
         format!("dead-letters-{suffix}"),
     );
-    create_topics(&[(&input, 3), (&dead, 1)]).await;
+    create_topics(&[(&input, partitions), (&dead, 1)]).await;
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     let port = free_port();
-    let topology = dir.path().join("topology.yaml");
+    let topology = dir.join("topology.yaml");
     std::fs::write(
         &topology,
         format!(
             "topics:\n\
-             \x20 {input}: {{partitions: 3, retention_ms: -1, cleanup_policy: delete, schema: {s}/training-batches.avsc}}\n\
+             \x20 {input}: {{partitions: {partitions}, retention_ms: -1, cleanup_policy: delete, schema: {s}/training-batches.avsc}}\n\
              \x20 {dead}: {{partitions: 1, retention_ms: -1, cleanup_policy: delete, schema: {s}/dead-letter.avsc}}\n\
              stages:\n\
              \x20 trainer: {{input: {input}, group: trainer-{suffix}, metrics: {{port: {port}, path: /prometheus}}, replicas: 1, binary: codelupe-trainer}}\n",
@@ -65,22 +71,48 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
         ),
     )
     .unwrap();
-    let root = dir.path().join("checkpoints");
-    let config = dir.path().join("config.yaml");
+    let root = dir.join("checkpoints");
+    let config = dir.join("config.yaml");
     std::fs::write(
         &config,
         format!(
             "kafka:\n  brokers: {}\n  dead_letter_topic: {dead}\n\
              stages:\n  trainer:\n    metrics_bind: 127.0.0.1\n    options:\n\
              \x20     tokenizer: {}\n      checkpoint_dir: {}\n      device: cpu\n\
-             \x20     steps_per_run: 5\n      idle_checkpoint_ms: 4000\n      eval_batches: 2\n\
-             \x20     keep_checkpoints: 1000\n      optimizer: {{warmup_steps: 5}}\n",
+             \x20     keep_checkpoints: 1000\n      optimizer: {{warmup_steps: 5}}\n{options}",
             brokers(),
-            corpus.tokenizer_path.display(),
+            tokenizer.display(),
             root.display()
         ),
     )
     .unwrap();
+    Setup {
+        input,
+        topology,
+        config,
+        root,
+        port,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 40);
+    assert_eq!(corpus.train.len(), 40);
+    let Setup {
+        input,
+        topology,
+        config,
+        root,
+        port,
+    } = setup(
+        dir.path(),
+        &corpus.tokenizer_path,
+        3,
+        "      steps_per_run: 5\n      idle_checkpoint_ms: 4000\n      eval_batches: 2\n",
+    )
+    .await;
     let record =
         |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
 
@@ -165,4 +197,76 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
         ids.len(),
         states.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_the_input_after_start_are_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 12);
+    let s = setup(
+        dir.path(),
+        &corpus.tokenizer_path,
+        1,
+        "      steps_per_run: 4\n      idle_checkpoint_ms: 2000\n      eval_batches: 0\n      partition_check_ms: 500\n",
+    )
+    .await;
+    let record =
+        |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
+    produce_all(&s.input, corpus.train[..4].iter().map(record).collect()).await;
+    let trainer = start(&s.config, &s.topology);
+    wait_for(
+        "the first partition trained",
+        Duration::from_secs(240),
+        || trained(&s.root).len() >= 4,
+    );
+
+    // The topic grows to 3 partitions; every later batch lands on one of them.
+    grow_partitions(&s.input, 3).await;
+    let rest: Vec<_> = corpus.train[4..].iter().map(record).collect();
+    for (i, (key, value)) in rest.into_iter().enumerate() {
+        produce_to(&s.input, 1 + (i % 2) as i32, key, value).await;
+    }
+    wait_for(
+        "the added partitions trained",
+        Duration::from_secs(240),
+        || trained(&s.root).len() >= corpus.train.len(),
+    );
+    drop(trainer);
+    let ids: HashSet<String> = trained(&s.root).into_iter().collect();
+    let produced: HashSet<String> = corpus.train.iter().map(|b| b.batch_id.clone()).collect();
+    assert_eq!(ids, produced);
+}
+
+async fn grow_partitions(topic: &str, total: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .unwrap();
+    for result in admin
+        .create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+async fn produce_to(topic: &str, partition: i32, key: String, value: Vec<u8>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key(&key)
+                .payload(&value),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
 }

@@ -445,3 +445,61 @@ async fn shutdown_drains_records_in_flight_instead_of_abandoning_them() {
         "every drained record committed: a restart replays nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group() {
+    const TOTAL: usize = 6;
+    let (input, output, dead) = (unique("slow-in"), unique("slow-out"), unique("slow-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = dead.clone();
+    // librdkafka evicts a member that does not poll for 6 s.
+    for (key, value) in [
+        ("max.poll.interval.ms", "6000"),
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+    ] {
+        config.kafka.consumer.insert(key.into(), value.into());
+    }
+    let clients = KafkaClients::new(brokers(), &config.kafka);
+    let shutdown = CancellationToken::new();
+    let mut stage = StageRuntime::resolve(
+        "relay",
+        &topology,
+        &config,
+        clients.clone(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    // Two at a time, 8 s each: every permit is held for longer than the poll interval.
+    stage.settings.max_in_flight = 2;
+    let relay = SlowRelay {
+        delay: Duration::from_secs(8),
+    };
+    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(relay, &stage).await });
+    produce(&input, (0..TOTAL).map(repo_url)).await;
+    let out = output.clone();
+    wait_for("every record relayed", Duration::from_secs(120), || {
+        topic_size(&out, 1) >= TOTAL as i64
+    });
+    let mut lag =
+        codelupe_runtime::kafka::LagReader::new(&clients, &format!("{input}-relay"), &input)
+            .unwrap();
+    wait_for("every offset committed", Duration::from_secs(30), || {
+        lag.lag().unwrap() == 0
+    });
+    // Evicted members replay what they had in flight; a member kept in its group does not.
+    std::thread::sleep(Duration::from_secs(10));
+    let relayed = read_all(&output, Duration::from_secs(2));
+    let keys: HashSet<String> = relayed.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), TOTAL);
+    assert_eq!(
+        relayed.len(),
+        TOTAL,
+        "records relayed twice: the member was evicted and its records replayed"
+    );
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

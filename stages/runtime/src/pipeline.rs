@@ -5,6 +5,8 @@
 //! output derived from it (or its dead letter) is acknowledged, using the contiguous
 //! high-water mark per partition, and librdkafka's auto-commit commits stored offsets
 //! periodically, on revoke and on close. A crash replays at most the uncommitted tail.
+//! Back-pressure pauses the assigned partitions while every permit is taken; the loop
+//! keeps polling, so slow transforms never cost the member its place in the group.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -283,6 +285,11 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let mut fatal = None;
     let mut tasks = JoinSet::new();
     let mut stream = consumer.stream();
+    // With every permit taken the partitions are paused, not left unpolled: polling
+    // goes on (librdkafka evicts a member that stops polling for max.poll.interval.ms)
+    // and resumes them when a permit is free.
+    let mut paused = false;
+    let mut keep_polling = tokio::time::interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
@@ -295,10 +302,13 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
             Some((partition, offset)) = done_rx.recv() => {
                 store(&consumer, input, &tracker, partition, offset);
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            // Only this loop takes permits, so one is free whenever the guard holds.
-            message = stream.next(), if permits.available_permits() > 0 => {
-                let permit = permits.clone().try_acquire_owned().expect("guarded by available_permits");
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                if paused && permits.available_permits() > 0 {
+                    paused = !set_paused(&consumer, false);
+                }
+            }
+            _ = keep_polling.tick(), if paused => {}
+            message = stream.next() => {
                 let message = match message {
                     Some(Ok(message)) => message,
                     Some(Err(e)) => {
@@ -307,13 +317,23 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                     }
                     None => break,
                 };
+                // A record fetched before the pause took effect waits for a permit in
+                // its task; the loop goes on polling.
+                let permit = permits.clone().try_acquire_owned().ok();
+                if permits.available_permits() == 0 {
+                    paused = set_paused(&consumer, true);
+                }
                 metrics.consumed.inc();
                 metrics.in_flight.inc();
                 let record = InputRecord::of(&message);
                 tracker.lock().expect("tracker lock").begin(record.partition, record.offset);
-                let shared = shared.clone();
+                let (shared, permits) = (shared.clone(), permits.clone());
                 let (done, fatal) = (done_tx.clone(), fatal_tx.clone());
                 tasks.spawn(async move {
+                    let permit = match permit {
+                        Some(permit) => permit,
+                        None => permits.acquire_owned().await.expect("never closed"),
+                    };
                     let handled = shared.handle(&record).await;
                     shared.metrics.in_flight.dec();
                     drop(permit);
@@ -376,6 +396,33 @@ pub(crate) async fn drain<M>(
     }
     while let Ok(message) = done.try_recv() {
         on_done(message);
+    }
+}
+
+/// Pauses (or resumes) fetching from every assigned partition; true when done.
+/// Paused partitions keep their position: resuming fetches from the next record.
+fn set_paused(consumer: &StreamConsumer<LoopContext>, pause: bool) -> bool {
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the assignment");
+            return false;
+        }
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => {
+            tracing::debug!(pause, partitions = assignment.count(), "back-pressure");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pause, "cannot pause or resume the input");
+            false
+        }
     }
 }
 

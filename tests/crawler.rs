@@ -354,3 +354,38 @@ async fn the_local_folder_source_finds_every_git_repository() {
         .iter()
         .all(|r| r.source == "local_folder" && r.default_branch.is_some()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_pushed_while_its_window_is_paged_shifts_nothing_out_of_reach() {
+    // 250 repositories in one window: three pages of 100, in push order.
+    let all = repos(250);
+    let github = FakeGithub::start(all.clone(), Duration::ZERO);
+    // Right after page 1 is served, one of its repositories is pushed: it leaves the
+    // window, and the first repository of page 2 moves up onto page 1.
+    github.inject(&[Fault::PushAfter {
+        full_name: "owner0/repo0",
+    }]);
+    let setup = setup(&format!("{}  per_page: 100\n", github_options(&github.url)));
+    let registry = crawl_once(&setup).await;
+    let got = published(&setup.output);
+    let missing: Vec<&str> = all
+        .iter()
+        .map(|r| r.full_name.as_str())
+        .filter(|name| !got.contains_key(*name))
+        .collect();
+    assert!(missing.is_empty(), "never published: {missing:?}");
+    assert_eq!(
+        metric(
+            &registry,
+            "crawler_scrape_errors_total",
+            Some("window_shifted")
+        ),
+        1.0
+    );
+    let queries = github.queries();
+    assert!(
+        queries.len() >= 6,
+        "the window was read again: {} requests",
+        queries.len()
+    );
+}

@@ -30,6 +30,11 @@ pub enum Fault {
     },
     BadGateway,
     MalformedBody,
+    /// Serves the request, then the repository is pushed (its `pushed_at` becomes
+    /// now), as happens to a repository while a crawler pages through its window.
+    PushAfter {
+        full_name: &'static str,
+    },
 }
 
 #[derive(Default)]
@@ -38,6 +43,8 @@ pub struct Shared {
     /// Every `q` asked for, in order.
     pub queries: Vec<String>,
     pub authorizations: Vec<Option<String>>,
+    /// Repositories pushed since the start: name → new `pushed_at`.
+    pub pushed: std::collections::HashMap<String, i64>,
 }
 
 pub struct FakeGithub {
@@ -139,6 +146,7 @@ fn serve(
         Some(Fault::BadGateway) => {
             return respond(&mut out, "502 Bad Gateway", "", "<html>bad gateway</html>")
         }
+        Some(Fault::PushAfter { .. }) | None => {}
         Some(Fault::MalformedBody) => {
             return respond(
                 &mut out,
@@ -147,7 +155,6 @@ fn serve(
                 r#"{"total_count": 5, "items": [{"full_name": "#,
             )
         }
-        None => {}
     }
     if path != "/search/repositories" {
         return respond(&mut out, "404 Not Found", "", r#"{"message":"Not Found"}"#);
@@ -162,12 +169,22 @@ fn serve(
         .unwrap_or(1)
         .max(1);
     let (language, from, to) = parse_query(&q);
+    let pushed = state.lock().unwrap().pushed.clone();
+    let pushed_at = |r: &FakeRepo| pushed.get(&r.full_name).copied().unwrap_or(r.pushed_at);
     let mut matching: Vec<&FakeRepo> = repos
         .iter()
         .filter(|r| language.as_ref().is_none_or(|l| &r.language == l))
-        .filter(|r| r.pushed_at >= from && r.pushed_at <= to)
+        .filter(|r| pushed_at(r) >= from && pushed_at(r) <= to)
         .collect();
-    matching.sort_by_key(|r| (std::cmp::Reverse(r.stars), r.full_name.clone()));
+    // Best match is approximated by stars; `sort=updated` is honoured.
+    if param("sort").as_deref() == Some("updated") {
+        matching.sort_by_key(|r| (pushed_at(r), r.full_name.clone()));
+        if param("order").as_deref() != Some("asc") {
+            matching.reverse();
+        }
+    } else {
+        matching.sort_by_key(|r| (std::cmp::Reverse(r.stars), r.full_name.clone()));
+    }
     let total = matching.len();
     let reachable = total.min(1000);
     if (page - 1) * per_page >= 1000 {
@@ -186,11 +203,18 @@ fn serve(
         .map(|r| item_json(r))
         .collect();
     let last_page = reachable.div_ceil(per_page).max(1);
+    // Like GitHub's, the links keep every parameter of the request but the page.
     let link_to = |p: usize| {
-        format!(
+        let mut link = format!(
             "{base}/search/repositories?q={}&per_page={per_page}&page={p}",
             encode(&q)
-        )
+        );
+        for name in ["sort", "order"] {
+            if let Some(value) = param(name) {
+                link.push_str(&format!("&{name}={}", encode(&value)));
+            }
+        }
+        link
     };
     let mut links = Vec::new();
     if page < last_page {
@@ -209,7 +233,15 @@ fn serve(
         r#"{{"total_count":{total},"incomplete_results":false,"items":[{}]}}"#,
         items.join(",")
     );
-    respond(&mut out, "200 OK", &headers, &body)
+    let served = respond(&mut out, "200 OK", &headers, &body);
+    if let Some(Fault::PushAfter { full_name }) = fault {
+        state
+            .lock()
+            .unwrap()
+            .pushed
+            .insert(full_name.to_string(), Utc::now().timestamp());
+    }
+    served
 }
 
 fn respond(out: &mut TcpStream, status: &str, headers: &str, body: &str) -> std::io::Result<()> {

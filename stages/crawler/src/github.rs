@@ -23,6 +23,9 @@ use crate::Sink;
 /// The API's hard cap on results reachable through one query.
 pub const SEARCH_CAP: u64 = 1000;
 
+/// Reads of one window whose results shifted while paging, before moving on.
+const WINDOW_ATTEMPTS: u32 = 3;
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowField {
@@ -56,8 +59,11 @@ pub struct GithubOptions {
     pub window_field: WindowField,
     /// First day of the range (YYYY-MM-DD).
     pub since: NaiveDate,
-    /// Last day of the range; absent means now.
+    /// Last day of the range; absent means now less `until_lag_s`.
     pub until: Option<NaiveDate>,
+    /// How far behind now an open range ends: GitHub's search index lags pushes, and a
+    /// repository not indexed yet when its window is read would never be seen.
+    pub until_lag_s: u64,
     pub per_page: u32,
     /// Pause when a token has this many requests left or fewer, until its reset.
     pub min_remaining: u32,
@@ -85,6 +91,7 @@ impl Default for GithubOptions {
             window_field: WindowField::Pushed,
             since: NaiveDate::from_ymd_opt(2008, 1, 1).expect("valid date"),
             until: None,
+            until_lag_s: 900,
             per_page: 100,
             min_remaining: 1,
             max_attempts: 6,
@@ -299,8 +306,12 @@ impl<'a> GithubSource<'a> {
 
     fn first_page_url(&self, query: &str) -> anyhow::Result<Url> {
         let mut url = self.base.join("search/repositories")?;
+        // A fixed order (best match reorders as scores change); pushes still move a
+        // repository, which the item count catches.
         url.query_pairs_mut()
             .append_pair("q", query)
+            .append_pair("sort", "updated")
+            .append_pair("order", "asc")
             .append_pair("per_page", &self.options.per_page.to_string())
             .append_pair("page", "1");
         Ok(url)
@@ -310,7 +321,7 @@ impl<'a> GithubSource<'a> {
     pub async fn crawl(&mut self, sink: &mut Sink<'_>) -> Result<usize, Stopped> {
         let until = match self.options.until {
             Some(day) => Utc.from_utc_datetime(&day.and_hms_opt(23, 59, 59).expect("valid time")),
-            None => Utc::now(),
+            None => Utc::now() - chrono::Duration::seconds(self.options.until_lag_s as i64),
         };
         let since =
             Utc.from_utc_datetime(&self.options.since.and_hms_opt(0, 0, 0).expect("valid time"));
@@ -348,7 +359,9 @@ impl<'a> GithubSource<'a> {
         // Windows to do, latest last: popping takes them in chronological order, so
         // the cursor only ever moves past fully published windows.
         let mut windows = vec![(from, until)];
+        let mut attempt = 0;
         while let Some((a, b)) = windows.pop() {
+            attempt += 1;
             let query = self.query(language, a, b);
             let mut page = self.fetch(self.first_page_url(&query)?).await?;
             let span = b - a;
@@ -357,6 +370,7 @@ impl<'a> GithubSource<'a> {
                     let mid = a + span / 2;
                     windows.push((mid + chrono::Duration::seconds(1), b));
                     windows.push((a, mid));
+                    attempt = 0;
                     continue;
                 }
                 self.metrics
@@ -365,17 +379,38 @@ impl<'a> GithubSource<'a> {
                     .inc();
                 tracing::warn!(%query, total = page.total_count, "a one-second window holds 1,000 or more repositories; only the first 1,000 are reachable");
             }
+            // A repository pushed while the window is paged leaves it and shifts the
+            // rest of the pages: one of them is never served. Fewer distinct items
+            // than total_count means the window is read again before the cursor moves.
+            let expected = page.total_count.min(SEARCH_CAP);
+            let mut seen = std::collections::HashSet::new();
             loop {
                 let next = page.next.take();
                 let repos: Vec<RepoUrl> = page.items.drain(..).map(Item::into_record).collect();
                 self.metrics.repos_scraped.inc_by(repos.len() as u64);
+                seen.extend(repos.iter().map(|r| r.full_name.clone()));
+                let short = next.is_none() && (seen.len() as u64) < expected;
+                let retry = short && attempt < WINDOW_ATTEMPTS;
                 // The last page of a window carries the cursor in its transaction.
-                let cursor = next.is_none().then(|| (cursor_key, b.timestamp_millis()));
+                let cursor = (next.is_none() && !retry).then(|| (cursor_key, b.timestamp_millis()));
                 published += sink.publish(repos, cursor).await?;
+                if short {
+                    self.metrics
+                        .scrape_errors
+                        .with_label_values(&["window_shifted"])
+                        .inc();
+                    tracing::warn!(%query, expected, fetched = seen.len(), attempt, retry, "the window's results shifted while paging");
+                    if retry {
+                        windows.push((a, b));
+                    }
+                }
                 match next {
                     None => break,
                     Some(url) => page = self.fetch(url).await?,
                 }
+            }
+            if windows.last() != Some(&(a, b)) {
+                attempt = 0;
             }
         }
         Ok(published)

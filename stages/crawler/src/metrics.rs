@@ -9,6 +9,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "network",
     "malformed",
     "invalid_input",
+    "window_shifted",
 ];
 
 pub struct CrawlerMetrics {

@@ -503,3 +503,62 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// Relays each repository once the outage is over: the first `failures` attempts at
+/// any record fail as a host being down does.
+struct Outage {
+    failures: usize,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl Transform for Outage {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+
+    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if attempt < self.failures {
+            return Err(TransformError::transient("network", "host unreachable"));
+        }
+        Relay.transform(input).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead_lettered() {
+    let (input, output, dead) = (unique("down-in"), unique("down-out"), unique("down-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
+    let mut config = Config::default();
+    config.kafka.dead_letter_topic = dead.clone();
+    let shutdown = CancellationToken::new();
+    let stage = StageRuntime::resolve(
+        "relay",
+        &topology,
+        &config,
+        KafkaClients::new(brokers(), &config.kafka),
+        shutdown.clone(),
+    )
+    .unwrap();
+    // More failures than max_attempts (3), which would dead-letter a retryable error.
+    assert!(stage.settings.max_attempts < 5);
+    let outage = Outage {
+        failures: 5,
+        attempts: Default::default(),
+    };
+    let running =
+        tokio::spawn(async move { codelupe_runtime::pipeline::run(outage, &stage).await });
+    produce(&input, std::iter::once(repo_url(7))).await;
+    let out = output.clone();
+    wait_for(
+        "the record relayed after the outage",
+        Duration::from_secs(60),
+        || topic_size(&out, 1) >= 1,
+    );
+    assert_eq!(topic_size(&dead, 1), 0, "the record was dead-lettered");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -490,6 +490,10 @@ async fn a_server_that_stops_sending_fails_the_clone_after_the_read_timeout() {
     .expect("the clone is still waiting on a server that sends nothing")
     .unwrap_err();
     assert_eq!(err.reason, "timeout", "{err}");
+    assert!(
+        err.transient,
+        "a stalled host is an outage, not a dead letter"
+    );
     assert_eq!(stalled.connections(), 1);
     assert!(
         started.elapsed() < Duration::from_secs(40),

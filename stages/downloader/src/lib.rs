@@ -231,7 +231,18 @@ impl Transform for Downloader {
         let started = Instant::now();
         let result = self.clone_with_retries(&source).await;
         self.metrics.active_downloads.dec();
-        let (temporary, stats) = result.map_err(|f| self.failed(f.reason, f.message))?;
+        let (temporary, stats) = result.map_err(|f| {
+            if f.transient {
+                // A host down or throttling: the record waits, it is not dead-lettered.
+                self.metrics
+                    .repos_failed
+                    .with_label_values(&[f.reason])
+                    .inc();
+                TransformError::transient(f.reason, f.message)
+            } else {
+                self.failed(f.reason, f.message)
+            }
+        })?;
         let marker = Marker {
             full_name: repo.full_name.clone(),
             commit_id: stats.commit_id.clone(),

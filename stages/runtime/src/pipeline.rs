@@ -44,7 +44,13 @@ pub struct Keyed<T> {
 pub struct TransformError {
     pub reason: &'static str,
     pub message: String,
+    /// Worth `max_attempts` tries before the record is dead-lettered.
     pub retryable: bool,
+    /// Trouble outside the record (a host down or throttling): retried with backoff
+    /// until it works or the stage stops, never dead-lettered. The record holds its
+    /// partition's offset meanwhile, and back-pressure pauses the input when every
+    /// permit waits so.
+    pub transient: bool,
 }
 
 impl TransformError {
@@ -53,16 +59,33 @@ impl TransformError {
             reason,
             message: message.into(),
             retryable: false,
+            transient: false,
         }
     }
 
     pub fn retryable(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
-            reason,
-            message: message.into(),
             retryable: true,
+            ..Self::permanent(reason, message)
         }
     }
+
+    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            transient: true,
+            ..Self::retryable(reason, message)
+        }
+    }
+}
+
+/// The longest wait between attempts at a record failing transiently.
+const MAX_TRANSIENT_BACKOFF: Duration = Duration::from_secs(120);
+
+/// How a record's transform ended without outputs.
+enum Failed {
+    DeadLetter(&'static str, String, u32),
+    /// Shutdown came while it waited out a transient failure: left uncommitted.
+    Abandoned,
 }
 
 /// A stage's domain logic: decode → decide → outputs. Everything about Kafka is here
@@ -277,6 +300,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
         stage: runtime.name.clone(),
         max_attempts: runtime.settings.max_attempts.max(1),
         metrics: metrics.clone(),
+        shutdown: runtime.shutdown.clone(),
     });
     let permits = Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
@@ -555,6 +579,7 @@ struct Shared<T: Transform> {
     dead_letters: DeadLetters,
     max_attempts: u32,
     metrics: LoopMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl<T: Transform> Shared<T> {
@@ -564,7 +589,8 @@ impl<T: Transform> Shared<T> {
         let outcome = self.transform_with_retries(record).await;
         let outputs = match outcome {
             Ok(outputs) => outputs,
-            Err((reason, error, attempts)) => {
+            Err(Failed::Abandoned) => return Err(SendError::Abandoned),
+            Err(Failed::DeadLetter(reason, error, attempts)) => {
                 return self
                     .dead_letters
                     .send(record, reason, error, attempts)
@@ -621,24 +647,43 @@ impl<T: Transform> Shared<T> {
     async fn transform_with_retries(
         &self,
         record: &InputRecord,
-    ) -> Result<Vec<Keyed<T::Output>>, (&'static str, String, u32)> {
+    ) -> Result<Vec<Keyed<T::Output>>, Failed> {
         let Some(value) = record.value.as_deref() else {
-            return Err(("empty_value", "record has no value".into(), 1));
+            return Err(Failed::DeadLetter(
+                "empty_value",
+                "record has no value".into(),
+                1,
+            ));
         };
         let mut attempt = 1;
         loop {
             // Decoding each attempt keeps `Input` free of a Clone bound; it is cheap.
-            let input = T::Input::decode(value).map_err(|e| ("decode", e.to_string(), attempt))?;
+            let input = T::Input::decode(value)
+                .map_err(|e| Failed::DeadLetter("decode", e.to_string(), attempt))?;
+            let backoff = Duration::from_millis(200 * 2u64.saturating_pow(attempt - 1));
             match self.transform.transform(input).await {
                 Ok(outputs) => return Ok(outputs),
+                Err(e) if e.transient => {
+                    self.metrics.retries.inc();
+                    let backoff = backoff.min(MAX_TRANSIENT_BACKOFF);
+                    tracing::warn!(
+                        reason = e.reason, error = %e, attempt, ?backoff,
+                        partition = record.partition, offset = record.offset,
+                        "transient failure; the record waits and is tried again"
+                    );
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Failed::Abandoned),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
                 Err(e) if e.retryable && attempt < self.max_attempts => {
                     self.metrics.retries.inc();
                     tracing::debug!(reason = e.reason, error = %e, attempt, "retrying transform");
-                    tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt - 1))).await;
-                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
                 }
-                Err(e) => return Err((e.reason, e.message, attempt)),
+                Err(e) => return Err(Failed::DeadLetter(e.reason, e.message, attempt)),
             }
+            attempt += 1;
         }
     }
 }

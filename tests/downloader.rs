@@ -625,3 +625,99 @@ async fn sigterm_ends_the_process_while_a_clone_is_stuck() {
     assert!(status.success(), "exited with {status}");
     println!("exited {:?} after SIGTERM", signalled.elapsed());
 }
+
+/// Commits `group`'s offsets on every partition of `topic` at its end, as a reader
+/// that has read everything does.
+fn commit_at_end(group: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        list.add_partition_offset(topic, p.id(), Offset::Offset(high))
+            .unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_no_clone_the_processor_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = dir.path().join("srv");
+    for name in ["frank/a", "frank/b"] {
+        bare_repo(
+            &srv.join(format!("{name}.git")),
+            &[("a.rs", RUST.into())],
+            None,
+        );
+    }
+    let daemon = GitDaemon::start(&srv);
+    let (suffix, topology) = fresh_topics(dir.path(), "sweep");
+    let store = dir.path().join("store");
+    let config = dir.path().join("codelupe.yaml");
+    // A budget of one byte: every clone is over it at each 1 s sweep.
+    std::fs::write(
+        &config,
+        format!(
+            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    options:\n      store: {}\n      max_store_bytes: 1\n      sweep_interval_s: 1\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
+            brokers(),
+            free_port(),
+            store.display()
+        ),
+    )
+    .unwrap();
+    let records = ["frank/a", "frank/b"].map(|name| {
+        (
+            name.to_string(),
+            url_record(name, &daemon.url(&format!("{name}.git")))
+                .encode()
+                .unwrap(),
+        )
+    });
+    produce_all(&format!("repo-urls-{suffix}"), records.to_vec()).await;
+    let _stage = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_codelupe"))
+            .current_dir(repo_root())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--topology",
+                topology.to_str().unwrap(),
+                "stage",
+                "downloader",
+            ])
+            .env("CODELUPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let clones = format!("repo-clones-{suffix}");
+    let published = clones.clone();
+    wait_for("both clones published", Duration::from_secs(60), || {
+        read_all(&published, Duration::from_millis(500)).len() >= 2
+    });
+    let kept = |name: &str| store.join(format!("127.0.0.1/{name}.git")).exists();
+    // Several sweeps over budget, but the processor has read nothing yet.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        kept("frank/a") && kept("frank/b"),
+        "an unread clone was swept"
+    );
+
+    // The processor has read them: now the budget applies.
+    commit_at_end("codelupe-processor", &clones);
+    wait_for("the read clones swept", Duration::from_secs(30), || {
+        !kept("frank/a") && !kept("frank/b")
+    });
+}

@@ -41,6 +41,9 @@ pub struct DownloaderOptions {
     /// Oldest clones are deleted while the store holds more.
     pub max_store_bytes: Option<u64>,
     pub sweep_interval_s: u64,
+    /// Consumer groups that read the clones this stage publishes (the processor's):
+    /// the sweep deletes nothing while one of them has clones left to read.
+    pub store_readers: Vec<String>,
     /// A server that sends nothing for this long fails the clone (a network error,
     /// retried): a stalled server cannot hold a clone slot for good.
     pub read_timeout_s: u64,
@@ -63,6 +66,7 @@ impl Default for DownloaderOptions {
             retention_hours: 72,
             max_store_bytes: None,
             sweep_interval_s: 600,
+            store_readers: vec!["codelupe-processor".into()],
             read_timeout_s: 60,
             token_host: "github.com".into(),
             tree: TreeLimits::default(),
@@ -273,6 +277,28 @@ impl Transform for Downloader {
     }
 }
 
+/// None when every reader group has committed every clone record published so far
+/// (so every clone in the store has been read); else which group is behind, and by
+/// how much. Blocks.
+fn unread_clones(
+    clients: &codelupe_runtime::kafka::KafkaClients,
+    published: Option<&str>,
+    readers: &[String],
+) -> anyhow::Result<Option<String>> {
+    let Some(topic) = published else {
+        return Ok(None);
+    };
+    for group in readers {
+        let lag = codelupe_runtime::kafka::LagReader::new(clients, group, topic)?.lag()?;
+        if lag > 0 {
+            return Ok(Some(format!(
+                "group {group} has {lag} records of {topic} to read"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Runs the stage until shutdown, sweeping the clone store on an interval.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: DownloaderOptions = runtime.settings.options(STAGE)?;
@@ -280,6 +306,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let downloader = Downloader::new(options.clone(), metrics)?;
     let store = downloader.store.clone();
     let shutdown = runtime.shutdown.clone();
+    let (clients, published) = (runtime.clients.clone(), runtime.output.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.max(1)));
         loop {
@@ -287,7 +314,15 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     let (store, retention, budget) = (store.clone(), Duration::from_secs(options.retention_hours * 3600), options.max_store_bytes);
-                    match tokio::task::spawn_blocking(move || store.sweep(retention, budget)).await {
+                    let (clients, published, readers) = (clients.clone(), published.clone(), options.store_readers.clone());
+                    let swept = tokio::task::spawn_blocking(move || {
+                        if let Some(unread) = unread_clones(&clients, published.as_deref(), &readers)? {
+                            tracing::info!(%unread, "clone store sweep postponed: clones not read yet");
+                            return Ok(0);
+                        }
+                        store.sweep(retention, budget)
+                    });
+                    match swept.await {
                         Ok(Ok(0)) => {}
                         Ok(Ok(n)) => tracing::info!(deleted = n, "clone store swept"),
                         Ok(Err(e)) => tracing::warn!(error = %e, "clone store sweep failed"),

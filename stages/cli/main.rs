@@ -1,8 +1,10 @@
 //! `codelupe`: runs one stage against a Kafka cluster (`stage`), every stage in one
 //! process (`run`, on an embedded broker by default), publishes topics from
-//! topology.yaml (`topology`), fits the batcher's tokenizer (`tokenizer train`) and
-//! prints a topic's records decoded (`tail`).
+//! topology.yaml (`topology`), fits the batcher's tokenizer (`tokenizer train`),
+//! prints a topic's records decoded (`tail`) and lists or replays dead letters
+//! (`dead-letters`).
 
+mod dead_letters;
 mod embedded;
 mod live;
 mod stages;
@@ -63,6 +65,12 @@ enum Command {
         #[arg(long)]
         max: Option<u64>,
     },
+    /// What the stages could not handle: list the dead letters, or publish chosen
+    /// ones again to the topic they came from (after an outage, or a fix).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLettersAction,
+    },
     /// Run one replica of one stage against a Kafka cluster.
     Stage {
         name: String,
@@ -89,6 +97,27 @@ enum Command {
     Tokenizer {
         #[command(subcommand)]
         action: TokenizerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersAction {
+    /// One line per dead letter (when, stage, reason, origin, error) and counts.
+    List {
+        #[arg(long)]
+        brokers: Option<String>,
+        #[command(flatten)]
+        selection: dead_letters::Selection,
+    },
+    /// Publish the selected letters' records to their original topics again.
+    Replay {
+        #[arg(long)]
+        brokers: Option<String>,
+        #[command(flatten)]
+        selection: dead_letters::Selection,
+        /// Say what would be replayed, publish nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -246,6 +275,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 codelupe_runtime::stage::shutdown_on_signal(),
             )
             .await
+        }
+        Command::DeadLetters { action } => {
+            let topic = &config.kafka.dead_letter_topic;
+            match action {
+                DeadLettersAction::List { brokers, selection } => {
+                    let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
+                    let clients = KafkaClients::connect(&brokers, &config).await?;
+                    dead_letters::list(&clients, topic, &selection).await
+                }
+                DeadLettersAction::Replay {
+                    brokers,
+                    selection,
+                    dry_run,
+                } => {
+                    let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
+                    let clients = KafkaClients::connect(&brokers, &config).await?;
+                    dead_letters::replay(&clients, topic, &selection, dry_run).await
+                }
+            }
         }
         Command::Tail {
             topic,

@@ -1,0 +1,151 @@
+//! `codelupe dead-letters list|replay` on the real broker: letters listed with their
+//! reason and origin, the chosen ones published again to the topic they came from
+//! (a value the letter carries cut is read back from its original place), the others
+//! left alone.
+
+mod support;
+
+use codelupe_runtime::codec::AvroRecord;
+use codelupe_runtime::records::{now_ms, DeadLetter, RepoUrl};
+use support::*;
+
+fn letter(
+    reason: &str,
+    topic: &str,
+    offset: i64,
+    key: &str,
+    value: Vec<u8>,
+    error: &str,
+) -> DeadLetter {
+    DeadLetter {
+        stage: "downloader".into(),
+        reason: reason.into(),
+        error: error.into(),
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        attempts: 3,
+        key: Some(key.as_bytes().to_vec()),
+        value: Some(value),
+        failed_at_ms: now_ms(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_and_the_chosen_ones_replayed_to_their_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (suffix, topology) = fresh_topics(dir.path(), "dl");
+    let (origin, dead) = (
+        format!("repo-urls-{suffix}"),
+        format!("dead-letters-{suffix}"),
+    );
+    let (outage_a, outage_b) = (repo_url(1), repo_url(2));
+    // A large record whose letter carries only its first bytes; the original is still
+    // in its topic, at offset 0 of the partition written to below.
+    let mut large = repo_url(3);
+    large.description = Some("x".repeat(300_000));
+    let large_value = large.encode().unwrap();
+    produce_to_partition(&origin, 0, &large.full_name, &large_value).await;
+    let letters = [
+        letter(
+            "network",
+            &origin,
+            10,
+            &outage_a.full_name,
+            outage_a.encode().unwrap(),
+            "host unreachable",
+        ),
+        letter(
+            "network",
+            &origin,
+            11,
+            &outage_b.full_name,
+            outage_b.encode().unwrap(),
+            "timed out",
+        ),
+        letter(
+            "decode",
+            &origin,
+            12,
+            "garbage",
+            b"not avro".to_vec(),
+            "not Avro single-object encoded",
+        ),
+        letter(
+            "network",
+            &origin,
+            0,
+            &large.full_name,
+            large_value[..1000].to_vec(),
+            "timed out (value cut to its first 1000 of 300100 bytes)",
+        ),
+    ];
+    produce_all(
+        &dead,
+        letters
+            .iter()
+            .map(|l| {
+                (
+                    String::from_utf8(l.key.clone().unwrap()).unwrap(),
+                    l.encode().unwrap(),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let run = |args: &[&str]| {
+        let out = codelupe()
+            .args(["--topology", topology.to_str().unwrap(), "dead-letters"])
+            .args(args)
+            .args(["--brokers", &brokers()])
+            .env("CODELUPE_KAFKA__DEAD_LETTER_TOPIC", &dead)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let listed = run(&["list"]);
+    assert!(listed.contains("4 dead letters"), "{listed}");
+    assert!(listed.contains("3  downloader network"), "{listed}");
+    assert!(listed.contains("1  downloader decode"), "{listed}");
+    assert!(
+        listed.contains(&format!("{origin}[0]@12  key=garbage")),
+        "{listed}"
+    );
+
+    let dry = run(&["replay", "--reason", "network", "--dry-run"]);
+    assert!(dry.contains("would replay 3 of 3"), "{dry}");
+    assert_eq!(topic_size(&origin, 6), 1, "a dry run published something");
+
+    let replayed = run(&["replay", "--reason", "network"]);
+    assert!(
+        replayed.contains(&format!("replayed 3 records to {origin}")),
+        "{replayed}"
+    );
+    let mut got: Vec<RepoUrl> = read_all(&origin, std::time::Duration::from_secs(2))
+        .into_iter()
+        .map(|(_, v)| RepoUrl::decode(&v).unwrap())
+        .collect();
+    got.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+    // The large one twice: the original and its replay, whole.
+    assert_eq!(got, vec![outage_a, outage_b, large.clone(), large]);
+}
+
+async fn produce_to_partition(topic: &str, partition: i32, key: &str, value: &[u8]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(value),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+}

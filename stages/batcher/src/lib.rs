@@ -14,13 +14,14 @@ pub mod pack;
 pub mod sample;
 pub mod tokenizer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use bloomfilter::Bloom;
 use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Sealed, Step};
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::publish::Outgoing;
@@ -48,6 +49,12 @@ pub struct BatcherOptions {
     /// Seal partial batches (padded with end-of-text) once the input has paused this
     /// long, so the tail of a stream reaches the trainer; 0 keeps them until full.
     pub flush_idle_ms: u64,
+    /// Files per input partition the dedup filter is sized for: its memory is fixed
+    /// (about 5.4 bytes a file at the default rate), its false-positive rate holds up
+    /// to this many files and grows past them.
+    pub dedup_capacity: usize,
+    /// Chance that a file never seen is taken for a duplicate (and dropped).
+    pub dedup_false_positive_rate: f64,
 }
 
 impl Default for BatcherOptions {
@@ -59,6 +66,8 @@ impl Default for BatcherOptions {
             document: DocumentOptions::default(),
             seen_topic: "batcher-seen".into(),
             flush_idle_ms: 30_000,
+            dedup_capacity: 2_000_000,
+            dedup_false_positive_rate: 1e-9,
         }
     }
 }
@@ -71,8 +80,11 @@ struct Member {
 }
 
 struct PartitionState {
-    /// First 128 bits of each content hash packed or being packed.
-    seen: HashSet<u128>,
+    /// First 128 bits of each content hash packed or being packed, in a Bloom filter:
+    /// bounded memory, where an exact set grows with the corpus (about 40 bytes a file).
+    seen: Bloom<u128>,
+    /// Files in `seen`, to warn once it passes its capacity.
+    marks: usize,
     train: Packer<Member>,
     eval: Packer<Member>,
 }
@@ -113,21 +125,27 @@ impl Batcher {
     async fn load_partition(&mut self, partition: i32) -> anyhow::Result<()> {
         if !self.partitions.contains_key(&partition) {
             let started = Instant::now();
-            let seen = kafka::read_to_end(
+            let filter = Bloom::new_for_fp_rate(
+                self.options.dedup_capacity.max(1),
+                self.options.dedup_false_positive_rate,
+            )
+            .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
+            let (seen, marks) = kafka::read_to_end(
                 &self.clients,
                 &self.options.seen_topic,
                 Some(vec![partition]),
-                HashSet::new(),
-                |seen, key, _| {
+                (filter, 0usize),
+                |(seen, marks), key, _| {
                     if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
-                        seen.insert(key);
+                        seen.set(&key);
+                        *marks += 1;
                     }
                     Ok(ControlFlow::Continue(()))
                 },
             )
             .await
             .with_context(|| format!("loading dedup marks of partition {partition}"))?;
-            tracing::info!(partition, marks = seen.len(), elapsed = ?started.elapsed(), "dedup state loaded");
+            tracing::info!(partition, marks, elapsed = ?started.elapsed(), "dedup state loaded");
             let (len, per, eot) = (
                 self.options.sequence_length,
                 self.options.sequences_per_batch,
@@ -137,6 +155,7 @@ impl Batcher {
                 partition,
                 PartitionState {
                     seen,
+                    marks,
                     train: Packer::new(len, per, eot),
                     eval: Packer::new(len, per, eot),
                 },
@@ -236,12 +255,21 @@ impl Aggregate for Batcher {
             .partitions
             .get_mut(&at.partition)
             .expect("loaded above");
-        if !state.seen.insert(key) {
+        if state.seen.check_and_set(&key) {
             self.metrics.duplicates_dropped.inc();
             return Ok(Step {
                 finished: vec![at],
                 ..Step::default()
             });
+        }
+        state.marks += 1;
+        if state.marks == self.options.dedup_capacity + 1 {
+            tracing::warn!(
+                partition = at.partition,
+                capacity = self.options.dedup_capacity,
+                "the dedup filter passed its capacity: its false-positive rate grows from here \
+                 (raise stages.batcher.options.dedup_capacity)"
+            );
         }
         let started = Instant::now();
         let tokens = document::tokens(&self.tokenizer, &file, &self.options.document)
@@ -318,4 +346,35 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let metrics = BatcherMetrics::register(&runtime.registry)?;
     let batcher = Batcher::new(tokenizer, options, runtime.clients.clone(), metrics)?;
     aggregate::run_aggregate(batcher, &runtime).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The filter's size is fixed by its capacity, and at capacity its false-positive
+    /// rate is what was asked for (within sampling noise).
+    #[test]
+    fn the_dedup_filter_is_bounded_and_holds_its_false_positive_rate_at_capacity() {
+        let (capacity, rate) = (100_000, 1e-4);
+        let mut filter: Bloom<u128> = Bloom::new_for_fp_rate(capacity, rate).unwrap();
+        let bits = filter.len();
+        // -n ln p / ln² 2 bits: about 19.2 bits (2.4 bytes) a file at 1e-4.
+        assert!((1_900_000..2_000_000).contains(&bits), "{bits} bits");
+        let mut x: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..capacity {
+            filter.set(&next());
+        }
+        assert_eq!(filter.len(), bits, "the filter did not grow");
+        let trials = 1_000_000;
+        let false_positives = (0..trials).filter(|_| filter.check(&next())).count();
+        // Expected 100; 300 is far outside the noise.
+        assert!(false_positives < 300, "{false_positives} in {trials}");
+    }
 }

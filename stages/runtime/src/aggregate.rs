@@ -278,10 +278,7 @@ pub async fn run_aggregate<A: Aggregate>(
                     Err(e) if e.retryable => Err(anyhow::anyhow!(
                         "{} at partition {} offset {}: {e}", e.reason, at.partition, at.offset
                     )),
-                    Err(e) => {
-                        state.dead_letter(record, e.reason, e.message);
-                        Ok(())
-                    }
+                    Err(e) => state.dead_letter(record, e.reason, e.message).await,
                 };
                 if let Err(e) = dispatched {
                     failure = Some(e);
@@ -435,9 +432,18 @@ impl Loop {
         Ok(())
     }
 
-    fn dead_letter(&mut self, record: InputRecord, reason: &'static str, error: String) {
+    /// Publishes `record`'s dead letter in a task holding a permit, so a stream of bad
+    /// records cannot pile up tasks and their values in memory.
+    async fn dead_letter(
+        &mut self,
+        record: InputRecord,
+        reason: &'static str,
+        error: String,
+    ) -> anyhow::Result<()> {
+        let permit = self.permits.clone().acquire_owned().await?;
         let (dead_letters, done) = (self.dead_letters.clone(), self.done.clone());
         self.tasks.spawn(async move {
+            let _permit = permit;
             match dead_letters.send(&record, reason, error, 1).await {
                 Ok(()) => {
                     let at = InputPosition {
@@ -452,6 +458,7 @@ impl Loop {
                 Err(SendError::Abandoned) => {}
             }
         });
+        Ok(())
     }
 }
 

@@ -463,7 +463,7 @@ impl Stage {
         self.status.step = self.trainer.optimizer.step;
         self.status.tokens_seen = self.tokens_seen;
         let step = self.trainer.optimizer.step;
-        if step % self.options.log_every_steps.max(1) == 0 {
+        if step.is_multiple_of(self.options.log_every_steps.max(1)) {
             let (since, tokens_then) = self.throughput;
             let rate = (self.tokens_seen - tokens_then) as f64 / since.elapsed().as_secs_f64();
             self.throughput = (Instant::now(), self.tokens_seen);

@@ -19,7 +19,7 @@ pub struct Sequences {
 impl Sequences {
     pub fn from_batch(batch: &TrainingBatch) -> anyhow::Result<Self> {
         let length = batch.sequence_length as usize;
-        if length < 2 || batch.token_ids.len() % length != 0 {
+        if length < 2 || !batch.token_ids.len().is_multiple_of(length) {
             bail!(
                 "batch {}: {} tokens do not make sequences of {length}",
                 batch.batch_id,

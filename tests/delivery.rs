@@ -16,21 +16,6 @@ use codelupe_runtime::{AvroRecord, Keyed, StageRuntime, Transform, TransformErro
 use support::*;
 use tokio_util::sync::CancellationToken;
 
-/// The test stage: passes each repository through unchanged, keyed by name.
-struct Relay;
-
-impl Transform for Relay {
-    type Input = RepoUrl;
-    type Output = RepoUrl;
-
-    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
-        Ok(vec![Keyed {
-            key: input.full_name.clone(),
-            value: input,
-        }])
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -74,7 +59,29 @@ fn relay_replica_process() {
     });
 }
 
-fn spawn_replica(topology: &std::path::Path, dead: &str, port: u16) -> Child {
+/// Two relay replicas in `delivery` mode, once both hold partitions; and B's port.
+fn two_replicas(
+    topology: &std::path::Path,
+    dead: &str,
+    delivery: &str,
+) -> (KillOnDrop, KillOnDrop, u16) {
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = KillOnDrop(spawn_replica(topology, dead, port_a, delivery));
+    let mut b = KillOnDrop(spawn_replica(topology, dead, port_b, delivery));
+    wait_for("both replicas ready", Duration::from_secs(60), || {
+        for replica in [&mut a.0, &mut b.0] {
+            if let Some(status) = replica.try_wait().unwrap() {
+                panic!("a replica exited during start-up with {status}");
+            }
+        }
+        [port_a, port_b]
+            .iter()
+            .all(|p| matches!(http_get(*p, "/readyz"), Ok((200, _))))
+    });
+    (a, b, port_b)
+}
+
+fn spawn_replica(topology: &std::path::Path, dead: &str, port: u16, delivery: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -87,6 +94,7 @@ fn spawn_replica(topology: &std::path::Path, dead: &str, port: u16) -> Child {
         .env("CODELUPE_KAFKA__DEAD_LETTER_TOPIC", dead)
         .env("CODELUPE_STAGES__RELAY__METRICS_PORT", port.to_string())
         .env("CODELUPE_STAGES__RELAY__METRICS_BIND", "127.0.0.1")
+        .env("CODELUPE_STAGES__RELAY__DELIVERY", delivery)
         // A killed member's partitions move after the session timeout.
         .env("CODELUPE_KAFKA__CONSUMER__SESSION.TIMEOUT.MS", "6000")
         .env("CODELUPE_KAFKA__CONSUMER__HEARTBEAT.INTERVAL.MS", "1000")
@@ -108,19 +116,7 @@ async fn replica_killed_mid_stream_loses_nothing() {
     create_topics(&[(&input, 3), (&output, 3), (&dead, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
     let topology = relay_topology(dir.path(), &input, &output, &dead, 3);
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut a = KillOnDrop(spawn_replica(&topology, &dead, port_a));
-    let mut b = KillOnDrop(spawn_replica(&topology, &dead, port_b));
-    wait_for("both replicas ready", Duration::from_secs(60), || {
-        for replica in [&mut a.0, &mut b.0] {
-            if let Some(status) = replica.try_wait().unwrap() {
-                panic!("a replica exited during start-up with {status}");
-            }
-        }
-        [port_a, port_b]
-            .iter()
-            .all(|p| matches!(http_get(*p, "/readyz"), Ok((200, _))))
-    });
+    let (mut a, mut b, port_b) = two_replicas(&topology, &dead, "at_least_once");
 
     // First half, then kill replica A mid-stream, then the second half.
     produce(&input, (0..TOTAL / 2).map(repo_url)).await;
@@ -191,18 +187,8 @@ async fn malformed_record_goes_to_dead_letters_and_the_stage_goes_on() {
     let (input, output, dead) = (unique("dlq-in"), unique("dlq-out"), unique("dlq-dead"));
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
-    let mut config = Config::default();
-    config.kafka.dead_letter_topic = dead.clone();
-    let shutdown = CancellationToken::new();
-    let stage = StageRuntime::resolve(
-        "relay",
-        &topology,
-        &config,
-        KafkaClients::new(brokers(), &config.kafka),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (stage, _, shutdown) =
+        relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
     let registry = stage.registry.clone();
     let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
 
@@ -287,19 +273,8 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on
     create_topic_with(&output, &[("max.message.bytes", "20000")]).await;
     create_topic_with(&dead, &[("max.message.bytes", "300000")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
-    let mut config = Config::default();
-    config.kafka.dead_letter_topic = dead.clone();
-    let clients = KafkaClients::new(brokers(), &config.kafka);
-    let shutdown = CancellationToken::new();
-    let stage = StageRuntime::resolve(
-        "relay",
-        &topology,
-        &config,
-        clients.clone(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (stage, clients, shutdown) =
+        relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
     let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
 
     // A record whose output is too large for the output topic, an undecodable value
@@ -400,19 +375,8 @@ async fn shutdown_drains_records_in_flight_instead_of_abandoning_them() {
     );
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
-    let mut config = Config::default();
-    config.kafka.dead_letter_topic = dead.clone();
-    let clients = KafkaClients::new(brokers(), &config.kafka);
-    let shutdown = CancellationToken::new();
-    let stage = StageRuntime::resolve(
-        "relay",
-        &topology,
-        &config,
-        clients.clone(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (stage, clients, shutdown) =
+        relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
     assert!(
         stage.settings.drain_timeout_ms >= 5_000,
         "the drain outlasts the delay"
@@ -452,9 +416,7 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
     let (input, output, dead) = (unique("slow-in"), unique("slow-out"), unique("slow-dead"));
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
     let mut config = Config::default();
-    config.kafka.dead_letter_topic = dead.clone();
     // librdkafka evicts a member that does not poll for 6 s.
     for (key, value) in [
         ("max.poll.interval.ms", "6000"),
@@ -463,16 +425,8 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
     ] {
         config.kafka.consumer.insert(key.into(), value.into());
     }
-    let clients = KafkaClients::new(brokers(), &config.kafka);
-    let shutdown = CancellationToken::new();
-    let mut stage = StageRuntime::resolve(
-        "relay",
-        &topology,
-        &config,
-        clients.clone(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (mut stage, clients, shutdown) =
+        relay_stage(dir.path(), [&input, &output, &dead], 1, config);
     // Two at a time, 8 s each: every permit is held for longer than the poll interval.
     stage.settings.max_in_flight = 2;
     let relay = SlowRelay {
@@ -531,18 +485,8 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     let (input, output, dead) = (unique("down-in"), unique("down-out"), unique("down-dead"));
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let topology = Topology::load(&relay_topology(dir.path(), &input, &output, &dead, 1)).unwrap();
-    let mut config = Config::default();
-    config.kafka.dead_letter_topic = dead.clone();
-    let shutdown = CancellationToken::new();
-    let stage = StageRuntime::resolve(
-        "relay",
-        &topology,
-        &config,
-        KafkaClients::new(brokers(), &config.kafka),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (stage, _, shutdown) =
+        relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
     // More failures than max_attempts (3), which would dead-letter a retryable error.
     assert!(stage.settings.max_attempts < 5);
     let outage = Outage {
@@ -561,4 +505,52 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     assert_eq!(topic_size(&dead, 1), 0, "the record was dead-lettered");
     shutdown.cancel();
     running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_replica_killed_mid_stream_loses_and_duplicates_nothing() {
+    const TOTAL: usize = 6_000;
+    let (input, output, dead) = (unique("eos-in"), unique("eos-out"), unique("eos-dead"));
+    create_topics(&[(&input, 3), (&output, 3), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let topology = relay_topology(dir.path(), &input, &output, &dead, 3);
+    let (mut a, mut b, _) = two_replicas(&topology, &dead, "exactly_once");
+
+    produce(&input, (0..TOTAL / 2).map(repo_url)).await;
+    let out = output.clone();
+    wait_for("some output", Duration::from_secs(60), || {
+        read_all(&out, Duration::from_millis(300)).len() >= 1_000
+    });
+    // SIGKILL mid-transaction: its open transaction is aborted when the survivor (or
+    // a restart) takes the partitions; nothing it did not commit is visible.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    produce(&input, (TOTAL / 2..TOTAL).map(repo_url)).await;
+    wait_for(
+        "every input key in the committed output",
+        Duration::from_secs(180),
+        || read_all(&out, Duration::from_millis(500)).len() >= TOTAL,
+    );
+    // Anything committed twice would arrive in the next seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let records = read_all(&output, Duration::from_secs(3));
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (key, value) in &records {
+        assert_eq!(&RepoUrl::decode(value).unwrap().full_name, key);
+        *counts.entry(key.clone()).or_default() += 1;
+    }
+    let duplicated: usize = counts.values().map(|c| c - 1).sum();
+    let lost = (0..TOTAL)
+        .filter(|i| !counts.contains_key(&repo_url(*i).full_name))
+        .count();
+    println!(
+        "exactly-once relay: {TOTAL} in, {} out, {lost} lost, {duplicated} duplicated",
+        records.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+    Command::new("kill")
+        .args(["-TERM", &b.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(b.0.wait().unwrap().success());
 }

@@ -16,6 +16,24 @@ use codelupe_runtime::records::{now_ms, RepoUrl};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+/// The runtime's test stage: passes each repository through unchanged, keyed by name.
+pub struct Relay;
+
+impl codelupe_runtime::Transform for Relay {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+
+    async fn transform(
+        &self,
+        input: RepoUrl,
+    ) -> Result<Vec<codelupe_runtime::Keyed<RepoUrl>>, codelupe_runtime::TransformError> {
+        Ok(vec![codelupe_runtime::Keyed {
+            key: input.full_name.clone(),
+            value: input,
+        }])
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -49,6 +67,37 @@ pub fn relay_topology(
     let path = dir.join("topology.yaml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The relay stage of [`relay_topology`] resolved in this process over `[input, output,
+/// dead letters]`, with `config` (its dead-letter topic set here): the stage, its Kafka
+/// clients and the token that stops it.
+pub fn relay_stage(
+    dir: &Path,
+    [input, output, dead]: [&str; 3],
+    partitions: i32,
+    mut config: codelupe_runtime::config::Config,
+) -> (
+    codelupe_runtime::StageRuntime,
+    codelupe_runtime::kafka::KafkaClients,
+    tokio_util::sync::CancellationToken,
+) {
+    let topology = codelupe_runtime::topology::Topology::load(&relay_topology(
+        dir, input, output, dead, partitions,
+    ))
+    .unwrap();
+    config.kafka.dead_letter_topic = dead.to_string();
+    let clients = codelupe_runtime::kafka::KafkaClients::new(brokers(), &config.kafka);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stage = codelupe_runtime::StageRuntime::resolve(
+        "relay",
+        &topology,
+        &config,
+        clients.clone(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    (stage, clients, shutdown)
 }
 
 /// The repository's topology.yaml with every topic renamed `<topic>-<suffix>`, so a test

@@ -21,6 +21,7 @@ use crate::codec::AvroRecord;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
     commit_and_leave, drain, store, subscribe, DeadLetters, InputRecord, LoopContext, LoopMetrics,
+    Polled,
 };
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
@@ -196,6 +197,12 @@ pub async fn run_aggregate<A: Aggregate>(
     mut aggregate: A,
     runtime: &StageRuntime,
 ) -> anyhow::Result<()> {
+    if runtime.settings.delivery == crate::config::Delivery::ExactlyOnce {
+        anyhow::bail!(
+            "stages.{}.delivery: exactly_once is not available for a stage whose outputs              gather many inputs yet; use at_least_once (its dedup marks drop replays)",
+            runtime.name
+        );
+    }
     let (input, _) = runtime.require_input()?;
     let output = runtime
         .output
@@ -253,20 +260,19 @@ pub async fn run_aggregate<A: Aggregate>(
                 }
             }
             message = stream.next() => {
-                let record = match message {
-                    Some(Ok(message)) => InputRecord::of(&message),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        continue;
-                    }
-                    None => break,
+                let record = match crate::pipeline::polled(message) {
+                    Polled::Record(message) => InputRecord::of(&message),
+                    Polled::Skip => continue,
+                    Polled::End => break,
                 };
                 // The rebalance callback ran inside this poll: apply it before the record.
                 while let Ok(partitions) = revoked.try_recv() {
                     state.holds.revoke(&partitions);
                     aggregate.revoke(&partitions);
                 }
-                state.begin(&record);
+                if !state.begin(&record) {
+                    continue;
+                }
                 let at = InputPosition { partition: record.partition, offset: record.offset };
                 let step = match record.value.as_deref().map(A::Input::decode) {
                     None => Err(TransformError::permanent("empty_value", "record has no value")),
@@ -316,11 +322,15 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Loop {
-    fn begin(&self, record: &InputRecord) {
-        self.metrics.consumed.inc();
+    /// Takes the record in; false for one this consumer already has.
+    fn begin(&self, record: &InputRecord) -> bool {
         let mut tracker = self.tracker.lock().expect("tracker lock");
-        tracker.begin(record.partition, record.offset);
+        if !tracker.begin(record.partition, record.offset) {
+            return false;
+        }
+        self.metrics.consumed.inc();
         self.metrics.in_flight.set(tracker.in_flight() as i64);
+        true
     }
 
     fn release(&self, at: InputPosition) {

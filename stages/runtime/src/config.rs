@@ -111,8 +111,18 @@ pub struct StageSettings {
     pub max_attempts: u32,
     /// How long shutdown waits for in-flight records before abandoning them uncommitted.
     pub drain_timeout_ms: u64,
+    /// `at_least_once` (idempotent producer, offsets committed after the acks) or
+    /// `exactly_once` (outputs and offsets in one transaction; needs a real broker).
+    pub delivery: Delivery,
     /// The stage's own options, read by the stage with [`StageSettings::options`].
     pub options: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 impl Default for StageSettings {
@@ -126,6 +136,7 @@ impl Default for StageSettings {
             max_in_flight: 64,
             max_attempts: 3,
             drain_timeout_ms: 10_000,
+            delivery: Delivery::AtLeastOnce,
             options: Value::Null,
         }
     }

@@ -19,7 +19,10 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
-    pub fn begin(&mut self, partition: i32, offset: i64) {
+    /// Takes `offset` in; false when this consumer already has it (in flight, or done
+    /// and stored past): a record fetched again, which must not be handled twice nor
+    /// hold the high-water mark back.
+    pub fn begin(&mut self, partition: i32, offset: i64) -> bool {
         let p = self
             .partitions
             .entry(partition)
@@ -27,8 +30,11 @@ impl OffsetTracker {
                 stored: offset,
                 ..Default::default()
             });
-        p.pending.insert(offset);
+        if offset < p.stored || !p.pending.insert(offset) {
+            return false;
+        }
         p.next_unseen = p.next_unseen.max(offset + 1);
+        true
     }
 
     /// Marks `offset` done; returns the new contiguous high-water mark (the offset to
@@ -73,6 +79,18 @@ mod tests {
         assert_eq!(t.complete(0, 10), Some(13));
         assert_eq!(t.complete(0, 14), None);
         assert_eq!(t.complete(0, 13), Some(15));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_record_fetched_again_is_refused_and_does_not_hold_the_mark_back() {
+        let mut t = OffsetTracker::default();
+        assert!(t.begin(0, 5));
+        assert!(t.begin(0, 6));
+        assert!(!t.begin(0, 6), "in flight already");
+        assert_eq!(t.complete(0, 5), Some(6));
+        assert!(!t.begin(0, 5), "done and stored past");
+        assert_eq!(t.complete(0, 6), Some(7));
         assert_eq!(t.in_flight(), 0);
     }
 

@@ -5,8 +5,9 @@
 //! output derived from it (or its dead letter) is acknowledged, using the contiguous
 //! high-water mark per partition, and librdkafka's auto-commit commits stored offsets
 //! periodically, on revoke and on close. A crash replays at most the uncommitted tail.
-//! Back-pressure pauses the assigned partitions while every permit is taken; the loop
-//! keeps polling, so slow transforms never cost the member its place in the group.
+//! Back-pressure: with every permit taken the loop stops reading, and past a second of
+//! that it pauses the assigned partitions and polls on, so slow transforms never cost
+//! the member its place in the group.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -21,12 +22,13 @@ use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::codec::AvroRecord;
+use crate::config::Delivery;
 use crate::offsets::OffsetTracker;
-use crate::publish::{Publisher, SendError};
+use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::{now_ms, DeadLetter};
 use crate::stage::StageRuntime;
 use crate::telemetry::{register, Readiness};
@@ -82,7 +84,7 @@ impl TransformError {
 const MAX_TRANSIENT_BACKOFF: Duration = Duration::from_secs(120);
 
 /// How a record's transform ended without outputs.
-enum Failed {
+pub(crate) enum Failed {
     DeadLetter(&'static str, String, u32),
     /// Shutdown came while it waited out a transient failure: left uncommitted.
     Abandoned,
@@ -283,37 +285,26 @@ pub(crate) async fn commit_and_leave(
     Ok(())
 }
 
-/// Runs `transform` over the stage's input until shutdown.
+/// Runs `transform` over the stage's input until shutdown, in the stage's delivery
+/// mode (`exactly_once`: see [`crate::exactly_once`]).
 pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::Result<()> {
+    if runtime.settings.delivery == Delivery::ExactlyOnce {
+        return crate::exactly_once::run(transform, runtime).await;
+    }
     let (input, _) = runtime.require_input()?;
-    let output = runtime.output.clone();
     let metrics = LoopMetrics::register(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
 
-    let publisher = Publisher::new(runtime)?;
-    let shared = Arc::new(Shared {
-        transform,
-        dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
-        publisher,
-        output,
-        stage: runtime.name.clone(),
-        max_attempts: runtime.settings.max_attempts.max(1),
-        metrics: metrics.clone(),
-        shutdown: runtime.shutdown.clone(),
-    });
-    let permits = Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1)));
+    let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
+    let mut back_pressure = BackPressure::new(runtime.settings.max_in_flight);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
     // A dead letter the dead-letter topic refuses: the record can go nowhere.
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<SendError>();
     let mut fatal = None;
     let mut tasks = JoinSet::new();
     let mut stream = consumer.stream();
-    // With every permit taken the partitions are paused, not left unpolled: polling
-    // goes on (librdkafka evicts a member that stops polling for max.poll.interval.ms)
-    // and resumes them when a permit is free.
-    let mut paused = false;
-    let mut keep_polling = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
 
     loop {
         tokio::select! {
@@ -326,38 +317,26 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
             Some((partition, offset)) = done_rx.recv() => {
                 store(&consumer, input, &tracker, partition, offset);
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                if paused && permits.available_permits() > 0 {
-                    paused = !set_paused(&consumer, false);
-                }
-            }
-            _ = keep_polling.tick(), if paused => {}
-            message = stream.next() => {
-                let message = match message {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        continue;
-                    }
-                    None => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => back_pressure.released(&consumer),
+            _ = tick.tick() => back_pressure.tick(&consumer),
+            message = stream.next(), if back_pressure.poll_input() => {
+                let message = match polled(message) {
+                    Polled::Record(message) => message,
+                    Polled::Skip => continue,
+                    Polled::End => break,
                 };
-                // A record fetched before the pause took effect waits for a permit in
-                // its task; the loop goes on polling.
-                let permit = permits.clone().try_acquire_owned().ok();
-                if permits.available_permits() == 0 {
-                    paused = set_paused(&consumer, true);
+                let record = InputRecord::of(&message);
+                if !tracker.lock().expect("tracker lock").begin(record.partition, record.offset) {
+                    tracing::debug!(partition = record.partition, offset = record.offset, "fetched again; already handled");
+                    continue;
                 }
+                let permit = back_pressure.take();
                 metrics.consumed.inc();
                 metrics.in_flight.inc();
-                let record = InputRecord::of(&message);
-                tracker.lock().expect("tracker lock").begin(record.partition, record.offset);
-                let (shared, permits) = (shared.clone(), permits.clone());
+                let shared = shared.clone();
                 let (done, fatal) = (done_tx.clone(), fatal_tx.clone());
                 tasks.spawn(async move {
-                    let permit = match permit {
-                        Some(permit) => permit,
-                        None => permits.acquire_owned().await.expect("never closed"),
-                    };
+                    let permit = permit.await;
                     let handled = shared.handle(&record).await;
                     shared.metrics.in_flight.dec();
                     drop(permit);
@@ -423,9 +402,96 @@ pub(crate) async fn drain<M>(
     }
 }
 
+/// What one poll of the input stream gave.
+pub(crate) enum Polled<M> {
+    Record(M),
+    /// A consumer error, logged; polling goes on.
+    Skip,
+    /// The stream ended.
+    End,
+}
+
+pub(crate) fn polled<M>(message: Option<KafkaResult<M>>) -> Polled<M> {
+    match message {
+        Some(Ok(message)) => Polled::Record(message),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "consumer error");
+            Polled::Skip
+        }
+        None => Polled::End,
+    }
+}
+
+/// How long every permit may stay taken before the input is paused: until then the
+/// loop simply stops reading (pausing drops what librdkafka prefetched, so pausing at
+/// each brief exhaustion would refetch constantly); past it, the partitions are paused
+/// and polling goes on, well inside `max.poll.interval.ms`.
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Bounds the records in flight to `max_in_flight` without ever leaving the consumer
+/// unpolled for long.
+pub(crate) struct BackPressure {
+    permits: Arc<Semaphore>,
+    exhausted_since: Option<tokio::time::Instant>,
+    paused: bool,
+}
+
+impl BackPressure {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            exhausted_since: None,
+            paused: false,
+        }
+    }
+
+    /// Whether to poll the input: while a permit is free, or while paused (polling
+    /// then only keeps the member in its group).
+    pub(crate) fn poll_input(&self) -> bool {
+        self.paused || self.permits.available_permits() > 0
+    }
+
+    /// A permit for a record just read: at once, or (for one fetched before a pause
+    /// took effect) when one frees.
+    pub(crate) fn take(&mut self) -> impl Future<Output = OwnedSemaphorePermit> + Send + 'static {
+        let now = self.permits.clone().try_acquire_owned().ok();
+        if self.permits.available_permits() == 0 {
+            self.exhausted_since
+                .get_or_insert_with(tokio::time::Instant::now);
+        }
+        let permits = self.permits.clone();
+        async move {
+            match now {
+                Some(permit) => permit,
+                None => permits.acquire_owned().await.expect("never closed"),
+            }
+        }
+    }
+
+    /// Permits were returned: resume a paused input.
+    pub(crate) fn released(&mut self, consumer: &StreamConsumer<LoopContext>) {
+        if self.permits.available_permits() > 0 {
+            self.exhausted_since = None;
+            if self.paused {
+                self.paused = !set_paused(consumer, false);
+            }
+        }
+    }
+
+    /// Pauses the input once every permit has been taken for `PAUSE_AFTER`.
+    pub(crate) fn tick(&mut self, consumer: &StreamConsumer<LoopContext>) {
+        let stuck = self
+            .exhausted_since
+            .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
+        if stuck && !self.paused && self.permits.available_permits() == 0 {
+            self.paused = set_paused(consumer, true);
+        }
+    }
+}
+
 /// Pauses (or resumes) fetching from every assigned partition; true when done.
 /// Paused partitions keep their position: resuming fetches from the next record.
-fn set_paused(consumer: &StreamConsumer<LoopContext>, pause: bool) -> bool {
+pub(crate) fn set_paused(consumer: &StreamConsumer<LoopContext>, pause: bool) -> bool {
     let assignment = match consumer.assignment() {
         Ok(assignment) => assignment,
         Err(e) => {
@@ -524,9 +590,25 @@ impl DeadLetters {
         &self,
         record: &InputRecord,
         reason: &'static str,
-        mut error: String,
+        error: String,
         attempts: u32,
     ) -> Result<(), SendError> {
+        let letter = self.letter(record, reason, error, attempts);
+        self.publisher
+            .send(&letter.topic, &letter.key, &letter.payload)
+            .await?;
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        Ok(())
+    }
+
+    /// `record`'s dead letter as a record to publish.
+    pub fn letter(
+        &self,
+        record: &InputRecord,
+        reason: &'static str,
+        mut error: String,
+        attempts: u32,
+    ) -> Outgoing {
         tracing::warn!(
             stage = %self.stage, reason, %error,
             topic = %record.topic, partition = record.partition, offset = record.offset,
@@ -552,18 +634,14 @@ impl DeadLetters {
             value,
             failed_at_ms: now_ms(),
         };
-        let payload = letter
-            .encode()
-            .expect("a DeadLetter always encodes: its schema is tested");
-        self.publisher
-            .send(
-                &self.topic,
-                record.key.as_deref().unwrap_or_default(),
-                &payload,
-            )
-            .await?;
-        self.metrics.dead_letters.with_label_values(&[reason]).inc();
-        Ok(())
+        Outgoing {
+            topic: self.topic.clone(),
+            partition: None,
+            key: record.key.clone().unwrap_or_default(),
+            payload: letter
+                .encode()
+                .expect("a DeadLetter always encodes: its schema is tested"),
+        }
     }
 }
 
@@ -571,18 +649,37 @@ impl DeadLetters {
 /// `max.message.bytes` of a topic (1 MiB) with the letter's other fields.
 pub const MAX_DEAD_LETTER_VALUE: usize = 256 * 1024;
 
-struct Shared<T: Transform> {
+/// What every record's task needs: the transform and where its results go.
+pub(crate) struct Shared<T: Transform> {
     transform: T,
     publisher: Publisher,
-    output: Option<String>,
-    stage: String,
-    dead_letters: DeadLetters,
+    pub(crate) output: Option<String>,
+    pub(crate) stage: String,
+    pub(crate) dead_letters: DeadLetters,
     max_attempts: u32,
     metrics: LoopMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl<T: Transform> Shared<T> {
+    pub(crate) fn new(
+        transform: T,
+        runtime: &StageRuntime,
+        metrics: &LoopMetrics,
+    ) -> anyhow::Result<Self> {
+        let publisher = Publisher::new(runtime)?;
+        Ok(Self {
+            transform,
+            dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
+            publisher,
+            output: runtime.output.clone(),
+            stage: runtime.name.clone(),
+            max_attempts: runtime.settings.max_attempts.max(1),
+            metrics: metrics.clone(),
+            shutdown: runtime.shutdown.clone(),
+        })
+    }
+
     /// Transforms one record and publishes its outputs or its dead letter; Ok means
     /// everything derived from it is acknowledged and its offset may be stored.
     async fn handle(&self, record: &InputRecord) -> Result<(), SendError> {
@@ -644,7 +741,7 @@ impl<T: Transform> Shared<T> {
         }
     }
 
-    async fn transform_with_retries(
+    pub(crate) async fn transform_with_retries(
         &self,
         record: &InputRecord,
     ) -> Result<Vec<Keyed<T::Output>>, Failed> {

@@ -275,26 +275,32 @@ impl TransactionalPublisher {
         for result in futures::future::join_all(sends).await {
             result.map_err(|(e, _)| e)?;
         }
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match blocking(producer, self.timeout, |p, t| p.commit_transaction(t)).await {
-                // Retriable and not abortable: the commit is still pending; ask again.
-                Err(KafkaError::Transaction(e))
-                    if e.is_retriable()
-                        && !e.txn_requires_abort()
-                        && tries < TRANSACTION_ATTEMPTS =>
-                {
-                    tracing::warn!(error = %e, tries, "commit not confirmed yet; committing again");
-                }
-                result => return result,
+        commit_retrying(producer, self.timeout).await
+    }
+}
+
+/// Commits the open transaction; a retriable failure that does not require an abort
+/// (a timeout: the commit is still pending) is committed again, not begun again.
+pub(crate) async fn commit_retrying(
+    producer: &Arc<FutureProducer>,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match blocking(producer, timeout, |p, t| p.commit_transaction(t)).await {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && !e.txn_requires_abort() && tries < TRANSACTION_ATTEMPTS =>
+            {
+                tracing::warn!(error = %e, tries, "commit not confirmed yet; committing again");
             }
+            result => return result,
         }
     }
 }
 
 /// Transaction calls block; keep them off the async workers.
-async fn blocking(
+pub(crate) async fn blocking(
     producer: &Arc<FutureProducer>,
     timeout: Duration,
     call: impl FnOnce(&FutureProducer, Duration) -> rdkafka::error::KafkaResult<()> + Send + 'static,

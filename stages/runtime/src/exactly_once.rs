@@ -1,0 +1,377 @@
+//! The consume → transform → produce loop in `exactly_once` delivery: a record's
+//! outputs (or its dead letter) and its input offset are committed in one Kafka
+//! transaction, so a read_committed reader sees each input's outputs exactly once
+//! however often the stage crashes, restarts or rebalances.
+//!
+//! Records are transformed concurrently as in at-least-once; finished ones wait in
+//! memory (holding their permit) until every record before them in their partition has
+//! finished too, then go into the next transaction with their partition's offset
+//! (every `COMMIT_INTERVAL`, or as soon as every permit is held by a waiting record). One
+//! transactional producer per consumer instance, offsets sent with the consumer's group
+//! metadata (KIP-447), so a member that lost its partitions cannot commit for them. A
+//! transaction that fails abortably is aborted and sent again from memory (the same
+//! outputs and offsets: the rewind costs no re-read); one that fails fatally (fenced)
+//! stops the stage with its input uncommitted. Outputs above the output topic's
+//! `max.message.bytes` are dead-lettered before they could poison a transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use futures::StreamExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+
+use crate::offsets::OffsetTracker;
+use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, Shared};
+use crate::publish::Outgoing;
+use crate::records::now_ms;
+use crate::stage::StageRuntime;
+use crate::Transform;
+
+/// How often finished records are committed.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Attempts at one transaction before the stage stops.
+const TRANSACTION_ATTEMPTS: u32 = 5;
+
+/// A transformed record waiting for its transaction.
+struct Finished {
+    records: Vec<Outgoing>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What a task hands back: which record, of which assignment generation, and what
+/// it became.
+struct Done {
+    partition: i32,
+    offset: i64,
+    generation: u64,
+    outcome: Result<Vec<Outgoing>, Failed>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Records finished but not committed, per partition, and how far each partition can
+/// commit (every record below is finished).
+#[derive(Default)]
+struct Waiting {
+    finished: HashMap<i32, BTreeMap<i64, Finished>>,
+    committable: HashMap<i32, i64>,
+}
+
+impl Waiting {
+    /// Forgets these partitions; returns how many finished records it dropped.
+    fn drop_partitions(&mut self, partitions: &[i32]) -> usize {
+        let mut dropped = 0;
+        for p in partitions {
+            dropped += self.finished.remove(p).map_or(0, |f| f.len());
+            self.committable.remove(p);
+        }
+        dropped
+    }
+
+    /// Takes the records below each partition's committable offset, with the offsets.
+    fn take_ready(&mut self) -> (Vec<Finished>, BTreeMap<i32, i64>) {
+        let mut ready = Vec::new();
+        let offsets: BTreeMap<i32, i64> = self.committable.drain().collect();
+        for (partition, next) in &offsets {
+            if let Some(finished) = self.finished.get_mut(partition) {
+                let later = finished.split_off(next);
+                ready.extend(std::mem::replace(finished, later).into_values());
+            }
+        }
+        (ready, offsets)
+    }
+}
+
+pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::Result<()> {
+    let (input, group) = runtime.require_input()?;
+    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
+    let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
+    let transactional_id = format!(
+        "{group}-{}-{}-{}",
+        runtime.client_id(),
+        std::process::id(),
+        now_ms()
+    );
+    let producer: Arc<FutureProducer> = Arc::new(
+        runtime
+            .clients
+            .producer_config(&runtime.client_id())
+            .set("transactional.id", &transactional_id)
+            // A transaction spans one commit step, never a transform: a crashed
+            // instance's open one is aborted (and its partitions readable) this soon.
+            .set("transaction.timeout.ms", "10000")
+            .create()
+            .context("cannot create the transactional Kafka producer")?,
+    );
+    let timeout = Duration::from_secs(30);
+    crate::publish::blocking(&producer, timeout, |p, t| p.init_transactions(t))
+        .await
+        .with_context(|| format!("cannot initialise transactions for {transactional_id}"))?;
+    let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
+    let mut back_pressure = pipeline::BackPressure::new(runtime.settings.max_in_flight);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut generations: HashMap<i32, u64> = HashMap::new();
+    let mut waiting = Waiting::default();
+    let mut tasks = JoinSet::new();
+    let mut stream = consumer.stream();
+    let mut tick = tokio::time::interval(COMMIT_INTERVAL);
+    let output_limit = runtime.output_max_bytes;
+    let commit_ready = |ready: Vec<Finished>, offsets: BTreeMap<i32, i64>| {
+        let (producer, consumer, metrics) = (producer.clone(), consumer.clone(), metrics.clone());
+        let input = input.to_string();
+        async move { commit(&producer, &consumer, &input, ready, offsets, &metrics).await }
+    };
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = runtime.shutdown.cancelled() => break,
+            Some(partitions) = revoked.recv() => {
+                revoke(&partitions, &mut generations, &mut waiting, &metrics);
+            }
+            Some(done) = done_rx.recv() => {
+                accept(done, &generations, &tracker, &mut waiting, &metrics);
+                // Every permit waits for a commit: commit now rather than at the tick.
+                if !back_pressure.poll_input() {
+                    let (ready, offsets) = waiting.take_ready();
+                    if !offsets.is_empty() {
+                        commit_ready(ready, offsets).await?;
+                        back_pressure.released(&consumer);
+                    }
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = tick.tick() => {
+                let (ready, offsets) = waiting.take_ready();
+                if !offsets.is_empty() {
+                    commit_ready(ready, offsets).await?;
+                    back_pressure.released(&consumer);
+                }
+                back_pressure.tick(&consumer);
+            }
+            message = stream.next(), if back_pressure.poll_input() => {
+                let message = match pipeline::polled(message) {
+                    pipeline::Polled::Record(message) => message,
+                    pipeline::Polled::Skip => continue,
+                    pipeline::Polled::End => break,
+                };
+                while let Ok(partitions) = revoked.try_recv() {
+                    revoke(&partitions, &mut generations, &mut waiting, &metrics);
+                }
+                let record = InputRecord::of(&message);
+                if !tracker.lock().expect("tracker lock").begin(record.partition, record.offset) {
+                    continue;
+                }
+                // Finished records hold their permits until committed.
+                let permit = back_pressure.take();
+                metrics.consumed.inc();
+                metrics.in_flight.inc();
+                let generation = generations.get(&record.partition).copied().unwrap_or(0);
+                let (shared, done) = (shared.clone(), done_tx.clone());
+                tasks.spawn(async move {
+                    let permit = permit.await;
+                    let outcome = shared.outgoing(&record, output_limit).await;
+                    let _ = done.send(Done {
+                        partition: record.partition,
+                        offset: record.offset,
+                        generation,
+                        outcome,
+                        permit,
+                    });
+                });
+            }
+        }
+    }
+    drop(stream);
+    // Let what is in flight finish, then commit what is ready; the rest is replayed.
+    let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
+    pipeline::drain(&mut tasks, &mut done_rx, timeout, |done| {
+        accept(done, &generations, &tracker, &mut waiting, &metrics)
+    })
+    .await;
+    let (ready, offsets) = waiting.take_ready();
+    let committed = if offsets.is_empty() {
+        Ok(())
+    } else {
+        commit_ready(ready, offsets).await
+    };
+    drop(waiting);
+    pipeline::commit_and_leave(consumer).await?;
+    committed
+}
+
+/// Partitions gone to another member: what waits for them is dropped uncommitted
+/// (the new owner reads it again), and late results for them are ignored.
+fn revoke(
+    partitions: &[i32],
+    generations: &mut HashMap<i32, u64>,
+    waiting: &mut Waiting,
+    metrics: &LoopMetrics,
+) {
+    for p in partitions {
+        *generations.entry(*p).or_default() += 1;
+    }
+    let dropped = waiting.drop_partitions(partitions);
+    metrics.in_flight.sub(dropped as i64);
+}
+
+/// Files a finished record under its partition, unless the partition was revoked
+/// since it was read (its next owner reads it again).
+fn accept(
+    done: Done,
+    generations: &HashMap<i32, u64>,
+    tracker: &Mutex<OffsetTracker>,
+    waiting: &mut Waiting,
+    metrics: &LoopMetrics,
+) {
+    let current = generations.get(&done.partition).copied().unwrap_or(0) == done.generation;
+    let records = match done.outcome {
+        Ok(records) if current => records,
+        // Revoked meanwhile, or shutdown came first: left uncommitted.
+        _ => {
+            metrics.in_flight.dec();
+            return;
+        }
+    };
+    waiting.finished.entry(done.partition).or_default().insert(
+        done.offset,
+        Finished {
+            records,
+            _permit: done.permit,
+        },
+    );
+    if let Some(next) = tracker
+        .lock()
+        .expect("tracker lock")
+        .complete(done.partition, done.offset)
+    {
+        waiting.committable.insert(done.partition, next);
+    }
+}
+
+/// One transaction: the outputs of `ready`, and `offsets` sent with the group's
+/// metadata. Abortable failures abort and send the same again; fatal ones stop.
+async fn commit(
+    producer: &Arc<FutureProducer>,
+    consumer: &Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
+    input: &str,
+    ready: Vec<Finished>,
+    offsets: BTreeMap<i32, i64>,
+    metrics: &LoopMetrics,
+) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(30);
+    let mut list = TopicPartitionList::new();
+    for (partition, next) in &offsets {
+        list.add_partition_offset(input, *partition, Offset::Offset(*next))?;
+    }
+    let records: Vec<&Outgoing> = ready.iter().flat_map(|f| &f.records).collect();
+    for attempt in 1..=TRANSACTION_ATTEMPTS {
+        let attempt_result: Result<(), KafkaError> = async {
+            producer.begin_transaction()?;
+            let sends = records.iter().map(|r| {
+                let mut record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
+                record.partition = r.partition;
+                producer.send(record, Timeout::After(timeout))
+            });
+            for sent in futures::future::join_all(sends).await {
+                sent.map_err(|(e, _)| e)?;
+            }
+            let (list, consumer) = (list.clone(), consumer.clone());
+            crate::publish::blocking(producer, timeout, move |p, t| {
+                // The group's generation goes with the offsets: a member that lost the
+                // partitions meanwhile is refused.
+                let metadata = consumer
+                    .group_metadata()
+                    .ok_or(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))?;
+                p.send_offsets_to_transaction(&list, &metadata, t)
+            })
+            .await?;
+            crate::publish::commit_retrying(producer, timeout).await
+        }
+        .await;
+        match attempt_result {
+            Ok(()) => {
+                metrics.produced.inc_by(records.len() as u64);
+                metrics.in_flight.sub(ready.len() as i64);
+                metrics.last_processed.set(now_ms() / 1000);
+                return Ok(());
+            }
+            Err(e) => {
+                let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+                if fatal {
+                    bail!("transaction failed fatally (fenced by a newer instance?): {e}");
+                }
+                tracing::warn!(error = %e, attempt, "transaction failed; aborting and sending it again");
+                crate::publish::blocking(producer, timeout, |p, t| p.abort_transaction(t))
+                    .await
+                    .with_context(|| format!("cannot abort after: {e}"))?;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    bail!("transaction failed {TRANSACTION_ATTEMPTS} times; stopping with the input uncommitted")
+}
+
+impl<T: Transform> Shared<T> {
+    /// The records `record` becomes: its encoded outputs, or its dead letter (also for
+    /// an output larger than the output topic takes, which would poison the
+    /// transaction holding it).
+    async fn outgoing(
+        &self,
+        record: &InputRecord,
+        output_limit: Option<usize>,
+    ) -> Result<Vec<Outgoing>, Failed> {
+        let letter = |reason: &'static str, error: String, attempts: u32| {
+            Ok(vec![self
+                .dead_letters
+                .letter(record, reason, error, attempts)])
+        };
+        let outputs = match self.transform_with_retries(record).await {
+            Ok(outputs) => outputs,
+            Err(Failed::DeadLetter(reason, error, attempts)) => {
+                return letter(reason, error, attempts)
+            }
+            Err(Failed::Abandoned) => return Err(Failed::Abandoned),
+        };
+        let Some(topic) = self.output.as_deref() else {
+            if outputs.is_empty() {
+                return Ok(Vec::new());
+            }
+            return letter(
+                "no_output_topic",
+                format!(
+                    "stage {} has no output topic but produced records",
+                    self.stage
+                ),
+                1,
+            );
+        };
+        let mut records = Vec::with_capacity(outputs.len());
+        for output in &outputs {
+            match Outgoing::record(topic, &output.key, &output.value) {
+                Ok(out)
+                    if output_limit
+                        .is_some_and(|limit| out.key.len() + out.payload.len() > limit) =>
+                {
+                    let error = format!(
+                        "{topic} refused a record of {} bytes: above its max.message.bytes",
+                        out.key.len() + out.payload.len()
+                    );
+                    return letter("output_rejected", error, 1);
+                }
+                Ok(out) => records.push(out),
+                Err(e) => return letter("encode", e.to_string(), 1),
+            }
+        }
+        Ok(records)
+    }
+}

@@ -677,7 +677,7 @@ async fn the_sweep_deletes_no_clone_the_processor_has_not_read() {
     std::fs::write(
         &config,
         format!(
-            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    options:\n      store: {}\n      max_store_bytes: 1\n      sweep_interval_s: 1\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
+            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    options:\n      store: {}\n      max_store_bytes: 1\n      sweep_interval_s: 1\n      sweep_grace_s: 2\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
             brokers(),
             free_port(),
             store.display()

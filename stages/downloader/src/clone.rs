@@ -209,10 +209,12 @@ pub fn clone_bare(
                 message: format!("transfer passed the {} byte cap", limits.max_bytes),
                 transient: false,
             },
+            // The whole clone's cap, unlike a server gone silent (a network timeout):
+            // a property of the repository, so dead-lettered (replayable once raised).
             ABORT_TIMEOUT => CloneFailure {
                 reason: "timeout",
                 message: format!("clone took longer than {:?}", limits.timeout),
-                transient: true,
+                transient: false,
             },
             _ => classify(&e),
         })?;

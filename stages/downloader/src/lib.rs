@@ -44,6 +44,9 @@ pub struct DownloaderOptions {
     /// Consumer groups that read the clones this stage publishes (the processor's):
     /// the sweep deletes nothing while one of them has clones left to read.
     pub store_readers: Vec<String>,
+    /// Clones placed this recently are never swept (their record may still be on its
+    /// way to `repo-clones`).
+    pub sweep_grace_s: u64,
     /// A server that sends nothing for this long fails the clone (a network error,
     /// retried): a stalled server cannot hold a clone slot for good.
     pub read_timeout_s: u64,
@@ -67,6 +70,7 @@ impl Default for DownloaderOptions {
             max_store_bytes: None,
             sweep_interval_s: 600,
             store_readers: vec!["codelupe-processor".into()],
+            sweep_grace_s: 600,
             read_timeout_s: 60,
             token_host: "github.com".into(),
             tree: TreeLimits::default(),
@@ -314,13 +318,14 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     let (store, retention, budget) = (store.clone(), Duration::from_secs(options.retention_hours * 3600), options.max_store_bytes);
+                    let grace = Duration::from_secs(options.sweep_grace_s);
                     let (clients, published, readers) = (clients.clone(), published.clone(), options.store_readers.clone());
                     let swept = tokio::task::spawn_blocking(move || {
                         if let Some(unread) = unread_clones(&clients, published.as_deref(), &readers)? {
                             tracing::info!(%unread, "clone store sweep postponed: clones not read yet");
                             return Ok(0);
                         }
-                        store.sweep(retention, budget)
+                        store.sweep(retention, budget, grace)
                     });
                     match swept.await {
                         Ok(Ok(0)) => {}

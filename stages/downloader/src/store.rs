@@ -139,9 +139,18 @@ impl CloneStore {
 
     /// Deletes clones past `retention`, then the oldest while over `budget_bytes`.
     /// Returns how many were deleted.
-    pub fn sweep(&self, retention: Duration, budget_bytes: Option<u64>) -> anyhow::Result<usize> {
+    /// Clones placed within `grace` are kept whatever the budget: their `repo-clones`
+    /// record may not be published yet, so no reader's lag can vouch for them.
+    pub fn sweep(
+        &self,
+        retention: Duration,
+        budget_bytes: Option<u64>,
+        grace: Duration,
+    ) -> anyhow::Result<usize> {
         let mut clones = Vec::new();
         collect_clones(&self.root, 0, &mut clones);
+        let young = codelupe_runtime::records::now_ms() - grace.as_millis() as i64;
+        clones.retain(|(_, marker)| marker.cloned_at_ms <= young);
         clones.sort_by_key(|(_, marker)| marker.cloned_at_ms);
         let now = codelupe_runtime::records::now_ms();
         let mut total: u64 = clones.iter().map(|(_, m)| m.size_bytes.max(0) as u64).sum();
@@ -278,7 +287,7 @@ mod tests {
         }
         // 72 h retention removes o/old; a 1000-byte budget then removes the older of the rest.
         let deleted = store
-            .sweep(Duration::from_secs(72 * 3600), Some(1000))
+            .sweep(Duration::from_secs(72 * 3600), Some(1000), Duration::ZERO)
             .unwrap();
         assert_eq!(deleted, 2);
         assert!(!store.path_for("h", "o/old").unwrap().exists());

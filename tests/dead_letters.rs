@@ -131,21 +131,3 @@ async fn dead_letters_are_listed_and_the_chosen_ones_replayed_to_their_topic() {
     // The large one twice: the original and its replay, whole.
     assert_eq!(got, vec![outage_a, outage_b, large.clone(), large]);
 }
-
-async fn produce_to_partition(topic: &str, partition: i32, key: &str, value: &[u8]) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .partition(partition)
-                .key(key)
-                .payload(value),
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-}

@@ -85,6 +85,52 @@ fn downloader(options: DownloaderOptions) -> (Downloader, prometheus::Registry) 
     (Downloader::new(options, metrics).unwrap(), registry)
 }
 
+/// A config for `codelupe stage downloader` over the topics of `suffix`, cloning into
+/// `store` from git daemons on 127.0.0.1; the extra lines go under `kafka`, under the
+/// stage and under its options.
+fn write_config(
+    path: &Path,
+    suffix: &str,
+    store: &Path,
+    kafka_extra: &str,
+    stage_extra: &str,
+    options_extra: &str,
+) {
+    std::fs::write(
+        path,
+        format!(
+            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n{kafka_extra}\
+             stages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n{stage_extra}\
+             \x20   options:\n      store: {}\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n{options_extra}",
+            brokers(),
+            free_port(),
+            store.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// `codelupe stage downloader` as its own process, killed when dropped.
+fn downloader_process(config: &Path, topology: &Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_codelupe"))
+            .current_dir(repo_root())
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--topology",
+                topology.to_str().unwrap(),
+                "stage",
+                "downloader",
+            ])
+            .env("CODELUPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -308,16 +354,14 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
     let (suffix, topology) = fresh_topics(dir.path(), "d");
     let store = dir.path().join("store");
     let config = dir.path().join("codelupe.yaml");
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: 6000, heartbeat.interval.ms: 1000}}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    options:\n      store: {}\n      max_clone_bytes: 10000000\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
-            brokers(),
-            free_port(),
-            store.display()
-        ),
-    )
-    .unwrap();
+        &suffix,
+        &store,
+        "  consumer: {session.timeout.ms: 6000, heartbeat.interval.ms: 1000}\n",
+        "",
+        "      max_clone_bytes: 10000000\n",
+    );
     let input = format!("repo-urls-{suffix}");
     let output = format!("repo-clones-{suffix}");
     let via_proxy = |name: &str| format!("git://127.0.0.1:{proxy}/{name}.git");
@@ -328,25 +372,9 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
         )
     });
     produce_all(&input, records.to_vec()).await;
-    let stage = || {
-        Command::new(env!("CARGO_BIN_EXE_codelupe"))
-            .current_dir(repo_root())
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--topology",
-                topology.to_str().unwrap(),
-                "stage",
-                "downloader",
-            ])
-            .env("CODELUPE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    };
+    let stage = || downloader_process(&config, &topology);
     let slow_path = store.join("127.0.0.1/carol/slow.git");
-    let mut first = KillOnDrop(stage());
+    let mut first = stage();
     wait_for("a clone in progress", Duration::from_secs(60), || {
         std::fs::read_dir(store.join(".tmp")).is_ok_and(|mut d| d.next().is_some())
     });
@@ -361,7 +389,7 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
         .collect();
     assert!(!stale.is_empty(), "the killed clone was mid-transfer");
 
-    let _second = KillOnDrop(stage());
+    let _second = stage();
     let out = output.clone();
     wait_for("both clones published", Duration::from_secs(120), || {
         let names: std::collections::HashSet<String> = read_all(&out, Duration::from_secs(1))
@@ -574,16 +602,14 @@ async fn sigterm_ends_the_process_while_a_clone_is_stuck() {
     let store = dir.path().join("store");
     let config = dir.path().join("codelupe.yaml");
     // A read timeout far beyond the test: the clone stays stuck in libgit2.
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    drain_timeout_ms: 2000\n    options:\n      store: {}\n      read_timeout_s: 3600\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
-            brokers(),
-            free_port(),
-            store.display()
-        ),
-    )
-    .unwrap();
+        &suffix,
+        &store,
+        "",
+        "    drain_timeout_ms: 2000\n",
+        "      read_timeout_s: 3600\n",
+    );
     let url = format!("git://127.0.0.1:{}/erin/stuck.git", stalled.port);
     produce_all(
         &format!("repo-urls-{suffix}"),
@@ -593,23 +619,7 @@ async fn sigterm_ends_the_process_while_a_clone_is_stuck() {
         )],
     )
     .await;
-    let mut stage = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_codelupe"))
-            .current_dir(repo_root())
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--topology",
-                topology.to_str().unwrap(),
-                "stage",
-                "downloader",
-            ])
-            .env("CODELUPE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let mut stage = downloader_process(&config, &topology);
     wait_for(
         "the clone to reach the server",
         Duration::from_secs(60),
@@ -674,16 +684,14 @@ async fn the_sweep_deletes_no_clone_the_processor_has_not_read() {
     let store = dir.path().join("store");
     let config = dir.path().join("codelupe.yaml");
     // A budget of one byte: every clone is over it at each 1 s sweep.
-    std::fs::write(
+    write_config(
         &config,
-        format!(
-            "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n    options:\n      store: {}\n      max_store_bytes: 1\n      sweep_interval_s: 1\n      sweep_grace_s: 2\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n",
-            brokers(),
-            free_port(),
-            store.display()
-        ),
-    )
-    .unwrap();
+        &suffix,
+        &store,
+        "",
+        "",
+        "      max_store_bytes: 1\n      sweep_interval_s: 1\n      sweep_grace_s: 2\n",
+    );
     let records = ["frank/a", "frank/b"].map(|name| {
         (
             name.to_string(),
@@ -693,23 +701,7 @@ async fn the_sweep_deletes_no_clone_the_processor_has_not_read() {
         )
     });
     produce_all(&format!("repo-urls-{suffix}"), records.to_vec()).await;
-    let _stage = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_codelupe"))
-            .current_dir(repo_root())
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "--topology",
-                topology.to_str().unwrap(),
-                "stage",
-                "downloader",
-            ])
-            .env("CODELUPE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let _stage = downloader_process(&config, &topology);
     let clones = format!("repo-clones-{suffix}");
     let published = clones.clone();
     wait_for("both clones published", Duration::from_secs(60), || {

@@ -280,8 +280,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let topic = &config.kafka.dead_letter_topic;
             match action {
                 DeadLettersAction::List { brokers, selection } => {
-                    let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
-                    let clients = KafkaClients::connect(&brokers, &config).await?;
+                    let clients = reader_clients(brokers, &config).await?;
                     dead_letters::list(&clients, topic, &selection).await
                 }
                 DeadLettersAction::Replay {
@@ -289,8 +288,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     selection,
                     dry_run,
                 } => {
-                    let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
-                    let clients = KafkaClients::connect(&brokers, &config).await?;
+                    let clients = reader_clients(brokers, &config).await?;
                     dead_letters::replay(&clients, topic, &selection, dry_run).await
                 }
             }
@@ -301,8 +299,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             from_beginning,
             max,
         } => {
-            let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
-            let clients = KafkaClients::connect(&brokers, &config).await?;
+            let clients = reader_clients(brokers, &config).await?;
             let options = tail::TailOptions {
                 topic,
                 from_beginning,
@@ -317,6 +314,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// Clients for the commands that read topics: `--brokers`, `kafka.brokers`, or the
+/// embedded broker of the `codelupe run` running in this folder.
+async fn reader_clients(brokers: Option<String>, config: &Config) -> anyhow::Result<KafkaClients> {
+    let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
+    KafkaClients::connect(&brokers, config).await
 }
 
 async fn topology_command(

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use codelupe_runtime::AvroRecord;
 use codelupe_testkit::{
-    brokers, create_topics, free_port, http_get, produce_all, unique, wait_for, KillOnDrop,
+    brokers, create_topics, free_port, http_get, produce_all, produce_to_partition, unique,
+    wait_for, KillOnDrop,
 };
 use codelupe_trainer::checkpoint;
 
@@ -224,7 +225,7 @@ async fn partitions_added_to_the_input_after_start_are_trained() {
     grow_partitions(&s.input, 3).await;
     let rest: Vec<_> = corpus.train[4..].iter().map(record).collect();
     for (i, (key, value)) in rest.into_iter().enumerate() {
-        produce_to(&s.input, 1 + (i % 2) as i32, key, value).await;
+        produce_to_partition(&s.input, 1 + (i % 2) as i32, &key, &value).await;
     }
     wait_for(
         "the added partitions trained",
@@ -251,22 +252,4 @@ async fn grow_partitions(topic: &str, total: usize) {
     {
         result.unwrap();
     }
-}
-
-async fn produce_to(topic: &str, partition: i32, key: String, value: Vec<u8>) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .partition(partition)
-                .key(&key)
-                .payload(&value),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
 }

@@ -46,6 +46,25 @@ pub async fn create_topics(topics: &[(&str, i32)]) {
     }
 }
 
+/// Produces one record to `partition` of `topic` and waits for its acknowledgement.
+pub async fn produce_to_partition(topic: &str, partition: i32, key: &str, value: &[u8]) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
 /// Produces (key, value) pairs to `topic` and waits for every acknowledgement.
 pub async fn produce_all(topic: &str, records: Vec<(String, Vec<u8>)>) {
     let producer: rdkafka::producer::FutureProducer = ClientConfig::new()

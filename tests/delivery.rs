@@ -507,6 +507,68 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     running.await.unwrap().unwrap();
 }
 
+/// Fails every attempt at one repository as a host that never answers would.
+struct HostNeverAnswers;
+
+impl Transform for HostNeverAnswers {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+
+    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+        if input.full_name == repo_url(1).full_name {
+            return Err(TransformError::transient("network", "connection timed out"));
+        }
+        Relay.transform(input).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_failing_transiently_past_the_give_up_time_is_dead_lettered_and_its_partition_moves_on(
+) {
+    let (input, output, dead) = (
+        unique("stall-in"),
+        unique("stall-out"),
+        unique("stall-dead"),
+    );
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config
+        .stages
+        .entry("relay".into())
+        .or_default()
+        .transient_give_up_s = 3;
+    let (stage, clients, shutdown) = relay_stage(dir.path(), [&input, &output, &dead], 1, config);
+    let running =
+        tokio::spawn(
+            async move { codelupe_runtime::pipeline::run(HostNeverAnswers, &stage).await },
+        );
+    produce(&input, (0..3).map(repo_url)).await;
+    let (out, letters) = (output.clone(), dead.clone());
+    wait_for(
+        "the stalled record dead-lettered",
+        Duration::from_secs(60),
+        || topic_size(&letters, 1) >= 1,
+    );
+    wait_for("the other records relayed", Duration::from_secs(30), || {
+        topic_size(&out, 1) >= 2
+    });
+    let letter = DeadLetter::decode(&read_all(&dead, Duration::from_secs(1))[0].1).unwrap();
+    assert_eq!(letter.reason, "network");
+    assert!(letter.error.contains("given up"), "{}", letter.error);
+    // Its offset is committed with the others: the partition is not held.
+    let mut lag =
+        codelupe_runtime::kafka::LagReader::new(&clients, &format!("{input}-relay"), &input)
+            .unwrap();
+    wait_for(
+        "every input offset committed",
+        Duration::from_secs(30),
+        || lag.lag().unwrap() == 0,
+    );
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_replica_killed_mid_stream_loses_and_duplicates_nothing() {
     const TOTAL: usize = 6_000;

@@ -109,6 +109,10 @@ pub struct StageSettings {
     pub max_in_flight: usize,
     /// Attempts at a retryable transform error before the record is dead-lettered.
     pub max_attempts: u32,
+    /// A record failing transiently (a host down) for this long is dead-lettered with
+    /// its reason, to be replayed with `codelupe dead-letters replay`: one host that
+    /// never answers cannot hold its partition for good. 0: wait forever.
+    pub transient_give_up_s: u64,
     /// How long shutdown waits for in-flight records before abandoning them uncommitted.
     pub drain_timeout_ms: u64,
     /// `at_least_once` (idempotent producer, offsets committed after the acks) or
@@ -135,6 +139,7 @@ impl Default for StageSettings {
             metrics_bind: IpAddr::from([0, 0, 0, 0]),
             max_in_flight: 64,
             max_attempts: 3,
+            transient_give_up_s: 3600,
             drain_timeout_ms: 10_000,
             delivery: Delivery::AtLeastOnce,
             options: Value::Null,

@@ -49,7 +49,8 @@ pub struct TransformError {
     /// Worth `max_attempts` tries before the record is dead-lettered.
     pub retryable: bool,
     /// Trouble outside the record (a host down or throttling): retried with backoff
-    /// until it works or the stage stops, never dead-lettered. The record holds its
+    /// until it works, the stage stops, or `transient_give_up_s` passes (then it is
+    /// dead-lettered, to be replayed). The record holds its
     /// partition's offset meanwhile, and back-pressure pauses the input when every
     /// permit waits so.
     pub transient: bool,
@@ -657,6 +658,7 @@ pub(crate) struct Shared<T: Transform> {
     pub(crate) stage: String,
     pub(crate) dead_letters: DeadLetters,
     max_attempts: u32,
+    transient_give_up: Option<Duration>,
     metrics: LoopMetrics,
     shutdown: tokio_util::sync::CancellationToken,
 }
@@ -675,6 +677,8 @@ impl<T: Transform> Shared<T> {
             output: runtime.output.clone(),
             stage: runtime.name.clone(),
             max_attempts: runtime.settings.max_attempts.max(1),
+            transient_give_up: (runtime.settings.transient_give_up_s > 0)
+                .then(|| Duration::from_secs(runtime.settings.transient_give_up_s)),
             metrics: metrics.clone(),
             shutdown: runtime.shutdown.clone(),
         })
@@ -753,6 +757,7 @@ impl<T: Transform> Shared<T> {
             ));
         };
         let mut attempt = 1;
+        let mut failing_since = None;
         loop {
             // Decoding each attempt keeps `Input` free of a Clone bound; it is cheap.
             let input = T::Input::decode(value)
@@ -761,6 +766,18 @@ impl<T: Transform> Shared<T> {
             match self.transform.transform(input).await {
                 Ok(outputs) => return Ok(outputs),
                 Err(e) if e.transient => {
+                    let failing = failing_since.get_or_insert_with(std::time::Instant::now);
+                    if self
+                        .transient_give_up
+                        .is_some_and(|limit| failing.elapsed() >= limit)
+                    {
+                        let message = format!(
+                            "{} (failing for {:?}; given up after transient_give_up_s)",
+                            e.message,
+                            failing.elapsed()
+                        );
+                        return Err(Failed::DeadLetter(e.reason, message, attempt));
+                    }
                     self.metrics.retries.inc();
                     let backoff = backoff.min(MAX_TRANSIENT_BACKOFF);
                     tracing::warn!(

@@ -286,6 +286,27 @@ async fn the_url_list_source_publishes_valid_lines_and_reports_bad_ones_by_numbe
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_state_entry_is_skipped_instead_of_keeping_the_crawler_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("repos.txt");
+    std::fs::write(&list, "tokio-rs/mini-redis\nrust-lang/rust\n").unwrap();
+    let setup = setup(&format!("source: url_list\nurl_list: {}\n", list.display()));
+    let state_topic = setup.output.replace("repo-urls", "crawler-state");
+    // Written by anyone with produce rights: not Avro, and Avro's magic cut short.
+    produce_to_partition(&state_topic, 0, "repo/rust-lang/rust", b"not avro").await;
+    produce_to_partition(&state_topic, 0, "cursor/q", &[0xC3, 0x01, 0x00]).await;
+
+    let out = crawler_once(&setup).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("undecodable state entry skipped"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(published(&setup.output).len(), 2);
+}
+
 fn git_repo(path: &Path, bare: bool) {
     std::fs::create_dir_all(path).unwrap();
     let repo = if bare {

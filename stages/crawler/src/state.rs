@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use anyhow::Context as _;
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, CrawlerState, RepoUrl};
@@ -37,11 +36,15 @@ impl CrawlState {
                 match payload {
                     // A tombstone forgets the entry.
                     None => state.forget(&key),
-                    Some(payload) => {
-                        let entry = CrawlerState::decode(payload)
-                            .with_context(|| format!("state entry {key} in {label}"))?;
-                        state.apply(&key, &entry);
-                    }
+                    // Anyone with produce rights can write here: an entry that does
+                    // not decode is skipped (at worst its repository is published
+                    // again) rather than keeping the crawler from starting.
+                    Some(payload) => match CrawlerState::decode(payload) {
+                        Ok(entry) => state.apply(&key, &entry),
+                        Err(e) => {
+                            tracing::error!(topic = %label, %key, error = %e, "undecodable state entry skipped")
+                        }
+                    },
                 }
                 Ok(ControlFlow::Continue(()))
             },

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use codelupe_runtime::config::Config;
+use codelupe_runtime::config::{Config, Delivery};
 use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::records::{DeadLetter, RepoUrl};
 use codelupe_runtime::topology::Topology;
@@ -505,6 +505,58 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     assert_eq!(topic_size(&dead, 1), 0, "the record was dead-lettered");
     shutdown.cancel();
     running.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let (input, output, dead) = (unique("txn-in"), unique("txn-out"), unique("txn-dead"));
+    create_topics(&[(&input, 2), (&output, 2), (&dead, 1)]).await;
+    // Written as the crawler (or an exactly_once stage) writes: each transaction ends
+    // with a commit marker in every partition it touched.
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", unique("txn-writer"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    for chunk in 0..3 {
+        producer.begin_transaction().unwrap();
+        for i in chunk * 10..chunk * 10 + 10 {
+            let r = repo_url(i);
+            let value = r.encode().unwrap();
+            producer
+                .send(
+                    FutureRecord::to(&input).key(&r.full_name).payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer
+            .commit_transaction(Duration::from_secs(30))
+            .unwrap();
+    }
+    for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.stages.entry("relay".into()).or_default().delivery = delivery;
+        let (mut stage, clients, shutdown) =
+            relay_stage(dir.path(), [&input, &output, &dead], 2, config);
+        let group = format!("{input}-relay-{delivery:?}");
+        stage.group = Some(group.clone());
+        let running =
+            tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+        let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &input).unwrap();
+        wait_for(
+            &format!("{delivery:?}: lag 0 past the last commit markers"),
+            Duration::from_secs(60),
+            || lag.lag().unwrap() == 0,
+        );
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+    }
 }
 
 /// Fails every attempt at one repository as a host that never answers would.

@@ -231,6 +231,7 @@ pub async fn run_aggregate<A: Aggregate>(
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut stream = consumer.stream();
     let mut failure = None;
+    let mut step_over = tokio::time::interval(Duration::from_secs(1));
 
     loop {
         tokio::select! {
@@ -251,6 +252,9 @@ pub async fn run_aggregate<A: Aggregate>(
                 state.on_done(message);
             }
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
+            _ = step_over.tick() => {
+                crate::pipeline::store_stepped_over(&consumer, input, &state.tracker);
+            }
             _ = sleep_until(flush_at), if flush_at.is_some() => {
                 flush_at = None;
                 let step = aggregate.flush();

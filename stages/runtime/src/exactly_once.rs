@@ -151,6 +151,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = tick.tick() => {
+                waiting.committable.extend(pipeline::stepped_over(&consumer, &tracker));
                 let (ready, offsets) = waiting.take_ready();
                 if !offsets.is_empty() {
                     commit_ready(ready, offsets).await?;

@@ -59,6 +59,20 @@ impl OffsetTracker {
         }
     }
 
+    /// Moves a partition with nothing in flight to the consumer's `position` when that
+    /// is further: transaction markers are never delivered, so the offset stored after
+    /// a partition's last record points at its marker and the group would show a lag
+    /// of 1 for good (librdkafka #3917); the position has stepped over them. Returns
+    /// the offset to store when it moved.
+    pub fn step_over(&mut self, partition: i32, position: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&partition)?;
+        (p.pending.is_empty() && position > p.stored).then(|| {
+            p.stored = position;
+            p.next_unseen = p.next_unseen.max(position);
+            position
+        })
+    }
+
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()
     }
@@ -67,6 +81,23 @@ impl OffsetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_partition_steps_over_to_the_position_and_a_busy_one_waits() {
+        let mut t = OffsetTracker::default();
+        assert!(t.begin(0, 10));
+        assert_eq!(t.step_over(0, 12), None, "offset 10 is in flight");
+        assert_eq!(t.complete(0, 10), Some(11));
+        // Offset 11 is a transaction marker: never delivered, stepped over.
+        assert_eq!(t.step_over(0, 12), Some(12));
+        assert_eq!(t.step_over(0, 12), None);
+        assert!(!t.begin(0, 11), "behind the stored offset");
+        assert_eq!(
+            t.step_over(1, 5),
+            None,
+            "a partition never read is not stored"
+        );
+    }
 
     #[test]
     fn high_water_mark_waits_for_the_lowest_pending_offset() {

@@ -319,7 +319,10 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 store(&consumer, input, &tracker, partition, offset);
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => back_pressure.released(&consumer),
-            _ = tick.tick() => back_pressure.tick(&consumer),
+            _ = tick.tick() => {
+                back_pressure.tick(&consumer);
+                store_stepped_over(&consumer, input, &tracker);
+            }
             message = stream.next(), if back_pressure.poll_input() => {
                 let message = match polled(message) {
                     Polled::Record(message) => message,
@@ -540,6 +543,45 @@ pub(crate) fn store(
             // The partition moved to another member meanwhile; it will replay from
             // that member's committed offset.
             tracing::debug!(partition, next, error = %e, "offset not stored");
+        }
+    }
+}
+
+/// Offsets to store for partitions with nothing in flight whose consumer position has
+/// stepped over records never delivered (transaction markers).
+pub(crate) fn stepped_over(
+    consumer: &StreamConsumer<LoopContext>,
+    tracker: &Mutex<OffsetTracker>,
+) -> Vec<(i32, i64)> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    let mut tracker = tracker.lock().expect("tracker lock");
+    positions
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(position) => tracker
+                .step_over(e.partition(), position)
+                .map(|next| (e.partition(), next)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stores the offsets [`stepped_over`] finds (for the at-least-once loops).
+pub(crate) fn store_stepped_over(
+    consumer: &StreamConsumer<LoopContext>,
+    topic: &str,
+    tracker: &Mutex<OffsetTracker>,
+) {
+    let mut list = TopicPartitionList::new();
+    for (partition, next) in stepped_over(consumer, tracker) {
+        let _ = list.add_partition_offset(topic, partition, Offset::Offset(next));
+    }
+    if list.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&list) {
+            tracing::debug!(error = %e, "stepped-over offsets not stored");
         }
     }
 }

@@ -112,6 +112,7 @@ fn repos(n: usize) -> Vec<FakeRepo> {
             language: "Rust".into(),
             pushed_at: start + i as i64 * step,
             stars: 10 + (i as i64 * 7919) % 5000,
+            clone_url: None,
         })
         .collect()
 }

@@ -5,6 +5,8 @@
 #
 #   tests/kafka/broker.sh up     fetch jars if needed, format storage, start, wait
 #   tests/kafka/broker.sh down   stop it and delete its data
+#   tests/kafka/broker.sh stop   stop it, keeping its data (the fault harness's outage)
+#   tests/kafka/broker.sh start  start it again on the data `stop` kept, and wait
 #   tests/kafka/broker.sh status exit 0 when it answers
 set -euo pipefail
 
@@ -16,6 +18,7 @@ version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.x
 libs="$cache/kafka-$version/libs"
 state="${TMPDIR:-/tmp}/codelupe-kafka-$port"
 bootstrap="127.0.0.1:$port"
+java_opts=(-Xms256m -Xmx768m -Dkafka.logs.dir="${state}/logs" -Dlog4j2.configurationFile="$here/log4j2.yaml")
 
 fetch() {
   if [ -f "$libs/.complete" ]; then return; fi
@@ -54,12 +57,16 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
-  local java_opts=(-Xms256m -Xmx768m -Dkafka.logs.dir="$state/logs" -Dlog4j2.configurationFile="$here/log4j2.yaml")
   local cluster_id
   cluster_id=$(java -cp "$libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
   java "${java_opts[@]}" -cp "$libs/*" kafka.tools.StorageTool format \
     -t "$cluster_id" -c "$state/server.properties" --standalone >"$state/logs/format.log" 2>&1 \
     || { cat "$state/logs/format.log" >&2; exit 1; }
+  launch
+}
+
+# Runs the broker on the formatted storage under $state and waits until it answers.
+launch() {
   nohup java "${java_opts[@]}" -cp "$libs/*" kafka.Kafka "$state/server.properties" \
     >"$state/logs/stdout.log" 2>&1 &
   echo $! > "$state/pid"
@@ -76,7 +83,7 @@ PROPS
   exit 1
 }
 
-down() {
+stop() {
   if [ -f "$state/pid" ]; then
     local pid
     pid=$(cat "$state/pid")
@@ -84,13 +91,25 @@ down() {
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
   fi
+}
+
+start() {
+  if answers; then echo "broker: already answering on $bootstrap" >&2; return; fi
+  [ -f "$state/server.properties" ] || { echo "broker: nothing to start at $state (run up)" >&2; exit 1; }
+  launch
+}
+
+down() {
+  stop
   rm -rf "$state"
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  stop) stop ;;
+  start) start ;;
   status) answers ;;
   bootstrap) echo "$bootstrap" ;;
-  *) echo "usage: $0 up|down|status|bootstrap" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|stop|start|status|bootstrap" >&2; exit 2 ;;
 esac

@@ -16,6 +16,8 @@ pub struct FakeRepo {
     pub language: String,
     pub pushed_at: i64,
     pub stars: i64,
+    /// Served as `clone_url`; None: `https://github.com/<full_name>.git`.
+    pub clone_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -271,7 +273,7 @@ fn item_json(r: &FakeRepo) -> String {
         "created_at": iso(r.pushed_at - 86_400), "updated_at": iso(r.pushed_at), "pushed_at": iso(r.pushed_at),
         "git_url": format!("git://github.com/{}.git", r.full_name),
         "ssh_url": format!("git@github.com:{}.git", r.full_name),
-        "clone_url": format!("https://github.com/{}.git", r.full_name),
+        "clone_url": r.clone_url.clone().unwrap_or_else(|| format!("https://github.com/{}.git", r.full_name)),
         "size": 120, "stargazers_count": r.stars, "watchers_count": r.stars, "language": r.language,
         "forks_count": 3, "open_issues_count": 0, "archived": false, "disabled": false,
         "license": {"key": "mit", "name": "MIT License", "spdx_id": "MIT", "url": "https://api.github.com/licenses/mit"},

@@ -64,8 +64,10 @@ impl OffsetTracker {
     /// a partition's last record points at its marker and the group would show a lag
     /// of 1 for good (librdkafka #3917); the position has stepped over them. Returns
     /// the offset to store when it moved.
+    /// A partition nothing was delivered from since it was assigned (its committed
+    /// offset points at a marker) steps over too.
     pub fn step_over(&mut self, partition: i32, position: i64) -> Option<i64> {
-        let p = self.partitions.get_mut(&partition)?;
+        let p = self.partitions.entry(partition).or_default();
         (p.pending.is_empty() && position > p.stored).then(|| {
             p.stored = position;
             p.next_unseen = p.next_unseen.max(position);
@@ -94,9 +96,10 @@ mod tests {
         assert!(!t.begin(0, 11), "behind the stored offset");
         assert_eq!(
             t.step_over(1, 5),
-            None,
-            "a partition never read is not stored"
+            Some(5),
+            "assigned, nothing delivered since: its committed offset was a marker"
         );
+        assert!(!t.begin(1, 4));
     }
 
     #[test]

@@ -1,0 +1,301 @@
+//! The pipeline as separate processes (every stage of topology.yaml, two replicas of
+//! each scalable one) and the faults done to it: SIGKILL and restart, a broker stopped
+//! and started, poison values produced with kcat.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{brokers, free_port, http_get, repo_root};
+
+/// Each stage and how many replicas of it run.
+pub const STAGES: [(&str, usize); 5] = [
+    ("crawler", 1),
+    ("downloader", 2),
+    ("processor", 2),
+    ("batcher", 2),
+    ("trainer", 1),
+];
+
+/// The secret every stage is given as GITHUB_TOKEN; no host but GitHub may see it.
+pub const TOKEN: &str = "ghp_fault-harness-secret";
+
+pub struct Replica {
+    pub stage: &'static str,
+    pub index: usize,
+    pub port: u16,
+    child: Option<Child>,
+    /// Times this replica ended without being killed by the harness.
+    pub unplanned_exits: usize,
+}
+
+impl Replica {
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.stage, self.index)
+    }
+}
+
+pub struct Cluster {
+    pub replicas: Vec<Replica>,
+    config: PathBuf,
+    topology: PathBuf,
+    logs: PathBuf,
+}
+
+fn binary(stage: &str) -> PathBuf {
+    let codelupe = PathBuf::from(env!("CARGO_BIN_EXE_codelupe"));
+    if stage != "trainer" {
+        return codelupe;
+    }
+    let trainer = codelupe.with_file_name(codelupe_trainer_api::BINARY);
+    assert!(
+        trainer.exists(),
+        "{} is not built: `cargo build -p codelupe-trainer` (tests/run builds the workspace)",
+        trainer.display()
+    );
+    trainer
+}
+
+impl Cluster {
+    /// Starts every replica; their stderr goes to `<logs>/<stage>-<i>.log`.
+    pub fn start(config: &Path, topology: &Path, logs: &Path) -> Self {
+        std::fs::create_dir_all(logs).unwrap();
+        let mut cluster = Self {
+            replicas: Vec::new(),
+            config: config.to_path_buf(),
+            topology: topology.to_path_buf(),
+            logs: logs.to_path_buf(),
+        };
+        for (stage, replicas) in STAGES {
+            for index in 0..replicas {
+                let mut replica = Replica {
+                    stage,
+                    index,
+                    port: free_port(),
+                    child: None,
+                    unplanned_exits: 0,
+                };
+                replica.child = Some(cluster.spawn(&replica));
+                cluster.replicas.push(replica);
+            }
+        }
+        cluster
+    }
+
+    pub fn log(&self, replica: &Replica) -> PathBuf {
+        self.logs.join(format!("{}.log", replica.name()))
+    }
+
+    /// The last lines each replica that ended on its own wrote, to say why.
+    pub fn exit_reasons(&self) -> String {
+        let mut out = String::new();
+        for replica in self.replicas.iter().filter(|r| r.unplanned_exits > 0) {
+            let log = std::fs::read_to_string(self.log(replica)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            out.push_str(&format!(
+                "{} ended {} times; its log ends:\n{}\n",
+                replica.name(),
+                replica.unplanned_exits,
+                lines[lines.len().saturating_sub(6)..].join("\n")
+            ));
+        }
+        out
+    }
+
+    fn spawn(&self, replica: &Replica) -> Child {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(replica))
+            .unwrap();
+        Command::new(binary(replica.stage))
+            .current_dir(repo_root())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--topology")
+            .arg(&self.topology)
+            .arg("stage")
+            // The trainer's binary runs only the trainer.
+            .args((replica.stage != "trainer").then_some(replica.stage))
+            .env(
+                format!(
+                    "CODELUPE_STAGES__{}__METRICS_PORT",
+                    replica.stage.to_uppercase()
+                ),
+                replica.port.to_string(),
+            )
+            .env("CODELUPE_LOG", "warn")
+            .env("GITHUB_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILL, then a fresh process in its place (same port, same config).
+    pub fn kill_and_restart(&mut self, i: usize, down_for: Duration) {
+        if let Some(mut child) = self.replicas[i].child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        std::thread::sleep(down_for);
+        let child = self.spawn(&self.replicas[i]);
+        self.replicas[i].child = Some(child);
+    }
+
+    /// Restarts replicas that ended on their own, as an orchestrator's restart policy
+    /// would; returns their names.
+    pub fn restart_exited(&mut self) -> Vec<String> {
+        let mut restarted = Vec::new();
+        for i in 0..self.replicas.len() {
+            let exited = match self.replicas[i].child.as_mut() {
+                Some(child) => child.try_wait().unwrap().is_some(),
+                None => false,
+            };
+            if exited {
+                self.replicas[i].unplanned_exits += 1;
+                restarted.push(self.replicas[i].name());
+                let child = self.spawn(&self.replicas[i]);
+                self.replicas[i].child = Some(child);
+            }
+        }
+        restarted
+    }
+
+    /// Replicas whose /readyz does not answer 200.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|r| !matches!(http_get(r.port, "/readyz"), Ok((200, _))))
+            .map(Replica::name)
+            .collect()
+    }
+
+    /// SIGTERM to every replica; the ones that do not exit within 30 s are killed.
+    /// Returns the replicas that did not exit cleanly.
+    pub fn stop(&mut self) -> Vec<String> {
+        for replica in &self.replicas {
+            if let Some(child) = &replica.child {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+            }
+        }
+        let mut unclean = Vec::new();
+        for replica in &mut self.replicas {
+            let Some(mut child) = replica.child.take() else {
+                continue;
+            };
+            let mut status = None;
+            for _ in 0..150 {
+                if let Some(s) = child.try_wait().unwrap() {
+                    status = Some(s);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            match status {
+                Some(s) if s.success() => {}
+                other => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    unclean.push(format!("{} ({other:?})", replica.name()));
+                }
+            }
+        }
+        unclean
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for replica in &mut self.replicas {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// The test broker stopped (its data kept) until dropped or [`Outage::end`]ed.
+pub struct Outage {
+    port: String,
+    ended: bool,
+}
+
+fn broker_script(action: &str, port: &str) {
+    let status = Command::new(repo_root().join("tests/kafka/broker.sh"))
+        .arg(action)
+        .env("KAFKA_PORT", port)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "broker.sh {action} failed");
+}
+
+impl Outage {
+    pub fn begin() -> Self {
+        let bootstrap = brokers();
+        let port = bootstrap.rsplit(':').next().unwrap().to_string();
+        broker_script("stop", &port);
+        Self { port, ended: false }
+    }
+
+    pub fn end(mut self) {
+        broker_script("start", &self.port);
+        self.ended = true;
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        // Later tests share the broker: it comes back even when the harness fails.
+        if !self.ended {
+            broker_script("start", &self.port);
+        }
+    }
+}
+
+/// The kinds of poison produced into every topic, each derived from one real record of
+/// the topic so only the named part is wrong.
+pub const POISON: [&str; 4] = ["not_avro", "wrong_fingerprint", "truncated", "oversized"];
+
+fn poison_value(kind: &str, real: &[u8]) -> Vec<u8> {
+    match kind {
+        "not_avro" => b"{\"this\": \"is JSON, not Avro\"}".to_vec(),
+        // Avro single-object header: C3 01, then the schema's 8-byte fingerprint.
+        "wrong_fingerprint" => {
+            let mut value = real.to_vec();
+            value[2..10].copy_from_slice(&[0xAB; 8]);
+            value
+        }
+        "truncated" => real[..real.len() / 2].to_vec(),
+        "oversized" => {
+            let mut value = real[..10].to_vec();
+            value.extend(crate::support::incompressible(900 * 1024, 11));
+            value
+        }
+        _ => unreachable!("{kind}"),
+    }
+}
+
+/// Produces each kind of poison into `topic` with kcat, keyed `poison-<kind>`.
+pub fn poison(topic: &str, real: &[u8], scratch: &Path) {
+    for kind in POISON {
+        let file = scratch.join(format!("{topic}-{kind}.bin"));
+        std::fs::write(&file, poison_value(kind, real)).unwrap();
+        let out = Command::new("kcat")
+            .args(["-P", "-b", &brokers(), "-t", topic, "-k"])
+            .arg(format!("poison-{kind}"))
+            .arg(&file)
+            .output()
+            .expect("kcat is installed (setup/deps.sh)");
+        assert!(
+            out.status.success(),
+            "kcat into {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

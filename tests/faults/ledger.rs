@@ -1,0 +1,290 @@
+//! The harness's account of a run: every topic read to its end with a read_committed
+//! consumer, each stage's inputs set against its outputs and dead letters, and the
+//! files the processor keeps (judged again here, by the processor's own library) set
+//! against the documents in `training-batches`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use codelupe_batcher::tokenizer::CodeTokenizer;
+use codelupe_processor::metrics::ProcessorMetrics;
+use codelupe_processor::{Processor, ProcessorOptions};
+use codelupe_runtime::records::{CodeFile, DeadLetter, RepoClone, RepoUrl, TrainingBatch};
+use codelupe_runtime::{AvroRecord, Transform};
+
+use crate::corpus::Expect;
+use crate::support::read_all;
+
+#[derive(Debug, Default)]
+pub struct Row {
+    pub stage: &'static str,
+    pub inputs: usize,
+    pub outputs: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub dead_lettered: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    pub rows: Vec<Row>,
+    /// (topic, poison kind) → what became of it.
+    pub poison: BTreeMap<(String, String), String>,
+    /// Every departure from what must hold, in words.
+    pub problems: Vec<String>,
+}
+
+fn decoded<T: AvroRecord>(records: &[(String, Vec<u8>)]) -> Vec<T> {
+    records
+        .iter()
+        .filter_map(|(_, v)| T::decode(v).ok())
+        .collect()
+}
+
+/// Kept files' documents (by content hash): how many end (their end-of-text) in the
+/// batches. A document is in one batch or runs across several; it ends once.
+fn documents_ended(tok: &CodeTokenizer, batches: &[TrainingBatch]) -> HashMap<String, usize> {
+    let eot = tok.end_of_text as i32;
+    let mut ended = HashMap::new();
+    for batch in batches {
+        for (i, (hash, &start)) in batch
+            .content_hashes
+            .iter()
+            .zip(&batch.document_starts)
+            .enumerate()
+        {
+            let end = batch
+                .document_starts
+                .get(i + 1)
+                .map_or(batch.token_ids.len(), |&s| s as usize);
+            if batch.token_ids[start as usize..end].contains(&eot) {
+                *ended.entry(hash.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    ended
+}
+
+pub struct Topics {
+    pub repo_urls: String,
+    pub repo_clones: String,
+    pub code_files: String,
+    pub training_batches: String,
+    pub dead_letters: String,
+}
+
+impl Ledger {
+    pub async fn read(
+        topics: &Topics,
+        corpus: &[(String, Expect)],
+        store: &Path,
+        tokenizer: &Path,
+    ) -> Self {
+        let idle = Duration::from_secs(3);
+        let mut ledger = Ledger::default();
+        let letters: Vec<DeadLetter> = decoded(&read_all(&topics.dead_letters, idle));
+        let lettered = |stage: &str| -> HashMap<String, &DeadLetter> {
+            letters
+                .iter()
+                .filter(|l| l.stage == stage)
+                .map(|l| {
+                    let key = String::from_utf8_lossy(l.key.as_deref().unwrap_or_default());
+                    (key.into_owned(), l)
+                })
+                .collect()
+        };
+
+        // Crawler: every listed repository published once.
+        let urls: Vec<RepoUrl> = decoded(&read_all(&topics.repo_urls, idle));
+        let names: HashSet<&str> = urls.iter().map(|u| u.full_name.as_str()).collect();
+        ledger.rows.push(Row {
+            stage: "crawler",
+            inputs: corpus.len(),
+            outputs: urls.len(),
+            lost: corpus
+                .iter()
+                .filter(|(n, _)| !names.contains(n.as_str()))
+                .count(),
+            duplicated: urls.len() - names.len(),
+            dead_lettered: 0,
+        });
+
+        // Downloader: a clone or a dead letter for each repository, as the corpus says.
+        let clones: Vec<RepoClone> = decoded(&read_all(&topics.repo_clones, idle));
+        let downloader_letters = lettered("downloader");
+        let cloned: HashMap<&str, &RepoClone> =
+            clones.iter().map(|c| (c.full_name.as_str(), c)).collect();
+        for (name, expect) in corpus {
+            let outcome = match (cloned.get(name.as_str()), downloader_letters.get(name)) {
+                (Some(_), _) => Expect::Kept,
+                (None, Some(letter)) => Expect::DeadLetter(match letter.reason.as_str() {
+                    "tree_bomb" => "tree_bomb",
+                    "refused_url" => "refused_url",
+                    "timeout" => "timeout",
+                    _ => "other",
+                }),
+                (None, None) => {
+                    ledger
+                        .problems
+                        .push(format!("{name}: neither cloned nor dead-lettered"));
+                    continue;
+                }
+            };
+            if outcome != *expect {
+                let why = downloader_letters
+                    .get(name)
+                    .map(|l| format!("{}: {}", l.reason, l.error));
+                ledger.problems.push(format!(
+                    "{name}: {outcome:?}, expected {expect:?} ({why:?})"
+                ));
+            }
+        }
+        ledger.rows.push(Row {
+            stage: "downloader",
+            inputs: names.len(),
+            outputs: clones.len(),
+            lost: names
+                .iter()
+                .filter(|n| !cloned.contains_key(*n) && !downloader_letters.contains_key(**n))
+                .count(),
+            duplicated: clones.len() - cloned.len(),
+            dead_lettered: downloader_letters
+                .keys()
+                .filter(|k| !k.starts_with("poison-"))
+                .count(),
+        });
+
+        // Processor: the files its own library keeps from each clone, each published once.
+        let registry = prometheus::Registry::new();
+        let judge = Processor::new(
+            ProcessorOptions {
+                store: store.to_path_buf(),
+                ..Default::default()
+            },
+            ProcessorMetrics::register(&registry).unwrap(),
+        )
+        .unwrap();
+        let mut expected: HashMap<(String, String), CodeFile> = HashMap::new();
+        for clone in cloned.values() {
+            match judge.transform((*clone).clone()).await {
+                Ok(files) => expected.extend(files.into_iter().map(|f| {
+                    (
+                        (f.value.repo_full_name.clone(), f.value.path.clone()),
+                        f.value,
+                    )
+                })),
+                Err(e) => ledger.problems.push(format!(
+                    "{}: the processor's judgement failed: {e}",
+                    clone.full_name
+                )),
+            }
+        }
+        let files: Vec<CodeFile> = decoded(&read_all(&topics.code_files, idle));
+        let published: HashSet<(&str, &str)> = files
+            .iter()
+            .map(|f| (f.repo_full_name.as_str(), f.path.as_str()))
+            .collect();
+        for f in &files {
+            if f.content.contains("root:x:0:0") || f.path.ends_with("passwd.rs") {
+                ledger.problems.push(format!(
+                    "{}/{}: content from outside the clone",
+                    f.repo_full_name, f.path
+                ));
+            }
+        }
+        let processor_lost: Vec<_> = expected
+            .keys()
+            .filter(|(r, p)| !published.contains(&(r.as_str(), p.as_str())))
+            .collect();
+        for (repo, path) in processor_lost.iter().take(10) {
+            ledger
+                .problems
+                .push(format!("{repo}/{path}: kept but not in code-files"));
+        }
+        ledger.rows.push(Row {
+            stage: "processor",
+            inputs: cloned.len(),
+            outputs: files.len(),
+            lost: processor_lost.len(),
+            duplicated: files.len() - published.len(),
+            dead_lettered: lettered("processor")
+                .keys()
+                .filter(|k| !k.starts_with("poison-"))
+                .count(),
+        });
+        if !expected.keys().any(|(_, p)| p == "src/big.c") {
+            ledger
+                .problems
+                .push("mallory/big-c: src/big.c was not kept".into());
+        }
+
+        // Batcher: every distinct kept file's document ends in training-batches once.
+        let tok = CodeTokenizer::load(tokenizer).unwrap();
+        let batches: Vec<TrainingBatch> = decoded(&read_all(&topics.training_batches, idle));
+        let ended = documents_ended(&tok, &batches);
+        let hashes: HashSet<&str> = expected.values().map(|f| f.content_hash.as_str()).collect();
+        let batcher_lost = hashes.iter().filter(|h| !ended.contains_key(**h)).count();
+        ledger.rows.push(Row {
+            stage: "batcher",
+            inputs: files
+                .iter()
+                .map(|f| &f.content_hash)
+                .collect::<HashSet<_>>()
+                .len(),
+            outputs: batches.len(),
+            lost: batcher_lost,
+            duplicated: ended.values().map(|n| n - 1).sum(),
+            dead_lettered: lettered("batcher")
+                .keys()
+                .filter(|k| !k.starts_with("poison-"))
+                .count(),
+        });
+        ledger.rows.push(Row {
+            stage: "trainer",
+            inputs: batches.len(),
+            ..Default::default()
+        });
+
+        for letter in &letters {
+            let key = String::from_utf8_lossy(letter.key.as_deref().unwrap_or_default());
+            if let Some(kind) = key.strip_prefix("poison-") {
+                ledger.poison.insert(
+                    (letter.topic.clone(), kind.to_string()),
+                    format!("dead-lettered by {}: {}", letter.stage, letter.reason),
+                );
+            }
+        }
+        ledger
+    }
+
+    /// The lost-files total: kept files of the corpus whose tokens never reach
+    /// `training-batches` (the batcher's lost column, the processor's before it).
+    pub fn lost(&self) -> usize {
+        self.rows.iter().map(|r| r.lost).sum()
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        writeln!(
+            out,
+            "{:<11} {:>7} {:>8} {:>5} {:>10} {:>13}",
+            "stage", "inputs", "outputs", "lost", "duplicated", "dead-lettered"
+        )
+        .unwrap();
+        for r in &self.rows {
+            writeln!(
+                out,
+                "{:<11} {:>7} {:>8} {:>5} {:>10} {:>13}",
+                r.stage, r.inputs, r.outputs, r.lost, r.duplicated, r.dead_lettered
+            )
+            .unwrap();
+        }
+        writeln!(out, "\npoison record                           outcome").unwrap();
+        for ((topic, kind), outcome) in &self.poison {
+            writeln!(out, "{:<39} {outcome}", format!("{topic} {kind}")).unwrap();
+        }
+        out
+    }
+}

@@ -1,0 +1,419 @@
+//! The fault harness: the whole pipeline on the real broker (every stage as its own
+//! process, two replicas of each scalable one) over real crates and hostile
+//! repositories, while replicas are SIGKILLed and restarted, the broker is stopped and
+//! started, and poison is produced with kcat into every topic. At the end every topic
+//! is read with a read_committed consumer and one table says, per stage, inputs,
+//! outputs, lost, duplicated and dead-lettered, and what became of each poison record.
+//!
+//! This reduced form runs in the suite; the long form (a larger corpus, more kills) is
+//! `tests/faults/long`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cluster;
+mod corpus;
+mod ledger;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use codelupe_runtime::config::KafkaConfig;
+use codelupe_runtime::kafka::{KafkaClients, LagReader};
+use support::*;
+
+use cluster::{Cluster, Outage, TOKEN};
+use corpus::Corpus;
+use ledger::{Ledger, Topics};
+
+/// The scenarios share the broker they stop: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+struct Scale {
+    crates: &'static [&'static str],
+    kills: usize,
+    /// Between faults.
+    every: Duration,
+    outage: Duration,
+    /// The most time, after the last fault, for every group's lag to reach 0.
+    settle: Duration,
+}
+
+/// `FAULT_HARNESS=long` (tests/faults/long) for the long form.
+fn scale() -> Scale {
+    if std::env::var("FAULT_HARNESS").as_deref() == Ok("long") {
+        Scale {
+            crates: &[
+                "bytes-1",
+                "memchr-2",
+                "regex-syntax-0",
+                "aho-corasick-1",
+                "http-1",
+                "url-2",
+                "indexmap-2",
+                "h2-0",
+                "hyper-1",
+                "tokio-util-0",
+                "chrono-0",
+                "futures-util-0",
+            ],
+            kills: 15,
+            every: Duration::from_secs(12),
+            outage: Duration::from_secs(15),
+            settle: Duration::from_secs(300),
+        }
+    } else {
+        Scale {
+            crates: &["itoa-1", "httparse-1", "smallvec-1"],
+            kills: 5,
+            every: Duration::from_secs(4),
+            outage: Duration::from_secs(5),
+            settle: Duration::from_secs(240),
+        }
+    }
+}
+
+/// A small deterministic generator: the run prints its seed, FAULT_SEED replays it.
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Self {
+        let seed = std::env::var("FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("fault harness: FAULT_SEED={seed}");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn train_tokenizer(corpus: &Corpus, out: &Path) {
+    let mut command = codelupe();
+    command.args(["tokenizer", "train", "--vocab-size", "2000", "-o"]);
+    command.arg(out);
+    for root in &corpus.crate_roots {
+        command.arg("--from-dir").arg(root);
+    }
+    let result = command.output().unwrap();
+    assert!(result.status.success(), "{}", text(&result));
+}
+
+/// The repository's topology with topics and consumer groups of this run's own.
+fn topology(dir: &Path, suffix: &str) -> std::path::PathBuf {
+    let path = renamed_topology(dir, suffix);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for stage in ["downloader", "processor", "batcher", "trainer"] {
+        text = text.replace(
+            &format!("group: codelupe-{stage}\n"),
+            &format!("group: codelupe-{stage}-{suffix}\n"),
+        );
+    }
+    std::fs::write(&path, text).unwrap();
+    apply_topology(&path);
+    path
+}
+
+fn write_config(dir: &Path, suffix: &str, delivery: &str, api: &str) -> std::path::PathBuf {
+    let path = dir.join("codelupe.yaml");
+    let (store, tokenizer) = (dir.join("store"), dir.join("tokenizer.json"));
+    let text = format!(
+        "kafka:
+  brokers: {brokers}
+  dead_letter_topic: dead-letters-{suffix}
+  # A killed member's partitions move after 6 s, not the default 45.
+  consumer: {{session.timeout.ms: '6000', heartbeat.interval.ms: '1000'}}
+stages:
+  crawler:
+    metrics_bind: 127.0.0.1
+    options:
+      source: github
+      github: {{api_url: '{api}', languages: [Rust], since: 2024-01-01, until: 2024-12-31, max_backoff_s: 1}}
+      state_topic: crawler-state-{suffix}
+      transactional_id: crawler-{suffix}
+      interval_s: 5
+  downloader:
+    metrics_bind: 127.0.0.1
+    delivery: {delivery}
+    transient_give_up_s: 20
+    options:
+      store: {store}
+      urls: {{allowed_schemes: [git, http], allowed_hosts: [127.0.0.1]}}
+      filter: {{min_stars: 0, languages: [], exclude_words: []}}
+      read_timeout_s: 3
+      max_attempts: 2
+      store_readers: [codelupe-processor-{suffix}]
+  processor:
+    metrics_bind: 127.0.0.1
+    delivery: {delivery}
+    options: {{store: {store}}}
+  batcher:
+    metrics_bind: 127.0.0.1
+    options: {{tokenizer: {tokenizer}, sequence_length: 512, seen_topic: batcher-seen-{suffix}, flush_idle_ms: 2000}}
+  trainer:
+    metrics_bind: 127.0.0.1
+    options: {{tokenizer: {tokenizer}, checkpoint_dir: {checkpoints}, device: cpu, bf16: false, steps_per_run: 20, idle_checkpoint_ms: 3000, eval_batches: 2}}
+",
+        brokers = brokers(),
+        store = store.display(),
+        tokenizer = tokenizer.display(),
+        checkpoints = dir.join("checkpoints").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Lines of the replicas' logs (every life of every replica) containing `needle`.
+fn logged(dir: &Path, stage: &str, needle: &str) -> usize {
+    std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(stage))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+        })
+        .sum()
+}
+
+fn first_record(topic: &str) -> Vec<u8> {
+    let mut found = None;
+    wait_for(
+        &format!("a record in {topic}"),
+        Duration::from_secs(180),
+        || {
+            found = read_all(topic, Duration::from_millis(500))
+                .into_iter()
+                .map(|(_, v)| v)
+                .find(|v| v.len() > 10 && v[..2] == [0xC3, 0x01]);
+            found.is_some()
+        },
+    );
+    found.unwrap()
+}
+
+fn count_exits(exits: &mut std::collections::BTreeMap<String, usize>, names: Vec<String>) {
+    for name in names {
+        *exits.entry(name).or_insert(0) += 1;
+    }
+}
+
+fn scenario(delivery: &str) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scale = scale();
+    let mut dice = Dice::new();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let corpus = Corpus::build(dir, scale.crates);
+    train_tokenizer(&corpus, &dir.join("tokenizer.json"));
+    let suffix = unique("faults");
+    let topology = topology(dir, &suffix);
+    let config = write_config(dir, &suffix, delivery, &corpus.github.url);
+    let topic = |name: &str| format!("{name}-{suffix}");
+
+    let mut cluster = Cluster::start(&config, &topology, &dir.join("logs"));
+    let started = Instant::now();
+    let mut unplanned = std::collections::BTreeMap::new();
+
+    // Poison into every topic once records flow, each shaped from a real one.
+    for name in [
+        "repo-urls",
+        "repo-clones",
+        "code-files",
+        "training-batches",
+        "crawler-state",
+        "batcher-seen",
+        "dead-letters",
+    ] {
+        let real = first_record(&topic(name));
+        cluster::poison(&topic(name), &real, dir);
+        count_exits(&mut unplanned, cluster.restart_exited());
+    }
+    eprintln!(
+        "fault harness: poison produced after {:?}",
+        started.elapsed()
+    );
+
+    // SIGKILL a random replica of a random stage, again and again; stop the broker once.
+    for k in 0..scale.kills {
+        std::thread::sleep(scale.every);
+        let i = dice.below(cluster.replicas.len());
+        let down_for = Duration::from_millis(500 + 500 * dice.below(4) as u64);
+        eprintln!(
+            "fault harness: kill {} of {}: {} (down {down_for:?})",
+            k + 1,
+            scale.kills,
+            cluster.replicas[i].name()
+        );
+        cluster.kill_and_restart(i, down_for);
+        if k == scale.kills / 2 {
+            eprintln!("fault harness: broker stopped for {:?}", scale.outage);
+            let outage = Outage::begin();
+            std::thread::sleep(scale.outage);
+            outage.end();
+        }
+        count_exits(&mut unplanned, cluster.restart_exited());
+    }
+    let last_fault = Instant::now();
+
+    // Every group's lag back to 0, every replica ready.
+    let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
+    let groups = [
+        ("downloader", "repo-urls"),
+        ("processor", "repo-clones"),
+        ("batcher", "code-files"),
+        ("trainer", "training-batches"),
+    ];
+    let mut readers: Vec<(String, LagReader)> = groups
+        .iter()
+        .map(|(stage, input)| {
+            let group = format!("codelupe-{stage}-{suffix}");
+            (
+                stage.to_string(),
+                LagReader::new(&clients, &group, &topic(input)).unwrap(),
+            )
+        })
+        .collect();
+    let mut lags: Vec<(String, i64)>;
+    let settled = loop {
+        count_exits(&mut unplanned, cluster.restart_exited());
+        lags = readers
+            .iter_mut()
+            .map(|(stage, r)| (stage.clone(), r.lag().unwrap_or(-1)))
+            .collect();
+        if lags.iter().all(|(_, lag)| *lag == 0) && cluster.not_ready().is_empty() {
+            break Some(last_fault.elapsed());
+        }
+        if last_fault.elapsed() > scale.settle {
+            break None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let not_ready = cluster.not_ready();
+    let exit_reasons = cluster.exit_reasons();
+    let unclean = cluster.stop();
+
+    let ledger = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Ledger::read(
+            &Topics {
+                repo_urls: topic("repo-urls"),
+                repo_clones: topic("repo-clones"),
+                code_files: topic("code-files"),
+                training_batches: topic("training-batches"),
+                dead_letters: topic("dead-letters"),
+            },
+            &corpus.repos,
+            &dir.join("store"),
+            &dir.join("tokenizer.json"),
+        ));
+    let trainer_skipped = logged(dir, "trainer", "undecodable batch skipped");
+    let state_skipped = logged(dir, "crawler", "undecodable state entry skipped");
+    let listed = codelupe()
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--topology", topology.to_str().unwrap()])
+        .args(["dead-letters", "list"])
+        .output()
+        .unwrap();
+
+    eprintln!(
+        "\nfault harness ({delivery}, {} repositories, {} kills, one broker outage of {:?})\n\n{}",
+        corpus.repos.len(),
+        scale.kills,
+        scale.outage,
+        ledger.table()
+    );
+    eprintln!(
+        "training-batches poison: {trainer_skipped} skipped by the trainer (logged, reason decode)\n\
+         crawler-state poison: {state_skipped} entries skipped at crawler start-ups\n\
+         batcher-seen poison: keys that are no content hash, ignored by the dedup load\n\
+         lag 0 in every group and every replica ready {} after the last fault (bound {:?}); lags {lags:?}\n\
+         unplanned exits (restarted): {unplanned:?}; stopped uncleanly: {unclean:?}; not ready: {not_ready:?}\n\
+         {exit_reasons}problems: {:#?}",
+        settled.map_or("never".to_string(), |d| format!("{:.0?}", d)),
+        scale.settle,
+        ledger.problems,
+    );
+
+    assert!(
+        settled.is_some(),
+        "lag did not return to 0: {lags:?}, not ready {not_ready:?}"
+    );
+    assert_eq!(ledger.lost(), 0, "records lost");
+    assert!(ledger.problems.is_empty(), "{:#?}", ledger.problems);
+    for input in ["repo-urls", "repo-clones", "code-files"] {
+        for kind in cluster::POISON {
+            assert!(
+                ledger
+                    .poison
+                    .contains_key(&(topic(input), kind.to_string())),
+                "poison {kind} in {input} was not dead-lettered"
+            );
+        }
+    }
+    assert!(
+        trainer_skipped >= cluster::POISON.len(),
+        "trainer skipped {trainer_skipped}"
+    );
+    assert!(
+        listed.status.success(),
+        "dead-letters list: {}",
+        text(&listed)
+    );
+    // The token went nowhere but GitHub: neither the redirecting host nor the host it
+    // pointed at saw it, and the redirect was not followed.
+    assert!(
+        !corpus.redirecting.requests().is_empty(),
+        "the redirecting host was asked"
+    );
+    for seen in corpus.redirecting.requests() {
+        assert!(seen.header("authorization").is_none(), "{seen:?}");
+        assert!(!format!("{seen:?}").contains(TOKEN), "{seen:?}");
+    }
+    assert!(
+        corpus.elsewhere.requests().is_empty(),
+        "a redirect was followed"
+    );
+    assert!(
+        corpus.stalled.connections() > 0,
+        "the stalled host was asked"
+    );
+    if delivery == "exactly_once" {
+        for row in &ledger.rows {
+            if ["downloader", "processor"].contains(&row.stage) {
+                assert_eq!(
+                    row.duplicated, 0,
+                    "{} duplicated in exactly_once",
+                    row.stage
+                );
+            }
+        }
+    }
+    assert!(unclean.is_empty(), "stopped uncleanly: {unclean:?}");
+}
+
+#[test]
+fn at_least_once_loses_nothing_under_kills_an_outage_and_poison() {
+    scenario("at_least_once");
+}
+
+#[test]
+fn exactly_once_loses_and_duplicates_nothing_under_kills_an_outage_and_poison() {
+    scenario("exactly_once");
+}

@@ -158,24 +158,14 @@ fn documents_in(tok: &CodeTokenizer, batches: &[TrainingBatch]) -> HashMap<Strin
     let mut heads: HashMap<String, Vec<Vec<u32>>> = HashMap::new();
     let mut tails: HashMap<String, Vec<(usize, Vec<u32>)>> = HashMap::new();
     for batch in batches {
-        for (i, (hash, &start)) in batch
-            .content_hashes
-            .iter()
-            .zip(&batch.document_starts)
-            .enumerate()
-        {
-            let end = batch
-                .document_starts
-                .get(i + 1)
-                .map_or(batch.token_ids.len(), |&s| s as usize);
-            let piece = &batch.token_ids[start as usize..end];
+        for (hash, start, piece) in document_pieces(batch) {
             let ids = |s: &[i32]| s.iter().map(|&t| t as u32).collect::<Vec<_>>();
             match piece.iter().position(|&t| t == eot) {
                 Some(at) => tails
-                    .entry(hash.clone())
+                    .entry(hash.to_string())
                     .or_default()
-                    .push((start as usize, ids(&piece[..at]))),
-                None => heads.entry(hash.clone()).or_default().push(ids(piece)),
+                    .push((start, ids(&piece[..at]))),
+                None => heads.entry(hash.to_string()).or_default().push(ids(piece)),
             }
         }
     }

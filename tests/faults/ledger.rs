@@ -49,18 +49,9 @@ fn documents_ended(tok: &CodeTokenizer, batches: &[TrainingBatch]) -> HashMap<St
     let eot = tok.end_of_text as i32;
     let mut ended = HashMap::new();
     for batch in batches {
-        for (i, (hash, &start)) in batch
-            .content_hashes
-            .iter()
-            .zip(&batch.document_starts)
-            .enumerate()
-        {
-            let end = batch
-                .document_starts
-                .get(i + 1)
-                .map_or(batch.token_ids.len(), |&s| s as usize);
-            if batch.token_ids[start as usize..end].contains(&eot) {
-                *ended.entry(hash.clone()).or_insert(0) += 1;
+        for (hash, _, piece) in crate::support::document_pieces(batch) {
+            if piece.contains(&eot) {
+                *ended.entry(hash.to_string()).or_insert(0) += 1;
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use codelupe_runtime::language;
-use codelupe_runtime::records::CodeFile;
+use codelupe_runtime::records::{CodeFile, TrainingBatch};
 use sha2::{Digest, Sha256};
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -52,4 +52,25 @@ pub fn code_files(roots: &[PathBuf], mut keep: impl FnMut(&Path) -> bool) -> Vec
 /// Rust sources only.
 pub fn is_rust(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "rs")
+}
+
+/// Each document piece of a batch: its content hash and its tokens (a document lies
+/// whole in one batch or runs across several; its last piece holds its end-of-text).
+pub fn document_pieces(batch: &TrainingBatch) -> impl Iterator<Item = (&str, usize, &[i32])> {
+    batch
+        .content_hashes
+        .iter()
+        .zip(&batch.document_starts)
+        .enumerate()
+        .map(|(i, (hash, &start))| {
+            let end = batch
+                .document_starts
+                .get(i + 1)
+                .map_or(batch.token_ids.len(), |&s| s as usize);
+            (
+                hash.as_str(),
+                start as usize,
+                &batch.token_ids[start as usize..end],
+            )
+        })
 }

@@ -172,6 +172,8 @@ struct Stage {
     trainer: Trainer,
     eval: EvalSet,
     offsets: BTreeMap<i32, i64>,
+    /// The offsets last committed to the group.
+    committed: BTreeMap<i32, i64>,
     /// Input partitions assigned, 0 to this.
     partitions: i32,
     tokens_seen: u64,
@@ -274,6 +276,7 @@ impl Stage {
             tokenizer,
             trainer,
             eval,
+            committed: offsets.clone(),
             offsets,
             partitions: 0,
             tokens_seen,
@@ -358,6 +361,11 @@ impl Stage {
                     let paused = idle.is_some_and(|idle| last_input.elapsed() >= idle);
                     if paused && !self.run.batches.is_empty() {
                         self.finish_run(consumer, input, "input paused")?;
+                    } else if paused && self.offsets != self.committed {
+                        // Read past batches it does not train (eval beyond the eval
+                        // set, undecodable): nothing to checkpoint, but the group's
+                        // lag must reach 0.
+                        self.commit_offsets(consumer, input)?;
                     }
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -501,6 +509,20 @@ impl Stage {
             .map_or(2048, |s| s.tokens.size()[1])
     }
 
+    /// Commits the offsets read to the group. The checkpoint holds the offsets a
+    /// restart resumes from; the commit feeds lag dashboards and alerts.
+    fn commit_offsets(&mut self, consumer: &BaseConsumer, input: &str) -> anyhow::Result<()> {
+        let mut list = TopicPartitionList::new();
+        for (&p, &o) in &self.offsets {
+            list.add_partition_offset(input, p, Offset::Offset(o))?;
+        }
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => self.committed = self.offsets.clone(),
+            Err(e) => tracing::warn!(error = %e, "offset commit failed"),
+        }
+        Ok(())
+    }
+
     /// Ends the run: the last partial accumulation becomes a step, then evaluation,
     /// checkpoint, and only then the offset commit.
     fn finish_run(
@@ -536,14 +558,7 @@ impl Stage {
             &self.options.tokenizer,
             self.options.keep_checkpoints,
         )?;
-        let mut list = TopicPartitionList::new();
-        for (&p, &o) in &self.offsets {
-            list.add_partition_offset(input, p, Offset::Offset(o))?;
-        }
-        if let Err(e) = consumer.commit(&list, CommitMode::Sync) {
-            // The checkpoint holds the offsets; the commit only feeds lag dashboards.
-            tracing::warn!(error = %e, "offset commit failed");
-        }
+        self.commit_offsets(consumer, input)?;
         let elapsed = self.run.started.elapsed().as_secs_f64();
         self.metrics.training_runs.inc();
         self.metrics.training_duration.observe(elapsed);

@@ -238,6 +238,48 @@ async fn partitions_added_to_the_input_after_start_are_trained() {
     assert_eq!(ids, produced);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_ending_in_batches_it_does_not_train_is_still_committed_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 4);
+    assert!(!corpus.eval.is_empty());
+    let s = setup(
+        dir.path(),
+        &corpus.tokenizer_path,
+        1,
+        "      steps_per_run: 100\n      idle_checkpoint_ms: 1000\n      eval_batches: 0\n",
+    )
+    .await;
+    let record =
+        |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
+    produce_all(&s.input, corpus.train.iter().map(record).collect()).await;
+    let _trainer = start(&s.config, &s.topology);
+    wait_for(
+        "the train batches checkpointed",
+        Duration::from_secs(240),
+        || trained(&s.root).len() == corpus.train.len(),
+    );
+    // Then a tail it does not train: eval batches beyond the eval set (0 here) and a
+    // value that is not Avro, both skipped.
+    for batch in &corpus.eval {
+        let (key, value) = record(batch);
+        produce_to_partition(&s.input, 0, &key, &value).await;
+    }
+    produce_to_partition(&s.input, 0, "poison", b"not avro").await;
+    // setup()'s group.
+    let group = s.input.replace("training-batches-", "trainer-");
+    let clients = codelupe_runtime::kafka::KafkaClients::new(
+        brokers(),
+        &codelupe_runtime::config::KafkaConfig::default(),
+    );
+    let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &s.input).unwrap();
+    wait_for(
+        "the skipped tail committed",
+        Duration::from_secs(60),
+        || lag.lag().unwrap() == 0,
+    );
+}
+
 async fn grow_partitions(topic: &str, total: usize) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =

@@ -60,6 +60,10 @@ struct Run {
 
 impl Run {
     fn new(dir: &Path, tokenizer: &Path) -> Self {
+        Self::with_delivery(dir, tokenizer, "at_least_once")
+    }
+
+    fn with_delivery(dir: &Path, tokenizer: &Path, delivery: &str) -> Self {
         let dir = dir.join(unique("run"));
         std::fs::create_dir_all(&dir).unwrap();
         let (suffix, topology) = fresh_topics(&dir, "b");
@@ -70,7 +74,7 @@ impl Run {
             format!(
                 // A killed member's partitions move on after 6 s, not the default 45.
                 "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: '6000'}}\n\
-                 stages:\n  batcher:\n    group: batcher-{suffix}\n    metrics_port: {port}\n    metrics_bind: 127.0.0.1\n\
+                 stages:\n  batcher:\n    group: batcher-{suffix}\n    metrics_port: {port}\n    metrics_bind: 127.0.0.1\n    delivery: {delivery}\n\
                  \x20   options:\n      tokenizer: {}\n      sequence_length: {SEQUENCE_LENGTH}\n      sequences_per_batch: {SEQUENCES_PER_BATCH}\n\
                  \x20     seen_topic: batcher-seen-{suffix}\n      flush_idle_ms: 3000\n      document: {{eval_share: 0.05}}\n",
                 brokers(),
@@ -320,8 +324,10 @@ async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identica
     assert!(eval > 0, "some eval batches");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_stream_and_restarted_every_file_reaches_the_output() {
+/// SIGKILLs a batcher in `delivery` mode a third of the way through real crates,
+/// restarts it, and checks every file's document is in the output; returns how many
+/// documents are there more than once (read_committed).
+async fn killed_mid_stream_and_restarted(delivery: &str) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let crates = registry_crates(&[
         "regex-syntax-0",
@@ -338,7 +344,7 @@ async fn killed_mid_stream_and_restarted_every_file_reaches_the_output() {
     let hashes: HashSet<&str> = files.iter().map(|f| f.content_hash.as_str()).collect();
     assert!(files.len() > 300, "{} files", files.len());
 
-    let run = Run::new(dir.path(), &tokenizer_path);
+    let run = Run::with_delivery(dir.path(), &tokenizer_path, delivery);
     produce_files(&run.input(), &files).await;
     let first = run.start();
     let third = files.len() as f64 / 3.0;
@@ -388,9 +394,29 @@ async fn killed_mid_stream_and_restarted_every_file_reaches_the_output() {
         batches.len()
     );
     let packed: usize = batches.iter().map(|b| b.content_hashes.len()).sum();
+    let mut ended: HashMap<&str, usize> = HashMap::new();
+    for batch in &batches {
+        for (hash, _, piece) in document_pieces(batch) {
+            if piece.contains(&(tok.end_of_text as i32)) {
+                *ended.entry(hash).or_insert(0) += 1;
+            }
+        }
+    }
+    let duplicated = ended.values().map(|n| n - 1).sum();
     eprintln!(
-        "{} files, {} batches ({before} before the kill), {packed} document pieces",
+        "{delivery}: {} files, {} batches ({before} before the kill), {packed} document pieces, {duplicated} documents duplicated",
         hashes.len(),
         batches.len()
     );
+    duplicated
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_every_file_reaches_the_output() {
+    killed_mid_stream_and_restarted("at_least_once").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_killed_mid_stream_every_file_reaches_the_output_once() {
+    assert_eq!(killed_mid_stream_and_restarted("exactly_once").await, 0);
 }

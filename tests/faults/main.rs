@@ -162,6 +162,7 @@ stages:
     options: {{store: {store}}}
   batcher:
     metrics_bind: 127.0.0.1
+    delivery: {delivery}
     options: {{tokenizer: {tokenizer}, sequence_length: 512, seen_topic: batcher-seen-{suffix}, flush_idle_ms: 2000}}
   trainer:
     metrics_bind: 127.0.0.1
@@ -219,7 +220,15 @@ fn scenario(delivery: &str) {
     let scale = scale();
     let mut dice = Dice::new();
     let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
+    // FAULT_KEEP=1 keeps the run's folder (logs, store, checkpoints) to look into.
+    let dir = if std::env::var_os("FAULT_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("fault harness: keeping {}", kept.display());
+        kept
+    } else {
+        dir.path().to_path_buf()
+    };
+    let dir = dir.as_path();
     let corpus = Corpus::build(dir, scale.crates);
     train_tokenizer(&corpus, &dir.join("tokenizer.json"));
     let suffix = unique("faults");
@@ -396,7 +405,7 @@ fn scenario(delivery: &str) {
     );
     if delivery == "exactly_once" {
         for row in &ledger.rows {
-            if ["downloader", "processor"].contains(&row.stage) {
+            if ["downloader", "processor", "batcher"].contains(&row.stage) {
                 assert_eq!(
                     row.duplicated, 0,
                     "{} duplicated in exactly_once",

@@ -5,8 +5,13 @@
 //! its follow-up records (the batcher's dedup marks) are published and its offset is
 //! stored. So inputs still in a partial output at shutdown or crash stay uncommitted
 //! and are replayed: nothing is lost, at worst something is published twice.
+//!
+//! In `exactly_once` delivery outputs are not sent one by one but gathered, and every
+//! 100 ms one transaction commits them with the follow-ups of the inputs they release
+//! and those inputs' offsets (sent with the group's metadata): a read_committed reader
+//! sees each input's part of the outputs once, whatever crashes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,14 +19,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures::StreamExt;
 use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::codec::AvroRecord;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
-    commit_and_leave, drain, store, subscribe, DeadLetters, InputRecord, LoopContext, LoopMetrics,
-    Polled,
+    commit_and_leave, drain, stepped_over, store, store_stepped_over, subscribe, DeadLetters,
+    InputRecord, LoopContext, LoopMetrics, Polled,
 };
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
@@ -177,6 +183,21 @@ enum Done {
     Refused(crate::publish::SendError),
 }
 
+/// `exactly_once`: what the next transaction commits.
+struct Transaction {
+    producer: Arc<FutureProducer>,
+    /// Sealed outputs, with the inputs holding a part of each.
+    outputs: Vec<(Outgoing, Ticket)>,
+    /// Inputs finished without a part in any output (dropped, dead-lettered), with the
+    /// records they leave (a dead letter, follow-ups).
+    released: Vec<(InputPosition, Vec<Outgoing>)>,
+}
+
+/// How often an `exactly_once` aggregate commits; an at-least-once one stores the
+/// offsets of partitions read to their end (past transaction markers) this often.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+const STEP_OVER_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Loop {
     input: String,
     output: String,
@@ -189,6 +210,9 @@ struct Loop {
     permits: Arc<Semaphore>,
     done: mpsc::UnboundedSender<Done>,
     tasks: JoinSet<()>,
+    /// Some in `exactly_once` delivery.
+    transaction: Option<Transaction>,
+    max_in_flight: usize,
 }
 
 /// Runs `aggregate` over the stage's input until shutdown. Partial outputs are not
@@ -197,13 +221,7 @@ pub async fn run_aggregate<A: Aggregate>(
     mut aggregate: A,
     runtime: &StageRuntime,
 ) -> anyhow::Result<()> {
-    if runtime.settings.delivery == crate::config::Delivery::ExactlyOnce {
-        anyhow::bail!(
-            "stages.{}.delivery: exactly_once is not available for a stage whose outputs              gather many inputs yet; use at_least_once (its dedup marks drop replays)",
-            runtime.name
-        );
-    }
-    let (input, _) = runtime.require_input()?;
+    let (input, group) = runtime.require_input()?;
     let output = runtime
         .output
         .clone()
@@ -213,6 +231,14 @@ pub async fn run_aggregate<A: Aggregate>(
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
     let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
     let publisher = Publisher::new(runtime)?;
+    let transaction = match runtime.settings.delivery {
+        crate::config::Delivery::ExactlyOnce => Some(Transaction {
+            producer: crate::exactly_once::transactional_producer(runtime, group).await?,
+            outputs: Vec::new(),
+            released: Vec::new(),
+        }),
+        crate::config::Delivery::AtLeastOnce => None,
+    };
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut state = Loop {
         input: input.to_string(),
@@ -226,19 +252,25 @@ pub async fn run_aggregate<A: Aggregate>(
         permits: Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1))),
         done: done_tx,
         tasks: JoinSet::new(),
+        transaction,
+        max_in_flight: runtime.settings.max_in_flight.max(1),
     };
     let flush_after = aggregate.flush_after();
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut stream = consumer.stream();
     let mut failure = None;
-    let mut step_over = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(if state.transaction.is_some() {
+        COMMIT_INTERVAL
+    } else {
+        STEP_OVER_INTERVAL
+    });
 
     loop {
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break,
             Some(partitions) = revoked.recv() => {
-                state.holds.revoke(&partitions);
+                state.revoke(&partitions);
                 aggregate.revoke(&partitions);
             }
             Some(message) = done.recv() => {
@@ -252,8 +284,11 @@ pub async fn run_aggregate<A: Aggregate>(
                 state.on_done(message);
             }
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
-            _ = step_over.tick() => {
-                crate::pipeline::store_stepped_over(&consumer, input, &state.tracker);
+            _ = tick.tick() => {
+                if let Err(e) = state.tick().await {
+                    failure = Some(e);
+                    break;
+                }
             }
             _ = sleep_until(flush_at), if flush_at.is_some() => {
                 flush_at = None;
@@ -271,7 +306,7 @@ pub async fn run_aggregate<A: Aggregate>(
                 };
                 // The rebalance callback ran inside this poll: apply it before the record.
                 while let Ok(partitions) = revoked.try_recv() {
-                    state.holds.revoke(&partitions);
+                    state.revoke(&partitions);
                     aggregate.revoke(&partitions);
                 }
                 if !state.begin(&record) {
@@ -310,6 +345,10 @@ pub async fn run_aggregate<A: Aggregate>(
         state.on_done(message)
     })
     .await;
+    if failure.is_none() {
+        // Sealed outputs gathered for the next transaction go out with their offsets.
+        failure = state.commit().await.err();
+    }
     drop(state);
     commit_and_leave(consumer).await?;
     match failure {
@@ -326,6 +365,79 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Loop {
+    /// These partitions went to another member: their held inputs are forgotten (a late
+    /// acknowledgement cannot release them), and in `exactly_once` the gathered outputs
+    /// made only of their inputs are dropped (the new owner makes them again).
+    fn revoke(&mut self, partitions: &[i32]) {
+        self.holds.revoke(partitions);
+        if let Some(transaction) = self.transaction.as_mut() {
+            transaction.outputs.retain(|(_, ticket)| {
+                !ticket
+                    .iter()
+                    .all(|(at, _)| partitions.contains(&at.partition))
+            });
+            transaction
+                .released
+                .retain(|(at, _)| !partitions.contains(&at.partition));
+        }
+    }
+
+    /// Every interval: commits the gathered transaction, or (at-least-once) stores the
+    /// offsets of partitions read past their last record.
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        if self.transaction.is_some() {
+            return self.commit().await;
+        }
+        store_stepped_over(&self.consumer, &self.input, &self.tracker);
+        Ok(())
+    }
+
+    /// `exactly_once`: one transaction with the gathered outputs, the follow-ups of the
+    /// inputs they release and those inputs' offsets.
+    async fn commit(&mut self) -> anyhow::Result<()> {
+        let Some(transaction) = self.transaction.as_mut() else {
+            return Ok(());
+        };
+        let outputs = std::mem::take(&mut transaction.outputs);
+        let mut released = std::mem::take(&mut transaction.released);
+        let producer = transaction.producer.clone();
+        let mut records = Vec::with_capacity(outputs.len());
+        for (output, ticket) in outputs {
+            records.push(output);
+            released.extend(self.holds.acked(ticket));
+        }
+        let produced = records.len() as u64;
+        let mut offsets = BTreeMap::new();
+        {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            for (at, follow_ups) in released {
+                records.extend(follow_ups);
+                if let Some(next) = tracker.complete(at.partition, at.offset) {
+                    offsets.insert(at.partition, next);
+                }
+            }
+        }
+        offsets.extend(stepped_over(&self.consumer, &self.tracker));
+        if records.is_empty() && offsets.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<&Outgoing> = records.iter().collect();
+        crate::exactly_once::commit_transaction(
+            &producer,
+            &self.consumer,
+            &self.input,
+            &records,
+            &offsets,
+        )
+        .await?;
+        self.metrics.produced.inc_by(produced);
+        self.metrics
+            .in_flight
+            .set(self.tracker.lock().expect("tracker lock").in_flight() as i64);
+        self.metrics.last_processed.set(now_ms() / 1000);
+        Ok(())
+    }
+
     /// Takes the record in; false for one this consumer already has.
     fn begin(&self, record: &InputRecord) -> bool {
         let mut tracker = self.tracker.lock().expect("tracker lock");
@@ -401,6 +513,9 @@ impl Loop {
     /// Publishes each sealed output in its own task, at most `max_in_flight` at once;
     /// inputs finished on their own are released now.
     async fn dispatch<T: AvroRecord>(&mut self, step: Step<T>) -> anyhow::Result<()> {
+        if self.transaction.is_some() {
+            return self.gather(step).await;
+        }
         for at in step.finished {
             self.release(at);
         }
@@ -446,14 +561,64 @@ impl Loop {
         Ok(())
     }
 
+    /// `exactly_once`: adds a step's outputs and finished inputs to the next
+    /// transaction, committing at once when `max_in_flight` outputs are gathered.
+    async fn gather<T: AvroRecord>(&mut self, step: Step<T>) -> anyhow::Result<()> {
+        let mut outputs = Vec::with_capacity(step.sealed.len());
+        for sealed in step.sealed {
+            let payload = sealed
+                .value
+                .encode()
+                .context("cannot encode an output record")?;
+            let ticket = self.holds.dispatch(&sealed.inputs);
+            outputs.push((
+                Outgoing {
+                    topic: self.output.clone(),
+                    partition: None,
+                    key: sealed.key.into_bytes(),
+                    payload,
+                },
+                ticket,
+            ));
+        }
+        let mut released: Vec<(InputPosition, Vec<Outgoing>)> = step
+            .finished
+            .into_iter()
+            .map(|at| (at, Vec::new()))
+            .collect();
+        for (at, record) in step.on_release {
+            if let Err(record) = self.holds.on_release(at, record) {
+                released.push((at, vec![record]));
+            }
+        }
+        let transaction = self.transaction.as_mut().expect("exactly_once");
+        transaction.outputs.extend(outputs);
+        transaction.released.extend(released);
+        if transaction.outputs.len() >= self.max_in_flight {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
     /// Publishes `record`'s dead letter in a task holding a permit, so a stream of bad
-    /// records cannot pile up tasks and their values in memory.
+    /// records cannot pile up tasks and their values in memory; in `exactly_once` it
+    /// goes into the next transaction.
     async fn dead_letter(
         &mut self,
         record: InputRecord,
         reason: &'static str,
         error: String,
     ) -> anyhow::Result<()> {
+        if let Some(transaction) = self.transaction.as_mut() {
+            let at = InputPosition {
+                partition: record.partition,
+                offset: record.offset,
+            };
+            let letter = self.dead_letters.letter(&record, reason, error, 1);
+            self.metrics.dead_letters.with_label_values(&[reason]).inc();
+            transaction.released.push((at, vec![letter]));
+            return Ok(());
+        }
         let permit = self.permits.clone().acquire_owned().await?;
         let (dead_letters, done) = (self.dead_letters.clone(), self.done.clone());
         self.tasks.spawn(async move {

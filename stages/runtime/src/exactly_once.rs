@@ -95,27 +95,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
     let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
-    let transactional_id = format!(
-        "{group}-{}-{}-{}",
-        runtime.client_id(),
-        std::process::id(),
-        now_ms()
-    );
-    let producer: Arc<FutureProducer> = Arc::new(
-        runtime
-            .clients
-            .producer_config(&runtime.client_id())
-            .set("transactional.id", &transactional_id)
-            // A transaction spans one commit step, never a transform: a crashed
-            // instance's open one is aborted (and its partitions readable) this soon.
-            .set("transaction.timeout.ms", "10000")
-            .create()
-            .context("cannot create the transactional Kafka producer")?,
-    );
-    let timeout = Duration::from_secs(30);
-    crate::publish::blocking(&producer, timeout, |p, t| p.init_transactions(t))
-        .await
-        .with_context(|| format!("cannot initialise transactions for {transactional_id}"))?;
+    let producer = transactional_producer(runtime, group).await?;
     let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
     let mut back_pressure = pipeline::BackPressure::new(runtime.settings.max_in_flight);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -259,8 +239,38 @@ fn accept(
     }
 }
 
+/// One transactional producer for one consumer instance of `group`, initialised (which
+/// aborts whatever a crashed predecessor of the same id left open).
+pub(crate) async fn transactional_producer(
+    runtime: &StageRuntime,
+    group: &str,
+) -> anyhow::Result<Arc<FutureProducer>> {
+    let transactional_id = format!(
+        "{group}-{}-{}-{}",
+        runtime.client_id(),
+        std::process::id(),
+        now_ms()
+    );
+    let producer: Arc<FutureProducer> = Arc::new(
+        runtime
+            .clients
+            .producer_config(&runtime.client_id())
+            .set("transactional.id", &transactional_id)
+            // A transaction spans one commit step, never a transform: a crashed
+            // instance's open one is aborted (and its partitions readable) this soon.
+            .set("transaction.timeout.ms", "10000")
+            .create()
+            .context("cannot create the transactional Kafka producer")?,
+    );
+    let timeout = Duration::from_secs(30);
+    crate::publish::blocking(&producer, timeout, |p, t| p.init_transactions(t))
+        .await
+        .with_context(|| format!("cannot initialise transactions for {transactional_id}"))?;
+    Ok(producer)
+}
+
 /// One transaction: the outputs of `ready`, and `offsets` sent with the group's
-/// metadata. Abortable failures abort and send the same again; fatal ones stop.
+/// metadata.
 async fn commit(
     producer: &Arc<FutureProducer>,
     consumer: &Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
@@ -269,12 +279,28 @@ async fn commit(
     offsets: BTreeMap<i32, i64>,
     metrics: &LoopMetrics,
 ) -> anyhow::Result<()> {
+    let records: Vec<&Outgoing> = ready.iter().flat_map(|f| &f.records).collect();
+    commit_transaction(producer, consumer, input, &records, &offsets).await?;
+    metrics.produced.inc_by(records.len() as u64);
+    metrics.in_flight.sub(ready.len() as i64);
+    metrics.last_processed.set(now_ms() / 1000);
+    Ok(())
+}
+
+/// `records` and `offsets` (of `input`) in one transaction, the offsets sent with the
+/// group's metadata. Abortable failures abort and send the same again; fatal ones stop.
+pub(crate) async fn commit_transaction(
+    producer: &Arc<FutureProducer>,
+    consumer: &Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
+    input: &str,
+    records: &[&Outgoing],
+    offsets: &BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(30);
     let mut list = TopicPartitionList::new();
-    for (partition, next) in &offsets {
+    for (partition, next) in offsets {
         list.add_partition_offset(input, *partition, Offset::Offset(*next))?;
     }
-    let records: Vec<&Outgoing> = ready.iter().flat_map(|f| &f.records).collect();
     for attempt in 1..=TRANSACTION_ATTEMPTS {
         let attempt_result: Result<(), KafkaError> = async {
             producer.begin_transaction()?;
@@ -301,9 +327,12 @@ async fn commit(
         .await;
         match attempt_result {
             Ok(()) => {
-                metrics.produced.inc_by(records.len() as u64);
-                metrics.in_flight.sub(ready.len() as i64);
-                metrics.last_processed.set(now_ms() / 1000);
+                // Stored too, so the consumer's own commit (the same offsets, after the
+                // transaction's) updates what librdkafka reports as lag: otherwise
+                // `codelupe_consumer_lag` would never move in this mode.
+                if let Err(e) = consumer.store_offsets(&list) {
+                    tracing::debug!(error = %e, "committed offsets not stored");
+                }
                 return Ok(());
             }
             Err(e) => {

@@ -649,42 +649,80 @@ impl DeadLetters {
         &self,
         record: &InputRecord,
         reason: &'static str,
-        mut error: String,
+        error: String,
         attempts: u32,
     ) -> Outgoing {
-        tracing::warn!(
-            stage = %self.stage, reason, %error,
-            topic = %record.topic, partition = record.partition, offset = record.offset,
-            "dead-lettering record"
-        );
-        let mut value = record.value.clone();
-        if let Some(v) = value.as_mut().filter(|v| v.len() > MAX_DEAD_LETTER_VALUE) {
-            error.push_str(&format!(
-                " (value cut to its first {MAX_DEAD_LETTER_VALUE} of {} bytes)",
-                v.len()
-            ));
-            v.truncate(MAX_DEAD_LETTER_VALUE);
-        }
-        let letter = DeadLetter {
-            stage: self.stage.clone(),
-            reason: reason.to_string(),
+        dead_letter(
+            &self.stage,
+            &self.topic,
+            Origin {
+                topic: &record.topic,
+                partition: record.partition,
+                offset: record.offset,
+                key: record.key.as_deref(),
+                value: record.value.as_deref(),
+            },
+            reason,
             error,
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            attempts: attempts as i32,
-            key: record.key.clone(),
-            value,
-            failed_at_ms: now_ms(),
-        };
-        Outgoing {
-            topic: self.topic.clone(),
-            partition: None,
-            key: record.key.clone().unwrap_or_default(),
-            payload: letter
-                .encode()
-                .expect("a DeadLetter always encodes: its schema is tested"),
-        }
+            attempts,
+        )
+    }
+}
+
+/// Where a dead-lettered record was read.
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// The dead letter of a record `stage` could not handle, bound for `dead_letter_topic`
+/// and keyed by the original key. A value above [`MAX_DEAD_LETTER_VALUE`] is cut to
+/// that excerpt (the error says so; the original stays at its offset), so the letter
+/// fits the dead-letter topic.
+pub fn dead_letter(
+    stage: &str,
+    dead_letter_topic: &str,
+    origin: Origin<'_>,
+    reason: &str,
+    mut error: String,
+    attempts: u32,
+) -> Outgoing {
+    tracing::warn!(
+        %stage, reason, %error,
+        topic = %origin.topic, partition = origin.partition, offset = origin.offset,
+        "dead-lettering record"
+    );
+    let mut value = origin.value.map(<[u8]>::to_vec);
+    if let Some(v) = value.as_mut().filter(|v| v.len() > MAX_DEAD_LETTER_VALUE) {
+        error.push_str(&format!(
+            " (value cut to its first {MAX_DEAD_LETTER_VALUE} of {} bytes)",
+            v.len()
+        ));
+        v.truncate(MAX_DEAD_LETTER_VALUE);
+    }
+    let key = origin.key.map(<[u8]>::to_vec);
+    let letter = DeadLetter {
+        stage: stage.to_string(),
+        reason: reason.to_string(),
+        error,
+        topic: origin.topic.to_string(),
+        partition: origin.partition,
+        offset: origin.offset,
+        attempts: attempts as i32,
+        key: key.clone(),
+        value,
+        failed_at_ms: now_ms(),
+    };
+    Outgoing {
+        topic: dead_letter_topic.to_string(),
+        partition: None,
+        key: key.unwrap_or_default(),
+        payload: letter
+            .encode()
+            .expect("a DeadLetter always encodes: its schema is tested"),
     }
 }
 

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_runtime::kafka;
+use codelupe_runtime::pipeline::{dead_letter, Origin};
 use codelupe_runtime::records::{now_ms, TrainingBatch};
-use codelupe_runtime::{AvroRecord, StageRuntime};
+use codelupe_runtime::{AvroRecord, Publisher, StageRuntime};
 use codelupe_trainer_api::metrics::TrainerMetrics;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -174,6 +175,8 @@ struct Stage {
     offsets: BTreeMap<i32, i64>,
     /// The offsets last committed to the group.
     committed: BTreeMap<i32, i64>,
+    /// Publishes the dead letters of batches it cannot read.
+    dead_letters: Publisher,
     /// Input partitions assigned, 0 to this.
     partitions: i32,
     tokens_seen: u64,
@@ -267,6 +270,7 @@ impl Stage {
             step = trainer.optimizer.step, eval_batches = eval.batch_ids.len(),
             "trainer ready"
         );
+        let dead_letters = Publisher::new(&runtime)?;
         Ok(Self {
             status,
             throughput: (Instant::now(), tokens_seen),
@@ -278,6 +282,7 @@ impl Stage {
             eval,
             committed: offsets.clone(),
             offsets,
+            dead_letters,
             partitions: 0,
             tokens_seen,
             run: Run::new(),
@@ -374,7 +379,7 @@ impl Stage {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 Some(Ok(message)) => {
                     last_input = Instant::now();
-                    self.handle(message.payload())?;
+                    self.handle(&message)?;
                     self.offsets
                         .insert(message.partition(), message.offset() + 1);
                     if self.run.steps >= self.options.steps_per_run {
@@ -385,14 +390,11 @@ impl Stage {
         }
     }
 
-    fn handle(&mut self, payload: Option<&[u8]>) -> anyhow::Result<()> {
-        let batch = match payload.map(TrainingBatch::decode) {
+    fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let batch = match message.payload().map(TrainingBatch::decode) {
             Some(Ok(batch)) => batch,
-            other => {
-                tracing::error!(error = ?other.and_then(Result::err), "undecodable batch skipped");
-                self.skip("decode");
-                return Ok(());
-            }
+            Some(Err(e)) => return self.dead_letter(message, e.to_string()),
+            None => return self.dead_letter(message, "record has no value".into()),
         };
         if batch.tokenizer_fingerprint != self.tokenizer.fingerprint {
             tracing::error!(
@@ -405,11 +407,7 @@ impl Stage {
         }
         let sequences = match Sequences::from_batch(&batch) {
             Ok(sequences) => sequences,
-            Err(e) => {
-                tracing::error!(error = %e, "malformed batch skipped");
-                self.skip("decode");
-                return Ok(());
-            }
+            Err(e) => return self.dead_letter(message, format!("malformed batch: {e}")),
         };
         if batch.split == "eval" {
             if self.eval.batch_ids.len() < self.options.eval_batches
@@ -451,6 +449,40 @@ impl Stage {
             self.optimizer_step();
         }
         Ok(())
+    }
+
+    /// A batch that cannot be trained on: skipped (counted, reason `decode`) and
+    /// dead-lettered like every stage's undecodable input, to look at or replay. A
+    /// letter that cannot be published stops the trainer (the batch is read again).
+    fn dead_letter(&self, message: &BorrowedMessage<'_>, error: String) -> anyhow::Result<()> {
+        self.skip("decode");
+        let letter = dead_letter(
+            codelupe_trainer_api::STAGE,
+            &self.runtime.dead_letter_topic,
+            Origin {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                value: message.payload(),
+            },
+            "decode",
+            error,
+            1,
+        );
+        tokio::runtime::Handle::current()
+            .block_on(
+                self.dead_letters
+                    .send(&letter.topic, &letter.key, &letter.payload),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot dead-letter the batch at {}[{}]@{}",
+                    message.topic(),
+                    message.partition(),
+                    message.offset()
+                )
+            })
     }
 
     fn skip(&self, reason: &str) {

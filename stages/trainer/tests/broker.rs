@@ -239,7 +239,8 @@ async fn partitions_added_to_the_input_after_start_are_trained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_input_ending_in_batches_it_does_not_train_is_still_committed_to_its_end() {
+async fn an_input_ending_in_batches_it_does_not_train_is_committed_to_its_end_and_the_undecodable_dead_lettered(
+) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus::build(dir.path(), 4);
     assert!(!corpus.eval.is_empty());
@@ -278,6 +279,20 @@ async fn an_input_ending_in_batches_it_does_not_train_is_still_committed_to_its_
         Duration::from_secs(60),
         || lag.lag().unwrap() == 0,
     );
+    // The undecodable value is dead-lettered like every stage's.
+    let dead = s.input.replace("training-batches-", "dead-letters-");
+    let letters: Vec<codelupe_runtime::records::DeadLetter> =
+        codelupe_testkit::read_all(&dead, Duration::from_secs(2))
+            .iter()
+            .map(|(_, v)| codelupe_runtime::records::DeadLetter::decode(v).unwrap())
+            .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        (letters[0].stage.as_str(), letters[0].reason.as_str()),
+        ("trainer", "decode")
+    );
+    assert_eq!(letters[0].key.as_deref(), Some(&b"poison"[..]));
+    assert_eq!(letters[0].value.as_deref(), Some(&b"not avro"[..]));
 }
 
 async fn grow_partitions(topic: &str, total: usize) {

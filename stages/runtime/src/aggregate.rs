@@ -520,11 +520,7 @@ impl Loop {
             self.release(at);
         }
         for sealed in step.sealed {
-            let payload = sealed
-                .value
-                .encode()
-                .context("cannot encode an output record")?;
-            let ticket = self.holds.dispatch(&sealed.inputs);
+            let (key, payload, ticket) = self.hold(sealed)?;
             let permit = self.permits.clone().acquire_owned().await?;
             let (publisher, topic, done) = (
                 self.publisher.clone(),
@@ -533,10 +529,7 @@ impl Loop {
             );
             let produced = self.metrics.produced.clone();
             self.tasks.spawn(async move {
-                match publisher
-                    .send(&topic, sealed.key.as_bytes(), &payload)
-                    .await
-                {
+                match publisher.send(&topic, key.as_bytes(), &payload).await {
                     Ok(()) => {
                         produced.inc();
                         let _ = done.send(Done::Acked(ticket));
@@ -561,21 +554,30 @@ impl Loop {
         Ok(())
     }
 
+    /// Encodes a sealed output and holds the inputs with a part in it until it is
+    /// acknowledged (or committed): its key, payload and ticket.
+    fn hold<T: AvroRecord>(
+        &mut self,
+        sealed: Sealed<T>,
+    ) -> anyhow::Result<(String, Vec<u8>, Ticket)> {
+        let payload = sealed
+            .value
+            .encode()
+            .context("cannot encode an output record")?;
+        Ok((sealed.key, payload, self.holds.dispatch(&sealed.inputs)))
+    }
+
     /// `exactly_once`: adds a step's outputs and finished inputs to the next
     /// transaction, committing at once when `max_in_flight` outputs are gathered.
     async fn gather<T: AvroRecord>(&mut self, step: Step<T>) -> anyhow::Result<()> {
         let mut outputs = Vec::with_capacity(step.sealed.len());
         for sealed in step.sealed {
-            let payload = sealed
-                .value
-                .encode()
-                .context("cannot encode an output record")?;
-            let ticket = self.holds.dispatch(&sealed.inputs);
+            let (key, payload, ticket) = self.hold(sealed)?;
             outputs.push((
                 Outgoing {
                     topic: self.output.clone(),
                     partition: None,
-                    key: sealed.key.into_bytes(),
+                    key: key.into_bytes(),
                     payload,
                 },
                 ticket,

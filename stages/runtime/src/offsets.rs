@@ -63,9 +63,8 @@ impl OffsetTracker {
     /// is further: transaction markers are never delivered, so the offset stored after
     /// a partition's last record points at its marker and the group would show a lag
     /// of 1 for good (librdkafka #3917); the position has stepped over them. Returns
-    /// the offset to store when it moved.
-    /// A partition nothing was delivered from since it was assigned (its committed
-    /// offset points at a marker) steps over too.
+    /// the offset to store when it moved. A partition nothing was delivered from since
+    /// it was assigned (its committed offset points at a marker) steps over too.
     pub fn step_over(&mut self, partition: i32, position: i64) -> Option<i64> {
         let p = self.partitions.entry(partition).or_default();
         (p.pending.is_empty() && position > p.stored).then(|| {

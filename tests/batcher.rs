@@ -394,14 +394,7 @@ async fn killed_mid_stream_and_restarted(delivery: &str) -> usize {
         batches.len()
     );
     let packed: usize = batches.iter().map(|b| b.content_hashes.len()).sum();
-    let mut ended: HashMap<&str, usize> = HashMap::new();
-    for batch in &batches {
-        for (hash, _, piece) in document_pieces(batch) {
-            if piece.contains(&(tok.end_of_text as i32)) {
-                *ended.entry(hash).or_insert(0) += 1;
-            }
-        }
-    }
+    let ended = documents_ended(&batches, tok.end_of_text);
     let duplicated = ended.values().map(|n| n - 1).sum();
     eprintln!(
         "{delivery}: {} files, {} batches ({before} before the kill), {packed} document pieces, {duplicated} documents duplicated",

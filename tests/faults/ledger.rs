@@ -15,7 +15,7 @@ use codelupe_runtime::records::{CodeFile, DeadLetter, RepoClone, RepoUrl, Traini
 use codelupe_runtime::{AvroRecord, Transform};
 
 use crate::corpus::Expect;
-use crate::support::read_all;
+use crate::support::{documents_ended, read_all};
 
 #[derive(Debug, Default)]
 pub struct Row {
@@ -41,21 +41,6 @@ fn decoded<T: AvroRecord>(records: &[(String, Vec<u8>)]) -> Vec<T> {
         .iter()
         .filter_map(|(_, v)| T::decode(v).ok())
         .collect()
-}
-
-/// Kept files' documents (by content hash): how many end (their end-of-text) in the
-/// batches. A document is in one batch or runs across several; it ends once.
-fn documents_ended(tok: &CodeTokenizer, batches: &[TrainingBatch]) -> HashMap<String, usize> {
-    let eot = tok.end_of_text as i32;
-    let mut ended = HashMap::new();
-    for batch in batches {
-        for (hash, _, piece) in crate::support::document_pieces(batch) {
-            if piece.contains(&eot) {
-                *ended.entry(hash.to_string()).or_insert(0) += 1;
-            }
-        }
-    }
-    ended
 }
 
 pub struct Topics {
@@ -108,28 +93,21 @@ impl Ledger {
         let cloned: HashMap<&str, &RepoClone> =
             clones.iter().map(|c| (c.full_name.as_str(), c)).collect();
         for (name, expect) in corpus {
-            let outcome = match (cloned.get(name.as_str()), downloader_letters.get(name)) {
-                (Some(_), _) => Expect::Kept,
-                (None, Some(letter)) => Expect::DeadLetter(match letter.reason.as_str() {
-                    "tree_bomb" => "tree_bomb",
-                    "refused_url" => "refused_url",
-                    "timeout" => "timeout",
-                    _ => "other",
-                }),
-                (None, None) => {
-                    ledger
-                        .problems
-                        .push(format!("{name}: neither cloned nor dead-lettered"));
-                    continue;
-                }
+            let letter = downloader_letters.get(name);
+            let as_expected = match (cloned.contains_key(name.as_str()), letter, expect) {
+                (true, _, Expect::Kept) => true,
+                (false, Some(letter), Expect::DeadLetter(reason)) => letter.reason == *reason,
+                _ => false,
             };
-            if outcome != *expect {
-                let why = downloader_letters
-                    .get(name)
-                    .map(|l| format!("{}: {}", l.reason, l.error));
-                ledger.problems.push(format!(
-                    "{name}: {outcome:?}, expected {expect:?} ({why:?})"
-                ));
+            if !as_expected {
+                let what = match (cloned.contains_key(name.as_str()), letter) {
+                    (true, _) => "cloned".to_string(),
+                    (false, Some(l)) => format!("dead-lettered {}: {}", l.reason, l.error),
+                    (false, None) => "neither cloned nor dead-lettered".to_string(),
+                };
+                ledger
+                    .problems
+                    .push(format!("{name}: {what}, expected {expect:?}"));
             }
         }
         ledger.rows.push(Row {
@@ -214,7 +192,7 @@ impl Ledger {
         // Batcher: every distinct kept file's document ends in training-batches once.
         let tok = CodeTokenizer::load(tokenizer).unwrap();
         let batches: Vec<TrainingBatch> = decoded(&read_all(&topics.training_batches, idle));
-        let ended = documents_ended(&tok, &batches);
+        let ended = documents_ended(&batches, tok.end_of_text);
         let hashes: HashSet<&str> = expected.values().map(|f| f.content_hash.as_str()).collect();
         let batcher_lost = hashes.iter().filter(|h| !ended.contains_key(**h)).count();
         ledger.rows.push(Row {

@@ -74,31 +74,14 @@ fn scale() -> Scale {
     }
 }
 
-/// A small deterministic generator: the run prints its seed, FAULT_SEED replays it.
-struct Dice(u64);
-
-impl Dice {
-    fn new() -> Self {
-        let seed = std::env::var("FAULT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("fault harness: FAULT_SEED={seed}");
-        Self(seed)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
+/// The run's random choices, seeded: the run prints its seed, FAULT_SEED replays it.
+fn dice() -> fastrand::Rng {
+    let seed = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("fault harness: FAULT_SEED={seed}");
+    fastrand::Rng::with_seed(seed)
 }
 
 fn train_tokenizer(corpus: &Corpus, out: &Path) {
@@ -218,7 +201,7 @@ fn count_exits(exits: &mut std::collections::BTreeMap<String, usize>, names: Vec
 fn scenario(delivery: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scale = scale();
-    let mut dice = Dice::new();
+    let mut dice = dice();
     let dir = tempfile::tempdir().unwrap();
     // FAULT_KEEP=1 keeps the run's folder (logs, store, checkpoints) to look into.
     let dir = if std::env::var_os("FAULT_KEEP").is_some() {
@@ -262,8 +245,8 @@ fn scenario(delivery: &str) {
     // SIGKILL a random replica of a random stage, again and again; stop the broker once.
     for k in 0..scale.kills {
         std::thread::sleep(scale.every);
-        let i = dice.below(cluster.replicas.len());
-        let down_for = Duration::from_millis(500 + 500 * dice.below(4) as u64);
+        let i = dice.usize(..cluster.replicas.len());
+        let down_for = Duration::from_millis(500 * dice.u64(1..=4));
         eprintln!(
             "fault harness: kill {} of {}: {} (down {down_for:?})",
             k + 1,

@@ -1,5 +1,6 @@
 //! Real code as `code-files` records: the source files of crates Cargo downloaded.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use codelupe_runtime::language;
@@ -73,4 +74,18 @@ pub fn document_pieces(batch: &TrainingBatch) -> impl Iterator<Item = (&str, usi
                 &batch.token_ids[start as usize..end],
             )
         })
+}
+
+/// How many times each document (by content hash) ends in `batches`, counted by the
+/// pieces holding `end_of_text`: a document ends once, so 0 is lost and 2 a duplicate.
+pub fn documents_ended(batches: &[TrainingBatch], end_of_text: u32) -> HashMap<&str, usize> {
+    let mut ended = HashMap::new();
+    for batch in batches {
+        for (hash, _, piece) in document_pieces(batch) {
+            if piece.contains(&(end_of_text as i32)) {
+                *ended.entry(hash).or_insert(0) += 1;
+            }
+        }
+    }
+    ended
 }

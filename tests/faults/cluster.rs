@@ -87,9 +87,12 @@ impl Cluster {
         self.logs.join(format!("{}.log", replica.name()))
     }
 
-    /// The last lines each replica that ended on its own wrote, to say why.
+    /// Each replica that ended on its own: how often, and the last lines it wrote.
     pub fn exit_reasons(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::from("unplanned exits (restarted): ");
+        if self.replicas.iter().all(|r| r.unplanned_exits == 0) {
+            out.push_str("none\n");
+        }
         for replica in self.replicas.iter().filter(|r| r.unplanned_exits > 0) {
             let log = std::fs::read_to_string(self.log(replica)).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
@@ -145,9 +148,8 @@ impl Cluster {
     }
 
     /// Restarts replicas that ended on their own, as an orchestrator's restart policy
-    /// would; returns their names.
-    pub fn restart_exited(&mut self) -> Vec<String> {
-        let mut restarted = Vec::new();
+    /// would, counting each.
+    pub fn restart_exited(&mut self) {
         for i in 0..self.replicas.len() {
             let exited = match self.replicas[i].child.as_mut() {
                 Some(child) => child.try_wait().unwrap().is_some(),
@@ -155,12 +157,10 @@ impl Cluster {
             };
             if exited {
                 self.replicas[i].unplanned_exits += 1;
-                restarted.push(self.replicas[i].name());
                 let child = self.spawn(&self.replicas[i]);
                 self.replicas[i].child = Some(child);
             }
         }
-        restarted
     }
 
     /// Replicas whose /readyz does not answer 200.

@@ -192,12 +192,6 @@ fn first_record(topic: &str) -> Vec<u8> {
     found.unwrap()
 }
 
-fn count_exits(exits: &mut std::collections::BTreeMap<String, usize>, names: Vec<String>) {
-    for name in names {
-        *exits.entry(name).or_insert(0) += 1;
-    }
-}
-
 fn scenario(delivery: &str) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scale = scale();
@@ -221,7 +215,6 @@ fn scenario(delivery: &str) {
 
     let mut cluster = Cluster::start(&config, &topology, &dir.join("logs"));
     let started = Instant::now();
-    let mut unplanned = std::collections::BTreeMap::new();
 
     // Poison into every topic once records flow, each shaped from a real one.
     for name in [
@@ -235,7 +228,7 @@ fn scenario(delivery: &str) {
     ] {
         let real = first_record(&topic(name));
         cluster::poison(&topic(name), &real, dir);
-        count_exits(&mut unplanned, cluster.restart_exited());
+        cluster.restart_exited();
     }
     eprintln!(
         "fault harness: poison produced after {:?}",
@@ -260,7 +253,7 @@ fn scenario(delivery: &str) {
             std::thread::sleep(scale.outage);
             outage.end();
         }
-        count_exits(&mut unplanned, cluster.restart_exited());
+        cluster.restart_exited();
     }
     let last_fault = Instant::now();
 
@@ -284,7 +277,7 @@ fn scenario(delivery: &str) {
         .collect();
     let mut lags: Vec<(String, i64)>;
     let settled = loop {
-        count_exits(&mut unplanned, cluster.restart_exited());
+        cluster.restart_exited();
         lags = readers
             .iter_mut()
             .map(|(stage, r)| (stage.clone(), r.lag().unwrap_or(-1)))
@@ -334,7 +327,7 @@ fn scenario(delivery: &str) {
         "crawler-state poison: {state_skipped} entries skipped at crawler start-ups\n\
          batcher-seen poison: keys that are no content hash, ignored by the dedup load\n\
          lag 0 in every group and every replica ready {} after the last fault (bound {:?}); lags {lags:?}\n\
-         unplanned exits (restarted): {unplanned:?}; stopped uncleanly: {unclean:?}; not ready: {not_ready:?}\n\
+         stopped uncleanly: {unclean:?}; not ready: {not_ready:?}\n\
          {exit_reasons}problems: {:#?}",
         settled.map_or("never".to_string(), |d| format!("{:.0?}", d)),
         scale.settle,

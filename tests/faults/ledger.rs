@@ -130,6 +130,7 @@ impl Ledger {
         let judge = Processor::new(
             ProcessorOptions {
                 store: store.to_path_buf(),
+                parse_timeout_ms: crate::PARSE_TIMEOUT_MS,
                 ..Default::default()
             },
             ProcessorMetrics::register(&registry).unwrap(),

@@ -72,7 +72,7 @@ pub fn tokens(
         out.push(tok.repo_name);
         out.extend(tok.encode(&file.repo_full_name)?);
         out.push(tok.file_separator);
-        out.extend(tok.encode(&format!("{}\n", file.path))?);
+        out.extend(tok.encode(&path_line(&file.path))?);
     }
     let (fim, psm) = (dice.unit() < o.fim_rate, dice.unit() < o.psm_share);
     if !fim {
@@ -108,6 +108,22 @@ pub fn tokens(
         out.extend(tok.encode(middle)?);
     }
     Ok(out)
+}
+
+/// The path as one line: git allows any byte but NUL and `/` in a name, newlines too,
+/// and the metadata ends at the first newline (where [`restore`] looks for its end), so
+/// control characters are written as their escapes.
+fn path_line(path: &str) -> String {
+    let mut line = String::with_capacity(path.len() + 1);
+    for c in path.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line.push('\n');
+    line
 }
 
 /// The file's text back from its document tokens (metadata dropped, FIM undone): the
@@ -226,6 +242,23 @@ mod tests {
             })
             .count();
         assert!(rearranged > 5 && rearranged < 35, "{rearranged}");
+    }
+
+    #[test]
+    fn a_path_with_a_newline_stays_on_the_metadata_line() {
+        let tok = tokenizer();
+        let o = DocumentOptions {
+            metadata_rate: 1.0,
+            fim_rate: 0.0,
+            ..DocumentOptions::default()
+        };
+        let f = CodeFile {
+            path: "src/a\nb\r.rs".into(),
+            ..file(1)
+        };
+        let ids = tokens(&tok, &f, &o).unwrap();
+        assert_eq!(restore(&tok, &f.content_hash, &ids, &o).unwrap(), f.content);
+        assert!(tok.decode(&ids).unwrap().contains("src/a\\nb\\r.rs\n"));
     }
 
     #[test]

@@ -207,10 +207,45 @@ impl Item {
     }
 }
 
-struct Page {
-    total_count: u64,
+/// One page of search results, as read from the response.
+pub struct Page {
+    pub total_count: u64,
     items: Vec<Item>,
-    next: Option<Url>,
+    pub next: Option<Url>,
+}
+
+/// Why a response with status 200 is not a page to use.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// The search timed out on GitHub's side: the page is asked for again.
+    #[error("incomplete results")]
+    Incomplete,
+    #[error("malformed JSON: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A `Link` header that cannot be followed (the token would travel with it).
+    #[error(transparent)]
+    Link(#[from] anyhow::Error),
+}
+
+impl Page {
+    /// Reads a 200 response's body and `Link` header; `base` is the API's origin, the
+    /// only one a next link may point to.
+    pub fn read(body: &[u8], link: Option<&str>, base: &Url) -> Result<Self, PageError> {
+        let parsed: SearchResponse = serde_json::from_slice(body)?;
+        if parsed.incomplete_results {
+            return Err(PageError::Incomplete);
+        }
+        Ok(Page {
+            total_count: parsed.total_count,
+            items: parsed.items,
+            next: next_link(base, link)?,
+        })
+    }
+
+    /// The repositories, as records.
+    pub fn into_records(self) -> Vec<RepoUrl> {
+        self.items.into_iter().map(Item::into_record).collect()
+    }
 }
 
 pub struct GithubSource<'a> {
@@ -386,7 +421,7 @@ impl<'a> GithubSource<'a> {
             let mut seen = std::collections::HashSet::new();
             loop {
                 let next = page.next.take();
-                let repos: Vec<RepoUrl> = page.items.drain(..).map(Item::into_record).collect();
+                let repos: Vec<RepoUrl> = page.into_records();
                 self.metrics.repos_scraped.inc_by(repos.len() as u64);
                 seen.extend(repos.iter().map(|r| r.full_name.clone()));
                 let short = next.is_none() && (seen.len() as u64) < expected;
@@ -447,23 +482,20 @@ impl<'a> GithubSource<'a> {
                                 "network",
                                 format!("reading body: {}", without_url(&e)),
                             ),
-                            Ok(body) => match serde_json::from_slice::<SearchResponse>(&body) {
-                                Ok(parsed) => {
-                                    if parsed.incomplete_results {
+                            Ok(body) => {
+                                let link = headers.get("link").and_then(|v| v.to_str().ok());
+                                match Page::read(&body, link, &self.base) {
+                                    Ok(page) => return Ok(page),
+                                    Err(PageError::Incomplete) => {
                                         tracing::warn!("GitHub reported incomplete results (search timed out); retrying the page");
                                         Failure::retry("incomplete", "incomplete results".into())
-                                    } else {
-                                        return Ok(Page {
-                                            total_count: parsed.total_count,
-                                            items: parsed.items,
-                                            next: self.next_link(&headers)?,
-                                        });
                                     }
+                                    Err(e @ PageError::Malformed(_)) => {
+                                        Failure::retry("malformed", e.to_string())
+                                    }
+                                    Err(PageError::Link(e)) => return Err(Stopped::Failed(e)),
                                 }
-                                Err(e) => {
-                                    Failure::retry("malformed", format!("malformed JSON: {e}"))
-                                }
-                            },
+                            }
                         },
                         StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
                             if let Some(wait) = retry_after(&headers) {
@@ -564,31 +596,6 @@ impl<'a> GithubSource<'a> {
         }
     }
 
-    /// The `rel="next"` link, only if it stays on the API's own origin (the token is
-    /// sent with it).
-    fn next_link(&self, headers: &HeaderMap) -> anyhow::Result<Option<Url>> {
-        let Some(link) = headers.get("link").and_then(|v| v.to_str().ok()) else {
-            return Ok(None);
-        };
-        for part in link.split(',') {
-            let mut pieces = part.split(';');
-            let target = pieces.next().unwrap_or_default().trim();
-            if !pieces.any(|p| p.trim() == "rel=\"next\"") {
-                continue;
-            }
-            let target = target.trim_start_matches('<').trim_end_matches('>');
-            let url = Url::parse(target).with_context(|| format!("bad next link {target}"))?;
-            if url.origin() != self.base.origin() {
-                bail!(
-                    "next link leaves the API origin: {}",
-                    url.origin().ascii_serialization()
-                );
-            }
-            return Ok(Some(url));
-        }
-        Ok(None)
-    }
-
     async fn sleep(&self, pause: Duration) -> Result<(), Stopped> {
         tokio::select! {
             _ = self.shutdown.cancelled() => Err(Stopped::Shutdown),
@@ -619,6 +626,31 @@ impl Failure {
             wait: Some(wait),
         }
     }
+}
+
+/// The `rel="next"` link, only if it stays on the API's own origin (the token is sent
+/// with it).
+fn next_link(base: &Url, link: Option<&str>) -> anyhow::Result<Option<Url>> {
+    let Some(link) = link else {
+        return Ok(None);
+    };
+    for part in link.split(',') {
+        let mut pieces = part.split(';');
+        let target = pieces.next().unwrap_or_default().trim();
+        if !pieces.any(|p| p.trim() == "rel=\"next\"") {
+            continue;
+        }
+        let target = target.trim_start_matches('<').trim_end_matches('>');
+        let url = Url::parse(target).with_context(|| format!("bad next link {target}"))?;
+        if url.origin() != base.origin() {
+            bail!(
+                "next link leaves the API origin: {}",
+                url.origin().ascii_serialization()
+            );
+        }
+        return Ok(Some(url));
+    }
+    Ok(None)
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {

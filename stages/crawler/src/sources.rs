@@ -35,9 +35,12 @@ pub fn parse_line(line: &str) -> Result<Option<RepoUrl>, String> {
             return Err(format!("invalid owner or name {part:?}"));
         }
     }
+    let clone_url = format!("https://{host}/{owner}/{name}.git");
+    // A port that is no number (`host:99999`) passes the character check above.
+    reqwest::Url::parse(&clone_url).map_err(|e| format!("invalid host {host:?}: {e}"))?;
     Ok(Some(minimal_record(
         format!("{owner}/{name}"),
-        format!("https://{host}/{owner}/{name}.git"),
+        clone_url,
         "url_list",
     )))
 }
@@ -235,6 +238,7 @@ mod tests {
             "a",
             "https://github.com/a/..",
             "ftp://x/a/b",
+            "https://github.com:99999/a/b", // found by the url_list fuzz target
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should be refused");
         }

@@ -88,6 +88,19 @@ impl UrlPolicy {
         {
             return Err(format!("host {host} is not allowed"));
         }
+        // The split above must read the URL as a URL parser does: a port that is no
+        // number, or a control character, makes them disagree, and then the transport
+        // may connect somewhere other than where the policy looked.
+        let parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e}): {url}"))?;
+        let parsed_host = parsed.host_str().unwrap_or_default();
+        if !parsed_host.eq_ignore_ascii_case(&host)
+            || !parsed.username().is_empty()
+            || parsed.password().is_some()
+        {
+            return Err(format!(
+                "ambiguous URL (a parser reads host {parsed_host:?}): {url}"
+            ));
+        }
         Ok(Source {
             url: url.to_string(),
             host,
@@ -401,6 +414,22 @@ mod tests {
             git.check("git://127.0.0.1:9418/a.git").unwrap().host,
             "127.0.0.1"
         );
+    }
+
+    #[test]
+    fn a_url_a_parser_reads_otherwise_is_refused() {
+        let policy = UrlPolicy::default();
+        // Found by the url_list fuzz target: the port was never read.
+        for url in [
+            "https://github.com:99999/owner/repo",
+            "https://github.com:4\u{6}\0/owner/repo",
+            "https://github.com:x/owner/repo",
+        ] {
+            assert!(policy.check(url).is_err(), "{url:?}");
+        }
+        assert!(policy
+            .check("https://GitHub.com:443/owner/repo.git")
+            .is_ok());
     }
 
     #[test]

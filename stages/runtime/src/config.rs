@@ -186,24 +186,30 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut tree = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.into(),
-                    source,
-                })?;
-                let value: Value =
-                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Syntax {
-                        path: path.into(),
-                        source,
-                    })?;
-                if value.is_null() {
-                    Value::Mapping(Default::default())
-                } else {
-                    value
-                }
-            }
-            None => Value::Mapping(Default::default()),
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_yaml(&text, file.unwrap_or(Path::new("(none)")), env)
+    }
+
+    /// Parses config text (`path` names it in errors) and applies the environment.
+    pub fn from_yaml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let value: Value = serde_yaml::from_str(text).map_err(|source| ConfigError::Syntax {
+            path: path.into(),
+            source,
+        })?;
+        let mut tree = if value.is_null() {
+            Value::Mapping(Default::default())
+        } else {
+            value
         };
         let mut env: Vec<_> = env
             .into_iter()

@@ -36,8 +36,16 @@ pub fn parse_line(line: &str) -> Result<Option<RepoUrl>, String> {
         }
     }
     let clone_url = format!("https://{host}/{owner}/{name}.git");
-    // A port that is no number (`host:99999`) passes the character check above.
-    reqwest::Url::parse(&clone_url).map_err(|e| format!("invalid host {host:?}: {e}"))?;
+    // The host as a URL parser reads it: a port that is no number (`host:99999`) passes
+    // the character check above, and a number is an IPv4 address (`3` is 0.0.0.3), which
+    // the downloader's policy, matching hosts as written, would refuse.
+    let parsed =
+        reqwest::Url::parse(&clone_url).map_err(|e| format!("invalid host {host:?}: {e}"))?;
+    let written = host.split(':').next().unwrap_or_default();
+    match parsed.host_str() {
+        Some(read) if read.eq_ignore_ascii_case(written) => {}
+        read => return Err(format!("host {host:?} reads as {read:?}")),
+    }
     Ok(Some(minimal_record(
         format!("{owner}/{name}"),
         clone_url,
@@ -238,7 +246,9 @@ mod tests {
             "a",
             "https://github.com/a/..",
             "ftp://x/a/b",
-            "https://github.com:99999/a/b", // found by the url_list fuzz target
+            // Found by the url_list fuzz target: a port out of range, a numeric host.
+            "https://github.com:99999/a/b",
+            "https://3/a/b",
         ] {
             assert!(parse_line(bad).is_err(), "{bad} should be refused");
         }

@@ -25,8 +25,11 @@ use codelupe_runtime::records::{
 use sha2::{Digest, Sha256};
 use url::Url;
 
+/// A target's body: arbitrary bytes in, a panic when its promise breaks.
+pub type Body = fn(&[u8]);
+
 /// Every target: its name (the file under `fuzz/fuzz_targets/`) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("records", records),
     ("github_page", github_page),
     ("url_list", url_list),

@@ -35,7 +35,8 @@ python=${PYTHON:-python3}
 torch_lib=$("$python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-tokens_per_second() { awk '/tokens\/s/ { print $1; exit }'; }
+# The larger of a run's tokens/s (its output, $1) and the best so far ($2).
+best() { echo "$1" | awk -v b="$2" '/tokens\/s/ && !t { t = $1 } END { print (t > b) ? t : b }'; }
 
 for config in $configs; do
   IFS=: read -r preset seq rows steps <<<"$config"
@@ -45,8 +46,8 @@ for config in $configs; do
     rust_out=$("$TRAINER_BENCH" --bench 2>&1) || { echo "$rust_out"; exit 1; }
     torch_out=$("$python" "$here/pytorch_reference.py" 2>&1) || { echo "$torch_out"; exit 1; }
     echo "round $round"; echo "$rust_out" | sed 's/^/  codelupe  /'; echo "$torch_out" | sed 's/^/  /'
-    best_rust=$(echo "$rust_out" | tokens_per_second | awk -v b="$best_rust" '{ print ($1 > b) ? $1 : b }')
-    best_torch=$(echo "$torch_out" | tokens_per_second | awk -v b="$best_torch" '{ print ($1 > b) ? $1 : b }')
+    best_rust=$(best "$rust_out" "$best_rust")
+    best_torch=$(best "$torch_out" "$best_torch")
   done
   awk -v p="$preset" -v s="$seq" -v r="$rows" -v a="$best_rust" -v b="$best_torch" 'BEGIN {
     printf "%s seq %s rows %s: codelupe %.0f tokens/s, pytorch %.0f tokens/s, ratio %.2fx\n", p, s, r, a, b, a / b }'

@@ -122,22 +122,22 @@ impl Group {
     /// gradient itself: it is copied in and the gradient made a view of `grad`, where
     /// later backward passes accumulate without a copy. A parameter without a
     /// gradient counts as zero.
-    fn gradient(&mut self) -> &Tensor {
+    fn gradient(&mut self) -> &mut Tensor {
         for (_, p, offset) in &self.members {
             let mut g = p.grad();
             if !g.defined() {
                 continue;
             }
-            let mut view = self.grad.narrow(0, *offset, p.numel() as i64);
+            let mut view = self.slice(&self.grad, p, *offset);
             if g.data_ptr() != view.data_ptr() {
-                view.copy_(&g.reshape([-1]));
-                g.set_data(&view.view(p.size().as_slice()));
+                view.copy_(&g);
+                g.set_data(&view);
             }
         }
-        &self.grad
+        &mut self.grad
     }
 
-    /// A member's slice of a flat buffer (`m` or `v`), shaped like its parameter.
+    /// A member's slice of a flat buffer, shaped like its parameter.
     fn slice(&self, buffer: &Tensor, parameter: &Tensor, offset: i64) -> Tensor {
         buffer
             .narrow(0, offset, parameter.numel() as i64)
@@ -230,8 +230,7 @@ fn update_on_cpu(flat: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, u: Update
 }
 
 impl AdamW {
-    pub fn new(named: Vec<(String, Tensor)>, options: OptimizerOptions) -> Self {
-        let mut named = named;
+    pub fn new(mut named: Vec<(String, Tensor)>, options: OptimizerOptions) -> Self {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         // Decay matrices only; norms' gains stay put.
         let (matrices, rest): (Vec<_>, Vec<_>) = named.into_iter().partition(|(_, p)| p.dim() >= 2);
@@ -247,12 +246,13 @@ impl AdamW {
         }
     }
 
+    /// Zeroes every gradient: one kernel per flat buffer, not one per parameter.
     pub fn zero_grad(&mut self) {
-        for group in &mut self.groups {
-            for (_, p, _) in &mut group.members {
-                p.zero_grad();
+        tch::no_grad(|| {
+            for group in &mut self.groups {
+                let _ = group.gradient().zero_();
             }
-        }
+        });
     }
 
     /// Clips, then applies one update at the scheduled rate; returns (rate, gradient

@@ -31,6 +31,11 @@ fn start(config: &Path, topology: &Path) -> KillOnDrop {
     )
 }
 
+/// A batch as its record on the input topic: (key, value).
+fn record(b: &codelupe_runtime::records::TrainingBatch) -> (String, Vec<u8>) {
+    (b.batch_id.clone(), b.encode().unwrap())
+}
+
 /// Every batch id in every checkpoint, in order.
 fn trained(root: &Path) -> Vec<String> {
     checkpoint::list(root)
@@ -114,8 +119,6 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
         "      steps_per_run: 5\n      idle_checkpoint_ms: 4000\n      eval_batches: 2\n",
     )
     .await;
-    let record =
-        |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
 
     // First 23 train batches (and the eval ones): four full runs of 5, then 3 trained
     // into a fifth run when the kill comes.
@@ -211,8 +214,6 @@ async fn partitions_added_to_the_input_after_start_are_trained() {
         "      steps_per_run: 4\n      idle_checkpoint_ms: 2000\n      eval_batches: 0\n      partition_check_ms: 500\n",
     )
     .await;
-    let record =
-        |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
     produce_all(&s.input, corpus.train[..4].iter().map(record).collect()).await;
     let trainer = start(&s.config, &s.topology);
     wait_for(
@@ -251,8 +252,6 @@ async fn an_input_ending_in_batches_it_does_not_train_is_committed_to_its_end_an
         "      steps_per_run: 100\n      idle_checkpoint_ms: 1000\n      eval_batches: 0\n",
     )
     .await;
-    let record =
-        |b: &codelupe_runtime::records::TrainingBatch| (b.batch_id.clone(), b.encode().unwrap());
     produce_all(&s.input, corpus.train.iter().map(record).collect()).await;
     let _trainer = start(&s.config, &s.topology);
     wait_for(

@@ -201,10 +201,7 @@ pub fn batcher_document(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let (path, content) = match rest.iter().position(|&b| b == 0) {
-        Some(at) => (&rest[..at], &rest[at + 1..]),
-        None => (&b"src/lib.rs"[..], rest),
-    };
+    let (path, content) = split_at(rest, 0).unwrap_or((b"src/lib.rs", rest));
     let content = String::from_utf8_lossy(content).into_owned();
     let bit = |n: u8| if flags & (1 << n) != 0 { 1.0 } else { 0.0 };
     let options = DocumentOptions {
@@ -261,10 +258,13 @@ pub fn config(data: &[u8]) {
 
 /// Bytes before the first newline, and after it (all of it is the first part if none).
 fn first_line(data: &[u8]) -> (&[u8], &[u8]) {
-    match data.iter().position(|&b| b == b'\n') {
-        Some(at) => (&data[..at], &data[at + 1..]),
-        None => (data, &[]),
-    }
+    split_at(data, b'\n').unwrap_or((data, &[]))
+}
+
+/// Bytes before the first `separator`, and after it; None without one.
+fn split_at(data: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
+    let at = data.iter().position(|&b| b == separator)?;
+    Some((&data[..at], &data[at + 1..]))
 }
 
 fn processor() -> &'static Processor {

@@ -173,7 +173,7 @@ struct Stage {
     trainer: Trainer,
     eval: EvalSet,
     offsets: BTreeMap<i32, i64>,
-    /// The offsets last committed to the group.
+    /// The offsets last committed to the group by this process.
     committed: BTreeMap<i32, i64>,
     /// Publishes the dead letters of batches it cannot read.
     dead_letters: Publisher,
@@ -280,7 +280,9 @@ impl Stage {
             tokenizer,
             trainer,
             eval,
-            committed: offsets.clone(),
+            // Unknown, not the checkpoint's: a commit that failed (a broker outage) just
+            // before the crash left the group behind it, and only a commit moves it on.
+            committed: BTreeMap::new(),
             offsets,
             dead_letters,
             partitions: 0,

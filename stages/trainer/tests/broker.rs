@@ -294,6 +294,67 @@ async fn an_input_ending_in_batches_it_does_not_train_is_committed_to_its_end_an
     assert_eq!(letters[0].value.as_deref(), Some(&b"not avro"[..]));
 }
 
+/// A commit that fails in a broker outage is retried while the trainer lives; if it is
+/// killed first, the group's offsets stay behind its checkpoint's. The restarted trainer
+/// commits its checkpoint's offsets even when no new batch arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_lost_before_a_restart_is_made_by_the_restarted_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 4);
+    let s = setup(
+        dir.path(),
+        &corpus.tokenizer_path,
+        2,
+        "      steps_per_run: 100\n      idle_checkpoint_ms: 1000\n      eval_batches: 0\n",
+    )
+    .await;
+    produce_all(&s.input, corpus.train.iter().map(record).collect()).await;
+    let group = s.input.replace("training-batches-", "trainer-");
+    let clients = codelupe_runtime::kafka::KafkaClients::new(
+        brokers(),
+        &codelupe_runtime::config::KafkaConfig::default(),
+    );
+    let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &s.input).unwrap();
+    let trainer = start(&s.config, &s.topology);
+    wait_for("the batches committed", Duration::from_secs(240), || {
+        trained(&s.root).len() == corpus.train.len() && lag.lag().unwrap() == 0
+    });
+    drop(trainer); // SIGKILL
+
+    // The group's offsets back at the start, as if the last commit had failed.
+    rewind_group(&group, &s.input, 2);
+    assert_eq!(lag.lag().unwrap(), corpus.train.len() as i64);
+    let _trainer = start(&s.config, &s.topology);
+    wait_for(
+        "the checkpoint's offsets committed",
+        Duration::from_secs(60),
+        || lag.lag().unwrap() == 0,
+    );
+    assert_eq!(
+        trained(&s.root).len(),
+        corpus.train.len(),
+        "nothing retrained"
+    );
+}
+
+/// Commits offset 0 of every partition for `group`, which has no live member.
+fn rewind_group(group: &str, topic: &str, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
 async fn grow_partitions(topic: &str, total: usize) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =

@@ -16,6 +16,13 @@ use codelupe_runtime::{AvroRecord, Keyed, StageRuntime, Transform, TransformErro
 use support::*;
 use tokio_util::sync::CancellationToken;
 
+codelupe_runtime::label_set! {
+    /// The test stages' reason to wait: the host they reach is down.
+    enum HostTrouble {
+        Network => "network",
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -358,10 +365,14 @@ struct SlowRelay {
 impl Transform for SlowRelay {
     type Input = RepoUrl;
     type Output = RepoUrl;
+    type Reason = HostTrouble;
 
-    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+    async fn transform(
+        &self,
+        input: RepoUrl,
+    ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
         tokio::time::sleep(self.delay).await;
-        Relay.transform(input).await
+        Ok(relayed(input))
     }
 }
 
@@ -468,15 +479,22 @@ struct Outage {
 impl Transform for Outage {
     type Input = RepoUrl;
     type Output = RepoUrl;
+    type Reason = HostTrouble;
 
-    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+    async fn transform(
+        &self,
+        input: RepoUrl,
+    ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
         let attempt = self
             .attempts
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if attempt < self.failures {
-            return Err(TransformError::transient("network", "host unreachable"));
+            return Err(TransformError::transient(
+                HostTrouble::Network,
+                "host unreachable",
+            ));
         }
-        Relay.transform(input).await
+        Ok(relayed(input))
     }
 }
 
@@ -565,12 +583,19 @@ struct HostNeverAnswers;
 impl Transform for HostNeverAnswers {
     type Input = RepoUrl;
     type Output = RepoUrl;
+    type Reason = HostTrouble;
 
-    async fn transform(&self, input: RepoUrl) -> Result<Vec<Keyed<RepoUrl>>, TransformError> {
+    async fn transform(
+        &self,
+        input: RepoUrl,
+    ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
         if input.full_name == repo_url(1).full_name {
-            return Err(TransformError::transient("network", "connection timed out"));
+            return Err(TransformError::transient(
+                HostTrouble::Network,
+                "connection timed out",
+            ));
         }
-        Relay.transform(input).await
+        Ok(relayed(input))
     }
 }
 

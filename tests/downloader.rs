@@ -13,6 +13,7 @@ use codelupe_downloader::clone::{clone_bare, Limits, Source, Token, UrlPolicy};
 use codelupe_downloader::filter::FilterOptions;
 use codelupe_downloader::metrics::DownloaderMetrics;
 use codelupe_downloader::{Downloader, DownloaderOptions};
+use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
 use codelupe_runtime::{AvroRecord, Transform};
 use support::*;
@@ -312,7 +313,7 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
     for (record, reason) in cases {
         let name = record.full_name.clone();
         let err = downloader.transform(record).await.expect_err(&name);
-        assert_eq!(err.reason, reason, "{name}: {err}");
+        assert_eq!(err.reason.label(), reason, "{name}: {err}");
         assert!(!err.retryable, "{name}");
     }
     assert_eq!(
@@ -525,7 +526,7 @@ async fn a_server_that_stops_sending_fails_the_clone_after_the_read_timeout() {
     .await
     .expect("the clone is still waiting on a server that sends nothing")
     .unwrap_err();
-    assert_eq!(err.reason, "timeout", "{err}");
+    assert_eq!(err.reason.label(), "timeout", "{err}");
     assert!(
         err.transient,
         "a stalled host is an outage, not a dead letter"
@@ -579,7 +580,11 @@ fn no_redirect_to_another_host_is_followed_and_the_token_goes_to_its_host_only()
             panic!("nothing to clone at {}", source.url)
         };
         assert!(!failure.transient, "{failure}");
-        assert_eq!(failure.reason, ["refused_url", "auth"][i], "{failure}");
+        assert_eq!(
+            failure.reason.label(),
+            ["refused_url", "auth"][i],
+            "{failure}"
+        );
         assert!(!host.requests().is_empty());
     }
     assert!(

@@ -11,6 +11,7 @@ use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::kafka::KafkaClients;
+use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{now_ms, CodeFile, RepoClone};
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{AvroRecord, StageRuntime, Transform};
@@ -110,7 +111,11 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         .into_iter()
         .collect();
     for (path, reason) in EXPECTED_SKIPS {
-        assert_eq!(verdicts.get(*path), Some(&Verdict::Skip(reason)), "{path}");
+        let skipped = match verdicts.get(*path) {
+            Some(Verdict::Skip(why)) => Some(why.label()),
+            _ => None,
+        };
+        assert_eq!(skipped, Some(*reason), "{path}");
     }
     for (path, language, _) in GOOD {
         match verdicts.get(*path) {
@@ -163,12 +168,22 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     // A clone outside the store, or missing, is refused with its reason.
     let outside = clone_record("x/y", Path::new("/etc"), &commit);
     assert_eq!(
-        processor.transform(outside).await.unwrap_err().reason,
+        processor
+            .transform(outside)
+            .await
+            .unwrap_err()
+            .reason
+            .label(),
         "refused_clone"
     );
     let missing = clone_record("x/y", &store.join("local/none.git"), &commit);
     assert_eq!(
-        processor.transform(missing).await.unwrap_err().reason,
+        processor
+            .transform(missing)
+            .await
+            .unwrap_err()
+            .reason
+            .label(),
         "missing_clone"
     );
 }
@@ -250,7 +265,7 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
         .transform(clone_record("mallory/damaged", &bare, &commit))
         .await
         .unwrap_err();
-    assert_eq!(err.reason, "corrupt_clone", "{err}");
+    assert_eq!(err.reason.label(), "corrupt_clone", "{err}");
     assert!(!err.retryable);
 
     // 10^10 paths in a few hundred bytes: refused at the entry cap, not walked.
@@ -263,7 +278,7 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
     .await
     .expect("the processor is walking 10^10 paths")
     .unwrap_err();
-    assert_eq!(err.reason, "tree_bomb", "{err}");
+    assert_eq!(err.reason.label(), "tree_bomb", "{err}");
 }
 
 /// The processor on the test broker over the topics of `topology` (suffixed

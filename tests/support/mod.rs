@@ -22,16 +22,23 @@ pub struct Relay;
 impl codelupe_runtime::Transform for Relay {
     type Input = RepoUrl;
     type Output = RepoUrl;
+    type Reason = codelupe_runtime::labels::NoReason;
 
     async fn transform(
         &self,
         input: RepoUrl,
-    ) -> Result<Vec<codelupe_runtime::Keyed<RepoUrl>>, codelupe_runtime::TransformError> {
-        Ok(vec![codelupe_runtime::Keyed {
-            key: input.full_name.clone(),
-            value: input,
-        }])
+    ) -> Result<Vec<codelupe_runtime::Keyed<RepoUrl>>, codelupe_runtime::TransformError<Self::Reason>>
+    {
+        Ok(relayed(input))
     }
+}
+
+/// What [`Relay`] makes of a repository.
+pub fn relayed(input: RepoUrl) -> Vec<codelupe_runtime::Keyed<RepoUrl>> {
+    vec![codelupe_runtime::Keyed {
+        key: input.full_name.clone(),
+        value: input,
+    }]
 }
 
 pub fn repo_root() -> PathBuf {

@@ -24,12 +24,13 @@ use anyhow::{bail, Context as _};
 use bloomfilter::Bloom;
 use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Sealed, Step};
 use codelupe_runtime::kafka::{self, KafkaClients};
+use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::publish::Outgoing;
-use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, TrainingBatch};
+use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, Split, TrainingBatch};
 use codelupe_runtime::{StageRuntime, TransformError};
 
 use crate::document::DocumentOptions;
-use crate::metrics::BatcherMetrics;
+use crate::metrics::{BatcherMetrics, FileError};
 use crate::pack::{Packed, Packer};
 use crate::tokenizer::CodeTokenizer;
 
@@ -168,16 +169,13 @@ impl Batcher {
     /// published when its file is released (every batch holding a piece of it acked).
     fn seal(
         &self,
-        split: &str,
+        split: Split,
         packed: Packed<Member>,
     ) -> (Sealed<TrainingBatch>, Vec<(InputPosition, Outgoing)>) {
         self.metrics
             .tokens_produced
             .inc_by(packed.token_ids.len() as u64);
-        self.metrics
-            .batches_produced
-            .with_label_values(&[split])
-            .inc();
+        self.metrics.batches_produced.inc(split);
         let mut marks = Vec::new();
         for (member, last) in &packed.members {
             if *last {
@@ -202,7 +200,7 @@ impl Batcher {
                 .collect(),
             value: TrainingBatch {
                 batch_id: packed.batch_id,
-                split: split.to_string(),
+                split: split.label().to_string(),
                 sequence_length: self.options.sequence_length as i32,
                 token_ids: packed.token_ids,
                 document_starts: packed.document_starts,
@@ -220,7 +218,7 @@ impl Batcher {
     /// Packed batches as one step: the records and their marks.
     fn step(
         &self,
-        packed: impl IntoIterator<Item = (&'static str, Packed<Member>)>,
+        packed: impl IntoIterator<Item = (Split, Packed<Member>)>,
     ) -> Step<TrainingBatch> {
         let mut step = Step::default();
         for (split, p) in packed {
@@ -235,22 +233,23 @@ impl Batcher {
 impl Aggregate for Batcher {
     type Input = CodeFile;
     type Output = TrainingBatch;
+    type Reason = FileError;
 
     async fn push(
         &mut self,
         at: InputPosition,
         file: CodeFile,
-    ) -> Result<Step<TrainingBatch>, TransformError> {
+    ) -> Result<Step<TrainingBatch>, TransformError<FileError>> {
         self.metrics.files_consumed.inc();
         let key = dedup_key(&file.content_hash).ok_or_else(|| {
             TransformError::permanent(
-                "bad_content_hash",
+                FileError::BadContentHash,
                 format!("content_hash {:?} is not a hex SHA-256", file.content_hash),
             )
         })?;
         self.load_partition(at.partition)
             .await
-            .map_err(|e| TransformError::retryable("dedup_state", format!("{e:#}")))?;
+            .map_err(|e| TransformError::retryable(FileError::DedupState, format!("{e:#}")))?;
         let state = self
             .partitions
             .get_mut(&at.partition)
@@ -273,7 +272,7 @@ impl Aggregate for Batcher {
         }
         let started = Instant::now();
         let tokens = document::tokens(&self.tokenizer, &file, &self.options.document)
-            .map_err(|e| TransformError::permanent("tokenize", format!("{e:#}")))?;
+            .map_err(|e| TransformError::permanent(FileError::Tokenize, format!("{e:#}")))?;
         self.metrics
             .tokenize_duration
             .observe(started.elapsed().as_secs_f64());
@@ -283,9 +282,9 @@ impl Aggregate for Batcher {
             at,
         };
         let (split, packer) = if eval {
-            ("eval", &mut state.eval)
+            (Split::Eval, &mut state.eval)
         } else {
-            ("train", &mut state.train)
+            (Split::Train, &mut state.train)
         };
         let packed = packer.push(&tokens, member);
         Ok(self.step(packed.into_iter().map(|p| (split, p))))
@@ -296,8 +295,8 @@ impl Aggregate for Batcher {
         let mut partitions: Vec<_> = self.partitions.iter_mut().collect();
         partitions.sort_by_key(|(p, _)| **p);
         for (_, state) in partitions {
-            partial.extend(state.train.flush().map(|p| ("train", p)));
-            partial.extend(state.eval.flush().map(|p| ("eval", p)));
+            partial.extend(state.train.flush().map(|p| (Split::Train, p)));
+            partial.extend(state.eval.flush().map(|p| (Split::Eval, p)));
         }
         if !partial.is_empty() {
             tracing::info!(

@@ -1,12 +1,25 @@
 //! Metrics on :9094/metrics (a stage the original did not have).
 
+use codelupe_runtime::labels::CounterBy;
+use codelupe_runtime::records::Split;
 use codelupe_runtime::telemetry::register;
-use prometheus::{Histogram, IntCounter, IntCounterVec, Registry};
+use prometheus::{Histogram, IntCounter, Registry};
+
+codelupe_runtime::label_set! {
+    /// Why a file is dead-lettered.
+    pub enum FileError {
+        /// A content_hash that is not a hex SHA-256 (the dedup key).
+        BadContentHash => "bad_content_hash",
+        /// The partition's dedup state could not be read (retried: the stage stops).
+        DedupState => "dedup_state",
+        Tokenize => "tokenize",
+    }
+}
 
 pub struct BatcherMetrics {
     pub files_consumed: IntCounter,
     pub tokens_produced: IntCounter,
-    pub batches_produced: IntCounterVec,
+    pub batches_produced: CounterBy<Split>,
     pub duplicates_dropped: IntCounter,
     pub tokenize_duration: Histogram,
 }
@@ -24,12 +37,11 @@ impl BatcherMetrics {
                 "batcher_tokens_produced_total",
                 "Tokens in batches sealed for publishing (padding included)",
             )?,
-            batches_produced: register::counter_vec(
+            batches_produced: CounterBy::register(
                 r,
                 "batcher_batches_produced_total",
                 "Batches sealed for publishing, by split",
                 "split",
-                &["train", "eval"],
             )?,
             duplicates_dropped: register::counter(
                 r,

@@ -17,7 +17,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::CrawlerMetrics;
+use crate::metrics::{CrawlerMetrics, ScrapeError};
 use crate::Sink;
 
 /// The API's hard cap on results reachable through one query.
@@ -408,10 +408,7 @@ impl<'a> GithubSource<'a> {
                     attempt = 0;
                     continue;
                 }
-                self.metrics
-                    .scrape_errors
-                    .with_label_values(&["window_too_dense"])
-                    .inc();
+                self.metrics.scrape_errors.inc(ScrapeError::WindowTooDense);
                 tracing::warn!(%query, total = page.total_count, "a one-second window holds 1,000 or more repositories; only the first 1,000 are reachable");
             }
             // A repository pushed while the window is paged leaves it and shifts the
@@ -430,10 +427,7 @@ impl<'a> GithubSource<'a> {
                 let cursor = (next.is_none() && !retry).then(|| (cursor_key, b.timestamp_millis()));
                 published += sink.publish(repos, cursor).await?;
                 if short {
-                    self.metrics
-                        .scrape_errors
-                        .with_label_values(&["window_shifted"])
-                        .inc();
+                    self.metrics.scrape_errors.inc(ScrapeError::WindowShifted);
                     tracing::warn!(%query, expected, fetched = seen.len(), attempt, retry, "the window's results shifted while paging");
                     if retry {
                         windows.push((a, b));
@@ -456,79 +450,11 @@ impl<'a> GithubSource<'a> {
         let mut attempt = 0;
         let mut backoff = Duration::from_secs(1);
         loop {
-            let slot = self.pick_token().await?;
-            let mut request = self
-                .http
-                .get(url.clone())
-                .header("accept", "application/vnd.github+json")
-                .header("x-github-api-version", "2022-11-28");
-            if let Some(token) = &self.tokens[slot].token {
-                request = request.bearer_auth(&token.0);
-            }
-            let started = Instant::now();
-            let response = request.send().await;
-            self.metrics
-                .scrape_duration
-                .observe(started.elapsed().as_secs_f64());
-            let failure = match response {
-                Err(e) => Failure::retry("network", format!("request failed: {}", without_url(&e))),
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    self.note_budget(slot, &headers);
-                    match status {
-                        StatusCode::OK => match response.bytes().await {
-                            Err(e) => Failure::retry(
-                                "network",
-                                format!("reading body: {}", without_url(&e)),
-                            ),
-                            Ok(body) => {
-                                let link = headers.get("link").and_then(|v| v.to_str().ok());
-                                match Page::read(&body, link, &self.base) {
-                                    Ok(page) => return Ok(page),
-                                    Err(PageError::Incomplete) => {
-                                        tracing::warn!("GitHub reported incomplete results (search timed out); retrying the page");
-                                        Failure::retry("incomplete", "incomplete results".into())
-                                    }
-                                    Err(e @ PageError::Malformed(_)) => {
-                                        Failure::retry("malformed", e.to_string())
-                                    }
-                                    Err(PageError::Link(e)) => return Err(Stopped::Failed(e)),
-                                }
-                            }
-                        },
-                        StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
-                            if let Some(wait) = retry_after(&headers) {
-                                Failure::wait("rate_limited", wait)
-                            } else if header_u64(&headers, "x-ratelimit-remaining") == Some(0) {
-                                let reset =
-                                    header_u64(&headers, "x-ratelimit-reset").unwrap_or(0) as i64;
-                                Failure::wait("rate_limited", until_epoch(reset))
-                            } else {
-                                Failure::retry("forbidden", format!("HTTP {status}"))
-                            }
-                        }
-                        s if s.is_server_error() => {
-                            Failure::retry("server_error", format!("HTTP {status}"))
-                        }
-                        s => {
-                            self.metrics
-                                .scrape_errors
-                                .with_label_values(&["bad_request"])
-                                .inc();
-                            let body = response.text().await.unwrap_or_default();
-                            return Err(Stopped::Failed(anyhow!(
-                                "GitHub refused the search ({s}): {}",
-                                body.chars().take(300).collect::<String>()
-                            )));
-                        }
-                    }
-                }
+            let failure = match self.get_page(&url).await? {
+                Ok(page) => return Ok(page),
+                Err(failure) => failure,
             };
-            self.metrics
-                .scrape_errors
-                .with_label_values(&[failure.reason])
-                .inc();
+            self.metrics.scrape_errors.inc(failure.reason);
             let pause = match failure.wait {
                 // A rate limit is not a failure of the page: wait it out, no attempt used.
                 Some(wait) => {
@@ -551,6 +477,62 @@ impl<'a> GithubSource<'a> {
                 }
             };
             self.sleep(pause).await?;
+        }
+    }
+
+    /// One GET of a page with the next token, classified: the page, a failure to
+    /// retry or wait out, or (Stopped) an answer no retry can change.
+    async fn get_page(&mut self, url: &Url) -> Result<Result<Page, Failure>, Stopped> {
+        let slot = self.pick_token().await?;
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28");
+        if let Some(token) = &self.tokens[slot].token {
+            request = request.bearer_auth(&token.0);
+        }
+        let started = Instant::now();
+        let response = request.send().await;
+        self.metrics
+            .scrape_duration
+            .observe(started.elapsed().as_secs_f64());
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                let message = format!("request failed: {}", without_url(&e));
+                return Ok(Err(Failure::retry(ScrapeError::Network, message)));
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        self.note_budget(slot, &headers);
+        match status {
+            StatusCode::OK => match response.bytes().await {
+                Ok(body) => {
+                    let link = headers.get("link").and_then(|v| v.to_str().ok());
+                    read_page(&body, link, &self.base)
+                }
+                Err(e) => {
+                    let message = format!("reading body: {}", without_url(&e));
+                    Ok(Err(Failure::retry(ScrapeError::Network, message)))
+                }
+            },
+            StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                Ok(Err(refusal(status, &headers)))
+            }
+            s if s.is_server_error() => Ok(Err(Failure::retry(
+                ScrapeError::ServerError,
+                format!("HTTP {status}"),
+            ))),
+            s => {
+                self.metrics.scrape_errors.inc(ScrapeError::BadRequest);
+                let body = response.text().await.unwrap_or_default();
+                Err(Stopped::Failed(anyhow!(
+                    "GitHub refused the search ({s}): {}",
+                    body.chars().take(300).collect::<String>()
+                )))
+            }
         }
     }
 
@@ -604,14 +586,16 @@ impl<'a> GithubSource<'a> {
     }
 }
 
+/// A page that could not be had this time, and why.
 struct Failure {
-    reason: &'static str,
+    reason: ScrapeError,
     message: String,
+    /// A rate limit's wait: no attempt used.
     wait: Option<Duration>,
 }
 
 impl Failure {
-    fn retry(reason: &'static str, message: String) -> Self {
+    fn retry(reason: ScrapeError, message: String) -> Self {
         Self {
             reason,
             message,
@@ -619,12 +603,48 @@ impl Failure {
         }
     }
 
-    fn wait(reason: &'static str, wait: Duration) -> Self {
+    fn wait(wait: Duration) -> Self {
         Self {
-            reason,
+            reason: ScrapeError::RateLimited,
             message: "rate limited".into(),
             wait: Some(wait),
         }
+    }
+}
+
+/// A 200's body as a page: incomplete or malformed results are retried, a next link
+/// off the API's origin stops the pass.
+fn read_page(
+    body: &[u8],
+    link: Option<&str>,
+    base: &Url,
+) -> Result<Result<Page, Failure>, Stopped> {
+    match Page::read(body, link, base) {
+        Ok(page) => Ok(Ok(page)),
+        Err(PageError::Incomplete) => {
+            tracing::warn!(
+                "GitHub reported incomplete results (search timed out); retrying the page"
+            );
+            let message = "incomplete results".into();
+            Ok(Err(Failure::retry(ScrapeError::Incomplete, message)))
+        }
+        Err(e @ PageError::Malformed(_)) => {
+            Ok(Err(Failure::retry(ScrapeError::Malformed, e.to_string())))
+        }
+        Err(PageError::Link(e)) => Err(Stopped::Failed(e)),
+    }
+}
+
+/// A 403 or 429: a rate limit to wait out (Retry-After, or no requests left until
+/// the reset), else a refusal to retry.
+fn refusal(status: StatusCode, headers: &HeaderMap) -> Failure {
+    if let Some(wait) = retry_after(headers) {
+        Failure::wait(wait)
+    } else if header_u64(headers, "x-ratelimit-remaining") == Some(0) {
+        let reset = header_u64(headers, "x-ratelimit-reset").unwrap_or(0) as i64;
+        Failure::wait(until_epoch(reset))
+    } else {
+        Failure::retry(ScrapeError::Forbidden, format!("HTTP {status}"))
     }
 }
 

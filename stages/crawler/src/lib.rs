@@ -19,7 +19,7 @@ use codelupe_runtime::StageRuntime;
 use serde::Deserialize;
 
 use crate::github::{GithubOptions, GithubSource, Stopped};
-use crate::metrics::CrawlerMetrics;
+use crate::metrics::{CrawlerMetrics, IndexError, ScrapeError};
 use crate::state::CrawlState;
 
 pub const STAGE: &str = "crawler";
@@ -95,20 +95,14 @@ impl Sink<'_> {
             match Outgoing::record(self.output, &repo.full_name, repo) {
                 Ok(record) => batch.push(record),
                 Err(e) => {
-                    self.metrics
-                        .index_errors
-                        .with_label_values(&["encode"])
-                        .inc();
+                    self.metrics.index_errors.inc(IndexError::Encode);
                     bail!("cannot encode {}: {e}", repo.full_name);
                 }
             }
         }
         batch.extend(CrawlState::entries(self.state_topic, &fresh, cursor)?);
         if let Err(e) = self.publisher.send_batch(&batch).await {
-            self.metrics
-                .index_errors
-                .with_label_values(&["produce"])
-                .inc();
+            self.metrics.index_errors.inc(IndexError::Produce);
             return Err(e);
         }
         self.state.committed(&fresh, cursor);
@@ -190,10 +184,7 @@ async fn pass(
                 .await
                 .map_err(anyhow::Error::from)??;
             for problem in &bad {
-                metrics
-                    .scrape_errors
-                    .with_label_values(&["invalid_input"])
-                    .inc();
+                metrics.scrape_errors.inc(ScrapeError::InvalidInput);
                 tracing::warn!(
                     "{}: line {}: skipped: {}",
                     path.display(),

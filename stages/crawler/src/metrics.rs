@@ -1,24 +1,48 @@
 //! Metrics on :9092/metrics, names and meanings from the original system.
 
+use codelupe_runtime::labels::CounterBy;
 use codelupe_runtime::telemetry::register;
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, Registry};
+use prometheus::{Gauge, Histogram, IntCounter, Registry};
 
-pub const ERROR_REASONS: &[&str] = &[
-    "rate_limited",
-    "server_error",
-    "network",
-    "malformed",
-    "invalid_input",
-    "window_shifted",
-];
+codelupe_runtime::label_set! {
+    /// Why reading a source went wrong (`crawler_scrape_errors_total{reason}`).
+    pub enum ScrapeError {
+        /// A rate limit answered (403/429 with a reset or Retry-After): waited out.
+        RateLimited => "rate_limited",
+        ServerError => "server_error",
+        Network => "network",
+        /// A page that is not the Search API's JSON.
+        Malformed => "malformed",
+        /// GitHub's `incomplete_results` (its search timed out).
+        Incomplete => "incomplete",
+        /// 403 without a rate limit.
+        Forbidden => "forbidden",
+        /// Another 4xx: the pass stops.
+        BadRequest => "bad_request",
+        /// A url_list line that is no repository URL.
+        InvalidInput => "invalid_input",
+        /// A window served fewer repositories than its total_count: read again.
+        WindowShifted => "window_shifted",
+        /// A one-second window with 1,000 or more repositories: only 1,000 reachable.
+        WindowTooDense => "window_too_dense",
+    }
+}
+
+codelupe_runtime::label_set! {
+    /// Why publishing repositories failed (`crawler_index_errors_total{reason}`).
+    pub enum IndexError {
+        Encode => "encode",
+        Produce => "produce",
+    }
+}
 
 pub struct CrawlerMetrics {
     /// Repositories read from a source.
     pub repos_scraped: IntCounter,
     /// Repositories published to `repo-urls` and acknowledged.
     pub repos_indexed: IntCounter,
-    pub scrape_errors: IntCounterVec,
-    pub index_errors: IntCounterVec,
+    pub scrape_errors: CounterBy<ScrapeError>,
+    pub index_errors: CounterBy<IndexError>,
     pub last_repo_stars: Gauge,
     /// Per API request.
     pub scrape_duration: Histogram,
@@ -38,19 +62,17 @@ impl CrawlerMetrics {
                 "crawler_repos_indexed_total",
                 "Repositories published to repo-urls and acknowledged",
             )?,
-            scrape_errors: register::counter_vec(
+            scrape_errors: CounterBy::register(
                 r,
                 "crawler_scrape_errors_total",
                 "Errors reading a source",
                 "reason",
-                ERROR_REASONS,
             )?,
-            index_errors: register::counter_vec(
+            index_errors: CounterBy::register(
                 r,
                 "crawler_index_errors_total",
                 "Errors publishing repositories",
                 "reason",
-                &["encode", "produce"],
             )?,
             last_repo_stars: register::gauge(
                 r,

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
+
+use crate::metrics::Failure;
 use git2::{
     AutotagOption, Cred, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks, RemoteRedirect,
 };
@@ -144,7 +146,7 @@ impl Token<'_> {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct CloneFailure {
-    pub reason: &'static str,
+    pub reason: Failure,
     pub message: String,
     /// Worth another attempt (network trouble), as opposed to a property of the repository.
     pub transient: bool,
@@ -207,7 +209,7 @@ pub fn clone_bare(
         fetch.depth(1);
     }
     let store = |e: git2::Error| CloneFailure {
-        reason: "store",
+        reason: Failure::Store,
         message: format!("{}: {}", into.display(), e.message()),
         transient: true,
     };
@@ -218,14 +220,14 @@ pub fn clone_bare(
         let fetched = remote.fetch(&[format!("+HEAD:{FETCHED_HEAD}")], Some(&mut fetch), None);
         fetched.map_err(|e| match aborted.load(Ordering::Relaxed) {
             ABORT_TOO_LARGE => CloneFailure {
-                reason: "too_large",
+                reason: Failure::TooLarge,
                 message: format!("transfer passed the {} byte cap", limits.max_bytes),
                 transient: false,
             },
             // The whole clone's cap, unlike a server gone silent (a network timeout):
             // a property of the repository, so dead-lettered (replayable once raised).
             ABORT_TIMEOUT => CloneFailure {
-                reason: "timeout",
+                reason: Failure::Timeout,
                 message: format!("clone took longer than {:?}", limits.timeout),
                 transient: false,
             },
@@ -238,7 +240,7 @@ pub fn clone_bare(
             .and_then(|name| name.as_str().ok().map(String::from))
     };
     let empty = |_| CloneFailure {
-        reason: "empty",
+        reason: Failure::Empty,
         message: "the repository has no HEAD to clone".into(),
         transient: false,
     };
@@ -278,9 +280,9 @@ fn classify(e: &git2::Error) -> CloneFailure {
     let lower = message.to_ascii_lowercase();
     let (reason, transient) = if lower.contains("cannot redirect") {
         // A redirect to another host: the URL policy holds for every hop.
-        ("refused_url", false)
+        (Failure::RefusedUrl, false)
     } else if e.code() == ErrorCode::Auth || lower.contains("authentication") {
-        ("auth", false)
+        (Failure::Auth, false)
     } else if e.code() == ErrorCode::NotFound
         || lower.contains("not found")
         || lower.contains("does not exist")
@@ -288,17 +290,17 @@ fn classify(e: &git2::Error) -> CloneFailure {
         || lower.contains("does not appear to be a git repository")
         || lower.contains("access denied")
     {
-        ("not_found", false)
+        (Failure::NotFound, false)
     } else if matches!(
         e.class(),
         ErrorClass::Odb | ErrorClass::Indexer | ErrorClass::Zlib | ErrorClass::Object
     ) {
-        ("corrupt", false)
+        (Failure::Corrupt, false)
     } else if e.code() == ErrorCode::Timeout || lower.contains("timed out") {
-        ("timeout", true)
+        (Failure::Timeout, true)
     } else {
         (
-            "network",
+            Failure::Network,
             matches!(
                 e.class(),
                 ErrorClass::Net | ErrorClass::Http | ErrorClass::Ssl | ErrorClass::Os
@@ -336,7 +338,7 @@ const MAX_COUNTED_BLOB: u64 = 1 << 20;
 /// only blobs small enough to be code are inflated, to count their lines.
 pub fn measure(repo: &git2::Repository, limits: &TreeLimits) -> Result<TreeStats, CloneFailure> {
     let corrupt = |e: git2::Error| CloneFailure {
-        reason: "corrupt",
+        reason: Failure::Corrupt,
         message: e.message().to_string(),
         transient: false,
     };
@@ -349,7 +351,10 @@ pub fn measure(repo: &git2::Repository, limits: &TreeLimits) -> Result<TreeStats
     };
     let tree = commit.tree().map_err(corrupt)?;
     let refused = |e: TreeError| CloneFailure {
-        reason: e.reason(),
+        reason: match e {
+            TreeError::Bomb(_) => Failure::TreeBomb,
+            TreeError::Corrupt(_) => Failure::Corrupt,
+        },
         message: e.to_string(),
         transient: false,
     };

@@ -49,33 +49,19 @@ impl Default for FilterOptions {
     }
 }
 
-/// The first rule a repository failed; the value is the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    Stars,
-    Forks,
-    Language,
-    License,
-    Archived,
-    Fork,
-    Size,
-    Stale,
-    ExcludedWord,
-}
-
-impl Rejection {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::Stars => "stars",
-            Rejection::Forks => "forks",
-            Rejection::Language => "language",
-            Rejection::License => "license",
-            Rejection::Archived => "archived",
-            Rejection::Fork => "fork",
-            Rejection::Size => "size",
-            Rejection::Stale => "stale",
-            Rejection::ExcludedWord => "excluded_word",
-        }
+codelupe_runtime::label_set! {
+    /// The first rule a repository failed
+    /// (`downloader_quality_filtered_reasons_total{reason}`).
+    pub enum Rejection {
+        Stars => "stars",
+        Forks => "forks",
+        Language => "language",
+        License => "license",
+        Archived => "archived",
+        Fork => "fork",
+        Size => "size",
+        Stale => "stale",
+        ExcludedWord => "excluded_word",
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::clone::{CloneFailure, Limits, Source, Token, UrlPolicy};
 use crate::filter::FilterOptions;
-use crate::metrics::DownloaderMetrics;
+use crate::metrics::{DownloaderMetrics, Failure};
 use crate::store::{CloneStore, Marker, TempClone};
 use codelupe_runtime::tree::TreeLimits;
 
@@ -105,8 +105,8 @@ impl Downloader {
         &self.store
     }
 
-    fn failed(&self, reason: &'static str, message: String) -> TransformError {
-        self.metrics.repos_failed.with_label_values(&[reason]).inc();
+    fn failed(&self, reason: Failure, message: String) -> TransformError<Failure> {
+        self.metrics.repos_failed.inc(reason);
         TransformError::permanent(reason, message)
     }
 
@@ -122,7 +122,7 @@ impl Downloader {
         loop {
             attempt += 1;
             let temporary = self.store.temporary().map_err(|e| CloneFailure {
-                reason: "store",
+                reason: Failure::Store,
                 message: format!("{e:#}"),
                 transient: true,
             })?;
@@ -143,7 +143,7 @@ impl Downloader {
             .await
             .unwrap_or_else(|e| {
                 Err(CloneFailure {
-                    reason: "network",
+                    reason: Failure::Network,
                     message: format!("clone task failed: {e}"),
                     transient: false,
                 })
@@ -156,7 +156,7 @@ impl Downloader {
                     if !failure.transient || attempt >= self.options.max_attempts {
                         return Err(failure);
                     }
-                    tracing::warn!(url = %source.url, attempt, reason = failure.reason, error = %failure, "clone failed; retrying");
+                    tracing::warn!(url = %source.url, attempt, reason = %failure.reason, error = %failure, "clone failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
                 }
             }
@@ -189,14 +189,15 @@ fn output(
 impl Transform for Downloader {
     type Input = RepoUrl;
     type Output = RepoClone;
+    type Reason = Failure;
 
-    async fn transform(&self, repo: RepoUrl) -> Result<Vec<Keyed<RepoClone>>, TransformError> {
+    async fn transform(
+        &self,
+        repo: RepoUrl,
+    ) -> Result<Vec<Keyed<RepoClone>>, TransformError<Failure>> {
         if let Err(rejection) = filter::check(&repo, &self.options.filter) {
             self.metrics.quality_filtered.inc();
-            self.metrics
-                .quality_filtered_reasons
-                .with_label_values(&[rejection.reason()])
-                .inc();
+            self.metrics.quality_filtered_reasons.inc(rejection);
             return Ok(Vec::new());
         }
         let score = filter::quality_score(&repo, now_ms());
@@ -207,13 +208,13 @@ impl Transform for Downloader {
             .options
             .urls
             .check(&repo.clone_url)
-            .map_err(|why| self.failed("refused_url", why))?;
+            .map_err(|why| self.failed(Failure::RefusedUrl, why))?;
         let dest = self
             .store
             .path_for(&source.host, &repo.full_name)
             .ok_or_else(|| {
                 self.failed(
-                    "refused_url",
+                    Failure::RefusedUrl,
                     format!("unsafe repository name {:?}", repo.full_name),
                 )
             })?;
@@ -242,10 +243,7 @@ impl Transform for Downloader {
         let (temporary, stats) = result.map_err(|f| {
             if f.transient {
                 // A host down or throttling: the record waits, it is not dead-lettered.
-                self.metrics
-                    .repos_failed
-                    .with_label_values(&[f.reason])
-                    .inc();
+                self.metrics.repos_failed.inc(f.reason);
                 TransformError::transient(f.reason, f.message)
             } else {
                 self.failed(f.reason, f.message)
@@ -263,7 +261,7 @@ impl Transform for Downloader {
         };
         if let Err(e) = self.store.commit(temporary, &dest, &marker) {
             return Err(TransformError::retryable(
-                "store",
+                Failure::Store,
                 format!("cannot place clone in the store: {e:#}"),
             ));
         }

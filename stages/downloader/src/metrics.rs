@@ -4,36 +4,42 @@
 //! filter-rate query (`filtered / (passed + filtered)`) still matches label sets; the
 //! per-reason breakdown is `downloader_quality_filtered_reasons_total{reason}`.
 
+use codelupe_runtime::labels::CounterBy;
 use codelupe_runtime::telemetry::register;
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Gauge, Histogram, IntCounter, IntGauge, Registry};
 
-pub const FILTER_REASONS: &[&str] = &[
-    "stars",
-    "forks",
-    "language",
-    "license",
-    "archived",
-    "fork",
-    "size",
-    "stale",
-    "excluded_word",
-];
-pub const FAILURE_REASONS: &[&str] = &[
-    "not_found",
-    "auth",
-    "timeout",
-    "too_large",
-    "refused_url",
-    "corrupt",
-    "network",
-];
+pub use crate::filter::Rejection;
+
+codelupe_runtime::label_set! {
+    /// Why a repository was not cloned (`downloader_repos_failed_total{reason}`, and
+    /// the reason of its dead letter).
+    pub enum Failure {
+        NotFound => "not_found",
+        /// The host asked for credentials it did not get or refused them.
+        Auth => "auth",
+        /// The clone took longer than `clone_timeout_s`, or the server went silent.
+        Timeout => "timeout",
+        /// The transfer passed `max_clone_bytes`.
+        TooLarge => "too_large",
+        /// A URL (or a redirect) the URL policy refuses, or an unsafe name.
+        RefusedUrl => "refused_url",
+        Corrupt => "corrupt",
+        Network => "network",
+        /// The clone store could not be written.
+        Store => "store",
+        /// A repository without a HEAD.
+        Empty => "empty",
+        /// A tree past the `tree.*` caps.
+        TreeBomb => "tree_bomb",
+    }
+}
 
 pub struct DownloaderMetrics {
     pub repos_downloaded: IntCounter,
-    pub repos_failed: IntCounterVec,
+    pub repos_failed: CounterBy<Failure>,
     pub quality_passed: IntCounter,
     pub quality_filtered: IntCounter,
-    pub quality_filtered_reasons: IntCounterVec,
+    pub quality_filtered_reasons: CounterBy<Rejection>,
     pub active_downloads: IntGauge,
     pub max_concurrent: IntGauge,
     pub last_repo_size_kb: Gauge,
@@ -50,12 +56,11 @@ impl DownloaderMetrics {
                 "downloader_repos_downloaded_total",
                 "Repositories cloned and published",
             )?,
-            repos_failed: register::counter_vec(
+            repos_failed: CounterBy::register(
                 r,
                 "downloader_repos_failed_total",
                 "Repositories that could not be cloned",
                 "reason",
-                FAILURE_REASONS,
             )?,
             quality_passed: register::counter(
                 r,
@@ -67,12 +72,11 @@ impl DownloaderMetrics {
                 "downloader_quality_filtered_total",
                 "Repositories the quality filter rejected",
             )?,
-            quality_filtered_reasons: register::counter_vec(
+            quality_filtered_reasons: CounterBy::register(
                 r,
                 "downloader_quality_filtered_reasons_total",
                 "Repositories the quality filter rejected, by first failed rule",
                 "reason",
-                FILTER_REASONS,
             )?,
             active_downloads: register::int_gauge(
                 r,

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::metrics::ProcessorMetrics;
+use crate::metrics::{CloneError, ProcessorMetrics, Skip};
 use crate::select::PathVerdict;
 
 pub const STAGE: &str = "processor";
@@ -62,7 +62,7 @@ impl Default for ProcessorOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Keep(Box<CodeFile>),
-    Skip(&'static str),
+    Skip(Skip),
 }
 
 #[derive(Clone)]
@@ -97,26 +97,26 @@ impl Processor {
     pub fn examine_clone(
         &self,
         clone: &RepoClone,
-    ) -> Result<Vec<(String, Verdict)>, TransformError> {
+    ) -> Result<Vec<(String, Verdict)>, TransformError<CloneError>> {
         let path = clone.clone_uri.strip_prefix("file://").ok_or_else(|| {
             TransformError::permanent(
-                "refused_clone",
+                CloneError::RefusedClone,
                 format!("not a file:// clone URI: {}", clone.clone_uri),
             )
         })?;
         let path = PathBuf::from(path);
         let resolved = path.canonicalize().map_err(|e| {
-            TransformError::permanent("missing_clone", format!("{}: {e}", path.display()))
+            TransformError::permanent(CloneError::MissingClone, format!("{}: {e}", path.display()))
         })?;
         if !resolved.starts_with(&self.store) {
             return Err(TransformError::permanent(
-                "refused_clone",
+                CloneError::RefusedClone,
                 format!("{} is outside the clone store", resolved.display()),
             ));
         }
         let corrupt = |e: git2::Error| {
             TransformError::permanent(
-                "corrupt_clone",
+                CloneError::CorruptClone,
                 format!("{}: {}", resolved.display(), e.message()),
             )
         };
@@ -130,9 +130,10 @@ impl Processor {
         // Path rules first (cheap), then sizes from object headers, then read the blobs
         // that survive both: a blob is inflated only when it may be kept.
         let listed = tree::files(&repo, &tree, &self.options.tree).map_err(|e| match e {
-            TreeError::Bomb(why) => {
-                TransformError::permanent("tree_bomb", format!("{}: {why}", resolved.display()))
-            }
+            TreeError::Bomb(why) => TransformError::permanent(
+                CloneError::TreeBomb,
+                format!("{}: {why}", resolved.display()),
+            ),
             TreeError::Corrupt(e) => corrupt(e),
         })?;
         let mut to_read = Vec::new();
@@ -141,10 +142,10 @@ impl Processor {
             let verdict = match select::by_path(&file.path) {
                 PathVerdict::Skip(reason) => Verdict::Skip(reason),
                 PathVerdict::Keep(_) if file.size < self.options.min_bytes as u64 => {
-                    Verdict::Skip("too_small")
+                    Verdict::Skip(Skip::TooSmall)
                 }
                 PathVerdict::Keep(_) if file.size > self.options.max_bytes as u64 => {
-                    Verdict::Skip("too_large")
+                    Verdict::Skip(Skip::TooLarge)
                 }
                 PathVerdict::Keep(language) => {
                     to_read.push((file, language));
@@ -154,7 +155,12 @@ impl Processor {
             skipped.push((file.path, verdict));
         }
         tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree).map_err(
-            |why| TransformError::permanent("tree_bomb", format!("{}: {why}", resolved.display())),
+            |why| {
+                TransformError::permanent(
+                    CloneError::TreeBomb,
+                    format!("{}: {why}", resolved.display()),
+                )
+            },
         )?;
         let mut files = Vec::with_capacity(to_read.len());
         for (file, language) in to_read {
@@ -202,16 +208,16 @@ impl Processor {
     ) -> Verdict {
         let o = &self.options;
         if bytes.len() < o.min_bytes {
-            return Verdict::Skip("too_small");
+            return Verdict::Skip(Skip::TooSmall);
         }
         if bytes.len() > o.max_bytes {
-            return Verdict::Skip("too_large");
+            return Verdict::Skip(Skip::TooLarge);
         }
         if bytes.contains(&0) {
-            return Verdict::Skip("binary");
+            return Verdict::Skip(Skip::Binary);
         }
         let Ok(text) = std::str::from_utf8(bytes) else {
-            return Verdict::Skip("binary");
+            return Verdict::Skip(Skip::Binary);
         };
         let stats = text::stats(text);
         if let Some(reason) = text::reject(text, language, &stats) {
@@ -221,14 +227,14 @@ impl Processor {
             match parse::parse_stats(language, text, Duration::from_millis(o.parse_timeout_ms)) {
                 None => None,
                 Some(Ok(p)) => Some(p),
-                Some(Err(_)) => return Verdict::Skip("parse_failed"),
+                Some(Err(_)) => return Verdict::Skip(Skip::ParseFailed),
             };
         let components = score::components(&stats, parse.as_ref());
         let parse = parse.map(|p| p.stats);
         let quality = score::score(&components);
         self.metrics.file_quality_score.observe(quality);
         if quality < o.min_quality {
-            return Verdict::Skip("low_quality");
+            return Verdict::Skip(Skip::LowQuality);
         }
         Verdict::Keep(Box::new(CodeFile {
             content_hash: format!("{:x}", Sha256::digest(bytes)),
@@ -249,21 +255,23 @@ impl Processor {
 impl Transform for Processor {
     type Input = RepoClone;
     type Output = CodeFile;
+    type Reason = CloneError;
 
-    async fn transform(&self, clone: RepoClone) -> Result<Vec<Keyed<CodeFile>>, TransformError> {
+    async fn transform(
+        &self,
+        clone: RepoClone,
+    ) -> Result<Vec<Keyed<CodeFile>>, TransformError<CloneError>> {
         let this = self.clone();
         let examined = tokio::task::spawn_blocking(move || this.examine_clone(&clone))
             .await
-            .map_err(|e| TransformError::retryable("worker", format!("worker failed: {e}")))??;
+            .map_err(|e| {
+                TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
+            })??;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (_, verdict) in examined {
             match verdict {
-                Verdict::Skip(reason) => self
-                    .metrics
-                    .files_skipped
-                    .with_label_values(&[reason])
-                    .inc(),
+                Verdict::Skip(reason) => self.metrics.files_skipped.inc(reason),
                 Verdict::Keep(file) => {
                     if seen.insert(file.content_hash.clone()) {
                         self.metrics.files_processed.inc();
@@ -272,10 +280,7 @@ impl Transform for Processor {
                             value: *file,
                         });
                     } else {
-                        self.metrics
-                            .files_skipped
-                            .with_label_values(&["duplicate"])
-                            .inc();
+                        self.metrics.files_skipped.inc(Skip::Duplicate);
                     }
                 }
             }

@@ -2,6 +2,8 @@
 //! build folders, lock files and other generated names, minified names, and languages
 //! we keep.
 
+use crate::metrics::Skip;
+
 /// Folders whose contents are someone else's code or build output.
 const VENDORED_DIRS: &[&str] = &[
     "node_modules",
@@ -71,27 +73,27 @@ const GENERATED_SUFFIXES: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathVerdict {
     Keep(&'static str),
-    Skip(&'static str),
+    Skip(Skip),
 }
 
 pub fn by_path(path: &str) -> PathVerdict {
     let mut parts = path.split('/').collect::<Vec<_>>();
     let name = parts.pop().unwrap_or_default();
     if parts.iter().any(|dir| VENDORED_DIRS.contains(dir)) {
-        return PathVerdict::Skip("vendored");
+        return PathVerdict::Skip(Skip::Vendored);
     }
     if GENERATED_NAMES.contains(&name)
         || GENERATED_SUFFIXES.iter().any(|s| name.ends_with(s))
         || name.contains(".generated.")
     {
-        return PathVerdict::Skip("generated_name");
+        return PathVerdict::Skip(Skip::GeneratedName);
     }
     if name.contains(".min.") || name.ends_with("-min.js") {
-        return PathVerdict::Skip("minified");
+        return PathVerdict::Skip(Skip::Minified);
     }
     match codelupe_runtime::language::of_path(path) {
         Some(language) => PathVerdict::Keep(language),
-        None => PathVerdict::Skip("unknown_language"),
+        None => PathVerdict::Skip(Skip::UnknownLanguage),
     }
 }
 
@@ -104,19 +106,28 @@ mod tests {
         assert_eq!(by_path("src/main.rs"), PathVerdict::Keep("Rust"));
         assert_eq!(
             by_path("web/node_modules/x/index.js"),
-            PathVerdict::Skip("vendored")
+            PathVerdict::Skip(Skip::Vendored)
         );
         assert_eq!(
             by_path("vendor/github.com/a/b.go"),
-            PathVerdict::Skip("vendored")
+            PathVerdict::Skip(Skip::Vendored)
         );
-        assert_eq!(by_path("Cargo.lock"), PathVerdict::Skip("generated_name"));
+        assert_eq!(
+            by_path("Cargo.lock"),
+            PathVerdict::Skip(Skip::GeneratedName)
+        );
         assert_eq!(
             by_path("api/service.pb.go"),
-            PathVerdict::Skip("generated_name")
+            PathVerdict::Skip(Skip::GeneratedName)
         );
-        assert_eq!(by_path("static/app.min.js"), PathVerdict::Skip("minified"));
-        assert_eq!(by_path("README.md"), PathVerdict::Skip("unknown_language"));
+        assert_eq!(
+            by_path("static/app.min.js"),
+            PathVerdict::Skip(Skip::Minified)
+        );
+        assert_eq!(
+            by_path("README.md"),
+            PathVerdict::Skip(Skip::UnknownLanguage)
+        );
         assert_eq!(
             by_path("rebuild/tool.py"),
             PathVerdict::Keep("Python"),

@@ -24,10 +24,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::codec::AvroRecord;
+use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
     commit_and_leave, drain, stepped_over, store, store_stepped_over, subscribe, DeadLetters,
-    InputRecord, LoopContext, LoopMetrics, Polled,
+    InputRecord, LoopContext, LoopMetrics, LoopReason, Polled,
 };
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
@@ -74,6 +75,8 @@ impl<T> Default for Step<T> {
 pub trait Aggregate: Send + 'static {
     type Input: AvroRecord;
     type Output: AvroRecord;
+    /// Why it dead-letters an input, next to the loop's [`LoopReason`]s.
+    type Reason: LabelSet;
 
     /// Takes one input. A permanent error dead-letters it; a retryable one (state it
     /// could not load, say) stops the stage with the input uncommitted, since the
@@ -82,7 +85,7 @@ pub trait Aggregate: Send + 'static {
         &mut self,
         at: InputPosition,
         input: Self::Input,
-    ) -> impl Future<Output = Result<Step<Self::Output>, TransformError>> + Send;
+    ) -> impl Future<Output = Result<Step<Self::Output>, TransformError<Self::Reason>>> + Send;
 
     /// Seals every partial output; called when the input has paused for `flush_after`.
     fn flush(&mut self) -> Step<Self::Output>;
@@ -226,7 +229,7 @@ pub async fn run_aggregate<A: Aggregate>(
         .output
         .clone()
         .with_context(|| format!("stage {} needs an output topic", runtime.name))?;
-    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let metrics = LoopMetrics::register::<A::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
     let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
@@ -313,17 +316,20 @@ pub async fn run_aggregate<A: Aggregate>(
                     continue;
                 }
                 let at = InputPosition { partition: record.partition, offset: record.offset };
-                let step = match record.value.as_deref().map(A::Input::decode) {
-                    None => Err(TransformError::permanent("empty_value", "record has no value")),
-                    Some(Err(e)) => Err(TransformError::permanent("decode", e.to_string())),
-                    Some(Ok(input)) => aggregate.push(at, input).await,
+                let input = match record.value.as_deref().map(A::Input::decode) {
+                    None => Err((LoopReason::EmptyValue, "record has no value".to_string())),
+                    Some(Err(e)) => Err((LoopReason::Decode, e.to_string())),
+                    Some(Ok(input)) => Ok(input),
                 };
-                let dispatched = match step {
-                    Ok(step) => state.dispatch(step).await,
-                    Err(e) if e.retryable => Err(anyhow::anyhow!(
-                        "{} at partition {} offset {}: {e}", e.reason, at.partition, at.offset
-                    )),
-                    Err(e) => state.dead_letter(record, e.reason, e.message).await,
+                let dispatched = match input {
+                    Err((reason, error)) => state.dead_letter(record, reason.label(), error).await,
+                    Ok(input) => match aggregate.push(at, input).await {
+                        Ok(step) => state.dispatch(step).await,
+                        Err(e) if e.retryable => Err(anyhow::anyhow!(
+                            "{} at partition {} offset {}: {e}", e.reason.label(), at.partition, at.offset
+                        )),
+                        Err(e) => state.dead_letter(record, e.reason.label(), e.message).await,
+                    },
                 };
                 if let Err(e) = dispatched {
                     failure = Some(e);

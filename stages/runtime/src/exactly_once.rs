@@ -28,8 +28,9 @@ use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
+use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
-use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, Shared};
+use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, LoopReason, Shared};
 use crate::publish::Outgoing;
 use crate::records::now_ms;
 use crate::stage::StageRuntime;
@@ -91,7 +92,7 @@ impl Waiting {
 
 pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::Result<()> {
     let (input, group) = runtime.require_input()?;
-    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
     let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
@@ -377,7 +378,7 @@ impl<T: Transform> Shared<T> {
                 return Ok(Vec::new());
             }
             return letter(
-                "no_output_topic",
+                LoopReason::NoOutputTopic.label(),
                 format!(
                     "stage {} has no output topic but produced records",
                     self.stage
@@ -396,10 +397,10 @@ impl<T: Transform> Shared<T> {
                         "{topic} refused a record of {} bytes: above its max.message.bytes",
                         out.key.len() + out.payload.len()
                     );
-                    return letter("output_rejected", error, 1);
+                    return letter(LoopReason::OutputRejected.label(), error, 1);
                 }
                 Ok(out) => records.push(out),
-                Err(e) => return letter("encode", e.to_string(), 1),
+                Err(e) => return letter(LoopReason::Encode.label(), e.to_string(), 1),
             }
         }
         Ok(records)

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod exactly_once;
 pub mod kafka;
+pub mod labels;
 pub mod language;
 pub mod offsets;
 pub mod pipeline;

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::codec::AvroRecord;
 use crate::config::Delivery;
+use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::{now_ms, DeadLetter};
@@ -40,11 +41,12 @@ pub struct Keyed<T> {
     pub value: T,
 }
 
-/// Why a record could not be transformed. `reason` is a bounded label value.
+/// Why a record could not be transformed: `reason` is one of the stage's
+/// [`Transform::Reason`]s, the label of its dead letters.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct TransformError {
-    pub reason: &'static str,
+pub struct TransformError<R: LabelSet> {
+    pub reason: R,
     pub message: String,
     /// Worth `max_attempts` tries before the record is dead-lettered.
     pub retryable: bool,
@@ -56,8 +58,8 @@ pub struct TransformError {
     pub transient: bool,
 }
 
-impl TransformError {
-    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+impl<R: LabelSet> TransformError<R> {
+    pub fn permanent(reason: R, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -66,18 +68,33 @@ impl TransformError {
         }
     }
 
-    pub fn retryable(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn retryable(reason: R, message: impl Into<String>) -> Self {
         Self {
             retryable: true,
             ..Self::permanent(reason, message)
         }
     }
 
-    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn transient(reason: R, message: impl Into<String>) -> Self {
         Self {
             transient: true,
             ..Self::retryable(reason, message)
         }
+    }
+}
+
+crate::label_set! {
+    /// Why the loop itself dead-letters a record, whatever the stage.
+    pub enum LoopReason {
+        /// The value is not the input schema's Avro (or has none).
+        Decode => "decode",
+        EmptyValue => "empty_value",
+        /// An output record could not be encoded.
+        Encode => "encode",
+        /// The output topic refused an output (too large, say).
+        OutputRejected => "output_rejected",
+        /// A stage without an output topic produced records.
+        NoOutputTopic => "no_output_topic",
     }
 }
 
@@ -96,11 +113,13 @@ pub(crate) enum Failed {
 pub trait Transform: Send + Sync + 'static {
     type Input: AvroRecord;
     type Output: AvroRecord;
+    /// Why it dead-letters a record, next to the loop's [`LoopReason`]s.
+    type Reason: LabelSet;
 
     fn transform(
         &self,
         input: Self::Input,
-    ) -> impl Future<Output = Result<Vec<Keyed<Self::Output>>, TransformError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Keyed<Self::Output>>, TransformError<Self::Reason>>> + Send;
 }
 
 /// Counts and gauges every consuming stage exports next to its own metrics.
@@ -116,7 +135,11 @@ pub struct LoopMetrics {
 }
 
 impl LoopMetrics {
-    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+    /// Registers the loop's metrics, with the dead-letter reasons of the loop and of
+    /// the stage (`R`) at 0.
+    pub fn register<R: LabelSet>(r: &Registry) -> prometheus::Result<Self> {
+        let mut reasons = LoopReason::labels();
+        reasons.extend(R::labels());
         Ok(Self {
             consumed: register::counter(
                 r,
@@ -133,7 +156,7 @@ impl LoopMetrics {
                 "codelupe_dead_letters_total",
                 "Input records sent to the dead-letter topic",
                 "reason",
-                &["decode", "transform", "output_rejected"],
+                &reasons,
             )?,
             retries: register::counter(
                 r,
@@ -293,7 +316,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
         return crate::exactly_once::run(transform, runtime).await;
     }
     let (input, _) = runtime.require_input()?;
-    let metrics = LoopMetrics::register(&runtime.registry)?;
+    let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
 
@@ -786,7 +809,7 @@ impl<T: Transform> Shared<T> {
                 );
                 return self
                     .dead_letters
-                    .send(record, "no_output_topic", error, 1)
+                    .send(record, LoopReason::NoOutputTopic.label(), error, 1)
                     .await;
             }
             return Ok(());
@@ -798,7 +821,7 @@ impl<T: Transform> Shared<T> {
                 Err(e) => {
                     return self
                         .dead_letters
-                        .send(record, "encode", e.to_string(), 1)
+                        .send(record, LoopReason::Encode.label(), e.to_string(), 1)
                         .await
                 }
             }
@@ -818,7 +841,7 @@ impl<T: Transform> Shared<T> {
             // Retrying cannot help and waiting would stop the partition for good.
             Some(e) => {
                 self.dead_letters
-                    .send(record, "output_rejected", e.to_string(), 1)
+                    .send(record, LoopReason::OutputRejected.label(), e.to_string(), 1)
                     .await
             }
             None => Ok(()),
@@ -831,7 +854,7 @@ impl<T: Transform> Shared<T> {
     ) -> Result<Vec<Keyed<T::Output>>, Failed> {
         let Some(value) = record.value.as_deref() else {
             return Err(Failed::DeadLetter(
-                "empty_value",
+                LoopReason::EmptyValue.label(),
                 "record has no value".into(),
                 1,
             ));
@@ -840,8 +863,9 @@ impl<T: Transform> Shared<T> {
         let mut failing_since = None;
         loop {
             // Decoding each attempt keeps `Input` free of a Clone bound; it is cheap.
-            let input = T::Input::decode(value)
-                .map_err(|e| Failed::DeadLetter("decode", e.to_string(), attempt))?;
+            let input = T::Input::decode(value).map_err(|e| {
+                Failed::DeadLetter(LoopReason::Decode.label(), e.to_string(), attempt)
+            })?;
             let backoff = Duration::from_millis(200 * 2u64.saturating_pow(attempt - 1));
             match self.transform.transform(input).await {
                 Ok(outputs) => return Ok(outputs),
@@ -856,12 +880,12 @@ impl<T: Transform> Shared<T> {
                             e.message,
                             failing.elapsed()
                         );
-                        return Err(Failed::DeadLetter(e.reason, message, attempt));
+                        return Err(Failed::DeadLetter(e.reason.label(), message, attempt));
                     }
                     self.metrics.retries.inc();
                     let backoff = backoff.min(MAX_TRANSIENT_BACKOFF);
                     tracing::warn!(
-                        reason = e.reason, error = %e, attempt, ?backoff,
+                        reason = e.reason.label(), error = %e, attempt, ?backoff,
                         partition = record.partition, offset = record.offset,
                         "transient failure; the record waits and is tried again"
                     );
@@ -872,10 +896,10 @@ impl<T: Transform> Shared<T> {
                 }
                 Err(e) if e.retryable && attempt < self.max_attempts => {
                     self.metrics.retries.inc();
-                    tracing::debug!(reason = e.reason, error = %e, attempt, "retrying transform");
+                    tracing::debug!(reason = e.reason.label(), error = %e, attempt, "retrying transform");
                     tokio::time::sleep(backoff).await;
                 }
-                Err(e) => return Err(Failed::DeadLetter(e.reason, e.message, attempt)),
+                Err(e) => return Err(Failed::DeadLetter(e.reason.label(), e.message, attempt)),
             }
             attempt += 1;
         }

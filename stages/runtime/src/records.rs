@@ -85,6 +85,15 @@ pub struct CodeFile {
 }
 avro_record!(CodeFile, "code-files.avsc");
 
+crate::label_set! {
+    /// A batch's split (its `split` field and the `split` label of batch metrics).
+    pub enum Split {
+        Train => "train",
+        /// Files held out by content hash, never trained on.
+        Eval => "eval",
+    }
+}
+
 /// `training-batches`: token ids packed into fixed-length sequences.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingBatch {

@@ -211,8 +211,8 @@ pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 pub mod register {
     use prometheus::core::Collector;
     use prometheus::{
-        Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-        IntGaugeVec, Opts, Registry,
+        Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+        Registry,
     };
 
     fn add<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -225,7 +225,9 @@ pub mod register {
     }
 
     /// A labelled counter whose known label values exist at 0 from the start, so
-    /// `rate()` and alert rules see a series before the first event.
+    /// `rate()` and alert rules see a series before the first event. A closed set of
+    /// values is a [`LabelSet`](crate::labels::LabelSet) counted by a
+    /// [`CounterBy`](crate::labels::CounterBy); this is for a set made of several.
     pub fn counter_vec(
         r: &Registry,
         name: &str,
@@ -255,20 +257,6 @@ pub mod register {
 
     pub fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
         add(r, Gauge::new(name, help)?)
-    }
-
-    pub fn gauge_vec(
-        r: &Registry,
-        name: &str,
-        help: &str,
-        label: &str,
-        known: &[&str],
-    ) -> prometheus::Result<GaugeVec> {
-        let g = add(r, GaugeVec::new(Opts::new(name, help), &[label])?)?;
-        for value in known {
-            g.with_label_values(&[*value]);
-        }
-        Ok(g)
     }
 
     pub fn histogram(

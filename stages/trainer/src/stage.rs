@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_runtime::kafka;
-use codelupe_runtime::pipeline::{dead_letter, Origin};
-use codelupe_runtime::records::{now_ms, TrainingBatch};
+use codelupe_runtime::labels::LabelSet;
+use codelupe_runtime::pipeline::{dead_letter, LoopReason, Origin};
+use codelupe_runtime::records::{now_ms, Split, TrainingBatch};
 use codelupe_runtime::{AvroRecord, Publisher, StageRuntime};
-use codelupe_trainer_api::metrics::TrainerMetrics;
+use codelupe_trainer_api::metrics::{Skip, TrainerMetrics};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -259,7 +260,8 @@ impl Stage {
             status.train_loss = state.train_loss;
         }
         let eval = EvalSet::load(root)?;
-        metrics.dataset_size.with_label_values(&["eval"]).set(
+        metrics.dataset_size.set(
+            Split::Eval,
             eval.sequences
                 .iter()
                 .map(|s| s.tokens.size()[0])
@@ -356,6 +358,7 @@ impl Stage {
             if Instant::now() >= next_check {
                 next_check = Instant::now() + check_every;
                 self.assign_new_partitions(consumer, input);
+                self.report_lag(consumer, input);
             }
             if self.runtime.shutdown.is_cancelled() {
                 if !self.run.batches.is_empty() {
@@ -381,9 +384,11 @@ impl Stage {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 Some(Ok(message)) => {
                     last_input = Instant::now();
+                    self.metrics.records.consumed.inc();
                     self.handle(&message)?;
                     self.offsets
                         .insert(message.partition(), message.offset() + 1);
+                    self.metrics.records.last_processed.set(now_ms() / 1000);
                     if self.run.steps >= self.options.steps_per_run {
                         self.finish_run(consumer, input, "run complete")?;
                     }
@@ -404,14 +409,14 @@ impl Stage {
                 ours = %self.tokenizer.fingerprint,
                 "batch made with another tokenizer skipped"
             );
-            self.skip("tokenizer_mismatch");
+            self.skip(Skip::TokenizerMismatch);
             return Ok(());
         }
         let sequences = match Sequences::from_batch(&batch) {
             Ok(sequences) => sequences,
             Err(e) => return self.dead_letter(message, format!("malformed batch: {e}")),
         };
-        if batch.split == "eval" {
+        if batch.split == Split::Eval.label() {
             if self.eval.batch_ids.len() < self.options.eval_batches
                 && !self.eval.batch_ids.contains(&batch.batch_id)
             {
@@ -419,12 +424,9 @@ impl Stage {
                 self.eval.sequences.push(sequences);
                 self.eval.save(&self.options.checkpoint_dir)?;
                 let rows: i64 = self.eval.sequences.iter().map(|s| s.tokens.size()[0]).sum();
-                self.metrics
-                    .dataset_size
-                    .with_label_values(&["eval"])
-                    .set(rows as f64);
+                self.metrics.dataset_size.set(Split::Eval, rows as f64);
             } else {
-                self.skip("eval_set_full");
+                self.skip(Skip::EvalSetFull);
             }
             return Ok(());
         }
@@ -443,10 +445,7 @@ impl Stage {
         self.metrics
             .files_trained
             .inc_by(batch.content_hashes.len() as u64);
-        self.metrics
-            .dataset_size
-            .with_label_values(&["train"])
-            .add(rows as f64);
+        self.metrics.dataset_size.add(Split::Train, rows as f64);
         if self.run.micro_batches >= accumulation {
             self.optimizer_step();
         }
@@ -457,7 +456,12 @@ impl Stage {
     /// dead-lettered like every stage's undecodable input, to look at or replay. A
     /// letter that cannot be published stops the trainer (the batch is read again).
     fn dead_letter(&self, message: &BorrowedMessage<'_>, error: String) -> anyhow::Result<()> {
-        self.skip("decode");
+        self.skip(Skip::Decode);
+        self.metrics
+            .records
+            .dead_letters
+            .with_label_values(&[LoopReason::Decode.label()])
+            .inc();
         let letter = dead_letter(
             codelupe_trainer_api::STAGE,
             &self.runtime.dead_letter_topic,
@@ -468,7 +472,7 @@ impl Stage {
                 key: message.key(),
                 value: message.payload(),
             },
-            "decode",
+            LoopReason::Decode.label(),
             error,
             1,
         );
@@ -487,11 +491,8 @@ impl Stage {
             })
     }
 
-    fn skip(&self, reason: &str) {
-        self.metrics
-            .batches_skipped
-            .with_label_values(&[reason])
-            .inc();
+    fn skip(&self, reason: Skip) {
+        self.metrics.batches_skipped.inc(reason);
     }
 
     fn optimizer_step(&mut self) {
@@ -544,6 +545,26 @@ impl Stage {
             .sequences
             .first()
             .map_or(2048, |s| s.tokens.size()[1])
+    }
+
+    /// `codelupe_consumer_lag`: each partition's end less the consumer's position.
+    fn report_lag(&self, consumer: &BaseConsumer, input: &str) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            let timeout = Duration::from_secs(1);
+            if let Ok((_, high)) = consumer.fetch_watermarks(input, e.partition(), timeout) {
+                self.metrics
+                    .records
+                    .consumer_lag
+                    .with_label_values(&[input, &e.partition().to_string()])
+                    .set((high - position).max(0));
+            }
+        }
     }
 
     /// Moves each partition's offset to the consumer's position when that is further:

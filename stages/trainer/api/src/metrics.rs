@@ -2,8 +2,23 @@
 //! runs take minutes to hours, so the duration buckets do too (the original's stopped
 //! at 10 s).
 
+use codelupe_runtime::labels::{CounterBy, GaugeBy, NoReason};
+use codelupe_runtime::pipeline::LoopMetrics;
+use codelupe_runtime::records::Split;
 use codelupe_runtime::telemetry::register;
-use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, IntCounterVec, Registry};
+use prometheus::{Gauge, Histogram, IntCounter, Registry};
+
+codelupe_runtime::label_set! {
+    /// Why a batch was not trained on (`trainer_batches_skipped_total{reason}`).
+    pub enum Skip {
+        /// An eval batch beyond the `eval_batches` kept as the fixed eval set.
+        EvalSetFull => "eval_set_full",
+        /// Made with another tokenizer than the trainer's.
+        TokenizerMismatch => "tokenizer_mismatch",
+        /// Not a training batch (also dead-lettered).
+        Decode => "decode",
+    }
+}
 
 pub struct TrainerMetrics {
     pub training_runs: IntCounter,
@@ -12,12 +27,15 @@ pub struct TrainerMetrics {
     pub current_loss: Gauge,
     pub current_eval_loss: Gauge,
     pub gpu_memory_bytes: Gauge,
-    pub dataset_size: GaugeVec,
+    pub dataset_size: GaugeBy<Split>,
     pub training_duration: Histogram,
     pub tokens_per_second: Gauge,
     pub learning_rate: Gauge,
     pub tokens_trained: IntCounter,
-    pub batches_skipped: IntCounterVec,
+    pub batches_skipped: CounterBy<Skip>,
+    /// The `codelupe_*` metrics every consuming stage exports; its only dead-letter
+    /// reasons are the loop's (`decode`).
+    pub records: LoopMetrics,
 }
 
 impl TrainerMetrics {
@@ -49,12 +67,11 @@ impl TrainerMetrics {
                 "Loss on the fixed eval set at the last evaluation",
             )?,
             gpu_memory_bytes: register::gauge(r, "trainer_gpu_memory_bytes", "GPU memory in use")?,
-            dataset_size: register::gauge_vec(
+            dataset_size: GaugeBy::register(
                 r,
                 "trainer_dataset_size",
                 "Sequences available, by split",
                 "split",
-                &["train", "eval"],
             )?,
             training_duration: register::histogram(
                 r,
@@ -79,13 +96,13 @@ impl TrainerMetrics {
                 "trainer_tokens_trained_total",
                 "Tokens trained on",
             )?,
-            batches_skipped: register::counter_vec(
+            batches_skipped: CounterBy::register(
                 r,
                 "trainer_batches_skipped_total",
                 "Batches not trained on, by reason",
                 "reason",
-                &["eval_set_full", "tokenizer_mismatch", "decode"],
             )?,
+            records: LoopMetrics::register::<NoReason>(r)?,
         })
     }
 }

@@ -9,9 +9,9 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use codelupe_batcher::document::{self, DocumentOptions};
-use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_runtime::records::{CodeFile, TrainingBatch};
 use codelupe_runtime::AvroRecord;
+use codelupe_tokenizer::CodeTokenizer;
 use support::*;
 
 const SEQUENCE_LENGTH: usize = 512;
@@ -315,7 +315,7 @@ async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identica
                     .collect::<Vec<_>>(),
             )
             .unwrap();
-        assert!(text.contains(codelupe_batcher::tokenizer::END_OF_TEXT));
+        assert!(text.contains(codelupe_tokenizer::END_OF_TEXT));
     }
     assert!(
         rearranged > distinct / 4 && rearranged < distinct * 3 / 4,

@@ -439,7 +439,7 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
     let (mut stage, clients, shutdown) =
         relay_stage(dir.path(), [&input, &output, &dead], 1, config);
     // Two at a time, 8 s each: every permit is held for longer than the poll interval.
-    stage.settings.max_in_flight = 2;
+    stage.settings.max_in_flight = std::num::NonZeroUsize::new(2).unwrap();
     let relay = SlowRelay {
         delay: Duration::from_secs(8),
     };
@@ -506,7 +506,7 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     let (stage, _, shutdown) =
         relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
     // More failures than max_attempts (3), which would dead-letter a retryable error.
-    assert!(stage.settings.max_attempts < 5);
+    assert!(stage.settings.max_attempts.get() < 5);
     let outage = Outage {
         failures: 5,
         attempts: Default::default(),

@@ -75,7 +75,7 @@ fn processor(store: &Path, workers: usize) -> (Processor, prometheus::Registry) 
     let metrics = ProcessorMetrics::register(&registry).unwrap();
     let options = ProcessorOptions {
         store: store.to_path_buf(),
-        workers,
+        workers: std::num::NonZeroUsize::new(workers).unwrap(),
         ..Default::default()
     };
     (Processor::new(options, metrics).unwrap(), registry)

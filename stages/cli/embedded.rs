@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codelupe_runtime::config::Config;
+use codelupe_runtime::descriptor::{Runs, StageDescriptor};
 use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
 use codelupe_runtime::StageRuntime;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -30,128 +31,189 @@ pub async fn run_all(
     at: stages::Setup<'_>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let RunOptions {
-        brokers,
-        limit,
-        page_port,
-    } = options;
     let started = Instant::now();
     let topology = at.topology;
-    // The embedded broker lives until every stage has left its group.
     let mut config = at.config.clone();
-    let (clients, _embedded, _address_file) = match brokers {
-        Some(brokers) => (KafkaClients::connect(&brokers, &config).await?, None, None),
-        None => {
-            offline_defaults(&mut config);
-            let batcher: codelupe_batcher::BatcherOptions = config
-                .stage(codelupe_batcher::STAGE)
-                .options(codelupe_batcher::STAGE)?;
-            let tokenizer = batcher.tokenizer.as_path();
-            if tokenizer == std::path::Path::new(OFFLINE_TOKENIZER) && !tokenizer.exists() {
-                tracing::info!(
-                    "no {OFFLINE_TOKENIZER} yet: fitting one on the working directory's sources"
-                );
-                let sample = codelupe_batcher::sample::from_dirs(&[".".into()], 5_000)?;
-                crate::train_tokenizer(sample, 8_192, tokenizer).await?;
-            }
-            let broker = EmbeddedBroker::start(topology)?;
-            tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
-            let address_file = AddressFile::write(&broker.bootstrap_servers())?;
-            (
-                KafkaClients::new(broker.bootstrap_servers(), &config.kafka),
-                Some(broker),
-                Some(address_file),
-            )
-        }
-    };
-
+    // The embedded broker lives until every stage has left its group.
+    let (clients, _embedded) = connect(options.brokers.as_deref(), &mut config, topology).await?;
     let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(2));
-    let style =
-        ProgressStyle::with_template("{prefix:>11} {spinner} {msg}").expect("static template");
     let mut tasks = JoinSet::new();
-    let mut watched = Vec::new();
-    let mut tracked = Vec::new();
-    let mut trainer_status_url = None;
-    let mut trainer_missing = None;
+    let mut launched = Vec::new();
     for name in &pipeline_order(topology) {
-        let entry = stages::entry(name)?;
         let runtime =
             StageRuntime::resolve(name, topology, &config, clients.clone(), shutdown.clone())?;
-        let endpoint = format!("http://{}{}", runtime.metrics_addr, runtime.metrics_path);
-        let bar = progress.add(
-            ProgressBar::new_spinner()
-                .with_style(style.clone())
-                .with_prefix(name.clone()),
-        );
-        let (status, server) = match entry.status {
-            stages::Status::Built(launch) => {
-                let server = runtime.serve_metrics().await?;
-                let stage = name.clone();
-                let fut = launch(runtime.clone());
-                tasks.spawn(async move { (stage, fut.await) });
-                (None, Some(server))
-            }
-            stages::Status::External {
-                binary,
-                contract_metrics,
-            } => match stages::find_binary(binary) {
-                Ok(path) => {
-                    let child = external_stage(&path, name, &at, &config, &clients)?;
-                    let why = format!("own process {} (pid {})", binary, child.id().unwrap_or(0));
-                    trainer_status_url = Some(format!(
-                        "http://127.0.0.1:{}/status",
-                        runtime.metrics_addr.port()
-                    ));
-                    let stage = name.clone();
-                    let stop = shutdown.clone();
-                    tasks.spawn(
-                        async move { (stage.clone(), supervise(child, &stage, stop).await) },
-                    );
-                    (Some(why), None)
-                }
-                Err(e) => {
-                    // Its metrics stay scrapeable (at zero); /readyz says what is missing.
-                    contract_metrics(&runtime.registry)?;
-                    runtime.readiness.set_not_ready(format!("{e:#}"));
-                    trainer_missing = Some(format!("{binary} is not built"));
-                    let server = runtime.serve_metrics().await?;
-                    (
-                        Some(format!("not running: {binary} is not built")),
-                        Some(server),
-                    )
-                }
-            },
-        };
-        tracing::info!(stage = %name, %endpoint, status = status.as_deref().unwrap_or("running"), "stage started");
-        tracked.push(live::Tracked {
-            name: name.clone(),
-            registry: server.is_some().then(|| runtime.registry.clone()),
-            flow: entry.flow.as_ref(),
-            progress: entry.progress,
-            note: status.clone(),
-        });
-        watched.push(Watched {
-            bar,
-            endpoint,
-            status,
-            progress: entry.progress,
-            registry: runtime.registry.clone(),
-            server,
-        });
+        let stage = launch(runtime, &at, &config, &clients, &mut tasks, &shutdown).await?;
+        launched.push(stage);
     }
-
+    let watched: Vec<Watched> = launched
+        .iter()
+        .map(|stage| Watched::new(stage, &progress))
+        .collect();
+    let tracked = launched.iter().map(Launched::tracked).collect();
+    let status_url = launched.iter().find_map(|s| s.status_url.clone());
     let page_stop = CancellationToken::new();
     let page = live::start(
-        page_port,
+        options.page_port,
         tracked,
         topology,
         clients.clone(),
-        trainer_status_url,
+        status_url,
         page_stop.clone(),
     )
     .await?;
-    eprintln!("live page: http://localhost:{page_port}/");
+    eprintln!("live page: http://localhost:{}/", options.page_port);
 
+    let failure = supervise_stages(&mut tasks, &watched, &progress, options.limit, &shutdown).await;
+    for w in watched {
+        w.bar.finish_with_message(w.line());
+    }
+    for stage in &mut launched {
+        if let Some(server) = stage.server.take() {
+            let _ = server.await;
+        }
+    }
+    page_stop.cancel();
+    let board = page.await.context("the live page's task panicked")?;
+    let parts: Vec<summary::Part> = launched
+        .iter()
+        .map(|stage| summary::Part {
+            stage: stage.descriptor,
+            options: config
+                .stages
+                .get(stage.descriptor.name)
+                .map(|s| &s.options)
+                .filter(|o| !o.is_null()),
+            not_running: stage.not_running.as_deref(),
+        })
+        .collect();
+    print!("{}", summary::render(&board, started.elapsed(), &parts));
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Clients for `brokers`; without them, an embedded broker (returned, to keep it alive)
+/// with every stage's embedded-default options filled in and prepared.
+async fn connect(
+    brokers: Option<&str>,
+    config: &mut Config,
+    topology: &codelupe_runtime::topology::Topology,
+) -> anyhow::Result<(KafkaClients, Option<(EmbeddedBroker, AddressFile)>)> {
+    if let Some(brokers) = brokers {
+        return Ok((KafkaClients::connect(brokers, config).await?, None));
+    }
+    offline_defaults(config);
+    for stage in stages::STAGES {
+        if let Some(prepare) = stage.prepare_offline {
+            prepare(config)
+                .await
+                .with_context(|| format!("preparing {} for the embedded default", stage.name))?;
+        }
+    }
+    let broker = EmbeddedBroker::start(topology)?;
+    tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started (no brokers configured)");
+    let address_file = AddressFile::write(&broker.bootstrap_servers())?;
+    let clients = KafkaClients::new(broker.bootstrap_servers(), &config.kafka);
+    Ok((clients, Some((broker, address_file))))
+}
+
+/// One stage as `codelupe run` started it.
+struct Launched {
+    descriptor: &'static StageDescriptor,
+    registry: Registry,
+    endpoint: String,
+    /// Set when it does not run in this process: `own process …` or `not running: …`.
+    note: Option<String>,
+    /// Why it is not running at all.
+    not_running: Option<String>,
+    /// Its metrics server, when it runs in this process (or stands in for it).
+    server: Option<tokio::task::JoinHandle<()>>,
+    /// Its `/status`, when it runs as its own process.
+    status_url: Option<String>,
+}
+
+impl Launched {
+    fn tracked(&self) -> live::Tracked {
+        live::Tracked {
+            name: self.descriptor.name.to_string(),
+            registry: self.server.is_some().then(|| self.registry.clone()),
+            flow: self.descriptor.flow.as_ref(),
+            progress: self.descriptor.progress,
+            note: self.note.clone(),
+        }
+    }
+}
+
+/// Starts one stage: in this process, as its own process, or (its binary missing) as
+/// its contract metrics at zero with a not-ready `/readyz` saying what is missing.
+async fn launch(
+    runtime: StageRuntime,
+    at: &stages::Setup<'_>,
+    config: &Config,
+    clients: &KafkaClients,
+    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Launched> {
+    let descriptor = stages::entry(&runtime.name)?;
+    let name = runtime.name.clone();
+    let mut stage = Launched {
+        descriptor,
+        registry: runtime.registry.clone(),
+        endpoint: format!("http://{}{}", runtime.metrics_addr, runtime.metrics_path),
+        note: None,
+        not_running: None,
+        server: None,
+        status_url: None,
+    };
+    match descriptor.runs {
+        Runs::InProcess(launch) => {
+            stage.server = Some(runtime.serve_metrics().await?);
+            let fut = launch(runtime);
+            let stage_name = name.clone();
+            tasks.spawn(async move { (stage_name, fut.await) });
+        }
+        Runs::External {
+            binary,
+            contract_metrics,
+        } => match stages::find_binary(binary) {
+            Ok(path) => {
+                let child = external_stage(&path, &name, at, config, clients)?;
+                let pid = child.id().unwrap_or(0);
+                stage.note = Some(format!("own process {binary} (pid {pid})"));
+                let port = runtime.metrics_addr.port();
+                stage.status_url = Some(format!("http://127.0.0.1:{port}/status"));
+                let stop = shutdown.clone();
+                let stage_name = name.clone();
+                tasks.spawn(async move {
+                    let result = supervise(child, &stage_name, stop).await;
+                    (stage_name, result)
+                });
+            }
+            Err(e) => {
+                // Its metrics stay scrapeable (at zero); /readyz says what is missing.
+                contract_metrics(&runtime.registry)?;
+                runtime.readiness.set_not_ready(format!("{e:#}"));
+                stage.not_running = Some(format!("{binary} is not built"));
+                stage.note = Some(format!("not running: {binary} is not built"));
+                stage.server = Some(runtime.serve_metrics().await?);
+            }
+        },
+    }
+    let status = stage.note.as_deref().unwrap_or("running");
+    tracing::info!(stage = %name, endpoint = %stage.endpoint, status, "stage started");
+    Ok(stage)
+}
+
+/// Draws progress until Ctrl-C, the time limit or a stage's failure, then stops every
+/// stage and waits for them; the first failure, if any.
+async fn supervise_stages(
+    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
+    watched: &[Watched],
+    progress: &MultiProgress,
+    limit: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> Option<anyhow::Error> {
     let deadline = async {
         match limit {
             Some(limit) => tokio::time::sleep(limit).await,
@@ -169,16 +231,20 @@ pub async fn run_all(
                 tracing::info!("time limit reached");
                 break;
             }
-            Some(joined) = tasks.join_next() => {
-                let (stage, result) = joined.context("a stage task panicked")?;
-                if let Err(e) = result {
+            Some(joined) = tasks.join_next() => match joined {
+                Ok((_, Ok(()))) => {}
+                Ok((stage, Err(e))) => {
                     failure = Some(e.context(format!("stage {stage} failed")));
                     break;
                 }
-            }
+                Err(e) => {
+                    failure = Some(anyhow::Error::from(e).context("a stage task panicked"));
+                    break;
+                }
+            },
             _ = tick.tick() => watched.iter().for_each(Watched::draw),
             _ = report.tick(), if progress.is_hidden() => {
-                for w in &watched {
+                for w in watched {
                     tracing::info!("{}", w.line());
                 }
             }
@@ -190,61 +256,8 @@ pub async fn run_all(
             failure.get_or_insert(e.context(format!("stage {stage} failed")));
         }
     }
-    for w in watched {
-        w.bar.finish_with_message(w.line());
-        if let Some(server) = w.server {
-            let _ = server.await;
-        }
-    }
-    page_stop.cancel();
-    let board = page.await.context("the live page's task panicked")?;
-    let checkpoint_root = config
-        .stage(codelupe_trainer_api::STAGE)
-        .options
-        .get("checkpoint_dir")
-        .and_then(|v| v.as_str())
-        .map_or_else(|| PathBuf::from("checkpoints"), PathBuf::from);
-    print!(
-        "{}",
-        summary::render(
-            &board,
-            started.elapsed(),
-            &checkpoint_root,
-            trainer_missing.as_deref()
-        )
-    );
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    failure
 }
-
-/// Options a stage gets on the embedded default when the config gives none: with no
-/// network, the crawler reads the git repositories under the working directory, the
-/// downloader clones them locally into `.codelupe/clones`, the processor reads them there
-/// and the batcher uses a tokenizer fitted on the working directory. Batches are small
-/// and a tenth of the files held out, so the tiny model on a CPU checkpoints and
-/// evaluates within a minute or two of its first batch, with a short warm-up so the
-/// loss visibly falls over the few hundred steps a working directory gives.
-const OFFLINE_DEFAULTS: &[(&str, &str)] = &[
-    ("crawler", "{source: local_folder, local_folder: ., interval_s: 60}"),
-    (
-        "downloader",
-        "{store: .codelupe/clones, urls: {allow_local: true}, filter: {min_stars: 0, languages: [], exclude_words: []}}",
-    ),
-    ("processor", "{store: .codelupe/clones}"),
-    (
-        "batcher",
-        "{tokenizer: .codelupe/tokenizer.json, sequence_length: 512, flush_idle_ms: 5000, document: {eval_share: 0.1}}",
-    ),
-    (
-        "trainer",
-        "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, resume_offsets: false, steps_per_run: 10, idle_checkpoint_ms: 10000, eval_batches: 2, optimizer: {learning_rate: 0.001, min_learning_rate: 0.0001, warmup_steps: 5, decay_steps: 2000}}",
-    ),
-];
-
-/// The embedded default's tokenizer: fitted once on the working directory's sources.
-const OFFLINE_TOKENIZER: &str = ".codelupe/tokenizer.json";
 
 /// Starts an external stage against the same brokers, topology and config, with its
 /// (possibly embedded-default) options passed through the environment.
@@ -354,12 +367,17 @@ impl Drop for AddressFile {
     }
 }
 
+/// Options a stage gets on the embedded default when the config gives none: with no
+/// network, each stage's `offline_options` (the crawler reads the git repositories
+/// under the working directory, the downloader clones them locally, …).
 fn offline_defaults(config: &mut Config) {
-    for (stage, options) in OFFLINE_DEFAULTS {
-        let settings = config.stages.entry(stage.to_string()).or_default();
+    for stage in stages::STAGES {
+        let settings = config.stages.entry(stage.name.to_string()).or_default();
         if settings.options.is_null() {
+            let options = stage.offline_options;
             settings.options = serde_yaml::from_str(options).expect("static YAML");
-            tracing::info!(%stage, %options, "embedded default (set stages.{stage}.options to change)");
+            let name = stage.name;
+            tracing::info!(stage = name, %options, "embedded default (set stages.{name}.options to change)");
         }
     }
 }
@@ -370,11 +388,26 @@ struct Watched {
     status: Option<String>,
     progress: &'static [(&'static str, &'static str)],
     registry: Registry,
-    /// None when the stage is another process, which serves its own metrics.
-    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Watched {
+    fn new(stage: &Launched, bars: &MultiProgress) -> Self {
+        let style =
+            ProgressStyle::with_template("{prefix:>11} {spinner} {msg}").expect("static template");
+        let bar = bars.add(
+            ProgressBar::new_spinner()
+                .with_style(style)
+                .with_prefix(stage.descriptor.name),
+        );
+        Self {
+            bar,
+            endpoint: stage.endpoint.clone(),
+            status: stage.note.clone(),
+            progress: stage.descriptor.progress,
+            registry: stage.registry.clone(),
+        }
+    }
+
     fn draw(&self) {
         self.bar.set_message(self.line());
         self.bar.tick();

@@ -15,7 +15,7 @@ use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::stages::Flow;
+use codelupe_runtime::descriptor::Flow;
 
 const PAGE: &str = include_str!("live/index.html");
 const UPLOT_JS: &str = include_str!("live/vendor/uPlot.iife.min.js");
@@ -61,16 +61,6 @@ pub struct StageCard {
     pub dead_letters: f64,
     /// The stage's progress counters, by label (files, duplicates, tokens, …).
     pub progress: Vec<(String, f64)>,
-}
-
-impl StageCard {
-    /// The progress counter with this label, or 0.
-    pub fn progress(&self, label: &str) -> f64 {
-        self.progress
-            .iter()
-            .find(|(l, _)| l == label)
-            .map_or(0.0, |(_, v)| *v)
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,7 +209,8 @@ impl Sampler {
                     card.consumed = metric_total(&families, flow.consumed);
                     card.produced = metric_total(&families, flow.produced);
                 }
-                card.dead_letters = metric_total(&families, "codelupe_dead_letters_total");
+                card.dead_letters =
+                    metric_total(&families, codelupe_runtime::pipeline::DEAD_LETTERS);
                 card.progress = stage
                     .progress
                     .iter()

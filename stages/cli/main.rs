@@ -19,9 +19,9 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use codelupe_runtime::config::{Config, ConfigArgs};
 use codelupe_runtime::kafka::{apply_topology, KafkaClients};
+use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::{Discovery, Topology};
 use codelupe_runtime::StageRuntime;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -215,39 +215,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Topology { action } => {
             topology_command(action, &config, &topology, &topology_path).await
         }
-        Command::Tokenizer {
-            action:
-                TokenizerAction::Train {
-                    from_dirs,
-                    from_topic,
-                    brokers,
-                    vocab_size,
-                    max_files,
-                    out,
-                },
-        } => {
-            let sample = if from_topic {
-                let brokers = brokers
-                    .or(config.kafka.brokers.clone())
-                    .context("--from-topic needs Kafka: pass --brokers or set kafka.brokers")?;
-                let clients = KafkaClients::connect(&brokers, &config).await?;
-                let topic = StageRuntime::resolve(
-                    codelupe_batcher::STAGE,
-                    &topology,
-                    &config,
-                    clients.clone(),
-                    CancellationToken::new(),
-                )?
-                .input
-                .context("the batcher has no input topic")?;
-                eprintln!("reading up to {max_files} files from {topic}…");
-                codelupe_batcher::sample::from_topic(&clients, &topic, max_files).await?
-            } else {
-                eprintln!("reading up to {max_files} source files…");
-                codelupe_batcher::sample::from_dirs(&from_dirs, max_files)?
-            };
-            train_tokenizer(sample, vocab_size, &out).await
-        }
+        Command::Tokenizer { action } => tokenizer_command(action, &config, &topology).await,
         Command::Stage {
             name,
             brokers,
@@ -269,30 +237,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 limit: duration,
                 page_port,
             };
-            embedded::run_all(
-                options,
-                setup,
-                codelupe_runtime::stage::shutdown_on_signal(),
-            )
-            .await
+            let stop = codelupe_runtime::stage::shutdown_on_signal();
+            embedded::run_all(options, setup, stop).await
         }
-        Command::DeadLetters { action } => {
-            let topic = &config.kafka.dead_letter_topic;
-            match action {
-                DeadLettersAction::List { brokers, selection } => {
-                    let clients = reader_clients(brokers, &config).await?;
-                    dead_letters::list(&clients, topic, &selection).await
-                }
-                DeadLettersAction::Replay {
-                    brokers,
-                    selection,
-                    dry_run,
-                } => {
-                    let clients = reader_clients(brokers, &config).await?;
-                    dead_letters::replay(&clients, topic, &selection, dry_run).await
-                }
-            }
-        }
+        Command::DeadLetters { action } => dead_letters_command(action, &config).await,
         Command::Tail {
             topic,
             brokers,
@@ -305,15 +253,58 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 from_beginning,
                 max,
             };
-            tail::tail(
-                clients,
-                &topology,
-                options,
-                codelupe_runtime::stage::shutdown_on_signal(),
-            )
-            .await
+            let stop = codelupe_runtime::stage::shutdown_on_signal();
+            tail::tail(clients, &topology, options, stop).await
         }
     }
+}
+
+async fn dead_letters_command(action: DeadLettersAction, config: &Config) -> anyhow::Result<()> {
+    let topic = &config.kafka.dead_letter_topic;
+    match action {
+        DeadLettersAction::List { brokers, selection } => {
+            let clients = reader_clients(brokers, config).await?;
+            dead_letters::list(&clients, topic, &selection).await
+        }
+        DeadLettersAction::Replay {
+            brokers,
+            selection,
+            dry_run,
+        } => {
+            let clients = reader_clients(brokers, config).await?;
+            dead_letters::replay(&clients, topic, &selection, dry_run).await
+        }
+    }
+}
+
+async fn tokenizer_command(
+    action: TokenizerAction,
+    config: &Config,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let TokenizerAction::Train {
+        from_dirs,
+        from_topic,
+        brokers,
+        vocab_size,
+        max_files,
+        out,
+    } = action;
+    let sample = if from_topic {
+        let brokers = brokers
+            .or(config.kafka.brokers.clone())
+            .context("--from-topic needs Kafka: pass --brokers or set kafka.brokers")?;
+        let clients = KafkaClients::connect(&brokers, config).await?;
+        let topic = topology
+            .topic_of::<CodeFile>()
+            .context("topology.yaml has no topic of code-files.avsc records")?;
+        eprintln!("reading up to {max_files} files from {topic}…");
+        codelupe_tokenizer::sample::from_topic(&clients, topic, max_files).await?
+    } else {
+        eprintln!("reading up to {max_files} source files…");
+        codelupe_tokenizer::sample::from_dirs(&from_dirs, max_files)?
+    };
+    train_tokenizer(sample, vocab_size, &out).await
 }
 
 /// Clients for the commands that read topics: `--brokers`, `kafka.brokers`, or the
@@ -379,43 +370,25 @@ async fn topology_command(
     }
 }
 
-/// Fits, reports and writes the tokenizer; training is CPU-bound, so off the async workers.
+/// Fits and writes the tokenizer, saying what it fits on and what it wrote.
 pub(crate) async fn train_tokenizer(
-    sample: codelupe_batcher::sample::Sample,
+    sample: codelupe_tokenizer::sample::Sample,
     vocab_size: usize,
     out: &Path,
 ) -> anyhow::Result<()> {
-    use codelupe_batcher::tokenizer::CodeTokenizer;
-    if sample.texts.is_empty() {
-        bail!("no source files to train on");
-    }
     eprintln!(
         "training a {vocab_size}-token byte-level BPE on {} files ({:.1} MiB)…",
         sample.texts.len(),
         sample.bytes as f64 / (1 << 20) as f64
     );
-    let started = std::time::Instant::now();
-    let (tokenizer, tokens) = tokio::task::spawn_blocking(move || {
-        let tokenizer = CodeTokenizer::train(sample.texts.iter(), vocab_size)?;
-        let tokens: usize = sample
-            .texts
-            .iter()
-            .map(|t| tokenizer.encode(t).map(|ids| ids.len()))
-            .sum::<anyhow::Result<_>>()?;
-        anyhow::Ok((tokenizer, (tokens, sample.bytes)))
-    })
-    .await??;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    tokenizer.save(out)?;
+    let fitted = codelupe_tokenizer::fit(sample, vocab_size, out).await?;
     println!(
         "wrote {}: vocabulary {}, fingerprint {}, {:.2} bytes per token on the sample, {:.1} s",
         out.display(),
-        tokenizer.vocab_size(),
-        tokenizer.fingerprint,
-        tokens.1 as f64 / tokens.0.max(1) as f64,
-        started.elapsed().as_secs_f64()
+        fitted.vocab_size,
+        fitted.fingerprint,
+        fitted.bytes_per_token,
+        fitted.seconds
     );
     Ok(())
 }

@@ -1,117 +1,25 @@
-//! The stages this binary knows: how to run each one, in this process or, for the
-//! trainer (which links libtorch), as its own executable.
+//! The stages this binary knows, one line each: how to run each one, in this process
+//! or (the trainer, which links libtorch) as its own executable.
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 use codelupe_runtime::config::Config;
+use codelupe_runtime::descriptor::{Runs, StageDescriptor};
 use codelupe_runtime::topology::Topology;
-use codelupe_runtime::StageRuntime;
-use futures::future::BoxFuture;
-use prometheus::Registry;
 
-/// Runs a built stage until its runtime's shutdown token is cancelled; the stage
-/// registers its own metrics.
-pub type Launch = fn(StageRuntime) -> BoxFuture<'static, anyhow::Result<()>>;
-
-pub enum Status {
-    Built(Launch),
-    /// Runs as `binary`, found next to this executable or on PATH. When it is missing,
-    /// `codelupe run` serves its contract metrics (at zero) and a not-ready `/readyz`
-    /// saying how to build it.
-    External {
-        binary: &'static str,
-        contract_metrics: fn(&Registry) -> prometheus::Result<()>,
-    },
-}
-
-pub struct StageEntry {
-    pub name: &'static str,
-    pub status: Status,
-    /// What `codelupe run` shows of the stage: (label, metric summed over its series).
-    pub progress: &'static [(&'static str, &'static str)],
-    /// The counters of what it takes in and what it puts out, for the live page's
-    /// rates (an external stage reports through its own `/status` instead).
-    pub flow: Option<Flow>,
-}
-
-pub struct Flow {
-    pub consumed: &'static str,
-    pub produced: &'static str,
-}
-
-/// The flow of a stage that runs the runtime's consume loop.
-const LOOP_FLOW: Option<Flow> = Some(Flow {
-    consumed: "codelupe_records_consumed_total",
-    produced: "codelupe_records_produced_total",
-});
-
-/// Progress of a stage that runs the runtime's consume loop.
-const LOOP_PROGRESS: &[(&str, &str)] = &[
-    ("in", "codelupe_records_consumed_total"),
-    ("out", "codelupe_records_produced_total"),
-    ("dead", "codelupe_dead_letters_total"),
-    ("in flight", "codelupe_records_in_flight"),
-    ("lag", "codelupe_consumer_lag"),
+/// Every stage this binary knows, each described by its own crate.
+pub const STAGES: &[&StageDescriptor] = &[
+    &codelupe_crawler::DESCRIPTOR,
+    &codelupe_downloader::DESCRIPTOR,
+    &codelupe_processor::DESCRIPTOR,
+    &codelupe_batcher::DESCRIPTOR,
+    &codelupe_trainer_api::DESCRIPTOR,
 ];
 
-pub const STAGES: &[StageEntry] = &[
-    StageEntry {
-        name: codelupe_crawler::STAGE,
-        status: Status::Built(|runtime| Box::pin(codelupe_crawler::run(runtime))),
-        progress: &[
-            ("scraped", "crawler_repos_scraped_total"),
-            ("published", "crawler_repos_indexed_total"),
-            ("errors", "crawler_scrape_errors_total"),
-        ],
-        flow: Some(Flow {
-            consumed: "crawler_repos_scraped_total",
-            produced: "crawler_repos_indexed_total",
-        }),
-    },
-    StageEntry {
-        name: codelupe_downloader::STAGE,
-        status: Status::Built(|runtime| Box::pin(codelupe_downloader::run(runtime))),
-        progress: LOOP_PROGRESS,
-        flow: LOOP_FLOW,
-    },
-    StageEntry {
-        name: codelupe_processor::STAGE,
-        status: Status::Built(|runtime| Box::pin(codelupe_processor::run(runtime))),
-        progress: LOOP_PROGRESS,
-        flow: LOOP_FLOW,
-    },
-    StageEntry {
-        name: codelupe_batcher::STAGE,
-        status: Status::Built(|runtime| Box::pin(codelupe_batcher::run(runtime))),
-        progress: &[
-            ("files", "batcher_files_consumed_total"),
-            ("duplicates", "batcher_duplicates_dropped_total"),
-            ("batches", "batcher_batches_produced_total"),
-            ("tokens", "batcher_tokens_produced_total"),
-            ("lag", "codelupe_consumer_lag"),
-        ],
-        flow: Some(Flow {
-            consumed: "batcher_files_consumed_total",
-            produced: "batcher_batches_produced_total",
-        }),
-    },
-    StageEntry {
-        name: codelupe_trainer_api::STAGE,
-        status: Status::External {
-            binary: codelupe_trainer_api::BINARY,
-            contract_metrics: |r| {
-                codelupe_trainer_api::metrics::TrainerMetrics::register(r).map(drop)
-            },
-        },
-        progress: &[],
-        flow: None,
-    },
-];
-
-pub fn entry(name: &str) -> anyhow::Result<&'static StageEntry> {
+pub fn entry(name: &str) -> anyhow::Result<&'static StageDescriptor> {
     match STAGES.iter().find(|s| s.name == name) {
-        Some(entry) => Ok(entry),
+        Some(entry) => Ok(*entry),
         None => bail!(
             "unknown stage {name}; stages are {}",
             STAGES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
@@ -149,12 +57,12 @@ pub struct Setup<'a> {
 /// `codelupe stage NAME`: one replica, metrics server included, until shutdown. An
 /// external stage replaces this process (so signals reach it directly).
 pub async fn run_one(name: &str, brokers: &str, once: bool, at: Setup<'_>) -> anyhow::Result<()> {
-    match entry(name)?.status {
-        Status::Built(launch) => {
+    match entry(name)?.runs {
+        Runs::InProcess(launch) => {
             codelupe_runtime::stage::run_stage(name, brokers, at.topology, at.config, once, launch)
                 .await
         }
-        Status::External { binary, .. } => {
+        Runs::External { binary, .. } => {
             let mut command = std::process::Command::new(find_binary(binary)?);
             command.arg("--topology").arg(at.topology_file);
             if let Some(file) = at.config_file {
@@ -163,5 +71,27 @@ pub async fn run_one(name: &str, brokers: &str, once: bool, at: Setup<'_>) -> an
             command.args(["stage", "--brokers", brokers]);
             Err(std::os::unix::process::CommandExt::exec(&mut command).into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_of_topology_yaml_is_registered_with_embedded_defaults_that_parse() {
+        let topology_file = concat!(env!("CARGO_MANIFEST_DIR"), "/topology.yaml");
+        let topology = Topology::load(std::path::Path::new(topology_file)).unwrap();
+        for name in topology.stages.keys() {
+            let stage = entry(name).unwrap();
+            let options: serde_yaml::Value = serde_yaml::from_str(stage.offline_options)
+                .unwrap_or_else(|e| panic!("{name}'s offline_options: {e}"));
+            assert!(options.is_mapping(), "{name}: {options:?}");
+        }
+        assert_eq!(
+            STAGES.len(),
+            topology.stages.len(),
+            "a stage topology.yaml lacks"
+        );
     }
 }

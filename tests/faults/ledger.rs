@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions};
 use codelupe_runtime::records::{CodeFile, DeadLetter, RepoClone, RepoUrl, TrainingBatch};
 use codelupe_runtime::{AvroRecord, Transform};
+use codelupe_tokenizer::CodeTokenizer;
 
 use crate::corpus::Expect;
 use crate::support::{documents_ended, read_all};

@@ -8,26 +8,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use codelupe_batcher::metrics::BatcherMetrics;
-use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_batcher::{Batcher, BatcherOptions};
 use codelupe_runtime::aggregate::{Aggregate, InputPosition};
 use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{language, AvroRecord};
+use codelupe_testkit::bench::{median, CRATES, ROUNDS};
 use codelupe_testkit::{code_files, registry_crates};
-
-const ROUNDS: usize = 5;
-const CRATES: &[&str] = &[
-    "tokio-1",
-    "serde_json-1",
-    "hyper-1",
-    "regex-syntax-0",
-    "rayon-1",
-    "clap_builder-4",
-    "chrono-0",
-    "syn-2",
-];
+use codelupe_tokenizer::CodeTokenizer;
 
 /// The tokenizers crate alone: (tokens, elapsed).
 fn bare(tokenizer: &tokenizers::Tokenizer, files: &[CodeFile]) -> (usize, Duration) {
@@ -78,11 +67,6 @@ fn stage(
         }
     }
     (tokens, started.elapsed())
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

@@ -4,7 +4,7 @@
 
 use codelupe_runtime::records::CodeFile;
 
-use crate::tokenizer::CodeTokenizer;
+use codelupe_tokenizer::CodeTokenizer;
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -11,10 +11,9 @@
 pub mod document;
 pub mod metrics;
 pub mod pack;
-pub mod sample;
-pub mod tokenizer;
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,18 +22,76 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use bloomfilter::Bloom;
 use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Sealed, Step};
+use codelupe_runtime::config::Config;
+use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, Split, TrainingBatch};
 use codelupe_runtime::{StageRuntime, TransformError};
+use futures::future::BoxFuture;
 
 use crate::document::DocumentOptions;
 use crate::metrics::{BatcherMetrics, FileError};
 use crate::pack::{Packed, Packer};
-use crate::tokenizer::CodeTokenizer;
+use codelupe_tokenizer::CodeTokenizer;
 
 pub const STAGE: &str = "batcher";
+
+/// The embedded default's tokenizer: fitted once on the working directory's sources.
+const OFFLINE_TOKENIZER: &str = ".codelupe/tokenizer.json";
+
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    progress: &[
+        ("files", metrics::FILES_CONSUMED),
+        ("duplicates", metrics::DUPLICATES_DROPPED),
+        ("batches", metrics::BATCHES_PRODUCED),
+        ("tokens", metrics::TOKENS_PRODUCED),
+        ("lag", codelupe_runtime::pipeline::CONSUMER_LAG),
+    ],
+    flow: Some(Flow {
+        consumed: metrics::FILES_CONSUMED,
+        produced: metrics::BATCHES_PRODUCED,
+    }),
+    // Small batches and a tenth of the files held out, so the trainer's first
+    // evaluation comes soon on a working directory's worth of files.
+    offline_options: "{tokenizer: .codelupe/tokenizer.json, sequence_length: 512, \
+        flush_idle_ms: 5000, document: {eval_share: 0.1}}",
+    prepare_offline: Some(fit_offline_tokenizer),
+    summarize: |seen| {
+        vec![format!(
+            "batches       {} holding {} tokens, from {} files ({} exact duplicates dropped)",
+            seen.produced as u64,
+            seen.progress("tokens"),
+            seen.consumed as u64,
+            seen.progress("duplicates"),
+        )]
+    },
+};
+
+/// On the embedded default, fits the tokenizer on the working directory's sources the
+/// first time (later runs reuse it).
+fn fit_offline_tokenizer(config: &Config) -> BoxFuture<'static, anyhow::Result<()>> {
+    let options = config.stage(STAGE).options::<BatcherOptions>(STAGE);
+    Box::pin(async move {
+        let tokenizer = options?.tokenizer;
+        if tokenizer != std::path::Path::new(OFFLINE_TOKENIZER) || tokenizer.exists() {
+            return Ok(());
+        }
+        tracing::info!(
+            "no {OFFLINE_TOKENIZER} yet: fitting one on the working directory's sources"
+        );
+        let sample = codelupe_tokenizer::sample::from_dirs(&[".".into()], 5_000)?;
+        let fitted = codelupe_tokenizer::fit(sample, 8_192, &tokenizer).await?;
+        tracing::info!(
+            vocabulary = fitted.vocab_size, fingerprint = %fitted.fingerprint,
+            seconds = fitted.seconds, "wrote {OFFLINE_TOKENIZER}"
+        );
+        Ok(())
+    })
+}
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,7 +110,7 @@ pub struct BatcherOptions {
     /// Files per input partition the dedup filter is sized for: its memory is fixed
     /// (about 5.4 bytes a file at the default rate), its false-positive rate holds up
     /// to this many files and grows past them.
-    pub dedup_capacity: usize,
+    pub dedup_capacity: NonZeroUsize,
     /// Chance that a file never seen is taken for a duplicate (and dropped).
     pub dedup_false_positive_rate: f64,
 }
@@ -67,7 +124,7 @@ impl Default for BatcherOptions {
             document: DocumentOptions::default(),
             seen_topic: "batcher-seen".into(),
             flush_idle_ms: 30_000,
-            dedup_capacity: 2_000_000,
+            dedup_capacity: NonZeroUsize::new(2_000_000).expect("positive"),
             dedup_false_positive_rate: 1e-9,
         }
     }
@@ -127,7 +184,7 @@ impl Batcher {
         if !self.partitions.contains_key(&partition) {
             let started = Instant::now();
             let filter = Bloom::new_for_fp_rate(
-                self.options.dedup_capacity.max(1),
+                self.options.dedup_capacity.get(),
                 self.options.dedup_false_positive_rate,
             )
             .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
@@ -262,7 +319,7 @@ impl Aggregate for Batcher {
             });
         }
         state.marks += 1;
-        if state.marks == self.options.dedup_capacity + 1 {
+        if state.marks == self.options.dedup_capacity.get() + 1 {
             tracing::warn!(
                 partition = at.partition,
                 capacity = self.options.dedup_capacity,

@@ -16,6 +16,11 @@ codelupe_runtime::label_set! {
     }
 }
 
+pub const FILES_CONSUMED: &str = "batcher_files_consumed_total";
+pub const TOKENS_PRODUCED: &str = "batcher_tokens_produced_total";
+pub const BATCHES_PRODUCED: &str = "batcher_batches_produced_total";
+pub const DUPLICATES_DROPPED: &str = "batcher_duplicates_dropped_total";
+
 pub struct BatcherMetrics {
     pub files_consumed: IntCounter,
     pub tokens_produced: IntCounter,
@@ -27,25 +32,21 @@ pub struct BatcherMetrics {
 impl BatcherMetrics {
     pub fn register(r: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
-            files_consumed: register::counter(
-                r,
-                "batcher_files_consumed_total",
-                "Files read from code-files",
-            )?,
+            files_consumed: register::counter(r, FILES_CONSUMED, "Files read from code-files")?,
             tokens_produced: register::counter(
                 r,
-                "batcher_tokens_produced_total",
+                TOKENS_PRODUCED,
                 "Tokens in batches sealed for publishing (padding included)",
             )?,
             batches_produced: CounterBy::register(
                 r,
-                "batcher_batches_produced_total",
+                BATCHES_PRODUCED,
                 "Batches sealed for publishing, by split",
                 "split",
             )?,
             duplicates_dropped: register::counter(
                 r,
-                "batcher_duplicates_dropped_total",
+                DUPLICATES_DROPPED,
                 "Files dropped as exact duplicates",
             )?,
             tokenize_duration: register::histogram(

@@ -18,11 +18,31 @@ use codelupe_runtime::records::RepoUrl;
 use codelupe_runtime::StageRuntime;
 use serde::Deserialize;
 
+use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
+
 use crate::github::{GithubOptions, GithubSource, Stopped};
 use crate::metrics::{CrawlerMetrics, IndexError, ScrapeError};
 use crate::state::CrawlState;
 
 pub const STAGE: &str = "crawler";
+
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    progress: &[
+        ("scraped", metrics::REPOS_SCRAPED),
+        ("published", metrics::REPOS_INDEXED),
+        ("errors", metrics::SCRAPE_ERRORS),
+    ],
+    flow: Some(Flow {
+        consumed: metrics::REPOS_SCRAPED,
+        produced: metrics::REPOS_INDEXED,
+    }),
+    // With no network: the git repositories under the working directory.
+    offline_options: "{source: local_folder, local_folder: ., interval_s: 60}",
+    prepare_offline: None,
+    summarize: |seen| vec![format!("repositories  {} found", seen.produced as u64)],
+};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]

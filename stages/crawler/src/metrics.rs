@@ -36,6 +36,10 @@ codelupe_runtime::label_set! {
     }
 }
 
+pub const REPOS_SCRAPED: &str = "crawler_repos_scraped_total";
+pub const REPOS_INDEXED: &str = "crawler_repos_indexed_total";
+pub const SCRAPE_ERRORS: &str = "crawler_scrape_errors_total";
+
 pub struct CrawlerMetrics {
     /// Repositories read from a source.
     pub repos_scraped: IntCounter,
@@ -52,19 +56,15 @@ pub struct CrawlerMetrics {
 impl CrawlerMetrics {
     pub fn register(r: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
-            repos_scraped: register::counter(
-                r,
-                "crawler_repos_scraped_total",
-                "Repositories read from a source",
-            )?,
+            repos_scraped: register::counter(r, REPOS_SCRAPED, "Repositories read from a source")?,
             repos_indexed: register::counter(
                 r,
-                "crawler_repos_indexed_total",
+                REPOS_INDEXED,
                 "Repositories published to repo-urls and acknowledged",
             )?,
             scrape_errors: CounterBy::register(
                 r,
-                "crawler_scrape_errors_total",
+                SCRAPE_ERRORS,
                 "Errors reading a source",
                 "reason",
             )?,

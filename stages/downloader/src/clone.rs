@@ -171,38 +171,10 @@ pub fn clone_bare(
     limits: Limits,
     token: Option<Token<'_>>,
 ) -> Result<git2::Repository, CloneFailure> {
-    let started = Instant::now();
     let aborted = AtomicU8::new(ABORT_NONE);
-    let mut callbacks = RemoteCallbacks::new();
-    callbacks.transfer_progress(|progress| {
-        if progress.received_bytes() as u64 > limits.max_bytes {
-            aborted.store(ABORT_TOO_LARGE, Ordering::Relaxed);
-            return false;
-        }
-        if started.elapsed() > limits.timeout {
-            aborted.store(ABORT_TIMEOUT, Ordering::Relaxed);
-            return false;
-        }
-        true
-    });
-    callbacks.sideband_progress(|_| {
-        started.elapsed() <= limits.timeout || {
-            aborted.store(ABORT_TIMEOUT, Ordering::Relaxed);
-            false
-        }
-    });
-    let mut asked = false;
-    callbacks.credentials(|url, _username, _allowed| match token {
-        // Asked twice means the token was refused: stop instead of looping.
-        Some(token) if !asked && token.may_go_to(url) => {
-            asked = true;
-            Cred::userpass_plaintext("x-access-token", token.secret)
-        }
-        _ => Err(git2::Error::from_str("authentication required")),
-    });
     let mut fetch = FetchOptions::new();
     fetch
-        .remote_callbacks(callbacks)
+        .remote_callbacks(callbacks(Instant::now(), &aborted, limits, token))
         .follow_redirects(RemoteRedirect::None)
         .download_tags(AutotagOption::None);
     if source.shallow {
@@ -239,25 +211,70 @@ pub fn clone_bare(
             .ok()
             .and_then(|name| name.as_str().ok().map(String::from))
     };
-    let empty = |_| CloneFailure {
-        reason: Failure::Empty,
-        message: "the repository has no HEAD to clone".into(),
-        transient: false,
-    };
-    let head = repo.refname_to_id(FETCHED_HEAD).map_err(empty)?;
+    name_head(&repo, branch).map_err(|e| match e {
+        None => CloneFailure {
+            reason: Failure::Empty,
+            message: "the repository has no HEAD to clone".into(),
+            transient: false,
+        },
+        Some(e) => store(e),
+    })?;
+    Ok(repo)
+}
+
+/// Progress callbacks that abort the transfer past `limits` (saying why in `aborted`),
+/// and credentials that hand `token` over once, only where it may go.
+fn callbacks<'a>(
+    started: Instant,
+    aborted: &'a AtomicU8,
+    limits: Limits,
+    token: Option<Token<'a>>,
+) -> RemoteCallbacks<'a> {
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.transfer_progress(move |progress| {
+        if progress.received_bytes() as u64 > limits.max_bytes {
+            aborted.store(ABORT_TOO_LARGE, Ordering::Relaxed);
+            return false;
+        }
+        if started.elapsed() > limits.timeout {
+            aborted.store(ABORT_TIMEOUT, Ordering::Relaxed);
+            return false;
+        }
+        true
+    });
+    callbacks.sideband_progress(move |_| {
+        started.elapsed() <= limits.timeout || {
+            aborted.store(ABORT_TIMEOUT, Ordering::Relaxed);
+            false
+        }
+    });
+    let mut asked = false;
+    callbacks.credentials(move |url, _username, _allowed| match token {
+        // Asked twice means the token was refused: stop instead of looping.
+        Some(token) if !asked && token.may_go_to(url) => {
+            asked = true;
+            Cred::userpass_plaintext("x-access-token", token.secret)
+        }
+        _ => Err(git2::Error::from_str("authentication required")),
+    });
+    callbacks
+}
+
+/// Points HEAD at the fetched commit under the remote's default branch (detached when
+/// the server does not say which). `Err(None)`: nothing was fetched.
+fn name_head(repo: &git2::Repository, branch: Option<String>) -> Result<(), Option<git2::Error>> {
+    let head = repo.refname_to_id(FETCHED_HEAD).map_err(|_| None)?;
     repo.find_reference(FETCHED_HEAD)
-        .and_then(|mut r| r.delete())
-        .map_err(store)?;
+        .and_then(|mut r| r.delete())?;
     match branch.filter(|b| b.starts_with("refs/heads/")) {
         Some(branch) => {
-            repo.reference(&branch, head, true, "clone: default branch")
-                .map_err(store)?;
-            repo.set_head(&branch).map_err(store)?;
+            repo.reference(&branch, head, true, "clone: default branch")?;
+            repo.set_head(&branch)?;
         }
         // A server that does not say which branch HEAD is: keep the commit, unnamed.
-        None => repo.set_head_detached(head).map_err(store)?,
+        None => repo.set_head_detached(head)?,
     }
-    Ok(repo)
+    Ok(())
 }
 
 /// libgit2's socket timeouts, for connecting and for each read, process-wide: a

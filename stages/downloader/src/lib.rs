@@ -7,10 +7,12 @@ pub mod filter;
 pub mod metrics;
 pub mod store;
 
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use serde::Deserialize;
@@ -24,23 +26,41 @@ use codelupe_runtime::tree::TreeLimits;
 
 pub const STAGE: &str = "downloader";
 
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    progress: LOOP_PROGRESS,
+    flow: LOOP_FLOW,
+    // The crawler's local repositories, cloned over the local transport into the
+    // working directory, whatever their stars or language.
+    offline_options: "{store: .codelupe/clones, urls: {allow_local: true}, \
+        filter: {min_stars: 0, languages: [], exclude_words: []}}",
+    prepare_offline: None,
+    summarize: |seen| {
+        vec![format!(
+            "clones        {} cloned and published",
+            seen.produced as u64
+        )]
+    },
+};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownloaderOptions {
     pub filter: FilterOptions,
     pub urls: UrlPolicy,
     pub store: PathBuf,
-    pub max_concurrent: usize,
+    pub max_concurrent: NonZeroUsize,
     pub clone_timeout_s: u64,
     /// Transfer cap: a clone is aborted once it has received more.
     pub max_clone_bytes: u64,
     /// Attempts at a clone failing with a network error.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// Clones older than this are deleted by the sweep.
     pub retention_hours: u64,
     /// Oldest clones are deleted while the store holds more.
     pub max_store_bytes: Option<u64>,
-    pub sweep_interval_s: u64,
+    pub sweep_interval_s: NonZeroU64,
     /// Consumer groups that read the clones this stage publishes (the processor's):
     /// the sweep deletes nothing while one of them has clones left to read.
     pub store_readers: Vec<String>,
@@ -62,13 +82,13 @@ impl Default for DownloaderOptions {
             filter: FilterOptions::default(),
             urls: UrlPolicy::default(),
             store: PathBuf::from("/var/lib/codelupe/clones"),
-            max_concurrent: 4,
+            max_concurrent: NonZeroUsize::new(4).expect("positive"),
             clone_timeout_s: 600,
             max_clone_bytes: 1 << 30,
-            max_attempts: 3,
+            max_attempts: NonZeroU32::new(3).expect("positive"),
             retention_hours: 72,
             max_store_bytes: None,
-            sweep_interval_s: 600,
+            sweep_interval_s: NonZeroU64::new(600).expect("positive"),
             store_readers: vec!["codelupe-processor".into()],
             sweep_grace_s: 600,
             read_timeout_s: 60,
@@ -90,10 +110,12 @@ pub struct Downloader {
 impl Downloader {
     pub fn new(options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
         let store = Arc::new(CloneStore::open(&options.store)?);
-        metrics.max_concurrent.set(options.max_concurrent as i64);
+        metrics
+            .max_concurrent
+            .set(options.max_concurrent.get() as i64);
         clone::set_server_timeout(Duration::from_secs(options.read_timeout_s))?;
         Ok(Self {
-            slots: Arc::new(Semaphore::new(options.max_concurrent.max(1))),
+            slots: Arc::new(Semaphore::new(options.max_concurrent.get())),
             token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
             options,
             store,
@@ -108,6 +130,61 @@ impl Downloader {
     fn failed(&self, reason: Failure, message: String) -> TransformError<Failure> {
         self.metrics.repos_failed.inc(reason);
         TransformError::permanent(reason, message)
+    }
+
+    /// Clones `repo` (one of `max_concurrent` at a time), measures it and places it at
+    /// `dest` with its marker.
+    async fn clone_into_store(
+        &self,
+        repo: &RepoUrl,
+        source: &Source,
+        dest: &std::path::Path,
+    ) -> Result<Marker, TransformError<Failure>> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
+        self.metrics.active_downloads.inc();
+        let started = Instant::now();
+        let result = self.clone_with_retries(source).await;
+        self.metrics.active_downloads.dec();
+        let (temporary, stats) = result.map_err(|f| {
+            if f.transient {
+                // A host down or throttling: the record waits, it is not dead-lettered.
+                self.metrics.repos_failed.inc(f.reason);
+                TransformError::transient(f.reason, f.message)
+            } else {
+                self.failed(f.reason, f.message)
+            }
+        })?;
+        let marker = Marker {
+            full_name: repo.full_name.clone(),
+            commit_id: stats.commit_id.clone(),
+            default_branch: stats.default_branch.clone().or(repo.default_branch.clone()),
+            pushed_at_ms: repo.pushed_at_ms,
+            size_bytes: stats.size_bytes,
+            file_count: stats.file_count,
+            lines_by_language: stats.lines_by_language.clone(),
+            cloned_at_ms: now_ms(),
+        };
+        if let Err(e) = self.store.commit(temporary, dest, &marker) {
+            return Err(TransformError::retryable(
+                Failure::Store,
+                format!("cannot place clone in the store: {e:#}"),
+            ));
+        }
+        self.metrics
+            .clone_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .last_repo_size_kb
+            .set(stats.size_bytes as f64 / 1024.0);
+        self.metrics
+            .repo_lines_of_code
+            .observe(stats.lines_of_code() as f64);
+        self.metrics.repos_downloaded.inc();
+        Ok(marker)
     }
 
     async fn clone_with_retries(
@@ -153,7 +230,7 @@ impl Downloader {
                 Err(failure) => {
                     // Nothing of a failed clone stays behind.
                     temporary.discard();
-                    if !failure.transient || attempt >= self.options.max_attempts {
+                    if !failure.transient || attempt >= self.options.max_attempts.get() {
                         return Err(failure);
                     }
                     tracing::warn!(url = %source.url, attempt, reason = %failure.reason, error = %failure, "clone failed; retrying");
@@ -220,61 +297,10 @@ impl Transform for Downloader {
             })?;
 
         // Cloned already and nothing pushed since: publish again without the network.
-        if let Some(marker) = CloneStore::marker(&dest) {
-            let fresh = match (marker.pushed_at_ms, repo.pushed_at_ms) {
-                (Some(had), Some(now)) => had >= now,
-                (_, None) => true,
-                (None, Some(_)) => false,
-            };
-            if fresh && marker.full_name == repo.full_name {
-                return Ok(output(&repo, &dest, &marker, score));
-            }
-        }
-
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
-        self.metrics.active_downloads.inc();
-        let started = Instant::now();
-        let result = self.clone_with_retries(&source).await;
-        self.metrics.active_downloads.dec();
-        let (temporary, stats) = result.map_err(|f| {
-            if f.transient {
-                // A host down or throttling: the record waits, it is not dead-lettered.
-                self.metrics.repos_failed.inc(f.reason);
-                TransformError::transient(f.reason, f.message)
-            } else {
-                self.failed(f.reason, f.message)
-            }
-        })?;
-        let marker = Marker {
-            full_name: repo.full_name.clone(),
-            commit_id: stats.commit_id.clone(),
-            default_branch: stats.default_branch.clone().or(repo.default_branch.clone()),
-            pushed_at_ms: repo.pushed_at_ms,
-            size_bytes: stats.size_bytes,
-            file_count: stats.file_count,
-            lines_by_language: stats.lines_by_language.clone(),
-            cloned_at_ms: now_ms(),
+        let marker = match CloneStore::marker(&dest).filter(|m| m.is_current_for(&repo)) {
+            Some(marker) => marker,
+            None => self.clone_into_store(&repo, &source, &dest).await?,
         };
-        if let Err(e) = self.store.commit(temporary, &dest, &marker) {
-            return Err(TransformError::retryable(
-                Failure::Store,
-                format!("cannot place clone in the store: {e:#}"),
-            ));
-        }
-        self.metrics
-            .clone_duration
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .last_repo_size_kb
-            .set(stats.size_bytes as f64 / 1024.0);
-        self.metrics
-            .repo_lines_of_code
-            .observe(stats.lines_of_code() as f64);
-        self.metrics.repos_downloaded.inc();
         Ok(output(&repo, &dest, &marker, score))
     }
 }
@@ -310,7 +336,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let shutdown = runtime.shutdown.clone();
     let (clients, published) = (runtime.clients.clone(), runtime.output.clone());
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.max(1)));
+        let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.get()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -36,6 +36,18 @@ pub struct Marker {
     pub cloned_at_ms: i64,
 }
 
+impl Marker {
+    /// Whether this clone is `repo` as it is now (nothing pushed since it was made).
+    pub fn is_current_for(&self, repo: &codelupe_runtime::records::RepoUrl) -> bool {
+        let unchanged = match (self.pushed_at_ms, repo.pushed_at_ms) {
+            (Some(had), Some(now)) => had >= now,
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        unchanged && self.full_name == repo.full_name
+    }
+}
+
 pub struct CloneStore {
     root: PathBuf,
 }

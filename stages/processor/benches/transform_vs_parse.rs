@@ -9,23 +9,8 @@ use std::time::{Duration, Instant};
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{parse, select, Processor, ProcessorOptions};
 use codelupe_runtime::records::RepoClone;
+use codelupe_testkit::bench::{median, CRATES, ROUNDS};
 use codelupe_testkit::{import_tree, registry_crates};
-
-const ROUNDS: usize = 5;
-const CRATES: &[&str] = &[
-    "tokio-1",
-    "serde_json-1",
-    "hyper-1",
-    "regex-syntax-0",
-    "git2-0",
-    "rayon-1",
-    "clap_builder-4",
-    "tree-sitter-0",
-    "prometheus-0",
-    "rdkafka-0",
-    "chrono-0",
-    "reqwest-0",
-];
 
 fn import(
     crate_dir: &std::path::Path,
@@ -80,11 +65,6 @@ fn bare_parse(clone: &RepoClone) -> usize {
     parsed
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (store, work) = (dir.path().join("store"), dir.path().join("work"));
@@ -99,7 +79,7 @@ fn main() {
         Processor::new(
             ProcessorOptions {
                 store: store.clone(),
-                workers,
+                workers: std::num::NonZeroUsize::new(workers).unwrap(),
                 ..Default::default()
             },
             metrics,

@@ -12,10 +12,12 @@ pub mod select;
 pub mod text;
 
 use std::collections::HashSet;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::records::{CodeFile, RepoClone};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
@@ -28,12 +30,29 @@ use crate::select::PathVerdict;
 
 pub const STAGE: &str = "processor";
 
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    progress: LOOP_PROGRESS,
+    flow: LOOP_FLOW,
+    // Where the downloader's embedded default puts the clones.
+    offline_options: "{store: .codelupe/clones}",
+    prepare_offline: None,
+    summarize: |seen| {
+        vec![format!(
+            "files         {} kept; skipped: {}",
+            seen.produced as u64,
+            seen.skipped()
+        )]
+    },
+};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorOptions {
     /// The clone store; clones referenced outside it are refused.
     pub store: PathBuf,
-    pub workers: usize,
+    pub workers: NonZeroUsize,
     pub min_bytes: usize,
     pub max_bytes: usize,
     pub min_quality: f64,
@@ -47,8 +66,7 @@ impl Default for ProcessorOptions {
         Self {
             store: PathBuf::from("/var/lib/codelupe/clones"),
             workers: std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(2),
+                .unwrap_or(NonZeroUsize::new(2).expect("positive")),
             min_bytes: 100,
             max_bytes: 1 << 20,
             min_quality: 30.0,
@@ -75,7 +93,7 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(options: ProcessorOptions, metrics: ProcessorMetrics) -> anyhow::Result<Self> {
-        let workers = options.workers.max(1);
+        let workers = options.workers.get();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("processor-{i}"))
@@ -93,11 +111,11 @@ impl Processor {
         })
     }
 
-    /// Every file of `clone` at its commit with its verdict, in tree order.
-    pub fn examine_clone(
+    /// The bare repository of `clone`, which must lie in the clone store, and where.
+    fn open_clone(
         &self,
         clone: &RepoClone,
-    ) -> Result<Vec<(String, Verdict)>, TransformError<CloneError>> {
+    ) -> Result<(git2::Repository, PathBuf), TransformError<CloneError>> {
         let path = clone.clone_uri.strip_prefix("file://").ok_or_else(|| {
             TransformError::permanent(
                 CloneError::RefusedClone,
@@ -114,28 +132,56 @@ impl Processor {
                 format!("{} is outside the clone store", resolved.display()),
             ));
         }
-        let corrupt = |e: git2::Error| {
-            TransformError::permanent(
-                CloneError::CorruptClone,
-                format!("{}: {}", resolved.display(), e.message()),
-            )
-        };
-        let repo = git2::Repository::open_bare(&resolved).map_err(corrupt)?;
+        let repo = git2::Repository::open_bare(&resolved).map_err(|e| corrupt(&resolved, e))?;
+        Ok((repo, resolved))
+    }
+
+    /// Every file of `clone` at its commit with its verdict, in tree order.
+    pub fn examine_clone(&self, clone: &RepoClone) -> Result<Verdicts, TransformError<CloneError>> {
+        let (repo, resolved) = self.open_clone(clone)?;
+        let corrupt = |e: git2::Error| corrupt(&resolved, e);
         let oid = git2::Oid::from_str(&clone.commit_id).map_err(corrupt)?;
         let tree = repo
             .find_commit(oid)
             .and_then(|c| c.tree())
             .map_err(corrupt)?;
-
+        let bomb = |why: String| {
+            TransformError::permanent(
+                CloneError::TreeBomb,
+                format!("{}: {why}", resolved.display()),
+            )
+        };
         // Path rules first (cheap), then sizes from object headers, then read the blobs
         // that survive both: a blob is inflated only when it may be kept.
         let listed = tree::files(&repo, &tree, &self.options.tree).map_err(|e| match e {
-            TreeError::Bomb(why) => TransformError::permanent(
-                CloneError::TreeBomb,
-                format!("{}: {why}", resolved.display()),
-            ),
+            TreeError::Bomb(why) => bomb(why),
             TreeError::Corrupt(e) => corrupt(e),
         })?;
+        let (to_read, mut verdicts) = self.select(listed);
+        tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree)
+            .map_err(|e| bomb(e.to_string()))?;
+        let mut files = Vec::with_capacity(to_read.len());
+        for (file, language) in to_read {
+            // Listed a moment ago: a blob that cannot be read now is damage, not a skip.
+            let blob = repo.find_blob(file.id).map_err(corrupt)?;
+            files.push((file.path, language, blob.content().to_vec()));
+        }
+        let examined: Verdicts = self.pool.install(|| {
+            files
+                .into_par_iter()
+                .map(|(path, language, bytes)| {
+                    let verdict = self.examine_file(clone, &path, language, &bytes);
+                    (path, verdict)
+                })
+                .collect()
+        });
+        verdicts.extend(examined);
+        Ok(verdicts)
+    }
+
+    /// Splits listed files into those to read (with their language) and those skipped
+    /// by path or size, with their verdicts.
+    fn select(&self, listed: Vec<tree::FileEntry>) -> (Vec<(tree::FileEntry, Language)>, Verdicts) {
         let mut to_read = Vec::new();
         let mut skipped = Vec::new();
         for file in listed {
@@ -154,31 +200,7 @@ impl Processor {
             };
             skipped.push((file.path, verdict));
         }
-        tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree).map_err(
-            |why| {
-                TransformError::permanent(
-                    CloneError::TreeBomb,
-                    format!("{}: {why}", resolved.display()),
-                )
-            },
-        )?;
-        let mut files = Vec::with_capacity(to_read.len());
-        for (file, language) in to_read {
-            // Listed a moment ago: a blob that cannot be read now is damage, not a skip.
-            let blob = repo.find_blob(file.id).map_err(corrupt)?;
-            files.push((file.path, language, blob.content().to_vec()));
-        }
-        let examined: Vec<(String, Verdict)> = self.pool.install(|| {
-            files
-                .into_par_iter()
-                .map(|(path, language, bytes)| {
-                    let verdict = self.examine_file(clone, &path, language, &bytes);
-                    (path, verdict)
-                })
-                .collect()
-        });
-        skipped.extend(examined);
-        Ok(skipped)
+        (to_read, skipped)
     }
 
     /// Filters, parses and scores one file (runs on a worker thread).
@@ -289,11 +311,25 @@ impl Transform for Processor {
     }
 }
 
-/// Runs the stage until shutdown.
 /// A bound on a `code-files` record beyond the file's content: path, repository, hash,
 /// language, scores and parse statistics.
 pub const RECORD_METADATA_BYTES: usize = 64 * 1024;
 
+/// A language name as `language::of_path` gives it.
+type Language = &'static str;
+
+/// Files by path with their verdicts.
+type Verdicts = Vec<(String, Verdict)>;
+
+/// A clone whose objects cannot be read, even one file's.
+fn corrupt(clone: &std::path::Path, e: git2::Error) -> TransformError<CloneError> {
+    TransformError::permanent(
+        CloneError::CorruptClone,
+        format!("{}: {}", clone.display(), e.message()),
+    )
+}
+
+/// Runs the stage until shutdown.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: ProcessorOptions = runtime.settings.options(STAGE)?;
     runtime.check_output_fits(

@@ -24,10 +24,6 @@ fn grammar(language: &str) -> Option<Language> {
     })
 }
 
-pub fn has_parser(language: &str) -> bool {
-    grammar(language).is_some()
-}
-
 /// Node kinds that define a function or method, across the parsed languages.
 const FUNCTION_KINDS: &[&str] = &[
     "function_item",

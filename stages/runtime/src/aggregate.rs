@@ -224,88 +224,51 @@ pub async fn run_aggregate<A: Aggregate>(
     mut aggregate: A,
     runtime: &StageRuntime,
 ) -> anyhow::Result<()> {
-    let (input, group) = runtime.require_input()?;
-    let output = runtime
-        .output
-        .clone()
-        .with_context(|| format!("stage {} needs an output topic", runtime.name))?;
-    let metrics = LoopMetrics::register::<A::Reason>(&runtime.registry)?;
-    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
-    let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
-    let publisher = Publisher::new(runtime)?;
-    let transaction = match runtime.settings.delivery {
-        crate::config::Delivery::ExactlyOnce => Some(Transaction {
-            producer: crate::exactly_once::transactional_producer(runtime, group).await?,
-            outputs: Vec::new(),
-            released: Vec::new(),
-        }),
-        crate::config::Delivery::AtLeastOnce => None,
-    };
-    let (done_tx, mut done) = mpsc::unbounded_channel();
-    let mut state = Loop {
-        input: input.to_string(),
-        output,
-        consumer: consumer.clone(),
-        tracker,
-        holds: Holds::default(),
-        dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
-        publisher,
-        metrics,
-        permits: Arc::new(Semaphore::new(runtime.settings.max_in_flight.max(1))),
-        done: done_tx,
-        tasks: JoinSet::new(),
-        transaction,
-        max_in_flight: runtime.settings.max_in_flight.max(1),
-    };
+    let (mut state, mut done, mut revoked) = Loop::start::<A>(runtime).await?;
+    let consumer = state.consumer.clone();
     let flush_after = aggregate.flush_after();
     let mut flush_at: Option<tokio::time::Instant> = None;
     let mut stream = consumer.stream();
-    let mut failure = None;
     let mut tick = tokio::time::interval(if state.transaction.is_some() {
         COMMIT_INTERVAL
     } else {
         STEP_OVER_INTERVAL
     });
-
-    loop {
+    let failure = loop {
         tokio::select! {
             biased;
-            _ = runtime.shutdown.cancelled() => break,
+            _ = runtime.shutdown.cancelled() => break None,
             Some(partitions) = revoked.recv() => {
                 state.revoke(&partitions);
                 aggregate.revoke(&partitions);
             }
             Some(message) = done.recv() => {
                 if let Done::Refused(e) = message {
-                    failure = Some(anyhow::Error::new(e).context(format!(
+                    break Some(anyhow::Error::new(e).context(format!(
                         "stage {} stopped: a record it made was refused for good",
                         runtime.name
                     )));
-                    break;
                 }
                 state.on_done(message);
             }
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = tick.tick() => {
                 if let Err(e) = state.tick().await {
-                    failure = Some(e);
-                    break;
+                    break Some(e);
                 }
             }
             _ = sleep_until(flush_at), if flush_at.is_some() => {
                 flush_at = None;
                 let step = aggregate.flush();
                 if let Err(e) = state.dispatch(step).await {
-                    failure = Some(e);
-                    break;
+                    break Some(e);
                 }
             }
             message = stream.next() => {
                 let record = match crate::pipeline::polled(message) {
                     Polled::Record(message) => InputRecord::of(&message),
                     Polled::Skip => continue,
-                    Polled::End => break,
+                    Polled::End => break None,
                 };
                 // The rebalance callback ran inside this poll: apply it before the record.
                 while let Ok(partitions) = revoked.try_recv() {
@@ -315,52 +278,17 @@ pub async fn run_aggregate<A: Aggregate>(
                 if !state.begin(&record) {
                     continue;
                 }
-                let at = InputPosition { partition: record.partition, offset: record.offset };
-                let input = match record.value.as_deref().map(A::Input::decode) {
-                    None => Err((LoopReason::EmptyValue, "record has no value".to_string())),
-                    Some(Err(e)) => Err((LoopReason::Decode, e.to_string())),
-                    Some(Ok(input)) => Ok(input),
-                };
-                let dispatched = match input {
-                    Err((reason, error)) => state.dead_letter(record, reason.label(), error).await,
-                    Ok(input) => match aggregate.push(at, input).await {
-                        Ok(step) => state.dispatch(step).await,
-                        Err(e) if e.retryable => Err(anyhow::anyhow!(
-                            "{} at partition {} offset {}: {e}", e.reason.label(), at.partition, at.offset
-                        )),
-                        Err(e) => state.dead_letter(record, e.reason.label(), e.message).await,
-                    },
-                };
-                if let Err(e) = dispatched {
-                    failure = Some(e);
-                    break;
+                if let Err(e) = state.take(&mut aggregate, record).await {
+                    break Some(e);
                 }
                 flush_at = flush_after.map(|after| tokio::time::Instant::now() + after);
             }
         }
-    }
+    };
     drop(stream);
-    tracing::info!(
-        stage = %runtime.name,
-        in_flight = state.tracker.lock().expect("tracker lock").in_flight(),
-        "draining; inputs in partial outputs stay uncommitted"
-    );
-    let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
-    let mut tasks = std::mem::take(&mut state.tasks);
-    drain(&mut tasks, &mut done, timeout, |message| {
-        state.on_done(message)
-    })
-    .await;
-    if failure.is_none() {
-        // Sealed outputs gathered for the next transaction go out with their offsets.
-        failure = state.commit().await.err();
-    }
-    drop(state);
-    commit_and_leave(consumer).await?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    // The loop's is then the last handle: leaving the group closes the consumer.
+    drop(consumer);
+    state.finish(done, failure, runtime).await
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -371,6 +299,117 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Loop {
+    /// Subscribes to the stage's input and readies its publishers; the receivers of
+    /// finished work and of revoked partitions go with it.
+    async fn start<A: Aggregate>(
+        runtime: &StageRuntime,
+    ) -> anyhow::Result<(
+        Self,
+        mpsc::UnboundedReceiver<Done>,
+        mpsc::UnboundedReceiver<Vec<i32>>,
+    )> {
+        let (input, group) = runtime.require_input()?;
+        let output = runtime
+            .output
+            .clone()
+            .with_context(|| format!("stage {} needs an output topic", runtime.name))?;
+        let metrics = LoopMetrics::register::<A::Reason>(&runtime.registry)?;
+        let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+        let (revoked_tx, revoked) = mpsc::unbounded_channel();
+        let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
+        let publisher = Publisher::new(runtime)?;
+        let transaction = match runtime.settings.delivery {
+            crate::config::Delivery::ExactlyOnce => Some(Transaction {
+                producer: crate::exactly_once::transactional_producer(runtime, group).await?,
+                outputs: Vec::new(),
+                released: Vec::new(),
+            }),
+            crate::config::Delivery::AtLeastOnce => None,
+        };
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let max_in_flight = runtime.settings.max_in_flight.get();
+        let state = Loop {
+            input: input.to_string(),
+            output,
+            consumer,
+            tracker,
+            holds: Holds::default(),
+            dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
+            publisher,
+            metrics,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            done: done_tx,
+            tasks: JoinSet::new(),
+            transaction,
+            max_in_flight,
+        };
+        Ok((state, done, revoked))
+    }
+
+    /// Hands one record to the aggregate and dispatches what it makes; an undecodable
+    /// record or a permanent error is dead-lettered, a retryable one stops the stage.
+    async fn take<A: Aggregate>(
+        &mut self,
+        aggregate: &mut A,
+        record: InputRecord,
+    ) -> anyhow::Result<()> {
+        let at = InputPosition {
+            partition: record.partition,
+            offset: record.offset,
+        };
+        let input = match record.value.as_deref().map(A::Input::decode) {
+            None => Err((LoopReason::EmptyValue, "record has no value".to_string())),
+            Some(Err(e)) => Err((LoopReason::Decode, e.to_string())),
+            Some(Ok(input)) => Ok(input),
+        };
+        let input = match input {
+            Ok(input) => input,
+            Err((reason, error)) => return self.dead_letter(record, reason.label(), error).await,
+        };
+        match aggregate.push(at, input).await {
+            Ok(step) => self.dispatch(step).await,
+            Err(e) if e.retryable => Err(anyhow::anyhow!(
+                "{} at partition {} offset {}: {e}",
+                e.reason.label(),
+                at.partition,
+                at.offset
+            )),
+            Err(e) => self.dead_letter(record, e.reason.label(), e.message).await,
+        }
+    }
+
+    /// Waits (up to the drain timeout) for what is in flight, commits the last
+    /// transaction, and leaves the group; `failure` wins over a later error.
+    async fn finish(
+        mut self,
+        mut done: mpsc::UnboundedReceiver<Done>,
+        mut failure: Option<anyhow::Error>,
+        runtime: &StageRuntime,
+    ) -> anyhow::Result<()> {
+        tracing::info!(
+            stage = %runtime.name,
+            in_flight = self.tracker.lock().expect("tracker lock").in_flight(),
+            "draining; inputs in partial outputs stay uncommitted"
+        );
+        let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
+        let mut tasks = std::mem::take(&mut self.tasks);
+        drain(&mut tasks, &mut done, timeout, |message| {
+            self.on_done(message)
+        })
+        .await;
+        if failure.is_none() {
+            // Sealed outputs gathered for the next transaction go out with their offsets.
+            failure = self.commit().await.err();
+        }
+        let consumer = self.consumer.clone();
+        drop(self);
+        commit_and_leave(consumer).await?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// These partitions went to another member: their held inputs are forgotten (a late
     /// acknowledgement cannot release them), and in `exactly_once` the gathered outputs
     /// made only of their inputs are dropped (the new owner makes them again).

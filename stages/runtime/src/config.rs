@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -105,10 +106,11 @@ pub struct StageSettings {
     pub output: Option<String>,
     pub metrics_port: Option<u16>,
     pub metrics_bind: IpAddr,
-    /// Input records being transformed or awaiting produce acks at once.
-    pub max_in_flight: usize,
+    /// Input records being transformed or awaiting produce acks at once (0 refused at
+    /// load, as every count that must be positive is).
+    pub max_in_flight: NonZeroUsize,
     /// Attempts at a retryable transform error before the record is dead-lettered.
-    pub max_attempts: u32,
+    pub max_attempts: NonZeroU32,
     /// A record failing transiently (a host down) for this long is dead-lettered with
     /// its reason, to be replayed with `codelupe dead-letters replay`: one host that
     /// never answers cannot hold its partition for good. 0: wait forever.
@@ -137,8 +139,8 @@ impl Default for StageSettings {
             output: None,
             metrics_port: None,
             metrics_bind: IpAddr::from([0, 0, 0, 0]),
-            max_in_flight: 64,
-            max_attempts: 3,
+            max_in_flight: NonZeroUsize::new(64).expect("positive"),
+            max_attempts: NonZeroU32::new(3).expect("positive"),
             transient_give_up_s: 3600,
             drain_timeout_ms: 10_000,
             delivery: Delivery::AtLeastOnce,
@@ -315,7 +317,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.kafka.brokers.as_deref(), Some("127.0.0.1:19092"));
         let processor = config.stage("processor");
-        assert_eq!(processor.max_in_flight, 4);
+        assert_eq!(processor.max_in_flight.get(), 4);
         assert_eq!(processor.metrics_port, Some(9999));
     }
 
@@ -329,6 +331,18 @@ mod tests {
             .to_string();
         assert!(err.contains("stages.processor"), "{err}");
         assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn a_count_of_zero_is_refused_at_load_naming_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "stages:\n  processor:\n    max_in_flight: 0\n").unwrap();
+        let err = Config::load_with_env(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stages.processor.max_in_flight"), "{err}");
+        assert!(err.contains("nonzero"), "{err}");
     }
 
     #[test]

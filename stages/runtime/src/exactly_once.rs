@@ -96,99 +96,169 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
     let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
-    let producer = transactional_producer(runtime, group).await?;
-    let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
-    let mut back_pressure = pipeline::BackPressure::new(runtime.settings.max_in_flight);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut generations: HashMap<i32, u64> = HashMap::new();
-    let mut waiting = Waiting::default();
-    let mut tasks = JoinSet::new();
+    let mut state = Loop {
+        input: input.to_string(),
+        producer: transactional_producer(runtime, group).await?,
+        shared: Arc::new(Shared::new(transform, runtime, &metrics)?),
+        back_pressure: pipeline::BackPressure::new(runtime.settings.max_in_flight.get()),
+        consumer: consumer.clone(),
+        metrics,
+        tracker,
+        generations: HashMap::new(),
+        waiting: Waiting::default(),
+        tasks: JoinSet::new(),
+        done: done_tx,
+        output_limit: runtime.output_max_bytes,
+    };
     let mut stream = consumer.stream();
     let mut tick = tokio::time::interval(COMMIT_INTERVAL);
-    let output_limit = runtime.output_max_bytes;
-    let commit_ready = |ready: Vec<Finished>, offsets: BTreeMap<i32, i64>| {
-        let (producer, consumer, metrics) = (producer.clone(), consumer.clone(), metrics.clone());
-        let input = input.to_string();
-        async move { commit(&producer, &consumer, &input, ready, offsets, &metrics).await }
-    };
-
     loop {
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break,
-            Some(partitions) = revoked.recv() => {
-                revoke(&partitions, &mut generations, &mut waiting, &metrics);
-            }
+            Some(partitions) = revoked.recv() => state.revoke(&partitions),
             Some(done) = done_rx.recv() => {
-                accept(done, &generations, &tracker, &mut waiting, &metrics);
+                state.accept(done);
                 // Every permit waits for a commit: commit now rather than at the tick.
-                if !back_pressure.poll_input() {
-                    let (ready, offsets) = waiting.take_ready();
-                    if !offsets.is_empty() {
-                        commit_ready(ready, offsets).await?;
-                        back_pressure.released(&consumer);
-                    }
+                if !state.back_pressure.poll_input() {
+                    state.commit_ready().await?;
                 }
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = tick.tick() => {
-                waiting.committable.extend(pipeline::stepped_over(&consumer, &tracker));
-                let (ready, offsets) = waiting.take_ready();
-                if !offsets.is_empty() {
-                    commit_ready(ready, offsets).await?;
-                    back_pressure.released(&consumer);
-                }
-                back_pressure.tick(&consumer);
+                let stepped = pipeline::stepped_over(&state.consumer, &state.tracker);
+                state.waiting.committable.extend(stepped);
+                state.commit_ready().await?;
+                state.back_pressure.tick(&state.consumer);
             }
-            message = stream.next(), if back_pressure.poll_input() => {
+            message = stream.next(), if state.back_pressure.poll_input() => {
                 let message = match pipeline::polled(message) {
                     pipeline::Polled::Record(message) => message,
                     pipeline::Polled::Skip => continue,
                     pipeline::Polled::End => break,
                 };
                 while let Ok(partitions) = revoked.try_recv() {
-                    revoke(&partitions, &mut generations, &mut waiting, &metrics);
+                    state.revoke(&partitions);
                 }
-                let record = InputRecord::of(&message);
-                if !tracker.lock().expect("tracker lock").begin(record.partition, record.offset) {
-                    continue;
-                }
-                // Finished records hold their permits until committed.
-                let permit = back_pressure.take();
-                metrics.consumed.inc();
-                metrics.in_flight.inc();
-                let generation = generations.get(&record.partition).copied().unwrap_or(0);
-                let (shared, done) = (shared.clone(), done_tx.clone());
-                tasks.spawn(async move {
-                    let permit = permit.await;
-                    let outcome = shared.outgoing(&record, output_limit).await;
-                    let _ = done.send(Done {
-                        partition: record.partition,
-                        offset: record.offset,
-                        generation,
-                        outcome,
-                        permit,
-                    });
-                });
+                state.take(InputRecord::of(&message));
             }
         }
     }
     drop(stream);
-    // Let what is in flight finish, then commit what is ready; the rest is replayed.
-    let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
-    pipeline::drain(&mut tasks, &mut done_rx, timeout, |done| {
-        accept(done, &generations, &tracker, &mut waiting, &metrics)
-    })
-    .await;
-    let (ready, offsets) = waiting.take_ready();
-    let committed = if offsets.is_empty() {
+    drop(consumer);
+    state.finish(done_rx, runtime).await
+}
+
+/// The loop's state: records in flight and finished records waiting for their
+/// transaction.
+struct Loop<T: Transform> {
+    input: String,
+    consumer: Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
+    producer: Arc<FutureProducer>,
+    shared: Arc<Shared<T>>,
+    metrics: LoopMetrics,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    /// Per partition, how often it was revoked: a late result of an older assignment
+    /// is not committed.
+    generations: HashMap<i32, u64>,
+    waiting: Waiting,
+    tasks: JoinSet<()>,
+    done: mpsc::UnboundedSender<Done>,
+    back_pressure: pipeline::BackPressure,
+    output_limit: Option<usize>,
+}
+
+impl<T: Transform> Loop<T> {
+    fn revoke(&mut self, partitions: &[i32]) {
+        revoke(
+            partitions,
+            &mut self.generations,
+            &mut self.waiting,
+            &self.metrics,
+        );
+    }
+
+    fn accept(&mut self, done: Done) {
+        accept(
+            done,
+            &self.generations,
+            &self.tracker,
+            &mut self.waiting,
+            &self.metrics,
+        );
+    }
+
+    /// Transforms `record` in a task holding a permit (finished records hold theirs
+    /// until committed).
+    fn take(&mut self, record: InputRecord) {
+        if !self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .begin(record.partition, record.offset)
+        {
+            return;
+        }
+        let permit = self.back_pressure.take();
+        self.metrics.consumed.inc();
+        self.metrics.in_flight.inc();
+        let generation = self
+            .generations
+            .get(&record.partition)
+            .copied()
+            .unwrap_or(0);
+        let (shared, done, limit) = (self.shared.clone(), self.done.clone(), self.output_limit);
+        self.tasks.spawn(async move {
+            let permit = permit.await;
+            let outcome = shared.outgoing(&record, limit).await;
+            let _ = done.send(Done {
+                partition: record.partition,
+                offset: record.offset,
+                generation,
+                outcome,
+                permit,
+            });
+        });
+    }
+
+    /// Commits every record ready (all before it in its partition finished) in one
+    /// transaction with their partitions' offsets.
+    async fn commit_ready(&mut self) -> anyhow::Result<()> {
+        let (ready, offsets) = self.waiting.take_ready();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (producer, consumer) = (&self.producer, &self.consumer);
+        commit(
+            producer,
+            consumer,
+            &self.input,
+            ready,
+            offsets,
+            &self.metrics,
+        )
+        .await?;
+        self.back_pressure.released(&self.consumer);
         Ok(())
-    } else {
-        commit_ready(ready, offsets).await
-    };
-    drop(waiting);
-    pipeline::commit_and_leave(consumer).await?;
-    committed
+    }
+
+    /// Lets what is in flight finish, commits what is ready and leaves the group; the
+    /// rest is replayed by the next owner.
+    async fn finish(
+        mut self,
+        mut done: mpsc::UnboundedReceiver<Done>,
+        runtime: &StageRuntime,
+    ) -> anyhow::Result<()> {
+        let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
+        let mut tasks = std::mem::take(&mut self.tasks);
+        pipeline::drain(&mut tasks, &mut done, timeout, |d| self.accept(d)).await;
+        let committed = self.commit_ready().await;
+        let consumer = self.consumer.clone();
+        drop(self);
+        pipeline::commit_and_leave(consumer).await?;
+        committed
+    }
 }
 
 /// Partitions gone to another member: what waits for them is dropped uncommitted

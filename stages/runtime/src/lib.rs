@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod codec;
 pub mod config;
+pub mod descriptor;
 pub mod exactly_once;
 pub mod kafka;
 pub mod labels;

@@ -122,6 +122,12 @@ pub trait Transform: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Keyed<Self::Output>>, TransformError<Self::Reason>>> + Send;
 }
 
+pub const RECORDS_CONSUMED: &str = "codelupe_records_consumed_total";
+pub const RECORDS_PRODUCED: &str = "codelupe_records_produced_total";
+pub const DEAD_LETTERS: &str = "codelupe_dead_letters_total";
+pub const RECORDS_IN_FLIGHT: &str = "codelupe_records_in_flight";
+pub const CONSUMER_LAG: &str = "codelupe_consumer_lag";
+
 /// Counts and gauges every consuming stage exports next to its own metrics.
 #[derive(Clone)]
 pub struct LoopMetrics {
@@ -141,19 +147,15 @@ impl LoopMetrics {
         let mut reasons = LoopReason::labels();
         reasons.extend(R::labels());
         Ok(Self {
-            consumed: register::counter(
-                r,
-                "codelupe_records_consumed_total",
-                "Input records received from Kafka",
-            )?,
+            consumed: register::counter(r, RECORDS_CONSUMED, "Input records received from Kafka")?,
             produced: register::counter(
                 r,
-                "codelupe_records_produced_total",
+                RECORDS_PRODUCED,
                 "Output records acknowledged by Kafka",
             )?,
             dead_letters: register::counter_vec(
                 r,
-                "codelupe_dead_letters_total",
+                DEAD_LETTERS,
                 "Input records sent to the dead-letter topic",
                 "reason",
                 &reasons,
@@ -165,12 +167,12 @@ impl LoopMetrics {
             )?,
             in_flight: register::int_gauge(
                 r,
-                "codelupe_records_in_flight",
+                RECORDS_IN_FLIGHT,
                 "Input records being transformed or awaiting produce acknowledgements",
             )?,
             consumer_lag: register::int_gauge_vec(
                 r,
-                "codelupe_consumer_lag",
+                CONSUMER_LAG,
                 "Records between the consumer position and the partition end",
                 &["topic", "partition"],
             )?,
@@ -321,7 +323,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
 
     let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
-    let mut back_pressure = BackPressure::new(runtime.settings.max_in_flight);
+    let mut back_pressure = BackPressure::new(runtime.settings.max_in_flight.get());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
     // A dead letter the dead-letter topic refuses: the record can go nowhere.
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<SendError>();
@@ -360,24 +362,8 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 let permit = back_pressure.take();
                 metrics.consumed.inc();
                 metrics.in_flight.inc();
-                let shared = shared.clone();
-                let (done, fatal) = (done_tx.clone(), fatal_tx.clone());
-                tasks.spawn(async move {
-                    let permit = permit.await;
-                    let handled = shared.handle(&record).await;
-                    shared.metrics.in_flight.dec();
-                    drop(permit);
-                    match handled {
-                        Ok(()) => {
-                            shared.metrics.last_processed.set(now_ms() / 1000);
-                            let _ = done.send((record.partition, record.offset));
-                        }
-                        Err(e @ SendError::Rejected { .. }) => {
-                            let _ = fatal.send(e);
-                        }
-                        Err(SendError::Abandoned) => {}
-                    }
-                });
+                let handled = handle_one(shared.clone(), permit, record, done_tx.clone(), fatal_tx.clone());
+                tasks.spawn(handled);
             }
         }
     }
@@ -401,6 +387,32 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
             runtime.name
         ))),
         None => Ok(()),
+    }
+}
+
+/// Handles one record once `permit` is granted: its position goes to `done` when
+/// everything derived from it is acknowledged, a dead letter the topic refused to
+/// `fatal`.
+async fn handle_one<T: Transform>(
+    shared: Arc<Shared<T>>,
+    permit: impl Future<Output = OwnedSemaphorePermit>,
+    record: InputRecord,
+    done: mpsc::UnboundedSender<(i32, i64)>,
+    fatal: mpsc::UnboundedSender<SendError>,
+) {
+    let permit = permit.await;
+    let handled = shared.handle(&record).await;
+    shared.metrics.in_flight.dec();
+    drop(permit);
+    match handled {
+        Ok(()) => {
+            shared.metrics.last_processed.set(now_ms() / 1000);
+            let _ = done.send((record.partition, record.offset));
+        }
+        Err(e @ SendError::Rejected { .. }) => {
+            let _ = fatal.send(e);
+        }
+        Err(SendError::Abandoned) => {}
     }
 }
 
@@ -466,7 +478,7 @@ pub(crate) struct BackPressure {
 impl BackPressure {
     pub(crate) fn new(max_in_flight: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
             exhausted_since: None,
             paused: false,
         }
@@ -779,7 +791,7 @@ impl<T: Transform> Shared<T> {
             publisher,
             output: runtime.output.clone(),
             stage: runtime.name.clone(),
-            max_attempts: runtime.settings.max_attempts.max(1),
+            max_attempts: runtime.settings.max_attempts.get(),
             transient_give_up: (runtime.settings.transient_give_up_s > 0)
                 .then(|| Duration::from_secs(runtime.settings.transient_give_up_s)),
             metrics: metrics.clone(),

@@ -255,6 +255,14 @@ impl Topology {
             .collect()
     }
 
+    /// The first topic (by name) whose values are `R` records, by its schema file.
+    pub fn topic_of<R: crate::AvroRecord>(&self) -> Option<&str> {
+        self.topics
+            .iter()
+            .find(|(_, spec)| spec.schema.file_name() == Some(R::SCHEMA_FILE.as_ref()))
+            .map(|(name, _)| name.as_str())
+    }
+
     /// A Prometheus config that scrapes every stage. `Discovery::Dns` finds every replica
     /// of a scaled Compose service through Docker's DNS (one A record per container);
     /// `Discovery::Static` points at one host, for local runs and tests.

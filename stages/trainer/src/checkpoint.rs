@@ -35,7 +35,7 @@ pub struct CheckpointState {
     pub written_at_ms: i64,
 }
 
-const PREFIX: &str = "step-";
+use codelupe_trainer_api::checkpoints::{self, PREFIX};
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
     File::open(dir)
@@ -97,28 +97,17 @@ pub fn write(
 
 /// Every complete checkpoint under `root`, oldest first.
 pub fn list(root: &Path) -> anyhow::Result<Vec<(PathBuf, CheckpointState)>> {
-    if !root.exists() {
-        return Ok(Vec::new());
-    }
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
-        let path = entry?.path();
-        let is_checkpoint = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(PREFIX));
-        if !is_checkpoint {
-            continue;
-        }
+    for path in checkpoints::dirs(root).with_context(|| format!("reading {}", root.display()))? {
         // Every checkpoint this trainer writes has its state.json (written before the
         // rename); a folder without one was put there some other way and is not one.
         if !path.join("state.json").exists() {
             tracing::warn!(folder = %path.display(), "no state.json: not a checkpoint, ignored");
             continue;
         }
-        found.push((path.clone(), read_state(&path)?));
+        let state = read_state(&path)?;
+        found.push((path, state));
     }
-    found.sort_by_key(|(path, _)| path.clone());
     Ok(found)
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use codelupe_batcher::tokenizer::CodeTokenizer;
+use codelupe_tokenizer::CodeTokenizer;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint;

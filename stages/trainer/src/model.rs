@@ -15,24 +15,71 @@ pub struct ModelConfig {
     pub rope_theta: f64,
 }
 
+/// A named model size: `tiny` trains on a CPU in tests; `125m` and `350m` are for a
+/// GPU (their parameter counts at a 32k vocabulary). Parsed when the config loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Preset {
+    Tiny,
+    M125,
+    M350,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "tiny" => Ok(Preset::Tiny),
+            "125m" => Ok(Preset::M125),
+            "350m" => Ok(Preset::M350),
+            other => Err(format!(
+                "unknown model preset {other:?}; presets are tiny, 125m, 350m"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for Preset {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Preset::Tiny => "tiny",
+            Preset::M125 => "125m",
+            Preset::M350 => "350m",
+        })
+    }
+}
+
 impl ModelConfig {
-    /// Named sizes: `tiny` trains on a CPU in tests; `125m` and `350m` are for a GPU
-    /// (their parameter counts at a 32k vocabulary).
-    pub fn preset(name: &str, vocab_size: i64) -> anyhow::Result<Self> {
-        let (d_model, n_layers, n_heads, d_ff) = match name {
-            "tiny" => (64, 2, 4, 176),
-            "125m" => (768, 12, 12, 2048),
-            "350m" => (1024, 24, 16, 2816),
-            other => anyhow::bail!("unknown model preset {other:?}; presets are tiny, 125m, 350m"),
+    /// The sizes of `preset` at this vocabulary.
+    pub fn of(preset: Preset, vocab_size: i64) -> Self {
+        let (d_model, n_layers, n_heads, d_ff) = match preset {
+            Preset::Tiny => (64, 2, 4, 176),
+            Preset::M125 => (768, 12, 12, 2048),
+            Preset::M350 => (1024, 24, 16, 2816),
         };
-        Ok(Self {
+        Self {
             vocab_size,
             d_model,
             n_layers,
             n_heads,
             d_ff,
             rope_theta: 10_000.0,
-        })
+        }
+    }
+
+    /// The sizes of the preset named `name` (tiny, 125m or 350m).
+    pub fn preset(name: &str, vocab_size: i64) -> anyhow::Result<Self> {
+        let preset: Preset = name.parse().map_err(anyhow::Error::msg)?;
+        Ok(Self::of(preset, vocab_size))
     }
 
     /// Parameters (the tied embedding counted once).

@@ -9,16 +9,17 @@
 //! once, whatever was committed.
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_runtime::kafka;
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::pipeline::{dead_letter, LoopReason, Origin};
 use codelupe_runtime::records::{now_ms, Split, TrainingBatch};
 use codelupe_runtime::{AvroRecord, Publisher, StageRuntime};
+use codelupe_tokenizer::CodeTokenizer;
 use codelupe_trainer_api::metrics::{Skip, TrainerMetrics};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::checkpoint::{self, CheckpointState, EvalSet};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Preset};
 use crate::optim::OptimizerOptions;
 use crate::train::{Sequences, Trainer};
 
@@ -35,19 +36,19 @@ use crate::train::{Sequences, Trainer};
 #[serde(deny_unknown_fields, default)]
 pub struct TrainerOptions {
     /// Model size: tiny, 125m or 350m.
-    pub preset: String,
+    pub preset: Preset,
     /// The tokenizer the batches were made with (its fingerprint must match theirs).
     pub tokenizer: PathBuf,
     pub checkpoint_dir: PathBuf,
     /// auto (CUDA when available), cpu, cuda or cuda:N.
-    pub device: String,
+    pub device: DeviceChoice,
     pub steps_per_run: u64,
     /// Batches (micro-batches) per optimiser step.
-    pub grad_accumulation: u32,
+    pub grad_accumulation: NonZeroU32,
     pub optimizer: OptimizerOptions,
     /// Eval-split batches kept as the fixed eval set.
     pub eval_batches: usize,
-    pub keep_checkpoints: usize,
+    pub keep_checkpoints: NonZeroUsize,
     /// End a run early (evaluate, checkpoint) when no batch arrives for this long, so
     /// the tail of the stream is saved; 0: wait for a full run.
     pub idle_checkpoint_ms: u64,
@@ -56,7 +57,7 @@ pub struct TrainerOptions {
     pub bf16: bool,
     /// Keep attention within documents (positions restart at documents either way).
     pub mask_documents: bool,
-    pub log_every_steps: u64,
+    pub log_every_steps: NonZeroU64,
     /// Read the input from the checkpoint's offsets (false: from the beginning, keeping
     /// the weights), for an input that does not outlive the trainer: the embedded
     /// broker of `codelupe run` starts empty each time, so a second run is another
@@ -70,39 +71,83 @@ pub struct TrainerOptions {
 impl Default for TrainerOptions {
     fn default() -> Self {
         Self {
-            preset: "tiny".into(),
+            preset: Preset::Tiny,
             tokenizer: PathBuf::from("tokenizer.json"),
-            checkpoint_dir: PathBuf::from("checkpoints"),
-            device: "auto".into(),
+            checkpoint_dir: PathBuf::from(codelupe_trainer_api::checkpoints::DEFAULT_DIR),
+            device: DeviceChoice::Auto,
             steps_per_run: 500,
-            grad_accumulation: 1,
+            grad_accumulation: NonZeroU32::MIN,
             optimizer: OptimizerOptions::default(),
             eval_batches: 8,
-            keep_checkpoints: 3,
+            keep_checkpoints: NonZeroUsize::new(3).expect("positive"),
             idle_checkpoint_ms: 60_000,
             partition_check_ms: 30_000,
             seed: 0,
             bf16: true,
             mask_documents: false,
-            log_every_steps: 10,
+            log_every_steps: NonZeroU64::new(10).expect("positive"),
             resume_offsets: true,
         }
     }
 }
 
-pub fn choose_device(name: &str) -> anyhow::Result<Device> {
-    Ok(match name {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" if tch::Cuda::is_available() => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) if n < tch::Cuda::device_count() as usize => Device::Cuda(n),
-            _ => bail!(
-                "device {other:?} is not available (CUDA devices: {}); use auto, cpu, cuda or cuda:N",
+/// Where to train, as configured: its form is checked when the config loads, whether
+/// that CUDA device exists when the trainer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum DeviceChoice {
+    /// CUDA when available, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!(
+                    "unknown device {other:?}; use auto, cpu, cuda or cuda:N"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
+    }
+}
+
+impl DeviceChoice {
+    /// The device, when this machine has it.
+    pub fn resolve(self) -> anyhow::Result<Device> {
+        Ok(match self {
+            Self::Auto => Device::cuda_if_available(),
+            Self::Cpu => Device::Cpu,
+            Self::Cuda(n) if n < tch::Cuda::device_count() as usize => Device::Cuda(n),
+            Self::Cuda(n) => bail!(
+                "device cuda:{n} is not available (CUDA devices: {}); use auto, cpu, cuda or cuda:N",
                 tch::Cuda::device_count()
             ),
-        },
-    })
+        })
+    }
+}
+
+/// The device named `name` (auto, cpu, cuda or cuda:N), when this machine has it.
+pub fn choose_device(name: &str) -> anyhow::Result<Device> {
+    name.parse::<DeviceChoice>()
+        .map_err(anyhow::Error::msg)?
+        .resolve()
 }
 
 /// GPU memory this process holds, from nvidia-smi (libtorch's allocator statistics are
@@ -206,6 +251,37 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     .await?
 }
 
+/// Loads the newest checkpoint under `checkpoint_dir` into `trainer`, when there is
+/// one made with this tokenizer and model; its state, or None to start afresh.
+fn resume(
+    options: &TrainerOptions,
+    tokenizer: &CodeTokenizer,
+    trainer: &mut Trainer,
+    status: &mut Status,
+) -> anyhow::Result<Option<CheckpointState>> {
+    let Some((dir, state)) = checkpoint::latest(&options.checkpoint_dir)? else {
+        return Ok(None);
+    };
+    let model = trainer.model.config;
+    if state.tokenizer_fingerprint != tokenizer.fingerprint || state.model != model {
+        bail!(
+            "checkpoint {} was made with tokenizer {} and model {:?}, not tokenizer {} \
+             and preset {}: point checkpoint_dir elsewhere to start a new model",
+            dir.display(),
+            state.tokenizer_fingerprint,
+            state.model,
+            tokenizer.fingerprint,
+            options.preset
+        );
+    }
+    trainer.load(&dir, state.step)?;
+    tracing::info!(checkpoint = %dir.display(), step = state.step, "resumed");
+    status.last_checkpoint = Some(dir.display().to_string());
+    status.eval_loss = state.eval_loss;
+    status.train_loss = state.train_loss;
+    Ok(Some(state))
+}
+
 impl Stage {
     fn start(
         options: TrainerOptions,
@@ -215,8 +291,8 @@ impl Stage {
         let tokenizer = CodeTokenizer::load(&options.tokenizer).context(
             "cannot load the tokenizer (stages.trainer.options.tokenizer): use the batcher's",
         )?;
-        let device = choose_device(&options.device)?;
-        let config = ModelConfig::preset(&options.preset, tokenizer.vocab_size() as i64)?;
+        let device = options.device.resolve()?;
+        let config = ModelConfig::of(options.preset, tokenizer.vocab_size() as i64);
         let mut trainer = Trainer::new(
             config,
             options.optimizer.clone(),
@@ -230,34 +306,18 @@ impl Stage {
         let mut status = Status {
             state: "starting",
             device: format!("{device:?}"),
-            preset: options.preset.clone(),
+            preset: options.preset.to_string(),
             parameters: config.parameters(),
             ..Status::default()
         };
         let (mut offsets, mut tokens_seen) = (BTreeMap::new(), 0);
-        if let Some((dir, state)) = checkpoint::latest(root)? {
-            if state.tokenizer_fingerprint != tokenizer.fingerprint || state.model != config {
-                bail!(
-                    "checkpoint {} was made with tokenizer {} and model {:?}, not tokenizer {} \
-                     and preset {}: point checkpoint_dir elsewhere to start a new model",
-                    dir.display(),
-                    state.tokenizer_fingerprint,
-                    state.model,
-                    tokenizer.fingerprint,
-                    options.preset
-                );
-            }
-            trainer.load(&dir, state.step)?;
-            tracing::info!(checkpoint = %dir.display(), step = state.step, "resumed");
+        if let Some(state) = resume(&options, &tokenizer, &mut trainer, &mut status)? {
             if options.resume_offsets {
-                offsets = state.offsets.clone();
+                offsets = state.offsets;
             } else {
                 tracing::info!("resume_offsets is off: reading the input from its beginning");
             }
             tokens_seen = state.tokens_seen;
-            status.last_checkpoint = Some(dir.display().to_string());
-            status.eval_loss = state.eval_loss;
-            status.train_loss = state.train_loss;
         }
         let eval = EvalSet::load(root)?;
         metrics.dataset_size.set(
@@ -430,7 +490,7 @@ impl Stage {
             }
             return Ok(());
         }
-        let accumulation = self.options.grad_accumulation.max(1);
+        let accumulation = self.options.grad_accumulation.get();
         let loss = self.trainer.accumulate(&sequences, accumulation);
         let rows = sequences.tokens.size()[0];
         self.run.batches.push(batch.batch_id);
@@ -509,7 +569,7 @@ impl Stage {
         self.status.step = self.trainer.optimizer.step;
         self.status.tokens_seen = self.tokens_seen;
         let step = self.trainer.optimizer.step;
-        if step.is_multiple_of(self.options.log_every_steps.max(1)) {
+        if step.is_multiple_of(self.options.log_every_steps.get()) {
             let (since, tokens_then) = self.throughput;
             let rate = (self.tokens_seen - tokens_then) as f64 / since.elapsed().as_secs_f64();
             self.throughput = (Instant::now(), self.tokens_seen);
@@ -618,7 +678,7 @@ impl Stage {
             learning_rate: self.status.learning_rate,
             train_loss: self.status.train_loss,
             eval_loss,
-            preset: self.options.preset.clone(),
+            preset: self.options.preset.to_string(),
             model: self.trainer.model.config,
             tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
             batches: std::mem::take(&mut self.run.batches),
@@ -629,7 +689,7 @@ impl Stage {
             &state,
             &self.trainer,
             &self.options.tokenizer,
-            self.options.keep_checkpoints,
+            self.options.keep_checkpoints.get(),
         )?;
         self.commit_offsets(consumer, input)?;
         let elapsed = self.run.started.elapsed().as_secs_f64();
@@ -651,6 +711,41 @@ impl Stage {
         self.status.offsets = self.offsets.clone();
         if let Ok(json) = serde_json::to_string_pretty(&self.status) {
             self.runtime.readiness.set_status(json);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codelupe_runtime::config::Config;
+
+    fn options(yaml: &str) -> Result<TrainerOptions, String> {
+        let text = format!("stages:\n  trainer:\n    options: {yaml}\n");
+        let config = Config::from_yaml(&text, std::path::Path::new("c.yaml"), Vec::new())
+            .map_err(|e| e.to_string())?;
+        config
+            .stage("trainer")
+            .options::<TrainerOptions>("trainer")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn presets_devices_and_counts_are_checked_when_the_config_loads() {
+        let ok = options("{preset: 125m, device: 'cuda:1', grad_accumulation: 4}").unwrap();
+        assert_eq!(ok.preset, Preset::M125);
+        assert_eq!(ok.device, DeviceChoice::Cuda(1));
+        assert_eq!(ok.grad_accumulation.get(), 4);
+        for (yaml, says) in [
+            ("{preset: huge}", "presets are tiny, 125m, 350m"),
+            ("{device: gpu}", "use auto, cpu, cuda or cuda:N"),
+            ("{grad_accumulation: 0}", "nonzero"),
+            ("{keep_checkpoints: 0}", "nonzero"),
+            ("{log_every_steps: 0}", "nonzero"),
+        ] {
+            let err = options(yaml).unwrap_err();
+            assert!(err.contains("stages.trainer.options"), "{yaml}: {err}");
+            assert!(err.contains(says), "{yaml}: {err}");
         }
     }
 }

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use codelupe_batcher::document::{self, DocumentOptions};
-use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_crawler::github::Page;
 use codelupe_crawler::sources::parse_line;
 use codelupe_downloader::clone::{Token, UrlPolicy};
@@ -22,6 +21,7 @@ use codelupe_runtime::records::{
     decode_to_json, BatcherSeen, CodeFile, CrawlerState, DeadLetter, RepoClone, RepoUrl,
     TrainingBatch,
 };
+use codelupe_tokenizer::CodeTokenizer;
 use sha2::{Digest, Sha256};
 use url::Url;
 
@@ -272,7 +272,7 @@ fn processor() -> &'static Processor {
     PROCESSOR.get_or_init(|| {
         let options = ProcessorOptions {
             store: std::env::temp_dir().join("codelupe-fuzz-store"),
-            workers: 1,
+            workers: std::num::NonZeroUsize::MIN,
             ..ProcessorOptions::default()
         };
         let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();

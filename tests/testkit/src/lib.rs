@@ -3,6 +3,7 @@
 //! `git daemon` on 127.0.0.1, and a throttling TCP proxy to make a clone slow enough
 //! to kill halfway.
 
+pub mod bench;
 pub mod corpus;
 pub mod hostile;
 pub mod kafka;

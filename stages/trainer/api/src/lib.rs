@@ -1,8 +1,121 @@
 //! What other crates know of the trainer: it runs as its own binary (the only one that
-//! links libtorch) and exports the original system's trainer metrics.
+//! links libtorch), exports the original system's trainer metrics, and reports what it
+//! made in the run summary.
 
+pub mod checkpoints;
 pub mod metrics;
+
+use codelupe_runtime::descriptor::{Observed, Runs, StageDescriptor};
 
 pub const STAGE: &str = "trainer";
 /// The trainer's executable, built from `stages/trainer`.
 pub const BINARY: &str = "codelupe-trainer";
+
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::External {
+        binary: BINARY,
+        contract_metrics: |r| metrics::TrainerMetrics::register(r).map(drop),
+    },
+    // It reports through its own /status (steps, losses, checkpoints).
+    progress: &[],
+    flow: None,
+    // The tiny model on a CPU checkpoints and evaluates within a minute or two of its
+    // first batch, with a short warm-up so the loss visibly falls over the few hundred
+    // steps a working directory gives; every run reads the embedded broker's topic
+    // from its start (that broker starts empty each time).
+    offline_options: "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, \
+        resume_offsets: false, steps_per_run: 10, idle_checkpoint_ms: 10000, eval_batches: 2, \
+        optimizer: {learning_rate: 0.001, min_learning_rate: 0.0001, warmup_steps: 5, decay_steps: 2000}}",
+    prepare_offline: None,
+    summarize,
+};
+
+/// Steps, tokens and losses of the newest checkpoint, where it is and how to try it.
+fn summarize(seen: &Observed<'_>) -> Vec<String> {
+    if let Some(why) = seen.not_running {
+        return vec![format!("training      none: {why}")];
+    }
+    let root = checkpoints::root(seen.options);
+    let Some((dir, state)) = checkpoints::latest(&root) else {
+        return vec![format!(
+            "training      no checkpoint yet in {} (it is written every steps_per_run steps, \
+             when input pauses, and at shutdown)",
+            root.display()
+        )];
+    };
+    let first_eval = seen.eval_losses.first().map(|p| p.1);
+    let last_eval = state.eval_loss.or(seen.eval_losses.last().map(|p| p.1));
+    let eval = match (first_eval, last_eval) {
+        (Some(first), Some(last)) => format!("eval loss {first:.3} → {last:.3}"),
+        (None, Some(last)) => format!("eval loss {last:.3}"),
+        _ => "no eval batches yet".into(),
+    };
+    let train = state
+        .train_loss
+        .map(|l| format!(", last train loss {l:.3}"))
+        .unwrap_or_default();
+    vec![
+        format!(
+            "training      {} optimiser steps, {} tokens; {eval}{train}",
+            state.step, state.tokens_seen
+        ),
+        format!("checkpoint    {}", dir.display()),
+        format!(
+            "try it        ./codelupe generate --checkpoint {} --prompt 'fn main('",
+            root.display()
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_the_newest_complete_checkpoint_and_the_losses_seen() {
+        let root = tempfile::tempdir().unwrap();
+        for (step, eval) in [(10, 6.5), (22, 5.25)] {
+            let dir = root.path().join(format!("step-{step:010}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("state.json"),
+                format!(r#"{{"step": {step}, "tokens_seen": 1000, "eval_loss": {eval}, "train_loss": 5.0, "offsets": {{}}}}"#),
+            )
+            .unwrap();
+        }
+        // A checkpoint being written has no state.json yet and is not the newest.
+        std::fs::create_dir_all(root.path().join("step-0000000030")).unwrap();
+        let options: serde_yaml::Value =
+            serde_yaml::from_str(&format!("{{checkpoint_dir: {}}}", root.path().display()))
+                .unwrap();
+        let text = summarize(&Observed {
+            options: Some(&options),
+            eval_losses: &[(10, 7.125)],
+            ..Observed::default()
+        })
+        .join("\n");
+        assert!(text.contains("22 optimiser steps"), "{text}");
+        assert!(text.contains("eval loss 7.125 → 5.250"), "{text}");
+        assert!(text.contains("step-0000000022"), "{text}");
+        assert!(text.contains("generate --checkpoint"), "{text}");
+    }
+
+    #[test]
+    fn says_why_there_is_no_model() {
+        let root = tempfile::tempdir().unwrap();
+        let text = summarize(&Observed {
+            not_running: Some("codelupe-trainer is not built"),
+            ..Observed::default()
+        });
+        assert_eq!(text, ["training      none: codelupe-trainer is not built"]);
+        let options: serde_yaml::Value =
+            serde_yaml::from_str(&format!("{{checkpoint_dir: {}}}", root.path().display()))
+                .unwrap();
+        let text = summarize(&Observed {
+            options: Some(&options),
+            ..Observed::default()
+        });
+        assert!(text[0].contains("no checkpoint yet"), "{text:?}");
+    }
+}

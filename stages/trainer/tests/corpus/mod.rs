@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use codelupe_batcher::document::{self, DocumentOptions};
 use codelupe_batcher::pack::Packer;
-use codelupe_batcher::tokenizer::CodeTokenizer;
 use codelupe_runtime::records::{CodeFile, TrainingBatch};
+use codelupe_tokenizer::CodeTokenizer;
 
 pub const SEQUENCE_LENGTH: usize = 64;
 pub const SEQUENCES_PER_BATCH: usize = 8;

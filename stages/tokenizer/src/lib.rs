@@ -1,6 +1,9 @@
 //! The code tokenizer: a byte-level BPE fitted with the `tokenizers` crate, or any
 //! existing `tokenizer.json` (a Qwen or StarCoder tokenizer a user already has), with
-//! the special tokens packing and fill-in-the-middle need.
+//! the special tokens packing and fill-in-the-middle need. The batcher encodes with it,
+//! the trainer decodes samples with it; batches carry its fingerprint.
+
+pub mod sample;
 
 use std::path::Path;
 
@@ -127,6 +130,44 @@ impl CodeTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// What [`fit`] wrote.
+pub struct Fitted {
+    pub vocab_size: usize,
+    pub fingerprint: String,
+    /// Bytes per token on the sample.
+    pub bytes_per_token: f64,
+    pub seconds: f64,
+}
+
+/// Fits a `vocab_size`-token tokenizer on `sample` and writes it to `out` (folders
+/// made). Training is CPU-bound, so it runs off the async workers.
+pub async fn fit(sample: sample::Sample, vocab_size: usize, out: &Path) -> anyhow::Result<Fitted> {
+    if sample.texts.is_empty() {
+        anyhow::bail!("no source files to train on");
+    }
+    let started = std::time::Instant::now();
+    let (tokenizer, tokens) = tokio::task::spawn_blocking(move || {
+        let tokenizer = CodeTokenizer::train(sample.texts.iter(), vocab_size)?;
+        let tokens: usize = sample
+            .texts
+            .iter()
+            .map(|t| tokenizer.encode(t).map(|ids| ids.len()))
+            .sum::<anyhow::Result<_>>()?;
+        anyhow::Ok((tokenizer, (tokens, sample.bytes)))
+    })
+    .await??;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    tokenizer.save(out)?;
+    Ok(Fitted {
+        vocab_size: tokenizer.vocab_size(),
+        fingerprint: tokenizer.fingerprint.clone(),
+        bytes_per_token: tokens.1 as f64 / tokens.0.max(1) as f64,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

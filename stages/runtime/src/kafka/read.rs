@@ -1,0 +1,164 @@
+//! Reading a topic from its beginning to its current end: state kept in compacted
+//! topics, and samples of a topic.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use super::{partition_count, KafkaClients};
+
+/// A reader that asks for end-of-partition events to know it has read everything;
+/// librdkafka also reports them as client errors, which are not worth a log line.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::error!(%error, reason, "state reader");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+/// Reads `partitions` of `topic` (all when None) from the beginning to their current
+/// end with read_committed isolation, folding each (key, payload) into `state`;
+/// `apply` may stop early with `ControlFlow::Break`. For state kept in compacted
+/// topics, and for samples of a topic.
+pub async fn read_to_end<S, F>(
+    clients: &KafkaClients,
+    topic: &str,
+    partitions: Option<Vec<i32>>,
+    mut state: S,
+    mut apply: F,
+) -> anyhow::Result<S>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8], Option<&[u8]>) -> anyhow::Result<ControlFlow<()>> + Send + 'static,
+{
+    let consumer: BaseConsumer<QuietEof> = clients
+        .base("codelupe-state-reader")
+        .set("group.id", "codelupe-state-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        // The end of an idle partition is only reported when a fetch returns.
+        .set("fetch.wait.max.ms", "20")
+        .create_with_context(QuietEof)
+        .context("cannot create a topic reader")?;
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let partitions = match partitions {
+            Some(partitions) => partitions,
+            None => (0..partition_count(consumer.client(), &topic)?).collect(),
+        };
+        let mut list = TopicPartitionList::new();
+        for &p in &partitions {
+            list.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&list)?;
+        // A partition reports its end again after each new record: count partitions
+        // that reached their end, not reports.
+        let mut at_end = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while at_end.len() < partitions.len() {
+            if Instant::now() > deadline {
+                bail!("reading topic {topic} did not reach its end in 300 s");
+            }
+            match consumer.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => bail!("reading topic {topic}: {e}"),
+                Some(Ok(message)) => {
+                    let key = message.key().unwrap_or_default();
+                    if apply(&mut state, key, message.payload())?.is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(state)
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    fn producer(bootstrap: &str) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_to_end_waits_for_every_partition_however_often_one_reports_its_end() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("state", 2, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        // Partition 0: one record. Partition 1: 5 MB, several fetches long.
+        let seed = producer(&bootstrap);
+        let send = |p: &BaseProducer, partition: i32, key: &str, payload: &[u8]| {
+            p.send(
+                BaseRecord::to("state")
+                    .partition(partition)
+                    .key(key)
+                    .payload(payload),
+            )
+            .unwrap();
+            p.flush(Duration::from_secs(10)).unwrap();
+        };
+        send(&seed, 0, "p0", b"x");
+        for i in 0..500 {
+            seed.send(
+                BaseRecord::to("state")
+                    .partition(1)
+                    .key(&format!("p1-{i}"))
+                    .payload(&[b'y'; 10_000][..]),
+            )
+            .unwrap();
+        }
+        seed.flush(Duration::from_secs(30)).unwrap();
+
+        // The first records read from partition 1 each add a record to partition 0,
+        // so partition 0 reports its end again and again while partition 1 is still
+        // being read.
+        let mut config = crate::config::KafkaConfig::default();
+        // Small fetches: partition 1 takes about fifty.
+        config
+            .client
+            .insert("max.partition.fetch.bytes".into(), "100000".into());
+        let clients = KafkaClients::new(bootstrap.clone(), &config);
+        let writer = producer(&bootstrap);
+        let (p0, p1) = read_to_end(&clients, "state", None, (0, 0), move |(p0, p1), key, _| {
+            if key.starts_with(b"p0") {
+                *p0 += 1;
+            } else {
+                *p1 += 1;
+                if *p1 <= 5 {
+                    send(&writer, 0, "p0", b"x");
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })
+        .await
+        .unwrap();
+        assert!(p0 >= 1);
+        assert_eq!(p1, 500, "partition 1 was not read to its end");
+    }
+}

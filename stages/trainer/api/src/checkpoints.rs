@@ -1,0 +1,55 @@
+//! Where the trainer's checkpoints are and what the run summary reads of them, without
+//! libtorch: `<checkpoint_dir>/step-NNNNNNNNNN/` with its `state.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A checkpoint folder's name: this and the step, zero-padded to sort in step order.
+pub const PREFIX: &str = "step-";
+
+/// `checkpoint_dir` when the options give none.
+pub const DEFAULT_DIR: &str = "checkpoints";
+
+/// Every `step-*` folder under `root`, oldest first (none when `root` is missing).
+pub fn dirs(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str());
+        if name.is_some_and(|n| n.starts_with(PREFIX)) {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The fields of a checkpoint's `state.json` the summary reports.
+#[derive(Debug, Deserialize)]
+pub struct Progress {
+    pub step: u64,
+    pub tokens_seen: u64,
+    pub eval_loss: Option<f64>,
+    pub train_loss: Option<f64>,
+}
+
+/// The newest complete checkpoint under `root` (one with its state.json).
+pub fn latest(root: &Path) -> Option<(PathBuf, Progress)> {
+    dirs(root).ok()?.into_iter().rev().find_map(|dir| {
+        let text = std::fs::read(dir.join("state.json")).ok()?;
+        Some((dir, serde_json::from_slice(&text).ok()?))
+    })
+}
+
+/// `checkpoint_dir` of the trainer's options.
+pub fn root(options: Option<&serde_yaml::Value>) -> PathBuf {
+    options
+        .and_then(|o| o.get("checkpoint_dir"))
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_DIR)
+        .into()
+}

@@ -5,6 +5,7 @@
 //! whose state partitions like `code-files` (same key); within one clone a content is
 //! published once.
 
+pub mod decontaminate;
 pub mod metrics;
 pub mod parse;
 pub mod score;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::records::{CodeFile, RepoClone};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
@@ -25,6 +27,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::decontaminate::{Benchmarks, DecontaminationOptions};
 use crate::metrics::{CloneError, ProcessorMetrics, Skip};
 use crate::select::PathVerdict;
 
@@ -59,6 +62,8 @@ pub struct ProcessorOptions {
     pub parse_timeout_ms: u64,
     /// Caps on the walk over a clone's tree.
     pub tree: TreeLimits,
+    /// Benchmarks whose prompts and solutions no kept file may hold.
+    pub decontamination: DecontaminationOptions,
 }
 
 impl Default for ProcessorOptions {
@@ -72,6 +77,7 @@ impl Default for ProcessorOptions {
             min_quality: 30.0,
             parse_timeout_ms: 2_000,
             tree: TreeLimits::default(),
+            decontamination: DecontaminationOptions::default(),
         }
     }
 }
@@ -89,6 +95,7 @@ pub struct Processor {
     store: PathBuf,
     pool: Arc<rayon::ThreadPool>,
     metrics: Arc<ProcessorMetrics>,
+    benchmarks: Arc<Benchmarks>,
 }
 
 impl Processor {
@@ -103,11 +110,20 @@ impl Processor {
         let store = std::fs::create_dir_all(&options.store)
             .and_then(|()| options.store.canonicalize())
             .map_err(|e| anyhow::anyhow!("clone store {}: {e}", options.store.display()))?;
+        let benchmarks = Benchmarks::load(&options.decontamination)
+            .context("stages.processor.options.decontamination")?;
+        if !options.decontamination.benchmarks.is_empty() {
+            tracing::info!(
+                texts = benchmarks.len(),
+                "benchmark texts loaded for decontamination"
+            );
+        }
         Ok(Self {
             store,
             options,
             pool: Arc::new(pool),
             metrics: Arc::new(metrics),
+            benchmarks: Arc::new(benchmarks),
         })
     }
 
@@ -244,6 +260,10 @@ impl Processor {
         let stats = text::stats(text);
         if let Some(reason) = text::reject(text, language, &stats) {
             return Verdict::Skip(reason);
+        }
+        if let Some(problem) = self.benchmarks.find(text) {
+            tracing::debug!(%path, %problem, "holds a benchmark's text");
+            return Verdict::Skip(Skip::Decontaminated);
         }
         let parse =
             match parse::parse_stats(language, text, Duration::from_millis(o.parse_timeout_ms)) {

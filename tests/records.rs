@@ -95,6 +95,7 @@ fn code_file_matches_its_schema() {
             comment_share: 0.0,
             max_depth: 7,
         }),
+        redactions: BTreeMap::from([("email".into(), 2), ("key".into(), 1)]),
     };
     check(file.clone());
     file.parse_stats = None;

@@ -1,6 +1,6 @@
 //! `codelupe`: runs one stage against a Kafka cluster (`stage`), every stage in one
 //! process (`run`, on an embedded broker by default), publishes topics from
-//! topology.yaml (`topology`), fits the batcher's tokenizer (`tokenizer train`),
+//! topology.yaml (`topology`), fits the code tokenizer (`tokenizer train`),
 //! prints a topic's records decoded (`tail`) and lists or replays dead letters
 //! (`dead-letters`).
 
@@ -93,7 +93,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The batcher's tokenizer.
+    /// The code tokenizer: the batcher encodes with it, the trainer decodes with it.
     Tokenizer {
         #[command(subcommand)]
         action: TokenizerAction,

@@ -194,6 +194,7 @@ mod tests {
             quality_score: 80.0,
             quality_components: BTreeMap::new(),
             parse_stats: None,
+            redactions: Default::default(),
         }
     }
 

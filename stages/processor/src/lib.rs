@@ -8,6 +8,7 @@
 pub mod decontaminate;
 pub mod metrics;
 pub mod parse;
+pub mod redact;
 pub mod score;
 pub mod select;
 pub mod text;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
+use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{CodeFile, RepoClone};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
@@ -64,6 +66,8 @@ pub struct ProcessorOptions {
     pub tree: TreeLimits,
     /// Benchmarks whose prompts and solutions no kept file may hold.
     pub decontamination: DecontaminationOptions,
+    /// Replace secrets and personal data in kept files with placeholders.
+    pub redact: bool,
 }
 
 impl Default for ProcessorOptions {
@@ -78,6 +82,7 @@ impl Default for ProcessorOptions {
             parse_timeout_ms: 2_000,
             tree: TreeLimits::default(),
             decontamination: DecontaminationOptions::default(),
+            redact: true,
         }
     }
 }
@@ -265,6 +270,13 @@ impl Processor {
             tracing::debug!(%path, %problem, "holds a benchmark's text");
             return Verdict::Skip(Skip::Decontaminated);
         }
+        // Secrets and personal data out before anything is parsed or published: the
+        // record's content, hash, size and statistics are the redacted file's.
+        let redacted = if o.redact { redact::redact(text) } else { None };
+        let (text, stats) = match &redacted {
+            Some(r) => (r.text.as_str(), text::stats(&r.text)),
+            None => (text, stats),
+        };
         let parse =
             match parse::parse_stats(language, text, Duration::from_millis(o.parse_timeout_ms)) {
                 None => None,
@@ -278,18 +290,29 @@ impl Processor {
         if quality < o.min_quality {
             return Verdict::Skip(Skip::LowQuality);
         }
+        let counts = redacted
+            .as_ref()
+            .map(|r| r.counts.clone())
+            .unwrap_or_default();
+        for (&kind, &n) in &counts {
+            self.metrics.redactions.inc_by(kind, u64::from(n));
+        }
         Verdict::Keep(Box::new(CodeFile {
-            content_hash: format!("{:x}", Sha256::digest(bytes)),
+            content_hash: format!("{:x}", Sha256::digest(text.as_bytes())),
             repo_full_name: clone.full_name.clone(),
             commit_id: clone.commit_id.clone(),
             path: path.to_string(),
             language: language.to_string(),
             content: text.to_string(),
-            size_bytes: bytes.len() as i64,
+            size_bytes: text.len() as i64,
             lines: stats.lines as i64,
             quality_score: quality,
             quality_components: components,
             parse_stats: parse,
+            redactions: counts
+                .into_iter()
+                .map(|(kind, n)| (kind.label().to_string(), i64::from(n)))
+                .collect(),
         }))
     }
 }

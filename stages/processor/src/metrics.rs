@@ -5,6 +5,8 @@ use codelupe_runtime::labels::CounterBy;
 use codelupe_runtime::telemetry::register;
 use prometheus::{Histogram, IntCounter, IntGauge, Registry};
 
+pub use crate::redact::Redaction;
+
 codelupe_runtime::label_set! {
     /// Why a file was not published (`processor_files_skipped_total{reason}`), the
     /// first that applies, in the order the README lists them.
@@ -50,6 +52,7 @@ codelupe_runtime::label_set! {
 pub struct ProcessorMetrics {
     pub files_processed: IntCounter,
     pub files_skipped: CounterBy<Skip>,
+    pub redactions: CounterBy<Redaction>,
     pub active_files: IntGauge,
     pub worker_count: IntGauge,
     pub file_duration: Histogram,
@@ -69,6 +72,12 @@ impl ProcessorMetrics {
                 "processor_files_skipped_total",
                 "Files not published, by reason",
                 "reason",
+            )?,
+            redactions: CounterBy::register(
+                r,
+                "processor_redactions_total",
+                "Secrets and personal data replaced by placeholders in published files, by kind",
+                "kind",
             )?,
             active_files: register::int_gauge(
                 r,

@@ -15,7 +15,7 @@ use codelupe_testkit::bench::CRATES;
 use codelupe_testkit::{code_files, registry_crates};
 
 fn human_eval() -> PathBuf {
-    let dir = std::env::var("CODELUPE_BENCHMARKS").map_or_else(
+    let dir = std::env::var("BENCHMARKS_DIR").map_or_else(
         |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/codelupe/benchmarks"),
         PathBuf::from,
     );

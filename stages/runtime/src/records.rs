@@ -82,6 +82,9 @@ pub struct CodeFile {
     pub quality_score: f64,
     pub quality_components: BTreeMap<String, f64>,
     pub parse_stats: Option<ParseStats>,
+    /// Secrets and personal data replaced by placeholders, by kind.
+    #[serde(default)]
+    pub redactions: BTreeMap<String, i64>,
 }
 avro_record!(CodeFile, "code-files.avsc");
 

@@ -221,6 +221,7 @@ pub fn batcher_document(data: &[u8]) {
         quality_score: 50.0,
         quality_components: Default::default(),
         parse_stats: None,
+        redactions: Default::default(),
         content,
     };
     let tok = tokenizer();

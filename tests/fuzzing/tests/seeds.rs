@@ -129,6 +129,7 @@ fn write_seed_corpora() {
             comment_share: 0.12,
             max_depth: 9,
         }),
+        redactions: [("email".to_string(), 1)].into(),
         content,
     };
     let repo = RepoUrl {

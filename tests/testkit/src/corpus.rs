@@ -44,6 +44,7 @@ pub fn code_files(roots: &[PathBuf], mut keep: impl FnMut(&Path) -> bool) -> Vec
                 quality_score: 80.0,
                 quality_components: Default::default(),
                 parse_stats: None,
+                redactions: Default::default(),
             });
         }
     }

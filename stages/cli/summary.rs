@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use codelupe_runtime::descriptor::{Observed, StageDescriptor};
+use codelupe_runtime::descriptor::{counts_line, Observed, StageDescriptor};
 
 use crate::live::Board;
 
@@ -67,15 +67,11 @@ pub fn render(board: &Board, elapsed: Duration, parts: &[Part<'_>]) -> String {
             .filter(|s| s.metric == codelupe_runtime::pipeline::DEAD_LETTERS)
             .map(|s| (s.reason.clone(), s.count))
             .collect();
-        let by_reason = Observed {
-            skipped: &letters,
-            ..Observed::default()
-        };
         let _ = writeln!(
             out,
             "  dead letters  {} ({})",
             dead as u64,
-            by_reason.skipped()
+            counts_line(&letters)
         );
     }
     out

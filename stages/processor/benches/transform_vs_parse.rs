@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use codelupe_processor::decontaminate::setup_dir;
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{parse, select, Processor, ProcessorOptions};
 use codelupe_runtime::records::RepoClone;
@@ -76,11 +77,7 @@ fn main() {
         .collect();
     // What curation costs: redaction, and decontamination with HumanEval when
     // setup/benchmarks.sh fetched it, against neither.
-    let human_eval = std::env::var("BENCHMARKS_DIR")
-        .or_else(|_| std::env::var("HOME").map(|home| format!("{home}/.cache/codelupe/benchmarks")))
-        .ok()
-        .map(|dir| std::path::Path::new(&dir).join("HumanEval.jsonl.gz"))
-        .filter(|p| p.exists());
+    let human_eval = Some(setup_dir().join("HumanEval.jsonl.gz")).filter(|p| p.exists());
     let processor = |workers, curated: bool| {
         let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
         let mut options = ProcessorOptions {

@@ -40,6 +40,16 @@ impl Default for DecontaminationOptions {
     }
 }
 
+/// Where `setup/benchmarks.sh` puts the benchmarks: `BENCHMARKS_DIR`, else
+/// `~/.cache/codelupe/benchmarks`.
+pub fn setup_dir() -> PathBuf {
+    match std::env::var_os("BENCHMARKS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/codelupe/benchmarks"),
+    }
+}
+
 /// The benchmark texts, normalised, in one automaton.
 pub struct Benchmarks {
     matcher: Option<AhoCorasick>,
@@ -134,7 +144,7 @@ pub fn read_problems(path: &Path, fields: &[String]) -> anyhow::Result<Vec<(Stri
             .find_map(|k| {
                 value
                     .get(*k)
-                    .map(|v| v.to_string().trim_matches('"').to_string())
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from))
             })
             .unwrap_or_else(|| format!("line {}", i + 1));
         let texts = fields

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use codelupe_processor::decontaminate::{read_problems, DecontaminationOptions};
+use codelupe_processor::decontaminate::{read_problems, setup_dir, DecontaminationOptions};
 use codelupe_processor::metrics::{ProcessorMetrics, Skip};
 use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
@@ -15,11 +15,7 @@ use codelupe_testkit::bench::CRATES;
 use codelupe_testkit::{code_files, registry_crates};
 
 fn human_eval() -> PathBuf {
-    let dir = std::env::var("BENCHMARKS_DIR").map_or_else(
-        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/codelupe/benchmarks"),
-        PathBuf::from,
-    );
-    let path = dir.join("HumanEval.jsonl.gz");
+    let path = setup_dir().join("HumanEval.jsonl.gz");
     assert!(
         path.exists(),
         "{} is missing: run `source setup/benchmarks.sh` (tests/run does)",

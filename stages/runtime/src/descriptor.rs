@@ -97,20 +97,25 @@ impl Observed<'_> {
             .map_or(0.0, |(_, v)| *v) as u64
     }
 
-    /// "reason count, …", largest first, or "none".
+    /// Its skip reasons as [`counts_line`] writes them.
     pub fn skipped(&self) -> String {
-        let mut reasons: Vec<&(String, f64)> = self.skipped.iter().collect();
-        reasons.sort_by(|a, b| b.1.total_cmp(&a.1));
-        if reasons.is_empty() {
-            return "none".into();
-        }
-        let mut out = String::new();
-        for (i, (reason, count)) in reasons.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(out, "{sep}{reason} {}", *count as u64);
-        }
-        out
+        counts_line(self.skipped)
     }
+}
+
+/// "reason count, …", largest first, or "none".
+pub fn counts_line(counts: &[(String, f64)]) -> String {
+    let mut sorted: Vec<&(String, f64)> = counts.iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if sorted.is_empty() {
+        return "none".into();
+    }
+    let mut out = String::new();
+    for (i, (reason, count)) in sorted.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(out, "{sep}{reason} {}", *count as u64);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -49,10 +49,24 @@ fn trained(root: &Path) -> Vec<String> {
 /// partitions, checkpoints under `dir`, the metrics port.
 struct Setup {
     input: String,
+    /// The trainer's consumer group.
+    group: String,
+    dead_letters: String,
     topology: std::path::PathBuf,
     config: std::path::PathBuf,
     root: std::path::PathBuf,
     port: u16,
+}
+
+impl Setup {
+    /// How far the trainer's group is behind on its input.
+    fn lag_reader(&self) -> codelupe_runtime::kafka::LagReader {
+        let clients = codelupe_runtime::kafka::KafkaClients::new(
+            brokers(),
+            &codelupe_runtime::config::KafkaConfig::default(),
+        );
+        codelupe_runtime::kafka::LagReader::new(&clients, &self.group, &self.input).unwrap()
+    }
 }
 
 async fn setup(dir: &Path, tokenizer: &Path, partitions: i32, options: &str) -> Setup {
@@ -93,6 +107,8 @@ async fn setup(dir: &Path, tokenizer: &Path, partitions: i32, options: &str) -> 
     )
     .unwrap();
     Setup {
+        group: format!("trainer-{suffix}"),
+        dead_letters: dead,
         input,
         topology,
         config,
@@ -112,6 +128,7 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
         config,
         root,
         port,
+        ..
     } = setup(
         dir.path(),
         &corpus.tokenizer_path,
@@ -266,22 +283,15 @@ async fn an_input_ending_in_batches_it_does_not_train_is_committed_to_its_end_an
         produce_to_partition(&s.input, 0, &key, &value).await;
     }
     produce_to_partition(&s.input, 0, "poison", b"not avro").await;
-    // setup()'s group.
-    let group = s.input.replace("training-batches-", "trainer-");
-    let clients = codelupe_runtime::kafka::KafkaClients::new(
-        brokers(),
-        &codelupe_runtime::config::KafkaConfig::default(),
-    );
-    let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &s.input).unwrap();
+    let mut lag = s.lag_reader();
     wait_for(
         "the skipped tail committed",
         Duration::from_secs(60),
         || lag.lag().unwrap() == 0,
     );
     // The undecodable value is dead-lettered like every stage's.
-    let dead = s.input.replace("training-batches-", "dead-letters-");
     let letters: Vec<codelupe_runtime::records::DeadLetter> =
-        codelupe_testkit::read_all(&dead, Duration::from_secs(2))
+        codelupe_testkit::read_all(&s.dead_letters, Duration::from_secs(2))
             .iter()
             .map(|(_, v)| codelupe_runtime::records::DeadLetter::decode(v).unwrap())
             .collect();
@@ -309,12 +319,7 @@ async fn a_group_commit_lost_before_a_restart_is_made_by_the_restarted_trainer()
     )
     .await;
     produce_all(&s.input, corpus.train.iter().map(record).collect()).await;
-    let group = s.input.replace("training-batches-", "trainer-");
-    let clients = codelupe_runtime::kafka::KafkaClients::new(
-        brokers(),
-        &codelupe_runtime::config::KafkaConfig::default(),
-    );
-    let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &s.input).unwrap();
+    let mut lag = s.lag_reader();
     let trainer = start(&s.config, &s.topology);
     wait_for("the batches committed", Duration::from_secs(240), || {
         trained(&s.root).len() == corpus.train.len() && lag.lag().unwrap() == 0
@@ -322,7 +327,7 @@ async fn a_group_commit_lost_before_a_restart_is_made_by_the_restarted_trainer()
     drop(trainer); // SIGKILL
 
     // The group's offsets back at the start, as if the last commit had failed.
-    rewind_group(&group, &s.input, 2);
+    rewind_group(&s.group, &s.input, 2);
     assert_eq!(lag.lag().unwrap(), corpus.train.len() as i64);
     let _trainer = start(&s.config, &s.topology);
     wait_for(

@@ -13,6 +13,7 @@ use codelupe_crawler::github::Page;
 use codelupe_crawler::sources::parse_line;
 use codelupe_downloader::clone::{Token, UrlPolicy};
 use codelupe_processor::metrics::ProcessorMetrics;
+use codelupe_processor::redact::redact;
 use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::codec::AvroRecord;
@@ -173,8 +174,9 @@ fn clone_url(url: &str) {
 }
 
 /// A path up to the first newline, then the file's bytes, judged as the processor
-/// judges a file of a clone: what it keeps is the file itself, hashed, scored finitely,
-/// and encodes as a `code-files` record.
+/// judges a file of a clone: what it keeps is the file itself (or, when it held
+/// secrets, the file redacted, with no secret left for another pass to find), hashed,
+/// scored finitely, and encodes as a `code-files` record.
 pub fn processor_file(data: &[u8]) {
     let (path, bytes) = first_line(data);
     let path = String::from_utf8_lossy(path);
@@ -185,8 +187,19 @@ pub fn processor_file(data: &[u8]) {
     let Verdict::Keep(file) = verdict else {
         return;
     };
-    assert_eq!(file.content.as_bytes(), bytes);
-    assert_eq!(file.content_hash, format!("{:x}", Sha256::digest(bytes)));
+    if file.redactions.is_empty() {
+        assert_eq!(file.content.as_bytes(), bytes);
+    } else {
+        let original = std::str::from_utf8(bytes).expect("a kept file is text");
+        let redacted = redact(original).expect("counted redactions were made");
+        assert_eq!(file.content, redacted.text);
+        let left = redact(&file.content).map(|r| r.counts);
+        assert_eq!(left, None, "a secret survives redaction");
+    }
+    assert_eq!(
+        file.content_hash,
+        format!("{:x}", Sha256::digest(file.content.as_bytes()))
+    );
     assert!(file.quality_score.is_finite(), "{}", file.quality_score);
     for (name, value) in &file.quality_components {
         assert!(value.is_finite(), "{name} = {value}");

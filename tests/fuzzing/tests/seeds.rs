@@ -62,6 +62,26 @@ fn registry_files(per_language: usize) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Source files with a secret of each kind the processor redacts.
+const HOLDING_SECRETS: &[(&str, &str)] = &[
+    (
+        "src/client.rs",
+        "/// Maintainer: jane.doe@acme-corp.com\npub fn connect() -> Client {\n    let host = \"93.184.216.34\";\n    let key = \"AKIAIOSFODNN7EXAMPLE\";\n    Client::new(host, key)\n}\n",
+    ),
+    (
+        "app/settings.py",
+        "import os\n\n# mirrors at 2606:4700:4700::1111 and 8.8.4.4\ndb_password = \"hunter2Qx9!\"\nGITHUB_TOKEN = \"ghp_16C7e42F292c6912E7710c838347Ae178B4a\"\n\n\ndef url():\n    return os.environ.get(\"URL\", \"http://10.0.0.1\")\n",
+    ),
+    (
+        "web/auth.js",
+        "const jwt = 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U';\nconst slack = 'xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx';\nmodule.exports = { jwt, slack, client_secret: 'a8F3kd92LmQ0pZ' };\n",
+    ),
+    (
+        "deploy/key.go",
+        "package deploy\n\nconst key = `-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA\nx9Zq\n-----END RSA PRIVATE KEY-----`\n\nfunc Key() string { return key }\n",
+    ),
+];
+
 fn get(base: &str, path: &str) -> (String, Vec<u8>) {
     let authority = base.trim_start_matches("http://");
     let mut stream = TcpStream::connect(authority).unwrap();
@@ -236,6 +256,10 @@ fn write_seed_corpora() {
     let dir = corpus("processor_file");
     for (path, content) in &sources {
         write(&dir, &[path.as_bytes(), b"\n", content].concat());
+    }
+    // Files holding secrets, so the fuzzer starts from every redaction path too.
+    for (path, content) in HOLDING_SECRETS {
+        write(&dir, format!("{path}\n{content}").as_bytes());
     }
 
     let dir = corpus("batcher_document");

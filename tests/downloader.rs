@@ -164,6 +164,8 @@ async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() 
     assert_eq!(clone.lines_by_language.get("Rust"), Some(&5));
     assert_eq!(clone.lines_by_language.get("Python"), Some(&5));
     assert!(clone.quality_score > 0.0 && clone.quality_score <= 100.0);
+    // GitHub's word on the license goes on to the processor, which checks it.
+    assert_eq!(clone.license_reported.as_deref(), Some("MIT"));
     RepoClone::decode(&clone.encode().unwrap()).unwrap();
 
     let path = clone.clone_uri.strip_prefix("file://").unwrap();

@@ -92,6 +92,7 @@ fn clone_record(full_name: &str, path: &Path, commit: &str) -> RepoClone {
         lines_by_language: BTreeMap::new(),
         quality_score: 50.0,
         cloned_at_ms: now_ms(),
+        license_reported: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn repo_clone_matches_its_schema() {
         lines_by_language: BTreeMap::from([("Rust".into(), 1000), ("Python".into(), 20)]),
         quality_score: 73.5,
         cloned_at_ms: now_ms(),
+        license_reported: None,
     });
 }
 
@@ -96,6 +97,7 @@ fn code_file_matches_its_schema() {
             max_depth: 7,
         }),
         redactions: BTreeMap::from([("email".into(), 2), ("key".into(), 1)]),
+        license: Default::default(),
     };
     check(file.clone());
     file.parse_stats = None;
@@ -170,6 +172,7 @@ fn a_value_of_another_schema_is_rejected_by_fingerprint() {
         lines_by_language: BTreeMap::new(),
         quality_score: 0.0,
         cloned_at_ms: 0,
+        license_reported: None,
     };
     let err = RepoUrl::decode(&clone.encode().unwrap()).unwrap_err();
     assert!(

@@ -195,6 +195,7 @@ mod tests {
             quality_components: BTreeMap::new(),
             parse_stats: None,
             redactions: Default::default(),
+            license: Default::default(),
         }
     }
 

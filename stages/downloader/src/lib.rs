@@ -259,6 +259,7 @@ fn output(
             lines_by_language: marker.lines_by_language.clone(),
             quality_score: score,
             cloned_at_ms: marker.cloned_at_ms,
+            license_reported: repo.license_spdx.clone(),
         },
     }]
 }

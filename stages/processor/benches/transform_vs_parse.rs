@@ -31,6 +31,7 @@ fn import(
         lines_by_language: Default::default(),
         quality_score: 0.0,
         cloned_at_ms: 0,
+        license_reported: None,
     }
 }
 
@@ -75,8 +76,8 @@ fn main() {
         .iter()
         .map(|c| import(c, &store, &work))
         .collect();
-    // What curation costs: redaction, and decontamination with HumanEval when
-    // setup/benchmarks.sh fetched it, against neither.
+    // What curation costs: license detection, redaction, and decontamination with
+    // HumanEval when setup/benchmarks.sh fetched it, against none of them.
     let human_eval = Some(setup_dir().join("HumanEval.jsonl.gz")).filter(|p| p.exists());
     let processor = |workers, curated: bool| {
         let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
@@ -86,6 +87,7 @@ fn main() {
             redact: curated,
             ..Default::default()
         };
+        options.licenses.enabled = curated;
         if curated {
             options.decontamination.benchmarks = human_eval.iter().cloned().collect();
         }

@@ -6,6 +6,7 @@
 //! published once.
 
 pub mod decontaminate;
+pub mod license;
 pub mod metrics;
 pub mod parse;
 pub mod redact;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::records::{CodeFile, RepoClone};
+use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use rayon::prelude::*;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::decontaminate::{Benchmarks, DecontaminationOptions};
+use crate::license::LicenseOptions;
 use crate::metrics::{CloneError, ProcessorMetrics, Skip};
 use crate::select::PathVerdict;
 
@@ -68,6 +70,8 @@ pub struct ProcessorOptions {
     pub decontamination: DecontaminationOptions,
     /// Replace secrets and personal data in kept files with placeholders.
     pub redact: bool,
+    /// Which repositories' code is kept, by license.
+    pub licenses: LicenseOptions,
 }
 
 impl Default for ProcessorOptions {
@@ -83,6 +87,7 @@ impl Default for ProcessorOptions {
             tree: TreeLimits::default(),
             decontamination: DecontaminationOptions::default(),
             redact: true,
+            licenses: LicenseOptions::default(),
         }
     }
 }
@@ -178,6 +183,11 @@ impl Processor {
             TreeError::Bomb(why) => bomb(why),
             TreeError::Corrupt(e) => corrupt(e),
         })?;
+        let (keep, license) = self.license_of(&repo, &listed, clone).map_err(corrupt)?;
+        if !keep {
+            let refused = |f: tree::FileEntry| (f.path, Verdict::Skip(Skip::License));
+            return Ok(listed.into_iter().map(refused).collect());
+        }
         let (to_read, mut verdicts) = self.select(listed);
         tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree)
             .map_err(|e| bomb(e.to_string()))?;
@@ -196,8 +206,54 @@ impl Processor {
                 })
                 .collect()
         });
-        verdicts.extend(examined);
+        verdicts.extend(examined.into_iter().map(|(path, mut verdict)| {
+            if let Verdict::Keep(file) = &mut verdict {
+                file.license = license.clone();
+            }
+            (path, verdict)
+        }));
         Ok(verdicts)
+    }
+
+    /// The license of `clone` from its top-level license files and GitHub's word, and
+    /// whether the policy keeps its files.
+    fn license_of(
+        &self,
+        repo: &git2::Repository,
+        listed: &[tree::FileEntry],
+        clone: &RepoClone,
+    ) -> Result<(bool, RepoLicense), git2::Error> {
+        let o = &self.options.licenses;
+        if !o.enabled {
+            let reported = clone.license_reported.clone();
+            return Ok((
+                true,
+                RepoLicense {
+                    reported,
+                    ..RepoLicense::default()
+                },
+            ));
+        }
+        let mut texts = Vec::new();
+        for file in listed {
+            // A license is a few pages; a bigger file by that name is something else.
+            if license::is_license_file(&file.path) && file.size <= 256 * 1024 {
+                let blob = repo.find_blob(file.id)?;
+                texts.push(String::from_utf8_lossy(blob.content()).into_owned());
+            }
+        }
+        let detected = license::detect(texts.iter().map(String::as_str), o.min_confidence);
+        let outcome = license::decide(&detected, clone.license_reported.as_deref(), o);
+        self.metrics.repositories_by_license.inc(outcome);
+        let license = RepoLicense {
+            detected: detected.licenses.into_iter().collect(),
+            // Three decimals: the score is an estimate, not a measurement.
+            confidence: detected
+                .confidence
+                .map(|c| (f64::from(c) * 1000.0).round() / 1000.0),
+            reported: clone.license_reported.clone(),
+        };
+        Ok((outcome.keeps(), license))
     }
 
     /// Splits listed files into those to read (with their language) and those skipped
@@ -313,6 +369,8 @@ impl Processor {
                 .into_iter()
                 .map(|(kind, n)| (kind.label().to_string(), i64::from(n)))
                 .collect(),
+            // Set for the whole clone once every file is judged.
+            license: RepoLicense::default(),
         }))
     }
 }

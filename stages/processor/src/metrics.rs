@@ -5,12 +5,16 @@ use codelupe_runtime::labels::CounterBy;
 use codelupe_runtime::telemetry::register;
 use prometheus::{Histogram, IntCounter, IntGauge, Registry};
 
+pub use crate::license::LicenseOutcome;
 pub use crate::redact::Redaction;
 
 codelupe_runtime::label_set! {
     /// Why a file was not published (`processor_files_skipped_total{reason}`), the
     /// first that applies, in the order the README lists them.
     pub enum Skip {
+        /// The repository's license is refused by the `licenses` policy (every file of
+        /// the repository).
+        License => "license",
         Vendored => "vendored",
         GeneratedName => "generated_name",
         Minified => "minified",
@@ -53,6 +57,7 @@ pub struct ProcessorMetrics {
     pub files_processed: IntCounter,
     pub files_skipped: CounterBy<Skip>,
     pub redactions: CounterBy<Redaction>,
+    pub repositories_by_license: CounterBy<LicenseOutcome>,
     pub active_files: IntGauge,
     pub worker_count: IntGauge,
     pub file_duration: Histogram,
@@ -78,6 +83,12 @@ impl ProcessorMetrics {
                 "processor_redactions_total",
                 "Secrets and personal data replaced by placeholders in published files, by kind",
                 "kind",
+            )?,
+            repositories_by_license: CounterBy::register(
+                r,
+                "processor_repositories_by_license_total",
+                "Clones judged by the license policy, by outcome",
+                "outcome",
             )?,
             active_files: register::int_gauge(
                 r,

@@ -49,6 +49,7 @@ fn clone() -> RepoClone {
         lines_by_language: BTreeMap::new(),
         quality_score: 50.0,
         cloned_at_ms: 0,
+        license_reported: None,
     }
 }
 

@@ -56,8 +56,23 @@ pub struct RepoClone {
     pub lines_by_language: BTreeMap<String, i64>,
     pub quality_score: f64,
     pub cloned_at_ms: i64,
+    /// The SPDX id GitHub reported (repo-urls' `license_spdx`).
+    #[serde(default)]
+    pub license_reported: Option<String>,
 }
 avro_record!(RepoClone, "repo-clones.avsc");
+
+/// The license of a file's repository: what its license files hold, and what GitHub
+/// reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepoLicense {
+    /// SPDX ids identified in the top-level license files (`-only` and `-or-later`
+    /// forms as one).
+    pub detected: Vec<String>,
+    /// The lowest match score (0..1) among them; None when none matched.
+    pub confidence: Option<f64>,
+    pub reported: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParseStats {
@@ -85,6 +100,8 @@ pub struct CodeFile {
     /// Secrets and personal data replaced by placeholders, by kind.
     #[serde(default)]
     pub redactions: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub license: RepoLicense,
 }
 avro_record!(CodeFile, "code-files.avsc");
 

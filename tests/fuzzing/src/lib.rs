@@ -235,6 +235,7 @@ pub fn batcher_document(data: &[u8]) {
         quality_components: Default::default(),
         parse_stats: None,
         redactions: Default::default(),
+        license: Default::default(),
         content,
     };
     let tok = tokenizer();
@@ -305,6 +306,7 @@ fn clone() -> RepoClone {
         lines_by_language: Default::default(),
         quality_score: 0.0,
         cloned_at_ms: 0,
+        license_reported: None,
     }
 }
 

@@ -129,6 +129,7 @@ fn write_seed_corpora() {
         lines_by_language: [("Rust".to_string(), 1_204)].into(),
         quality_score: 0.62,
         cloned_at_ms: 1_764_000_000_000,
+        license_reported: None,
     };
     let (path, content) = &sources[0];
     let content = String::from_utf8_lossy(content).into_owned();
@@ -150,6 +151,7 @@ fn write_seed_corpora() {
             max_depth: 9,
         }),
         redactions: [("email".to_string(), 1)].into(),
+        license: Default::default(),
         content,
     };
     let repo = RepoUrl {

@@ -45,6 +45,7 @@ pub fn code_files(roots: &[PathBuf], mut keep: impl FnMut(&Path) -> bool) -> Vec
                 quality_components: Default::default(),
                 parse_stats: None,
                 redactions: Default::default(),
+                license: Default::default(),
             });
         }
     }

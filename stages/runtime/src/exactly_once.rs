@@ -4,9 +4,9 @@
 //! however often the stage crashes, restarts or rebalances.
 //!
 //! Records are transformed concurrently as in at-least-once; finished ones wait in
-//! memory (holding their permit) until every record before them in their partition has
-//! finished too, then go into the next transaction with their partition's offset
-//! (every `COMMIT_INTERVAL`, or as soon as every permit is held by a waiting record). One
+//! memory (holding a place among `max_awaiting_commit`) until every record before them
+//! in their partition has finished too, then go into the next transaction with their
+//! partition's offset (every `COMMIT_INTERVAL`, or as soon as every place is taken). One
 //! transactional producer per consumer instance, offsets sent with the consumer's group
 //! metadata (KIP-447), so a member that lost its partitions cannot commit for them. A
 //! transaction that fails abortably is aborted and sent again from memory (the same
@@ -101,7 +101,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
         input: input.to_string(),
         producer: transactional_producer(runtime, group).await?,
         shared: Arc::new(Shared::new(transform, runtime, &metrics)?),
-        back_pressure: pipeline::BackPressure::new(runtime.settings.max_in_flight.get()),
+        back_pressure: pipeline::BackPressure::new(&runtime.settings),
         consumer: consumer.clone(),
         metrics,
         tracker,
@@ -120,11 +120,12 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
             Some(partitions) = revoked.recv() => state.revoke(&partitions),
             Some(done) = done_rx.recv() => {
                 state.accept(done);
-                // Every permit waits for a commit: commit now rather than at the tick.
-                if !state.back_pressure.poll_input() {
+                // Every place waits for a commit: commit now rather than at the tick.
+                if state.back_pressure.saturated() {
                     state.commit_ready().await?;
                 }
             }
+            _ = state.back_pressure.returned() => state.back_pressure.released(&state.consumer),
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = tick.tick() => {
                 let stepped = pipeline::stepped_over(&state.consumer, &state.tracker);
@@ -189,8 +190,8 @@ impl<T: Transform> Loop<T> {
         );
     }
 
-    /// Transforms `record` in a task holding a permit (finished records hold theirs
-    /// until committed).
+    /// Transforms `record` in a task holding a permit (finished records trade it for a
+    /// place among those awaiting a commit, held until committed).
     fn take(&mut self, record: InputRecord) {
         if !self
             .tracker
@@ -209,9 +210,11 @@ impl<T: Transform> Loop<T> {
             .copied()
             .unwrap_or(0);
         let (shared, done, limit) = (self.shared.clone(), self.done.clone(), self.output_limit);
+        let handover = self.back_pressure.handover();
         self.tasks.spawn(async move {
             let permit = permit.await;
             let outcome = shared.outgoing(&record, limit).await;
+            let permit = handover.trade(permit).await;
             let _ = done.send(Done {
                 partition: record.partition,
                 offset: record.offset,

@@ -1,7 +1,8 @@
 //! The one consume → transform → produce loop every consuming stage runs.
 //!
 //! Delivery: at-least-once with an idempotent producer. Records are transformed
-//! concurrently (up to `max_in_flight`); an input offset is stored only once every
+//! concurrently (up to `max_in_flight`), then wait for their acks (up to
+//! `max_awaiting_commit`); an input offset is stored only once every
 //! output derived from it (or its dead letter) is acknowledged, using the contiguous
 //! high-water mark per partition, and librdkafka's auto-commit commits stored offsets
 //! periodically, on revoke and on close. A crash replays at most the uncommitted tail.
@@ -323,7 +324,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
 
     let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
-    let mut back_pressure = BackPressure::new(runtime.settings.max_in_flight.get());
+    let mut back_pressure = BackPressure::new(&runtime.settings);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
     // A dead letter the dead-letter topic refuses: the record can go nowhere.
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<SendError>();
@@ -344,6 +345,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 store(&consumer, input, &tracker, partition, offset);
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => back_pressure.released(&consumer),
+            _ = back_pressure.returned() => back_pressure.released(&consumer),
             _ = tick.tick() => {
                 back_pressure.tick(&consumer);
                 store_stepped_over(&consumer, input, &tracker);
@@ -362,7 +364,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 let permit = back_pressure.take();
                 metrics.consumed.inc();
                 metrics.in_flight.inc();
-                let handled = handle_one(shared.clone(), permit, record, done_tx.clone(), fatal_tx.clone());
+                let handled = handle_one(shared.clone(), permit, back_pressure.handover(), record, done_tx.clone(), fatal_tx.clone());
                 tasks.spawn(handled);
             }
         }
@@ -396,14 +398,14 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
 async fn handle_one<T: Transform>(
     shared: Arc<Shared<T>>,
     permit: impl Future<Output = OwnedSemaphorePermit>,
+    handover: Handover,
     record: InputRecord,
     done: mpsc::UnboundedSender<(i32, i64)>,
     fatal: mpsc::UnboundedSender<SendError>,
 ) {
     let permit = permit.await;
-    let handled = shared.handle(&record).await;
+    let handled = shared.handle(&record, permit, &handover).await;
     shared.metrics.in_flight.dec();
-    drop(permit);
     match handled {
         Ok(()) => {
             shared.metrics.last_processed.set(now_ms() / 1000);
@@ -467,21 +469,65 @@ pub(crate) fn polled<M>(message: Option<KafkaResult<M>>) -> Polled<M> {
 /// and polling goes on, well inside `max.poll.interval.ms`.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
-/// Bounds the records in flight to `max_in_flight` without ever leaving the consumer
-/// unpolled for long.
+/// Bounds the records being transformed to `max_in_flight`, and those transformed and
+/// awaiting their commit to `max_awaiting_commit`, without ever leaving the consumer
+/// unpolled for long. A record trades its transform's permit for a place among those
+/// awaiting ([`Handover`]); when that place is slow to come, it keeps the transform's
+/// permit, so a stalled broker stops the input.
 pub(crate) struct BackPressure {
     permits: Arc<Semaphore>,
+    handover: Handover,
     exhausted_since: Option<tokio::time::Instant>,
     paused: bool,
 }
 
+/// Where a transformed record trades its transform's permit for a place among the
+/// records awaiting their commit, waking the loop to read on.
+#[derive(Clone)]
+pub(crate) struct Handover {
+    awaiting: Arc<Semaphore>,
+    returned: Arc<tokio::sync::Notify>,
+}
+
+impl Handover {
+    pub(crate) async fn trade(&self, permit: OwnedSemaphorePermit) -> OwnedSemaphorePermit {
+        let place = self
+            .awaiting
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        drop(permit);
+        self.returned.notify_one();
+        place
+    }
+}
+
 impl BackPressure {
-    pub(crate) fn new(max_in_flight: usize) -> Self {
+    pub(crate) fn new(settings: &crate::config::StageSettings) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits: Arc::new(Semaphore::new(settings.max_in_flight.get())),
+            handover: Handover {
+                awaiting: Arc::new(Semaphore::new(settings.max_awaiting_commit.get())),
+                returned: Arc::new(tokio::sync::Notify::new()),
+            },
             exhausted_since: None,
             paused: false,
         }
+    }
+
+    pub(crate) fn handover(&self) -> Handover {
+        self.handover.clone()
+    }
+
+    /// Resolves when a transform's permit was traded (poll the input again).
+    pub(crate) async fn returned(&self) {
+        self.handover.returned.notified().await
+    }
+
+    /// Every record that may wait for a commit is waiting (or queued to): commit now.
+    pub(crate) fn saturated(&self) -> bool {
+        self.permits.available_permits() == 0 || self.handover.awaiting.available_permits() == 0
     }
 
     /// Whether to poll the input: while a permit is free, or while paused (polling
@@ -800,8 +846,14 @@ impl<T: Transform> Shared<T> {
     }
 
     /// Transforms one record and publishes its outputs or its dead letter; Ok means
-    /// everything derived from it is acknowledged and its offset may be stored.
-    async fn handle(&self, record: &InputRecord) -> Result<(), SendError> {
+    /// everything derived from it is acknowledged and its offset may be stored. The
+    /// transform's `permit` is traded once the outputs are encoded.
+    async fn handle(
+        &self,
+        record: &InputRecord,
+        permit: OwnedSemaphorePermit,
+        handover: &Handover,
+    ) -> Result<(), SendError> {
         let outcome = self.transform_with_retries(record).await;
         let outputs = match outcome {
             Ok(outputs) => outputs,
@@ -838,6 +890,7 @@ impl<T: Transform> Shared<T> {
                 }
             }
         }
+        let _awaiting = handover.trade(permit).await;
         let sends = encoded
             .iter()
             .map(|(key, bytes)| self.publisher.send(topic, key, bytes));

@@ -56,7 +56,8 @@ impl Params {
     }
 }
 
-/// The permutations' (a, b), from a fixed seed (splitmix64).
+/// The permutations' (a, b), from a fixed seed by splitmix64, written out here because
+/// signatures must compare across releases (a crate's generator may change its stream).
 static PERMUTATION_KEYS: std::sync::LazyLock<([u64; PERMUTATIONS], [u64; PERMUTATIONS])> =
     std::sync::LazyLock::new(|| {
         let mut state: u64 = 0x636f_6465_6c75_7065; // "codelupe"

@@ -15,29 +15,12 @@ use codelupe_neardup::{Index, Judgement, Params};
 use codelupe_testkit::bench::CRATES;
 use codelupe_testkit::{code_files, registry_crates};
 
-/// splitmix64: a seeded stream of numbers, so the corpus is the same every run.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// `share` of the lines (at least one) edited: changed, deleted, or a new line added.
-fn edit_lines(text: &str, share: f64, rng: &mut Seeded) -> String {
+fn edit_lines(text: &str, share: f64, rng: &mut fastrand::Rng) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let edits = ((lines.len() as f64 * share).round() as usize).max(1);
     for e in 0..edits {
-        let at = rng.below(lines.len());
+        let at = rng.usize(..lines.len());
         match e % 3 {
             0 => lines[at] = format!("{} // revised {e}", lines[at]),
             1 if lines.len() > 1 => {
@@ -103,7 +86,7 @@ fn reorder_blocks(text: &str) -> String {
     blocks.join("\n\n")
 }
 
-fn variant(kind: usize, text: &str, rng: &mut Seeded) -> String {
+fn variant(kind: usize, text: &str, rng: &mut fastrand::Rng) -> String {
     match kind {
         0 => edit_lines(text, 0.01, rng),
         1 => edit_lines(text, 0.05, rng),
@@ -129,7 +112,7 @@ fn corpus() -> Vec<(String, String)> {
     .take(900)
     .collect();
     assert!(originals.len() >= 600, "{} files", originals.len());
-    let mut rng = Seeded(7);
+    let mut rng = fastrand::Rng::with_seed(7);
     let mut files: Vec<(String, String)> = Vec::new();
     for (i, text) in originals.iter().enumerate() {
         files.push((format!("orig-{i}"), text.clone()));
@@ -139,7 +122,7 @@ fn corpus() -> Vec<(String, String)> {
         }
     }
     for i in (1..files.len()).rev() {
-        files.swap(i, rng.below(i + 1));
+        files.swap(i, rng.usize(..=i));
     }
     files
 }

@@ -9,6 +9,7 @@ files it removed.
     python datatrove_minhash.py FILES.jsonl WORKDIR
 """
 
+import gzip
 import sys
 import time
 from pathlib import Path
@@ -39,42 +40,23 @@ def main():
     def reader():
         return JsonlReader(str(files.parent), glob_pattern=files.name, id_key="id", text_key="text")
 
+    def executor(name, pipeline, tasks=1):
+        return LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name))
+
+    sigs, buckets, remove_ids = str(work / "sigs"), str(work / "buckets"), str(work / "remove_ids")
     steps = {
-        "signatures": LocalPipelineExecutor(
-            pipeline=[reader(), MinhashDedupSignature(output_folder=str(work / "sigs"), config=config)],
-            tasks=1,
-            workers=1,
-            logging_dir=str(work / "logs/sigs"),
-        ),
-        "buckets": LocalPipelineExecutor(
-            pipeline=[
-                MinhashDedupBuckets(
-                    input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=config
-                )
-            ],
+        "signatures": executor("sigs", [reader(), MinhashDedupSignature(output_folder=sigs, config=config)]),
+        "buckets": executor(
+            "buckets",
+            [MinhashDedupBuckets(input_folder=sigs, output_folder=buckets, config=config)],
             tasks=config.num_buckets,
-            workers=1,
-            logging_dir=str(work / "logs/buckets"),
         ),
-        "clusters": LocalPipelineExecutor(
-            pipeline=[
-                MinhashDedupCluster(
-                    input_folder=str(work / "buckets"), output_folder=str(work / "remove_ids"), config=config
-                )
-            ],
-            tasks=1,
-            workers=1,
-            logging_dir=str(work / "logs/clusters"),
+        "clusters": executor(
+            "clusters", [MinhashDedupCluster(input_folder=buckets, output_folder=remove_ids, config=config)]
         ),
-        "filter": LocalPipelineExecutor(
-            pipeline=[
-                reader(),
-                MinhashDedupFilter(input_folder=str(work / "remove_ids")),
-                JsonlWriter(str(work / "deduplicated")),
-            ],
-            tasks=1,
-            workers=1,
-            logging_dir=str(work / "logs/filter"),
+        "filter": executor(
+            "filter",
+            [reader(), MinhashDedupFilter(input_folder=remove_ids), JsonlWriter(str(work / "deduplicated"))],
         ),
     }
     total = 0.0
@@ -86,8 +68,6 @@ def main():
         print(f"datatrove {name:<10} {count / took:>8.0f} files/s  ({took:.1f} s)")
     kept = 0
     for part in (work / "deduplicated").glob("*.jsonl*"):
-        import gzip
-
         opener = gzip.open if part.suffix == ".gz" else open
         with opener(part, "rt") as f:
             kept += sum(1 for _ in f)

@@ -14,10 +14,10 @@ pub mod score;
 pub mod select;
 pub mod text;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -31,7 +31,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::decontaminate::{Benchmarks, DecontaminationOptions};
-use crate::license::LicenseOptions;
+use crate::license::{FileLicenses, LicenseOptions};
 use crate::metrics::{CloneError, ProcessorMetrics, Skip};
 use crate::select::PathVerdict;
 
@@ -106,6 +106,8 @@ pub struct Processor {
     pool: Arc<rayon::ThreadPool>,
     metrics: Arc<ProcessorMetrics>,
     benchmarks: Arc<Benchmarks>,
+    /// License files' matches by blob id.
+    license_cache: Arc<Mutex<HashMap<git2::Oid, FileLicenses>>>,
 }
 
 impl Processor {
@@ -134,6 +136,7 @@ impl Processor {
             pool: Arc::new(pool),
             metrics: Arc::new(metrics),
             benchmarks: Arc::new(benchmarks),
+            license_cache: Arc::default(),
         })
     }
 
@@ -215,6 +218,29 @@ impl Processor {
         Ok(verdicts)
     }
 
+    /// The licenses of one license file, by its blob id: the same text (a stock
+    /// Apache-2.0 or MIT file) is one blob in every repository that ships it, and
+    /// matching is by far the dearest step, so results are kept (up to
+    /// `LICENSE_CACHE_ENTRIES`, then forgotten at once).
+    fn licenses_of_file(
+        &self,
+        repo: &git2::Repository,
+        id: git2::Oid,
+    ) -> Result<FileLicenses, git2::Error> {
+        if let Some(found) = self.license_cache.lock().expect("cache lock").get(&id) {
+            return Ok(found.clone());
+        }
+        let blob = repo.find_blob(id)?;
+        let text = String::from_utf8_lossy(blob.content());
+        let found = license::detect_file(&text, self.options.licenses.min_confidence);
+        let mut cache = self.license_cache.lock().expect("cache lock");
+        if cache.len() >= LICENSE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(id, found.clone());
+        Ok(found)
+    }
+
     /// The license of `clone` from its top-level license files and GitHub's word, and
     /// whether the policy keeps its files.
     fn license_of(
@@ -234,15 +260,14 @@ impl Processor {
                 },
             ));
         }
-        let mut texts = Vec::new();
+        let mut files = Vec::new();
         for file in listed {
             // A license is a few pages; a bigger file by that name is something else.
             if license::is_license_file(&file.path) && file.size <= 256 * 1024 {
-                let blob = repo.find_blob(file.id)?;
-                texts.push(String::from_utf8_lossy(blob.content()).into_owned());
+                files.push(self.licenses_of_file(repo, file.id)?);
             }
         }
-        let detected = license::detect(texts.iter().map(String::as_str), o.min_confidence);
+        let detected = license::Detected::of_files(files);
         let outcome = license::decide(&detected, clone.license_reported.as_deref(), o);
         self.metrics.repositories_by_license.inc(outcome);
         let license = RepoLicense {
@@ -411,6 +436,9 @@ impl Transform for Processor {
         Ok(out)
     }
 }
+
+/// License files whose matches the processor keeps (a few hundred bytes each).
+const LICENSE_CACHE_ENTRIES: usize = 10_000;
 
 /// A bound on a `code-files` record beyond the file's content: path, repository, hash,
 /// language, scores and parse statistics.

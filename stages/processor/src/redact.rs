@@ -86,8 +86,10 @@ static IPV4: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b(?:\d{1,3}\.){3}\d{1,3}\b").expect("static regex"));
 
 static IPV6: LazyLock<Regex> = LazyLock::new(|| {
-    // Global unicast (2000::/3) written out: a first group of four digits from 2 or 3.
-    Regex::new(r"\b[23][0-9a-fA-F]{3}(?::[0-9a-fA-F]{0,4}){2,7}").expect("static regex")
+    // Global unicast (2000::/3) written out: a first group of four digits from 2 or 3;
+    // the last 32 bits may be a dotted quad (`2606:4700::11.8.4.4`), taken with it.
+    Regex::new(r"\b[23][0-9a-fA-F]{3}(?::[0-9a-fA-F]{0,4}){2,7}(?:(?:\.\d{1,3}){3})?")
+        .expect("static regex")
 });
 
 /// Domains for documentation and tests, and file extensions an `@2x` image name ends in.
@@ -390,6 +392,18 @@ mod tests {
             "id = \"550e8400-e29b-41d4-a716-446655440000\"",
         ] {
             assert_eq!(redact(text).map(|r| r.text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_address_ending_in_a_dotted_quad_is_redacted_whole() {
+        // Found by the processor_file fuzz target: the dotted quad alone was redacted
+        // and the address's first groups stayed, for a second pass to find.
+        for text in ["mirror at 2606:4700:4700::11.8.4.4\n", "x = '2a00:1450::8.8.8.8'"] {
+            let r = redact(text).unwrap();
+            assert_eq!(r.counts, BTreeMap::from([(Redaction::IpAddress, 1)]), "{text}");
+            assert!(!r.text.contains("2606") && !r.text.contains("2a00"), "{}", r.text);
+            assert_eq!(redact(&r.text), None, "{}", r.text);
         }
     }
 

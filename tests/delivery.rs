@@ -525,6 +525,59 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     running.await.unwrap().unwrap();
 }
 
+/// Relays each repository, the first one slowly: the records behind it finish first
+/// and wait for it to commit.
+struct SlowFirst;
+
+impl Transform for SlowFirst {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+    type Reason = HostTrouble;
+
+    async fn transform(
+        &self,
+        input: RepoUrl,
+    ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
+        if input.full_name == repo_url(0).full_name {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+        Ok(relayed(input))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_finished_behind_a_slow_one_never_keep_it_from_committing() {
+    // Every place among max_uncommitted is soon held by a record finished after the
+    // slow first one; it must still go out and commit (a design where a finished
+    // record first needed a new place would wait for good in exactly_once).
+    const TOTAL: usize = 40;
+    let (input, output, dead) = (unique("slow-in"), unique("slow-out"), unique("slow-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    produce(&input, (0..TOTAL).map(repo_url)).await;
+    for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        let settings = config.stages.entry("relay".into()).or_default();
+        settings.delivery = delivery;
+        settings.max_in_flight = std::num::NonZeroUsize::new(2).unwrap();
+        settings.max_uncommitted = std::num::NonZeroUsize::new(4).unwrap();
+        let (mut stage, clients, shutdown) =
+            relay_stage(dir.path(), [&input, &output, &dead], 1, config);
+        let group = format!("{input}-relay-{delivery:?}");
+        stage.group = Some(group.clone());
+        let running =
+            tokio::spawn(async move { codelupe_runtime::pipeline::run(SlowFirst, &stage).await });
+        let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &input).unwrap();
+        wait_for(
+            &format!("{delivery:?}: every record committed"),
+            Duration::from_secs(60),
+            || lag.lag().unwrap() == 0,
+        );
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

@@ -399,10 +399,21 @@ mod tests {
     fn an_ipv6_address_ending_in_a_dotted_quad_is_redacted_whole() {
         // Found by the processor_file fuzz target: the dotted quad alone was redacted
         // and the address's first groups stayed, for a second pass to find.
-        for text in ["mirror at 2606:4700:4700::11.8.4.4\n", "x = '2a00:1450::8.8.8.8'"] {
+        for text in [
+            "mirror at 2606:4700:4700::11.8.4.4\n",
+            "x = '2a00:1450::8.8.8.8'",
+        ] {
             let r = redact(text).unwrap();
-            assert_eq!(r.counts, BTreeMap::from([(Redaction::IpAddress, 1)]), "{text}");
-            assert!(!r.text.contains("2606") && !r.text.contains("2a00"), "{}", r.text);
+            assert_eq!(
+                r.counts,
+                BTreeMap::from([(Redaction::IpAddress, 1)]),
+                "{text}"
+            );
+            assert!(
+                !r.text.contains("2606") && !r.text.contains("2a00"),
+                "{}",
+                r.text
+            );
             assert_eq!(redact(&r.text), None, "{}", r.text);
         }
     }

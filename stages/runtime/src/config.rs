@@ -109,11 +109,12 @@ pub struct StageSettings {
     /// Input records being transformed at once (0 refused at load, as every count that
     /// must be positive is).
     pub max_in_flight: NonZeroUsize,
-    /// Input records transformed whose outputs await their acknowledgement
-    /// (`at_least_once`) or their transaction (`exactly_once`). Larger than
-    /// `max_in_flight`: waiting costs only the outputs' memory, and a loop that waits
-    /// for each ack with few records at once is bound by the broker's round trip.
-    pub max_awaiting_commit: NonZeroUsize,
+    /// Input records read and not yet committed: being transformed, waiting to be, or
+    /// awaiting their outputs' acks (`at_least_once`) or their transaction
+    /// (`exactly_once`). Larger than `max_in_flight`: waiting costs only memory, and a
+    /// loop that holds a transform's place until the acks come is bound by the
+    /// broker's round trip.
+    pub max_uncommitted: NonZeroUsize,
     /// Attempts at a retryable transform error before the record is dead-lettered.
     pub max_attempts: NonZeroU32,
     /// A record failing transiently (a host down) for this long is dead-lettered with
@@ -145,7 +146,7 @@ impl Default for StageSettings {
             metrics_port: None,
             metrics_bind: IpAddr::from([0, 0, 0, 0]),
             max_in_flight: NonZeroUsize::new(64).expect("positive"),
-            max_awaiting_commit: NonZeroUsize::new(1024).expect("positive"),
+            max_uncommitted: NonZeroUsize::new(1024).expect("positive"),
             max_attempts: NonZeroU32::new(3).expect("positive"),
             transient_give_up_s: 3600,
             drain_timeout_ms: 10_000,

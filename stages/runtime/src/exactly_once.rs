@@ -4,9 +4,10 @@
 //! however often the stage crashes, restarts or rebalances.
 //!
 //! Records are transformed concurrently as in at-least-once; finished ones wait in
-//! memory (holding a place among `max_awaiting_commit`) until every record before them
-//! in their partition has finished too, then go into the next transaction with their
-//! partition's offset (every `COMMIT_INTERVAL`, or as soon as every place is taken). One
+//! memory (holding the place among `max_uncommitted` they took when read) until every
+//! record before them in their partition has finished too, then go into the next
+//! transaction with their partition's offset (every `COMMIT_INTERVAL`, or as soon as
+//! every place is held). One
 //! transactional producer per consumer instance, offsets sent with the consumer's group
 //! metadata (KIP-447), so a member that lost its partitions cannot commit for them. A
 //! transaction that fails abortably is aborted and sent again from memory (the same
@@ -44,7 +45,7 @@ const TRANSACTION_ATTEMPTS: u32 = 5;
 /// A transformed record waiting for its transaction.
 struct Finished {
     records: Vec<Outgoing>,
-    _permit: OwnedSemaphorePermit,
+    _place: OwnedSemaphorePermit,
 }
 
 /// What a task hands back: which record, of which assignment generation, and what
@@ -54,7 +55,7 @@ struct Done {
     offset: i64,
     generation: u64,
     outcome: Result<Vec<Outgoing>, Failed>,
-    permit: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
 }
 
 /// Records finished but not committed, per partition, and how far each partition can
@@ -120,12 +121,11 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
             Some(partitions) = revoked.recv() => state.revoke(&partitions),
             Some(done) = done_rx.recv() => {
                 state.accept(done);
-                // Every place waits for a commit: commit now rather than at the tick.
-                if state.back_pressure.saturated() {
+                // Every place is held: commit now rather than at the tick.
+                if !state.back_pressure.poll_input() {
                     state.commit_ready().await?;
                 }
             }
-            _ = state.back_pressure.returned() => state.back_pressure.released(&state.consumer),
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = tick.tick() => {
                 let stepped = pipeline::stepped_over(&state.consumer, &state.tracker);
@@ -190,8 +190,8 @@ impl<T: Transform> Loop<T> {
         );
     }
 
-    /// Transforms `record` in a task holding a permit (finished records trade it for a
-    /// place among those awaiting a commit, held until committed).
+    /// Transforms `record` in a task holding its place (finished records keep it
+    /// until committed) and, while it transforms, a transform's permit.
     fn take(&mut self, record: InputRecord) {
         if !self
             .tracker
@@ -201,7 +201,7 @@ impl<T: Transform> Loop<T> {
         {
             return;
         }
-        let permit = self.back_pressure.take();
+        let place = self.back_pressure.take();
         self.metrics.consumed.inc();
         self.metrics.in_flight.inc();
         let generation = self
@@ -210,17 +210,19 @@ impl<T: Transform> Loop<T> {
             .copied()
             .unwrap_or(0);
         let (shared, done, limit) = (self.shared.clone(), self.done.clone(), self.output_limit);
-        let handover = self.back_pressure.handover();
+        let transforms = self.back_pressure.transforms();
         self.tasks.spawn(async move {
-            let permit = permit.await;
-            let outcome = shared.outgoing(&record, limit).await;
-            let permit = handover.trade(permit).await;
+            let place = place.await;
+            let outcome = match shared.transform_permit(&transforms).await {
+                Some(_transforming) => shared.outgoing(&record, limit).await,
+                None => Err(Failed::Abandoned),
+            };
             let _ = done.send(Done {
                 partition: record.partition,
                 offset: record.offset,
                 generation,
                 outcome,
-                permit,
+                place,
             });
         });
     }
@@ -301,7 +303,7 @@ fn accept(
         done.offset,
         Finished {
             records,
-            _permit: done.permit,
+            _place: done.place,
         },
     );
     if let Some(next) = tracker

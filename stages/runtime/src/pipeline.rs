@@ -1,8 +1,8 @@
 //! The one consume → transform → produce loop every consuming stage runs.
 //!
 //! Delivery: at-least-once with an idempotent producer. Records are transformed
-//! concurrently (up to `max_in_flight`), then wait for their acks (up to
-//! `max_awaiting_commit`); an input offset is stored only once every
+//! concurrently (up to `max_in_flight`; up to `max_uncommitted` read and not yet
+//! committed); an input offset is stored only once every
 //! output derived from it (or its dead letter) is acknowledged, using the contiguous
 //! high-water mark per partition, and librdkafka's auto-commit commits stored offsets
 //! periodically, on revoke and on close. A crash replays at most the uncommitted tail.
@@ -345,7 +345,6 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 store(&consumer, input, &tracker, partition, offset);
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => back_pressure.released(&consumer),
-            _ = back_pressure.returned() => back_pressure.released(&consumer),
             _ = tick.tick() => {
                 back_pressure.tick(&consumer);
                 store_stepped_over(&consumer, input, &tracker);
@@ -364,7 +363,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
                 let permit = back_pressure.take();
                 metrics.consumed.inc();
                 metrics.in_flight.inc();
-                let handled = handle_one(shared.clone(), permit, back_pressure.handover(), record, done_tx.clone(), fatal_tx.clone());
+                let handled = handle_one(shared.clone(), permit, back_pressure.transforms(), record, done_tx.clone(), fatal_tx.clone());
                 tasks.spawn(handled);
             }
         }
@@ -397,15 +396,16 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
 /// `fatal`.
 async fn handle_one<T: Transform>(
     shared: Arc<Shared<T>>,
-    permit: impl Future<Output = OwnedSemaphorePermit>,
-    handover: Handover,
+    place: impl Future<Output = OwnedSemaphorePermit>,
+    transforms: Arc<Semaphore>,
     record: InputRecord,
     done: mpsc::UnboundedSender<(i32, i64)>,
     fatal: mpsc::UnboundedSender<SendError>,
 ) {
-    let permit = permit.await;
-    let handled = shared.handle(&record, permit, &handover).await;
+    let place = place.await;
+    let handled = shared.handle(&record, &transforms).await;
     shared.metrics.in_flight.dec();
+    drop(place);
     match handled {
         Ok(()) => {
             shared.metrics.last_processed.set(now_ms() / 1000);
@@ -469,93 +469,60 @@ pub(crate) fn polled<M>(message: Option<KafkaResult<M>>) -> Polled<M> {
 /// and polling goes on, well inside `max.poll.interval.ms`.
 const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
-/// Bounds the records being transformed to `max_in_flight`, and those transformed and
-/// awaiting their commit to `max_awaiting_commit`, without ever leaving the consumer
-/// unpolled for long. A record trades its transform's permit for a place among those
-/// awaiting ([`Handover`]); when that place is slow to come, it keeps the transform's
-/// permit, so a stalled broker stops the input.
+/// Bounds the records read and not yet committed to `max_uncommitted` and those being
+/// transformed to `max_in_flight`, without ever leaving the consumer unpolled for long.
+/// A record takes its place when it is read and keeps it until its offset may be
+/// committed, and holds a transform's permit only while it is transformed: waiting for
+/// acks (or a transaction) takes no transform's place, and a record never needs a new
+/// place once read, so records waiting for an earlier one to commit cannot starve it.
 pub(crate) struct BackPressure {
-    permits: Arc<Semaphore>,
-    handover: Handover,
+    places: Arc<Semaphore>,
+    transforms: Arc<Semaphore>,
     exhausted_since: Option<tokio::time::Instant>,
     paused: bool,
-}
-
-/// Where a transformed record trades its transform's permit for a place among the
-/// records awaiting their commit, waking the loop to read on.
-#[derive(Clone)]
-pub(crate) struct Handover {
-    awaiting: Arc<Semaphore>,
-    returned: Arc<tokio::sync::Notify>,
-}
-
-impl Handover {
-    pub(crate) async fn trade(&self, permit: OwnedSemaphorePermit) -> OwnedSemaphorePermit {
-        let place = self
-            .awaiting
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        drop(permit);
-        self.returned.notify_one();
-        place
-    }
 }
 
 impl BackPressure {
     pub(crate) fn new(settings: &crate::config::StageSettings) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(settings.max_in_flight.get())),
-            handover: Handover {
-                awaiting: Arc::new(Semaphore::new(settings.max_awaiting_commit.get())),
-                returned: Arc::new(tokio::sync::Notify::new()),
-            },
+            places: Arc::new(Semaphore::new(settings.max_uncommitted.get())),
+            transforms: Arc::new(Semaphore::new(settings.max_in_flight.get())),
             exhausted_since: None,
             paused: false,
         }
     }
 
-    pub(crate) fn handover(&self) -> Handover {
-        self.handover.clone()
+    /// The permits of records being transformed.
+    pub(crate) fn transforms(&self) -> Arc<Semaphore> {
+        self.transforms.clone()
     }
 
-    /// Resolves when a transform's permit was traded (poll the input again).
-    pub(crate) async fn returned(&self) {
-        self.handover.returned.notified().await
-    }
-
-    /// Every record that may wait for a commit is waiting (or queued to): commit now.
-    pub(crate) fn saturated(&self) -> bool {
-        self.permits.available_permits() == 0 || self.handover.awaiting.available_permits() == 0
-    }
-
-    /// Whether to poll the input: while a permit is free, or while paused (polling
+    /// Whether to poll the input: while a place is free, or while paused (polling
     /// then only keeps the member in its group).
     pub(crate) fn poll_input(&self) -> bool {
-        self.paused || self.permits.available_permits() > 0
+        self.paused || self.places.available_permits() > 0
     }
 
-    /// A permit for a record just read: at once, or (for one fetched before a pause
+    /// A place for a record just read: at once, or (for one fetched before a pause
     /// took effect) when one frees.
     pub(crate) fn take(&mut self) -> impl Future<Output = OwnedSemaphorePermit> + Send + 'static {
-        let now = self.permits.clone().try_acquire_owned().ok();
-        if self.permits.available_permits() == 0 {
+        let now = self.places.clone().try_acquire_owned().ok();
+        if self.places.available_permits() == 0 {
             self.exhausted_since
                 .get_or_insert_with(tokio::time::Instant::now);
         }
-        let permits = self.permits.clone();
+        let places = self.places.clone();
         async move {
             match now {
                 Some(permit) => permit,
-                None => permits.acquire_owned().await.expect("never closed"),
+                None => places.acquire_owned().await.expect("never closed"),
             }
         }
     }
 
-    /// Permits were returned: resume a paused input.
+    /// Places were returned: resume a paused input.
     pub(crate) fn released(&mut self, consumer: &StreamConsumer<LoopContext>) {
-        if self.permits.available_permits() > 0 {
+        if self.places.available_permits() > 0 {
             self.exhausted_since = None;
             if self.paused {
                 self.paused = !set_paused(consumer, false);
@@ -563,12 +530,12 @@ impl BackPressure {
         }
     }
 
-    /// Pauses the input once every permit has been taken for `PAUSE_AFTER`.
+    /// Pauses the input once every place has been taken for `PAUSE_AFTER`.
     pub(crate) fn tick(&mut self, consumer: &StreamConsumer<LoopContext>) {
         let stuck = self
             .exhausted_since
             .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
-        if stuck && !self.paused && self.permits.available_permits() == 0 {
+        if stuck && !self.paused && self.places.available_permits() == 0 {
             self.paused = set_paused(consumer, true);
         }
     }
@@ -845,15 +812,13 @@ impl<T: Transform> Shared<T> {
         })
     }
 
-    /// Transforms one record and publishes its outputs or its dead letter; Ok means
-    /// everything derived from it is acknowledged and its offset may be stored. The
-    /// transform's `permit` is traded once the outputs are encoded.
-    async fn handle(
-        &self,
-        record: &InputRecord,
-        permit: OwnedSemaphorePermit,
-        handover: &Handover,
-    ) -> Result<(), SendError> {
+    /// Transforms one record (holding one of `transforms` until its outputs are
+    /// encoded) and publishes its outputs or its dead letter; Ok means everything
+    /// derived from it is acknowledged and its offset may be stored.
+    async fn handle(&self, record: &InputRecord, transforms: &Semaphore) -> Result<(), SendError> {
+        let Some(transforming) = self.transform_permit(transforms).await else {
+            return Err(SendError::Abandoned);
+        };
         let outcome = self.transform_with_retries(record).await;
         let outputs = match outcome {
             Ok(outputs) => outputs,
@@ -890,7 +855,7 @@ impl<T: Transform> Shared<T> {
                 }
             }
         }
-        let _awaiting = handover.trade(permit).await;
+        drop(transforming);
         let sends = encoded
             .iter()
             .map(|(key, bytes)| self.publisher.send(topic, key, bytes));
@@ -910,6 +875,18 @@ impl<T: Transform> Shared<T> {
                     .await
             }
             None => Ok(()),
+        }
+    }
+
+    /// A transform's permit, or None when shutdown comes first (the record is left
+    /// uncommitted for the next owner).
+    pub(crate) async fn transform_permit<'a>(
+        &self,
+        transforms: &'a Semaphore,
+    ) -> Option<tokio::sync::SemaphorePermit<'a>> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            permit = transforms.acquire() => Some(permit.expect("never closed")),
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use codelupe_runtime::config::{Config, Delivery};
+use codelupe_runtime::config::{Config, Delivery, StageSettings};
 use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::records::{DeadLetter, RepoUrl};
 use codelupe_runtime::topology::Topology;
@@ -554,20 +554,35 @@ async fn records_finished_behind_a_slow_one_never_keep_it_from_committing() {
     let (input, output, dead) = (unique("slow-in"), unique("slow-out"), unique("slow-dead"));
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     produce(&input, (0..TOTAL).map(repo_url)).await;
+    let tight = |settings: &mut StageSettings| {
+        settings.max_in_flight = std::num::NonZeroUsize::new(2).unwrap();
+        settings.max_uncommitted = std::num::NonZeroUsize::new(4).unwrap();
+    };
+    committed_in_each_mode(|| SlowFirst, [&input, &output, &dead], 1, tight).await;
+}
+
+/// Runs `transform` as the relay stage in each delivery mode (a group of its own for
+/// each) until every record of the input is committed.
+async fn committed_in_each_mode<T: Transform<Input = RepoUrl>>(
+    transform: impl Fn() -> T,
+    [input, output, dead]: [&str; 3],
+    partitions: i32,
+    tune: impl Fn(&mut StageSettings),
+) {
     for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         let settings = config.stages.entry("relay".into()).or_default();
         settings.delivery = delivery;
-        settings.max_in_flight = std::num::NonZeroUsize::new(2).unwrap();
-        settings.max_uncommitted = std::num::NonZeroUsize::new(4).unwrap();
+        tune(settings);
         let (mut stage, clients, shutdown) =
-            relay_stage(dir.path(), [&input, &output, &dead], 1, config);
+            relay_stage(dir.path(), [input, output, dead], partitions, config);
         let group = format!("{input}-relay-{delivery:?}");
         stage.group = Some(group.clone());
+        let transform = transform();
         let running =
-            tokio::spawn(async move { codelupe_runtime::pipeline::run(SlowFirst, &stage).await });
-        let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &input).unwrap();
+            tokio::spawn(async move { codelupe_runtime::pipeline::run(transform, &stage).await });
+        let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, input).unwrap();
         wait_for(
             &format!("{delivery:?}: every record committed"),
             Duration::from_secs(60),
@@ -609,25 +624,8 @@ async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
             .commit_transaction(Duration::from_secs(30))
             .unwrap();
     }
-    for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.stages.entry("relay".into()).or_default().delivery = delivery;
-        let (mut stage, clients, shutdown) =
-            relay_stage(dir.path(), [&input, &output, &dead], 2, config);
-        let group = format!("{input}-relay-{delivery:?}");
-        stage.group = Some(group.clone());
-        let running =
-            tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
-        let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &input).unwrap();
-        wait_for(
-            &format!("{delivery:?}: lag 0 past the last commit markers"),
-            Duration::from_secs(60),
-            || lag.lag().unwrap() == 0,
-        );
-        shutdown.cancel();
-        running.await.unwrap().unwrap();
-    }
+    // Lag 0 past the last commit markers.
+    committed_in_each_mode(|| Relay, [&input, &output, &dead], 2, |_| {}).await;
 }
 
 /// Fails every attempt at one repository as a host that never answers would.

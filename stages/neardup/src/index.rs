@@ -58,14 +58,12 @@ impl Index {
 
     /// The bucket keys of a signature, one per band.
     pub fn bucket_keys(params: &Params, signature: &Signature) -> Vec<u64> {
-        signature
-            .chunks(params.rows)
+        let bytes: Vec<u8> = signature.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes
+            .chunks(params.rows * 4)
             .take(params.bands)
             .enumerate()
-            .map(|(band, rows)| {
-                let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
-                xxh3_64_with_seed(&bytes, band as u64)
-            })
+            .map(|(band, rows)| xxh3_64_with_seed(rows, band as u64))
             .collect()
     }
 

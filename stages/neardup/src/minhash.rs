@@ -7,7 +7,8 @@
 //! changes the shingles that hold it. Shingles are runs of 5 consecutive tokens; a file
 //! with fewer than 5 tokens is one shingle of all of them.
 //!
-//! Each shingle is hashed once (xxh3, 64 bits); the 256 permutations are
+//! Each token is hashed once and each shingle is the hash of its 5 tokens' hashes
+//! (xxh3, 64 bits); the 256 permutations are
 //! multiply-add-shift hashes of that value (`(a·x + b) >> 32`, a odd, from a fixed
 //! seed), the fastest family that is universal enough for MinHash. The permutations
 //! are fixed by the seed, so every replica, restart and release makes the same
@@ -84,13 +85,17 @@ pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
-/// The hashes of a text's shingles (each distinct shingle once).
+/// The hashes of a text's shingles (each distinct shingle once). Each token is hashed
+/// once and a shingle's hash is the hash of its tokens' hashes, so no shingle's text
+/// is ever built.
 pub fn shingle_hashes(text: &str, shingle: usize) -> Vec<u64> {
-    let tokens: Vec<String> = tokens(text).collect();
+    let tokens: Vec<[u8; 8]> = tokens(text)
+        .map(|t| xxh3_64(t.as_bytes()).to_le_bytes())
+        .collect();
     let width = shingle.min(tokens.len()).max(1);
     let mut hashes: Vec<u64> = tokens
         .windows(width)
-        .map(|w| xxh3_64(w.join(" ").as_bytes()))
+        .map(|w| xxh3_64(w.as_flattened()))
         .collect();
     if tokens.is_empty() {
         hashes.push(xxh3_64(b""));

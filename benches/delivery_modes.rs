@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use codelupe_runtime::config::{Config, Delivery};
 use codelupe_runtime::kafka::LagReader;
 use codelupe_runtime::AvroRecord;
+use codelupe_testkit::bench::median;
 use support::*;
 
 const RECORDS: usize = 20_000;
@@ -66,11 +67,6 @@ async fn relay_all(delivery: Delivery) -> f64 {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     elapsed
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

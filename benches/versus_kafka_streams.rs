@@ -25,8 +25,7 @@ use codelupe_runtime::config::{Config, Delivery};
 use codelupe_runtime::kafka::LagReader;
 use codelupe_runtime::records::now_ms;
 use codelupe_runtime::AvroRecord;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use codelupe_testkit::bench::median;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message};
 use support::*;
@@ -72,29 +71,15 @@ fn record(i: usize, bytes: usize) -> (String, Vec<u8>) {
     (r.full_name.clone(), r.encode().unwrap())
 }
 
+/// Topics of 3 partitions; the output of a latency run stamps each record's append time.
 async fn create(topics: &[&str], log_append_time: bool) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
     let timestamps = if log_append_time {
         "LogAppendTime"
     } else {
         "CreateTime"
     };
-    let new: Vec<_> = topics
-        .iter()
-        .map(|t| {
-            NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1))
-                .set("message.timestamp.type", timestamps)
-        })
-        .collect();
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
+    for topic in topics {
+        create_topic_with(topic, PARTITIONS, &[("message.timestamp.type", timestamps)]).await;
     }
 }
 
@@ -268,11 +253,6 @@ fn read_latencies(topic: &str, expected: usize) -> Vec<i64> {
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The last line of one of Kafka's performance tools on the same broker.

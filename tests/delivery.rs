@@ -251,34 +251,13 @@ async fn malformed_record_goes_to_dead_letters_and_the_stage_goes_on() {
     running.await.unwrap().unwrap();
 }
 
-/// Creates `topic` with one partition and these topic configs.
-async fn create_topic_with(topic: &str, configs: &[(&str, &str)]) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for (key, value) in configs {
-        new = new.set(key, value);
-    }
-    for result in admin
-        .create_topics([&new], &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on() {
     let (input, output, dead) = (unique("big-in"), unique("big-out"), unique("big-dead"));
     create_topics(&[(&input, 1)]).await;
     // The output takes records up to 20 kB, the dead letters up to 300 kB.
-    create_topic_with(&output, &[("max.message.bytes", "20000")]).await;
-    create_topic_with(&dead, &[("max.message.bytes", "300000")]).await;
+    create_topic_with(&output, 1, &[("max.message.bytes", "20000")]).await;
+    create_topic_with(&dead, 1, &[("max.message.bytes", "300000")]).await;
     let dir = tempfile::tempdir().unwrap();
     let (stage, clients, shutdown) =
         relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
@@ -356,10 +335,11 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on
     running.await.unwrap().unwrap();
 }
 
-/// Relays each repository after `delay`: records are still being transformed when
-/// shutdown starts.
+/// Relays each repository after `delay` (only `only` when it is given): records are
+/// still being transformed when shutdown starts, or finish behind a slow one.
 struct SlowRelay {
     delay: Duration,
+    only: Option<String>,
 }
 
 impl Transform for SlowRelay {
@@ -371,7 +351,13 @@ impl Transform for SlowRelay {
         &self,
         input: RepoUrl,
     ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
-        tokio::time::sleep(self.delay).await;
+        if self
+            .only
+            .as_ref()
+            .is_none_or(|name| *name == input.full_name)
+        {
+            tokio::time::sleep(self.delay).await;
+        }
         Ok(relayed(input))
     }
 }
@@ -395,6 +381,7 @@ async fn shutdown_drains_records_in_flight_instead_of_abandoning_them() {
     let registry = stage.registry.clone();
     let relay = SlowRelay {
         delay: Duration::from_secs(2),
+        only: None,
     };
     let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(relay, &stage).await });
     produce(&input, (0..TOTAL).map(repo_url)).await;
@@ -442,6 +429,7 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
     stage.settings.max_in_flight = std::num::NonZeroUsize::new(2).unwrap();
     let relay = SlowRelay {
         delay: Duration::from_secs(8),
+        only: None,
     };
     let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(relay, &stage).await });
     produce(&input, (0..TOTAL).map(repo_url)).await;
@@ -525,26 +513,6 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
     running.await.unwrap().unwrap();
 }
 
-/// Relays each repository, the first one slowly: the records behind it finish first
-/// and wait for it to commit.
-struct SlowFirst;
-
-impl Transform for SlowFirst {
-    type Input = RepoUrl;
-    type Output = RepoUrl;
-    type Reason = HostTrouble;
-
-    async fn transform(
-        &self,
-        input: RepoUrl,
-    ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
-        if input.full_name == repo_url(0).full_name {
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-        }
-        Ok(relayed(input))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_finished_behind_a_slow_one_never_keep_it_from_committing() {
     // Every place among max_uncommitted is soon held by a record finished after the
@@ -558,7 +526,11 @@ async fn records_finished_behind_a_slow_one_never_keep_it_from_committing() {
         settings.max_in_flight = std::num::NonZeroUsize::new(2).unwrap();
         settings.max_uncommitted = std::num::NonZeroUsize::new(4).unwrap();
     };
-    committed_in_each_mode(|| SlowFirst, [&input, &output, &dead], 1, tight).await;
+    let slow_first = || SlowRelay {
+        delay: Duration::from_millis(1_500),
+        only: Some(repo_url(0).full_name),
+    };
+    committed_in_each_mode(slow_first, [&input, &output, &dead], 1, tight).await;
 }
 
 /// Runs `transform` as the relay stage in each delivery mode (a group of its own for

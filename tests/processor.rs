@@ -12,7 +12,7 @@ use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::records::{now_ms, CodeFile, RepoClone};
+use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{AvroRecord, StageRuntime, Transform};
 use support::*;
@@ -79,21 +79,6 @@ fn processor(store: &Path, workers: usize) -> (Processor, prometheus::Registry) 
         ..Default::default()
     };
     (Processor::new(options, metrics).unwrap(), registry)
-}
-
-fn clone_record(full_name: &str, path: &Path, commit: &str) -> RepoClone {
-    RepoClone {
-        full_name: full_name.into(),
-        clone_uri: format!("file://{}", path.display()),
-        commit_id: commit.into(),
-        default_branch: Some("main".into()),
-        size_bytes: 0,
-        file_count: 0,
-        lines_by_language: BTreeMap::new(),
-        quality_score: 50.0,
-        cloned_at_ms: now_ms(),
-        license_reported: None,
-    }
 }
 
 #[tokio::test]

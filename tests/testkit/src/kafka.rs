@@ -26,17 +26,30 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub async fn create_topics(topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
     let new: Vec<_> = topics
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
         .collect();
+    create(&new).await;
+}
+
+/// Creates `topic` with `partitions` and these topic configs.
+pub async fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new = new.set(key, value);
+    }
+    create(&[new]).await;
+}
+
+async fn create(new: &[NewTopic<'_>]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
     for result in admin
         .create_topics(
-            &new,
+            new,
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
         )
         .await

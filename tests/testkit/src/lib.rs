@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use codelupe_runtime::records::RepoClone;
+
 /// A bare repository at `path` with `files` (path, content) in two commits (the first
 /// commit holds only the first file), plus an optional symlink entry at the top. Returns
 /// the HEAD commit id.
@@ -259,35 +261,58 @@ pub fn import_tree(tree: &Path, bare: &Path, work: &Path) -> String {
     String::from_utf8(head.stdout).unwrap().trim().to_string()
 }
 
-/// Crate sources Cargo downloaded for this build: real code no one here wrote.
+/// A `repo-clones` record of `full_name` at `commit` in the bare repository at `path`,
+/// as the downloader publishes one (no GitHub license reported).
+pub fn clone_record(full_name: &str, path: &Path, commit: &str) -> RepoClone {
+    RepoClone {
+        full_name: full_name.into(),
+        clone_uri: format!("file://{}", path.display()),
+        commit_id: commit.into(),
+        default_branch: Some("main".into()),
+        size_bytes: 0,
+        file_count: 0,
+        lines_by_language: Default::default(),
+        quality_score: 50.0,
+        cloned_at_ms: codelupe_runtime::records::now_ms(),
+        license_reported: None,
+    }
+}
+
+/// Crate sources Cargo downloaded for this build: real code no one here wrote. The
+/// latest version of each crate named by a prefix (`"tokio-1"`).
 pub fn registry_crates(prefixes: &[&str]) -> Vec<PathBuf> {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let mut found = Vec::new();
-    for index in std::fs::read_dir(home.join("registry/src"))
-        .unwrap()
-        .flatten()
-    {
-        for prefix in prefixes {
-            let mut versions: Vec<PathBuf> = std::fs::read_dir(index.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
+    let all = all_registry_crates();
+    prefixes
+        .iter()
+        .filter_map(|prefix| {
+            all.iter()
                 .filter(|p| {
                     p.file_name()
                         .unwrap()
                         .to_string_lossy()
                         .starts_with(&format!("{prefix}."))
                 })
-                .collect();
-            versions.sort();
-            if let Some(last) = versions.pop() {
-                found.push(last);
-            }
-        }
-    }
-    found
+                .max()
+                .cloned()
+        })
+        .collect()
+}
+
+/// Every unpacked crate of the local cargo registry (the workspace's dependencies at
+/// least), sorted.
+pub fn all_registry_crates() -> Vec<PathBuf> {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(home.join("registry/src"))
+        .unwrap()
+        .flatten()
+        .flat_map(|index| std::fs::read_dir(index.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .collect();
+    crates.sort();
+    crates
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

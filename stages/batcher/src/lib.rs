@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use bloomfilter::Bloom;
-use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Sealed, Step};
+use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
 use codelupe_runtime::kafka::{self, KafkaClients};
@@ -291,11 +291,31 @@ impl Aggregate for Batcher {
     type Input = CodeFile;
     type Output = TrainingBatch;
     type Reason = FileError;
+    /// The file's document as tokens, or why it could not be tokenized.
+    type Prepared = Result<Vec<u32>, String>;
+
+    /// Tokenizing, on every core. A duplicate is tokenized too (the dedup state is
+    /// the loop's alone) and its tokens dropped: the price of parallel tokenizing.
+    fn preparer(&self) -> Preparer<CodeFile, Self::Prepared> {
+        let (tokenizer, document, duration) = (
+            self.tokenizer.clone(),
+            self.options.document.clone(),
+            self.metrics.tokenize_duration.clone(),
+        );
+        Arc::new(move |file| {
+            let started = Instant::now();
+            let tokens =
+                document::tokens(&tokenizer, file, &document).map_err(|e| format!("{e:#}"));
+            duration.observe(started.elapsed().as_secs_f64());
+            tokens
+        })
+    }
 
     async fn push(
         &mut self,
         at: InputPosition,
         file: CodeFile,
+        tokens: Self::Prepared,
     ) -> Result<Step<TrainingBatch>, TransformError<FileError>> {
         self.metrics.files_consumed.inc();
         let key = dedup_key(&file.content_hash).ok_or_else(|| {
@@ -327,12 +347,7 @@ impl Aggregate for Batcher {
                  (raise stages.batcher.options.dedup_capacity)"
             );
         }
-        let started = Instant::now();
-        let tokens = document::tokens(&self.tokenizer, &file, &self.options.document)
-            .map_err(|e| TransformError::permanent(FileError::Tokenize, format!("{e:#}")))?;
-        self.metrics
-            .tokenize_duration
-            .observe(started.elapsed().as_secs_f64());
+        let tokens = tokens.map_err(|e| TransformError::permanent(FileError::Tokenize, e))?;
         let eval = document::is_eval(&file.content_hash, self.options.document.eval_share);
         let member = Member {
             content_hash: file.content_hash,

@@ -10,6 +10,11 @@
 //! 100 ms one transaction commits them with the follow-ups of the inputs they release
 //! and those inputs' offsets (sent with the group's metadata): a read_committed reader
 //! sees each input's part of the outputs once, whatever crashes.
+//!
+//! Decoding and the aggregate's stateless work on an input (`prepare`: the batcher's
+//! tokenizing) run on every core, up to `max_in_flight` inputs ahead of `push`.
+
+pub mod prepare;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -23,6 +28,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::aggregate::prepare::Ordered;
 use crate::codec::AvroRecord;
 use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
@@ -77,6 +83,12 @@ pub trait Aggregate: Send + 'static {
     type Output: AvroRecord;
     /// Why it dead-letters an input, next to the loop's [`LoopReason`]s.
     type Reason: LabelSet;
+    /// What [`Aggregate::preparer`] makes of an input, handed to `push` with it.
+    type Prepared: Send + 'static;
+
+    /// The work on an input that reads none of the aggregate's state, run on every
+    /// core ahead of `push` (inputs still reach `push` in the order read).
+    fn preparer(&self) -> Preparer<Self::Input, Self::Prepared>;
 
     /// Takes one input. A permanent error dead-letters it; a retryable one (state it
     /// could not load, say) stops the stage with the input uncommitted, since the
@@ -85,6 +97,7 @@ pub trait Aggregate: Send + 'static {
         &mut self,
         at: InputPosition,
         input: Self::Input,
+        prepared: Self::Prepared,
     ) -> impl Future<Output = Result<Step<Self::Output>, TransformError<Self::Reason>>> + Send;
 
     /// Seals every partial output; called when the input has paused for `flush_after`.
@@ -96,6 +109,16 @@ pub trait Aggregate: Send + 'static {
     /// These partitions went to another consumer, which replays their unreleased
     /// inputs: drop their partial outputs and any state the new owner may change.
     fn revoke(&mut self, partitions: &[i32]);
+}
+
+pub type Preparer<I, P> = Arc<dyn Fn(&I) -> P + Send + Sync>;
+
+/// An input read, decoded and prepared off the loop, waiting its turn for `push`.
+struct Prepared<A: Aggregate> {
+    record: InputRecord,
+    /// Its partition's generation when read: a revocation since makes it stale.
+    generation: u64,
+    decoded: Result<(A::Input, A::Prepared), (LoopReason, String)>,
 }
 
 /// How many unacknowledged outputs hold each input, and whether its last part is
@@ -118,11 +141,15 @@ struct Held {
 type Ticket = Vec<(InputPosition, u64)>;
 
 impl Holds {
+    fn generation(&self, partition: i32) -> u64 {
+        self.generations.get(&partition).copied().unwrap_or(0)
+    }
+
     fn dispatch(&mut self, inputs: &[(InputPosition, bool)]) -> Ticket {
         inputs
             .iter()
             .map(|&(at, last)| {
-                let generation = self.generations.get(&at.partition).copied().unwrap_or(0);
+                let generation = self.generation(at.partition);
                 let held = self.held.entry(at).or_insert(Held {
                     generation,
                     outstanding: 0,
@@ -225,6 +252,8 @@ pub async fn run_aggregate<A: Aggregate>(
     runtime: &StageRuntime,
 ) -> anyhow::Result<()> {
     let (mut state, mut done, mut revoked) = Loop::start::<A>(runtime).await?;
+    let preparer = aggregate.preparer();
+    let mut preparing: Ordered<Prepared<A>> = Ordered::on_every_core();
     let consumer = state.consumer.clone();
     let flush_after = aggregate.flush_after();
     let mut flush_at: Option<tokio::time::Instant> = None;
@@ -257,14 +286,20 @@ pub async fn run_aggregate<A: Aggregate>(
                     break Some(e);
                 }
             }
-            _ = sleep_until(flush_at), if flush_at.is_some() => {
+            _ = sleep_until(flush_at), if flush_at.is_some() && preparing.is_empty() => {
                 flush_at = None;
                 let step = aggregate.flush();
                 if let Err(e) = state.dispatch(step).await {
                     break Some(e);
                 }
             }
-            message = stream.next() => {
+            Some(prepared) = preparing.next(), if !preparing.is_empty() => {
+                if let Err(e) = state.take(&mut aggregate, prepared).await {
+                    break Some(e);
+                }
+                flush_at = flush_after.map(|after| tokio::time::Instant::now() + after);
+            }
+            message = stream.next(), if preparing.len() < state.max_in_flight => {
                 let record = match crate::pipeline::polled(message) {
                     Polled::Record(message) => InputRecord::of(&message),
                     Polled::Skip => continue,
@@ -278,10 +313,7 @@ pub async fn run_aggregate<A: Aggregate>(
                 if !state.begin(&record) {
                     continue;
                 }
-                if let Err(e) = state.take(&mut aggregate, record).await {
-                    break Some(e);
-                }
-                flush_at = flush_after.map(|after| tokio::time::Instant::now() + after);
+                state.prepare(&preparer, record, &mut preparing);
             }
         }
     };
@@ -346,27 +378,58 @@ impl Loop {
         Ok((state, done, revoked))
     }
 
-    /// Hands one record to the aggregate and dispatches what it makes; an undecodable
-    /// record or a permanent error is dead-lettered, a retryable one stops the stage.
+    /// Queues a record to be decoded and prepared off the loop.
+    fn prepare<A: Aggregate>(
+        &self,
+        preparer: &Preparer<A::Input, A::Prepared>,
+        record: InputRecord,
+        preparing: &mut Ordered<Prepared<A>>,
+    ) {
+        let generation = self.holds.generation(record.partition);
+        let preparer = preparer.clone();
+        preparing.add(move || {
+            let decoded = match record.value.as_deref().map(A::Input::decode) {
+                None => Err((LoopReason::EmptyValue, "record has no value".to_string())),
+                Some(Err(e)) => Err((LoopReason::Decode, e.to_string())),
+                Some(Ok(input)) => {
+                    let prepared = preparer(&input);
+                    Ok((input, prepared))
+                }
+            };
+            Prepared {
+                record,
+                generation,
+                decoded,
+            }
+        });
+    }
+
+    /// Hands one prepared record to the aggregate and dispatches what it makes; an
+    /// undecodable record or a permanent error is dead-lettered, a retryable one stops
+    /// the stage. One read before its partition was revoked is dropped: the partition's
+    /// new owner has it.
     async fn take<A: Aggregate>(
         &mut self,
         aggregate: &mut A,
-        record: InputRecord,
+        prepared: Prepared<A>,
     ) -> anyhow::Result<()> {
+        let Prepared {
+            record,
+            generation,
+            decoded,
+        } = prepared;
+        if generation != self.holds.generation(record.partition) {
+            return Ok(());
+        }
         let at = InputPosition {
             partition: record.partition,
             offset: record.offset,
         };
-        let input = match record.value.as_deref().map(A::Input::decode) {
-            None => Err((LoopReason::EmptyValue, "record has no value".to_string())),
-            Some(Err(e)) => Err((LoopReason::Decode, e.to_string())),
-            Some(Ok(input)) => Ok(input),
-        };
-        let input = match input {
-            Ok(input) => input,
+        let (input, prepared) = match decoded {
+            Ok(decoded) => decoded,
             Err((reason, error)) => return self.dead_letter(record, reason.label(), error).await,
         };
-        match aggregate.push(at, input).await {
+        match aggregate.push(at, input, prepared).await {
             Ok(step) => self.dispatch(step).await,
             Err(e) if e.retryable => Err(anyhow::anyhow!(
                 "{} at partition {} offset {}: {e}",

@@ -1,0 +1,543 @@
+//! The whole data pipeline on the test broker, every stage its own process as in
+//! production: crawler (against a stand-in GitHub API listing the corpus) → downloader
+//! (bare clones over `git daemon` on loopback) → processor → batcher, over crates from
+//! the local cargo registry made into repositories. Prints files/s and tokens/s end to
+//! end, time to the first batch, each stage's CPU time, peak RSS and input lag, and
+//! names the bottleneck: the stage that spent the most CPU (the stages share the
+//! machine's cores), its input lag alongside. Then
+//! that stage alone over the backlog it left, at 1 and 2 replicas (and, when a replica
+//! already uses every core, at one worker a replica too). Last, peak RSS at 1× and 4×
+//! the corpus.
+//!
+//! `bash benches/whole-pipeline.sh` (starts the test broker; PIPELINE_CRATES sets the
+//! 1× corpus, default 10 crates). The trainer is left out: on this 2-core VM it trains
+//! at thousands of tokens/s (its own bench), and beside it every other stage starves.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use codelupe_runtime::config::KafkaConfig;
+use codelupe_runtime::kafka::{KafkaClients, LagReader};
+use rdkafka::consumer::Consumer as _;
+use support::fake_github::{FakeGithub, FakeRepo};
+use support::*;
+
+/// The data stages in pipeline order, with the topic each reads.
+const STAGES: [(&str, Option<&str>); 4] = [
+    ("crawler", None),
+    ("downloader", Some("repo-urls")),
+    ("processor", Some("repo-clones")),
+    ("batcher", Some("code-files")),
+];
+const SAMPLE: Duration = Duration::from_millis(250);
+const BOUND: Duration = Duration::from_secs(1800);
+
+/// The corpus: crates as bare repositories on `git daemon`, listed by a stand-in GitHub.
+struct Corpus {
+    github: FakeGithub,
+    repos: usize,
+    bytes: u64,
+    _daemon: GitDaemon,
+}
+
+impl Corpus {
+    fn build(dir: &Path, crates: &[PathBuf]) -> Self {
+        let (srv, work) = (dir.join("srv"), dir.join("import"));
+        std::fs::create_dir_all(&work).unwrap();
+        for root in crates {
+            let name = root.file_name().unwrap().to_string_lossy().into_owned();
+            import_tree(root, &srv.join(format!("crates/{name}.git")), &work);
+        }
+        let daemon = GitDaemon::start(&srv);
+        let start = 1_704_067_200; // 2024-01-01
+        let listed = crates
+            .iter()
+            .enumerate()
+            .map(|(i, root)| {
+                let name = root.file_name().unwrap().to_string_lossy().into_owned();
+                FakeRepo {
+                    full_name: format!("crates/{name}"),
+                    language: "Rust".into(),
+                    pushed_at: start + i as i64 * 3_600,
+                    stars: 100,
+                    clone_url: Some(daemon.url(&format!("crates/{name}.git"))),
+                }
+            })
+            .collect();
+        Self {
+            github: FakeGithub::start(listed, Duration::ZERO),
+            repos: crates.len(),
+            bytes: crates.iter().map(|c| tree_bytes(c)).sum(),
+            _daemon: daemon,
+        }
+    }
+}
+
+fn tree_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// One run's topics, groups, config and working folders.
+struct Run {
+    dir: PathBuf,
+    suffix: String,
+    topology: PathBuf,
+    config: PathBuf,
+}
+
+impl Run {
+    fn new(dir: &Path, api: &str, tokenizer: &Path) -> Self {
+        let suffix = unique("pipeline");
+        let dir = dir.join(&suffix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let topology = renamed_topology(&dir, &suffix);
+        apply_topology(&topology);
+        let config = dir.join("codelupe.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "kafka: {{brokers: '{brokers}', dead_letter_topic: dead-letters-{suffix}}}
+stages:
+  crawler:
+    metrics_bind: 127.0.0.1
+    options:
+      source: github
+      github: {{api_url: '{api}', languages: [Rust], since: 2024-01-01, until: 2024-12-31}}
+      state_topic: crawler-state-{suffix}
+      transactional_id: crawler-{suffix}
+  downloader:
+    metrics_bind: 127.0.0.1
+    options:
+      store: {store}
+      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}
+      filter: {{min_stars: 0, languages: [], exclude_words: []}}
+      store_readers: [never-reads-{suffix}]
+  processor:
+    metrics_bind: 127.0.0.1
+    options: {{store: {store}}}
+  batcher:
+    metrics_bind: 127.0.0.1
+    options: {{tokenizer: {tokenizer}, seen_topic: batcher-seen-{suffix}, flush_idle_ms: 1000}}
+",
+                brokers = brokers(),
+                store = dir.join("store").display(),
+                tokenizer = tokenizer.display(),
+            ),
+        )
+        .unwrap();
+        Self {
+            dir,
+            suffix,
+            topology,
+            config,
+        }
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{name}-{}", self.suffix)
+    }
+
+    /// A replica of `stage` in group `group`, with `env` on top.
+    fn spawn(&self, stage: &str, group: &str, replica: usize, env: &[(&str, &str)]) -> Process {
+        let port = free_port();
+        let log_path = self.dir.join(format!("{stage}-{group}-{replica}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let upper = stage.to_uppercase();
+        let child = Command::new(env!("CARGO_BIN_EXE_codelupe"))
+            .current_dir(repo_root())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--topology")
+            .arg(&self.topology)
+            .args(["stage", stage])
+            .env(
+                format!("CODELUPE_STAGES__{upper}__METRICS_PORT"),
+                port.to_string(),
+            )
+            .env(format!("CODELUPE_STAGES__{upper}__GROUP"), group)
+            .envs(env.iter().copied())
+            .env("CODELUPE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Process {
+            log: log_path,
+            port,
+            child,
+            peak_rss_kb: 0,
+            cpu_s: 0.0,
+        }
+    }
+}
+
+struct Process {
+    log: PathBuf,
+    port: u16,
+    child: Child,
+    peak_rss_kb: u64,
+    cpu_s: f64,
+}
+
+impl Process {
+    /// Reads the process's peak RSS and CPU time so far from /proc.
+    fn sample(&mut self) {
+        let pid = self.child.id();
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                self.peak_rss_kb = self.peak_rss_kb.max(kb);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the command's closing parenthesis; utime and stime are the
+            // 14th and 15th of the whole line.
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = after.split(' ').collect();
+            let ticks: f64 =
+                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            self.cpu_s = ticks / 100.0;
+        }
+    }
+
+    /// Panics, with the end of its log, if the process has ended.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            panic!("{} ended ({status}): {tail:?}", self.log.display());
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        http_get(self.port, "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a sampling loop saw of each stage.
+#[derive(Default)]
+struct StageFigures {
+    cpu_s: f64,
+    peak_rss_kb: u64,
+    lag_seconds: f64,
+    max_lag: i64,
+}
+
+struct PipelineFigures {
+    elapsed: Duration,
+    first_batch: Option<Duration>,
+    files: i64,
+    tokens: f64,
+    stages: BTreeMap<&'static str, StageFigures>,
+}
+
+/// Every data stage at one replica until the corpus has gone through.
+fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
+    let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
+    let started = Instant::now();
+    let mut processes: Vec<(&'static str, Process)> = STAGES
+        .iter()
+        .map(|(stage, _)| {
+            let group = format!("codelupe-{stage}-{}", run.suffix);
+            (*stage, run.spawn(stage, &group, 0, &[]))
+        })
+        .collect();
+    let mut lags: Vec<(&'static str, LagReader)> = STAGES
+        .iter()
+        .filter_map(|(stage, input)| {
+            let group = format!("codelupe-{stage}-{}", run.suffix);
+            Some((
+                *stage,
+                LagReader::new(&clients, &group, &run.topic((*input)?)).unwrap(),
+            ))
+        })
+        .collect();
+    let mut stages: BTreeMap<&'static str, StageFigures> = BTreeMap::new();
+    let (mut first_batch, mut settled_since) = (None, None);
+    let batches = run.topic("training-batches");
+    loop {
+        std::thread::sleep(SAMPLE);
+        for (stage, process) in &mut processes {
+            process.assert_running();
+            process.sample();
+            let figures = stages.entry(stage).or_default();
+            figures.cpu_s = process.cpu_s;
+            figures.peak_rss_kb = process.peak_rss_kb;
+        }
+        let mut all_zero = true;
+        for (stage, reader) in &mut lags {
+            let lag = reader.lag().unwrap_or(-1);
+            let figures = stages.entry(stage).or_default();
+            figures.lag_seconds += lag.max(0) as f64 * SAMPLE.as_secs_f64();
+            figures.max_lag = figures.max_lag.max(lag);
+            all_zero &= lag == 0;
+        }
+        if first_batch.is_none() && topic_size(&batches, 3) > 0 {
+            first_batch = Some(started.elapsed());
+        }
+        let crawler = &processes[0].1;
+        let listed =
+            crawler.metric(codelupe_crawler::metrics::REPOS_INDEXED) as usize >= corpus.repos;
+        // Done when everything listed has passed every stage and stays so for a second
+        // (the batcher seals its last partial batch after a second of quiet).
+        if listed && all_zero && first_batch.is_some() {
+            let since = *settled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(1) {
+                break;
+            }
+        } else {
+            settled_since = None;
+        }
+        assert!(started.elapsed() < BOUND, "the pipeline did not finish");
+    }
+    let elapsed = started.elapsed() - settled_since.unwrap().elapsed();
+    let tokens = processes
+        .iter()
+        .find(|(s, _)| *s == "batcher")
+        .unwrap()
+        .1
+        .metric(codelupe_batcher::metrics::TOKENS_PRODUCED);
+    for (_, p) in processes {
+        p.stop();
+    }
+    PipelineFigures {
+        elapsed,
+        first_batch,
+        files: topic_size(&run.topic("code-files"), 12),
+        tokens,
+        stages,
+    }
+}
+
+/// Where each stage's work shows: its output topic and that topic's partitions.
+fn output_of(stage: &str) -> (&'static str, i32) {
+    match stage {
+        "downloader" => ("repo-clones", 6),
+        "processor" => ("code-files", 12),
+        _ => ("training-batches", 3),
+    }
+}
+
+/// `stage` alone over its whole input again, in a fresh group, at `replicas` replicas:
+/// its output records per second, from the first to the last (`expected` in all), so
+/// start-up and the group's join do not count.
+fn stage_alone(
+    run: &Run,
+    stage: &str,
+    expected: i64,
+    replicas: usize,
+    env: &[(&str, &str)],
+) -> f64 {
+    let group = unique(&format!("alone-{stage}"));
+    let mut env = env.to_vec();
+    // The batcher's dedup marks from an earlier run would drop every file.
+    let seen = format!("batcher-seen-{group}");
+    if stage == "batcher" {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(create_topic_with(
+                &seen,
+                12,
+                &[("cleanup.policy", "compact")],
+            ));
+        env.push(("CODELUPE_STAGES__BATCHER__OPTIONS__SEEN_TOPIC", &seen));
+    }
+    let (output, partitions) = output_of(stage);
+    let output = run.topic(output);
+    let watermarks: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let size = || -> i64 {
+        (0..partitions)
+            .map(|p| {
+                watermarks
+                    .fetch_watermarks(&output, p, Duration::from_secs(5))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum()
+    };
+    let before = size();
+    let started = Instant::now();
+    let mut processes: Vec<Process> = (0..replicas)
+        .map(|i| run.spawn(stage, &group, i, &env))
+        .collect();
+    let mut first: Option<(Instant, i64)> = None;
+    let (last, made) = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        processes.iter_mut().for_each(Process::assert_running);
+        let made = size() - before;
+        if made > 0 && first.is_none() {
+            first = Some((Instant::now(), made));
+        }
+        if made >= expected {
+            break (Instant::now(), made);
+        }
+        assert!(started.elapsed() < BOUND, "{stage} did not finish");
+    };
+    for p in &mut processes {
+        p.sample();
+    }
+    let cpu: f64 = processes.iter().map(|p| p.cpu_s).sum();
+    for p in processes {
+        p.stop();
+    }
+    let (first_at, first_made) = first.unwrap();
+    let rate = (made - first_made) as f64 / (last - first_at).as_secs_f64();
+    println!(
+        "  {stage} alone, {replicas} replica(s){}: {rate:.0} records/s ({made} records; \
+         {:.0}% of a core on average)",
+        if env.iter().any(|(k, _)| k.ends_with("WORKERS")) {
+            ", one worker each"
+        } else {
+            ""
+        },
+        100.0 * cpu / started.elapsed().as_secs_f64()
+    );
+    rate
+}
+
+fn print_pipeline(label: &str, corpus: &Corpus, f: &PipelineFigures) {
+    let secs = f.elapsed.as_secs_f64();
+    println!(
+        "{label}: {} repositories ({:.1} MiB of sources): {} files, {:.0} tokens in {:.1} s = \
+         {:.1} files/s, {:.0} tokens/s; first batch after {:.1} s",
+        corpus.repos,
+        corpus.bytes as f64 / (1 << 20) as f64,
+        f.files,
+        f.tokens,
+        secs,
+        f.files as f64 / secs,
+        f.tokens / secs,
+        f.first_batch.unwrap_or_default().as_secs_f64(),
+    );
+    println!("  stage       CPU s  CPU %  peak RSS MB  max lag  lag·s");
+    for (stage, _) in STAGES {
+        let s = &f.stages[stage];
+        println!(
+            "  {stage:<10} {:>6.1} {:>6.0} {:>12.1} {:>8} {:>6.1}",
+            s.cpu_s,
+            100.0 * s.cpu_s / secs,
+            s.peak_rss_kb as f64 / 1024.0,
+            s.max_lag,
+            s.lag_seconds
+        );
+    }
+}
+
+fn train_tokenizer(crates: &[PathBuf], out: &Path) {
+    let mut command = codelupe();
+    command.args(["tokenizer", "train", "--vocab-size", "8192", "-o"]);
+    command.arg(out);
+    for root in crates {
+        command.arg("--from-dir").arg(root);
+    }
+    let result = command.output().unwrap();
+    assert!(result.status.success(), "{}", text(&result));
+}
+
+fn main() {
+    let size: usize = std::env::var("PIPELINE_CRATES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    // Crates of ordinary size: the registry also holds generated giants (bindings).
+    let all: Vec<PathBuf> = all_registry_crates()
+        .into_iter()
+        .filter(|c| (20_000..3_000_000).contains(&tree_bytes(c)))
+        .collect();
+    assert!(
+        all.len() >= 4 * size,
+        "{} crates in the registry, {} needed for the 4x corpus",
+        all.len(),
+        4 * size
+    );
+    // Spread over the registry, so the corpus is not one family of crates.
+    let step = all.len() / (4 * size);
+    let picked: Vec<PathBuf> = (0..4 * size).map(|i| all[i * step].clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = dir.path().join("tokenizer.json");
+    train_tokenizer(&picked[..size], &tokenizer);
+
+    let corpus = Corpus::build(&dir.path().join("1x"), &picked[..size]);
+    let run = Run::new(dir.path(), &corpus.github.url, &tokenizer);
+    let one = run_pipeline(&run, &corpus);
+    print_pipeline("whole pipeline, 1x corpus", &corpus, &one);
+    let corpus4 = Corpus::build(&dir.path().join("4x"), &picked);
+    let run4 = Run::new(dir.path(), &corpus4.github.url, &tokenizer);
+    let four = run_pipeline(&run4, &corpus4);
+    print_pipeline("whole pipeline, 4x corpus", &corpus4, &four);
+
+    // Every stage shares this machine's cores, so the one that spends the most CPU
+    // on the corpus bounds the rest. (Lag alone misleads: the batcher's counts the
+    // files in its open batch, committed only once the batch is sealed.)
+    let bottleneck = STAGES
+        .iter()
+        .map(|(stage, _)| *stage)
+        .max_by(|a, b| four.stages[a].cpu_s.total_cmp(&four.stages[b].cpu_s))
+        .unwrap();
+    println!("bottleneck: {bottleneck} (the most CPU time on the 4x corpus)");
+    let (output, partitions) = output_of(bottleneck);
+    let expected = topic_size(&run4.topic(output), partitions);
+    let single = stage_alone(&run4, bottleneck, expected, 1, &[]);
+    let double = stage_alone(&run4, bottleneck, expected, 2, &[]);
+    println!(
+        "{bottleneck} alone: 2 replicas vs 1: {:.2}x (goal >= 1.8x when CPU-bound)",
+        double / single
+    );
+    if bottleneck == "processor" {
+        // A processor replica parses on every core already; one worker a replica shows
+        // what replicas add when each is one core's work.
+        let workers = [("CODELUPE_STAGES__PROCESSOR__OPTIONS__WORKERS", "1")];
+        let single = stage_alone(&run4, bottleneck, expected, 1, &workers);
+        let double = stage_alone(&run4, bottleneck, expected, 2, &workers);
+        println!(
+            "{bottleneck} alone, one worker a replica: 2 replicas vs 1: {:.2}x",
+            double / single
+        );
+    }
+
+    println!("peak RSS, 4x corpus vs 1x (goal: within 20%, the batcher's dedup marks aside):");
+    for (stage, _) in STAGES {
+        let (a, b) = (
+            one.stages[stage].peak_rss_kb,
+            four.stages[stage].peak_rss_kb,
+        );
+        println!(
+            "  {stage:<10} {:.1} MB -> {:.1} MB = {:.2}x",
+            a as f64 / 1024.0,
+            b as f64 / 1024.0,
+            b as f64 / a as f64
+        );
+    }
+}

@@ -11,8 +11,9 @@
 //! and those inputs' offsets (sent with the group's metadata): a read_committed reader
 //! sees each input's part of the outputs once, whatever crashes.
 //!
-//! Decoding and the aggregate's stateless work on an input (`prepare`: the batcher's
-//! tokenizing) run on every core, up to `max_in_flight` inputs ahead of `push`.
+//! Decoding and the aggregate's stateless work on an input (its `preparer`: the
+//! batcher's tokenizing) run on every core, up to `max_in_flight` inputs ahead of
+//! `push`.
 
 pub mod prepare;
 

@@ -1,16 +1,15 @@
 //! The whole data pipeline on the test broker, every stage its own process as in
 //! production: crawler (against a stand-in GitHub API listing the corpus) → downloader
 //! (bare clones over `git daemon` on loopback) → processor → batcher, over crates from
-//! the local cargo registry made into repositories. Prints files/s and tokens/s end to
-//! end, time to the first batch, each stage's CPU time, peak RSS and input lag, and
-//! names the bottleneck: the stage that spent the most CPU (the stages share the
-//! machine's cores), its input lag alongside. Then
-//! that stage alone over the backlog it left, at 1 and 2 replicas (and, when a replica
-//! already uses every core, at one worker a replica too). Last, peak RSS at 1× and 4×
-//! the corpus.
+//! the local cargo registry made into repositories, at 1× and 4× a corpus. Prints
+//! files/s and tokens/s end to end, time to the first batch, and each stage's CPU time,
+//! peak RSS and input lag; names the bottleneck, the stage that spent the most CPU on
+//! the 4× corpus (the stages share the machine's cores), and runs it alone over that
+//! corpus again at 1 and 2 replicas (and, for the processor, which parses on every
+//! core already, at one worker a replica too). Last, peak RSS at 1× against 4×.
 //!
 //! `bash benches/whole-pipeline.sh` (starts the test broker; PIPELINE_CRATES sets the
-//! 1× corpus, default 10 crates). The trainer is left out: on this 2-core VM it trains
+//! 1× corpus, default 40 crates). The trainer is left out: on this 2-core VM it trains
 //! at thousands of tokens/s (its own bench), and beside it every other stage starves.
 
 #[path = "../tests/support/mod.rs"]
@@ -470,7 +469,7 @@ fn main() {
     let size: usize = std::env::var("PIPELINE_CRATES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(40);
     // Crates of ordinary size: the registry also holds generated giants (bindings).
     let all: Vec<PathBuf> = all_registry_crates()
         .into_iter()

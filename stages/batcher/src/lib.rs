@@ -178,39 +178,27 @@ impl Batcher {
         })
     }
 
-    /// Creates the partition's state on first use, its dedup marks read from the seen
-    /// topic.
-    async fn load_partition(&mut self, partition: i32) -> anyhow::Result<()> {
-        if !self.partitions.contains_key(&partition) {
-            let started = Instant::now();
-            let filter = Bloom::new_for_fp_rate(
-                self.options.dedup_capacity.get(),
-                self.options.dedup_false_positive_rate,
-            )
-            .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
-            let (seen, marks) = kafka::read_to_end(
-                &self.clients,
-                &self.options.seen_topic,
-                Some(vec![partition]),
-                (filter, 0usize),
-                |(seen, marks), key, _| {
-                    if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
-                        seen.set(&key);
-                        *marks += 1;
-                    }
-                    Ok(ControlFlow::Continue(()))
-                },
-            )
-            .await
-            .with_context(|| format!("loading dedup marks of partition {partition}"))?;
+    /// Creates the state of each partition not loaded yet, their dedup marks read from
+    /// the seen topic all at once (one reader a partition: a reader's start-up, not
+    /// the marks, is most of a read).
+    async fn load_partitions(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        let missing: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.partitions.contains_key(p))
+            .collect();
+        let started = Instant::now();
+        let loaded =
+            futures::future::try_join_all(missing.iter().map(|&p| self.read_marks(p))).await?;
+        let (len, per, eot) = (
+            self.options.sequence_length,
+            self.options.sequences_per_batch,
+            self.tokenizer.end_of_text,
+        );
+        for (partition, (seen, marks)) in missing.iter().zip(loaded) {
             tracing::info!(partition, marks, elapsed = ?started.elapsed(), "dedup state loaded");
-            let (len, per, eot) = (
-                self.options.sequence_length,
-                self.options.sequences_per_batch,
-                self.tokenizer.end_of_text,
-            );
             self.partitions.insert(
-                partition,
+                *partition,
                 PartitionState {
                     seen,
                     marks,
@@ -220,6 +208,30 @@ impl Batcher {
             );
         }
         Ok(())
+    }
+
+    /// A partition's dedup marks from the seen topic, and how many.
+    async fn read_marks(&self, partition: i32) -> anyhow::Result<(Bloom<u128>, usize)> {
+        let filter = Bloom::new_for_fp_rate(
+            self.options.dedup_capacity.get(),
+            self.options.dedup_false_positive_rate,
+        )
+        .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
+        kafka::read_to_end(
+            &self.clients,
+            &self.options.seen_topic,
+            Some(vec![partition]),
+            (filter, 0usize),
+            |(seen, marks), key, _| {
+                if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
+                    seen.set(&key);
+                    *marks += 1;
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await
+        .with_context(|| format!("loading dedup marks of partition {partition}"))
     }
 
     /// A packed batch as a record, and the dedup marks of the files that end in it, each
@@ -324,7 +336,8 @@ impl Aggregate for Batcher {
                 format!("content_hash {:?} is not a hex SHA-256", file.content_hash),
             )
         })?;
-        self.load_partition(at.partition)
+        // Loaded at assignment; here only when an input came first.
+        self.load_partitions(&[at.partition])
             .await
             .map_err(|e| TransformError::retryable(FileError::DedupState, format!("{e:#}")))?;
         let state = self
@@ -387,6 +400,10 @@ impl Aggregate for Batcher {
         for p in partitions {
             self.partitions.remove(p);
         }
+    }
+
+    async fn assign(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        self.load_partitions(partitions).await
     }
 }
 

@@ -96,7 +96,11 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
-    let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
+    let rebalances = pipeline::Rebalances {
+        revoked: Some(revoked_tx),
+        assigned: None,
+    };
+    let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), rebalances)?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut state = Loop {
         input: input.to_string(),

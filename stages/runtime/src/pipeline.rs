@@ -194,6 +194,8 @@ pub(crate) struct LoopContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     /// Tells a stateful stage which partitions left, before their new owner's records.
     revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
+    /// Tells a stateful stage which partitions it now owns, to load their state.
+    assigned: Option<mpsc::UnboundedSender<Vec<i32>>>,
 }
 
 impl ClientContext for LoopContext {
@@ -245,6 +247,9 @@ impl ConsumerContext for LoopContext {
             Rebalance::Assign(list) => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions assigned");
+                if let Some(assigned) = &self.assigned {
+                    let _ = assigned.send(partitions);
+                }
                 self.readiness.set_ready();
             }
             Rebalance::Revoke(_) => {}
@@ -267,20 +272,28 @@ impl ConsumerContext for LoopContext {
     }
 }
 
-/// The stage's consumer, subscribed to its input; revocations reach `tracker` and,
-/// when given, `revoked`.
+/// Where a stateful stage hears of its partitions coming and going.
+#[derive(Default)]
+pub(crate) struct Rebalances {
+    pub revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
+    pub assigned: Option<mpsc::UnboundedSender<Vec<i32>>>,
+}
+
+/// The stage's consumer, subscribed to its input; revocations reach `tracker`, and
+/// both revocations and assignments the `rebalances` senders given.
 pub(crate) fn subscribe(
     runtime: &StageRuntime,
     metrics: &LoopMetrics,
     tracker: Arc<Mutex<OffsetTracker>>,
-    revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
+    rebalances: Rebalances,
 ) -> anyhow::Result<Arc<StreamConsumer<LoopContext>>> {
     let (input, group) = runtime.require_input()?;
     let context = LoopContext {
         readiness: runtime.readiness.clone(),
         lag: metrics.consumer_lag.clone(),
         tracker,
-        revoked,
+        revoked: rebalances.revoked,
+        assigned: rebalances.assigned,
     };
     let consumer: StreamConsumer<LoopContext> = runtime
         .clients
@@ -321,7 +334,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let (input, _) = runtime.require_input()?;
     let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
+    let consumer = subscribe(runtime, &metrics, tracker.clone(), Rebalances::default())?;
 
     let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
     let mut back_pressure = BackPressure::new(&runtime.settings);

@@ -35,7 +35,7 @@ use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
     commit_and_leave, drain, stepped_over, store, store_stepped_over, subscribe, DeadLetters,
-    InputRecord, LoopContext, LoopMetrics, LoopReason, Polled,
+    InputRecord, LoopContext, LoopMetrics, LoopReason, Polled, Rebalances,
 };
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
@@ -110,6 +110,16 @@ pub trait Aggregate: Send + 'static {
     /// These partitions went to another consumer, which replays their unreleased
     /// inputs: drop their partial outputs and any state the new owner may change.
     fn revoke(&mut self, partitions: &[i32]);
+
+    /// These partitions came to this consumer: load their state now, all at once,
+    /// rather than as each one's first input arrives. An error stops the stage.
+    fn assign(&mut self, partitions: &[i32]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The partitions revoked from and assigned to the loop's consumer, as they come.
+struct Rebalanced {
+    revoked: mpsc::UnboundedReceiver<Vec<i32>>,
+    assigned: mpsc::UnboundedReceiver<Vec<i32>>,
 }
 
 pub type Preparer<I, P> = Arc<dyn Fn(&I) -> P + Send + Sync>;
@@ -252,7 +262,7 @@ pub async fn run_aggregate<A: Aggregate>(
     mut aggregate: A,
     runtime: &StageRuntime,
 ) -> anyhow::Result<()> {
-    let (mut state, mut done, mut revoked) = Loop::start::<A>(runtime).await?;
+    let (mut state, mut done, mut rebalanced) = Loop::start::<A>(runtime).await?;
     let preparer = aggregate.preparer();
     let mut preparing: Ordered<Prepared<A>> = Ordered::on_every_core();
     let consumer = state.consumer.clone();
@@ -268,9 +278,14 @@ pub async fn run_aggregate<A: Aggregate>(
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break None,
-            Some(partitions) = revoked.recv() => {
+            Some(partitions) = rebalanced.revoked.recv() => {
                 state.revoke(&partitions);
                 aggregate.revoke(&partitions);
+            }
+            Some(partitions) = rebalanced.assigned.recv() => {
+                if let Err(e) = aggregate.assign(&partitions).await {
+                    break Some(e.context(format!("loading the state of partitions {partitions:?}")));
+                }
             }
             Some(message) = done.recv() => {
                 if let Done::Refused(e) = message {
@@ -306,10 +321,20 @@ pub async fn run_aggregate<A: Aggregate>(
                     Polled::Skip => continue,
                     Polled::End => break None,
                 };
-                // The rebalance callback ran inside this poll: apply it before the record.
-                while let Ok(partitions) = revoked.try_recv() {
+                // The rebalance callbacks ran inside this poll: apply them before the
+                // record (revocations first, as they came).
+                while let Ok(partitions) = rebalanced.revoked.try_recv() {
                     state.revoke(&partitions);
                     aggregate.revoke(&partitions);
+                }
+                let mut assigned = Vec::new();
+                while let Ok(partitions) = rebalanced.assigned.try_recv() {
+                    assigned.extend(partitions);
+                }
+                if !assigned.is_empty() {
+                    if let Err(e) = aggregate.assign(&assigned).await {
+                        break Some(e.context(format!("loading the state of partitions {assigned:?}")));
+                    }
                 }
                 if !state.begin(&record) {
                     continue;
@@ -333,14 +358,10 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 impl Loop {
     /// Subscribes to the stage's input and readies its publishers; the receivers of
-    /// finished work and of revoked partitions go with it.
+    /// finished work and of partitions revoked and assigned go with it.
     async fn start<A: Aggregate>(
         runtime: &StageRuntime,
-    ) -> anyhow::Result<(
-        Self,
-        mpsc::UnboundedReceiver<Done>,
-        mpsc::UnboundedReceiver<Vec<i32>>,
-    )> {
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Done>, Rebalanced)> {
         let (input, group) = runtime.require_input()?;
         let output = runtime
             .output
@@ -349,7 +370,12 @@ impl Loop {
         let metrics = LoopMetrics::register::<A::Reason>(&runtime.registry)?;
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let (revoked_tx, revoked) = mpsc::unbounded_channel();
-        let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(revoked_tx))?;
+        let (assigned_tx, assigned) = mpsc::unbounded_channel();
+        let rebalances = Rebalances {
+            revoked: Some(revoked_tx),
+            assigned: Some(assigned_tx),
+        };
+        let consumer = subscribe(runtime, &metrics, tracker.clone(), rebalances)?;
         let publisher = Publisher::new(runtime)?;
         let transaction = match runtime.settings.delivery {
             crate::config::Delivery::ExactlyOnce => Some(Transaction {
@@ -376,7 +402,7 @@ impl Loop {
             transaction,
             max_in_flight,
         };
-        Ok((state, done, revoked))
+        Ok((state, done, Rebalanced { revoked, assigned }))
     }
 
     /// Queues a record to be decoded and prepared off the loop.

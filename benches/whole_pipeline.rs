@@ -5,11 +5,12 @@
 //! files/s and tokens/s end to end, time to the first batch, and each stage's CPU time,
 //! peak RSS and input lag; names the bottleneck, the stage that spent the most CPU on
 //! the 4× corpus (the stages share the machine's cores), and runs it alone over that
-//! corpus again at 1 and 2 replicas (and, for the processor, which parses on every
-//! core already, at one worker a replica too). Last, peak RSS at 1× against 4×.
+//! corpus again at 1 and 2 replicas, then at 1 and 2 replicas of one core each (a
+//! replica of the processor or the batcher works on every core already). Last, peak
+//! RSS at 1× against 4×.
 //!
 //! `bash benches/whole-pipeline.sh` (starts the test broker; PIPELINE_CRATES sets the
-//! 1× corpus, default 40 crates). The trainer is left out: on this 2-core VM it trains
+//! 1× corpus, default 40 crates; PIPELINE_MEMORY_ONLY=1 skips the runs alone). The trainer is left out: on this 2-core VM it trains
 //! at thousands of tokens/s (its own bench), and beside it every other stage starves.
 
 #[path = "../tests/support/mod.rs"]
@@ -22,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use codelupe_runtime::config::KafkaConfig;
 use codelupe_runtime::kafka::{KafkaClients, LagReader};
-use rdkafka::consumer::Consumer as _;
 use support::fake_github::{FakeGithub, FakeRepo};
 use support::*;
 
@@ -168,7 +168,10 @@ stages:
             )
             .env(format!("CODELUPE_STAGES__{upper}__GROUP"), group)
             .envs(env.iter().copied())
-            .env("CODELUPE_LOG", "warn")
+            .env(
+                "CODELUPE_LOG",
+                std::env::var("PIPELINE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -338,25 +341,12 @@ fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
     }
 }
 
-/// Where each stage's work shows: its output topic and that topic's partitions.
-fn output_of(stage: &str) -> (&'static str, i32) {
-    match stage {
-        "downloader" => ("repo-clones", 6),
-        "processor" => ("code-files", 12),
-        _ => ("training-batches", 3),
-    }
-}
-
-/// `stage` alone over its whole input again, in a fresh group, at `replicas` replicas:
-/// its output records per second, from the first to the last (`expected` in all), so
-/// start-up and the group's join do not count.
-fn stage_alone(
-    run: &Run,
-    stage: &str,
-    expected: i64,
-    replicas: usize,
-    env: &[(&str, &str)],
-) -> f64 {
+/// `stage` alone over its whole input again, in a fresh group, at `replicas` replicas
+/// (`env` on top): input records per second, from a second after every replica holds
+/// partitions (the group's join, its rebalances and the state loads do not count) to
+/// the group's lag at 0.
+fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&str, &str)]) -> f64 {
+    let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
     let group = unique(&format!("alone-{stage}"));
     let mut env = env.to_vec();
     // The batcher's dedup marks from an earlier run would drop every file.
@@ -371,36 +361,29 @@ fn stage_alone(
             ));
         env.push(("CODELUPE_STAGES__BATCHER__OPTIONS__SEEN_TOPIC", &seen));
     }
-    let (output, partitions) = output_of(stage);
-    let output = run.topic(output);
-    let watermarks: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let size = || -> i64 {
-        (0..partitions)
-            .map(|p| {
-                watermarks
-                    .fetch_watermarks(&output, p, Duration::from_secs(5))
-                    .map_or(0, |(_, high)| high)
-            })
-            .sum()
-    };
-    let before = size();
     let started = Instant::now();
     let mut processes: Vec<Process> = (0..replicas)
         .map(|i| run.spawn(stage, &group, i, &env))
         .collect();
-    let mut first: Option<(Instant, i64)> = None;
-    let (last, made) = loop {
+    let mut reader = LagReader::new(&clients, &group, &run.topic(input)).unwrap();
+    let ready = |p: &Process| matches!(http_get(p.port, "/readyz"), Ok((200, _)));
+    let mut window: Option<(Instant, i64)> = None;
+    let mut all_ready_at: Option<Instant> = None;
+    let ended = loop {
         std::thread::sleep(Duration::from_millis(100));
         processes.iter_mut().for_each(Process::assert_running);
-        let made = size() - before;
-        if made > 0 && first.is_none() {
-            first = Some((Instant::now(), made));
+        if all_ready_at.is_none() && processes.iter().all(ready) {
+            all_ready_at = Some(Instant::now());
         }
-        if made >= expected {
-            break (Instant::now(), made);
+        let lag = reader.lag().unwrap_or(-1);
+        if window.is_none()
+            && all_ready_at.is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
+            && lag > 0
+        {
+            window = Some((Instant::now(), lag));
+        }
+        if window.is_some() && lag == 0 {
+            break Instant::now();
         }
         assert!(started.elapsed() < BOUND, "{stage} did not finish");
     };
@@ -411,16 +394,15 @@ fn stage_alone(
     for p in processes {
         p.stop();
     }
-    let (first_at, first_made) = first.unwrap();
-    let rate = (made - first_made) as f64 / (last - first_at).as_secs_f64();
+    let (from, backlog) = window.unwrap();
+    let rate = backlog as f64 / (ended - from).as_secs_f64();
+    let cores = env
+        .iter()
+        .any(|(k, _)| k.ends_with("WORKERS") || *k == "RAYON_NUM_THREADS");
     println!(
-        "  {stage} alone, {replicas} replica(s){}: {rate:.0} records/s ({made} records; \
-         {:.0}% of a core on average)",
-        if env.iter().any(|(k, _)| k.ends_with("WORKERS")) {
-            ", one worker each"
-        } else {
-            ""
-        },
+        "  {stage} alone, {replicas} replica(s){}: {rate:.0} {input} records/s ({backlog} \
+         timed of the backlog; {:.0}% of a core on average)",
+        if cores { ", one core each" } else { "" },
         100.0 * cpu / started.elapsed().as_secs_f64()
     );
     rate
@@ -483,17 +465,30 @@ fn main() {
     );
     // Spread over the registry, so the corpus is not one family of crates.
     let step = all.len() / (4 * size);
-    let picked: Vec<PathBuf> = (0..4 * size).map(|i| all[i * step].clone()).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let tokenizer = dir.path().join("tokenizer.json");
-    train_tokenizer(&picked[..size], &tokenizer);
+    let mut picked: Vec<PathBuf> = (0..4 * size).map(|i| all[i * step].clone()).collect();
+    // The 1x corpus is every fourth crate by size, largest first: it holds the largest
+    // crate and the 4x corpus's spread of sizes, so a peak that grows from 1x to 4x
+    // grows with the volume, not with a bigger repository met on the way.
+    picked.sort_by_cached_key(|c| std::cmp::Reverse(tree_bytes(c)));
+    let one_x: Vec<PathBuf> = picked.iter().step_by(4).cloned().collect();
+    let temp = tempfile::tempdir().unwrap();
+    // PIPELINE_KEEP=1 keeps the stages' logs (PIPELINE_LOG=info makes them talk).
+    let (dir, _removed_at_end) = if std::env::var_os("PIPELINE_KEEP").is_some() {
+        let kept = temp.keep();
+        println!("keeping {}", kept.display());
+        (kept, None)
+    } else {
+        (temp.path().to_path_buf(), Some(temp))
+    };
+    let tokenizer = dir.join("tokenizer.json");
+    train_tokenizer(&one_x, &tokenizer);
 
-    let corpus = Corpus::build(&dir.path().join("1x"), &picked[..size]);
-    let run = Run::new(dir.path(), &corpus.github.url, &tokenizer);
+    let corpus = Corpus::build(&dir.join("1x"), &one_x);
+    let run = Run::new(&dir, &corpus.github.url, &tokenizer);
     let one = run_pipeline(&run, &corpus);
     print_pipeline("whole pipeline, 1x corpus", &corpus, &one);
-    let corpus4 = Corpus::build(&dir.path().join("4x"), &picked);
-    let run4 = Run::new(dir.path(), &corpus4.github.url, &tokenizer);
+    let corpus4 = Corpus::build(&dir.join("4x"), &picked);
+    let run4 = Run::new(&dir, &corpus4.github.url, &tokenizer);
     let four = run_pipeline(&run4, &corpus4);
     print_pipeline("whole pipeline, 4x corpus", &corpus4, &four);
 
@@ -506,26 +501,44 @@ fn main() {
         .max_by(|a, b| four.stages[a].cpu_s.total_cmp(&four.stages[b].cpu_s))
         .unwrap();
     println!("bottleneck: {bottleneck} (the most CPU time on the 4x corpus)");
-    let (output, partitions) = output_of(bottleneck);
-    let expected = topic_size(&run4.topic(output), partitions);
-    let single = stage_alone(&run4, bottleneck, expected, 1, &[]);
-    let double = stage_alone(&run4, bottleneck, expected, 2, &[]);
+    if std::env::var_os("PIPELINE_MEMORY_ONLY").is_none() {
+        alone(&run4, bottleneck);
+    }
+    print_memory(&one, &four);
+}
+
+/// The bottleneck alone over the 4x corpus at 1 and 2 replicas.
+fn alone(run4: &Run, bottleneck: &str) {
+    let input = STAGES
+        .iter()
+        .find(|(stage, _)| *stage == bottleneck)
+        .and_then(|(_, input)| *input)
+        .expect("the crawler is never the bottleneck: it reads no topic");
+    let single = stage_alone(run4, bottleneck, input, 1, &[]);
+    let double = stage_alone(run4, bottleneck, input, 2, &[]);
     println!(
         "{bottleneck} alone: 2 replicas vs 1: {:.2}x (goal >= 1.8x when CPU-bound)",
         double / single
     );
-    if bottleneck == "processor" {
-        // A processor replica parses on every core already; one worker a replica shows
-        // what replicas add when each is one core's work.
-        let workers = [("CODELUPE_STAGES__PROCESSOR__OPTIONS__WORKERS", "1")];
-        let single = stage_alone(&run4, bottleneck, expected, 1, &workers);
-        let double = stage_alone(&run4, bottleneck, expected, 2, &workers);
+    // A replica of either stage works on every core already (the processor parses,
+    // the batcher tokenizes on a pool), so on this machine a second one can only take
+    // what the first leaves idle; at one core a replica, what replicas add shows.
+    let one_core = match bottleneck {
+        "processor" => Some(("CODELUPE_STAGES__PROCESSOR__OPTIONS__WORKERS", "1")),
+        "batcher" => Some(("RAYON_NUM_THREADS", "1")),
+        _ => None,
+    };
+    if let Some(one_core) = one_core {
+        let single = stage_alone(run4, bottleneck, input, 1, &[one_core]);
+        let double = stage_alone(run4, bottleneck, input, 2, &[one_core]);
         println!(
-            "{bottleneck} alone, one worker a replica: 2 replicas vs 1: {:.2}x",
+            "{bottleneck} alone, one core a replica: 2 replicas vs 1: {:.2}x (goal >= 1.8x)",
             double / single
         );
     }
+}
 
+fn print_memory(one: &PipelineFigures, four: &PipelineFigures) {
     println!("peak RSS, 4x corpus vs 1x (goal: within 20%, the batcher's dedup marks aside):");
     for (stage, _) in STAGES {
         let (a, b) = (

@@ -337,9 +337,11 @@ impl Aggregate for Batcher {
             )
         })?;
         // Loaded at assignment; here only when an input came first.
-        self.load_partitions(&[at.partition])
-            .await
-            .map_err(|e| TransformError::retryable(FileError::DedupState, format!("{e:#}")))?;
+        if !self.partitions.contains_key(&at.partition) {
+            self.load_partitions(&[at.partition])
+                .await
+                .map_err(|e| TransformError::retryable(FileError::DedupState, format!("{e:#}")))?;
+        }
         let state = self
             .partitions
             .get_mut(&at.partition)

@@ -95,12 +95,8 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     let (input, group) = runtime.require_input()?;
     let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let (revoked_tx, mut revoked) = mpsc::unbounded_channel();
-    let rebalances = pipeline::Rebalances {
-        revoked: Some(revoked_tx),
-        assigned: None,
-    };
-    let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), rebalances)?;
+    let (rebalanced_tx, mut rebalanced) = mpsc::unbounded_channel();
+    let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(rebalanced_tx))?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut state = Loop {
         input: input.to_string(),
@@ -122,7 +118,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break,
-            Some(partitions) = revoked.recv() => state.revoke(&partitions),
+            Some(change) = rebalanced.recv() => state.rebalanced(change),
             Some(done) = done_rx.recv() => {
                 state.accept(done);
                 // Every place is held: commit now rather than at the tick.
@@ -143,8 +139,8 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
                     pipeline::Polled::Skip => continue,
                     pipeline::Polled::End => break,
                 };
-                while let Ok(partitions) = revoked.try_recv() {
-                    state.revoke(&partitions);
+                while let Ok(change) = rebalanced.try_recv() {
+                    state.rebalanced(change);
                 }
                 state.take(InputRecord::of(&message));
             }
@@ -175,13 +171,17 @@ struct Loop<T: Transform> {
 }
 
 impl<T: Transform> Loop<T> {
-    fn revoke(&mut self, partitions: &[i32]) {
-        revoke(
-            partitions,
-            &mut self.generations,
-            &mut self.waiting,
-            &self.metrics,
-        );
+    /// Partitions revoked are dropped; an assignment needs nothing (a transform keeps
+    /// no state of its partitions).
+    fn rebalanced(&mut self, change: pipeline::Rebalanced) {
+        if let pipeline::Rebalanced::Revoked(partitions) = change {
+            revoke(
+                &partitions,
+                &mut self.generations,
+                &mut self.waiting,
+                &self.metrics,
+            );
+        }
     }
 
     fn accept(&mut self, done: Done) {

@@ -192,10 +192,17 @@ pub(crate) struct LoopContext {
     readiness: Arc<Readiness>,
     lag: IntGaugeVec,
     tracker: Arc<Mutex<OffsetTracker>>,
-    /// Tells a stateful stage which partitions left, before their new owner's records.
-    revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
-    /// Tells a stateful stage which partitions it now owns, to load their state.
-    assigned: Option<mpsc::UnboundedSender<Vec<i32>>>,
+    /// Tells a stateful stage of its partitions coming and going, in the order they do.
+    rebalanced: Option<mpsc::UnboundedSender<Rebalanced>>,
+}
+
+/// A change of the consumer's partitions, as a stateful stage hears of it: those that
+/// left (before their new owner's records), then those it now owns (to load their
+/// state).
+#[derive(Debug)]
+pub(crate) enum Rebalanced {
+    Revoked(Vec<i32>),
+    Assigned(Vec<i32>),
 }
 
 impl ClientContext for LoopContext {
@@ -236,8 +243,8 @@ impl ConsumerContext for LoopContext {
                 .lock()
                 .expect("tracker lock")
                 .revoke(partitions.iter().copied());
-            if let Some(revoked) = &self.revoked {
-                let _ = revoked.send(partitions);
+            if let Some(rebalanced) = &self.rebalanced {
+                let _ = rebalanced.send(Rebalanced::Revoked(partitions));
             }
         }
     }
@@ -247,8 +254,8 @@ impl ConsumerContext for LoopContext {
             Rebalance::Assign(list) => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions assigned");
-                if let Some(assigned) = &self.assigned {
-                    let _ = assigned.send(partitions);
+                if let Some(rebalanced) = &self.rebalanced {
+                    let _ = rebalanced.send(Rebalanced::Assigned(partitions));
                 }
                 self.readiness.set_ready();
             }
@@ -272,28 +279,20 @@ impl ConsumerContext for LoopContext {
     }
 }
 
-/// Where a stateful stage hears of its partitions coming and going.
-#[derive(Default)]
-pub(crate) struct Rebalances {
-    pub revoked: Option<mpsc::UnboundedSender<Vec<i32>>>,
-    pub assigned: Option<mpsc::UnboundedSender<Vec<i32>>>,
-}
-
-/// The stage's consumer, subscribed to its input; revocations reach `tracker`, and
-/// both revocations and assignments the `rebalances` senders given.
+/// The stage's consumer, subscribed to its input; revocations reach `tracker` and,
+/// with assignments, `rebalanced` when given.
 pub(crate) fn subscribe(
     runtime: &StageRuntime,
     metrics: &LoopMetrics,
     tracker: Arc<Mutex<OffsetTracker>>,
-    rebalances: Rebalances,
+    rebalanced: Option<mpsc::UnboundedSender<Rebalanced>>,
 ) -> anyhow::Result<Arc<StreamConsumer<LoopContext>>> {
     let (input, group) = runtime.require_input()?;
     let context = LoopContext {
         readiness: runtime.readiness.clone(),
         lag: metrics.consumer_lag.clone(),
         tracker,
-        revoked: rebalances.revoked,
-        assigned: rebalances.assigned,
+        rebalanced,
     };
     let consumer: StreamConsumer<LoopContext> = runtime
         .clients
@@ -334,7 +333,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let (input, _) = runtime.require_input()?;
     let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-    let consumer = subscribe(runtime, &metrics, tracker.clone(), Rebalances::default())?;
+    let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
 
     let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
     let mut back_pressure = BackPressure::new(&runtime.settings);

@@ -35,7 +35,7 @@ use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
     commit_and_leave, drain, stepped_over, store, store_stepped_over, subscribe, DeadLetters,
-    InputRecord, LoopContext, LoopMetrics, LoopReason, Polled, Rebalances,
+    InputRecord, LoopContext, LoopMetrics, LoopReason, Polled, Rebalanced,
 };
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
@@ -114,12 +114,6 @@ pub trait Aggregate: Send + 'static {
     /// These partitions came to this consumer: load their state now, all at once,
     /// rather than as each one's first input arrives. An error stops the stage.
     fn assign(&mut self, partitions: &[i32]) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-/// The partitions revoked from and assigned to the loop's consumer, as they come.
-struct Rebalanced {
-    revoked: mpsc::UnboundedReceiver<Vec<i32>>,
-    assigned: mpsc::UnboundedReceiver<Vec<i32>>,
 }
 
 pub type Preparer<I, P> = Arc<dyn Fn(&I) -> P + Send + Sync>;
@@ -278,13 +272,9 @@ pub async fn run_aggregate<A: Aggregate>(
         tokio::select! {
             biased;
             _ = runtime.shutdown.cancelled() => break None,
-            Some(partitions) = rebalanced.revoked.recv() => {
-                state.revoke(&partitions);
-                aggregate.revoke(&partitions);
-            }
-            Some(partitions) = rebalanced.assigned.recv() => {
-                if let Err(e) = aggregate.assign(&partitions).await {
-                    break Some(e.context(format!("loading the state of partitions {partitions:?}")));
+            Some(change) = rebalanced.recv() => {
+                if let Err(e) = state.rebalanced(&mut aggregate, change).await {
+                    break Some(e);
                 }
             }
             Some(message) = done.recv() => {
@@ -322,19 +312,14 @@ pub async fn run_aggregate<A: Aggregate>(
                     Polled::End => break None,
                 };
                 // The rebalance callbacks ran inside this poll: apply them before the
-                // record (revocations first, as they came).
-                while let Ok(partitions) = rebalanced.revoked.try_recv() {
-                    state.revoke(&partitions);
-                    aggregate.revoke(&partitions);
+                // record, in the order they came.
+                let mut applied = Ok(());
+                while applied.is_ok() {
+                    let Ok(change) = rebalanced.try_recv() else { break };
+                    applied = state.rebalanced(&mut aggregate, change).await;
                 }
-                let mut assigned = Vec::new();
-                while let Ok(partitions) = rebalanced.assigned.try_recv() {
-                    assigned.extend(partitions);
-                }
-                if !assigned.is_empty() {
-                    if let Err(e) = aggregate.assign(&assigned).await {
-                        break Some(e.context(format!("loading the state of partitions {assigned:?}")));
-                    }
+                if let Err(e) = applied {
+                    break Some(e);
                 }
                 if !state.begin(&record) {
                     continue;
@@ -358,10 +343,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 impl Loop {
     /// Subscribes to the stage's input and readies its publishers; the receivers of
-    /// finished work and of partitions revoked and assigned go with it.
+    /// finished work and of the partitions' comings and goings go with it.
     async fn start<A: Aggregate>(
         runtime: &StageRuntime,
-    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Done>, Rebalanced)> {
+    ) -> anyhow::Result<(
+        Self,
+        mpsc::UnboundedReceiver<Done>,
+        mpsc::UnboundedReceiver<Rebalanced>,
+    )> {
         let (input, group) = runtime.require_input()?;
         let output = runtime
             .output
@@ -369,13 +358,8 @@ impl Loop {
             .with_context(|| format!("stage {} needs an output topic", runtime.name))?;
         let metrics = LoopMetrics::register::<A::Reason>(&runtime.registry)?;
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        let (revoked_tx, revoked) = mpsc::unbounded_channel();
-        let (assigned_tx, assigned) = mpsc::unbounded_channel();
-        let rebalances = Rebalances {
-            revoked: Some(revoked_tx),
-            assigned: Some(assigned_tx),
-        };
-        let consumer = subscribe(runtime, &metrics, tracker.clone(), rebalances)?;
+        let (rebalanced_tx, rebalanced) = mpsc::unbounded_channel();
+        let consumer = subscribe(runtime, &metrics, tracker.clone(), Some(rebalanced_tx))?;
         let publisher = Publisher::new(runtime)?;
         let transaction = match runtime.settings.delivery {
             crate::config::Delivery::ExactlyOnce => Some(Transaction {
@@ -402,7 +386,27 @@ impl Loop {
             transaction,
             max_in_flight,
         };
-        Ok((state, done, Rebalanced { revoked, assigned }))
+        Ok((state, done, rebalanced))
+    }
+
+    /// Partitions revoked: the loop's holds and the aggregate's state of them dropped.
+    /// Partitions assigned: the aggregate loads their state (an error stops the stage).
+    async fn rebalanced<A: Aggregate>(
+        &mut self,
+        aggregate: &mut A,
+        change: Rebalanced,
+    ) -> anyhow::Result<()> {
+        match change {
+            Rebalanced::Revoked(partitions) => {
+                self.revoke(&partitions);
+                aggregate.revoke(&partitions);
+                Ok(())
+            }
+            Rebalanced::Assigned(partitions) => aggregate
+                .assign(&partitions)
+                .await
+                .with_context(|| format!("loading the state of partitions {partitions:?}")),
+        }
     }
 
     /// Queues a record to be decoded and prepared off the loop.

@@ -263,6 +263,11 @@ struct PipelineFigures {
     stages: BTreeMap<&'static str, StageFigures>,
 }
 
+/// The process of `stage` among the pipeline's.
+fn of<'a>(processes: &'a [(&str, Process)], stage: &str) -> &'a Process {
+    &processes.iter().find(|(s, _)| *s == stage).unwrap().1
+}
+
 /// Every data stage at one replica until the corpus has gone through.
 fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
     let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
@@ -286,7 +291,6 @@ fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
         .collect();
     let mut stages: BTreeMap<&'static str, StageFigures> = BTreeMap::new();
     let (mut first_batch, mut settled_since) = (None, None);
-    let batches = run.topic("training-batches");
     loop {
         std::thread::sleep(SAMPLE);
         for (stage, process) in &mut processes {
@@ -304,10 +308,13 @@ fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
             figures.max_lag = figures.max_lag.max(lag);
             all_zero &= lag == 0;
         }
-        if first_batch.is_none() && topic_size(&batches, 3) > 0 {
+        let batcher = of(&processes, "batcher");
+        if first_batch.is_none()
+            && batcher.metric(codelupe_batcher::metrics::BATCHES_PRODUCED) > 0.0
+        {
             first_batch = Some(started.elapsed());
         }
-        let crawler = &processes[0].1;
+        let crawler = of(&processes, "crawler");
         let listed =
             crawler.metric(codelupe_crawler::metrics::REPOS_INDEXED) as usize >= corpus.repos;
         // Done when everything listed has passed every stage and stays so for a second
@@ -323,12 +330,7 @@ fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
         assert!(started.elapsed() < BOUND, "the pipeline did not finish");
     }
     let elapsed = started.elapsed() - settled_since.unwrap().elapsed();
-    let tokens = processes
-        .iter()
-        .find(|(s, _)| *s == "batcher")
-        .unwrap()
-        .1
-        .metric(codelupe_batcher::metrics::TOKENS_PRODUCED);
+    let tokens = of(&processes, "batcher").metric(codelupe_batcher::metrics::TOKENS_PRODUCED);
     for (_, p) in processes {
         p.stop();
     }
@@ -436,17 +438,6 @@ fn print_pipeline(label: &str, corpus: &Corpus, f: &PipelineFigures) {
     }
 }
 
-fn train_tokenizer(crates: &[PathBuf], out: &Path) {
-    let mut command = codelupe();
-    command.args(["tokenizer", "train", "--vocab-size", "8192", "-o"]);
-    command.arg(out);
-    for root in crates {
-        command.arg("--from-dir").arg(root);
-    }
-    let result = command.output().unwrap();
-    assert!(result.status.success(), "{}", text(&result));
-}
-
 fn main() {
     let size: usize = std::env::var("PIPELINE_CRATES")
         .ok()
@@ -481,7 +472,7 @@ fn main() {
         (temp.path().to_path_buf(), Some(temp))
     };
     let tokenizer = dir.join("tokenizer.json");
-    train_tokenizer(&one_x, &tokenizer);
+    train_tokenizer(&one_x, 8192, &tokenizer);
 
     let corpus = Corpus::build(&dir.join("1x"), &one_x);
     let run = Run::new(&dir, &corpus.github.url, &tokenizer);

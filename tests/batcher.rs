@@ -37,17 +37,10 @@ fn shorter_than_a_batch(
         .collect()
 }
 
-fn train_tokenizer(dir: &Path, sources: &[PathBuf]) -> PathBuf {
+fn fit_tokenizer(dir: &Path, sources: &[PathBuf]) -> PathBuf {
     let out = dir.join("tokenizer.json");
-    let mut command = codelupe();
-    command.args(["tokenizer", "train", "--vocab-size", "4000", "-o"]);
-    command.arg(&out);
-    for source in sources {
-        command.arg("--from-dir").arg(source);
-    }
-    let result = command.output().unwrap();
-    assert!(result.status.success(), "{}", text(&result));
-    assert!(text(&result).contains("fingerprint"), "{}", text(&result));
+    let printed = train_tokenizer(sources, 4000, &out);
+    assert!(printed.contains("fingerprint"), "{printed}");
     out
 }
 
@@ -219,7 +212,7 @@ async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identica
     let dir = tempfile::tempdir().unwrap();
     let crates = registry_crates(&["serde_json-1", "regex-syntax-0", "tokio-1"]);
     assert!(crates.len() >= 2, "crate sources: {crates:?}");
-    let tokenizer_path = train_tokenizer(dir.path(), &crates);
+    let tokenizer_path = fit_tokenizer(dir.path(), &crates);
     let tok = CodeTokenizer::load(&tokenizer_path).unwrap();
     let options = document_options();
     let mut files = shorter_than_a_batch(code_files(&crates, is_rust), &tok, &options);
@@ -337,7 +330,7 @@ async fn killed_mid_stream_and_restarted(delivery: &str) -> usize {
         "regex-automata-0",
     ]);
     assert!(crates.len() >= 2, "crate sources: {crates:?}");
-    let tokenizer_path = train_tokenizer(dir.path(), &crates[..1]);
+    let tokenizer_path = fit_tokenizer(dir.path(), &crates[..1]);
     let tok = CodeTokenizer::load(&tokenizer_path).unwrap();
     let options = document_options();
     let files = shorter_than_a_batch(code_files(&crates, is_rust), &tok, &options);

@@ -88,17 +88,6 @@ fn dice() -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
 }
 
-fn train_tokenizer(corpus: &Corpus, out: &Path) {
-    let mut command = codelupe();
-    command.args(["tokenizer", "train", "--vocab-size", "2000", "-o"]);
-    command.arg(out);
-    for root in &corpus.crate_roots {
-        command.arg("--from-dir").arg(root);
-    }
-    let result = command.output().unwrap();
-    assert!(result.status.success(), "{}", text(&result));
-}
-
 /// The repository's topology with topics and consumer groups of this run's own.
 fn topology(dir: &Path, suffix: &str) -> std::path::PathBuf {
     let path = renamed_topology(dir, suffix);
@@ -213,7 +202,7 @@ fn scenario(delivery: &str) {
     };
     let dir = dir.as_path();
     let corpus = Corpus::build(dir, scale.crates);
-    train_tokenizer(&corpus, &dir.join("tokenizer.json"));
+    train_tokenizer(&corpus.crate_roots, 2000, &dir.join("tokenizer.json"));
     let suffix = unique("faults");
     let topology = topology(dir, &suffix);
     let config = write_config(dir, &suffix, delivery, &corpus.github.url);

@@ -51,6 +51,26 @@ pub fn codelupe() -> Command {
     command
 }
 
+/// `codelupe tokenizer train` with `vocab_size` on the source folders `sources`,
+/// saved to `out`; what it printed.
+pub fn train_tokenizer(sources: &[PathBuf], vocab_size: u32, out: &Path) -> String {
+    let mut command = codelupe();
+    command.args([
+        "tokenizer",
+        "train",
+        "--vocab-size",
+        &vocab_size.to_string(),
+        "-o",
+    ]);
+    command.arg(out);
+    for source in sources {
+        command.arg("--from-dir").arg(source);
+    }
+    let result = command.output().unwrap();
+    assert!(result.status.success(), "{}", text(&result));
+    text(&result)
+}
+
 /// A topology file declaring a test stage `relay` from `input` to `output`, with the
 /// repository's schemas, for the runtime's own tests.
 pub fn relay_topology(

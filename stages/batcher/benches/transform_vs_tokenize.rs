@@ -14,6 +14,7 @@ use codelupe_batcher::metrics::BatcherMetrics;
 use codelupe_batcher::{Batcher, BatcherOptions};
 use codelupe_runtime::aggregate::prepare::Ordered;
 use codelupe_runtime::aggregate::{Aggregate, InputPosition};
+use codelupe_runtime::config::StageSettings;
 use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::Topology;
@@ -76,7 +77,7 @@ fn stage(
         .block_on(batcher.push(at(0), warm_up, tokens))
         .unwrap();
     // As deep as the loop's queue (max_in_flight's default).
-    let depth = 64;
+    let depth = StageSettings::default().max_in_flight.get();
     runtime.block_on(async {
         let started = Instant::now();
         let mut ordered = Ordered::new(workers);

@@ -29,6 +29,7 @@ use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::decontaminate::{Benchmarks, DecontaminationOptions};
 use crate::license::{FileLicenses, LicenseOptions};
@@ -104,6 +105,10 @@ pub struct Processor {
     options: ProcessorOptions,
     store: PathBuf,
     pool: Arc<rayon::ThreadPool>,
+    /// Clones being examined at once: one per worker. Each holds its selected files
+    /// read whole, and beyond the pool's width more would only wait for it, holding
+    /// theirs: memory grew with the corpus (up to `max_in_flight` clones).
+    examining: Arc<Semaphore>,
     metrics: Arc<ProcessorMetrics>,
     benchmarks: Arc<Benchmarks>,
     /// License files' matches by blob id.
@@ -134,6 +139,7 @@ impl Processor {
             store,
             options,
             pool: Arc::new(pool),
+            examining: Arc::new(Semaphore::new(workers)),
             metrics: Arc::new(metrics),
             benchmarks: Arc::new(benchmarks),
             license_cache: Arc::default(),
@@ -409,8 +415,14 @@ impl Transform for Processor {
         &self,
         clone: RepoClone,
     ) -> Result<Vec<Keyed<CodeFile>>, TransformError<CloneError>> {
+        let permit = self.examining.clone().acquire_owned().await.map_err(|e| {
+            TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
+        })?;
         let this = self.clone();
-        let examined = tokio::task::spawn_blocking(move || this.examine_clone(&clone))
+        let examined = tokio::task::spawn_blocking(move || {
+            let _examining = permit;
+            this.examine_clone(&clone)
+        })
             .await
             .map_err(|e| {
                 TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))

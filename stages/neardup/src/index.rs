@@ -1,104 +1,63 @@
-//! The LSH index: each file's signature cut into bands, each band's rows hashed to a
-//! bucket; files sharing a bucket are candidates, and a candidate whose signature
-//! agrees on at least `threshold` of the permutations is a near-duplicate. First seen
-//! wins: a file judged a near-duplicate is not indexed, so a cluster keeps one
-//! representative, the file that came first.
+//! The whole LSH index in one place: every band of every file in one [`Shard`], files
+//! ordered as they are judged. The stage splits the same index over shards by bucket
+//! (`shard_of`); judged in one order, the two drop the same files.
 
-use std::collections::HashMap;
-
-use xxhash_rust::xxh3::xxh3_64_with_seed;
-
-use crate::minhash::{similarity, Params, Signature};
+use crate::minhash::{Params, Signature};
+use crate::shard::{bucket_keys, representative, sketch, Order, Shard};
 
 /// What the index makes of a file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Judgement {
-    /// Nothing like it indexed: it is now its cluster's representative.
+    /// Nothing like it before it: kept.
     Unique,
-    /// The file is already indexed (a replay after a crash or a rebalance): it is its
-    /// own representative, not a duplicate of itself.
+    /// The file is already indexed (a replay after a crash or a rebalance): it is
+    /// judged as it was, never a duplicate of itself.
     Indexed,
-    /// A near-duplicate of an indexed file (by content hash), with the estimated
+    /// A near-duplicate of an earlier file (by content hash), with the estimated
     /// Jaccard similarity.
     NearDuplicate { of: String, similarity: f64 },
 }
 
-struct Representative {
-    content_hash: String,
-    signature: Box<Signature>,
-}
-
-/// Representatives and their band buckets.
 pub struct Index {
     params: Params,
-    /// Bucket key (band and the hash of its rows) → representative.
-    buckets: HashMap<u64, u32>,
-    representatives: Vec<Representative>,
-    by_content_hash: HashMap<String, u32>,
+    shard: Shard,
 }
 
 impl Index {
     pub fn new(params: Params) -> Self {
         Self {
             params,
-            buckets: HashMap::new(),
-            representatives: Vec::new(),
-            by_content_hash: HashMap::new(),
+            shard: Shard::new(params.threshold),
         }
     }
 
-    /// Representatives indexed.
+    /// Files indexed.
     pub fn len(&self) -> usize {
-        self.representatives.len()
+        self.shard.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.representatives.is_empty()
+        self.shard.is_empty()
     }
 
-    /// The bucket keys of a signature, one per band.
-    pub fn bucket_keys(params: &Params, signature: &Signature) -> Vec<u64> {
-        let bytes: Vec<u8> = signature.iter().flat_map(|v| v.to_le_bytes()).collect();
-        bytes
-            .chunks(params.rows * 4)
-            .take(params.bands)
-            .enumerate()
-            .map(|(band, rows)| xxh3_64_with_seed(rows, band as u64))
-            .collect()
-    }
-
-    /// Judges a file and, when it is unique, indexes it.
+    /// Judges a file and indexes it.
     pub fn judge(&mut self, content_hash: &str, signature: &Signature) -> Judgement {
-        if self.by_content_hash.contains_key(content_hash) {
+        if self.shard.contains(content_hash) {
             return Judgement::Indexed;
         }
-        let keys = Self::bucket_keys(&self.params, signature);
-        let mut best: Option<(u32, f64)> = None;
-        let mut seen = Vec::new();
-        for slot in keys.iter().filter_map(|k| self.buckets.get(k)) {
-            if seen.contains(slot) {
-                continue;
-            }
-            seen.push(*slot);
-            let s = similarity(&self.representatives[*slot as usize].signature, signature);
-            if s >= self.params.threshold && best.is_none_or(|(_, b)| s > b) {
-                best = Some((*slot, s));
-            }
-        }
-        if let Some((slot, similarity)) = best {
-            let of = self.representatives[slot as usize].content_hash.clone();
-            return Judgement::NearDuplicate { of, similarity };
-        }
-        let slot = self.representatives.len() as u32;
-        self.representatives.push(Representative {
+        let order = Order {
+            at_us: self.shard.len() as i64,
             content_hash: content_hash.to_string(),
-            signature: Box::new(*signature),
-        });
-        self.by_content_hash.insert(content_hash.to_string(), slot);
-        for key in keys {
-            self.buckets.entry(key).or_insert(slot);
+        };
+        let keys = bucket_keys(&self.params, signature);
+        let probed = self.shard.probe(order, &keys, &sketch(signature));
+        match representative(&probed.candidates) {
+            Some(c) => Judgement::NearDuplicate {
+                of: c.order.content_hash.clone(),
+                similarity: c.similarity,
+            },
+            None => Judgement::Unique,
         }
-        Judgement::Unique
     }
 }
 
@@ -125,6 +84,6 @@ mod tests {
         assert_eq!(index.judge("a", &signature(FILE, &p)), Judgement::Indexed);
         let other = "def mean(values):\n    return sum(values) / len(values)\n\n\nclass Counter:\n    def __init__(self):\n        self.count = 0\n";
         assert_eq!(index.judge("c", &signature(other, &p)), Judgement::Unique);
-        assert_eq!(index.len(), 2);
+        assert_eq!(index.len(), 3, "every file judged is indexed, kept or not");
     }
 }

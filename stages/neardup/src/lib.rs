@@ -6,6 +6,7 @@
 
 pub mod index;
 pub mod minhash;
+pub mod shard;
 
 pub use index::{Index, Judgement};
 pub use minhash::{Params, Signature};

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod corpus;
 pub mod hostile;
 pub mod kafka;
+pub mod neardup;
 pub use corpus::{code_files, document_pieces, documents_ended, is_rust};
 pub use hostile::{RecordingHost, StalledServer};
 pub use kafka::*;

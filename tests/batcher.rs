@@ -84,7 +84,7 @@ impl Run {
     }
 
     fn input(&self) -> String {
-        format!("code-files-{}", self.suffix)
+        format!("distinct-files-{}", self.suffix)
     }
 
     fn output(&self) -> String {

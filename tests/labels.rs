@@ -25,12 +25,18 @@ fn registries() -> Vec<(&'static str, Registry)> {
     let batcher = Registry::new();
     codelupe_batcher::metrics::BatcherMetrics::register(&batcher).unwrap();
     LoopMetrics::register::<<codelupe_batcher::Batcher as Aggregate>::Reason>(&batcher).unwrap();
+    // Its three loops each register the loop metrics, in registries of their own
+    // (labelled by loop); their reasons are one set.
+    let neardup = Registry::new();
+    codelupe_neardup::metrics::NeardupMetrics::register(&neardup).unwrap();
+    LoopMetrics::register::<codelupe_neardup::metrics::NeardupError>(&neardup).unwrap();
     let trainer = Registry::new();
     codelupe_trainer_api::metrics::TrainerMetrics::register(&trainer).unwrap();
     vec![
         ("crawler", crawler),
         ("downloader", downloader),
         ("processor", processor),
+        ("neardup", neardup),
         ("batcher", batcher),
         ("trainer", trainer),
     ]

@@ -161,6 +161,43 @@ fn batcher_seen_matches_its_schema() {
 }
 
 #[test]
+fn neardup_records_match_their_schemas() {
+    check(NeardupProbe {
+        content_hash: "ab".repeat(32),
+        at_us: 1_764_000_000_000_000,
+        shard: 4,
+        shards: 6,
+        buckets: vec![-3, i64::MAX],
+        sketch: (0..=255).collect(),
+    });
+    let answer = NeardupGather {
+        content_hash: "ab".repeat(32),
+        at_us: 7,
+        shards: 2,
+        file: None,
+        candidates: vec![NeardupCandidate {
+            content_hash: "cd".repeat(32),
+            at_us: 3,
+            similarity: 0.82,
+        }],
+    };
+    check(answer.clone());
+    check(NeardupGather {
+        file: Some(vec![0xC3, 0x01, 0xff]),
+        candidates: Vec::new(),
+        ..answer
+    });
+    check(NearDuplicate {
+        content_hash: "ab".repeat(32),
+        repo_full_name: "a/b".into(),
+        path: "src/lib.rs".into(),
+        representative: "cd".repeat(32),
+        similarity: 0.9,
+        judged_at_ms: now_ms(),
+    });
+}
+
+#[test]
 fn a_value_of_another_schema_is_rejected_by_fingerprint() {
     let clone = RepoClone {
         full_name: "a/b".into(),
@@ -197,6 +234,9 @@ fn every_topic_schema_in_the_topology_has_a_record_type() {
         DeadLetter::SCHEMA_FILE,
         CrawlerState::SCHEMA_FILE,
         BatcherSeen::SCHEMA_FILE,
+        NeardupProbe::SCHEMA_FILE,
+        NeardupGather::SCHEMA_FILE,
+        NearDuplicate::SCHEMA_FILE,
     ];
     for (name, topic) in &topology.topics {
         let file = topic.schema.file_name().unwrap().to_str().unwrap();

@@ -13,6 +13,7 @@ pub const STAGES: &[&StageDescriptor] = &[
     &codelupe_crawler::DESCRIPTOR,
     &codelupe_downloader::DESCRIPTOR,
     &codelupe_processor::DESCRIPTOR,
+    &codelupe_neardup::DESCRIPTOR,
     &codelupe_batcher::DESCRIPTOR,
     &codelupe_trainer_api::DESCRIPTOR,
 ];

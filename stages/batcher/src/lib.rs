@@ -262,6 +262,7 @@ impl Batcher {
         }
         let sealed = Sealed {
             key: packed.batch_id.clone(),
+            partition: None,
             inputs: packed
                 .members
                 .iter()

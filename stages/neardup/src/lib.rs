@@ -1,12 +1,197 @@
 //! Near-duplicate detection as BigCode did it for The Stack and StarCoder2: MinHash
 //! over 5-gram shingles of a file's tokens, 256 permutations, and locality-sensitive
 //! hashing in bands to find candidates cheaply; a candidate is confirmed when the
-//! signatures estimate a Jaccard similarity of at least 0.7. The first file seen of a
-//! cluster is its representative; every later one is a near-duplicate of it.
+//! sketches estimate a Jaccard similarity of at least 0.7. Of two near-duplicates the
+//! later is dropped.
+//!
+//! The stage does it in the stream, between `code-files` and `distinct-files`, as three
+//! loops in each replica, each its own consumer group:
+//! - [`route`]: signs each file, sends it whole to its judge and its bands to the
+//!   shards that own their buckets (`neardup-probes`, one partition a shard);
+//! - [`lookup`]: each shard judges the bands it owns against the files before it and
+//!   indexes them; its index is the compacted `neardup-index`, reloaded on assignment;
+//! - [`judge`]: gathers a file and every shard's answer (`neardup-gather`, keyed by
+//!   content hash) and passes the file on or drops it.
+//!
+//! Replicas split each loop's partitions, so the index is sharded over them.
 
 pub mod index;
+pub mod judge;
+pub mod lookup;
+pub mod metrics;
 pub mod minhash;
+pub mod route;
 pub mod shard;
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use codelupe_runtime::aggregate;
+use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
+use codelupe_runtime::stage::LoopSpec;
+use codelupe_runtime::StageRuntime;
+use tokio_util::sync::CancellationToken;
 
 pub use index::{Index, Judgement};
 pub use minhash::{Params, Signature};
+
+use crate::metrics::NeardupMetrics;
+
+pub const STAGE: &str = "neardup";
+
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    progress: &[
+        ("files", metrics::FILES_CHECKED),
+        ("kept", metrics::FILES_KEPT),
+        ("near-duplicates", metrics::FILES_SKIPPED),
+        ("lag", codelupe_runtime::pipeline::CONSUMER_LAG),
+    ],
+    flow: Some(Flow {
+        consumed: metrics::FILES_CHECKED,
+        produced: metrics::FILES_KEPT,
+    }),
+    offline_options: "{}",
+    prepare_offline: None,
+    summarize: |seen| {
+        vec![format!(
+            "near-dups     {} files judged, {} kept, {} dropped as near-duplicates",
+            seen.consumed as u64,
+            seen.produced as u64,
+            seen.progress("near-duplicates"),
+        )]
+    },
+};
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NeardupOptions {
+    /// Estimated Jaccard similarity from which a later file is dropped.
+    pub threshold: f64,
+    /// The shards: one partition each.
+    pub probes_topic: String,
+    /// The shards' index, compacted; as many partitions as the probes topic.
+    pub index_topic: String,
+    /// Files and the shards' answers about them, keyed by content hash.
+    pub gather_topic: String,
+    /// What was dropped for what.
+    pub dropped_topic: String,
+    /// How late a probe may reach its shard, in order time, and still be probed in
+    /// its order (shards hold probes back this long, so it adds to each file's latency).
+    pub reorder_ms: u64,
+}
+
+impl Default for NeardupOptions {
+    fn default() -> Self {
+        Self {
+            threshold: Params::default().threshold,
+            probes_topic: "neardup-probes".into(),
+            index_topic: "neardup-index".into(),
+            gather_topic: "neardup-gather".into(),
+            dropped_topic: "near-duplicates".into(),
+            reorder_ms: 1_000,
+        }
+    }
+}
+
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: NeardupOptions = runtime.settings.options(STAGE)?;
+    if !(0.0..=1.0).contains(&options.threshold) {
+        bail!("stages.neardup.options.threshold must lie in [0, 1]");
+    }
+    let (input, group) = runtime.require_input()?;
+    let output = runtime
+        .output
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("stage {STAGE} needs an output topic"))?;
+    let (shards, index) = (
+        runtime
+            .clients
+            .partition_count(&options.probes_topic)
+            .await?,
+        runtime
+            .clients
+            .partition_count(&options.index_topic)
+            .await?,
+    );
+    if shards != index {
+        bail!(
+            "{} has {index} partitions but {} has {shards}: a shard's index shares its \
+             partition number, so they must match (fix topology.yaml and re-apply)",
+            options.index_topic,
+            options.probes_topic
+        );
+    }
+    let params = Params {
+        threshold: options.threshold,
+        ..Params::default()
+    };
+    let metrics = Arc::new(NeardupMetrics::register(&runtime.registry)?);
+    let [route, lookup, judge]: [StageRuntime; 3] = runtime
+        .loops(&[
+            LoopSpec {
+                name: "route",
+                input: input.to_string(),
+                output: options.gather_topic.clone(),
+                group: group.to_string(),
+            },
+            LoopSpec {
+                name: "lookup",
+                input: options.probes_topic.clone(),
+                output: options.gather_topic.clone(),
+                group: format!("{group}-lookup"),
+            },
+            LoopSpec {
+                name: "judge",
+                input: options.gather_topic.clone(),
+                output,
+                group: format!("{group}-judge"),
+            },
+        ])?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three loops"))?;
+    tracing::info!(
+        shards,
+        threshold = params.threshold,
+        bands = params.bands,
+        rows = params.rows,
+        "near-duplicate stage starting"
+    );
+    // One loop failing stops the others, so the process exits and is restarted whole.
+    let stop = CancellationToken::new();
+    let with_stop = |mut r: StageRuntime| {
+        r.shutdown = stop.clone();
+        r
+    };
+    let (route, lookup, judge) = (with_stop(route), with_stop(lookup), with_stop(judge));
+    let forward = {
+        let (shutdown, stop) = (runtime.shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stop.cancel();
+        })
+    };
+    let stopping = |result: anyhow::Result<()>| {
+        if result.is_err() {
+            stop.cancel();
+        }
+        result
+    };
+    let router = route::Router::new(params, shards as usize, options.probes_topic.clone());
+    let shard = lookup::Lookup::new(
+        params.threshold,
+        options.index_topic.clone(),
+        std::time::Duration::from_millis(options.reorder_ms),
+        runtime.clients.clone(),
+        metrics.clone(),
+    );
+    let judging = judge::Judge::new(options.dropped_topic.clone(), metrics);
+    let (a, b, c) = tokio::join!(
+        async { stopping(aggregate::run_aggregate(router, &route).await) },
+        async { stopping(aggregate::run_aggregate(shard, &lookup).await) },
+        async { stopping(aggregate::run_aggregate(judging, &judge).await) },
+    );
+    forward.abort();
+    a.and(b).and(c)
+}

@@ -158,7 +158,9 @@ impl Shard {
 
 /// The representative a file is dropped for, from every shard's candidates: the most
 /// similar, the earliest of equals. None: the file is kept.
-pub fn representative<'a>(candidates: impl IntoIterator<Item = &'a Candidate>) -> Option<&'a Candidate> {
+pub fn representative<'a>(
+    candidates: impl IntoIterator<Item = &'a Candidate>,
+) -> Option<&'a Candidate> {
     candidates.into_iter().min_by(|a, b| {
         b.similarity
             .total_cmp(&a.similarity)
@@ -184,7 +186,10 @@ mod tests {
         near[..20].fill(9); // 236 of 256 agree: 0.92
         let mut shard = Shard::new(0.7);
         // The later file's probe arrives first: it finds nothing before it.
-        assert!(shard.probe(order(2, "b"), &[1, 2], &near).candidates.is_empty());
+        assert!(shard
+            .probe(order(2, "b"), &[1, 2], &near)
+            .candidates
+            .is_empty());
         let probed = shard.probe(order(1, "a"), &[2, 3], &sketch);
         assert!(probed.candidates.is_empty(), "a came first: {probed:?}");
         // Probed again (a replay, under a later time), b keeps its first order and now

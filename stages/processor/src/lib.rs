@@ -423,10 +423,10 @@ impl Transform for Processor {
             let _examining = permit;
             this.examine_clone(&clone)
         })
-            .await
-            .map_err(|e| {
-                TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
-            })??;
+        .await
+        .map_err(|e| {
+            TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
+        })??;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (_, verdict) in examined {

@@ -163,6 +163,52 @@ pub struct BatcherSeen {
 }
 avro_record!(BatcherSeen, "batcher-seen.avsc");
 
+/// `neardup-probes` (and, once indexed, `neardup-index`): a file's bands for one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeardupProbe {
+    pub content_hash: String,
+    pub at_us: i64,
+    pub shard: i32,
+    pub shards: i32,
+    pub buckets: Vec<i64>,
+    #[serde(with = "serde_bytes")]
+    pub sketch: Vec<u8>,
+}
+avro_record!(NeardupProbe, "neardup-probe.avsc");
+
+/// An earlier file a shard found similar (in a [`NeardupGather`] answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeardupCandidate {
+    pub content_hash: String,
+    pub at_us: i64,
+    pub similarity: f64,
+}
+
+/// `neardup-gather`: a file to judge (`file` set) or one shard's answer about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeardupGather {
+    pub content_hash: String,
+    pub at_us: i64,
+    pub shards: i32,
+    #[serde(default)]
+    #[serde(with = "serde_bytes")]
+    pub file: Option<Vec<u8>>,
+    pub candidates: Vec<NeardupCandidate>,
+}
+avro_record!(NeardupGather, "neardup-gather.avsc");
+
+/// `near-duplicates`: a file dropped for an earlier one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearDuplicate {
+    pub content_hash: String,
+    pub repo_full_name: String,
+    pub path: String,
+    pub representative: String,
+    pub similarity: f64,
+    pub judged_at_ms: i64,
+}
+avro_record!(NearDuplicate, "near-duplicates.avsc");
+
 /// Decodes a value written with the schema in `schema_file` (a name under `schemas/`,
 /// as topology.yaml gives it) into JSON, for people reading topics (`codelupe tail`).
 pub fn decode_to_json(schema_file: &str, bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
@@ -181,6 +227,9 @@ pub fn decode_to_json(schema_file: &str, bytes: &[u8]) -> anyhow::Result<serde_j
         DeadLetter::SCHEMA_FILE => json::<DeadLetter>(bytes),
         CrawlerState::SCHEMA_FILE => json::<CrawlerState>(bytes),
         BatcherSeen::SCHEMA_FILE => json::<BatcherSeen>(bytes),
+        NeardupProbe::SCHEMA_FILE => json::<NeardupProbe>(bytes),
+        NeardupGather::SCHEMA_FILE => json::<NeardupGather>(bytes),
+        NearDuplicate::SCHEMA_FILE => json::<NearDuplicate>(bytes),
         other => anyhow::bail!("no record type is bound to schema {other}"),
     }
 }

@@ -152,6 +152,64 @@ impl StageRuntime {
     }
 }
 
+/// One of several consume loops in one stage process: its own input, output and group.
+#[derive(Debug, Clone)]
+pub struct LoopSpec {
+    /// The value of the `loop` label on its loop metrics.
+    pub name: &'static str,
+    pub input: String,
+    pub output: String,
+    pub group: String,
+}
+
+impl StageRuntime {
+    /// Runtimes for several consume loops in this stage's process (the near-duplicate
+    /// stage runs three). Each loop registers the loop metrics in a registry of its own,
+    /// served on the stage's port with `loop="<name>"` added; the stage is ready when
+    /// every loop is, and shutting it down shuts them all. A stage calls this once.
+    pub fn loops(&self, specs: &[LoopSpec]) -> anyhow::Result<Vec<StageRuntime>> {
+        let mut runtimes = Vec::with_capacity(specs.len());
+        let mut registries = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let labels =
+                std::collections::HashMap::from([("loop".to_string(), spec.name.to_string())]);
+            let registry = Registry::new_custom(None, Some(labels))?;
+            registries.push(registry.clone());
+            runtimes.push(StageRuntime {
+                name: format!("{}/{}", self.name, spec.name),
+                input: Some(spec.input.clone()),
+                output: Some(spec.output.clone()),
+                group: Some(spec.group.clone()),
+                output_max_bytes: None,
+                registry,
+                readiness: Readiness::new("starting"),
+                ..self.clone()
+            });
+        }
+        self.registry
+            .register(Box::new(telemetry::Nested(registries)))
+            .map_err(|e| anyhow!("stage {}: loop metrics: {e}", self.name))?;
+        let (parts, whole, shutdown) = (
+            runtimes
+                .iter()
+                .map(|r| r.readiness.clone())
+                .collect::<Vec<_>>(),
+            self.readiness.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                match parts.iter().find(|r| !r.is_ready()) {
+                    Some(waiting) => whole.set_not_ready(waiting.reason()),
+                    None => whole.set_ready(),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        });
+        Ok(runtimes)
+    }
+}
+
 /// Connects to `brokers` (retrying as the config says), resolves stage `name`, serves
 /// its metrics and runs `launch` until it returns; the one way a stage process starts.
 pub async fn run_stage<F, Fut>(

@@ -70,6 +70,21 @@ pub fn init_logging() {
         .init();
 }
 
+/// Registries gathered as one: the loop registries of a stage running several loops
+/// (their common labels tell the loops apart). It has no descriptors of its own, so a
+/// registry takes one.
+pub struct Nested(pub Vec<Registry>);
+
+impl prometheus::core::Collector for Nested {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.iter().flat_map(Registry::gather).collect()
+    }
+}
+
 /// A new registry with the process collector (CPU, memory, fds). No namespace: the
 /// contract metric names carry their own prefixes.
 pub fn new_registry() -> Registry {

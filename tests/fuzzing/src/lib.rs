@@ -19,8 +19,8 @@ use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::codec::AvroRecord;
 use codelupe_runtime::config::Config;
 use codelupe_runtime::records::{
-    decode_to_json, BatcherSeen, CodeFile, CrawlerState, DeadLetter, RepoClone, RepoUrl,
-    TrainingBatch,
+    decode_to_json, BatcherSeen, CodeFile, CrawlerState, DeadLetter, NearDuplicate, NeardupGather,
+    NeardupProbe, RepoClone, RepoUrl, TrainingBatch,
 };
 use codelupe_tokenizer::CodeTokenizer;
 use sha2::{Digest, Sha256};
@@ -67,6 +67,9 @@ pub fn records(data: &[u8]) {
     round_trip::<DeadLetter>(data);
     round_trip::<CrawlerState>(data);
     round_trip::<BatcherSeen>(data);
+    round_trip::<NeardupProbe>(data);
+    round_trip::<NeardupGather>(data);
+    round_trip::<NearDuplicate>(data);
 }
 
 /// The `Link` header up to the first newline, then a search response body: a next link

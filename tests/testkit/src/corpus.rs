@@ -32,24 +32,29 @@ pub fn code_files(roots: &[PathBuf], mut keep: impl FnMut(&Path) -> bool) -> Vec
                 continue;
             };
             let relative = path.strip_prefix(root).unwrap().display().to_string();
-            files.push(CodeFile {
-                content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
-                repo_full_name: repo.clone(),
-                commit_id: "0".repeat(40),
-                language: language::of_path(&relative).unwrap_or("Text").into(),
-                size_bytes: content.len() as i64,
-                lines: content.lines().count() as i64,
-                path: relative,
-                content,
-                quality_score: 80.0,
-                quality_components: Default::default(),
-                parse_stats: None,
-                redactions: Default::default(),
-                license: Default::default(),
-            });
+            files.push(code_file(&repo, &relative, content));
         }
     }
     files
+}
+
+/// A `code-files` record of `content` at `path` in `repo` (language from the extension).
+pub fn code_file(repo: &str, path: &str, content: String) -> CodeFile {
+    CodeFile {
+        content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
+        repo_full_name: repo.to_string(),
+        commit_id: "0".repeat(40),
+        language: language::of_path(path).unwrap_or("Text").into(),
+        size_bytes: content.len() as i64,
+        lines: content.lines().count() as i64,
+        path: path.to_string(),
+        content,
+        quality_score: 80.0,
+        quality_components: Default::default(),
+        parse_stats: None,
+        redactions: Default::default(),
+        license: Default::default(),
+    }
 }
 
 /// Rust sources only.

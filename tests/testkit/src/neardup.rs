@@ -119,4 +119,3 @@ pub fn planted_near_duplicates(originals: usize, seed: u64) -> Vec<(String, Stri
     }
     files
 }
-

@@ -52,6 +52,8 @@ pub struct InputPosition {
 #[derive(Debug)]
 pub struct Sealed<T> {
     pub key: String,
+    /// None: the key's partition.
+    pub partition: Option<i32>,
     pub value: T,
     /// The inputs with a part in this output, and whether it is their last part.
     pub inputs: Vec<(InputPosition, bool)>,
@@ -659,16 +661,20 @@ impl Loop {
             self.release(at);
         }
         for sealed in step.sealed {
-            let (key, payload, ticket) = self.hold(sealed)?;
+            let (record, ticket) = self.hold(sealed)?;
             let permit = self.permits.clone().acquire_owned().await?;
-            let (publisher, topic, done) = (
-                self.publisher.clone(),
-                self.output.clone(),
-                self.done.clone(),
-            );
+            let (publisher, done) = (self.publisher.clone(), self.done.clone());
             let produced = self.metrics.produced.clone();
             self.tasks.spawn(async move {
-                match publisher.send(&topic, key.as_bytes(), &payload).await {
+                let sent = publisher
+                    .send_to(
+                        &record.topic,
+                        record.partition,
+                        &record.key,
+                        &record.payload,
+                    )
+                    .await;
+                match sent {
                     Ok(()) => {
                         produced.inc();
                         let _ = done.send(Done::Acked(ticket));
@@ -695,15 +701,18 @@ impl Loop {
 
     /// Encodes a sealed output and holds the inputs with a part in it until it is
     /// acknowledged (or committed): its key, payload and ticket.
-    fn hold<T: AvroRecord>(
-        &mut self,
-        sealed: Sealed<T>,
-    ) -> anyhow::Result<(String, Vec<u8>, Ticket)> {
+    fn hold<T: AvroRecord>(&mut self, sealed: Sealed<T>) -> anyhow::Result<(Outgoing, Ticket)> {
         let payload = sealed
             .value
             .encode()
             .context("cannot encode an output record")?;
-        Ok((sealed.key, payload, self.holds.dispatch(&sealed.inputs)))
+        let record = Outgoing {
+            topic: self.output.clone(),
+            partition: sealed.partition,
+            key: sealed.key.into_bytes(),
+            payload,
+        };
+        Ok((record, self.holds.dispatch(&sealed.inputs)))
     }
 
     /// `exactly_once`: adds a step's outputs and finished inputs to the next
@@ -711,16 +720,7 @@ impl Loop {
     async fn gather<T: AvroRecord>(&mut self, step: Step<T>) -> anyhow::Result<()> {
         let mut outputs = Vec::with_capacity(step.sealed.len());
         for sealed in step.sealed {
-            let (key, payload, ticket) = self.hold(sealed)?;
-            outputs.push((
-                Outgoing {
-                    topic: self.output.clone(),
-                    partition: None,
-                    key: key.into_bytes(),
-                    payload,
-                },
-                ticket,
-            ));
+            outputs.push(self.hold(sealed)?);
         }
         let mut released: Vec<(InputPosition, Vec<Outgoing>)> = step
             .finished

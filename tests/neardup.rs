@@ -1,0 +1,289 @@
+//! The near-duplicate stage on the real broker, as its own processes: a corpus of real
+//! files with planted near-duplicates drops the same files whether one replica or three
+//! split the index, and a replica SIGKILLed mid-stream and restarted drops exactly what
+//! an uninterrupted run drops, never a file as a duplicate of itself.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use codelupe_neardup::minhash::signature;
+use codelupe_neardup::{Index, Judgement, Params};
+use codelupe_runtime::records::{CodeFile, NearDuplicate};
+use codelupe_runtime::AvroRecord;
+use codelupe_testkit::neardup::planted_near_duplicates;
+use support::*;
+
+/// Real files and planted variants, each content once.
+fn corpus() -> Vec<CodeFile> {
+    let mut seen = BTreeSet::new();
+    planted_near_duplicates(240, 11)
+        .into_iter()
+        .map(|(id, text)| codelupe_testkit::code_file("corpus/planted", &format!("{id}.rs"), text))
+        .filter(|f| seen.insert(f.content_hash.clone()))
+        .collect()
+}
+
+/// How many files the whole index drops when they come in `order`.
+fn dropped_in_order(files: &[CodeFile], order: &[usize]) -> usize {
+    let params = Params::default();
+    let mut index = Index::new(params);
+    order
+        .iter()
+        .filter(|&&i| {
+            let f = &files[i];
+            matches!(
+                index.judge(&f.content_hash, &signature(&f.content, &params)),
+                Judgement::NearDuplicate { .. }
+            )
+        })
+        .count()
+}
+
+struct Run {
+    suffix: String,
+    topology: PathBuf,
+    config: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Run {
+    fn new(dir: &Path, replicas: usize) -> Self {
+        let dir = dir.join(unique("run"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (suffix, topology) = fresh_topics(&dir, "n");
+        let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                // A killed member's partitions move on after 6 s, not the default 45.
+                "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: '6000'}}\n\
+                 stages:\n  neardup:\n    group: neardup-{suffix}\n    metrics_bind: 127.0.0.1\n\
+                 \x20   options:\n      probes_topic: neardup-probes-{suffix}\n      index_topic: neardup-index-{suffix}\n\
+                 \x20     gather_topic: neardup-gather-{suffix}\n      dropped_topic: near-duplicates-{suffix}\n",
+                brokers(),
+            ),
+        )
+        .unwrap();
+        Run {
+            suffix,
+            topology,
+            config,
+            ports,
+        }
+    }
+
+    fn start(&self, replica: usize) -> KillOnDrop {
+        let child = codelupe()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--topology")
+            .arg(&self.topology)
+            .args(["stage", "neardup"])
+            .env(
+                "CODELUPE_STAGES__NEARDUP__METRICS_PORT",
+                self.ports[replica].to_string(),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    }
+
+    fn ready(&self, replica: usize) -> bool {
+        http_get(self.ports[replica], "/readyz").is_ok_and(|(status, _)| status == 200)
+    }
+
+    /// A metric of a running replica, summed over its series; None while unreachable.
+    fn metric(&self, replica: usize, name: &str) -> Option<f64> {
+        let (_, body) = http_get(self.ports[replica], "/metrics").ok()?;
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    async fn produce(&self, files: &[CodeFile]) {
+        let records = files
+            .iter()
+            .map(|f| (f.content_hash.clone(), f.encode().unwrap()))
+            .collect();
+        produce_all(&format!("code-files-{}", self.suffix), records).await;
+    }
+
+    /// Content hashes passed on, and the near-duplicate records (by dropped file).
+    fn outcome(&self) -> (BTreeSet<String>, BTreeMap<String, NearDuplicate>) {
+        let kept = read_all(
+            &format!("distinct-files-{}", self.suffix),
+            Duration::from_secs(2),
+        )
+        .into_iter()
+        .map(|(_, v)| CodeFile::decode(&v).unwrap().content_hash)
+        .collect();
+        let dropped = read_all(
+            &format!("near-duplicates-{}", self.suffix),
+            Duration::from_secs(2),
+        )
+        .into_iter()
+        .map(|(_, v)| {
+            let d = NearDuplicate::decode(&v).unwrap();
+            (d.content_hash.clone(), d)
+        })
+        .collect();
+        (kept, dropped)
+    }
+
+    /// Until every file is either passed on or dropped.
+    fn wait_for_all(&self, files: usize) -> (BTreeSet<String>, BTreeMap<String, NearDuplicate>) {
+        let mut outcome = Default::default();
+        wait_for("every file judged", Duration::from_secs(240), || {
+            outcome = self.outcome();
+            let judged: BTreeSet<&String> = outcome.0.iter().chain(outcome.1.keys()).collect();
+            judged.len() >= files
+        });
+        outcome
+    }
+}
+
+/// Every file judged once: passed on or dropped, never both, never for itself, and
+/// each dropped file's representative an earlier file of the corpus.
+fn check_outcome(
+    files: &[CodeFile],
+    (kept, dropped): &(BTreeSet<String>, BTreeMap<String, NearDuplicate>),
+) {
+    let all: BTreeSet<&String> = files.iter().map(|f| &f.content_hash).collect();
+    for (hash, d) in dropped {
+        assert!(!kept.contains(hash), "{} both kept and dropped", d.path);
+        assert_ne!(
+            &d.representative, hash,
+            "{} dropped as its own duplicate",
+            d.path
+        );
+        assert!(
+            all.contains(&d.representative),
+            "{}: unknown representative",
+            d.path
+        );
+        assert!(
+            d.similarity >= 0.7,
+            "{}: similarity {}",
+            d.path,
+            d.similarity
+        );
+    }
+    assert_eq!(
+        kept.len() + dropped.len(),
+        files.len(),
+        "every file judged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_or_three_drop_the_same_files_as_the_whole_index() {
+    let files = corpus();
+    // The corpus's own answer, whatever the order: files drop in clusters, so the
+    // count is the same however they arrive (checked on three orders).
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut counts = BTreeSet::new();
+    for _ in 0..3 {
+        let mut order: Vec<usize> = (0..files.len()).collect();
+        rng.shuffle(&mut order);
+        counts.insert(dropped_in_order(&files, &order));
+    }
+    assert_eq!(
+        counts.len(),
+        1,
+        "the corpus drops by arrival order: {counts:?}"
+    );
+    let expected = *counts.first().unwrap();
+    assert!(
+        expected >= 40,
+        "only {expected} planted near-duplicates dropped"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut drops = Vec::new();
+    for replicas in [1, 3] {
+        let run = Run::new(dir.path(), replicas);
+        let stages: Vec<KillOnDrop> = (0..replicas).map(|r| run.start(r)).collect();
+        wait_for("every replica ready", Duration::from_secs(60), || {
+            (0..replicas).all(|r| run.ready(r))
+        });
+        run.produce(&files).await;
+        let outcome = run.wait_for_all(files.len());
+        check_outcome(&files, &outcome);
+        println!(
+            "{replicas} replica(s): {} kept, {} dropped (whole index: {expected})",
+            outcome.0.len(),
+            outcome.1.len()
+        );
+        drops.push(outcome.1.len());
+        drop(stages);
+    }
+    assert_eq!(
+        drops,
+        [expected, expected],
+        "1 and 3 replicas against the whole index"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_it_drops_what_an_uninterrupted_run_drops() {
+    let files = corpus();
+    let chunks: Vec<&[CodeFile]> = files.chunks(files.len().div_ceil(4)).collect();
+    let dir = tempfile::tempdir().unwrap();
+
+    let calm = Run::new(dir.path(), 1);
+    let stage = calm.start(0);
+    wait_for("ready", Duration::from_secs(60), || calm.ready(0));
+    for chunk in &chunks {
+        calm.produce(chunk).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let uninterrupted = calm.wait_for_all(files.len());
+    check_outcome(&files, &uninterrupted);
+    drop(stage);
+
+    // The same chunks; SIGKILLed once the first files are judged, with the second
+    // chunk in flight and the rest still to come.
+    let run = Run::new(dir.path(), 1);
+    let first = run.start(0);
+    wait_for("ready", Duration::from_secs(60), || run.ready(0));
+    run.produce(chunks[0]).await;
+    run.produce(chunks[1]).await;
+    let mut judged_before = 0;
+    wait_for("the first files judged", Duration::from_secs(120), || {
+        judged_before = run.metric(0, "neardup_files_checked_total").unwrap_or(0.0) as usize;
+        judged_before > 0
+    });
+    drop(first); // SIGKILL
+    let (kept, _) = run.outcome();
+    assert!(
+        judged_before < chunks[0].len() + chunks[1].len(),
+        "all produced was judged before the kill"
+    );
+    for chunk in &chunks[2..] {
+        run.produce(chunk).await;
+    }
+    let _second = run.start(0);
+    let restarted = run.wait_for_all(files.len());
+    check_outcome(&files, &restarted);
+    for hash in &kept {
+        assert!(
+            !restarted.1.contains_key(hash),
+            "a file kept before the kill was dropped after it"
+        );
+    }
+    println!(
+        "uninterrupted: {} dropped; killed after {judged_before} judged and restarted: {} dropped",
+        uninterrupted.1.len(),
+        restarted.1.len()
+    );
+    assert_eq!(restarted.1.len(), uninterrupted.1.len());
+}

@@ -1,6 +1,6 @@
 //! The whole data pipeline on the test broker, every stage its own process as in
 //! production: crawler (against a stand-in GitHub API listing the corpus) → downloader
-//! (bare clones over `git daemon` on loopback) → processor → batcher, over crates from
+//! (bare clones over `git daemon` on loopback) → processor → neardup → batcher, over crates from
 //! the local cargo registry made into repositories, at 1× and 4× a corpus. Prints
 //! files/s and tokens/s end to end, time to the first batch, and each stage's CPU time,
 //! peak RSS and input lag; names the bottleneck, the stage that spent the most CPU on
@@ -27,11 +27,12 @@ use support::fake_github::{FakeGithub, FakeRepo};
 use support::*;
 
 /// The data stages in pipeline order, with the topic each reads.
-const STAGES: [(&str, Option<&str>); 4] = [
+const STAGES: [(&str, Option<&str>); 5] = [
     ("crawler", None),
     ("downloader", Some("repo-urls")),
     ("processor", Some("repo-clones")),
-    ("batcher", Some("code-files")),
+    ("neardup", Some("code-files")),
+    ("batcher", Some("distinct-files")),
 ];
 const SAMPLE: Duration = Duration::from_millis(250);
 const BOUND: Duration = Duration::from_secs(1800);
@@ -127,6 +128,9 @@ stages:
   processor:
     metrics_bind: 127.0.0.1
     options: {{store: {store}}}
+  neardup:
+    metrics_bind: 127.0.0.1
+    options: {{probes_topic: neardup-probes-{suffix}, index_topic: neardup-index-{suffix}, gather_topic: neardup-gather-{suffix}, dropped_topic: near-duplicates-{suffix}}}
   batcher:
     metrics_bind: 127.0.0.1
     options: {{tokenizer: {tokenizer}, seen_topic: batcher-seen-{suffix}, flush_idle_ms: 1000}}
@@ -351,18 +355,46 @@ fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&st
     let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
     let group = unique(&format!("alone-{stage}"));
     let mut env = env.to_vec();
-    // The batcher's dedup marks from an earlier run would drop every file.
+    // State from an earlier run would drop every file (the batcher's dedup marks) or
+    // mix with this run's (the near-duplicate stage's index and its own topics).
     let seen = format!("batcher-seen-{group}");
-    if stage == "batcher" {
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(create_topic_with(
-                &seen,
-                12,
-                &[("cleanup.policy", "compact")],
-            ));
-        env.push(("CODELUPE_STAGES__BATCHER__OPTIONS__SEEN_TOPIC", &seen));
+    let own: Vec<(String, String, i32, &str)> = match stage {
+        "batcher" => vec![(
+            "CODELUPE_STAGES__BATCHER__OPTIONS__SEEN_TOPIC".into(),
+            seen,
+            12,
+            "compact",
+        )],
+        "neardup" => [
+            ("PROBES", "neardup-probes", 6, "delete"),
+            ("INDEX", "neardup-index", 6, "compact"),
+            ("GATHER", "neardup-gather", 12, "delete"),
+            ("DROPPED", "near-duplicates", 3, "delete"),
+        ]
+        .into_iter()
+        .map(|(option, topic, partitions, policy)| {
+            (
+                format!("CODELUPE_STAGES__NEARDUP__OPTIONS__{option}_TOPIC"),
+                format!("{topic}-{group}"),
+                partitions,
+                policy,
+            )
+        })
+        .collect(),
+        _ => Vec::new(),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for (_, topic, partitions, policy) in &own {
+        runtime.block_on(create_topic_with(
+            topic,
+            *partitions,
+            &[("cleanup.policy", policy), ("max.message.bytes", "2097152")],
+        ));
     }
+    env.extend(
+        own.iter()
+            .map(|(var, topic, _, _)| (var.as_str(), topic.as_str())),
+    );
     let started = Instant::now();
     let mut processes: Vec<Process> = (0..replicas)
         .map(|i| run.spawn(stage, &group, i, &env))

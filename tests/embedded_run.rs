@@ -19,6 +19,7 @@ const ENDPOINTS: &[(&str, u16, &str)] = &[
     ("crawler", 9092, "/metrics"),
     ("processor", 9093, "/metrics"),
     ("batcher", 9094, "/metrics"),
+    ("neardup", 9095, "/metrics"),
     ("trainer", 8090, "/prometheus"),
 ];
 const LIVE_PAGE_PORT: u16 = 9080;
@@ -308,7 +309,13 @@ fn check_live_page() {
             "the live page does not show {stage}:\n{dom}"
         );
     }
-    for topic in ["repo-urls", "repo-clones", "code-files", "training-batches"] {
+    for topic in [
+        "repo-urls",
+        "repo-clones",
+        "code-files",
+        "distinct-files",
+        "training-batches",
+    ] {
         assert!(
             dom.contains(&format!("data-topic=\"{topic}\"")),
             "{topic}:\n{dom}"

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions};
-use codelupe_runtime::records::{CodeFile, DeadLetter, RepoClone, RepoUrl, TrainingBatch};
+use codelupe_runtime::records::{
+    CodeFile, DeadLetter, NearDuplicate, RepoClone, RepoUrl, TrainingBatch,
+};
 use codelupe_runtime::{AvroRecord, Transform};
 use codelupe_tokenizer::CodeTokenizer;
 
@@ -47,6 +49,8 @@ pub struct Topics {
     pub repo_urls: String,
     pub repo_clones: String,
     pub code_files: String,
+    pub distinct_files: String,
+    pub near_duplicates: String,
     pub training_batches: String,
     pub dead_letters: String,
 }
@@ -190,19 +194,57 @@ impl Ledger {
                 .push("mallory/big-c: src/big.c was not kept".into());
         }
 
-        // Batcher: every distinct kept file's document ends in training-batches once.
+        // Near-duplicates: every distinct file of code-files passed on to distinct-files
+        // or dropped for another file of code-files, never both.
+        let distinct: Vec<CodeFile> = decoded(&read_all(&topics.distinct_files, idle));
+        let dropped: Vec<NearDuplicate> = decoded(&read_all(&topics.near_duplicates, idle));
+        let in_code_files: HashSet<&str> = files.iter().map(|f| f.content_hash.as_str()).collect();
+        let passed: HashSet<&str> = distinct.iter().map(|f| f.content_hash.as_str()).collect();
+        let dropped_for: HashMap<&str, &str> = dropped
+            .iter()
+            .map(|d| (d.content_hash.as_str(), d.representative.as_str()))
+            .collect();
+        for (file, representative) in &dropped_for {
+            if passed.contains(file) {
+                ledger
+                    .problems
+                    .push(format!("{file}: both passed on and dropped"));
+            }
+            if file == representative || !in_code_files.contains(representative) {
+                ledger.problems.push(format!(
+                    "{file}: dropped for {representative}, not another file of code-files"
+                ));
+            }
+        }
+        ledger.rows.push(Row {
+            stage: "neardup",
+            inputs: in_code_files.len(),
+            outputs: distinct.len(),
+            lost: in_code_files
+                .iter()
+                .filter(|h| !passed.contains(*h) && !dropped_for.contains_key(*h))
+                .count(),
+            duplicated: distinct.len() - passed.len(),
+            dead_lettered: lettered("neardup")
+                .keys()
+                .filter(|k| !k.starts_with("poison-"))
+                .count(),
+        });
+
+        // Batcher: every distinct kept file's document that is no near-duplicate ends in
+        // training-batches once.
         let tok = CodeTokenizer::load(tokenizer).unwrap();
         let batches: Vec<TrainingBatch> = decoded(&read_all(&topics.training_batches, idle));
         let ended = documents_ended(&batches, tok.end_of_text);
-        let hashes: HashSet<&str> = expected.values().map(|f| f.content_hash.as_str()).collect();
+        let hashes: HashSet<&str> = expected
+            .values()
+            .map(|f| f.content_hash.as_str())
+            .filter(|h| !dropped_for.contains_key(h))
+            .collect();
         let batcher_lost = hashes.iter().filter(|h| !ended.contains_key(**h)).count();
         ledger.rows.push(Row {
             stage: "batcher",
-            inputs: files
-                .iter()
-                .map(|f| &f.content_hash)
-                .collect::<HashSet<_>>()
-                .len(),
+            inputs: passed.len(),
             outputs: batches.len(),
             lost: batcher_lost,
             duplicated: ended.values().map(|n| n - 1).sum(),

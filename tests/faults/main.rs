@@ -92,7 +92,7 @@ fn dice() -> fastrand::Rng {
 fn topology(dir: &Path, suffix: &str) -> std::path::PathBuf {
     let path = renamed_topology(dir, suffix);
     let mut text = std::fs::read_to_string(&path).unwrap();
-    for stage in ["downloader", "processor", "batcher", "trainer"] {
+    for stage in ["downloader", "processor", "neardup", "batcher", "trainer"] {
         text = text.replace(
             &format!("group: codelupe-{stage}\n"),
             &format!("group: codelupe-{stage}-{suffix}\n"),
@@ -138,6 +138,10 @@ stages:
     # The verdict must not depend on the machine's load: a parse over its time budget
     # is skipped (parse_failed), and the ledger judges every file again.
     options: {{store: {store}, parse_timeout_ms: {PARSE_TIMEOUT_MS}}}
+  neardup:
+    metrics_bind: 127.0.0.1
+    delivery: {delivery}
+    options: {{probes_topic: neardup-probes-{suffix}, index_topic: neardup-index-{suffix}, gather_topic: neardup-gather-{suffix}, dropped_topic: near-duplicates-{suffix}}}
   batcher:
     metrics_bind: 127.0.0.1
     delivery: {delivery}
@@ -216,6 +220,10 @@ fn scenario(delivery: &str) {
         "repo-urls",
         "repo-clones",
         "code-files",
+        "neardup-probes",
+        "neardup-index",
+        "neardup-gather",
+        "distinct-files",
         "training-batches",
         "crawler-state",
         "batcher-seen",
@@ -254,18 +262,25 @@ fn scenario(delivery: &str) {
 
     // Every group's lag back to 0, every replica ready.
     let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
+    // (group, input); the near-duplicate stage's loops have groups of their own.
     let groups = [
         ("downloader", "repo-urls"),
         ("processor", "repo-clones"),
-        ("batcher", "code-files"),
+        ("neardup", "code-files"),
+        ("neardup-lookup", "neardup-probes"),
+        ("neardup-judge", "neardup-gather"),
+        ("batcher", "distinct-files"),
         ("trainer", "training-batches"),
     ];
     let mut readers: Vec<(String, LagReader)> = groups
         .iter()
-        .map(|(stage, input)| {
-            let group = format!("codelupe-{stage}-{suffix}");
+        .map(|(name, input)| {
+            let group = match name.split_once('-') {
+                Some((stage, part)) => format!("codelupe-{stage}-{suffix}-{part}"),
+                None => format!("codelupe-{name}-{suffix}"),
+            };
             (
-                stage.to_string(),
+                name.to_string(),
                 LagReader::new(&clients, &group, &topic(input)).unwrap(),
             )
         })
@@ -296,6 +311,8 @@ fn scenario(delivery: &str) {
                 repo_urls: topic("repo-urls"),
                 repo_clones: topic("repo-clones"),
                 code_files: topic("code-files"),
+                distinct_files: topic("distinct-files"),
+                near_duplicates: topic("near-duplicates"),
                 training_batches: topic("training-batches"),
                 dead_letters: topic("dead-letters"),
             },
@@ -335,7 +352,15 @@ fn scenario(delivery: &str) {
     );
     assert_eq!(ledger.lost(), 0, "records lost");
     assert!(ledger.problems.is_empty(), "{:#?}", ledger.problems);
-    for input in ["repo-urls", "repo-clones", "code-files", "training-batches"] {
+    for input in [
+        "repo-urls",
+        "repo-clones",
+        "code-files",
+        "neardup-probes",
+        "neardup-gather",
+        "distinct-files",
+        "training-batches",
+    ] {
         for kind in cluster::POISON {
             assert!(
                 ledger
@@ -370,7 +395,7 @@ fn scenario(delivery: &str) {
     );
     if delivery == "exactly_once" {
         for row in &ledger.rows {
-            if ["downloader", "processor", "batcher"].contains(&row.stage) {
+            if ["downloader", "processor", "neardup", "batcher"].contains(&row.stage) {
                 assert_eq!(
                     row.duplicated, 0,
                     "{} duplicated in exactly_once",

@@ -55,6 +55,7 @@ fn main() {
         bytes as f64 / 1e6 / t
     );
     index_memory(params);
+    sharded_memory(params, 6);
 }
 
 /// The index's resident memory per file: distinct made-up signatures (all unique, so
@@ -76,6 +77,42 @@ fn index_memory(params: Params) {
         "index memory: {per_file:.0} bytes per file = {:.2} GB per million files ({} representatives)",
         per_file * 1e6 / 1e9,
         index.len()
+    );
+}
+
+/// The same per file as the stage holds it over `shards` shards (its default): each
+/// shard a file's bands reach keeps its sketch and content hash once.
+fn sharded_memory(params: Params, shards: usize) {
+    use codelupe_neardup::shard::{bucket_keys, shard_of, sketch, Order, Shard};
+    const FILES: usize = 200_000;
+    let before = resident_bytes();
+    let mut index: Vec<Shard> = (0..shards).map(|_| Shard::new(params.threshold)).collect();
+    let mut signature = [0u32; PERMUTATIONS];
+    for file in 0..FILES {
+        for (i, v) in signature.iter_mut().enumerate() {
+            *v = xxh3_64(&[file.to_le_bytes(), i.to_le_bytes()].concat()) as u32;
+        }
+        let order = Order {
+            at_us: file as i64,
+            content_hash: format!("{:064x}", xxh3_64(&file.to_le_bytes())),
+        };
+        let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); shards];
+        for bucket in bucket_keys(&params, &signature) {
+            by_shard[shard_of(bucket, shards)].push(bucket);
+        }
+        for (shard, buckets) in by_shard.iter().enumerate() {
+            if !buckets.is_empty() {
+                index[shard].probe(order.clone(), buckets, &sketch(&signature));
+            }
+        }
+    }
+    let per_file = (resident_bytes() - before) as f64 / FILES as f64;
+    let held: usize = index.iter().map(Shard::len).sum();
+    println!(
+        "stage index memory over {shards} shards: {per_file:.0} bytes per file = {:.2} GB per \
+         million files (all replicas together; {:.1} shards hold each file)",
+        per_file * 1e6 / 1e9,
+        held as f64 / FILES as f64
     );
 }
 

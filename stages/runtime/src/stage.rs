@@ -175,8 +175,8 @@ impl StageRuntime {
                 std::collections::HashMap::from([("loop".to_string(), spec.name.to_string())]);
             let registry = Registry::new_custom(None, Some(labels))?;
             registries.push(registry.clone());
+            // The stage's name stays: dead letters and client ids name the stage.
             runtimes.push(StageRuntime {
-                name: format!("{}/{}", self.name, spec.name),
                 input: Some(spec.input.clone()),
                 output: Some(spec.output.clone()),
                 group: Some(spec.group.clone()),

@@ -77,8 +77,16 @@ pub struct Probed {
 pub struct Shard {
     threshold: f64,
     entries: Vec<Entry>,
-    by_content_hash: HashMap<String, u32>,
-    buckets: HashMap<u64, Vec<u32>>,
+    /// By the 64-bit hash of the content hash: the entry holds the text once.
+    by_content_hash: HashMap<u64, u32>,
+    /// Bucket → the first file in it; most buckets hold one file, so the others wait
+    /// in `more` (a vector a bucket would cost about 40 bytes more a file's bucket).
+    buckets: HashMap<u64, u32>,
+    more: HashMap<u64, Vec<u32>>,
+}
+
+fn key_of(content_hash: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(content_hash.as_bytes())
 }
 
 impl Shard {
@@ -99,30 +107,50 @@ impl Shard {
     }
 
     pub fn contains(&self, content_hash: &str) -> bool {
-        self.by_content_hash.contains_key(content_hash)
+        self.slot_of(content_hash).is_some()
     }
 
     /// Bucket entries held (a file holds one for each of its buckets routed here).
     pub fn bucket_entries(&self) -> usize {
-        self.buckets.values().map(Vec::len).sum()
+        self.buckets.len() + self.more.values().map(Vec::len).sum::<usize>()
     }
 
     /// Indexes a file (its first order wins) and returns its slot.
     pub fn insert(&mut self, order: Order, buckets: &[u64], sketch: &Sketch) -> u32 {
-        if let Some(&slot) = self.by_content_hash.get(&order.content_hash) {
+        if let Some(slot) = self.slot_of(&order.content_hash) {
             return slot;
         }
         let slot = self.entries.len() as u32;
         self.by_content_hash
-            .insert(order.content_hash.clone(), slot);
+            .insert(key_of(&order.content_hash), slot);
         self.entries.push(Entry {
             order,
             sketch: Box::new(*sketch),
         });
         for &bucket in buckets {
-            self.buckets.entry(bucket).or_default().push(slot);
+            match self.buckets.entry(bucket) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(slot);
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    self.more.entry(bucket).or_default().push(slot)
+                }
+            }
         }
         slot
+    }
+
+    /// The file's slot, if indexed (a 64-bit key collision is told apart by the text).
+    fn slot_of(&self, content_hash: &str) -> Option<u32> {
+        let slot = *self.by_content_hash.get(&key_of(content_hash))?;
+        (self.entries[slot as usize].order.content_hash == content_hash).then_some(slot)
+    }
+
+    /// The files in a bucket.
+    fn in_bucket(&self, bucket: u64) -> impl Iterator<Item = u32> + '_ {
+        let first = self.buckets.get(&bucket).copied();
+        let more = self.more.get(&bucket).into_iter().flatten().copied();
+        first.into_iter().chain(more)
     }
 
     /// Judges a file against the files before it in its buckets, and indexes it.
@@ -131,12 +159,12 @@ impl Shard {
         let me = &self.entries[slot as usize];
         let mut seen = Vec::new();
         let mut candidates = Vec::new();
-        for other in buckets.iter().filter_map(|b| self.buckets.get(b)).flatten() {
-            if *other == slot || seen.contains(other) {
+        for other in buckets.iter().flat_map(|&b| self.in_bucket(b)) {
+            if other == slot || seen.contains(&other) {
                 continue;
             }
-            seen.push(*other);
-            let entry = &self.entries[*other as usize];
+            seen.push(other);
+            let entry = &self.entries[other as usize];
             if entry.order >= me.order {
                 continue;
             }

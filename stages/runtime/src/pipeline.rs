@@ -260,9 +260,11 @@ impl ConsumerContext for LoopContext {
                 self.readiness.set_ready();
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => self
-                .readiness
-                .set_not_ready(format!("rebalance failed: {e}")),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance failed: not ready until the next assignment");
+                self.readiness
+                    .set_not_ready(format!("rebalance failed: {e}"));
+            }
         }
     }
 

@@ -106,6 +106,17 @@ impl Publisher {
         self.send_to(topic, None, key, payload).await
     }
 
+    /// A record made ahead, as [`Self::send_to`] sends it.
+    pub async fn send_record(&self, record: &Outgoing) -> Result<(), SendError> {
+        self.send_to(
+            &record.topic,
+            record.partition,
+            &record.key,
+            &record.payload,
+        )
+        .await
+    }
+
     /// Like [`Self::send`], to `partition` when given (else the key's partition).
     pub async fn send_to(
         &self,

@@ -630,15 +630,7 @@ impl Loop {
         let (publisher, done) = (self.publisher.clone(), self.done.clone());
         self.tasks.spawn(async move {
             for record in &follow_ups {
-                let sent = publisher
-                    .send_to(
-                        &record.topic,
-                        record.partition,
-                        &record.key,
-                        &record.payload,
-                    )
-                    .await;
-                match sent {
+                match publisher.send_record(record).await {
                     Ok(()) => {}
                     Err(e @ SendError::Rejected { .. }) => {
                         let _ = done.send(Done::Refused(e));
@@ -666,15 +658,7 @@ impl Loop {
             let (publisher, done) = (self.publisher.clone(), self.done.clone());
             let produced = self.metrics.produced.clone();
             self.tasks.spawn(async move {
-                let sent = publisher
-                    .send_to(
-                        &record.topic,
-                        record.partition,
-                        &record.key,
-                        &record.payload,
-                    )
-                    .await;
-                match sent {
+                match publisher.send_record(&record).await {
                     Ok(()) => {
                         produced.inc();
                         let _ = done.send(Done::Acked(ticket));

@@ -89,7 +89,11 @@ impl KafkaClients {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", "2000");
+            .set("statistics.interval.ms", "2000")
+            // librdkafka prefetches up to 64 MiB a consumer by default: with records of
+            // whole files and up to three consumers a process (neardup), a stage's peak
+            // memory followed the backlog. 16 MiB still holds many fetches ahead.
+            .set("queued.max.messages.kbytes", "16384");
         for (k, v) in &self.consumer_extra {
             config.set(k, v);
         }

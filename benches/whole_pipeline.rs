@@ -190,6 +190,45 @@ stages:
     }
 }
 
+/// A process's CPU time so far (user and system), from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis; utime and stime are the 14th
+    // and 15th of the whole line.
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks = fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The machine's CPU time so far, busy and in all (every core), from /proc/stat.
+fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks[3] + ticks.get(4).copied().unwrap_or(0.0);
+    let all: f64 = ticks.iter().take(8).sum();
+    ((all - idle) / 100.0, all / 100.0)
+}
+
+/// The test broker's process (its JVM), whose CPU the stages share the machine with.
+fn broker_pid() -> Option<u32> {
+    let port = std::env::var("KAFKA_PORT").unwrap_or_else(|_| "19092".into());
+    let tmp = std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into());
+    std::fs::read_to_string(format!("{tmp}/codelupe-kafka-{port}/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 struct Process {
     log: PathBuf,
     port: u16,
@@ -211,14 +250,8 @@ impl Process {
                 self.peak_rss_kb = self.peak_rss_kb.max(kb);
             }
         }
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // Fields after the command's closing parenthesis; utime and stime are the
-            // 14th and 15th of the whole line.
-            let after = &stat[stat.rfind(')').unwrap() + 2..];
-            let fields: Vec<&str> = after.split(' ').collect();
-            let ticks: f64 =
-                fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-            self.cpu_s = ticks / 100.0;
+        if let Some(cpu_s) = cpu_seconds(pid) {
+            self.cpu_s = cpu_s;
         }
     }
 
@@ -402,6 +435,8 @@ fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&st
     let mut reader = LagReader::new(&clients, &group, &run.topic(input)).unwrap();
     let ready = |p: &Process| matches!(http_get(p.port, "/readyz"), Ok((200, _)));
     let mut window: Option<(Instant, i64)> = None;
+    // (replicas, broker, machine busy, machine all) CPU seconds when the window opened.
+    let mut window_cpu: Option<[f64; 4]> = None;
     let mut all_ready_at: Option<Instant> = None;
     let ended = loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -415,15 +450,15 @@ fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&st
             && lag > 0
         {
             window = Some((Instant::now(), lag));
+            window_cpu = Some(cpu_now(&mut processes));
         }
         if window.is_some() && lag == 0 {
             break Instant::now();
         }
         assert!(started.elapsed() < BOUND, "{stage} did not finish");
     };
-    for p in &mut processes {
-        p.sample();
-    }
+    let [replicas_to, broker_to, busy_to, all_to] = cpu_now(&mut processes);
+    let [replicas_from, broker_from, busy_from, all_from] = window_cpu.unwrap();
     let cpu: f64 = processes.iter().map(|p| p.cpu_s).sum();
     for p in processes {
         p.stop();
@@ -439,7 +474,31 @@ fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&st
         if cores { ", one core each" } else { "" },
         100.0 * cpu / started.elapsed().as_secs_f64()
     );
+    // Where the machine's cores went while it was timed: the replicas, the broker,
+    // everything else, idle.
+    let machine = (all_to - all_from).max(f64::EPSILON);
+    let (stage_cpu, broker_cpu) = (replicas_to - replicas_from, broker_to - broker_from);
+    let busy = busy_to - busy_from;
+    println!(
+        "    timed window, shares of all cores: {stage} {:.0}%, broker {:.0}%, \
+         everything else {:.0}%, idle {:.0}%",
+        100.0 * stage_cpu / machine,
+        100.0 * broker_cpu / machine,
+        100.0 * (busy - stage_cpu - broker_cpu).max(0.0) / machine,
+        100.0 * (machine - busy) / machine
+    );
     rate
+}
+
+/// [replicas, broker, machine busy, machine all] CPU seconds so far.
+fn cpu_now(processes: &mut [Process]) -> [f64; 4] {
+    for p in processes.iter_mut() {
+        p.sample();
+    }
+    let replicas = processes.iter().map(|p| p.cpu_s).sum();
+    let broker = broker_pid().and_then(cpu_seconds).unwrap_or(0.0);
+    let (busy, all) = machine_cpu_seconds();
+    [replicas, broker, busy, all]
 }
 
 fn print_pipeline(label: &str, corpus: &Corpus, f: &PipelineFigures) {

@@ -234,6 +234,7 @@ async fn batches_decode_to_exactly_the_source_files_and_a_rerun_is_byte_identica
         produce_files(&run.input(), &files).await;
         if round == 0 {
             // A tokenizer can also be fitted on what the processor published.
+            produce_files(&format!("code-files-{}", run.suffix), &files).await;
             let out = dir.path().join("from-topic.json");
             let result = codelupe()
                 .arg("--topology")

@@ -250,18 +250,18 @@ async fn killed_mid_stream_and_restarted_it_drops_what_an_uninterrupted_run_drop
     check_outcome(&files, &uninterrupted);
     drop(stage);
 
-    // The same chunks; SIGKILLed once the first files are judged, with the second
-    // chunk in flight and the rest still to come.
+    // The same chunks; SIGKILLed right after the second is produced (the first judged,
+    // the second in flight: probes held back, answers partly gathered), the rest still
+    // to come.
     let run = Run::new(dir.path(), 1);
     let first = run.start(0);
     wait_for("ready", Duration::from_secs(60), || run.ready(0));
     run.produce(chunks[0]).await;
-    run.produce(chunks[1]).await;
-    let mut judged_before = 0;
-    wait_for("the first files judged", Duration::from_secs(120), || {
-        judged_before = run.metric(0, "neardup_files_checked_total").unwrap_or(0.0) as usize;
-        judged_before > 0
+    wait_for("the first chunk judged", Duration::from_secs(120), || {
+        run.metric(0, "neardup_files_checked_total") >= Some(chunks[0].len() as f64)
     });
+    run.produce(chunks[1]).await;
+    let judged_before = run.metric(0, "neardup_files_checked_total").unwrap_or(0.0) as usize;
     drop(first); // SIGKILL
     let (kept, _) = run.outcome();
     assert!(

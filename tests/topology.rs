@@ -177,7 +177,11 @@ fn apply_is_idempotent_grows_partitions_and_reports_drift() {
 
     // Grow one topic, shorten another's retention: grown, and drift reported.
     let edited = renamed
-        .replacen("partitions: 3\n", "partitions: 5\n", 1)
+        .replacen(
+            &format!("training-batches-{suffix}:\n    partitions: 3\n"),
+            &format!("training-batches-{suffix}:\n    partitions: 5\n"),
+            1,
+        )
         .replace("retention_ms: 1209600000", "retention_ms: 86400000");
     std::fs::write(&path, &edited).unwrap();
     let third = apply_topology(&path);

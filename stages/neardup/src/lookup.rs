@@ -291,3 +291,66 @@ impl Aggregate for Lookup {
         self.load(partitions).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(content_hash: &str, at_us: i64, sketch: u8) -> NeardupProbe {
+        NeardupProbe {
+            content_hash: content_hash.into(),
+            at_us,
+            shard: 0,
+            shards: 1,
+            buckets: vec![42],
+            sketch: vec![sketch; PERMUTATIONS],
+        }
+    }
+
+    fn answers(step: &Step<NeardupGather>) -> Vec<(String, Vec<String>)> {
+        step.sealed
+            .iter()
+            .map(|s| {
+                let candidates = s.value.candidates.iter();
+                let of = candidates.map(|c| c.content_hash.clone()).collect();
+                (s.value.content_hash.clone(), of)
+            })
+            .collect()
+    }
+
+    /// A probe that arrives after a later one is still probed first, so the later file
+    /// finds it; nothing is probed before the hold has passed or the input paused.
+    #[tokio::test]
+    async fn probes_arriving_out_of_order_are_probed_in_order() {
+        let clients = KafkaClients::new("127.0.0.1:1", &Default::default());
+        let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
+        let mut lookup = Lookup::new(
+            0.7,
+            "index".into(),
+            Duration::from_millis(1),
+            clients,
+            metrics,
+        );
+        lookup.shards.insert(0, Shard::new(0.7));
+        let at = |offset| InputPosition {
+            partition: 0,
+            offset,
+        };
+        // b (order 2 ms) arrives before a (order 1.5 ms), both within the 1 ms hold.
+        let first = lookup.push(at(0), probe("b", 2_000, 7), ()).await.unwrap();
+        assert!(first.sealed.is_empty(), "held back");
+        let second = lookup.push(at(1), probe("a", 1_500, 7), ()).await.unwrap();
+        assert!(second.sealed.is_empty(), "held back");
+        // A probe well later releases both, in their order: a first, then b finds a.
+        let third = lookup.push(at(2), probe("c", 9_000, 1), ()).await.unwrap();
+        assert_eq!(
+            answers(&third),
+            [("a".into(), vec![]), ("b".into(), vec!["a".to_string()])]
+        );
+        // The input paused: c too.
+        assert_eq!(answers(&lookup.flush()), [("c".into(), vec![])]);
+        // Each answer's index record follows once the answer is acknowledged.
+        assert_eq!(third.on_release.len(), 2);
+        assert_eq!(third.on_release[0].1.partition, Some(0));
+    }
+}

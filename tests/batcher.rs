@@ -106,13 +106,7 @@ impl Run {
 
     /// A metric of the running stage, summed over its series; None while unreachable.
     fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.port, "/metrics").ok()?;
-        Some(
-            body.lines()
-                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-        )
+        scraped(self.port, name)
     }
 
     /// Until every consumed input is released (its batches acknowledged, partial ones

@@ -100,13 +100,7 @@ impl Run {
 
     /// A metric of a running replica, summed over its series; None while unreachable.
     fn metric(&self, replica: usize, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.ports[replica], "/metrics").ok()?;
-        Some(
-            body.lines()
-                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-        )
+        scraped(self.ports[replica], name)
     }
 
     async fn produce(&self, files: &[CodeFile]) {

@@ -16,6 +16,18 @@ use codelupe_runtime::records::{now_ms, RepoUrl};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+/// A metric of the stage serving metrics on `port`, summed over its series; None while
+/// unreachable.
+pub fn scraped(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics").ok()?;
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// The runtime's test stage: passes each repository through unchanged, keyed by name.
 pub struct Relay;
 

@@ -179,8 +179,7 @@ impl Batcher {
     }
 
     /// Creates the state of each partition not loaded yet, their dedup marks read from
-    /// the seen topic all at once (one reader a partition: a reader's start-up, not
-    /// the marks, is most of a read).
+    /// the seen topic all at once.
     async fn load_partitions(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
         let missing: Vec<i32> = partitions
             .iter()
@@ -188,17 +187,39 @@ impl Batcher {
             .filter(|p| !self.partitions.contains_key(p))
             .collect();
         let started = Instant::now();
-        let loaded =
-            futures::future::try_join_all(missing.iter().map(|&p| self.read_marks(p))).await?;
+        let (capacity, rate) = (
+            self.options.dedup_capacity.get(),
+            self.options.dedup_false_positive_rate,
+        );
+        // A partition's marks, and how many.
+        let loaded = kafka::read_partitions(
+            &self.clients,
+            &self.options.seen_topic,
+            &missing,
+            || {
+                let filter = Bloom::new_for_fp_rate(capacity, rate)
+                    .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
+                Ok((filter, 0usize))
+            },
+            |(seen, marks): &mut (Bloom<u128>, usize), key, _| {
+                if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
+                    seen.set(&key);
+                    *marks += 1;
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await
+        .context("loading dedup marks")?;
         let (len, per, eot) = (
             self.options.sequence_length,
             self.options.sequences_per_batch,
             self.tokenizer.end_of_text,
         );
-        for (partition, (seen, marks)) in missing.iter().zip(loaded) {
+        for (partition, (seen, marks)) in loaded {
             tracing::info!(partition, marks, elapsed = ?started.elapsed(), "dedup state loaded");
             self.partitions.insert(
-                *partition,
+                partition,
                 PartitionState {
                     seen,
                     marks,
@@ -208,30 +229,6 @@ impl Batcher {
             );
         }
         Ok(())
-    }
-
-    /// A partition's dedup marks from the seen topic, and how many.
-    async fn read_marks(&self, partition: i32) -> anyhow::Result<(Bloom<u128>, usize)> {
-        let filter = Bloom::new_for_fp_rate(
-            self.options.dedup_capacity.get(),
-            self.options.dedup_false_positive_rate,
-        )
-        .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
-        kafka::read_to_end(
-            &self.clients,
-            &self.options.seen_topic,
-            Some(vec![partition]),
-            (filter, 0usize),
-            |(seen, marks), key, _| {
-                if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
-                    seen.set(&key);
-                    *marks += 1;
-                }
-                Ok(ControlFlow::Continue(()))
-            },
-        )
-        .await
-        .with_context(|| format!("loading dedup marks of partition {partition}"))
     }
 
     /// A packed batch as a record, and the dedup marks of the files that end in it, each

@@ -75,6 +75,14 @@ fn sketch_of(probe: &NeardupProbe) -> Option<Sketch> {
     <Sketch>::try_from(probe.sketch.as_slice()).ok()
 }
 
+/// The shard's size in `neardup_index_files{shard}`.
+fn set_size(metrics: &NeardupMetrics, partition: i32, shard: &Shard) {
+    metrics
+        .index_files
+        .with_label_values(&[&partition.to_string()])
+        .set(shard.len() as i64);
+}
+
 fn buckets_of(probe: &NeardupProbe) -> Vec<u64> {
     probe.buckets.iter().map(|&b| b as u64).collect()
 }
@@ -106,29 +114,13 @@ impl Lookup {
             .filter(|p| !self.shards.contains_key(p))
             .collect();
         let started = Instant::now();
-        let loaded =
-            futures::future::try_join_all(missing.iter().map(|&p| self.read_shard(p))).await?;
-        for (partition, shard) in missing.iter().zip(loaded) {
-            tracing::info!(
-                shard = partition,
-                files = shard.len(),
-                bucket_entries = shard.bucket_entries(),
-                elapsed = ?started.elapsed(),
-                "near-duplicate index loaded"
-            );
-            self.set_size(*partition, &shard);
-            self.shards.insert(*partition, shard);
-        }
-        Ok(())
-    }
-
-    async fn read_shard(&self, partition: i32) -> anyhow::Result<Shard> {
-        kafka::read_to_end(
+        let threshold = self.threshold;
+        let loaded = kafka::read_partitions(
             &self.clients,
             &self.index_topic,
-            Some(vec![partition]),
-            Shard::new(self.threshold),
-            |shard, _, payload| {
+            &missing,
+            || Ok(Shard::new(threshold)),
+            |shard: &mut Shard, _, payload| {
                 // A record that does not decode was never written by a shard: skipped.
                 let probe = payload.and_then(|p| NeardupProbe::decode(p).ok());
                 if let Some(probe) = probe {
@@ -145,7 +137,19 @@ impl Lookup {
             },
         )
         .await
-        .with_context(|| format!("loading the near-duplicate index of shard {partition}"))
+        .context("loading the near-duplicate index")?;
+        for (partition, shard) in loaded {
+            tracing::info!(
+                shard = partition,
+                files = shard.len(),
+                bucket_entries = shard.bucket_entries(),
+                elapsed = ?started.elapsed(),
+                "near-duplicate index loaded"
+            );
+            set_size(&self.metrics, partition, &shard);
+            self.shards.insert(partition, shard);
+        }
+        Ok(())
     }
 
     /// Probes a shard's held probes in order, up to order time `until` (all if None).
@@ -197,18 +201,8 @@ impl Lookup {
             });
             step.on_release.push((next.at, record));
         }
-        self.metrics
-            .index_files
-            .with_label_values(&[&partition.to_string()])
-            .set(shard.len() as i64);
+        set_size(&self.metrics, partition, shard);
         step
-    }
-
-    fn set_size(&self, partition: i32, shard: &Shard) {
-        self.metrics
-            .index_files
-            .with_label_values(&[&partition.to_string()])
-            .set(shard.len() as i64);
     }
 }
 

@@ -91,6 +91,36 @@ where
     .await?
 }
 
+/// Reads each of `partitions` of `topic` to its end, each with a reader of its own and
+/// all at once (a reader's start-up, not the records, is most of reading a partition of
+/// state), folding each partition's records into a state of its own made by `init`:
+/// the per-partition state of a stateful stage, loaded when partitions are assigned.
+pub async fn read_partitions<S, F>(
+    clients: &KafkaClients,
+    topic: &str,
+    partitions: &[i32],
+    init: impl Fn() -> anyhow::Result<S>,
+    apply: F,
+) -> anyhow::Result<Vec<(i32, S)>>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8], Option<&[u8]>) -> anyhow::Result<ControlFlow<()>>
+        + Clone
+        + Send
+        + 'static,
+{
+    let reads = partitions.iter().map(|&partition| {
+        let (state, apply) = (init(), apply.clone());
+        async move {
+            let state = read_to_end(clients, topic, Some(vec![partition]), state?, apply)
+                .await
+                .with_context(|| format!("reading partition {partition} of {topic}"))?;
+            Ok((partition, state))
+        }
+    });
+    futures::future::try_join_all(reads).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

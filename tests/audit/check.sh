@@ -14,8 +14,9 @@ if [ ${#records[@]} -eq 0 ]; then
   exit 1
 fi
 
-# Every absolute path a record names, once.
-headers=$(cat "${records[@]}" | tr ' \\' '\n\n' | grep '^/' | grep -v ':$' | sort -u)
+# Every absolute path a record names, once. (Through xargs: the records of every build
+# the target folder has seen can outgrow one command line.)
+headers=$(printf '%s\0' "${records[@]}" | xargs -0 cat | tr ' \\' '\n\n' | grep '^/' | grep -v ':$' | sort -u)
 # The Debian package of each (paths no package owns are the build's own).
 owners=$(printf '%s\n' "$headers" | { xargs -r dpkg -S 2>/dev/null || true; } \
   | grep -v '^diversion' | sed 's/: \/.*//' | tr ',' '\n' | sed 's/^ *//; s/:.*//' | sort -u)

@@ -33,8 +33,9 @@ class RmsNorm(torch.nn.Module):
 
 
 def rotary(x, cos, sin):
+    # cos is [cos, cos] and sin [-sin, sin] over the head's width, in x's precision.
     x1, x2 = x.chunk(2, dim=3)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], 3)
+    return torch.addcmul(x * cos, torch.cat([x2, x1], 3), sin)
 
 
 class Block(torch.nn.Module):
@@ -48,9 +49,11 @@ class Block(torch.nn.Module):
 
     def forward(self, x, cos, sin):
         b, t, d = x.shape
+        qkv = self.qkv(self.attention_norm(x))
+        cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
         q, k, v = (
             part.view(b, t, self.heads, d // self.heads).transpose(1, 2)
-            for part in self.qkv(self.attention_norm(x)).split(d, 2)
+            for part in qkv.split(d, 2)
         )
         attended = F.scaled_dot_product_attention(
             rotary(q, cos, sin), rotary(k, cos, sin), v, is_causal=True
@@ -80,6 +83,7 @@ class Transformer(torch.nn.Module):
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         angles = (positions[:, :-1].float().unsqueeze(-1) * self.inverse_frequencies).unsqueeze(1)
         cos, sin = angles.cos(), angles.sin()
+        cos, sin = torch.cat([cos, cos], 3), torch.cat([-sin, sin], 3)
         x = self.embedding(inputs)
         for block in self.blocks:
             x = block(x, cos, sin)

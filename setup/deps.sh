@@ -28,6 +28,7 @@ TEST_PACKAGES=(
   openjdk-17-jre-headless
   maven
   docker-compose
+  curl              # tests/s3/server.sh signs its requests to the test S3 server
   chromium
 )
 

@@ -19,6 +19,9 @@ fn compose_config() -> serde_json::Value {
     };
     let out = command
         .current_dir(repo_root())
+        // Compose refuses to render without the object store's keys: none is committed.
+        .env("CODELUPE_S3_ACCESS_KEY", "test-access")
+        .env("CODELUPE_S3_SECRET_KEY", "test-secret")
         .args(["--profile", "trainer", "config"])
         .output()
         .expect("docker compose (or docker-compose) is installed by setup/deps.sh");
@@ -67,9 +70,28 @@ fn compose_runs_every_stage_and_scales() {
             );
         }
     }
-    for needed in ["kafka", "prometheus", "grafana", "topics"] {
+    for needed in ["kafka", "prometheus", "grafana", "topics", "seaweedfs"] {
         assert!(services[needed].is_object(), "no {needed} service");
     }
+    // Downloader and processor meet in the object store, not in a shared folder, and
+    // get its keys from the environment.
+    for stage in ["downloader", "processor"] {
+        let service = &services[stage];
+        assert!(service["volumes"].is_null(), "{stage} mounts a volume");
+        let store = format!("CODELUPE_STAGES__{}__OPTIONS__STORE", stage.to_uppercase());
+        assert_eq!(
+            service["environment"][store.as_str()],
+            "s3://codelupe/clones"
+        );
+        assert_eq!(
+            service["environment"]["AWS_SECRET_ACCESS_KEY"],
+            "test-secret"
+        );
+    }
+    assert!(
+        config["volumes"]["clone-store"].is_null(),
+        "a shared clone volume"
+    );
     let mounts = serde_json::to_string(&services["prometheus"]["volumes"]).unwrap();
     assert!(mounts.contains("configs/prometheus.yml"), "{mounts}");
     // The host's 9092 is the crawler's metrics port; the broker must be elsewhere.

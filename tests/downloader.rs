@@ -1,11 +1,12 @@
 //! The downloader against repositories served by `git daemon` on 127.0.0.1: eligible
-//! ones become bare shallow clones at the right commit, ineligible ones are filtered
-//! with their reason, hostile inputs are refused or capped and leave nothing behind,
-//! and a downloader killed mid-clone never uses the half clone.
+//! ones become packs of the right commit in the clone store, ineligible ones are
+//! filtered with their reason, hostile inputs are refused or capped and leave nothing
+//! behind, a downloader killed mid-clone never uses the half clone, and retention
+//! pauses uploads rather than delete a pack the processor has not finished.
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use codelupe_downloader::clone::{clone_bare, Limits, Source, Token, UrlPolicy};
 use codelupe_downloader::filter::FilterOptions;
 use codelupe_downloader::metrics::DownloaderMetrics;
 use codelupe_downloader::{Downloader, DownloaderOptions};
+use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
 use codelupe_runtime::{AvroRecord, Transform};
@@ -42,9 +44,15 @@ fn url_record(full_name: &str, clone_url: &str) -> RepoUrl {
     }
 }
 
+/// The working folder of a test's downloader, beside its store.
+fn work_dir(store: &Path) -> PathBuf {
+    store.with_file_name("work")
+}
+
 fn options(store: &Path) -> DownloaderOptions {
     DownloaderOptions {
-        store: store.to_path_buf(),
+        store: store.display().to_string(),
+        work_dir: work_dir(store),
         urls: UrlPolicy {
             allowed_schemes: vec!["git".into()],
             allowed_hosts: vec!["127.0.0.1".into()],
@@ -80,6 +88,27 @@ fn listing(dir: &Path) -> Vec<String> {
     out
 }
 
+/// The repository a record's pack holds, read back as the processor reads it.
+async fn unpacked(store: &Path, clone: &RepoClone, into: &Path) -> git2::Repository {
+    let store = CloneStore::open(store.to_str().unwrap()).unwrap();
+    let pack = store.read_pack(&clone.pack()).await.unwrap();
+    clone_store::unpack(&pack, into).unwrap()
+}
+
+/// The packs in the store at `store`, by URI.
+async fn packs(store: &Path) -> Vec<String> {
+    let store = CloneStore::open(store.to_str().unwrap()).unwrap();
+    let mut uris: Vec<String> = store
+        .packs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.uri)
+        .collect();
+    uris.sort();
+    uris
+}
+
 fn downloader(options: DownloaderOptions) -> (Downloader, prometheus::Registry) {
     let registry = prometheus::Registry::new();
     let metrics = DownloaderMetrics::register(&registry).unwrap();
@@ -102,10 +131,11 @@ fn write_config(
         format!(
             "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n{kafka_extra}\
              stages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n{stage_extra}\
-             \x20   options:\n      store: {}\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n{options_extra}",
+             \x20   options:\n      store: {}\n      work_dir: {}\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n{options_extra}",
             brokers(),
             free_port(),
-            store.display()
+            store.display(),
+            work_dir(store).display()
         ),
     )
     .unwrap();
@@ -133,7 +163,7 @@ fn downloader_process(config: &Path, topology: &Path) -> KillOnDrop {
 }
 
 #[tokio::test]
-async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() {
+async fn eligible_repositories_become_packs_of_the_right_commit() {
     let dir = tempfile::tempdir().unwrap();
     let srv = dir.path().join("srv");
     let head = bare_repo(
@@ -170,19 +200,17 @@ async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() 
 
     let path = clone.clone_uri.strip_prefix("file://").unwrap();
     assert!(Path::new(path).starts_with(store.canonicalize().unwrap()));
-    let repo = git2::Repository::open_bare(path).unwrap();
-    assert!(repo.is_bare() && repo.is_shallow(), "bare and shallow");
     assert_eq!(
-        repo.head()
-            .unwrap()
-            .peel_to_commit()
-            .unwrap()
-            .id()
-            .to_string(),
-        head
+        clone.pack_bytes as u64,
+        std::fs::metadata(path).unwrap().len()
     );
+    assert!(path.ends_with(&format!("/packs/{}.pack", clone.pack_sha256)));
+    let repo = unpacked(&store, clone, &dir.path().join("read.git")).await;
+    let commit = repo
+        .find_commit(git2::Oid::from_str(&head).unwrap())
+        .unwrap();
     // The symlink is a blob holding a path; cloning bare never follows or creates it.
-    let tree = repo.head().unwrap().peel_to_tree().unwrap();
+    let tree = commit.tree().unwrap();
     let link = tree.get_name("passwd-link").unwrap();
     assert_eq!(link.filemode(), 0o120000);
     assert_eq!(repo.find_blob(link.id()).unwrap().content(), b"/etc/passwd");
@@ -204,6 +232,10 @@ async fn eligible_repositories_become_bare_shallow_clones_at_the_right_commit() 
     assert_eq!(
         metric(&registry, "downloader_quality_passed_total", None),
         1.0
+    );
+    assert!(
+        listing(&work_dir(&store)).is_empty(),
+        "the clone stayed in the working folder"
     );
 
     // Cloned already at this push: published again without touching the network.
@@ -334,7 +366,11 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
         ),
         1.0
     );
-    assert_eq!(listing(&store), [".tmp"], "nothing left in the store");
+    assert!(listing(&store).is_empty(), "nothing left in the store");
+    assert!(
+        listing(&work_dir(&store)).is_empty(),
+        "nor in the working folder"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,16 +412,19 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
     });
     produce_all(&input, records.to_vec()).await;
     let stage = || downloader_process(&config, &topology);
-    let slow_path = store.join("127.0.0.1/carol/slow.git");
+    let work = work_dir(&store);
     let mut first = stage();
     wait_for("a clone in progress", Duration::from_secs(60), || {
-        std::fs::read_dir(store.join(".tmp")).is_ok_and(|mut d| d.next().is_some())
+        std::fs::read_dir(&work).is_ok_and(|mut d| d.next().is_some())
     });
     std::thread::sleep(Duration::from_secs(2));
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    assert!(!slow_path.exists(), "a half clone is in place");
-    let stale: Vec<String> = std::fs::read_dir(store.join(".tmp"))
+    assert!(
+        packs(&store).await.len() <= 1,
+        "a pack of the half clone is in the store"
+    );
+    let stale: Vec<String> = std::fs::read_dir(&work)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -405,24 +444,17 @@ async fn killed_mid_clone_it_never_uses_the_half_clone_and_publishes_everything(
         let clone = RepoClone::decode(&value).unwrap();
         let expected = if key == "carol/slow" { &slow } else { &quick };
         assert_eq!(&clone.commit_id, expected, "{key}");
-        let repo =
-            git2::Repository::open_bare(clone.clone_uri.strip_prefix("file://").unwrap()).unwrap();
-        assert_eq!(
-            &repo
-                .head()
-                .unwrap()
-                .peel_to_commit()
-                .unwrap()
-                .id()
-                .to_string(),
-            expected
-        );
+        let read = tempfile::tempdir().unwrap();
+        let repo = unpacked(&store, &clone, &read.path().join("r.git")).await;
+        let commit = git2::Oid::from_str(expected).unwrap();
+        let tree = repo.find_commit(commit).unwrap().tree().unwrap();
+        assert!(tree.get_name("a.rs").is_some(), "{key}");
     }
     // Only the killed process's clone: a replayed record may have one of its own in
     // progress.
     let left: Vec<&String> = stale
         .iter()
-        .filter(|name| store.join(".tmp").join(name).exists())
+        .filter(|name| work.join(name).exists())
         .collect();
     assert!(
         left.is_empty(),
@@ -477,8 +509,31 @@ async fn only_the_default_branch_tip_is_fetched() {
         clone.default_branch.as_deref(),
         Some(default_branch.as_str())
     );
-    let repo =
-        git2::Repository::open_bare(clone.clone_uri.strip_prefix("file://").unwrap()).unwrap();
+    // The pack holds the tip's objects only.
+    let packed = unpacked(&store, clone, &dir.path().join("packed.git")).await;
+    assert!(packed
+        .find_commit(git2::Oid::from_str(&head).unwrap())
+        .is_ok());
+    assert!(
+        packed.find_commit(side).is_err(),
+        "the side branch was packed"
+    );
+    assert!(
+        packed.find_blob(side_blob).is_err(),
+        "the side branch's blob was packed"
+    );
+
+    // And the clone it was made from fetched no more: the clone itself, as the
+    // downloader makes it in its working folder.
+    let source = options(&store)
+        .urls
+        .check(&daemon.url("dora/branches.git"))
+        .unwrap();
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        timeout: Duration::from_secs(60),
+    };
+    let repo = clone_bare(&source, &dir.path().join("clone.git"), limits, None).unwrap();
     let refs: Vec<String> = repo
         .references()
         .unwrap()
@@ -539,7 +594,11 @@ async fn a_server_that_stops_sending_fails_the_clone_after_the_read_timeout() {
         "gave up after {:?}, not after the 5 s read timeout",
         started.elapsed()
     );
-    assert_eq!(listing(&store), [".tmp"], "nothing left in the store");
+    assert!(listing(&store).is_empty(), "nothing left in the store");
+    assert!(
+        listing(&work_dir(&store)).is_empty(),
+        "nor in the working folder"
+    );
 }
 
 #[test]
@@ -676,30 +735,36 @@ fn commit_at_end(group: &str, topic: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweep_deletes_no_clone_the_processor_has_not_read() {
+async fn over_budget_the_downloader_waits_and_only_finished_packs_are_reclaimed() {
     let dir = tempfile::tempdir().unwrap();
     let srv = dir.path().join("srv");
-    for name in ["frank/a", "frank/b"] {
-        bare_repo(
-            &srv.join(format!("{name}.git")),
-            &[("a.rs", RUST.into())],
-            None,
-        );
+    let names = ["frank/a", "frank/b", "frank/c", "frank/d"];
+    let mut pack_bytes = 0;
+    for (i, name) in names.iter().enumerate() {
+        let bare = srv.join(format!("{name}.git"));
+        let content = format!("{RUST}// repository {i}\n");
+        let head = bare_repo(&bare, &[("a.rs", content.into_bytes())], None);
+        let repo = git2::Repository::open_bare(&bare).unwrap();
+        let pack = clone_store::pack_commit(&repo, git2::Oid::from_str(&head).unwrap()).unwrap();
+        pack_bytes = pack_bytes.max(pack.len());
     }
     let daemon = GitDaemon::start(&srv);
     let (suffix, topology) = fresh_topics(dir.path(), "sweep");
     let store = dir.path().join("store");
     let config = dir.path().join("codelupe.yaml");
-    // A budget of one byte: every clone is over it at each 1 s sweep.
+    // Room for one pack and a half: a backlog of four is over the budget.
     write_config(
         &config,
         &suffix,
         &store,
         "",
         "",
-        "      max_store_bytes: 1\n      sweep_interval_s: 1\n      sweep_grace_s: 2\n",
+        &format!(
+            "      max_store_bytes: {}\n      sweep_interval_s: 1\n      sweep_grace_s: 3\n",
+            pack_bytes * 3 / 2
+        ),
     );
-    let records = ["frank/a", "frank/b"].map(|name| {
+    let records = names.map(|name| {
         (
             name.to_string(),
             url_record(name, &daemon.url(&format!("{name}.git")))
@@ -710,21 +775,54 @@ async fn the_sweep_deletes_no_clone_the_processor_has_not_read() {
     produce_all(&format!("repo-urls-{suffix}"), records.to_vec()).await;
     let _stage = downloader_process(&config, &topology);
     let clones = format!("repo-clones-{suffix}");
-    let published = clones.clone();
-    wait_for("both clones published", Duration::from_secs(60), || {
-        read_all(&published, Duration::from_millis(500)).len() >= 2
+    let published = || -> Vec<RepoClone> {
+        read_all(&clones, Duration::from_secs(2))
+            .into_iter()
+            .map(|(_, v)| RepoClone::decode(&v).unwrap())
+            .collect()
+    };
+    wait_for("the first pack published", Duration::from_secs(60), || {
+        !published().is_empty()
     });
-    let kept = |name: &str| store.join(format!("127.0.0.1/{name}.git")).exists();
-    // Several sweeps over budget, but the processor has read nothing yet.
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        kept("frank/a") && kept("frank/b"),
-        "an unread clone was swept"
-    );
-
-    // The processor has read them: now the budget applies.
-    commit_at_end("codelupe-processor", &clones);
-    wait_for("the read clones swept", Duration::from_secs(30), || {
-        !kept("frank/a") && !kept("frank/b")
-    });
+    // Records come back in partition order: the newest is the one not seen before.
+    let mut finished: Vec<RepoClone> = Vec::new();
+    for step in 1..=names.len() {
+        // Several sweeps while the processor has committed nothing more: the stage
+        // waits, and the pack the unread record names stays.
+        std::thread::sleep(Duration::from_secs(4));
+        let now = published();
+        assert_eq!(
+            now.len(),
+            step,
+            "published past the budget of {}: {:?}",
+            pack_bytes * 3 / 2,
+            now.iter().map(|c| c.pack_bytes).collect::<Vec<_>>()
+        );
+        let newest: Vec<&RepoClone> = now
+            .iter()
+            .filter(|c| !finished.iter().any(|f| f.full_name == c.full_name))
+            .collect();
+        assert_eq!(newest.len(), 1);
+        let stored = packs(&store).await;
+        assert!(
+            stored.contains(&newest[0].clone_uri),
+            "an unread pack was deleted"
+        );
+        for done in &finished {
+            assert!(
+                !stored.contains(&done.clone_uri),
+                "a finished pack was not reclaimed for the next: {}",
+                done.full_name
+            );
+        }
+        if step == names.len() {
+            break;
+        }
+        // The processor finishes what was published: its pack makes room for the next.
+        finished.push(newest[0].clone());
+        commit_at_end("codelupe-processor", &clones);
+        wait_for("the next pack published", Duration::from_secs(30), || {
+            published().len() > step
+        });
+    }
 }

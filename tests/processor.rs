@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
+use codelupe_runtime::clone_store::{CloneStore, PackRef};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::records::CodeFile;
+use codelupe_runtime::records::{CodeFile, RepoClone};
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{AvroRecord, StageRuntime, Transform};
 use support::*;
@@ -70,11 +71,19 @@ const EXPECTED_SKIPS: &[(&str, &str)] = &[
     ("README.md", "unknown_language"),
 ];
 
+/// The record of `commit` of the bare repository at `bare`, its pack written to the
+/// clone store at `store` as the downloader writes it.
+async fn stored(store: &Path, full_name: &str, bare: &Path, commit: &str) -> RepoClone {
+    let store = CloneStore::open(store.to_str().unwrap()).unwrap();
+    stored_clone(&store, full_name, bare, commit).await
+}
+
 fn processor(store: &Path, workers: usize) -> (Processor, prometheus::Registry) {
     let registry = prometheus::Registry::new();
     let metrics = ProcessorMetrics::register(&registry).unwrap();
     let options = ProcessorOptions {
-        store: store.to_path_buf(),
+        store: store.display().to_string(),
+        work_dir: store.with_file_name("work"),
         workers: std::num::NonZeroUsize::new(workers).unwrap(),
         ..Default::default()
     };
@@ -89,10 +98,10 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     let files = fixture_files();
     let commit = bare_repo(&bare, &files, Some(("link-to-passwd", "/etc/passwd")));
     let (processor, registry) = processor(&store, 2);
-    let clone = clone_record("fixture/kinds", &bare, &commit);
+    let clone = stored(&store, "fixture/kinds", &bare, &commit).await;
 
     let verdicts: BTreeMap<String, Verdict> = processor
-        .examine_clone(&clone)
+        .examine(&git2::Repository::open_bare(&bare).unwrap(), &clone)
         .unwrap()
         .into_iter()
         .collect();
@@ -129,7 +138,7 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     );
     assert_eq!(verdicts.len(), GOOD.len() + EXPECTED_SKIPS.len() + 1);
 
-    let records = processor.transform(clone).await.unwrap();
+    let records = processor.transform(clone.clone()).await.unwrap();
     assert_eq!(
         records.len(),
         GOOD.len(),
@@ -151,8 +160,22 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     assert_eq!(skipped("duplicate"), 1.0);
     assert_eq!(skipped("low_quality"), 1.0);
 
-    // A clone outside the store, or missing, is refused with its reason.
-    let outside = clone_record("x/y", Path::new("/etc"), &commit);
+    assert!(
+        std::fs::read_dir(store.with_file_name("work"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a pack's repository stayed in the working folder"
+    );
+
+    // A reference outside the store, missing, or to bytes that are no pack, is
+    // refused with its reason.
+    let pack_at = |uri: String| PackRef {
+        uri,
+        bytes: clone.pack_bytes,
+        sha256: clone.pack_sha256.clone(),
+    };
+    let outside = clone_record("x/y", &pack_at("file:///etc/passwd".into()), &commit);
     assert_eq!(
         processor
             .transform(outside)
@@ -162,7 +185,8 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
             .label(),
         "refused_clone"
     );
-    let missing = clone_record("x/y", &store.join("local/none.git"), &commit);
+    let missing_uri = clone.clone_uri.replace(&clone.pack_sha256, &"0".repeat(64));
+    let missing = clone_record("x/y", &pack_at(missing_uri), &commit);
     assert_eq!(
         processor
             .transform(missing)
@@ -172,6 +196,17 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
             .label(),
         "missing_clone"
     );
+    let garbage = CloneStore::open(store.to_str().unwrap())
+        .unwrap()
+        .put_pack(b"PACK but not a pack at all".to_vec().into())
+        .await
+        .unwrap();
+    let err = processor
+        .transform(clone_record("x/y", &garbage, &commit))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason.label(), "corrupt_clone", "{err}");
+    assert!(!err.retryable);
 }
 
 /// A loose blob whose header claims `claimed` bytes but which holds 11: its size reads
@@ -226,11 +261,18 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
     let repo = git2::Repository::open_bare(&bare).unwrap();
     let huge = damaged_blob(&repo, 5_000_000_000, "huge");
     let commit = commit_adding(&repo, &[("huge.rs", huge)]);
-    let records = processor
-        .transform(clone_record("mallory/huge", &bare, &commit))
-        .await
-        .unwrap();
-    assert_eq!(records.len(), 1);
+    // These repositories hold what no clone can (libgit2 checks every object it
+    // fetches), so they are examined where they lie rather than packed.
+    let examine = |bare: &Path, name: &str, commit: &str| {
+        let repo = git2::Repository::open_bare(bare).unwrap();
+        processor.examine(&repo, &unstored_clone_record(name, commit))
+    };
+    let verdicts = examine(&bare, "mallory/huge", &commit).unwrap();
+    let kept = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Keep(_)))
+        .count();
+    assert_eq!(kept, 1);
     assert_eq!(
         metric(
             &registry,
@@ -247,10 +289,7 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
     let repo = git2::Repository::open_bare(&bare).unwrap();
     let damaged = damaged_blob(&repo, 500, "damaged");
     let commit = commit_adding(&repo, &[("damaged.rs", damaged)]);
-    let err = processor
-        .transform(clone_record("mallory/damaged", &bare, &commit))
-        .await
-        .unwrap_err();
+    let err = examine(&bare, "mallory/damaged", &commit).unwrap_err();
     assert_eq!(err.reason.label(), "corrupt_clone", "{err}");
     assert!(!err.retryable);
 
@@ -259,10 +298,20 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
     let commit = tree_bomb(&bare, 10, 10);
     let err = tokio::time::timeout(
         Duration::from_secs(60),
-        processor.transform(clone_record("mallory/paths", &bare, &commit)),
+        tokio::task::spawn_blocking({
+            let (processor, record) = (
+                processor.clone(),
+                unstored_clone_record("mallory/paths", &commit),
+            );
+            move || {
+                let repo = git2::Repository::open_bare(&bare).unwrap();
+                processor.examine(&repo, &record).map(|_| ())
+            }
+        }),
     )
     .await
     .expect("the processor is walking 10^10 paths")
+    .unwrap()
     .unwrap_err();
     assert_eq!(err.reason.label(), "tree_bomb", "{err}");
 }
@@ -325,7 +374,7 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
         let name = source.file_name().unwrap().to_string_lossy().to_string();
         let bare = store.join(format!("local/crates/{name}.git"));
         let commit = import_tree(source, &bare, &work);
-        let record = clone_record(&format!("crates/{name}"), &bare, &commit);
+        let record = stored(&store, &format!("crates/{name}"), &bare, &commit).await;
         records.push((record.full_name.clone(), record.encode().unwrap()));
     }
     produce_all(&input, records).await;
@@ -333,7 +382,11 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
     let (stage, registry, shutdown) = start_processor(
         &topology_path,
         &suffix,
-        &format!("{{store: {}, workers: 2}}", store.display()),
+        &format!(
+            "{{store: {}, work_dir: {}, workers: 2}}",
+            store.display(),
+            dir.path().join("work").display()
+        ),
     );
 
     let wanted = crates.len() as f64;
@@ -406,7 +459,7 @@ async fn a_kept_file_above_kafkas_default_record_limit_reaches_code_files() {
         format!("repo-clones-{suffix}"),
         format!("code-files-{suffix}"),
     );
-    let record = clone_record("big/c", &bare, &commit);
+    let record = stored(&store, "big/c", &bare, &commit).await;
     produce_all(
         &input,
         vec![(record.full_name.clone(), record.encode().unwrap())],
@@ -416,7 +469,11 @@ async fn a_kept_file_above_kafkas_default_record_limit_reaches_code_files() {
     let (stage, registry, shutdown) = start_processor(
         &topology_path,
         &suffix,
-        &format!("{{store: {}}}", store.display()),
+        &format!(
+            "{{store: {}, work_dir: {}}}",
+            store.display(),
+            dir.path().join("work").display()
+        ),
     );
     let out = output.clone();
     wait_for(

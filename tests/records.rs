@@ -64,7 +64,7 @@ fn repo_url_matches_its_schema() {
 fn repo_clone_matches_its_schema() {
     check(RepoClone {
         full_name: "a/b".into(),
-        clone_uri: "file:///var/lib/codelupe/clones/a/b.git".into(),
+        clone_uri: format!("s3://codelupe/clones/packs/{}.pack", "ab".repeat(32)),
         commit_id: "0123456789abcdef0123456789abcdef01234567".into(),
         default_branch: None,
         size_bytes: 1 << 20,
@@ -73,6 +73,8 @@ fn repo_clone_matches_its_schema() {
         quality_score: 73.5,
         cloned_at_ms: now_ms(),
         license_reported: None,
+        pack_bytes: 310_442,
+        pack_sha256: "ab".repeat(32),
     });
 }
 
@@ -210,6 +212,8 @@ fn a_value_of_another_schema_is_rejected_by_fingerprint() {
         quality_score: 0.0,
         cloned_at_ms: 0,
         license_reported: None,
+        pack_bytes: 0,
+        pack_sha256: String::new(),
     };
     let err = RepoUrl::decode(&clone.encode().unwrap()).unwrap_err();
     assert!(

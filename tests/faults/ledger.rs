@@ -133,7 +133,8 @@ impl Ledger {
         let registry = prometheus::Registry::new();
         let judge = Processor::new(
             ProcessorOptions {
-                store: store.to_path_buf(),
+                store: store.display().to_string(),
+                work_dir: store.with_file_name("ledger-work"),
                 parse_timeout_ms: crate::PARSE_TIMEOUT_MS,
                 ..Default::default()
             },

@@ -1,6 +1,8 @@
-//! Downloader: filters `repo-urls` by metadata, makes bare shallow clones into the
-//! clone store, and publishes a `repo-clones` reference per clone. Failures are
-//! dead-lettered with their reason by the runtime; the stage goes on.
+//! Downloader: filters `repo-urls` by metadata, makes bare shallow clones in its
+//! private working folder, writes a pack of each clone's commit to the clone store
+//! (an object store: `codelupe_runtime::clone_store`) and publishes a `repo-clones`
+//! reference to it. Failures are dead-lettered with their reason by the runtime; the
+//! stage goes on.
 
 pub mod clone;
 pub mod filter;
@@ -12,8 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
+use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -21,7 +26,7 @@ use tokio::sync::Semaphore;
 use crate::clone::{CloneFailure, Limits, Source, Token, UrlPolicy};
 use crate::filter::FilterOptions;
 use crate::metrics::{DownloaderMetrics, Failure};
-use crate::store::{CloneStore, Marker, TempClone};
+use crate::store::{Budget, Marker, Retention};
 use codelupe_runtime::tree::TreeLimits;
 
 pub const STAGE: &str = "downloader";
@@ -33,8 +38,8 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     flow: LOOP_FLOW,
     // The crawler's local repositories, cloned over the local transport into the
     // working directory, whatever their stars or language.
-    offline_options: "{store: .codelupe/clones, urls: {allow_local: true}, \
-        filter: {min_stars: 0, languages: [], exclude_words: []}}",
+    offline_options: "{store: .codelupe/clones, work_dir: .codelupe/work/downloader, \
+        urls: {allow_local: true}, filter: {min_stars: 0, languages: [], exclude_words: []}}",
     prepare_offline: None,
     summarize: |seen| {
         vec![format!(
@@ -49,22 +54,27 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
 pub struct DownloaderOptions {
     pub filter: FilterOptions,
     pub urls: UrlPolicy,
-    pub store: PathBuf,
+    /// The clone store: a URL (`s3://bucket/prefix`, `file:///path`, `gs://…`,
+    /// `az://…`) or a local path.
+    pub store: String,
+    /// This replica's own folder for clones in progress (shared with no one).
+    pub work_dir: PathBuf,
     pub max_concurrent: NonZeroUsize,
     pub clone_timeout_s: u64,
     /// Transfer cap: a clone is aborted once it has received more.
     pub max_clone_bytes: u64,
     /// Attempts at a clone failing with a network error.
     pub max_attempts: NonZeroU32,
-    /// Clones older than this are deleted by the sweep.
+    /// Packs older than this are deleted by the sweep (unless still unread).
     pub retention_hours: u64,
-    /// Oldest clones are deleted while the store holds more.
+    /// Oldest read packs are deleted while the store holds more, and uploads wait
+    /// while it is over.
     pub max_store_bytes: Option<u64>,
     pub sweep_interval_s: NonZeroU64,
-    /// Consumer groups that read the clones this stage publishes (the processor's):
-    /// the sweep deletes nothing while one of them has clones left to read.
+    /// Consumer groups that read the packs this stage publishes (the processor's): no
+    /// pack a record they have not committed references is ever deleted.
     pub store_readers: Vec<String>,
-    /// Clones placed this recently are never swept (their record may still be on its
+    /// Packs written this recently are never swept (their record may still be on its
     /// way to `repo-clones`).
     pub sweep_grace_s: u64,
     /// A server that sends nothing for this long fails the clone (a network error,
@@ -81,7 +91,8 @@ impl Default for DownloaderOptions {
         Self {
             filter: FilterOptions::default(),
             urls: UrlPolicy::default(),
-            store: PathBuf::from("/var/lib/codelupe/clones"),
+            store: "/var/lib/codelupe/clones".into(),
+            work_dir: std::env::temp_dir().join("codelupe-downloader"),
             max_concurrent: NonZeroUsize::new(4).expect("positive"),
             clone_timeout_s: 600,
             max_clone_bytes: 1 << 30,
@@ -101,15 +112,24 @@ impl Default for DownloaderOptions {
 pub struct Downloader {
     options: DownloaderOptions,
     store: Arc<CloneStore>,
+    work: Arc<WorkDir>,
+    budget: Arc<Budget>,
     metrics: DownloaderMetrics,
     slots: Arc<Semaphore>,
     /// From `GITHUB_TOKEN`, given to libgit2 through the credentials callback only.
     token: Option<String>,
 }
 
+/// A clone packed and measured, ready to go into the store.
+struct Packed {
+    pack: Bytes,
+    stats: clone::TreeStats,
+}
+
 impl Downloader {
     pub fn new(options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
         let store = Arc::new(CloneStore::open(&options.store)?);
+        let work = Arc::new(WorkDir::open(&options.work_dir)?);
         metrics
             .max_concurrent
             .set(options.max_concurrent.get() as i64);
@@ -117,8 +137,10 @@ impl Downloader {
         Ok(Self {
             slots: Arc::new(Semaphore::new(options.max_concurrent.get())),
             token: std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+            budget: Arc::new(Budget::new(options.max_store_bytes)),
             options,
             store,
+            work,
             metrics,
         })
     }
@@ -132,13 +154,13 @@ impl Downloader {
         TransformError::permanent(reason, message)
     }
 
-    /// Clones `repo` (one of `max_concurrent` at a time), measures it and places it at
-    /// `dest` with its marker.
+    /// Clones `repo` (one of `max_concurrent` at a time), packs and measures it, waits
+    /// for room in the store, writes the pack and then its marker.
     async fn clone_into_store(
         &self,
         repo: &RepoUrl,
         source: &Source,
-        dest: &std::path::Path,
+        marker_key: &str,
     ) -> Result<Marker, TransformError<Failure>> {
         let _slot = self
             .slots
@@ -149,7 +171,7 @@ impl Downloader {
         let started = Instant::now();
         let result = self.clone_with_retries(source).await;
         self.metrics.active_downloads.dec();
-        let (temporary, stats) = result.map_err(|f| {
+        let Packed { pack, stats } = result.map_err(|f| {
             if f.transient {
                 // A host down or throttling: the record waits, it is not dead-lettered.
                 self.metrics.repos_failed.inc(f.reason);
@@ -158,6 +180,18 @@ impl Downloader {
                 self.failed(f.reason, f.message)
             }
         })?;
+        let bytes = pack.len() as u64;
+        self.wait_for_room(bytes).await;
+        let store_error = |e: anyhow::Error| {
+            self.metrics.repos_failed.inc(Failure::Store);
+            TransformError::transient(
+                Failure::Store,
+                format!("cannot write to the clone store: {e:#}"),
+            )
+        };
+        let written = self.store.put_pack(pack).await;
+        self.budget.finished(bytes, written.is_ok());
+        let written = written.map_err(store_error)?;
         let marker = Marker {
             full_name: repo.full_name.clone(),
             commit_id: stats.commit_id.clone(),
@@ -167,13 +201,14 @@ impl Downloader {
             file_count: stats.file_count,
             lines_by_language: stats.lines_by_language.clone(),
             cloned_at_ms: now_ms(),
+            pack_uri: written.uri,
+            pack_bytes: written.bytes,
+            pack_sha256: written.sha256,
         };
-        if let Err(e) = self.store.commit(temporary, dest, &marker) {
-            return Err(TransformError::retryable(
-                Failure::Store,
-                format!("cannot place clone in the store: {e:#}"),
-            ));
-        }
+        self.store
+            .write_json(marker_key, &marker)
+            .await
+            .map_err(store_error)?;
         self.metrics
             .clone_duration
             .observe(started.elapsed().as_secs_f64());
@@ -187,10 +222,28 @@ impl Downloader {
         Ok(marker)
     }
 
-    async fn clone_with_retries(
-        &self,
-        source: &Source,
-    ) -> Result<(TempClone, clone::TreeStats), CloneFailure> {
+    /// Waits while the store is over its budget, asking the sweeper to reclaim what
+    /// the readers have finished: the stage pauses rather than delete unread packs.
+    async fn wait_for_room(&self, bytes: u64) {
+        if self.budget.reserve(bytes) {
+            return;
+        }
+        self.metrics.waiting_for_store.inc();
+        self.budget.want(bytes, true);
+        tracing::info!(
+            stored = self.budget.stored(),
+            bytes,
+            "clone store over budget: waiting for the processor to finish packs"
+        );
+        while !self.budget.reserve(bytes) {
+            self.budget.sweep_now.notify_one();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.budget.want(bytes, false);
+        self.metrics.waiting_for_store.dec();
+    }
+
+    async fn clone_with_retries(&self, source: &Source) -> Result<Packed, CloneFailure> {
         let limits = Limits {
             max_bytes: self.options.max_clone_bytes,
             timeout: Duration::from_secs(self.options.clone_timeout_s),
@@ -198,24 +251,32 @@ impl Downloader {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let temporary = self.store.temporary().map_err(|e| CloneFailure {
+            let temporary = self.work.temporary().map_err(|e| CloneFailure {
                 reason: Failure::Store,
                 message: format!("{e:#}"),
                 transient: true,
             })?;
-            let (source_c, temp_c, token) = (
-                source.clone(),
-                temporary.path().to_path_buf(),
-                self.token.clone(),
-            );
+            let (source_c, token) = (source.clone(), self.token.clone());
             let (token_host, tree_limits) = (self.options.token_host.clone(), self.options.tree);
+            // The temporary clone is removed when the task ends, whatever the outcome.
             let result = tokio::task::spawn_blocking(move || {
                 let token = token.as_deref().map(|secret| Token {
                     secret,
                     host: &token_host,
                 });
-                let repo = clone::clone_bare(&source_c, &temp_c, limits, token)?;
-                clone::measure(&repo, &tree_limits)
+                let repo = clone::clone_bare(&source_c, temporary.path(), limits, token)?;
+                let stats = clone::measure(&repo, &tree_limits)?;
+                let commit = git2::Oid::from_str(&stats.commit_id)
+                    .and_then(|oid| clone_store::pack_commit(&repo, oid))
+                    .map_err(|e| CloneFailure {
+                        reason: Failure::Store,
+                        message: format!("cannot pack the clone: {}", e.message()),
+                        transient: false,
+                    })?;
+                Ok(Packed {
+                    pack: Bytes::from(commit),
+                    stats,
+                })
             })
             .await
             .unwrap_or_else(|e| {
@@ -226,10 +287,8 @@ impl Downloader {
                 })
             });
             match result {
-                Ok(stats) => return Ok((temporary, stats)),
+                Ok(packed) => return Ok(packed),
                 Err(failure) => {
-                    // Nothing of a failed clone stays behind.
-                    temporary.discard();
                     if !failure.transient || attempt >= self.options.max_attempts.get() {
                         return Err(failure);
                     }
@@ -241,17 +300,12 @@ impl Downloader {
     }
 }
 
-fn output(
-    repo: &RepoUrl,
-    dest: &std::path::Path,
-    marker: &Marker,
-    score: f64,
-) -> Vec<Keyed<RepoClone>> {
+fn output(repo: &RepoUrl, marker: &Marker, score: f64) -> Vec<Keyed<RepoClone>> {
     vec![Keyed {
         key: repo.full_name.clone(),
         value: RepoClone {
             full_name: repo.full_name.clone(),
-            clone_uri: format!("file://{}", dest.display()),
+            clone_uri: marker.pack_uri.clone(),
             commit_id: marker.commit_id.clone(),
             default_branch: marker.default_branch.clone(),
             size_bytes: marker.size_bytes,
@@ -260,6 +314,8 @@ fn output(
             quality_score: score,
             cloned_at_ms: marker.cloned_at_ms,
             license_reported: repo.license_spdx.clone(),
+            pack_bytes: marker.pack_bytes,
+            pack_sha256: marker.pack_sha256.clone(),
         },
     }]
 }
@@ -287,78 +343,72 @@ impl Transform for Downloader {
             .urls
             .check(&repo.clone_url)
             .map_err(|why| self.failed(Failure::RefusedUrl, why))?;
-        let dest = self
-            .store
-            .path_for(&source.host, &repo.full_name)
-            .ok_or_else(|| {
-                self.failed(
-                    Failure::RefusedUrl,
-                    format!("unsafe repository name {:?}", repo.full_name),
-                )
-            })?;
+        let marker_key = store::marker_key(&source.host, &repo.full_name).ok_or_else(|| {
+            self.failed(
+                Failure::RefusedUrl,
+                format!("unsafe repository name {:?}", repo.full_name),
+            )
+        })?;
 
-        // Cloned already and nothing pushed since: publish again without the network.
-        let marker = match CloneStore::marker(&dest).filter(|m| m.is_current_for(&repo)) {
-            Some(marker) => marker,
-            None => self.clone_into_store(&repo, &source, &dest).await?,
+        // In the store already and nothing pushed since: publish again without the
+        // network (if the pack is still there; retention may have taken it).
+        let known = match self.store.read_json::<Marker>(&marker_key).await {
+            Ok(Some(marker)) if marker.is_current_for(&repo) => self
+                .store
+                .has_pack(&marker.pack_uri)
+                .await
+                .then_some(marker),
+            _ => None,
         };
-        Ok(output(&repo, &dest, &marker, score))
+        let marker = match known {
+            Some(marker) => marker,
+            None => self.clone_into_store(&repo, &source, &marker_key).await?,
+        };
+        Ok(output(&repo, &marker, score))
     }
 }
 
-/// None when every reader group has committed every clone record published so far
-/// (so every clone in the store has been read); else which group is behind, and by
-/// how much. Blocks.
-fn unread_clones(
-    clients: &codelupe_runtime::kafka::KafkaClients,
-    published: Option<&str>,
-    readers: &[String],
-) -> anyhow::Result<Option<String>> {
-    let Some(topic) = published else {
-        return Ok(None);
-    };
-    for group in readers {
-        let lag = codelupe_runtime::kafka::LagReader::new(clients, group, topic)?.lag()?;
-        if lag > 0 {
-            return Ok(Some(format!(
-                "group {group} has {lag} records of {topic} to read"
-            )));
-        }
-    }
-    Ok(None)
-}
-
-/// Runs the stage until shutdown, sweeping the clone store on an interval.
+/// Runs the stage until shutdown, sweeping the clone store on an interval and
+/// whenever an upload waits for room.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: DownloaderOptions = runtime.settings.options(STAGE)?;
     let metrics = DownloaderMetrics::register(&runtime.registry)?;
-    let downloader = Downloader::new(options.clone(), metrics)?;
-    let store = downloader.store.clone();
+    let downloader = Downloader::new(options.clone(), metrics.clone())?;
+    let (store, budget) = (downloader.store.clone(), downloader.budget.clone());
     let shutdown = runtime.shutdown.clone();
     let (clients, published) = (runtime.clients.clone(), runtime.output.clone());
+    let retention = Retention {
+        max_age: Duration::from_secs(options.retention_hours * 3600),
+        budget_bytes: options.max_store_bytes,
+        grace: Duration::from_secs(options.sweep_grace_s),
+    };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.get()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    let (store, retention, budget) = (store.clone(), Duration::from_secs(options.retention_hours * 3600), options.max_store_bytes);
-                    let grace = Duration::from_secs(options.sweep_grace_s);
-                    let (clients, published, readers) = (clients.clone(), published.clone(), options.store_readers.clone());
-                    let swept = tokio::task::spawn_blocking(move || {
-                        if let Some(unread) = unread_clones(&clients, published.as_deref(), &readers)? {
-                            tracing::info!(%unread, "clone store sweep postponed: clones not read yet");
-                            return Ok(0);
-                        }
-                        store.sweep(retention, budget, grace)
-                    });
-                    match swept.await {
-                        Ok(Ok(0)) => {}
-                        Ok(Ok(n)) => tracing::info!(deleted = n, "clone store swept"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "clone store sweep failed"),
-                        Err(e) => tracing::warn!(error = %e, "clone store sweep panicked"),
+                _ = tick.tick() => {}
+                _ = budget.sweep_now.notified() => {}
+            }
+            budget.listing();
+            let swept = store::sweep(
+                &store,
+                &clients,
+                published.as_deref(),
+                &options.store_readers,
+                &retention,
+                budget.wanted(),
+            )
+            .await;
+            match swept {
+                Ok((deleted, kept)) => {
+                    budget.swept(kept);
+                    metrics.clone_store_bytes.set(kept as i64);
+                    if deleted > 0 {
+                        tracing::info!(deleted, kept, "clone store swept");
                     }
                 }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "clone store sweep failed"),
             }
         }
     });

@@ -34,6 +34,7 @@ codelupe_runtime::label_set! {
     }
 }
 
+#[derive(Clone)]
 pub struct DownloaderMetrics {
     pub repos_downloaded: IntCounter,
     pub repos_failed: CounterBy<Failure>,
@@ -46,6 +47,8 @@ pub struct DownloaderMetrics {
     pub clone_duration: Histogram,
     pub repo_quality_score: Histogram,
     pub repo_lines_of_code: Histogram,
+    pub waiting_for_store: IntGauge,
+    pub clone_store_bytes: IntGauge,
 }
 
 impl DownloaderMetrics {
@@ -110,6 +113,16 @@ impl DownloaderMetrics {
                 "downloader_repo_lines_of_code",
                 "Lines of code in a cloned repository's HEAD tree",
                 prometheus::exponential_buckets(100.0, 4.0, 10)?,
+            )?,
+            waiting_for_store: register::int_gauge(
+                r,
+                "downloader_waiting_for_store",
+                "Packs waiting for room in the clone store (over its byte budget)",
+            )?,
+            clone_store_bytes: register::int_gauge(
+                r,
+                "downloader_clone_store_bytes",
+                "Bytes of packs in the clone store after the last sweep",
             )?,
         })
     }

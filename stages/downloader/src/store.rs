@@ -1,29 +1,35 @@
-//! The clone store: one bare repository per source repository, at a path derived
-//! safely from the host and full name, written by clone-to-temporary-then-rename so
-//! a half clone never looks finished.
+//! The downloader's side of the clone store (`codelupe_runtime::clone_store`): a
+//! marker per repository (which pack holds it at which commit, so an unchanged
+//! repository is published again without the network), the byte budget uploads wait
+//! for, and retention.
 //!
-//! Layout: `<root>/<host>/<owner>/<name>.git`, each part lowercased and checked (no
-//! empty, `.` or `..` parts, no separators), so `a-b/c` and `a/b-c` cannot collide and
-//! nothing lands outside the root. Temporary clones live in `<root>/.tmp/`, each locked
-//! (flock) by the process making it; at start-up the ones no process holds are removed
-//! (what a crash left behind), never another replica's clone in progress.
+//! Markers live at `markers/<host>/<owner>/<name>.json`, each part lowercased and
+//! checked (no empty, `.` or `..` parts, no separators), so `a-b/c` and `a/b-c` cannot
+//! collide and nothing lands outside the store.
 //!
-//! Retention: `sweep` deletes clones older than the retention period, then the oldest
-//! clones while the store is over its byte budget. The processor must have read a clone
-//! by then; if it has not, it dead-letters the record and republishing the repository
-//! brings the clone back.
+//! Retention: a sweep never deletes a pack that a `repo-clones` record not yet
+//! committed by a reader group (the processor's) references: it reads those records
+//! from each group's committed offsets, so the readers' progress decides, not a guess.
+//! Of the others it deletes those past the retention period, then the oldest while the
+//! store is over its budget; packs written within the grace period are kept whatever
+//! the budget (their record may still be on its way). While the store is over budget
+//! an upload waits: the downloader pauses, never deletes unread work. Deletes are
+//! idempotent, so replicas sweeping at once cannot break each other.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::Context as _;
+use codelupe_runtime::clone_store::{CloneStore, PackRef, StoredPack};
+use codelupe_runtime::codec::AvroRecord as _;
+use codelupe_runtime::kafka::{read_from, KafkaClients, LagReader};
+use codelupe_runtime::records::RepoClone;
+use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
-const MARKER: &str = "codelupe-clone.json";
-
-/// What a finished clone holds, written into it last before the rename.
+/// What the store holds of one repository, written after its pack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Marker {
     pub full_name: String,
@@ -34,10 +40,13 @@ pub struct Marker {
     pub file_count: i64,
     pub lines_by_language: BTreeMap<String, i64>,
     pub cloned_at_ms: i64,
+    pub pack_uri: String,
+    pub pack_bytes: i64,
+    pub pack_sha256: String,
 }
 
 impl Marker {
-    /// Whether this clone is `repo` as it is now (nothing pushed since it was made).
+    /// Whether this marker is `repo` as it is now (nothing pushed since it was made).
     pub fn is_current_for(&self, repo: &codelupe_runtime::records::RepoUrl) -> bool {
         let unchanged = match (self.pushed_at_ms, repo.pushed_at_ms) {
             (Some(had), Some(now)) => had >= now,
@@ -46,186 +55,28 @@ impl Marker {
         };
         unchanged && self.full_name == repo.full_name
     }
-}
 
-pub struct CloneStore {
-    root: PathBuf,
-}
-
-impl CloneStore {
-    /// Creates the store if needed and clears temporary clones a crash left behind:
-    /// those whose lock no live process holds.
-    pub fn open(root: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("cannot create clone store {}", root.display()))?;
-        let root = root.canonicalize()?;
-        let tmp = root.join(".tmp");
-        std::fs::create_dir_all(&tmp)?;
-        for entry in std::fs::read_dir(&tmp)?.flatten() {
-            let path = entry.path();
-            let abandoned = std::fs::File::open(&path).is_ok_and(|dir| dir.try_lock().is_ok());
-            if abandoned {
-                tracing::info!(path = %path.display(), "removing an unfinished clone");
-                remove(&path)?;
-            }
+    pub fn pack(&self) -> PackRef {
+        PackRef {
+            uri: self.pack_uri.clone(),
+            bytes: self.pack_bytes,
+            sha256: self.pack_sha256.clone(),
         }
-        Ok(Self { root })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Where `full_name` from `host` lives; None if a part is unsafe.
-    pub fn path_for(&self, host: &str, full_name: &str) -> Option<PathBuf> {
-        let (owner, name) = full_name.split_once('/')?;
-        let name = name.strip_suffix(".git").unwrap_or(name);
-        let mut path = self.root.clone();
-        for part in [host, owner] {
-            path.push(safe_part(part)?);
-        }
-        path.push(format!("{}.git", safe_part(name)?));
-        Some(path)
-    }
-
-    /// A fresh temporary directory inside the store (same filesystem, so rename is
-    /// atomic), locked for as long as the returned value lives.
-    pub fn temporary(&self) -> anyhow::Result<TempClone> {
-        let path = self.unique_temporary_path();
-        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        let lock = std::fs::File::open(&path)?;
-        lock.try_lock()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(TempClone { path, _lock: lock })
-    }
-
-    fn unique_temporary_path(&self) -> PathBuf {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join(".tmp")
-            .join(format!("{}-{nanos}-{n}", std::process::id()))
-    }
-
-    pub fn marker(path: &Path) -> Option<Marker> {
-        let text = std::fs::read_to_string(path.join(MARKER)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// Writes the marker into the finished temporary clone and renames it into place,
-    /// replacing an older clone of the same repository. On failure the temporary clone
-    /// is removed.
-    pub fn commit(
-        &self,
-        temporary: TempClone,
-        destination: &Path,
-        marker: &Marker,
-    ) -> anyhow::Result<()> {
-        let placed = self.place(temporary.path(), destination, marker);
-        if placed.is_err() {
-            temporary.discard();
-        }
-        placed
-    }
-
-    fn place(&self, from: &Path, destination: &Path, marker: &Marker) -> anyhow::Result<()> {
-        std::fs::write(from.join(MARKER), serde_json::to_vec_pretty(marker)?)?;
-        let parent = destination.parent().context("clone path has a parent")?;
-        std::fs::create_dir_all(parent)?;
-        if destination.exists() {
-            // Moved aside unlocked: if this process dies before removing it, the next
-            // start-up does.
-            let old = self.unique_temporary_path();
-            std::fs::rename(destination, &old)?;
-            std::fs::rename(from, destination)?;
-            remove(&old)?;
-        } else {
-            std::fs::rename(from, destination)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes clones past `retention`, then the oldest while over `budget_bytes`.
-    /// Returns how many were deleted.
-    /// Clones placed within `grace` are kept whatever the budget: their `repo-clones`
-    /// record may not be published yet, so no reader's lag can vouch for them.
-    pub fn sweep(
-        &self,
-        retention: Duration,
-        budget_bytes: Option<u64>,
-        grace: Duration,
-    ) -> anyhow::Result<usize> {
-        let mut clones = Vec::new();
-        collect_clones(&self.root, 0, &mut clones);
-        let young = codelupe_runtime::records::now_ms() - grace.as_millis() as i64;
-        clones.retain(|(_, marker)| marker.cloned_at_ms <= young);
-        clones.sort_by_key(|(_, marker)| marker.cloned_at_ms);
-        let now = codelupe_runtime::records::now_ms();
-        let mut total: u64 = clones.iter().map(|(_, m)| m.size_bytes.max(0) as u64).sum();
-        let mut deleted = 0;
-        for (path, marker) in clones {
-            let expired = now - marker.cloned_at_ms > retention.as_millis() as i64;
-            let over_budget = budget_bytes.is_some_and(|b| total > b);
-            if !expired && !over_budget {
-                continue;
-            }
-            tracing::info!(path = %path.display(), expired, over_budget, "removing clone");
-            remove(&path)?;
-            total = total.saturating_sub(marker.size_bytes.max(0) as u64);
-            deleted += 1;
-        }
-        Ok(deleted)
     }
 }
 
-/// A temporary clone in `.tmp/`, locked while this value lives.
-pub struct TempClone {
-    path: PathBuf,
-    _lock: std::fs::File,
-}
+const MARKERS: &str = "markers";
 
-impl TempClone {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Removes what the failed clone left.
-    pub fn discard(self) {
-        remove(&self.path).ok();
-    }
-}
-
-/// Removes a directory tree; one another replica removed first is not an error.
-fn remove(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
-fn collect_clones(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, Marker)>) {
-    if depth > 3 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_dir())
-            || path.file_name().is_some_and(|n| n == ".tmp")
-        {
-            continue;
-        }
-        match CloneStore::marker(&path) {
-            Some(marker) => out.push((path, marker)),
-            None => collect_clones(&path, depth + 1, out),
-        }
-    }
+/// Where the marker of `full_name` from `host` lives; None if a part is unsafe.
+pub fn marker_key(host: &str, full_name: &str) -> Option<String> {
+    let (owner, name) = full_name.split_once('/')?;
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    Some(format!(
+        "{MARKERS}/{}/{}/{}.json",
+        safe_part(host)?,
+        safe_part(owner)?,
+        safe_part(name)?
+    ))
 }
 
 /// A path part that is safe and unambiguous: lowercased ASCII letters, digits, `-`,
@@ -240,34 +91,221 @@ fn safe_part(part: &str) -> Option<String> {
     ok.then(|| part.to_ascii_lowercase())
 }
 
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub budget_bytes: Option<u64>,
+    pub grace: Duration,
+}
+
+/// The packs a sweep deletes, oldest first, and the bytes the store keeps: never one
+/// in `unread`, nor one written within the grace period; of the rest those past
+/// `max_age`, then the oldest while the store holds more than the budget with room for
+/// the `wanted` bytes of uploads waiting.
+pub fn plan(
+    packs: &[StoredPack],
+    unread: &HashSet<String>,
+    wanted: u64,
+    now_ms: i64,
+    retention: &Retention,
+) -> (Vec<String>, u64) {
+    let mut packs: Vec<&StoredPack> = packs.iter().collect();
+    packs.sort_by_key(|p| p.modified_ms);
+    let mut kept: u64 = packs.iter().map(|p| p.bytes).sum();
+    let mut deleted = Vec::new();
+    for pack in packs {
+        let age_ms = now_ms - pack.modified_ms;
+        if unread.contains(&pack.uri) || age_ms < retention.grace.as_millis() as i64 {
+            continue;
+        }
+        let expired = age_ms > retention.max_age.as_millis() as i64;
+        let over_budget = retention.budget_bytes.is_some_and(|b| kept + wanted > b);
+        if expired || over_budget {
+            kept -= pack.bytes;
+            deleted.push(pack.uri.clone());
+        }
+    }
+    (deleted, kept)
+}
+
+/// The packs that records not yet committed by every one of `readers` reference.
+pub async fn unread_packs(
+    clients: &KafkaClients,
+    topic: &str,
+    readers: &[String],
+) -> anyhow::Result<HashSet<String>> {
+    let mut unread = HashSet::new();
+    for group in readers {
+        let (clients_c, group_c, topic_c) = (clients.clone(), group.clone(), topic.to_string());
+        let positions = tokio::task::spawn_blocking(move || {
+            LagReader::new(&clients_c, &group_c, &topic_c)?.unread()
+        })
+        .await??;
+        let starts: Vec<(i32, Offset)> = positions
+            .into_iter()
+            .filter(|&(_, from, high)| from < high)
+            .map(|(p, from, _)| (p, Offset::Offset(from)))
+            .collect();
+        if starts.is_empty() {
+            continue;
+        }
+        unread = read_from(
+            clients,
+            topic,
+            Some(starts),
+            unread,
+            |unread, _, payload| {
+                // A record that does not decode references nothing this sweep could keep.
+                if let Some(clone) = payload.and_then(|p| RepoClone::decode(p).ok()) {
+                    unread.insert(clone.clone_uri);
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .await?;
+    }
+    Ok(unread)
+}
+
+/// The bytes the store holds as of the last sweep plus what was written since, and
+/// the gate an upload waits at while that is over the budget.
+pub struct Budget {
+    pub budget_bytes: Option<u64>,
+    stored: AtomicU64,
+    /// Bytes of uploads let through and not finished yet.
+    uploading: AtomicU64,
+    /// Bytes written since the running sweep began listing: its listing may miss them.
+    written_since_listing: AtomicU64,
+    /// Bytes of the uploads waiting for room.
+    wanted: AtomicU64,
+    /// Asks the sweeper for a sweep now (an upload is waiting for room).
+    pub sweep_now: Notify,
+}
+
+impl Budget {
+    pub fn new(budget_bytes: Option<u64>) -> Self {
+        Self {
+            budget_bytes,
+            stored: AtomicU64::new(0),
+            uploading: AtomicU64::new(0),
+            written_since_listing: AtomicU64::new(0),
+            wanted: AtomicU64::new(0),
+            sweep_now: Notify::new(),
+        }
+    }
+
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    /// A sweep is about to list the store.
+    pub fn listing(&self) {
+        self.written_since_listing.store(0, Ordering::Relaxed);
+    }
+
+    /// What the sweep's listing left in the store, and what was written since it began
+    /// (counted twice if the listing saw it too: an estimate on the safe side, which
+    /// the next sweep corrects).
+    pub fn swept(&self, kept: u64) {
+        let since = self.written_since_listing.load(Ordering::Relaxed);
+        self.stored.store(kept + since, Ordering::Relaxed);
+    }
+
+    pub fn wanted(&self) -> u64 {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// An upload of `bytes` starts or stops waiting for room.
+    pub fn want(&self, bytes: u64, waiting: bool) {
+        if waiting {
+            self.wanted.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            self.wanted.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets an upload of `bytes` through if it fits, counting it at once (so uploads
+    /// checked together cannot all pass on the same room): always when the store
+    /// holds and receives nothing, so a pack bigger than the whole budget goes in
+    /// alone rather than never.
+    pub fn reserve(&self, bytes: u64) -> bool {
+        let Some(budget) = self.budget_bytes else {
+            self.uploading.fetch_add(bytes, Ordering::Relaxed);
+            return true;
+        };
+        self.uploading
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |uploading| {
+                let taken = self.stored() + uploading;
+                (taken == 0 || taken + bytes <= budget).then_some(uploading + bytes)
+            })
+            .is_ok()
+    }
+
+    /// A reserved upload ended: written (its bytes are stored now) or not.
+    pub fn finished(&self, bytes: u64, written: bool) {
+        self.uploading.fetch_sub(bytes, Ordering::AcqRel);
+        if written {
+            self.stored.fetch_add(bytes, Ordering::Relaxed);
+            self.written_since_listing
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sweeps once: deletes what `plan` says and old markers, and returns (deleted, kept
+/// bytes). `readers` empty or no output topic: nothing counts as unread.
+pub async fn sweep(
+    store: &CloneStore,
+    clients: &KafkaClients,
+    published: Option<&str>,
+    readers: &[String],
+    retention: &Retention,
+    wanted: u64,
+) -> anyhow::Result<(usize, u64)> {
+    // Listed before the unread records are read: a pack written after the listing is
+    // not considered at all, and one written before it whose record was published
+    // after the read is inside the grace period.
+    let packs = store.packs().await?;
+    let unread = match published {
+        Some(topic) => unread_packs(clients, topic, readers).await?,
+        None => HashSet::new(),
+    };
+    let now = codelupe_runtime::records::now_ms();
+    let (deleted, kept) = plan(&packs, &unread, wanted, now, retention);
+    for uri in &deleted {
+        tracing::info!(%uri, "removing pack");
+        store.delete_pack(uri).await?;
+    }
+    // A marker older than the retention period names a pack that is gone or about to
+    // be: without it the repository is cloned again, which is what retention means.
+    for (key, modified_ms) in store.list_json(MARKERS).await? {
+        if now - modified_ms > retention.max_age.as_millis() as i64 {
+            store.delete_json(&key).await?;
+        }
+    }
+    Ok((deleted.len(), kept))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn marker(name: &str, cloned_at_ms: i64, size_bytes: i64) -> Marker {
-        Marker {
-            full_name: name.into(),
-            commit_id: "c".into(),
-            default_branch: None,
-            pushed_at_ms: None,
-            size_bytes,
-            file_count: 0,
-            lines_by_language: BTreeMap::new(),
-            cloned_at_ms,
+    fn pack(name: &str, age_h: i64, bytes: u64, now: i64) -> StoredPack {
+        StoredPack {
+            uri: name.into(),
+            bytes,
+            modified_ms: now - age_h * 3_600_000,
         }
     }
 
     #[test]
-    fn paths_are_safe_and_do_not_collide() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CloneStore::open(dir.path()).unwrap();
-        let a = store.path_for("github.com", "a-b/c").unwrap();
-        let b = store.path_for("github.com", "a/b-c").unwrap();
+    fn marker_keys_are_safe_and_do_not_collide() {
+        let a = marker_key("github.com", "a-b/c").unwrap();
+        let b = marker_key("github.com", "a/b-c").unwrap();
         assert_ne!(a, b);
-        assert!(a.starts_with(store.root()) && b.starts_with(store.root()));
         assert_eq!(
-            store.path_for("github.com", "Owner/Repo.git"),
-            store.path_for("github.com", "owner/repo")
+            marker_key("github.com", "Owner/Repo.git"),
+            marker_key("github.com", "owner/repo")
         );
         for bad in [
             "../x",
@@ -279,65 +317,73 @@ mod tests {
             "a/",
             "a/b\\c",
         ] {
-            assert_eq!(store.path_for("github.com", bad), None, "{bad}");
+            assert_eq!(marker_key("github.com", bad), None, "{bad}");
         }
-        assert_eq!(store.path_for("..", "a/b"), None);
+        assert_eq!(marker_key("..", "a/b"), None);
     }
 
     #[test]
-    fn commit_replaces_and_sweep_applies_retention_then_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CloneStore::open(dir.path()).unwrap();
-        let now = codelupe_runtime::records::now_ms();
-        for (name, age_h, size) in [("o/old", 100, 10), ("o/mid", 2, 600), ("o/new", 1, 600)] {
-            let tmp = store.temporary().unwrap();
-            let dest = store.path_for("h", name).unwrap();
-            store
-                .commit(tmp, &dest, &marker(name, now - age_h * 3_600_000, size))
-                .unwrap();
-            assert_eq!(CloneStore::marker(&dest).unwrap().full_name, name);
-        }
-        // 72 h retention removes o/old; a 1000-byte budget then removes the older of the rest.
-        let deleted = store
-            .sweep(Duration::from_secs(72 * 3600), Some(1000), Duration::ZERO)
-            .unwrap();
-        assert_eq!(deleted, 2);
-        assert!(!store.path_for("h", "o/old").unwrap().exists());
-        assert!(!store.path_for("h", "o/mid").unwrap().exists());
-        assert!(store.path_for("h", "o/new").unwrap().exists());
+    fn a_sweep_takes_expired_then_oldest_over_budget_but_never_unread_or_young() {
+        let now = 1_000 * 3_600_000;
+        let packs = [
+            pack("old", 100, 10, now),
+            pack("old-unread", 90, 10, now),
+            pack("mid", 2, 600, now),
+            pack("new", 1, 600, now),
+            pack("young", 0, 600, now),
+        ];
+        let retention = Retention {
+            max_age: Duration::from_secs(72 * 3600),
+            budget_bytes: Some(1000),
+            grace: Duration::from_secs(600),
+        };
+        let unread: HashSet<String> = ["old-unread".to_string()].into();
+        let (deleted, kept) = plan(&packs, &unread, 0, now, &retention);
+        // 72 h takes old; over budget, mid then new go; unread and young stay, even
+        // though the store is still over its budget.
+        assert_eq!(deleted, ["old", "mid", "new"]);
+        assert_eq!(kept, 610);
+
+        // Within the budget, a read pack stays, unless an upload waits for its room.
+        let read = [pack("read", 2, 600, now)];
+        assert!(plan(&read, &HashSet::new(), 0, now, &retention)
+            .0
+            .is_empty());
+        let (deleted, kept) = plan(&read, &HashSet::new(), 500, now, &retention);
+        assert_eq!((deleted.len(), kept), (1, 0));
+
+        let everything_unread: HashSet<String> = packs.iter().map(|p| p.uri.clone()).collect();
+        let (deleted, kept) = plan(&packs, &everything_unread, 10_000, now, &retention);
+        assert!(deleted.is_empty());
+        assert_eq!(kept, 1820);
     }
 
     #[test]
-    fn open_clears_abandoned_clones_but_not_a_peers_clone_in_progress() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CloneStore::open(dir.path()).unwrap();
-        let in_progress = store.temporary().unwrap();
-        std::fs::create_dir_all(in_progress.path().join("objects")).unwrap();
-        // What a crashed process left: a directory nobody holds a lock on.
-        let abandoned = dir.path().join(".tmp/4242-1-0");
-        std::fs::create_dir_all(abandoned.join("objects")).unwrap();
-
-        // Another replica starts on the same store.
-        CloneStore::open(dir.path()).unwrap();
-        assert!(!abandoned.exists(), "the abandoned clone stayed");
+    fn the_budget_lets_a_pack_in_while_it_fits_or_the_store_is_empty() {
+        let budget = Budget::new(Some(100));
+        assert!(budget.reserve(500), "an empty store takes any pack");
+        assert!(!budget.reserve(1), "nor anything beside it");
+        budget.finished(500, false);
+        assert!(budget.reserve(60));
         assert!(
-            in_progress.path().exists(),
-            "a clone in progress was removed"
+            !budget.reserve(41),
+            "reserved, not written yet: still taken"
         );
-
-        let path = in_progress.path().to_path_buf();
-        drop(in_progress);
-        CloneStore::open(dir.path()).unwrap();
-        assert!(!path.exists(), "released: nobody holds it any more");
-    }
-
-    #[test]
-    fn a_clone_another_replica_removed_first_does_not_stop_the_sweep() {
-        let dir = tempfile::tempdir().unwrap();
-        let gone = dir.path().join("h/o/gone.git");
-        assert!(remove(&gone).is_ok());
-        std::fs::create_dir_all(gone.join("objects")).unwrap();
-        remove(&gone).unwrap();
-        assert!(!gone.exists());
+        budget.finished(60, true);
+        assert!(budget.reserve(40));
+        budget.finished(40, true);
+        assert!(!budget.reserve(1));
+        budget.listing();
+        budget.swept(0);
+        assert!(budget.reserve(10));
+        // A sweep that began listing before that upload finished still counts it.
+        budget.listing();
+        budget.finished(10, true);
+        budget.swept(0);
+        assert!(!budget.reserve(91));
+        budget.listing();
+        budget.swept(0);
+        assert!(budget.reserve(91));
+        assert!(Budget::new(None).reserve(u64::MAX / 2));
     }
 }

@@ -11,23 +11,25 @@ use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{parse, select, Processor, ProcessorOptions};
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::{median, CRATES, ROUNDS};
-use codelupe_testkit::{clone_record, import_tree, registry_crates};
+use codelupe_testkit::{import_tree, registry_crates, unstored_clone_record};
 
+/// A crate as a bare repository, with the record of its commit.
 fn import(
     crate_dir: &std::path::Path,
     store: &std::path::Path,
     work: &std::path::Path,
-) -> RepoClone {
+) -> (RepoClone, git2::Repository) {
     let name = crate_dir.file_name().unwrap().to_string_lossy().to_string();
     let bare = store.join(format!("{name}.git"));
     let commit_id = import_tree(crate_dir, &bare, work);
-    clone_record(&format!("crates/{name}"), &bare, &commit_id)
+    (
+        unstored_clone_record(&format!("crates/{name}"), &commit_id),
+        git2::Repository::open_bare(&bare).unwrap(),
+    )
 }
 
 /// The bare loop: read every blob the path rules keep, parse those with a grammar.
-fn bare_parse(clone: &RepoClone) -> usize {
-    let repo =
-        git2::Repository::open_bare(clone.clone_uri.strip_prefix("file://").unwrap()).unwrap();
+fn bare_parse((clone, repo): &(RepoClone, git2::Repository)) -> usize {
     let tree = repo
         .find_commit(git2::Oid::from_str(&clone.commit_id).unwrap())
         .unwrap()
@@ -61,7 +63,7 @@ fn main() {
     let (store, work) = (dir.path().join("store"), dir.path().join("work"));
     std::fs::create_dir_all(&store).unwrap();
     std::fs::create_dir_all(&work).unwrap();
-    let clones: Vec<RepoClone> = registry_crates(CRATES)
+    let clones: Vec<(RepoClone, git2::Repository)> = registry_crates(CRATES)
         .iter()
         .map(|c| import(c, &store, &work))
         .collect();
@@ -71,7 +73,8 @@ fn main() {
     let processor = |workers, curated: bool| {
         let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
         let mut options = ProcessorOptions {
-            store: store.clone(),
+            store: store.display().to_string(),
+            work_dir: work.clone(),
             workers: std::num::NonZeroUsize::new(workers).unwrap(),
             redact: curated,
             ..Default::default()
@@ -86,7 +89,7 @@ fn main() {
     let files: usize = clones.iter().map(bare_parse).sum();
     let examined: usize = clones
         .iter()
-        .map(|c| one.examine_clone(c).unwrap().len())
+        .map(|c| one.examine(&c.1, &c.0).unwrap().len())
         .sum();
     let (mut bare, mut stage1, mut stage2) = (Vec::new(), Vec::new(), Vec::new());
     let mut with_curation = Vec::new();
@@ -98,12 +101,12 @@ fn main() {
         bare.push(t.elapsed());
         let t = Instant::now();
         clones.iter().for_each(|c| {
-            one.examine_clone(c).unwrap();
+            one.examine(&c.1, &c.0).unwrap();
         });
         stage1.push(t.elapsed());
         let t = Instant::now();
         clones.iter().for_each(|c| {
-            two.examine_clone(c).unwrap();
+            two.examine(&c.1, &c.0).unwrap();
         });
         stage2.push(t.elapsed());
         // A new processor each round: license matches are kept by blob id, and a
@@ -111,7 +114,7 @@ fn main() {
         let curated = processor(1, true);
         let t = Instant::now();
         clones.iter().for_each(|c| {
-            curated.examine_clone(c).unwrap();
+            curated.examine(&c.1, &c.0).unwrap();
         });
         with_curation.push(t.elapsed());
     }

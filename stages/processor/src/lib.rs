@@ -1,5 +1,7 @@
-//! Processor: reads each clone's tree at the published commit straight from the bare
-//! repository (no checkout), selects, filters, parses and scores every file, and
+//! Processor: reads each clone's pack from the clone store by the record's reference
+//! (size and checksum checked), indexes it into a private temporary repository, reads
+//! the tree at the published commit from it (no checkout), selects, filters, parses
+//! and scores every file, and
 //! publishes one `code-files` record per file worth training on, keyed by content
 //! hash. Exact duplicates across repositories are dropped downstream by the batcher,
 //! whose state partitions like `code-files` (same key); within one clone a content is
@@ -21,10 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use codelupe_runtime::clone_store::{self, CloneStore, ReadError};
 use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
+use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -44,7 +48,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     progress: LOOP_PROGRESS,
     flow: LOOP_FLOW,
     // Where the downloader's embedded default puts the clones.
-    offline_options: "{store: .codelupe/clones}",
+    offline_options: "{store: .codelupe/clones, work_dir: .codelupe/work/processor}",
     prepare_offline: None,
     summarize: |seen| {
         vec![format!(
@@ -58,8 +62,11 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorOptions {
-    /// The clone store; clones referenced outside it are refused.
-    pub store: PathBuf,
+    /// The clone store (a URL or a local path, as the downloader's); references
+    /// outside it are refused.
+    pub store: String,
+    /// This replica's own folder for packs being read (shared with no one).
+    pub work_dir: PathBuf,
     pub workers: NonZeroUsize,
     pub min_bytes: usize,
     pub max_bytes: usize,
@@ -78,7 +85,8 @@ pub struct ProcessorOptions {
 impl Default for ProcessorOptions {
     fn default() -> Self {
         Self {
-            store: PathBuf::from("/var/lib/codelupe/clones"),
+            store: "/var/lib/codelupe/clones".into(),
+            work_dir: std::env::temp_dir().join("codelupe-processor"),
             workers: std::thread::available_parallelism()
                 .unwrap_or(NonZeroUsize::new(2).expect("positive")),
             min_bytes: 100,
@@ -103,7 +111,8 @@ pub enum Verdict {
 #[derive(Clone)]
 pub struct Processor {
     options: ProcessorOptions,
-    store: PathBuf,
+    store: Arc<CloneStore>,
+    work: Arc<WorkDir>,
     pool: Arc<rayon::ThreadPool>,
     /// Clones being examined at once: one per worker. Each holds its selected files
     /// read whole, and beyond the pool's width more would only wait for it, holding
@@ -123,10 +132,8 @@ impl Processor {
             .thread_name(|i| format!("processor-{i}"))
             .build()?;
         metrics.worker_count.set(workers as i64);
-        // The clone store bounds what clone URIs may point at, so it must resolve.
-        let store = std::fs::create_dir_all(&options.store)
-            .and_then(|()| options.store.canonicalize())
-            .map_err(|e| anyhow::anyhow!("clone store {}: {e}", options.store.display()))?;
+        let store = Arc::new(CloneStore::open(&options.store)?);
+        let work = Arc::new(WorkDir::open(&options.work_dir)?);
         let benchmarks = Benchmarks::load(&options.decontamination)
             .context("stages.processor.options.decontamination")?;
         if !options.decontamination.benchmarks.is_empty() {
@@ -137,6 +144,7 @@ impl Processor {
         }
         Ok(Self {
             store,
+            work,
             options,
             pool: Arc::new(pool),
             examining: Arc::new(Semaphore::new(workers)),
@@ -146,53 +154,61 @@ impl Processor {
         })
     }
 
-    /// The bare repository of `clone`, which must lie in the clone store, and where.
-    fn open_clone(
+    /// The pack `clone` references, read from the clone store and checked.
+    pub async fn read_pack(
         &self,
         clone: &RepoClone,
-    ) -> Result<(git2::Repository, PathBuf), TransformError<CloneError>> {
-        let path = clone.clone_uri.strip_prefix("file://").ok_or_else(|| {
-            TransformError::permanent(
-                CloneError::RefusedClone,
-                format!("not a file:// clone URI: {}", clone.clone_uri),
-            )
-        })?;
-        let path = PathBuf::from(path);
-        let resolved = path.canonicalize().map_err(|e| {
-            TransformError::permanent(CloneError::MissingClone, format!("{}: {e}", path.display()))
-        })?;
-        if !resolved.starts_with(&self.store) {
-            return Err(TransformError::permanent(
-                CloneError::RefusedClone,
-                format!("{} is outside the clone store", resolved.display()),
-            ));
-        }
-        let repo = git2::Repository::open_bare(&resolved).map_err(|e| corrupt(&resolved, e))?;
-        Ok((repo, resolved))
+    ) -> Result<bytes::Bytes, TransformError<CloneError>> {
+        self.store
+            .read_pack(&clone.pack())
+            .await
+            .map_err(|e| match e {
+                ReadError::Refused(why) => TransformError::permanent(CloneError::RefusedClone, why),
+                ReadError::Missing(why) => TransformError::permanent(CloneError::MissingClone, why),
+                ReadError::Corrupt(why) => TransformError::permanent(CloneError::CorruptClone, why),
+                // The store briefly away: the record waits, it is not dead-lettered.
+                ReadError::Unavailable(why) => {
+                    TransformError::transient(CloneError::StoreUnavailable, why)
+                }
+            })
     }
 
-    /// Every file of `clone` at its commit with its verdict, in tree order.
-    pub fn examine_clone(&self, clone: &RepoClone) -> Result<Verdicts, TransformError<CloneError>> {
-        let (repo, resolved) = self.open_clone(clone)?;
-        let corrupt = |e: git2::Error| corrupt(&resolved, e);
+    /// Every file of `clone` with its verdict, in tree order, from its pack: indexed
+    /// into a temporary repository in this replica's working folder, removed after.
+    pub fn examine_pack(
+        &self,
+        pack: &[u8],
+        clone: &RepoClone,
+    ) -> Result<Verdicts, TransformError<CloneError>> {
+        let dir = self.work.temporary().map_err(|e| {
+            TransformError::retryable(CloneError::Worker, format!("working folder: {e:#}"))
+        })?;
+        let repo = clone_store::unpack(pack, dir.path()).map_err(|e| corrupt(clone, e))?;
+        self.examine(&repo, clone)
+    }
+
+    /// Every file of `clone` at its commit in `repo`, with its verdict, in tree order.
+    pub fn examine(
+        &self,
+        repo: &git2::Repository,
+        clone: &RepoClone,
+    ) -> Result<Verdicts, TransformError<CloneError>> {
+        let corrupt = |e: git2::Error| corrupt(clone, e);
         let oid = git2::Oid::from_str(&clone.commit_id).map_err(corrupt)?;
         let tree = repo
             .find_commit(oid)
             .and_then(|c| c.tree())
             .map_err(corrupt)?;
         let bomb = |why: String| {
-            TransformError::permanent(
-                CloneError::TreeBomb,
-                format!("{}: {why}", resolved.display()),
-            )
+            TransformError::permanent(CloneError::TreeBomb, format!("{}: {why}", clone.clone_uri))
         };
         // Path rules first (cheap), then sizes from object headers, then read the blobs
         // that survive both: a blob is inflated only when it may be kept.
-        let listed = tree::files(&repo, &tree, &self.options.tree).map_err(|e| match e {
+        let listed = tree::files(repo, &tree, &self.options.tree).map_err(|e| match e {
             TreeError::Bomb(why) => bomb(why),
             TreeError::Corrupt(e) => corrupt(e),
         })?;
-        let (keep, license) = self.license_of(&repo, &listed, clone).map_err(corrupt)?;
+        let (keep, license) = self.license_of(repo, &listed, clone).map_err(corrupt)?;
         if !keep {
             let refused = |f: tree::FileEntry| (f.path, Verdict::Skip(Skip::License));
             return Ok(listed.into_iter().map(refused).collect());
@@ -418,10 +434,11 @@ impl Transform for Processor {
         let permit = self.examining.clone().acquire_owned().await.map_err(|e| {
             TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
         })?;
+        let pack = self.read_pack(&clone).await?;
         let this = self.clone();
         let examined = tokio::task::spawn_blocking(move || {
             let _examining = permit;
-            this.examine_clone(&clone)
+            this.examine_pack(&pack, &clone)
         })
         .await
         .map_err(|e| {
@@ -463,10 +480,10 @@ type Language = &'static str;
 type Verdicts = Vec<(String, Verdict)>;
 
 /// A clone whose objects cannot be read, even one file's.
-fn corrupt(clone: &std::path::Path, e: git2::Error) -> TransformError<CloneError> {
+fn corrupt(clone: &RepoClone, e: git2::Error) -> TransformError<CloneError> {
     TransformError::permanent(
         CloneError::CorruptClone,
-        format!("{}: {}", clone.display(), e.message()),
+        format!("{}: {}", clone.clone_uri, e.message()),
     )
 }
 

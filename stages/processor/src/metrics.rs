@@ -50,6 +50,8 @@ codelupe_runtime::label_set! {
         TreeBomb => "tree_bomb",
         /// A worker thread failed (retried first).
         Worker => "worker",
+        /// The clone store did not answer (the record waits; counted, not dead-lettered).
+        StoreUnavailable => "store_unavailable",
     }
 }
 

@@ -11,7 +11,7 @@ use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::CRATES;
-use codelupe_testkit::{clone_record, code_files, registry_crates};
+use codelupe_testkit::{code_files, registry_crates, unstored_clone_record};
 
 fn human_eval() -> PathBuf {
     let path = setup_dir().join("HumanEval.jsonl.gz");
@@ -25,7 +25,8 @@ fn human_eval() -> PathBuf {
 
 fn processor(benchmarks: Vec<PathBuf>, store: &Path) -> Processor {
     let options = ProcessorOptions {
-        store: store.to_path_buf(),
+        store: store.display().to_string(),
+        work_dir: store.with_file_name("work"),
         workers: NonZeroUsize::MIN,
         decontamination: DecontaminationOptions {
             benchmarks,
@@ -38,7 +39,7 @@ fn processor(benchmarks: Vec<PathBuf>, store: &Path) -> Processor {
 }
 
 fn clone() -> RepoClone {
-    clone_record("test/planted", Path::new("/nowhere"), &"0".repeat(40))
+    unstored_clone_record("test/planted", &"0".repeat(40))
 }
 
 /// What a formatter might make of a copy: two-space indents, double quotes, no

@@ -15,7 +15,7 @@ use codelupe_processor::metrics::{ProcessorMetrics, Skip};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{RepoClone, RepoLicense};
-use codelupe_testkit::{all_registry_crates, bare_repo, clone_record};
+use codelupe_testkit::{all_registry_crates, bare_repo, unstored_clone_record};
 
 /// The licenses a crate's `license` field names (its authors' word).
 fn declared(krate: &Path) -> Option<BTreeSet<String>> {
@@ -138,7 +138,8 @@ fn judge(
     let commit = bare_repo(&bare, &files, None);
     let registry = prometheus::Registry::new();
     let options = ProcessorOptions {
-        store: dir.path().canonicalize().unwrap(),
+        store: dir.path().join("store").display().to_string(),
+        work_dir: dir.path().join("work"),
         workers: NonZeroUsize::MIN,
         ..ProcessorOptions::default()
     };
@@ -146,9 +147,10 @@ fn judge(
         Processor::new(options, ProcessorMetrics::register(&registry).unwrap()).unwrap();
     let clone = RepoClone {
         license_reported: reported.map(str::to_string),
-        ..clone_record("acme/repo", &bare, &commit)
+        ..unstored_clone_record("acme/repo", &commit)
     };
-    let verdicts = processor.examine_clone(&clone).unwrap();
+    let repo = git2::Repository::open_bare(&bare).unwrap();
+    let verdicts = processor.examine(&repo, &clone).unwrap();
     let (_, verdict) = verdicts
         .into_iter()
         .find(|(p, _)| p == "src/lib.rs")

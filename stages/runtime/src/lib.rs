@@ -3,6 +3,7 @@
 //! only its own domain logic.
 
 pub mod aggregate;
+pub mod clone_store;
 pub mod codec;
 pub mod config;
 pub mod descriptor;
@@ -18,6 +19,7 @@ pub mod stage;
 pub mod telemetry;
 pub mod topology;
 pub mod tree;
+pub mod work_dir;
 
 pub use codec::AvroRecord;
 pub use pipeline::{Keyed, Transform, TransformError};

@@ -59,8 +59,24 @@ pub struct RepoClone {
     /// The SPDX id GitHub reported (repo-urls' `license_spdx`).
     #[serde(default)]
     pub license_reported: Option<String>,
+    /// The pack at `clone_uri`: its size and hex SHA-256, checked before it is read.
+    #[serde(default)]
+    pub pack_bytes: i64,
+    #[serde(default)]
+    pub pack_sha256: String,
 }
 avro_record!(RepoClone, "repo-clones.avsc");
+
+impl RepoClone {
+    /// The clone store reference this record carries.
+    pub fn pack(&self) -> crate::clone_store::PackRef {
+        crate::clone_store::PackRef {
+            uri: self.clone_uri.clone(),
+            bytes: self.pack_bytes,
+            sha256: self.pack_sha256.clone(),
+        }
+    }
+}
 
 /// The license of a file's repository: what its license files hold, and what GitHub
 /// reported.

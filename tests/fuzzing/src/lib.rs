@@ -289,7 +289,11 @@ fn processor() -> &'static Processor {
     static PROCESSOR: OnceLock<Processor> = OnceLock::new();
     PROCESSOR.get_or_init(|| {
         let options = ProcessorOptions {
-            store: std::env::temp_dir().join("codelupe-fuzz-store"),
+            store: std::env::temp_dir()
+                .join("codelupe-fuzz-store")
+                .display()
+                .to_string(),
+            work_dir: std::env::temp_dir().join("codelupe-fuzz-work"),
             workers: std::num::NonZeroUsize::MIN,
             ..ProcessorOptions::default()
         };
@@ -311,6 +315,8 @@ fn clone() -> RepoClone {
         quality_score: 0.0,
         cloned_at_ms: 0,
         license_reported: None,
+        pack_bytes: 0,
+        pack_sha256: String::new(),
     }
 }
 

@@ -121,7 +121,7 @@ fn write_seed_corpora() {
     let dir = corpus("records");
     let clone = RepoClone {
         full_name: "owner/repo".into(),
-        clone_uri: "file:///var/lib/codelupe/clones/github.com/owner/repo.git".into(),
+        clone_uri: "s3://codelupe/clones/packs/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.pack".into(),
         commit_id: "8c2f6e4d1a0b9c7e5f3a2b1c0d9e8f7a6b5c4d3e".into(),
         default_branch: Some("main".into()),
         size_bytes: 48_213,
@@ -130,6 +130,8 @@ fn write_seed_corpora() {
         quality_score: 0.62,
         cloned_at_ms: 1_764_000_000_000,
         license_reported: None,
+        pack_bytes: 31_007,
+        pack_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
     };
     let (path, content) = &sources[0];
     let content = String::from_utf8_lossy(content).into_owned();

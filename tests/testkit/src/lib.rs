@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use codelupe_runtime::clone_store::{self, CloneStore, PackRef};
 use codelupe_runtime::records::RepoClone;
 
 /// A bare repository at `path` with `files` (path, content) in two commits (the first
@@ -262,12 +263,12 @@ pub fn import_tree(tree: &Path, bare: &Path, work: &Path) -> String {
     String::from_utf8(head.stdout).unwrap().trim().to_string()
 }
 
-/// A `repo-clones` record of `full_name` at `commit` in the bare repository at `path`,
-/// as the downloader publishes one (no GitHub license reported).
-pub fn clone_record(full_name: &str, path: &Path, commit: &str) -> RepoClone {
+/// A `repo-clones` record of `full_name` at `commit` whose pack is `pack`, as the
+/// downloader publishes one (no GitHub license reported).
+pub fn clone_record(full_name: &str, pack: &PackRef, commit: &str) -> RepoClone {
     RepoClone {
         full_name: full_name.into(),
-        clone_uri: format!("file://{}", path.display()),
+        clone_uri: pack.uri.clone(),
         commit_id: commit.into(),
         default_branch: Some("main".into()),
         size_bytes: 0,
@@ -276,7 +277,36 @@ pub fn clone_record(full_name: &str, path: &Path, commit: &str) -> RepoClone {
         quality_score: 50.0,
         cloned_at_ms: codelupe_runtime::records::now_ms(),
         license_reported: None,
+        pack_bytes: pack.bytes,
+        pack_sha256: pack.sha256.clone(),
     }
+}
+
+/// A `repo-clones` record of `full_name` at `commit` with no pack in any store: for
+/// examining a repository where it lies (`Processor::examine`).
+pub fn unstored_clone_record(full_name: &str, commit: &str) -> RepoClone {
+    let nowhere = PackRef {
+        uri: String::new(),
+        bytes: 0,
+        sha256: String::new(),
+    };
+    clone_record(full_name, &nowhere, commit)
+}
+
+/// As the downloader does: packs `commit` of the bare repository at `bare`, writes the
+/// pack to `store`, and returns the record that references it.
+pub async fn stored_clone(
+    store: &CloneStore,
+    full_name: &str,
+    bare: &Path,
+    commit: &str,
+) -> RepoClone {
+    let pack = {
+        let repo = git2::Repository::open_bare(bare).unwrap();
+        clone_store::pack_commit(&repo, git2::Oid::from_str(commit).unwrap()).unwrap()
+    };
+    let reference = store.put_pack(pack.into()).await.unwrap();
+    clone_record(full_name, &reference, commit)
 }
 
 /// Crate sources Cargo downloaded for this build: real code no one here wrote. The

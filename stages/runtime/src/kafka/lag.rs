@@ -34,6 +34,17 @@ impl LagReader {
 
     /// Messages of the topic the group has not committed yet.
     pub fn lag(&mut self) -> anyhow::Result<i64> {
+        Ok(self
+            .unread()?
+            .into_iter()
+            .map(|(_, from, high)| (high - from).max(0))
+            .sum())
+    }
+
+    /// For each partition: the first offset the group has not committed (the low
+    /// watermark when it has committed none, or less than that), and the high
+    /// watermark.
+    pub fn unread(&mut self) -> anyhow::Result<Vec<(i32, i64, i64)>> {
         let timeout = Duration::from_secs(2);
         let partitions = match self.partitions {
             Some(n) => n,
@@ -46,7 +57,7 @@ impl LagReader {
             list.add_partition(&self.topic, p);
         }
         let committed = self.consumer.committed_offsets(list, timeout)?;
-        let mut lag = 0;
+        let mut unread = Vec::new();
         for element in committed.elements() {
             let (low, high) =
                 self.consumer
@@ -55,8 +66,8 @@ impl LagReader {
                 Offset::Offset(o) => o.max(low),
                 _ => low,
             };
-            lag += (high - from).max(0);
+            unread.push((element.partition(), from, high));
         }
-        Ok(lag)
+        Ok(unread)
     }
 }

@@ -20,7 +20,7 @@ use crate::config::KafkaConfig;
 pub use admin::{apply_topology, ApplyReport};
 pub use embedded::EmbeddedBroker;
 pub use lag::LagReader;
-pub use read::{read_partitions, read_to_end};
+pub use read::{read_from, read_partitions, read_to_end};
 
 /// The producers' limit on one record (librdkafka's `message.max.bytes`): above the
 /// largest `max.message.bytes` topology.yaml gives a topic.

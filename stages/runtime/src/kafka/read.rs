@@ -36,6 +36,23 @@ pub async fn read_to_end<S, F>(
     clients: &KafkaClients,
     topic: &str,
     partitions: Option<Vec<i32>>,
+    state: S,
+    apply: F,
+) -> anyhow::Result<S>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8], Option<&[u8]>) -> anyhow::Result<ControlFlow<()>> + Send + 'static,
+{
+    let starts = partitions.map(|ps| ps.into_iter().map(|p| (p, Offset::Beginning)).collect());
+    read_from(clients, topic, starts, state, apply).await
+}
+
+/// As `read_to_end`, from the given offset of each partition (all partitions from the
+/// beginning when None): what a consumer group has left to read, say.
+pub async fn read_from<S, F>(
+    clients: &KafkaClients,
+    topic: &str,
+    starts: Option<Vec<(i32, Offset)>>,
     mut state: S,
     mut apply: F,
 ) -> anyhow::Result<S>
@@ -55,13 +72,16 @@ where
         .context("cannot create a topic reader")?;
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {
-        let partitions = match partitions {
-            Some(partitions) => partitions,
-            None => (0..partition_count(consumer.client(), &topic)?).collect(),
+        let starts = match starts {
+            Some(starts) => starts,
+            None => (0..partition_count(consumer.client(), &topic)?)
+                .map(|p| (p, Offset::Beginning))
+                .collect(),
         };
+        let partitions: Vec<i32> = starts.iter().map(|&(p, _)| p).collect();
         let mut list = TopicPartitionList::new();
-        for &p in &partitions {
-            list.add_partition_offset(&topic, p, Offset::Beginning)?;
+        for (p, start) in starts {
+            list.add_partition_offset(&topic, p, start)?;
         }
         consumer.assign(&list)?;
         // A partition reports its end again after each new record: count partitions

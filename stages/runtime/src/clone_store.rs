@@ -1,0 +1,387 @@
+//! The clone store, a claim check: the downloader writes what the processor needs of
+//! one repository at one commit (a packfile of that commit, its tree and its blobs) as
+//! one object in an object store addressed by URL, and `repo-clones` carries the
+//! reference: the object's URL, size and SHA-256. The processor reads by reference,
+//! checks both, and indexes the pack into a private temporary repository; no folder
+//! is shared between replicas.
+//!
+//! Locations: `file:///path` or a plain path (the embedded default and single-host
+//! Compose), `s3://bucket/prefix` (clusters), `gs://…` and `az://…`. Credentials come
+//! from the environment by each cloud's conventions (`AWS_ACCESS_KEY_ID`,
+//! `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`), never from records or logs.
+//!
+//! An object is named by the SHA-256 of its bytes, and written whole or not at all
+//! (an S3 PUT; a local file is written aside and renamed): a half-written upload is
+//! never visible under a name a record could hold, and two downloaders writing the
+//! same pack write the same bytes to the same name.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Where packs live under the store's URL.
+const PACKS: &str = "packs";
+
+pub struct CloneStore {
+    objects: Arc<dyn ObjectStore>,
+    /// The store's location as a URL, without a trailing slash.
+    url: String,
+}
+
+/// What a `repo-clones` record holds of its object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRef {
+    pub uri: String,
+    pub bytes: i64,
+    pub sha256: String,
+}
+
+/// A pack in the store, as a listing sees it.
+#[derive(Debug, Clone)]
+pub struct StoredPack {
+    pub uri: String,
+    pub bytes: u64,
+    pub modified_ms: i64,
+}
+
+/// Why a referenced pack could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The reference points outside this store, or is no pack name.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("missing: {0}")]
+    Missing(String),
+    /// Size or checksum differ from the reference: never indexed.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// The store did not answer as it should (network, throttling): worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl CloneStore {
+    /// Opens the store at `location`, a URL or a local path (created if missing).
+    pub fn open(location: &str) -> anyhow::Result<Self> {
+        let location = location.trim_end_matches('/');
+        let (scheme, rest) = location.split_once("://").unwrap_or(("file", location));
+        let objects: Arc<dyn ObjectStore> = match scheme {
+            "file" => {
+                std::fs::create_dir_all(rest)
+                    .with_context(|| format!("cannot create clone store {rest}"))?;
+                let root = std::fs::canonicalize(rest)?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
+                return Ok(Self {
+                    objects: Arc::new(local),
+                    url: format!("file://{}", root.display()),
+                });
+            }
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(location)
+                    .build()
+                    .with_context(|| format!("clone store {location}"))?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(location)
+                    .build()
+                    .with_context(|| format!("clone store {location}"))?,
+            ),
+            "az" | "abfs" | "abfss" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(location)
+                    .build()
+                    .with_context(|| format!("clone store {location}"))?,
+            ),
+            other => anyhow::bail!(
+                "clone store {location}: unknown scheme {other:?} (file, s3, gs or az)"
+            ),
+        };
+        // The builders take the bucket from the URL; the path under it is a prefix.
+        let prefix = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+        let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            objects
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(objects, prefix))
+        };
+        Ok(Self {
+            objects,
+            url: location.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn uri_of(&self, key: &Path) -> String {
+        format!("{}/{key}", self.url)
+    }
+
+    /// The key of a pack URI of this store; None for anything else.
+    fn pack_key(&self, uri: &str) -> Option<Path> {
+        let name = uri
+            .strip_prefix(&self.url)?
+            .strip_prefix('/')?
+            .strip_prefix(PACKS)?
+            .strip_prefix('/')?;
+        let hash = name.strip_suffix(".pack")?;
+        is_sha256(hash).then(|| Path::from(format!("{PACKS}/{name}")))
+    }
+
+    /// Writes `pack` under its SHA-256 and returns the reference a record carries.
+    pub async fn put_pack(&self, pack: Bytes) -> anyhow::Result<PackRef> {
+        let sha256 = hex_sha256(&pack);
+        let key = Path::from(format!("{PACKS}/{sha256}.pack"));
+        let bytes = pack.len() as i64;
+        self.objects
+            .put(&key, PutPayload::from_bytes(pack))
+            .await
+            .with_context(|| format!("cannot write {}", self.uri_of(&key)))?;
+        Ok(PackRef {
+            uri: self.uri_of(&key),
+            bytes,
+            sha256,
+        })
+    }
+
+    /// The pack `reference` names, checked against its size and checksum.
+    pub async fn read_pack(&self, reference: &PackRef) -> Result<Bytes, ReadError> {
+        let key = self.pack_key(&reference.uri).ok_or_else(|| {
+            ReadError::Refused(format!(
+                "{} is no pack of the clone store {}",
+                reference.uri, self.url
+            ))
+        })?;
+        let read = async { self.objects.get(&key).await?.bytes().await };
+        let pack = read.await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => ReadError::Missing(reference.uri.clone()),
+            e => ReadError::Unavailable(format!("{}: {e}", reference.uri)),
+        })?;
+        if pack.len() as i64 != reference.bytes {
+            return Err(ReadError::Corrupt(format!(
+                "{}: {} bytes, the record says {}",
+                reference.uri,
+                pack.len(),
+                reference.bytes
+            )));
+        }
+        let sha256 = hex_sha256(&pack);
+        if sha256 != reference.sha256 {
+            return Err(ReadError::Corrupt(format!(
+                "{}: SHA-256 {sha256}, the record says {}",
+                reference.uri, reference.sha256
+            )));
+        }
+        Ok(pack)
+    }
+
+    /// Whether the pack at `uri` is in the store (and the store answers).
+    pub async fn has_pack(&self, uri: &str) -> bool {
+        match self.pack_key(uri) {
+            Some(key) => self.objects.head(&key).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Every pack in the store.
+    pub async fn packs(&self) -> anyhow::Result<Vec<StoredPack>> {
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&Path::from(PACKS)))
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list {}/{PACKS}", self.url))?;
+        Ok(listed
+            .into_iter()
+            .filter(|meta| self.pack_key(&self.uri_of(&meta.location)).is_some())
+            .map(|meta| StoredPack {
+                uri: self.uri_of(&meta.location),
+                bytes: meta.size,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            })
+            .collect())
+    }
+
+    /// Deletes the pack at `uri`; one already gone (another replica's sweep) is fine.
+    pub async fn delete_pack(&self, uri: &str) -> anyhow::Result<()> {
+        let key = self
+            .pack_key(uri)
+            .with_context(|| format!("{uri} is no pack of {}", self.url))?;
+        self.delete(&key).await
+    }
+
+    async fn delete(&self, key: &Path) -> anyhow::Result<()> {
+        match self.objects.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {}", self.uri_of(key))),
+        }
+    }
+
+    /// A small JSON document at `key` (not under `packs/`); None if there is none.
+    pub async fn read_json<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        let key = Path::from(key);
+        match self.objects.get(&key).await {
+            Ok(found) => {
+                let bytes = found.bytes().await?;
+                Ok(serde_json::from_slice(&bytes).ok())
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.uri_of(&key))),
+        }
+    }
+
+    pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> anyhow::Result<()> {
+        let key = Path::from(key);
+        let body = serde_json::to_vec_pretty(value)?;
+        self.objects
+            .put(&key, PutPayload::from(body))
+            .await
+            .with_context(|| format!("cannot write {}", self.uri_of(&key)))?;
+        Ok(())
+    }
+
+    pub async fn delete_json(&self, key: &str) -> anyhow::Result<()> {
+        self.delete(&Path::from(key)).await
+    }
+
+    /// The JSON documents under `prefix`, with when each was written.
+    pub async fn list_json(&self, prefix: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await?;
+        Ok(listed
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.last_modified.timestamp_millis()))
+            .collect())
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// A packfile of `commit` with its tree and every blob and subtree under it: all the
+/// processor reads of a repository, and nothing of its history.
+pub fn pack_commit(repo: &git2::Repository, commit: git2::Oid) -> Result<Vec<u8>, git2::Error> {
+    let commit = repo.find_commit(commit)?;
+    let mut builder = repo.packbuilder()?;
+    builder.insert_commit(commit.id())?;
+    let mut pack = git2::Buf::new();
+    builder.write_buf(&mut pack)?;
+    Ok(pack.to_vec())
+}
+
+/// Indexes `pack` into a new bare repository at `dir` (which must not exist or be
+/// empty) and opens it.
+pub fn unpack(pack: &[u8], dir: &FsPath) -> Result<git2::Repository, git2::Error> {
+    let repo = git2::Repository::init_bare(dir)?;
+    {
+        let odb = repo.odb()?;
+        let mut writer = odb.packwriter()?;
+        std::io::Write::write_all(&mut writer, pack)
+            .map_err(|e| git2::Error::from_str(&format!("cannot index the pack: {e}")))?;
+        writer.commit()?;
+    }
+    Ok(repo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository(dir: &FsPath) -> (git2::Repository, git2::Oid) {
+        let repo = git2::Repository::init_bare(dir).unwrap();
+        let commit = {
+            let blob = repo.blob(b"fn main() {}\n").unwrap();
+            let mut inner = repo.treebuilder(None).unwrap();
+            inner.insert("main.rs", blob, 0o100644).unwrap();
+            let inner = inner.write().unwrap();
+            let mut root = repo.treebuilder(None).unwrap();
+            root.insert("src", inner, 0o040000).unwrap();
+            let tree = repo.find_tree(root.write().unwrap()).unwrap();
+            let who = git2::Signature::now("t", "t@example.com").unwrap();
+            repo.commit(None, &who, &who, "one", &tree, &[]).unwrap()
+        };
+        (repo, commit)
+    }
+
+    #[tokio::test]
+    async fn a_pack_goes_in_by_its_checksum_and_comes_out_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, commit) = repository(&dir.path().join("origin.git"));
+        let pack = pack_commit(&repo, commit).unwrap();
+        let store = CloneStore::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        assert!(store.url().starts_with("file:///"));
+
+        let reference = store.put_pack(Bytes::from(pack.clone())).await.unwrap();
+        assert_eq!(reference.bytes, pack.len() as i64);
+        assert!(reference
+            .uri
+            .ends_with(&format!("/packs/{}.pack", reference.sha256)));
+        assert!(store.has_pack(&reference.uri).await);
+        let read = store.read_pack(&reference).await.unwrap();
+        let copy = unpack(&read, &dir.path().join("copy.git")).unwrap();
+        let tree = copy.find_commit(commit).unwrap().tree().unwrap();
+        let file = tree.get_path(FsPath::new("src/main.rs")).unwrap();
+        assert_eq!(
+            copy.find_blob(file.id()).unwrap().content(),
+            b"fn main() {}\n"
+        );
+
+        let wrong_sum = PackRef {
+            sha256: "0".repeat(64),
+            ..reference.clone()
+        };
+        assert!(matches!(
+            store.read_pack(&wrong_sum).await,
+            Err(ReadError::Corrupt(_))
+        ));
+        let wrong_size = PackRef {
+            bytes: reference.bytes - 1,
+            ..reference.clone()
+        };
+        assert!(matches!(
+            store.read_pack(&wrong_size).await,
+            Err(ReadError::Corrupt(_))
+        ));
+        for outside in [
+            "file:///etc/passwd".to_string(),
+            format!("{}/packs/../../x.pack", store.url()),
+            format!("{}/markers/a.json", store.url()),
+        ] {
+            let refused = PackRef {
+                uri: outside,
+                ..reference.clone()
+            };
+            assert!(matches!(
+                store.read_pack(&refused).await,
+                Err(ReadError::Refused(_))
+            ));
+        }
+
+        assert_eq!(store.packs().await.unwrap().len(), 1);
+        store.delete_pack(&reference.uri).await.unwrap();
+        store.delete_pack(&reference.uri).await.unwrap(); // gone already: fine
+        assert!(matches!(
+            store.read_pack(&reference).await,
+            Err(ReadError::Missing(_))
+        ));
+        assert!(store.packs().await.unwrap().is_empty());
+    }
+}

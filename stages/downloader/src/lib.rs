@@ -180,8 +180,10 @@ impl Downloader {
                 self.failed(f.reason, f.message)
             }
         })?;
-        let bytes = pack.len() as u64;
-        self.wait_for_room(bytes).await;
+        let room = self
+            .budget
+            .room_for(pack.len() as u64, &self.metrics.waiting_for_store)
+            .await;
         let store_error = |e: anyhow::Error| {
             self.metrics.repos_failed.inc(Failure::Store);
             TransformError::transient(
@@ -189,9 +191,8 @@ impl Downloader {
                 format!("cannot write to the clone store: {e:#}"),
             )
         };
-        let written = self.store.put_pack(pack).await;
-        self.budget.finished(bytes, written.is_ok());
-        let written = written.map_err(store_error)?;
+        let written = self.store.put_pack(pack).await.map_err(store_error)?;
+        room.written();
         let marker = Marker {
             full_name: repo.full_name.clone(),
             commit_id: stats.commit_id.clone(),
@@ -220,27 +221,6 @@ impl Downloader {
             .observe(stats.lines_of_code() as f64);
         self.metrics.repos_downloaded.inc();
         Ok(marker)
-    }
-
-    /// Waits while the store is over its budget, asking the sweeper to reclaim what
-    /// the readers have finished: the stage pauses rather than delete unread packs.
-    async fn wait_for_room(&self, bytes: u64) {
-        if self.budget.reserve(bytes) {
-            return;
-        }
-        self.metrics.waiting_for_store.inc();
-        self.budget.want(bytes, true);
-        tracing::info!(
-            stored = self.budget.stored(),
-            bytes,
-            "clone store over budget: waiting for the processor to finish packs"
-        );
-        while !self.budget.reserve(bytes) {
-            self.budget.sweep_now.notify_one();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        self.budget.want(bytes, false);
-        self.metrics.waiting_for_store.dec();
     }
 
     async fn clone_with_retries(&self, source: &Source) -> Result<Packed, CloneFailure> {

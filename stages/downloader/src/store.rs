@@ -25,6 +25,7 @@ use codelupe_runtime::clone_store::{CloneStore, PackRef, StoredPack};
 use codelupe_runtime::codec::AvroRecord as _;
 use codelupe_runtime::kafka::{read_from, KafkaClients, LagReader};
 use codelupe_runtime::records::RepoClone;
+use prometheus::IntGauge;
 use rdkafka::Offset;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -215,12 +216,25 @@ impl Budget {
         self.wanted.load(Ordering::Relaxed)
     }
 
-    /// An upload of `bytes` starts or stops waiting for room.
-    pub fn want(&self, bytes: u64, waiting: bool) {
-        if waiting {
-            self.wanted.fetch_add(bytes, Ordering::Relaxed);
-        } else {
-            self.wanted.fetch_sub(bytes, Ordering::Relaxed);
+    /// Waits until an upload of `bytes` fits, asking the sweeper for room meanwhile
+    /// (counted in `wanted` until it fits or the wait is abandoned); `waiting` is
+    /// raised while it waits.
+    pub async fn room_for(&self, bytes: u64, waiting: &IntGauge) -> Reservation<'_> {
+        if let Some(reservation) = self.reserve(bytes) {
+            return reservation;
+        }
+        tracing::info!(
+            stored = self.stored(),
+            bytes,
+            "clone store over budget: waiting for the processor to finish packs"
+        );
+        let _waiting = Waiting::start(self, bytes, waiting);
+        loop {
+            self.sweep_now.notify_one();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some(reservation) = self.reserve(bytes) {
+                return reservation;
+            }
         }
     }
 
@@ -228,27 +242,79 @@ impl Budget {
     /// checked together cannot all pass on the same room): always when the store
     /// holds and receives nothing, so a pack bigger than the whole budget goes in
     /// alone rather than never.
-    pub fn reserve(&self, bytes: u64) -> bool {
-        let Some(budget) = self.budget_bytes else {
-            self.uploading.fetch_add(bytes, Ordering::Relaxed);
-            return true;
+    pub fn reserve(&self, bytes: u64) -> Option<Reservation<'_>> {
+        let fits = match self.budget_bytes {
+            None => {
+                self.uploading.fetch_add(bytes, Ordering::AcqRel);
+                true
+            }
+            Some(budget) => self
+                .uploading
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |uploading| {
+                    let taken = self.stored() + uploading;
+                    (taken == 0 || taken + bytes <= budget).then_some(uploading + bytes)
+                })
+                .is_ok(),
         };
-        self.uploading
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |uploading| {
-                let taken = self.stored() + uploading;
-                (taken == 0 || taken + bytes <= budget).then_some(uploading + bytes)
-            })
-            .is_ok()
+        // Built only when it fits: dropping one gives its bytes back.
+        fits.then(|| Reservation {
+            budget: self,
+            bytes,
+            written: false,
+        })
     }
+}
 
-    /// A reserved upload ended: written (its bytes are stored now) or not.
-    pub fn finished(&self, bytes: u64, written: bool) {
-        self.uploading.fetch_sub(bytes, Ordering::AcqRel);
-        if written {
-            self.stored.fetch_add(bytes, Ordering::Relaxed);
-            self.written_since_listing
-                .fetch_add(bytes, Ordering::Relaxed);
+/// Room reserved for one upload, given back when dropped: as stored bytes once
+/// `written`, else (a failed upload, or one abandoned at shutdown) as room again.
+pub struct Reservation<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+    written: bool,
+}
+
+impl Reservation<'_> {
+    pub fn written(mut self) {
+        self.written = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let budget = self.budget;
+        budget.uploading.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.written {
+            budget.stored.fetch_add(self.bytes, Ordering::Relaxed);
+            budget
+                .written_since_listing
+                .fetch_add(self.bytes, Ordering::Relaxed);
         }
+    }
+}
+
+/// An upload waiting for room, counted while it lives.
+struct Waiting<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+    gauge: &'a IntGauge,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(budget: &'a Budget, bytes: u64, gauge: &'a IntGauge) -> Self {
+        budget.wanted.fetch_add(bytes, Ordering::Relaxed);
+        gauge.inc();
+        Self {
+            budget,
+            bytes,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.budget.wanted.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.gauge.dec();
     }
 }
 
@@ -361,29 +427,58 @@ mod tests {
     #[test]
     fn the_budget_lets_a_pack_in_while_it_fits_or_the_store_is_empty() {
         let budget = Budget::new(Some(100));
-        assert!(budget.reserve(500), "an empty store takes any pack");
-        assert!(!budget.reserve(1), "nor anything beside it");
-        budget.finished(500, false);
-        assert!(budget.reserve(60));
+        let alone = budget.reserve(500).expect("an empty store takes any pack");
+        assert!(budget.reserve(1).is_none(), "nor anything beside it");
+        drop(alone); // the upload failed: its room is free again
+        let first = budget.reserve(60).unwrap();
         assert!(
-            !budget.reserve(41),
+            budget.reserve(41).is_none(),
             "reserved, not written yet: still taken"
         );
-        budget.finished(60, true);
-        assert!(budget.reserve(40));
-        budget.finished(40, true);
-        assert!(!budget.reserve(1));
+        first.written();
+        budget.reserve(40).unwrap().written();
+        assert!(budget.reserve(1).is_none());
         budget.listing();
         budget.swept(0);
-        assert!(budget.reserve(10));
+        let late = budget.reserve(10).unwrap();
         // A sweep that began listing before that upload finished still counts it.
         budget.listing();
-        budget.finished(10, true);
+        late.written();
         budget.swept(0);
-        assert!(!budget.reserve(91));
+        assert!(budget.reserve(91).is_none());
         budget.listing();
         budget.swept(0);
-        assert!(budget.reserve(91));
-        assert!(Budget::new(None).reserve(u64::MAX / 2));
+        assert!(budget.reserve(91).is_some());
+        assert!(Budget::new(None).reserve(u64::MAX / 2).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_waits_for_room_asks_for_a_sweep_and_gives_up_its_claim_when_abandoned() {
+        let budget = Budget::new(Some(100));
+        let waiting = IntGauge::new("waiting", "waiting").unwrap();
+        budget.reserve(80).unwrap().written();
+        let wait = budget.room_for(50, &waiting);
+        tokio::pin!(wait);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), &mut wait)
+                .await
+                .is_err(),
+            "over budget, it went through"
+        );
+        assert_eq!((budget.wanted(), waiting.get()), (50, 1));
+        budget.listing();
+        budget.swept(0); // the processor finished the 80 bytes; a sweep reclaimed them
+        wait.await.written();
+        assert_eq!((budget.wanted(), waiting.get()), (0, 0));
+
+        let abandoned = budget.room_for(80, &waiting);
+        assert!(tokio::time::timeout(Duration::from_secs(2), abandoned)
+            .await
+            .is_err());
+        assert_eq!(
+            (budget.wanted(), waiting.get()),
+            (0, 0),
+            "a dropped wait still counts"
+        );
     }
 }

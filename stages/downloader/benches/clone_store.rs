@@ -3,8 +3,8 @@
 //!
 //! - before: the bare shallow clone stayed in a shared folder, and the processor opened
 //!   it there (bytes stored: the clone directory);
-//! - after: the clone is made in the downloader's working folder, its commit packed and
-//!   written to the store (upload), then read back by reference, checked and indexed
+//! - after: the clone is made in the downloader's working folder, its pack (the one its
+//!   shallow fetch received) written to the store (upload), then read back by reference, checked and indexed
 //!   into a temporary repository (read), as the processor does (bytes stored: the pack).
 //!
 //! Per repository, medians of ROUNDS rounds: clone ms, pack + upload ms, read ms, and
@@ -88,7 +88,7 @@ async fn main() {
         _ => println!("(no S3 server in the environment: the local folder store only)"),
     }
 
-    for (label, store) in &stores {
+    for (i, (label, store)) in stores.iter().enumerate() {
         println!("\nclone store: {label}, {ROUNDS} rounds, medians");
         println!("repository              clone ms  pack+upload ms  read ms  bare clone KiB  pack KiB  pack/clone");
         let mut rows = Vec::new();
@@ -101,7 +101,7 @@ async fn main() {
             let (mut clones, mut uploads, mut reads) = (Vec::new(), Vec::new(), Vec::new());
             let (mut clone_bytes, mut pack_bytes) = (0, 0);
             for round in 0..ROUNDS {
-                let target = out.join(format!("{name}-{round}.git"));
+                let target = out.join(format!("{i}-{name}-{round}.git"));
                 let t = Instant::now();
                 let repo = clone_bare(&source, &target, limits, None).unwrap();
                 clones.push(t.elapsed());
@@ -109,14 +109,14 @@ async fn main() {
 
                 let t = Instant::now();
                 let head = repo.head().unwrap().peel_to_commit().unwrap().id();
-                let pack = clone_store::pack_commit(&repo, head).unwrap();
+                let pack = clone_store::pack_of(&repo, head).unwrap();
                 let reference = store.put_pack(pack.into()).await.unwrap();
                 uploads.push(t.elapsed());
                 pack_bytes = reference.bytes as u64;
 
                 let t = Instant::now();
                 let read = store.read_pack(&reference).await.unwrap();
-                let into = out.join(format!("{name}-{round}-read.git"));
+                let into = out.join(format!("{i}-{name}-{round}-read.git"));
                 let indexed = clone_store::unpack(&read, &into).unwrap();
                 indexed.find_commit(head).unwrap().tree().unwrap();
                 reads.push(t.elapsed());

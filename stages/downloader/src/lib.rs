@@ -247,7 +247,7 @@ impl Downloader {
                 let repo = clone::clone_bare(&source_c, temporary.path(), limits, token)?;
                 let stats = clone::measure(&repo, &tree_limits)?;
                 let commit = git2::Oid::from_str(&stats.commit_id)
-                    .and_then(|oid| clone_store::pack_commit(&repo, oid))
+                    .and_then(|oid| clone_store::pack_of(&repo, oid))
                     .map_err(|e| CloneFailure {
                         reason: Failure::Store,
                         message: format!("cannot pack the clone: {}", e.message()),

@@ -251,7 +251,7 @@ impl Budget {
             Some(budget) => self
                 .uploading
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |uploading| {
-                    let taken = self.stored() + uploading;
+                    let taken = self.stored.load(Ordering::Acquire) + uploading;
                     (taken == 0 || taken + bytes <= budget).then_some(uploading + bytes)
                 })
                 .is_ok(),
@@ -282,13 +282,16 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         let budget = self.budget;
-        budget.uploading.fetch_sub(self.bytes, Ordering::AcqRel);
+        // Stored before it stops counting as uploading: a reservation checked between
+        // the two sees the bytes twice (too little room for a moment), never nowhere
+        // (the whole budget free while these bytes are in the store).
         if self.written {
-            budget.stored.fetch_add(self.bytes, Ordering::Relaxed);
+            budget.stored.fetch_add(self.bytes, Ordering::AcqRel);
             budget
                 .written_since_listing
-                .fetch_add(self.bytes, Ordering::Relaxed);
+                .fetch_add(self.bytes, Ordering::AcqRel);
         }
+        budget.uploading.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 

@@ -276,11 +276,50 @@ fn hex_sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// What the processor needs of `commit` as one packfile. A shallow clone's objects
+/// are the single pack its fetch received, holding the tip's tree and blobs and no
+/// history: that file is the pack, as it is (packing again would compress every object
+/// again for nothing). Anything else is packed by `pack_commit`.
+pub fn pack_of(repo: &git2::Repository, commit: git2::Oid) -> Result<Vec<u8>, git2::Error> {
+    if repo.is_shallow() {
+        if let Some(pack) = only_pack(&repo.path().join("objects")) {
+            return std::fs::read(&pack)
+                .map_err(|e| git2::Error::from_str(&format!("{}: {e}", pack.display())));
+        }
+    }
+    pack_commit(repo, commit)
+}
+
+/// The one `.pack` file of an object directory holding nothing else (no loose object,
+/// no second pack).
+fn only_pack(objects: &FsPath) -> Option<std::path::PathBuf> {
+    let mut packs = Vec::new();
+    for entry in std::fs::read_dir(objects).ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_str()?;
+        let is_loose_dir = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_loose_dir && std::fs::read_dir(entry.path()).ok()?.next().is_some() {
+            return None;
+        }
+        if name == "pack" {
+            for file in std::fs::read_dir(entry.path()).ok()?.flatten() {
+                let path = file.path();
+                if path.extension().is_some_and(|e| e == "pack") {
+                    packs.push(path);
+                }
+            }
+        }
+    }
+    (packs.len() == 1).then(|| packs.remove(0))
+}
+
 /// A packfile of `commit` with its tree and every blob and subtree under it: all the
 /// processor reads of a repository, and nothing of its history.
 pub fn pack_commit(repo: &git2::Repository, commit: git2::Oid) -> Result<Vec<u8>, git2::Error> {
     let commit = repo.find_commit(commit)?;
     let mut builder = repo.packbuilder()?;
+    // Every core (0: as many threads as the machine has).
+    builder.set_threads(0);
     builder.insert_commit(commit.id())?;
     let mut pack = git2::Buf::new();
     builder.write_buf(&mut pack)?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::clone_store::CloneStore;
-use codelupe_runtime::records::{now_ms, CodeFile, RepoClone, RepoUrl};
+use codelupe_runtime::records::{CodeFile, RepoClone};
 use codelupe_runtime::AvroRecord;
 use sha2::{Digest, Sha256};
 use support::*;
@@ -27,27 +27,6 @@ fn s3_store(prefix: &str) -> String {
          (or `tests/s3/server.sh up` and `eval \"$(tests/s3/server.sh env)\"`)",
     );
     format!("s3://{bucket}/{prefix}")
-}
-
-fn url_record(full_name: &str, clone_url: &str) -> RepoUrl {
-    RepoUrl {
-        full_name: full_name.into(),
-        clone_url: clone_url.into(),
-        default_branch: Some("main".into()),
-        language: Some("Rust".into()),
-        stars: 500,
-        forks: 4,
-        size_kb: 100,
-        topics: vec![],
-        license_spdx: Some("MIT".into()),
-        archived: false,
-        fork: false,
-        created_at_ms: Some(0),
-        pushed_at_ms: Some(1_700_000_000_000),
-        description: None,
-        source: "test".into(),
-        discovered_at_ms: now_ms(),
-    }
 }
 
 /// One replica: its own config (metrics port, working folder), its own process.

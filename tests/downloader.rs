@@ -16,33 +16,12 @@ use codelupe_downloader::metrics::DownloaderMetrics;
 use codelupe_downloader::{Downloader, DownloaderOptions};
 use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
+use codelupe_runtime::records::{RepoClone, RepoUrl};
 use codelupe_runtime::{AvroRecord, Transform};
 use support::*;
 
 const RUST: &str = "fn main() {\n    let x = 1;\n    let y = 2;\n    println!(\"{}\", x + y);\n}\n";
 const PYTHON: &str = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n";
-
-fn url_record(full_name: &str, clone_url: &str) -> RepoUrl {
-    RepoUrl {
-        full_name: full_name.into(),
-        clone_url: clone_url.into(),
-        default_branch: Some("main".into()),
-        language: Some("Rust".into()),
-        stars: 120,
-        forks: 4,
-        size_kb: 10,
-        topics: vec!["cli".into()],
-        license_spdx: Some("MIT".into()),
-        archived: false,
-        fork: false,
-        created_at_ms: Some(0),
-        pushed_at_ms: Some(1_700_000_000_000),
-        description: Some("a fixture".into()),
-        source: "test".into(),
-        discovered_at_ms: now_ms(),
-    }
-}
 
 /// The working folder of a test's downloader, beside its store.
 fn work_dir(store: &Path) -> PathBuf {

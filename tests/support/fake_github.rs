@@ -98,7 +98,11 @@ fn serve(
     let mut authorization = None;
     loop {
         let mut header = String::new();
-        reader.read_line(&mut header)?;
+        if reader.read_line(&mut header)? == 0 {
+            // Closed before the headers ended (a client killed mid-request): no
+            // request was made, so none is recorded.
+            return Ok(());
+        }
         if header.trim().is_empty() {
             break;
         }

@@ -226,6 +226,29 @@ pub fn repo_url(i: usize) -> RepoUrl {
     }
 }
 
+/// A `repo-urls` record of `full_name` at `clone_url` that passes the downloader's
+/// default filter (a licensed, described Rust repository with stars, pushed in 2023).
+pub fn url_record(full_name: &str, clone_url: &str) -> RepoUrl {
+    RepoUrl {
+        full_name: full_name.into(),
+        clone_url: clone_url.into(),
+        default_branch: Some("main".into()),
+        language: Some("Rust".into()),
+        stars: 120,
+        forks: 4,
+        size_kb: 10,
+        topics: vec!["cli".into()],
+        license_spdx: Some("MIT".into()),
+        archived: false,
+        fork: false,
+        created_at_ms: Some(0),
+        pushed_at_ms: Some(1_700_000_000_000),
+        description: Some("a fixture".into()),
+        source: "test".into(),
+        discovered_at_ms: now_ms(),
+    }
+}
+
 /// Sum of the high watermarks of `topic` (records ever written to it, transaction
 /// markers included); 0 while the topic's metadata has not reached the client yet.
 pub fn topic_size(topic: &str, partitions: i32) -> i64 {

@@ -14,27 +14,11 @@
 //!
 //!     cargo bench -p codelupe-downloader --bench clone_store
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use codelupe_downloader::clone::{clone_bare, Limits, Source};
 use codelupe_runtime::clone_store::{self, CloneStore};
-use codelupe_testkit::bench::{median, CRATES, ROUNDS};
-use codelupe_testkit::{import_tree, registry_crates, GitDaemon};
-
-/// Bytes of the files under `dir`.
-fn bytes_under(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let meta = entry.metadata().unwrap();
-        total += if meta.is_dir() {
-            bytes_under(&entry.path())
-        } else {
-            meta.len()
-        };
-    }
-    total
-}
+use codelupe_testkit::bench::{disk_bytes, median, served_crates, ROUNDS};
 
 struct Row {
     clone: Duration,
@@ -46,28 +30,8 @@ struct Row {
 
 #[tokio::main]
 async fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let (srv, work, out) = (
-        dir.path().join("srv"),
-        dir.path().join("work"),
-        dir.path().join("out"),
-    );
-    for d in [&srv, &work, &out] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let names: Vec<String> = registry_crates(&CRATES[..5])
-        .iter()
-        .map(|c| {
-            let name = c.file_name().unwrap().to_string_lossy().to_string();
-            import_tree(c, &srv.join(format!("{name}.git")), &work);
-            name
-        })
-        .collect();
-    assert!(
-        !names.is_empty(),
-        "no crate sources under the Cargo registry"
-    );
-    let daemon = GitDaemon::start(&srv);
+    let (dir, names, daemon) = served_crates(5);
+    let out = dir.path().join("out");
     let limits = Limits {
         max_bytes: 1 << 30,
         timeout: Duration::from_secs(600),
@@ -105,7 +69,7 @@ async fn main() {
                 let t = Instant::now();
                 let repo = clone_bare(&source, &target, limits, None).unwrap();
                 clones.push(t.elapsed());
-                clone_bytes = bytes_under(&target);
+                clone_bytes = disk_bytes(&target);
 
                 let t = Instant::now();
                 let head = repo.head().unwrap().peel_to_commit().unwrap().id();

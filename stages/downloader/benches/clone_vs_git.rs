@@ -10,33 +10,13 @@ use std::time::{Duration, Instant};
 
 use codelupe_downloader::clone::{clone_bare, measure, Limits, Source};
 use codelupe_runtime::tree::TreeLimits;
-use codelupe_testkit::bench::{median, CRATES, ROUNDS};
-use codelupe_testkit::{bare_repo, import_tree, incompressible, registry_crates, GitDaemon};
+use codelupe_testkit::bench::{disk_bytes, median, served_crates, ROUNDS};
+use codelupe_testkit::{bare_repo, incompressible, GitDaemon};
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let (srv, work, out) = (
-        dir.path().join("srv"),
-        dir.path().join("work"),
-        dir.path().join("out"),
-    );
-    for d in [&srv, &work, &out] {
-        std::fs::create_dir_all(d).unwrap();
-    }
     // Five repositories (cloning is slower than reading files), rdkafka-sys the largest.
-    let names: Vec<String> = registry_crates(&CRATES[..5])
-        .iter()
-        .map(|c| {
-            let name = c.file_name().unwrap().to_string_lossy().to_string();
-            import_tree(c, &srv.join(format!("{name}.git")), &work);
-            name
-        })
-        .collect();
-    assert!(
-        !names.is_empty(),
-        "no crate sources found under the Cargo registry"
-    );
-    let daemon = GitDaemon::start(&srv);
+    let (dir, names, daemon) = served_crates(5);
+    let out = dir.path().join("out");
     let port = daemon.port;
     let limits = Limits {
         max_bytes: 1 << 30,
@@ -94,19 +74,7 @@ fn main() {
         total_ours.as_secs_f64() / total_cli.as_secs_f64(),
         total_measured.as_secs_f64() / total_cli.as_secs_f64()
     );
-    branches_saving(&srv, &out, &daemon, limits);
-}
-
-/// Bytes on disk under `dir`.
-fn disk_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| match e.file_type().unwrap().is_dir() {
-            true => disk_bytes(&e.path()),
-            false => e.metadata().unwrap().len(),
-        })
-        .sum()
+    branches_saving(&dir.path().join("srv"), &out, &daemon, limits);
 }
 
 const BRANCHES: usize = 40;

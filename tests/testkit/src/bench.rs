@@ -20,6 +20,44 @@ pub const CRATES: &[&str] = &[
     "syn-2",
 ];
 
+/// The first `count` of `CRATES` as bare repositories served by `git daemon` on
+/// 127.0.0.1, in a temporary folder that also holds an empty `out/` for the clones a
+/// benchmark makes. Returns the folder (kept while it lives), the repositories' names
+/// and the daemon.
+pub fn served_crates(count: usize) -> (tempfile::TempDir, Vec<String>, crate::GitDaemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let (srv, work) = (dir.path().join("srv"), dir.path().join("work"));
+    for d in [&srv, &work, &dir.path().join("out")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let names: Vec<String> = crate::registry_crates(&CRATES[..count])
+        .iter()
+        .map(|c| {
+            let name = c.file_name().unwrap().to_string_lossy().to_string();
+            crate::import_tree(c, &srv.join(format!("{name}.git")), &work);
+            name
+        })
+        .collect();
+    assert!(
+        !names.is_empty(),
+        "no crate sources found under the Cargo registry"
+    );
+    let daemon = crate::GitDaemon::start(&srv);
+    (dir, names, daemon)
+}
+
+/// Bytes of the files under `dir`.
+pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| match e.file_type().unwrap().is_dir() {
+            true => disk_bytes(&e.path()),
+            false => e.metadata().unwrap().len(),
+        })
+        .sum()
+}
+
 /// Alternating rounds of ours and the baseline; each figure is their median.
 pub const ROUNDS: usize = 7;
 

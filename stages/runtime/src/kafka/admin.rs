@@ -58,6 +58,7 @@ pub async fn apply_topology(
         .await?;
     admin.grow(topology, &existing, &mut report).await?;
     admin.report_drift(topology, &existing, &mut report).await?;
+    admin.until_visible(topology, &report.created)?;
     report.unchanged.sort();
     report.unchanged.dedup();
     Ok(report)
@@ -69,6 +70,36 @@ struct Admin {
 }
 
 impl Admin {
+    /// Waits until every topic just created shows all its partitions, each with a
+    /// leader, in the metadata a client reads: the controller answers the creation
+    /// before the brokers know the topic, and a stage started at once would find it
+    /// missing.
+    fn until_visible(&self, topology: &Topology, created: &[String]) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for name in created {
+            let want = topology.topics[name].partitions as usize;
+            loop {
+                let metadata = self
+                    .client
+                    .inner()
+                    .fetch_metadata(Some(name), Duration::from_secs(5))?;
+                let ready = metadata.topics().first().is_some_and(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == want
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                });
+                if ready {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("topic {name} was created but its partitions have no leader after 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the topology's topics the cluster lacks, with their configs.
     async fn create_missing(
         &self,

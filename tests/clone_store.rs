@@ -117,6 +117,20 @@ impl Replica {
     }
 }
 
+/// Waits until one of `replicas` has work in its folder, SIGKILLs it there, and
+/// returns which one and what it left.
+fn kill_one_at_work(replicas: &mut [Replica], what: &str) -> (usize, Vec<String>) {
+    wait_for(what, Duration::from_secs(120), || {
+        replicas.iter().any(|r| !r.work_in_progress().is_empty())
+    });
+    let busy = replicas
+        .iter()
+        .position(|r| !r.work_in_progress().is_empty())
+        .unwrap_or(0);
+    replicas[busy].sigkill();
+    (busy, replicas[busy].work_in_progress())
+}
+
 /// Every pack in the store is whole: its bytes hash to its name.
 async fn every_pack_is_whole(store: &CloneStore) -> usize {
     let packs = store.packs().await.unwrap();
@@ -216,24 +230,8 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
         format!("repo-clones-{suffix}"),
         format!("code-files-{suffix}"),
     );
-    wait_for("work under way", Duration::from_secs(120), || {
-        downloaders.iter().any(|d| !d.work_in_progress().is_empty())
-    });
-    let victim = downloaders
-        .iter()
-        .position(|d| !d.work_in_progress().is_empty())
-        .unwrap_or(0);
-    downloaders[victim].sigkill();
-    let stale_clones = downloaders[victim].work_in_progress();
-    wait_for("a processor reading", Duration::from_secs(120), || {
-        processors.iter().any(|p| !p.work_in_progress().is_empty())
-    });
-    let reader = processors
-        .iter()
-        .position(|p| !p.work_in_progress().is_empty())
-        .unwrap_or(0);
-    processors[reader].sigkill();
-    let stale_reads = processors[reader].work_in_progress();
+    let (victim, stale_clones) = kill_one_at_work(&mut downloaders, "a downloader cloning");
+    let (reader, stale_reads) = kill_one_at_work(&mut processors, "a processor reading");
     println!(
         "{} files expected; killed a downloader with {:?} and a processor with {:?} in progress",
         expected.len(),

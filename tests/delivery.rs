@@ -716,3 +716,108 @@ async fn exactly_once_replica_killed_mid_stream_loses_and_duplicates_nothing() {
         .unwrap();
     assert!(b.0.wait().unwrap().success());
 }
+
+/// Relays each repository once `gate` opens, counting the transforms begun: a record
+/// transformed twice shows as more begun than records.
+struct Gated {
+    gate: tokio::sync::watch::Receiver<bool>,
+    begun: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Transform for Gated {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+    type Reason = HostTrouble;
+
+    async fn transform(
+        &self,
+        input: RepoUrl,
+    ) -> Result<Vec<Keyed<RepoUrl>>, TransformError<HostTrouble>> {
+        self.begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut gate = self.gate.clone();
+        gate.wait_for(|open| *open).await.unwrap();
+        Ok(relayed(input))
+    }
+}
+
+/// A rebalance that moves none of a member's partitions (another member joins the
+/// group for another topic, then leaves) must not replay the member's records in
+/// flight: with the eager protocol every rebalance revoked every partition, and the
+/// member read its uncommitted records again and transformed them a second time (a
+/// downloader cloned a repository twice; a CI run saw it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_that_moves_no_partition_replays_nothing_in_flight() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const TOTAL: usize = 6;
+    let (input, output, dead, other) = (
+        unique("keep-in"),
+        unique("keep-out"),
+        unique("keep-dead"),
+        unique("keep-other"),
+    );
+    create_topics(&[(&input, 3), (&output, 3), (&dead, 1), (&other, 1)]).await;
+    produce(&input, (0..TOTAL).map(repo_url)).await;
+    for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.stages.entry("relay".into()).or_default().delivery = delivery;
+        let (mut stage, clients, shutdown) =
+            relay_stage(dir.path(), [&input, &output, &dead], 3, config);
+        let group = format!("{input}-relay-{delivery:?}");
+        stage.group = Some(group.clone());
+        let registry = stage.registry.clone();
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let begun = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gated = Gated {
+            gate,
+            begun: begun.clone(),
+        };
+        let running =
+            tokio::spawn(async move { codelupe_runtime::pipeline::run(gated, &stage).await });
+        wait_for(
+            &format!("{delivery:?}: every record in flight"),
+            Duration::from_secs(60),
+            || metric(&registry, "codelupe_records_in_flight", None) == TOTAL as f64,
+        );
+
+        // Another member joins the group (for another topic, so it takes none of the
+        // input's partitions), stays a while, and leaves: two rebalances.
+        let intruder: BaseConsumer = clients
+            .consumer_config("intruder", &group)
+            .create()
+            .unwrap();
+        intruder.subscribe(&[&other]).unwrap();
+        wait_for("the other member joined", Duration::from_secs(60), || {
+            intruder.poll(Duration::from_millis(100));
+            intruder.assignment().is_ok_and(|a| a.count() > 0)
+        });
+        let stay = std::time::Instant::now();
+        while stay.elapsed() < Duration::from_secs(3) {
+            intruder.poll(Duration::from_millis(100));
+        }
+        intruder.unsubscribe();
+        drop(intruder);
+        std::thread::sleep(Duration::from_secs(3));
+
+        open.send(true).unwrap();
+        let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &input).unwrap();
+        wait_for(
+            &format!("{delivery:?}: every record committed"),
+            Duration::from_secs(60),
+            || lag.lag().unwrap() == 0,
+        );
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(
+            begun.load(std::sync::atomic::Ordering::SeqCst),
+            TOTAL,
+            "{delivery:?}: records in flight were read again and transformed twice"
+        );
+    }
+    let relayed = read_all(&output, Duration::from_secs(2));
+    assert_eq!(
+        relayed.len(),
+        2 * TOTAL,
+        "one output per record in each mode"
+    );
+}

@@ -90,6 +90,11 @@ impl KafkaClients {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", "2000")
+            // Incremental rebalancing (KIP-429): a member keeps the partitions no one
+            // takes from it. Under the eager protocol every rebalance (a replica added
+            // or gone, a coordinator moving) revoked every partition of every member,
+            // and each read its uncommitted records again and transformed them twice.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             // librdkafka prefetches up to 64 MiB a consumer by default: with records of
             // whole files and up to three consumers a process (neardup), a stage's peak
             // memory followed the backlog. 16 MiB still holds many fetches ahead.

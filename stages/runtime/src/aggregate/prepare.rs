@@ -79,12 +79,24 @@ mod tests {
     async fn results_come_back_in_the_order_added_and_workers_are_bounded() {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
+        let cores = rayon::current_num_threads().min(3);
         let mut ordered = Ordered::new(NonZeroUsize::new(3).unwrap());
         for i in 0..12u64 {
             let (running, most) = (running.clone(), most.clone());
             ordered.add(move || {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
+                // The first jobs wait (boundedly) for one another: other tests share
+                // rayon's pool, so jobs that merely could overlap need not (this test
+                // failed so in a CI run).
+                let waiting = std::time::Instant::now();
+                while (i as usize) < cores
+                    && running.load(Ordering::SeqCst) < cores
+                    && waiting.elapsed() < Duration::from_secs(10)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                most.fetch_max(running.load(Ordering::SeqCst), Ordering::SeqCst);
                 // Earlier jobs take longer, so they finish after later ones.
                 std::thread::sleep(Duration::from_millis(5 * (12 - i)));
                 running.fetch_sub(1, Ordering::SeqCst);
@@ -97,7 +109,6 @@ mod tests {
         }
         assert_eq!(out, (0..12).collect::<Vec<_>>());
         let most = most.load(Ordering::SeqCst);
-        let cores = rayon::current_num_threads().min(3);
         assert!((cores..=3).contains(&most), "{most} jobs ran at once");
     }
 

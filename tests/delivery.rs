@@ -23,14 +23,6 @@ codelupe_runtime::label_set! {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn produce(topic: &str, records: impl Iterator<Item = RepoUrl>) {
     let records = records
         .map(|r| (r.full_name.clone(), r.encode().unwrap()))

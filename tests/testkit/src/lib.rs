@@ -128,12 +128,35 @@ pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A port for a server a test starts (a stage's metrics, a fake service), free now and
+/// below the kernel's ephemeral range: a port from that range (what binding port 0
+/// gives) can be taken meanwhile as the local end of any outgoing connection, such as a
+/// Kafka client's, and stay taken: a fault-harness replica given one could never bind
+/// it (a CI run's downloader failed 48 starts in a row on "Address already in use").
+/// Never the same port twice in one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the fixed ports of this project's servers (metrics 9091-9096, the test
+    // broker 19092-19093, the S3 server 18333 and 19333-19335). A kernel whose
+    // ephemeral range starts lower leaves no such room: any port then.
+    let (low, high) = if ephemeral_low > 21_000 {
+        (20_000, ephemeral_low)
+    } else {
+        (20_000, 60_000)
+    };
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..10_000 {
+        let port = fastrand::u16(low..high);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
 }
 
 /// The daemon binary itself: `git daemon` would run it as a grandchild that outlives
@@ -385,4 +408,22 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_lie_below_the_ephemeral_range_and_never_repeat() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let ports: Vec<u16> = (0..200).map(|_| super::free_port()).collect();
+        if ephemeral_low > 21_000 {
+            assert!(
+                ports.iter().all(|&p| (20_000..ephemeral_low).contains(&p)),
+                "{ports:?}"
+            );
+        }
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }

@@ -13,14 +13,12 @@ pub mod metrics;
 pub mod pack;
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use bloomfilter::Bloom;
 use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
@@ -30,6 +28,7 @@ use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, Split, TrainingBatch};
 use codelupe_runtime::{StageRuntime, TransformError};
 use futures::future::BoxFuture;
+use growable_bloom_filter::{GrowableBloom, GrowableBloomBuilder};
 
 use crate::document::DocumentOptions;
 use crate::metrics::{BatcherMetrics, FileError};
@@ -107,11 +106,8 @@ pub struct BatcherOptions {
     /// Seal partial batches (padded with end-of-text) once the input has paused this
     /// long, so the tail of a stream reaches the trainer; 0 keeps them until full.
     pub flush_idle_ms: u64,
-    /// Files per input partition the dedup filter is sized for: its memory is fixed
-    /// (about 5.4 bytes a file at the default rate), its false-positive rate holds up
-    /// to this many files and grows past them.
-    pub dedup_capacity: NonZeroUsize,
-    /// Chance that a file never seen is taken for a duplicate (and dropped).
+    /// Chance that a file never seen is taken for a duplicate (and dropped), at any
+    /// number of files: the dedup filter grows with the files it marks.
     pub dedup_false_positive_rate: f64,
 }
 
@@ -124,7 +120,6 @@ impl Default for BatcherOptions {
             document: DocumentOptions::default(),
             seen_topic: "batcher-seen".into(),
             flush_idle_ms: 30_000,
-            dedup_capacity: NonZeroUsize::new(2_000_000).expect("positive"),
             dedup_false_positive_rate: 1e-9,
         }
     }
@@ -138,11 +133,8 @@ struct Member {
 }
 
 struct PartitionState {
-    /// First 128 bits of each content hash packed or being packed, in a Bloom filter:
-    /// bounded memory, where an exact set grows with the corpus (about 40 bytes a file).
-    seen: Bloom<u128>,
-    /// Files in `seen`, to warn once it passes its capacity.
-    marks: usize,
+    /// First 128 bits of each content hash packed or being packed (see [`seen_filter`]).
+    seen: GrowableBloom,
     train: Packer<Member>,
     eval: Packer<Member>,
 }
@@ -159,6 +151,27 @@ fn dedup_key(content_hash: &str) -> Option<u128> {
     u128::from_str_radix(content_hash.get(..32)?, 16).ok()
 }
 
+/// Files the first of a partition's dedup filters holds (about 100 KB at 1e-9).
+const FIRST_FILTER_FILES: usize = 16_384;
+
+/// A partition's dedup filter: a scalable Bloom filter (Almeida et al.), a chain of
+/// filters each twice the files of the one before at a tighter rate, so its memory
+/// follows the files marked (at 1e-9, 6 bytes a file once its last filter is full, 18
+/// right after it adds the next) and its false-positive rate stays under
+/// `false_positive_rate` at any count. One filter sized up front for two million files
+/// held 10.8 MB a partition, touched page by page at random: a few hundred files made
+/// it all resident.
+fn seen_filter(false_positive_rate: f64) -> GrowableBloom {
+    // The chain's rates sum to at most the first's / (1 - r), r the tightening ratio.
+    let tightening = 0.85;
+    GrowableBloomBuilder::new()
+        .estimated_insertions(FIRST_FILTER_FILES)
+        .desired_error_ratio(false_positive_rate * (1.0 - tightening))
+        .growth_factor(2)
+        .tightening_ratio(tightening)
+        .build()
+}
+
 impl Batcher {
     pub fn new(
         tokenizer: CodeTokenizer,
@@ -168,6 +181,10 @@ impl Batcher {
     ) -> anyhow::Result<Self> {
         if options.sequence_length == 0 || options.sequences_per_batch == 0 {
             bail!("stages.batcher.options: sequence_length and sequences_per_batch must be > 0");
+        }
+        let rate = options.dedup_false_positive_rate;
+        if !(rate > 0.0 && rate < 1.0) {
+            bail!("stages.batcher.options.dedup_false_positive_rate must lie between 0 and 1, not {rate}");
         }
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
@@ -187,24 +204,15 @@ impl Batcher {
             .filter(|p| !self.partitions.contains_key(p))
             .collect();
         let started = Instant::now();
-        let (capacity, rate) = (
-            self.options.dedup_capacity.get(),
-            self.options.dedup_false_positive_rate,
-        );
-        // A partition's marks, and how many.
+        let rate = self.options.dedup_false_positive_rate;
         let loaded = kafka::read_partitions(
             &self.clients,
             &self.options.seen_topic,
             &missing,
-            || {
-                let filter = Bloom::new_for_fp_rate(capacity, rate)
-                    .map_err(|e| anyhow::anyhow!("stages.batcher.options dedup filter: {e}"))?;
-                Ok((filter, 0usize))
-            },
-            |(seen, marks): &mut (Bloom<u128>, usize), key, _| {
+            || Ok(seen_filter(rate)),
+            |seen: &mut GrowableBloom, key, _| {
                 if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
-                    seen.set(&key);
-                    *marks += 1;
+                    seen.insert(key);
                 }
                 Ok(ControlFlow::Continue(()))
             },
@@ -216,13 +224,12 @@ impl Batcher {
             self.options.sequences_per_batch,
             self.tokenizer.end_of_text,
         );
-        for (partition, (seen, marks)) in loaded {
-            tracing::info!(partition, marks, elapsed = ?started.elapsed(), "dedup state loaded");
+        for (partition, seen) in loaded {
+            tracing::info!(partition, marks = seen.len(), elapsed = ?started.elapsed(), "dedup state loaded");
             self.partitions.insert(
                 partition,
                 PartitionState {
                     seen,
-                    marks,
                     train: Packer::new(len, per, eot),
                     eval: Packer::new(len, per, eot),
                 },
@@ -344,21 +351,12 @@ impl Aggregate for Batcher {
             .partitions
             .get_mut(&at.partition)
             .expect("loaded above");
-        if state.seen.check_and_set(&key) {
+        if state.seen.check_and_set(key) {
             self.metrics.duplicates_dropped.inc();
             return Ok(Step {
                 finished: vec![at],
                 ..Step::default()
             });
-        }
-        state.marks += 1;
-        if state.marks == self.options.dedup_capacity.get() + 1 {
-            tracing::warn!(
-                partition = at.partition,
-                capacity = self.options.dedup_capacity,
-                "the dedup filter passed its capacity: its false-positive rate grows from here \
-                 (raise stages.batcher.options.dedup_capacity)"
-            );
         }
         let tokens = tokens.map_err(|e| TransformError::permanent(FileError::Tokenize, e))?;
         let eval = document::is_eval(&file.content_hash, self.options.document.eval_share);
@@ -440,15 +438,35 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The filter's size is fixed by its capacity, and at capacity its false-positive
-    /// rate is what was asked for (within sampling noise).
+    /// Bytes the filter's bit arrays hold, read from its serialized form.
+    fn filter_bytes(filter: &GrowableBloom) -> usize {
+        let value = serde_json::to_value(filter).unwrap();
+        value["b"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|bloom| bloom["b"].as_array().unwrap().len())
+            .sum()
+    }
+
+    /// The option that sized the old filter is refused by name, not ignored.
     #[test]
-    fn the_dedup_filter_is_bounded_and_holds_its_false_positive_rate_at_capacity() {
-        let (capacity, rate) = (100_000, 1e-4);
-        let mut filter: Bloom<u128> = Bloom::new_for_fp_rate(capacity, rate).unwrap();
-        let bits = filter.len();
-        // -n ln p / ln² 2 bits: about 19.2 bits (2.4 bytes) a file at 1e-4.
-        assert!((1_900_000..2_000_000).contains(&bits), "{bits} bits");
+    fn a_configuration_naming_the_old_dedup_capacity_is_refused() {
+        let error = serde_json::from_str::<BatcherOptions>(r#"{"dedup_capacity": 2000000}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("dedup_capacity"), "{error}");
+        let options: BatcherOptions =
+            serde_json::from_str(r#"{"dedup_false_positive_rate": 1e-6}"#).unwrap();
+        assert_eq!(options.dedup_false_positive_rate, 1e-6);
+    }
+
+    /// Its memory follows the files marked (a filter sized up front did not), and its
+    /// false-positive rate holds at many times the first filter's files.
+    #[test]
+    fn the_dedup_filter_grows_with_the_files_marked_and_holds_its_rate() {
+        let rate = 1e-4;
+        let mut filter = seen_filter(rate);
         let mut x: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834;
         let mut next = || {
             x ^= x << 13;
@@ -456,13 +474,31 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for _ in 0..capacity {
-            filter.set(&next());
+        let mut bytes_at = Vec::new();
+        // 1, 3, 7 and 15 times the first filter's files: each chain exactly full.
+        for files in [1, 3, 7, 15].map(|n| n * FIRST_FILTER_FILES) {
+            while filter.len() < files {
+                filter.insert(next());
+            }
+            bytes_at.push((files, filter_bytes(&filter)));
         }
-        assert_eq!(filter.len(), bits, "the filter did not grow");
+        let per_file: Vec<f64> = bytes_at
+            .iter()
+            .map(|(f, b)| *b as f64 / *f as f64)
+            .collect();
+        // -ln p / ln² 2 bits a file for one filter at p: 2.4 bytes at 1e-4; the chain's
+        // first filter is at 0.15 p and the later ones tighter still.
+        for b in &per_file {
+            assert!((2.4..4.0).contains(b), "{per_file:?} bytes a file");
+        }
+        let (small, large) = (bytes_at[0].1, bytes_at[3].1);
+        assert!(
+            large > 12 * small,
+            "{bytes_at:?}: memory did not grow with the files"
+        );
         let trials = 1_000_000;
-        let false_positives = (0..trials).filter(|_| filter.check(&next())).count();
-        // Expected 100; 300 is far outside the noise.
+        let false_positives = (0..trials).filter(|_| filter.contains(next())).count();
+        // At most 100 expected; 300 is far outside the noise.
         assert!(false_positives < 300, "{false_positives} in {trials}");
     }
 }

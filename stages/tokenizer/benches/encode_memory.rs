@@ -1,0 +1,161 @@
+//! The memory one long text takes to encode, and the time: `CodeTokenizer::encode`
+//! (in pieces) against the `tokenizers` crate encoding the whole text at once, with the
+//! same tokenizer (fitted here on crate sources Cargo downloaded), on real code made
+//! into texts of 100 KB to 1 MB. Each measure runs in a process of its own, so what
+//! one freed cannot lower another's peak: the peak is VmHWM over VmRSS before encoding.
+//!
+//!     cargo bench -p codelupe-tokenizer --bench encode_memory
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use codelupe_tokenizer::CodeTokenizer;
+
+const SIZES: [usize; 4] = [100_000, 300_000, 700_000, 1_000_000];
+
+/// Real code, `bytes` of it (whole files, the last one cut at a line).
+fn text_of(bytes: usize) -> String {
+    let mut text = String::new();
+    for krate in codelupe_testkit::all_registry_crates() {
+        for entry in walk(&krate.join("src")) {
+            if let Ok(source) = std::fs::read_to_string(&entry) {
+                text.push_str(&source);
+                if text.len() >= bytes {
+                    let cut = text[..bytes].rfind('\n').map_or(bytes, |at| at + 1);
+                    text.truncate(cut);
+                    return text;
+                }
+            }
+        }
+    }
+    panic!("the registry holds less than {bytes} bytes of Rust");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A field of /proc/self/status, in kB.
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// In a child: encodes `bytes` of text one `way`, prints "tokens seconds peak_kb".
+fn measure(tokenizer_path: &Path, way: &str, bytes: usize) {
+    let text = text_of(bytes);
+    let ours = CodeTokenizer::load(tokenizer_path).unwrap();
+    let theirs = tokenizers::Tokenizer::from_file(tokenizer_path).unwrap();
+    // Warm both (the BPE cache, the allocator) on a small text first.
+    let warm = &text[..text[..10_000].rfind('\n').unwrap()];
+    ours.encode(warm).unwrap();
+    theirs.encode_fast(warm, false).unwrap();
+    // Writing 5 to clear_refs sets VmHWM back to VmRSS.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = status_kb("VmRSS:");
+    let started = Instant::now();
+    let tokens = match way {
+        "pieces" => ours.encode(&text).unwrap().len(),
+        _ => theirs
+            .encode_fast(text.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .len(),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{tokens} {seconds} {}",
+        status_kb("VmHWM:").saturating_sub(before)
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, path, way, bytes] = &args[..] {
+        if flag == "--measure" {
+            return measure(Path::new(path), way, bytes.parse().unwrap());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    let sample = text_of(2_000_000);
+    let lines: Vec<String> = sample.lines().map(|l| format!("{l}\n")).collect();
+    CodeTokenizer::train(lines.iter(), 8192)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    println!("text      tokens  whole: peak MB  bytes/byte  tokens/s   pieces: peak MB  bytes/byte  tokens/s   peak ratio  speed ratio");
+    for bytes in SIZES {
+        let run = |way: &str| -> (usize, f64, f64) {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args(["--measure", path.to_str().unwrap(), way, &bytes.to_string()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = String::from_utf8(out.stdout).unwrap();
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        };
+        // Best of three each, alternating.
+        let (mut whole, mut pieces) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            whole.push(run("whole"));
+            pieces.push(run("pieces"));
+        }
+        let best = |runs: &[(usize, f64, f64)]| {
+            let tokens = runs[0].0;
+            assert!(runs.iter().all(|r| r.0 == tokens));
+            let seconds = runs.iter().map(|r| r.1).fold(f64::MAX, f64::min);
+            let peak_kb = runs.iter().map(|r| r.2).fold(f64::MAX, f64::min);
+            (tokens, seconds, peak_kb)
+        };
+        let (w, p) = (best(&whole), best(&pieces));
+        assert_eq!(w.0, p.0, "the pieces made another number of tokens");
+        let mb = |kb: f64| kb / 1024.0;
+        println!(
+            "{:>4} KB  {:>7}  {:>14.1}  {:>10.0}  {:>8.0}   {:>15.1}  {:>10.0}  {:>8.0}   {:>9.3}x  {:>10.2}x",
+            bytes / 1000,
+            w.0,
+            mb(w.2),
+            w.2 * 1024.0 / bytes as f64,
+            w.0 as f64 / w.1,
+            mb(p.2),
+            p.2 * 1024.0 / bytes as f64,
+            p.0 as f64 / p.1,
+            p.2 / w.2,
+            w.1 / p.1,
+        );
+    }
+}

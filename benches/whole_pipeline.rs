@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use codelupe_runtime::config::KafkaConfig;
 use codelupe_runtime::kafka::{KafkaClients, LagReader};
+use codelupe_testkit::bench::proc_status_kb;
 use support::fake_github::{FakeGithub, FakeRepo};
 use support::*;
 
@@ -241,14 +242,8 @@ impl Process {
     /// Reads the process's peak RSS and CPU time so far from /proc.
     fn sample(&mut self) {
         let pid = self.child.id();
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            {
-                self.peak_rss_kb = self.peak_rss_kb.max(kb);
-            }
+        if let Some(kb) = proc_status_kb(&pid.to_string(), "VmHWM:") {
+            self.peak_rss_kb = self.peak_rss_kb.max(kb);
         }
         if let Some(cpu_s) = cpu_seconds(pid) {
             self.cpu_s = cpu_s;

@@ -6,68 +6,44 @@
 //!
 //!     cargo bench -p codelupe-tokenizer --bench encode_memory
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use codelupe_tokenizer::CodeTokenizer;
+use codelupe_testkit::bench::proc_status_kb;
+use codelupe_tokenizer::{sample, CodeTokenizer};
 
 const SIZES: [usize; 4] = [100_000, 300_000, 700_000, 1_000_000];
 
-/// Real code, `bytes` of it (whole files, the last one cut at a line).
-fn text_of(bytes: usize) -> String {
-    let mut text = String::new();
-    for krate in codelupe_testkit::all_registry_crates() {
-        for entry in walk(&krate.join("src")) {
-            if let Ok(source) = std::fs::read_to_string(&entry) {
-                text.push_str(&source);
-                if text.len() >= bytes {
-                    let cut = text[..bytes].rfind('\n').map_or(bytes, |at| at + 1);
-                    text.truncate(cut);
-                    return text;
-                }
-            }
-        }
-    }
-    panic!("the registry holds less than {bytes} bytes of Rust");
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            files.push(path);
-        }
-    }
-    files
-}
-
-/// A field of /proc/self/status, in kB.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
+/// Source files of the crates Cargo downloaded, as `codelupe tokenizer train` samples
+/// a folder.
+fn sources() -> Vec<String> {
+    sample::from_dirs(&codelupe_testkit::all_registry_crates(), 3_000)
         .unwrap()
+        .texts
+}
+
+/// `bytes` of real code: whole files, the last one cut at a line.
+fn text_of(sources: &[String], bytes: usize) -> String {
+    let mut text = String::new();
+    for source in sources {
+        text.push_str(source);
+        if text.len() >= bytes {
+            let cut = text[..bytes].rfind('\n').map_or(bytes, |at| at + 1);
+            text.truncate(cut);
+            return text;
+        }
+    }
+    panic!("the registry holds less than {bytes} bytes of source");
+}
+
+fn status_kb(field: &str) -> u64 {
+    proc_status_kb("self", field).unwrap()
 }
 
 /// In a child: encodes `bytes` of text one `way`, prints "tokens seconds peak_kb".
 fn measure(tokenizer_path: &Path, way: &str, bytes: usize) {
-    let text = text_of(bytes);
+    let text = text_of(&sources(), bytes);
     let ours = CodeTokenizer::load(tokenizer_path).unwrap();
     let theirs = tokenizers::Tokenizer::from_file(tokenizer_path).unwrap();
     // Warm both (the BPE cache, the allocator) on a small text first.
@@ -102,9 +78,7 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
-    let sample = text_of(2_000_000);
-    let lines: Vec<String> = sample.lines().map(|l| format!("{l}\n")).collect();
-    CodeTokenizer::train(lines.iter(), 8192)
+    CodeTokenizer::train(sources().iter(), 8192)
         .unwrap()
         .save(&path)
         .unwrap();

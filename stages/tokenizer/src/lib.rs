@@ -117,7 +117,7 @@ impl CodeTokenizer {
     ///
     /// A long text is encoded a piece at a time: the `tokenizers` crate holds over a
     /// hundred bytes for every byte it encodes at once (alignments, token strings,
-    /// offsets): 86 MB for a moment for a file of 700 KB, 5 MB in pieces (`cargo bench
+    /// offsets): 73 MB for a moment for a file of 700 KB, 1.5 MB in pieces (`cargo bench
     /// -p codelupe-tokenizer --bench encode_memory`). Where [`pieces`] cuts, no
     /// pre-tokenizer of the byte-level BPEs in use (GPT-2's, Qwen's, Llama 3's,
     /// StarCoder's) puts one pre-token across, so the ids are those of the whole text.
@@ -222,12 +222,7 @@ mod tests {
     fn a_tokenizer_from_elsewhere_gets_the_missing_special_tokens() {
         // A byte-level BPE with only an end-of-text token of another spelling, as a
         // Qwen or GPT-2 style tokenizer.json has.
-        let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
-            .vocab_size(300)
-            .special_tokens(vec![AddedToken::from("<|im_end|>", true)])
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .build()
-            .into();
+        let mut trainer = byte_level_trainer(300, "<|im_end|>");
         let mut foreign = Tokenizer::new(BPE::default());
         foreign
             .with_pre_tokenizer(Some(ByteLevel::new(false, true, true)))
@@ -246,6 +241,17 @@ mod tests {
         assert_eq!(loaded.decode(&[loaded.fim_middle]).unwrap(), FIM_MIDDLE);
         let text = "fn main() {}\n";
         assert_eq!(loaded.decode(&loaded.encode(text).unwrap()).unwrap(), text);
+    }
+
+    /// A byte-level BPE trainer with one special token, as a tokenizer.json from
+    /// elsewhere is made.
+    fn byte_level_trainer(vocab_size: usize, special: &str) -> tokenizers::models::TrainerWrapper {
+        BpeTrainer::builder()
+            .vocab_size(vocab_size)
+            .special_tokens(vec![AddedToken::from(special, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into()
     }
 
     pub(crate) fn corpus() -> Vec<String> {
@@ -350,12 +356,7 @@ mod tests {
                 ByteLevel::new(false, false, false).into(),
             ])))
             .with_decoder(Some(ByteLevel::default()));
-        let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
-            .vocab_size(2000)
-            .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .build()
-            .into();
+        let mut trainer = byte_level_trainer(2000, "<|endoftext|>");
         qwen.train(&mut trainer, corpus.iter()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");

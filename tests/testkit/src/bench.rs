@@ -58,6 +58,20 @@ pub fn disk_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// A field of a process's /proc status in kB (`"VmHWM:"`, `"VmRSS:"`); `process` is a
+/// pid or `self`. None once the process is gone.
+pub fn proc_status_kb(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Alternating rounds of ours and the baseline; each figure is their median.
 pub const ROUNDS: usize = 7;
 

@@ -143,11 +143,14 @@ pub fn free_port() -> u16 {
     // Above the fixed ports of this project's servers (metrics 9091-9096, the test
     // broker 19092-19093, the S3 server 18333 and 19333-19335). A kernel whose
     // ephemeral range starts lower leaves no such room: any port then.
-    let (low, high) = if ephemeral_low > 21_000 {
-        (20_000, ephemeral_low)
-    } else {
-        (20_000, 60_000)
-    };
+    let (low, high) = (
+        20_000,
+        if ephemeral_low > 21_000 {
+            ephemeral_low
+        } else {
+            60_000
+        },
+    );
     let mut given = GIVEN.lock().unwrap();
     for _ in 0..10_000 {
         let port = fastrand::u16(low..high);

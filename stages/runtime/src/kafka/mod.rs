@@ -26,6 +26,16 @@ pub use read::{read_from, read_partitions, read_to_end};
 /// largest `max.message.bytes` topology.yaml gives a topic.
 pub const MAX_RECORD_BYTES: usize = 8 << 20;
 
+/// The consumers' prefetch queue: records read ahead of the stage, decompressed.
+const PREFETCH_KBYTES: usize = 4096;
+
+/// The compressed bytes one fetch asks for, all partitions together (librdkafka's
+/// smallest allowed: its `message.max.bytes`, 1,000,000, rounded up).
+const FETCH_MAX_BYTES: usize = 1 << 20;
+
+/// Room in a fetch response beyond its batches: headers, topic and partition names.
+const RESPONSE_FRAMING_BYTES: usize = 1 << 20;
+
 /// Where the brokers are and the extra client properties; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KafkaClients {
@@ -95,10 +105,24 @@ impl KafkaClients {
             // or gone, a coordinator moving) revoked every partition of every member,
             // and each read its uncommitted records again and transformed them twice.
             .set("partition.assignment.strategy", "cooperative-sticky")
-            // librdkafka prefetches up to 64 MiB a consumer by default: with records of
-            // whole files and up to three consumers a process (neardup), a stage's peak
-            // memory followed the backlog. 16 MiB still holds many fetches ahead.
-            .set("queued.max.messages.kbytes", "16384");
+            // The prefetch queue librdkafka keeps is bounded by its records' bytes, but
+            // it is checked only before a fetch, and one fetch response holds up to
+            // `fetch.max.bytes` of *compressed* batches (by default as much as the
+            // queue's whole bound), each decompressed whole and kept until its last
+            // record is consumed. The producers write zstd, about 5x on source code:
+            // a batcher behind on a backlog held 88 MB of decompressed fetches
+            // (heaptrack) next to a 16 MiB queue, and its peak memory followed the
+            // backlog. Small fetches bound it; one record larger than a fetch is still
+            // returned whole (KIP-74).
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES.to_string())
+            .set("fetch.max.bytes", FETCH_MAX_BYTES.to_string())
+            // Otherwise librdkafka sets it just above `fetch.max.bytes`, and it also
+            // caps decompression: a batch is decompressed into a buffer tripled until
+            // it fits, so a record of MAX_RECORD_BYTES may need three times that.
+            .set(
+                "receive.message.max.bytes",
+                (3 * MAX_RECORD_BYTES + RESPONSE_FRAMING_BYTES).to_string(),
+            );
         for (k, v) in &self.consumer_extra {
             config.set(k, v);
         }
@@ -183,5 +207,86 @@ pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> any
             Ok(t.partitions().len() as i32)
         }
         _ => bail!("topic {topic} does not exist (run `codelupe topology apply`)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(config: &ClientConfig, key: &str) -> usize {
+        config
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} is not set"))
+            .parse()
+            .unwrap()
+    }
+
+    /// A fetch response decompressed at zstd's ratio on source code (4-5x) must fit
+    /// the prefetch queue's bound, or a backlog decides the memory (librdkafka's
+    /// default fetch is the queue's whole bound, compressed).
+    #[test]
+    fn a_decompressed_fetch_fits_the_prefetch_bound() {
+        let clients = KafkaClients::new("127.0.0.1:9", &KafkaConfig::default());
+        let config = clients.consumer_config("test", "group");
+        let fetch = setting(&config, "fetch.max.bytes");
+        let queue = setting(&config, "queued.max.messages.kbytes") * 1024;
+        assert!(
+            4 * fetch <= queue,
+            "fetch.max.bytes {fetch} decompresses to more than the prefetch queue's {queue} bytes"
+        );
+        // librdkafka refuses a fetch smaller than a record it may be sent.
+        assert!(fetch >= 1_000_000);
+        // A record the producers may write still arrives, and decompresses.
+        assert!(setting(&config, "receive.message.max.bytes") >= 3 * MAX_RECORD_BYTES);
+    }
+
+    /// The small fetches still bring records many times their size, whole, however
+    /// well they compress (librdkafka's decompression buffer grows threefold, up to
+    /// `receive.message.max.bytes`: at its default for these fetches the 5 MiB record
+    /// failed as invalid compressed data).
+    #[test]
+    fn records_larger_than_a_fetch_are_consumed_whole() {
+        for size in [5 * FETCH_MAX_BYTES, MAX_RECORD_BYTES - (64 << 10)] {
+            consumed_whole(size);
+        }
+    }
+
+    fn consumed_whole(size: usize) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::BaseRecord;
+        use rdkafka::Message;
+
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("large", 1, 1).unwrap();
+        let clients = KafkaClients::new(cluster.bootstrap_servers(), &KafkaConfig::default());
+        let producer: BaseProducer = clients.producer_config("test").create().unwrap();
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        producer
+            .send(BaseRecord::to("large").key("k").payload(&payload))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+
+        let consumer: BaseConsumer = clients
+            .consumer_config("test", "large-reader")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["large"]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let received = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {size}-byte record never came"
+            );
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                break message.unwrap().payload().unwrap().to_vec();
+            }
+        };
+        assert!(
+            received == payload,
+            "the {size}-byte record came cut or changed"
+        );
     }
 }

@@ -167,9 +167,7 @@ async fn original_value(
     letter: &DeadLetter,
 ) -> anyhow::Result<Option<Vec<u8>>> {
     let consumer: BaseConsumer = clients
-        .base("codelupe-dead-letters")
-        .set("group.id", "codelupe-dead-letters")
-        .set("enable.auto.commit", "false")
+        .reader_config("codelupe-dead-letters")
         .create()
         .context("cannot create a Kafka consumer")?;
     let (topic, partition, offset) = (letter.topic.clone(), letter.partition, letter.offset);

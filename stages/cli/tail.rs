@@ -70,10 +70,7 @@ pub async fn tail(
     let schema = schema.to_string_lossy().into_owned();
     let partitions = clients.partition_count(&options.topic).await?;
     let consumer: BaseConsumer = clients
-        .base("codelupe-tail")
-        .set("group.id", "codelupe-tail")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+        .reader_config("codelupe-tail")
         .create()
         .context("cannot create a Kafka consumer")?;
     tokio::task::spawn_blocking(move || {

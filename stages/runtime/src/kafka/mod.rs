@@ -94,7 +94,7 @@ impl KafkaClients {
     /// are acknowledged; librdkafka's auto-commit then commits what was stored (also on
     /// partition revoke).
     pub fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
-        let mut config = self.base(client_id);
+        let mut config = self.fetch_bounded(client_id);
         config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
@@ -107,7 +107,26 @@ impl KafkaClients {
             // takes from it. Under the eager protocol every rebalance (a replica added
             // or gone, a coordinator moving) revoked every partition of every member,
             // and each read its uncommitted records again and transformed them twice.
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        self.with_consumer_overrides(config)
+    }
+
+    /// A consumer outside any group, reading the partitions it is assigned: the state
+    /// a stage loads (several at once, one a partition), samples, dead letters, `tail`.
+    /// Its `group.id` only names it; it commits nothing. `kafka.consumer` applies to it
+    /// too (fetch sizes, timeouts).
+    pub fn reader_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = self.with_consumer_overrides(self.fetch_bounded(client_id));
+        config
+            .set("group.id", client_id)
+            .set("enable.auto.commit", "false");
+        config
+    }
+
+    /// What every consumer fetches ahead of its stage, group member or reader.
+    fn fetch_bounded(&self, client_id: &str) -> ClientConfig {
+        let mut config = self.base(client_id);
+        config
             // The prefetch queue librdkafka keeps is bounded by its records' bytes, but
             // it is checked only before a fetch, and one fetch response holds up to
             // `fetch.max.bytes` of *compressed* batches (by default as much as the
@@ -130,6 +149,11 @@ impl KafkaClients {
                 "receive.message.max.bytes",
                 (3 * MAX_RECORD_BYTES + RESPONSE_FRAMING_BYTES).to_string(),
             );
+        config
+    }
+
+    /// `kafka.consumer` from the configuration, over the runtime's own settings.
+    fn with_consumer_overrides(&self, mut config: ClientConfig) -> ClientConfig {
         for (k, v) in &self.consumer_extra {
             config.set(k, v);
         }
@@ -229,32 +253,62 @@ mod tests {
             .unwrap()
     }
 
+    /// Every kind of consumer the runtime makes: a stage's group member and a reader.
+    fn every_consumer(clients: &KafkaClients) -> [(&'static str, ClientConfig); 2] {
+        [
+            ("stage consumer", clients.consumer_config("test", "group")),
+            ("reader", clients.reader_config("test")),
+        ]
+    }
+
     /// A fetch response decompressed at zstd's ratio on source code (4-5x) must fit
     /// the prefetch queue's bound, or a backlog decides the memory (librdkafka's
-    /// default fetch is the queue's whole bound, compressed).
+    /// default fetch is the queue's whole bound, compressed). Readers too: a stage
+    /// loads its state with one a partition, all at once.
     #[test]
     fn a_decompressed_fetch_fits_the_prefetch_bound() {
         let clients = KafkaClients::new("127.0.0.1:9", &KafkaConfig::default());
-        let config = clients.consumer_config("test", "group");
-        let fetch = setting(&config, "fetch.max.bytes");
-        let queue = setting(&config, "queued.max.messages.kbytes") * 1024;
-        assert!(
-            4 * fetch <= queue,
-            "fetch.max.bytes {fetch} decompresses to more than the prefetch queue's {queue} bytes"
-        );
-        // librdkafka refuses a fetch smaller than a record it may be sent.
-        assert!(fetch >= 1_000_000);
-        // With a small queue, its default 1 s wait after the queue filled left the
-        // stage idle.
-        assert!(setting(&config, "fetch.queue.backoff.ms") <= 100);
-        // A record the producers may write still arrives, and decompresses.
-        assert!(setting(&config, "receive.message.max.bytes") >= 3 * MAX_RECORD_BYTES);
+        for (kind, config) in every_consumer(&clients) {
+            let fetch = setting(&config, "fetch.max.bytes");
+            let queue = setting(&config, "queued.max.messages.kbytes") * 1024;
+            assert!(
+                4 * fetch <= queue,
+                "{kind}: fetch.max.bytes {fetch} decompresses to more than the prefetch \
+                 queue's {queue} bytes"
+            );
+            // librdkafka refuses a fetch smaller than a record it may be sent.
+            assert!(fetch >= 1_000_000, "{kind}");
+            // With a small queue, its default 1 s wait after the queue filled left the
+            // stage idle.
+            assert!(setting(&config, "fetch.queue.backoff.ms") <= 100, "{kind}");
+            // A record the producers may write still arrives, and decompresses.
+            assert!(
+                setting(&config, "receive.message.max.bytes") >= 3 * MAX_RECORD_BYTES,
+                "{kind}"
+            );
+        }
+    }
+
+    /// `kafka.consumer` reaches readers too, but not what reading to the end needs.
+    #[test]
+    fn consumer_overrides_reach_readers_but_not_their_commits() {
+        let config = KafkaConfig {
+            consumer: [
+                ("fetch.max.bytes".to_string(), "2097152".to_string()),
+                ("enable.auto.commit".to_string(), "true".to_string()),
+            ]
+            .into(),
+            ..KafkaConfig::default()
+        };
+        let reader = KafkaClients::new("127.0.0.1:9", &config).reader_config("test");
+        assert_eq!(setting(&reader, "fetch.max.bytes"), 2 << 20);
+        assert_eq!(reader.get("enable.auto.commit"), Some("false"));
     }
 
     /// The small fetches still bring records many times their size, whole, however
     /// well they compress (librdkafka's decompression buffer grows threefold, up to
     /// `receive.message.max.bytes`: at the largest record plus 1 MiB the 5 MiB record
-    /// failed as invalid compressed data).
+    /// failed as invalid compressed data), to a stage's consumer and to a reader.
     #[test]
     fn records_larger_than_a_fetch_are_consumed_whole() {
         for size in [5 * FETCH_MAX_BYTES, MAX_RECORD_BYTES - (64 << 10)] {
@@ -297,6 +351,24 @@ mod tests {
         assert!(
             received == payload,
             "the {size}-byte record came cut or changed"
+        );
+
+        let read = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(read_to_end(
+                &clients,
+                "large",
+                None,
+                Vec::new(),
+                |read, _key, value| {
+                    read.push(value.unwrap_or_default().to_vec());
+                    Ok(std::ops::ControlFlow::Continue(()))
+                },
+            ))
+            .unwrap_or_else(|e| panic!("reading the {size}-byte record: {e:#}"));
+        assert!(
+            read == [payload],
+            "the reader got the {size}-byte record cut or changed"
         );
     }
 }

@@ -61,9 +61,7 @@ where
     F: FnMut(&mut S, &[u8], Option<&[u8]>) -> anyhow::Result<ControlFlow<()>> + Send + 'static,
 {
     let consumer: BaseConsumer<QuietEof> = clients
-        .base("codelupe-state-reader")
-        .set("group.id", "codelupe-state-reader")
-        .set("enable.auto.commit", "false")
+        .reader_config("codelupe-state-reader")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         // The end of an idle partition is only reported when a fetch returns.

@@ -4,20 +4,13 @@
 //! prints a topic's records decoded (`tail`) and lists or replays dead letters
 //! (`dead-letters`).
 
+mod allocator;
 mod dead_letters;
 mod embedded;
 mod live;
 mod stages;
 mod summary;
 mod tail;
-
-/// jemalloc instead of glibc's malloc for every stage: the batcher's tokenizing frees
-/// millions of small allocations across its threads, and glibc's per-thread arenas
-/// held on to the freed memory. Side by side on the whole-pipeline benchmark the
-/// batcher spent 42 CPU seconds on the 4x corpus against 65.5, and its peak grew
-/// 1.18-1.40x from the 1x corpus (four runs) against 1.58x (README, Memory).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use codelupe_runtime::config::{Config, ConfigArgs};
+use codelupe_runtime::descriptor::Bound;
 use codelupe_runtime::kafka::{apply_topology, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::{Discovery, Topology};
@@ -175,7 +169,12 @@ enum TopologyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     codelupe_runtime::telemetry::init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A process that runs one I/O-bound stage keeps no freed memory for reuse.
+    let work = match &cli.command {
+        Command::Stage { name, .. } => stages::entry(name).map_or(Bound::Cpu, |s| s.bound_by),
+        _ => Bound::Cpu,
+    };
+    let runtime = match allocator::runtime(work) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

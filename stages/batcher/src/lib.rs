@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::config::Config;
-use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
+use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::publish::Outgoing;
@@ -43,6 +43,7 @@ const OFFLINE_TOKENIZER: &str = ".codelupe/tokenizer.json";
 pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     name: STAGE,
     runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    bound_by: Bound::Cpu,
     progress: &[
         ("files", metrics::FILES_CONSUMED),
         ("duplicates", metrics::DUPLICATES_DROPPED),

@@ -18,7 +18,7 @@ use codelupe_runtime::records::RepoUrl;
 use codelupe_runtime::StageRuntime;
 use serde::Deserialize;
 
-use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
+use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 
 use crate::github::{GithubOptions, GithubSource, Stopped};
 use crate::metrics::{CrawlerMetrics, IndexError, ScrapeError};
@@ -29,6 +29,7 @@ pub const STAGE: &str = "crawler";
 pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     name: STAGE,
     runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    bound_by: Bound::Io,
     progress: &[
         ("scraped", metrics::REPOS_SCRAPED),
         ("published", metrics::REPOS_INDEXED),

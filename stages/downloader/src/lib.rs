@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use codelupe_runtime::clone_store::{self, CloneStore};
-use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
+use codelupe_runtime::descriptor::{Bound, Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
 use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
@@ -34,6 +34,7 @@ pub const STAGE: &str = "downloader";
 pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     name: STAGE,
     runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    bound_by: Bound::Io,
     progress: LOOP_PROGRESS,
     flow: LOOP_FLOW,
     // The crawler's local repositories, cloned over the local transport into the

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use codelupe_runtime::aggregate;
-use codelupe_runtime::descriptor::{Flow, Runs, StageDescriptor};
+use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 use codelupe_runtime::stage::LoopSpec;
 use codelupe_runtime::StageRuntime;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +42,7 @@ pub const STAGE: &str = "neardup";
 pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     name: STAGE,
     runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    bound_by: Bound::Cpu,
     progress: &[
         ("files", metrics::FILES_CHECKED),
         ("kept", metrics::FILES_KEPT),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codelupe_runtime::clone_store::{self, CloneStore, ReadError};
-use codelupe_runtime::descriptor::{Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
+use codelupe_runtime::descriptor::{Bound, Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
@@ -45,6 +45,7 @@ pub const STAGE: &str = "processor";
 pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     name: STAGE,
     runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    bound_by: Bound::Cpu,
     progress: LOOP_PROGRESS,
     flow: LOOP_FLOW,
     // Where the downloader's embedded default puts the clones.

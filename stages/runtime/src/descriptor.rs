@@ -36,6 +36,15 @@ pub enum Runs {
     },
 }
 
+/// What a stage mostly spends its time on. A process that runs one I/O-bound stage
+/// has its allocators give freed memory back at once: its work comes in bursts between
+/// waits, and what they kept for reuse grew with the work done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Cpu,
+    Io,
+}
+
 /// The counters of what a stage takes in and puts out (the live page's rates).
 pub struct Flow {
     pub consumed: &'static str,
@@ -46,6 +55,7 @@ pub struct StageDescriptor {
     /// Its name in topology.yaml and config.yaml.
     pub name: &'static str,
     pub runs: Runs,
+    pub bound_by: Bound,
     /// Its progress line: (label, metric summed over its series).
     pub progress: &'static [(&'static str, &'static str)],
     /// None: the stage reports through its own `/status` instead.

@@ -5,7 +5,7 @@
 pub mod checkpoints;
 pub mod metrics;
 
-use codelupe_runtime::descriptor::{Observed, Runs, StageDescriptor};
+use codelupe_runtime::descriptor::{Bound, Observed, Runs, StageDescriptor};
 
 pub const STAGE: &str = "trainer";
 /// The trainer's executable, built from `stages/trainer`.
@@ -17,6 +17,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
         binary: BINARY,
         contract_metrics: |r| metrics::TrainerMetrics::register(r).map(drop),
     },
+    bound_by: Bound::Cpu,
     // It reports through its own /status (steps, losses, checkpoints).
     progress: &[],
     flow: None,

@@ -17,9 +17,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// each write to its store on a blocking thread, and tokio starts more of them
 /// whenever the ones it has are busy: 35-82 over one corpus, each with a jemalloc
 /// thread cache of what it freed, so the peak followed the thread count (alone on 313
-/// repositories: 49-57 MB, 39-40 MB without thread caches, at the same speed). A
-/// CPU-bound stage would pay for it (the batcher ran 1.8x slower with jemalloc's decay
-/// at 0).
+/// repositories: 49-65 MB over six runs, 37-40 MB over three with this, at the same
+/// speed). A CPU-bound stage would pay for it (the batcher ran 1.8x slower with
+/// jemalloc's decay at 0, 3x without thread caches).
 pub fn runtime(work: Bound) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

@@ -36,6 +36,10 @@ const FETCH_MAX_BYTES: usize = 1 << 20;
 /// How soon a partition whose prefetch queue was full is fetched again.
 const FETCH_QUEUE_BACKOFF_MS: u64 = 10;
 
+/// How often a group member tells the coordinator it is alive, and learns of a
+/// rebalance (librdkafka's default: 3 s).
+const HEARTBEAT_MS: u64 = 1000;
+
 /// Room in a fetch response beyond its batches: headers, topic and partition names.
 const RESPONSE_FRAMING_BYTES: usize = 1 << 20;
 
@@ -107,7 +111,12 @@ impl KafkaClients {
             // takes from it. Under the eager protocol every rebalance (a replica added
             // or gone, a coordinator moving) revoked every partition of every member,
             // and each read its uncommitted records again and transformed them twice.
-            .set("partition.assignment.strategy", "cooperative-sticky");
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Members learn of a rebalance from a heartbeat's answer, and an incremental
+            // one takes two rounds (the partitions that move are revoked, then
+            // assigned): a replica joining a busy group got its partitions 6 s after
+            // the first member had all of them at 3 s heartbeats, 2 s at 1 s.
+            .set("heartbeat.interval.ms", HEARTBEAT_MS.to_string());
         self.with_consumer_overrides(config)
     }
 

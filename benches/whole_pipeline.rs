@@ -379,7 +379,16 @@ fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
 /// (`env` on top): input records per second, from a second after every replica holds
 /// partitions (the group's join, its rebalances and the state loads do not count) to
 /// the group's lag at 0.
-fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&str, &str)]) -> f64 {
+/// Records/s of `replicas` of `stage` alone on its input's backlog, in a fresh group:
+/// while every replica had records to work on, and over the whole drain (from a second
+/// after every replica was ready to lag 0).
+fn stage_alone(
+    run: &Run,
+    stage: &str,
+    input: &str,
+    replicas: usize,
+    env: &[(&str, &str)],
+) -> Rates {
     let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
     let group = unique(&format!("alone-{stage}"));
     let mut env = env.to_vec();
@@ -433,12 +442,18 @@ fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&st
     // (replicas, broker, machine busy, machine all) CPU seconds when the window opened.
     let mut window_cpu: Option<[f64; 4]> = None;
     let mut all_ready_at: Option<Instant> = None;
+    let consumed = consumed_metric(stage);
+    let mut counts = Vec::new();
     let ended = loop {
         std::thread::sleep(Duration::from_millis(100));
         processes.iter_mut().for_each(Process::assert_running);
         if all_ready_at.is_none() && processes.iter().all(ready) {
             all_ready_at = Some(Instant::now());
         }
+        counts.push((
+            Instant::now(),
+            processes.iter().map(|p| p.metric(consumed)).collect(),
+        ));
         let lag = reader.lag().unwrap_or(-1);
         if window.is_none()
             && all_ready_at.is_some_and(|at| at.elapsed() >= Duration::from_secs(1))
@@ -459,30 +474,126 @@ fn stage_alone(run: &Run, stage: &str, input: &str, replicas: usize, env: &[(&st
         p.stop();
     }
     let (from, backlog) = window.unwrap();
-    let rate = backlog as f64 / (ended - from).as_secs_f64();
+    let drain = backlog as f64 / (ended - from).as_secs_f64();
+    let busy = BusyWindow::of(&counts).unwrap_or_else(|| {
+        panic!(
+            "{replicas} replicas of {stage} never all worked at once on this backlog: \
+             raise PIPELINE_CRATES"
+        )
+    });
     let cores = env
         .iter()
         .any(|(k, _)| k.ends_with("WORKERS") || *k == "RAYON_NUM_THREADS");
     println!(
-        "  {stage} alone, {replicas} replica(s){}: {rate:.0} {input} records/s ({backlog} \
-         timed of the backlog; {:.0}% of a core on average)",
+        "  {stage} alone, {replicas} replica(s){}: {:.0} {input} records/s while every \
+         replica had work ({:.0} records in {:.1} s, from {:.1} s after the start); \
+         {drain:.0} records/s draining the backlog ({backlog} timed; {:.0}% of a core on \
+         average)",
         if cores { ", one core each" } else { "" },
+        busy.rate,
+        busy.records,
+        busy.seconds,
+        (busy.from - started).as_secs_f64(),
         100.0 * cpu / started.elapsed().as_secs_f64()
     );
     // Where the machine's cores went while it was timed: the replicas, the broker,
     // everything else, idle.
     let machine = (all_to - all_from).max(f64::EPSILON);
     let (stage_cpu, broker_cpu) = (replicas_to - replicas_from, broker_to - broker_from);
-    let busy = busy_to - busy_from;
+    let busy_cpu = busy_to - busy_from;
     println!(
-        "    timed window, shares of all cores: {stage} {:.0}%, broker {:.0}%, \
+        "    draining, shares of all cores: {stage} {:.0}%, broker {:.0}%, \
          everything else {:.0}%, idle {:.0}%",
         100.0 * stage_cpu / machine,
         100.0 * broker_cpu / machine,
-        100.0 * (busy - stage_cpu - broker_cpu).max(0.0) / machine,
-        100.0 * (machine - busy) / machine
+        100.0 * (busy_cpu - stage_cpu - broker_cpu).max(0.0) / machine,
+        100.0 * (machine - busy_cpu) / machine
     );
-    rate
+    Rates {
+        busy: busy.rate,
+        drain,
+    }
+}
+
+struct Rates {
+    busy: f64,
+    drain: f64,
+}
+
+/// The counter of records a stage has read (its descriptor's flow).
+fn consumed_metric(stage: &str) -> &'static str {
+    let descriptors = [
+        &codelupe_downloader::DESCRIPTOR,
+        &codelupe_processor::DESCRIPTOR,
+        &codelupe_neardup::DESCRIPTOR,
+        &codelupe_batcher::DESCRIPTOR,
+    ];
+    descriptors
+        .iter()
+        .find(|d| d.name == stage)
+        .and_then(|d| d.flow.as_ref())
+        .map(|flow| flow.consumed)
+        .unwrap_or_else(|| panic!("{stage} reads no topic the bench runs it alone on"))
+}
+
+/// The span in which every replica was taking in records: from the first sample at
+/// which each had read more than a second before, to the last record read by the
+/// replica that ran out of work first. A backlog split by partition runs out unevenly
+/// (a replica that joined later, or had more of its partitions' records, works on
+/// alone), and a group takes two rebalances to give a joining replica partitions
+/// (incremental rebalancing, each round a heartbeat apart): neither is the stage's
+/// throughput with every replica working.
+struct BusyWindow {
+    from: Instant,
+    records: f64,
+    seconds: f64,
+    rate: f64,
+}
+
+impl BusyWindow {
+    /// `counts`: each replica's counter, sampled every 100 ms.
+    fn of(counts: &[(Instant, Vec<f64>)]) -> Option<Self> {
+        let second_before = |k: usize| {
+            let (at, _) = counts[k];
+            (0..k)
+                .rev()
+                .find(|&j| at - counts[j].0 >= Duration::from_secs(1))
+        };
+        let all_working = |k: usize| {
+            second_before(k).is_some_and(|j| {
+                let (now, then) = (&counts[k].1, &counts[j].1);
+                now.iter().zip(then).all(|(n, t)| n > t)
+            })
+        };
+        let open = (0..counts.len()).find(|&k| all_working(k))?;
+        let replicas = counts[open].1.len();
+        // Each replica's last new record; the earliest of them closes the window.
+        let close = (0..replicas)
+            .map(|i| {
+                let last = counts.last().unwrap().1[i];
+                (open..counts.len())
+                    .find(|&k| counts[k].1[i] >= last)
+                    .unwrap()
+            })
+            .min()
+            .unwrap();
+        if close <= open {
+            return None;
+        }
+        let records: f64 = counts[close]
+            .1
+            .iter()
+            .zip(&counts[open].1)
+            .map(|(c, o)| c - o)
+            .sum();
+        let seconds = (counts[close].0 - counts[open].0).as_secs_f64();
+        Some(Self {
+            from: counts[open].0,
+            records,
+            seconds,
+            rate: records / seconds,
+        })
+    }
 }
 
 /// [replicas, broker, machine busy, machine all] CPU seconds so far.
@@ -593,10 +704,7 @@ fn alone(run4: &Run, bottleneck: &str) {
         .expect("the crawler is never the bottleneck: it reads no topic");
     let single = stage_alone(run4, bottleneck, input, 1, &[]);
     let double = stage_alone(run4, bottleneck, input, 2, &[]);
-    println!(
-        "{bottleneck} alone: 2 replicas vs 1: {:.2}x (goal >= 1.8x when CPU-bound)",
-        double / single
-    );
+    print_scaling(bottleneck, "", &single, &double);
     // A replica of either stage works on every core already (the processor parses,
     // the batcher tokenizes on a pool), so on this machine a second one can only take
     // what the first leaves idle; at one core a replica, what replicas add shows.
@@ -608,11 +716,17 @@ fn alone(run4: &Run, bottleneck: &str) {
     if let Some(one_core) = one_core {
         let single = stage_alone(run4, bottleneck, input, 1, &[one_core]);
         let double = stage_alone(run4, bottleneck, input, 2, &[one_core]);
-        println!(
-            "{bottleneck} alone, one core a replica: 2 replicas vs 1: {:.2}x (goal >= 1.8x)",
-            double / single
-        );
+        print_scaling(bottleneck, ", one core a replica", &single, &double);
     }
+}
+
+fn print_scaling(stage: &str, how: &str, single: &Rates, double: &Rates) {
+    println!(
+        "{stage} alone{how}: 2 replicas vs 1: {:.2}x while every replica had work (goal >= \
+         1.8x when CPU-bound); {:.2}x draining the backlog",
+        double.busy / single.busy,
+        double.drain / single.drain
+    );
 }
 
 fn print_memory(one: &PipelineFigures, four: &PipelineFigures) {

@@ -13,14 +13,13 @@
 //! STATE_LOAD_MB sets the topic's size (200 MB of records by default).
 
 use std::ops::ControlFlow;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codelupe_runtime::config::KafkaConfig;
 use codelupe_runtime::kafka::{read_partitions, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::AvroRecord;
-use codelupe_testkit::bench::{median, proc_status_kb, CRATES};
+use codelupe_testkit::bench::{measured_in_child, median, proc_status_kb, CRATES};
 use codelupe_testkit::{brokers, code_files, create_topics, registry_crates, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -117,17 +116,7 @@ async fn fill(topic: &str, bytes: usize) -> usize {
 }
 
 fn run_child(topic: &str, fetch: &str) -> (usize, f64, u64) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--measure", topic, fetch])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout).unwrap();
-    let fields: Vec<&str> = line.split_whitespace().collect();
+    let fields = measured_in_child(&["--measure", topic, fetch]);
     (
         fields[0].parse().unwrap(),
         fields[1].parse().unwrap(),

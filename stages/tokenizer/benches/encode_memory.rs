@@ -7,10 +7,9 @@
 //!     cargo bench -p codelupe-tokenizer --bench encode_memory
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use codelupe_testkit::bench::proc_status_kb;
+use codelupe_testkit::bench::{measured_in_child, proc_status_kb};
 use codelupe_tokenizer::{sample, CodeTokenizer};
 
 const SIZES: [usize; 4] = [100_000, 300_000, 700_000, 1_000_000];
@@ -85,17 +84,8 @@ fn main() {
     println!("text      tokens  whole: peak MB  bytes/byte  tokens/s   pieces: peak MB  bytes/byte  tokens/s   peak ratio  speed ratio");
     for bytes in SIZES {
         let run = |way: &str| -> (usize, f64, f64) {
-            let out = Command::new(std::env::current_exe().unwrap())
-                .args(["--measure", path.to_str().unwrap(), way, &bytes.to_string()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let line = String::from_utf8(out.stdout).unwrap();
-            let f: Vec<&str> = line.split_whitespace().collect();
+            let f =
+                measured_in_child(&["--measure", path.to_str().unwrap(), way, &bytes.to_string()]);
             (
                 f[0].parse().unwrap(),
                 f[1].parse().unwrap(),

@@ -77,18 +77,12 @@ fn eval_loss_falls_well_below_its_step_zero_value_and_generate_samples_text() {
     )
     .unwrap();
     let generate = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_codelupe-trainer"))
-            .args(["generate", "--device", "cpu", "--checkpoint"])
-            .arg(&root)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        codelupe_testkit::stdout_of(
+            std::process::Command::new(env!("CARGO_BIN_EXE_codelupe-trainer"))
+                .args(["generate", "--device", "cpu", "--checkpoint"])
+                .arg(&root)
+                .args(args),
+        )
     };
     let completion = generate(&["--prompt", "fn parse(", "--max-tokens", "40", "--seed", "3"]);
     assert!(completion.trim().len() > 5, "completion: {completion:?}");

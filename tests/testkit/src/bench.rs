@@ -72,6 +72,16 @@ pub fn proc_status_kb(process: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Runs this benchmark's own executable again with `args`, a measurement in a process
+/// of its own (one's allocator cannot lower another's peak), and returns the words it
+/// printed.
+pub fn measured_in_child(args: &[&str]) -> Vec<String> {
+    crate::stdout_of(std::process::Command::new(std::env::current_exe().unwrap()).args(args))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Alternating rounds of ours and the baseline; each figure is their median.
 pub const ROUNDS: usize = 7;
 

@@ -372,6 +372,17 @@ pub fn all_registry_crates() -> Vec<PathBuf> {
     crates
 }
 
+/// The standard output of `command`, which must succeed (its standard error if not).
+pub fn stdout_of(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {

@@ -376,12 +376,10 @@ fn run_pipeline(run: &Run, corpus: &Corpus) -> PipelineFigures {
 }
 
 /// `stage` alone over its whole input again, in a fresh group, at `replicas` replicas
-/// (`env` on top): input records per second, from a second after every replica holds
-/// partitions (the group's join, its rebalances and the state loads do not count) to
-/// the group's lag at 0.
-/// Records/s of `replicas` of `stage` alone on its input's backlog, in a fresh group:
-/// while every replica had records to work on, and over the whole drain (from a second
-/// after every replica was ready to lag 0).
+/// (`env` on top): input records per second while every replica had records to work on
+/// (see [`BusyWindow`]), and draining the backlog, from a second after every replica
+/// was ready (the group's join and the state loads do not count) to the group's lag
+/// at 0.
 fn stage_alone(
     run: &Run,
     stage: &str,

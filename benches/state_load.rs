@@ -74,8 +74,7 @@ async fn measure(topic: &str, fetch: &str) {
     println!("{records} {seconds} {peak}");
 }
 
-/// Fills `topic` with `bytes` of encoded `code-files` records, the registry's sources
-/// over and over (each copy its own key).
+/// Fills `topic` with `bytes` of encoded `code-files` records; returns how many.
 async fn fill(topic: &str, bytes: usize) -> usize {
     let files = code_files(&registry_crates(CRATES), |_| true);
     assert!(
@@ -86,20 +85,23 @@ async fn fill(topic: &str, bytes: usize) -> usize {
         .producer_config("state-load-bench")
         .create()
         .unwrap();
-    let (mut written, mut records) = (0, 0);
-    'fill: for copy in 0.. {
-        let mut sends = Vec::new();
-        for file in &files {
-            let value = file.encode().unwrap();
+    // The registry's files over and over, each copy under keys of its own, until the
+    // records add up to `bytes`.
+    let mut written = 0;
+    let records: Vec<(String, Vec<u8>)> = (0..)
+        .flat_map(|copy| files.iter().map(move |file| (copy, file)))
+        .map(|(copy, file)| {
             let key = format!("{copy}/{}/{}", file.repo_full_name, file.path);
+            (key, file.encode().unwrap())
+        })
+        .take_while(|(_, value)| {
+            let more = written < bytes;
             written += value.len();
-            sends.push((key, value));
-            if written >= bytes {
-                break;
-            }
-        }
-        records += sends.len();
-        let acks = sends.iter().map(|(key, value)| {
+            more
+        })
+        .collect();
+    for chunk in records.chunks(files.len()) {
+        let acks = chunk.iter().map(|(key, value)| {
             producer.send(
                 FutureRecord::to(topic).key(key).payload(value),
                 Duration::from_secs(60),
@@ -108,11 +110,8 @@ async fn fill(topic: &str, bytes: usize) -> usize {
         for ack in futures::future::join_all(acks).await {
             ack.map_err(|(e, _)| e).unwrap();
         }
-        if written >= bytes {
-            break 'fill;
-        }
     }
-    records
+    records.len()
 }
 
 fn run_child(topic: &str, fetch: &str) -> (usize, f64, u64) {

@@ -56,6 +56,97 @@ fn without_thread_cache() {
     }
 }
 
+/// What one allocator has handed out and not had back (`live`) and what it keeps
+/// resident for that (`held`: live data, freed memory kept for reuse, its own books).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub live: u64,
+    pub held: u64,
+}
+
+/// Both allocators' usage now: a peak RSS above what the data needs shows up as `held`
+/// well above `live`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heap {
+    pub jemalloc: Usage,
+    pub glibc: Usage,
+}
+
+impl Heap {
+    pub fn now() -> Self {
+        // jemalloc's statistics are a snapshot, refreshed by advancing its epoch.
+        let jemalloc = match tikv_jemalloc_ctl::epoch::advance() {
+            Ok(_) => Usage {
+                live: tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0) as u64,
+                held: tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0) as u64,
+            },
+            Err(_) => Usage { live: 0, held: 0 },
+        };
+        // SAFETY: mallinfo2 takes no arguments and only reads glibc's arenas under
+        // their locks.
+        let info = unsafe { libc::mallinfo2() };
+        let glibc = Usage {
+            // Chunks in use, and blocks too large for an arena (their own mmaps).
+            live: (info.uordblks + info.hblkhd) as u64,
+            held: (info.arena + info.hblkhd) as u64,
+        };
+        Heap { jemalloc, glibc }
+    }
+}
+
+/// `codelupe_heap_live_bytes` and `codelupe_heap_held_bytes` by allocator, read at
+/// each scrape.
+pub struct HeapCollector {
+    live: prometheus::IntGaugeVec,
+    held: prometheus::IntGaugeVec,
+}
+
+impl HeapCollector {
+    pub fn boxed() -> Box<dyn prometheus::core::Collector> {
+        let gauge = |name: &str, help: &str| {
+            prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), &["allocator"])
+                .expect("valid metric")
+        };
+        Box::new(HeapCollector {
+            live: gauge(
+                "codelupe_heap_live_bytes",
+                "Bytes the allocator has handed out and not had back.",
+            ),
+            held: gauge(
+                "codelupe_heap_held_bytes",
+                "Bytes the allocator keeps resident: live data, freed memory kept for reuse, its own books.",
+            ),
+        })
+    }
+}
+
+impl prometheus::core::Collector for HeapCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.live
+            .desc()
+            .into_iter()
+            .chain(self.held.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let heap = Heap::now();
+        for (allocator, usage) in [("jemalloc", heap.jemalloc), ("glibc", heap.glibc)] {
+            self.live
+                .with_label_values(&[allocator])
+                .set(usage.live as i64);
+            self.held
+                .with_label_values(&[allocator])
+                .set(usage.held as i64);
+        }
+        self.live
+            .collect()
+            .into_iter()
+            .chain(self.held.collect())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +173,61 @@ mod tests {
         assert!(!io.block_on(io.spawn_blocking(thread_cache)).unwrap());
         assert!(!io.block_on(io.spawn(async { thread_cache() })).unwrap());
         assert_eq!(decay(), 0);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_heap_counts_what_each_allocator_hands_out() {
+        let before = Heap::now();
+        let rust = vec![7u8; 64 * MIB as usize];
+        // SAFETY: a plain allocation, written whole and freed below.
+        let c = unsafe {
+            let block = libc::malloc(32 * MIB as usize);
+            assert!(!block.is_null());
+            libc::memset(block, 7, 32 * MIB as usize);
+            block
+        };
+        let during = Heap::now();
+        // SAFETY: allocated above by malloc, freed once.
+        unsafe { libc::free(c) };
+        drop(rust);
+        let after = Heap::now();
+
+        // Margins: the other tests of this binary allocate and free meanwhile.
+        assert!(
+            during.jemalloc.live > before.jemalloc.live + 60 * MIB,
+            "{before:?} {during:?}"
+        );
+        assert!(
+            during.glibc.live > before.glibc.live + 30 * MIB,
+            "{before:?} {during:?}"
+        );
+        for usage in [during.jemalloc, during.glibc] {
+            assert!(usage.held >= usage.live, "{during:?}");
+        }
+        assert!(
+            after.jemalloc.live + 32 * MIB < during.jemalloc.live,
+            "{after:?}"
+        );
+        assert!(after.glibc.live + 16 * MIB < during.glibc.live, "{after:?}");
+    }
+
+    #[test]
+    fn every_stage_registry_reports_both_heaps() {
+        codelupe_runtime::telemetry::report_heap_with(HeapCollector::boxed);
+        let families = codelupe_runtime::telemetry::new_registry().gather();
+        for name in ["codelupe_heap_live_bytes", "codelupe_heap_held_bytes"] {
+            let family = families.iter().find(|f| f.name() == name).expect(name);
+            let mut allocators: Vec<(&str, f64)> = family
+                .get_metric()
+                .iter()
+                .map(|m| (m.get_label()[0].value(), m.get_gauge().get_value()))
+                .collect();
+            allocators.sort_by(|a, b| a.0.cmp(b.0));
+            assert_eq!(allocators.len(), 2, "{name}: {allocators:?}");
+            assert_eq!((allocators[0].0, allocators[1].0), ("glibc", "jemalloc"));
+            assert!(allocators[1].1 > 0.0, "{name}: jemalloc reports nothing");
+        }
     }
 }

@@ -169,6 +169,7 @@ enum TopologyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     codelupe_runtime::telemetry::init_logging();
+    codelupe_runtime::telemetry::report_heap_with(allocator::HeapCollector::boxed);
     // A process that runs one I/O-bound stage keeps no freed memory for reuse.
     let work = match &cli.command {
         Command::Stage { name, .. } => stages::entry(name).map_or(Bound::Cpu, |s| s.bound_by),

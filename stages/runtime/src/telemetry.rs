@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 use http_body_util::Full;
@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +76,7 @@ pub fn init_logging() {
 /// registry takes one.
 pub struct Nested(pub Vec<Registry>);
 
-impl prometheus::core::Collector for Nested {
+impl Collector for Nested {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         Vec::new()
     }
@@ -85,8 +86,18 @@ impl prometheus::core::Collector for Nested {
     }
 }
 
-/// A new registry with the process collector (CPU, memory, fds). No namespace: the
-/// contract metric names carry their own prefixes.
+/// Makes the collector of the process's heap statistics, which only the binary that
+/// chose the allocator can read; set once, before any stage starts.
+static HEAP_COLLECTOR: OnceLock<fn() -> Box<dyn Collector>> = OnceLock::new();
+
+/// Every registry made from now on reports the heap through a collector `make` returns.
+pub fn report_heap_with(make: fn() -> Box<dyn Collector>) {
+    let _ = HEAP_COLLECTOR.set(make);
+}
+
+/// A new registry with the process collector (CPU, memory, fds) and, where the binary
+/// set one, its heap collector. No namespace: the contract metric names carry their
+/// own prefixes.
 pub fn new_registry() -> Registry {
     let registry = Registry::new();
     #[cfg(target_os = "linux")]
@@ -95,6 +106,11 @@ pub fn new_registry() -> Registry {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))
         .expect("process collector registers once per registry");
+    if let Some(make) = HEAP_COLLECTOR.get() {
+        registry
+            .register(make())
+            .expect("heap collector registers once per registry");
+    }
     registry
 }
 

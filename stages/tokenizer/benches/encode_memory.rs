@@ -1,8 +1,10 @@
 //! The memory one long text takes to encode, and the time: `CodeTokenizer::encode`
 //! (in pieces) against the `tokenizers` crate encoding the whole text at once, with the
 //! same tokenizer (fitted here on crate sources Cargo downloaded), on real code made
-//! into texts of 100 KB to 1 MB. Each measure runs in a process of its own, so what
-//! one freed cannot lower another's peak: the peak is VmHWM over VmRSS before encoding.
+//! into texts of 100 KB to 1 MB, and the same code indented as generated bindings are
+//! (every line in a block: no newline between two visible characters to cut after).
+//! Each measure runs in a process of its own, so what one freed cannot lower another's
+//! peak: the peak is VmHWM over VmRSS before encoding.
 //!
 //!     cargo bench -p codelupe-tokenizer --bench encode_memory
 
@@ -12,7 +14,30 @@ use std::time::Instant;
 use codelupe_testkit::bench::{measured_in_child, proc_status_kb};
 use codelupe_tokenizer::{sample, CodeTokenizer};
 
-const SIZES: [usize; 4] = [100_000, 300_000, 700_000, 1_000_000];
+/// The texts measured: kind and size.
+const TEXTS: [(Kind, usize); 6] = [
+    (Kind::Code, 100_000),
+    (Kind::Code, 300_000),
+    (Kind::Code, 700_000),
+    (Kind::Code, 1_000_000),
+    (Kind::Indented, 300_000),
+    (Kind::Indented, 700_000),
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Code,
+    Indented,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Code => "code",
+            Kind::Indented => "indented",
+        }
+    }
+}
 
 /// Source files of the crates Cargo downloaded, as `codelupe tokenizer train` samples
 /// a folder.
@@ -22,11 +47,19 @@ fn sources() -> Vec<String> {
         .texts
 }
 
-/// `bytes` of real code: whole files, the last one cut at a line.
-fn text_of(sources: &[String], bytes: usize) -> String {
+/// `bytes` of real code: whole files, the last one cut at a line; each line indented by
+/// four spaces for `Kind::Indented`.
+fn text_of(sources: &[String], kind: Kind, bytes: usize) -> String {
     let mut text = String::new();
     for source in sources {
-        text.push_str(source);
+        match kind {
+            Kind::Code => text.push_str(source),
+            Kind::Indented => source.lines().for_each(|line| {
+                text.push_str("    ");
+                text.push_str(line);
+                text.push('\n');
+            }),
+        }
         if text.len() >= bytes {
             let cut = text[..bytes].rfind('\n').map_or(bytes, |at| at + 1);
             text.truncate(cut);
@@ -41,8 +74,8 @@ fn status_kb(field: &str) -> u64 {
 }
 
 /// In a child: encodes `bytes` of text one `way`, prints "tokens seconds peak_kb".
-fn measure(tokenizer_path: &Path, way: &str, bytes: usize) {
-    let text = text_of(&sources(), bytes);
+fn measure(tokenizer_path: &Path, way: &str, kind: Kind, bytes: usize) {
+    let text = text_of(&sources(), kind, bytes);
     let ours = CodeTokenizer::load(tokenizer_path).unwrap();
     let theirs = tokenizers::Tokenizer::from_file(tokenizer_path).unwrap();
     // Warm both (the BPE cache, the allocator) on a small text first.
@@ -70,9 +103,14 @@ fn measure(tokenizer_path: &Path, way: &str, bytes: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, flag, path, way, bytes] = &args[..] {
+    if let [_, flag, path, way, kind, bytes] = &args[..] {
         if flag == "--measure" {
-            return measure(Path::new(path), way, bytes.parse().unwrap());
+            let kind = if kind == "indented" {
+                Kind::Indented
+            } else {
+                Kind::Code
+            };
+            return measure(Path::new(path), way, kind, bytes.parse().unwrap());
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -81,11 +119,11 @@ fn main() {
         .unwrap()
         .save(&path)
         .unwrap();
-    println!("text      tokens  whole: peak MB  bytes/byte  tokens/s   pieces: peak MB  bytes/byte  tokens/s   peak ratio  speed ratio");
-    for bytes in SIZES {
+    println!("text               tokens  whole: peak MB  bytes/byte  tokens/s   pieces: peak MB  bytes/byte  tokens/s   peak ratio  speed ratio");
+    for (kind, bytes) in TEXTS {
         let run = |way: &str| -> (usize, f64, f64) {
-            let f =
-                measured_in_child(&["--measure", path.to_str().unwrap(), way, &bytes.to_string()]);
+            let path = path.to_str().unwrap();
+            let f = measured_in_child(&["--measure", path, way, kind.name(), &bytes.to_string()]);
             (
                 f[0].parse().unwrap(),
                 f[1].parse().unwrap(),
@@ -109,7 +147,8 @@ fn main() {
         assert_eq!(w.0, p.0, "the pieces made another number of tokens");
         let mb = |kb: f64| kb / 1024.0;
         println!(
-            "{:>4} KB  {:>7}  {:>14.1}  {:>10.0}  {:>8.0}   {:>15.1}  {:>10.0}  {:>8.0}   {:>9.3}x  {:>10.2}x",
+            "{:<8} {:>4} KB  {:>7}  {:>14.1}  {:>10.0}  {:>8.0}   {:>15.1}  {:>10.0}  {:>8.0}   {:>9.3}x  {:>10.2}x",
+            kind.name(),
             bytes / 1000,
             w.0,
             mb(w.2),

@@ -40,6 +40,9 @@ pub struct CodeTokenizer {
     /// First 16 hex digits of the SHA-256 of the tokenizer's JSON: batches carry it, and
     /// the trainer refuses batches made with another tokenizer.
     pub fingerprint: String,
+    /// Whether [`pieces`] may cut before a space: not where an added token holds one
+    /// (it could be cut in two).
+    cut_before_spaces: bool,
 }
 
 impl CodeTokenizer {
@@ -101,7 +104,12 @@ impl CodeTokenizer {
         };
         let json = inner.to_string(false).map_err(|e| anyhow!("{e}"))?;
         let fingerprint = format!("{:x}", Sha256::digest(json.as_bytes()))[..16].to_string();
+        let cut_before_spaces = !inner
+            .get_added_tokens_decoder()
+            .values()
+            .any(|t| t.content.contains(' '));
         Ok(Self {
+            cut_before_spaces,
             end_of_text: id(END_OF_TEXT)?,
             fim_prefix: id(FIM_PREFIX)?,
             fim_middle: id(FIM_MIDDLE)?,
@@ -127,7 +135,7 @@ impl CodeTokenizer {
 
     fn encode_in_pieces(&self, text: &str, min_bytes: usize) -> anyhow::Result<Vec<u32>> {
         let mut ids = Vec::new();
-        for piece in pieces(text, min_bytes) {
+        for piece in pieces(text, min_bytes, self.cut_before_spaces) {
             let encoding = self
                 .inner
                 .encode_fast(piece, false)
@@ -150,30 +158,50 @@ impl CodeTokenizer {
 const ENCODE_PIECE_BYTES: usize = 32 * 1024;
 
 /// `text` cut into pieces of at least `min_bytes` where it can be (the last may be
-/// shorter), each ending in a '\n' between two visible ASCII characters; a text with no
-/// such place after `min_bytes` is one piece. (A whitespace run on either side would
-/// be one pre-token with the newline: GPT-2's pattern takes "  \n" at the end of a
-/// text whole, and "  " then "\n" before a letter.)
-fn pieces(text: &str, min_bytes: usize) -> impl Iterator<Item = &str> {
+/// shorter), each ending at the first [`safe_end`] after `min_bytes`; a text with no
+/// such place after `min_bytes` is one piece.
+fn pieces(text: &str, min_bytes: usize, before_spaces: bool) -> impl Iterator<Item = &str> {
     let mut rest = text;
+    let from = min_bytes.saturating_sub(1);
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let bytes = rest.as_bytes();
-        let end = bytes
-            .get(min_bytes.saturating_sub(1)..)
+        let end = rest
+            .as_bytes()
+            .get(from..)
             .and_then(|after| {
-                after.windows(3).position(|w| {
-                    w[0].is_ascii_graphic() && w[1] == b'\n' && w[2].is_ascii_graphic()
-                })
+                after
+                    .windows(3)
+                    .enumerate()
+                    .find_map(|(at, w)| safe_end(w, before_spaces).map(|end| from + at + end))
             })
-            .map(|at| min_bytes.saturating_sub(1) + at + 2)
             .unwrap_or(rest.len());
         let (piece, after) = rest.split_at(end);
         rest = after;
         Some(piece)
     })
+}
+
+/// Where in three bytes of text a piece may end, if anywhere: after a '\n' between two
+/// visible ASCII characters, or (`before_spaces`) between a visible ASCII character
+/// and a space. In GPT-2's split pattern (ByteLevel's own) and Qwen2's and Llama 3's,
+/// a pre-token holds a space only first or among whitespace, so one always starts at
+/// such a space, and the pre-token before it ends the same with the text cut there.
+/// Before a newline no such rule holds: GPT-2's pattern takes "  \n" at the end of a
+/// text whole, and "  " then "\n" before a letter; Llama 3's joins "\n" to the
+/// punctuation before it; so a cut follows a newline, and only one that neither side's
+/// whitespace joins. Indented code has few of those, the spaces make up for it.
+fn safe_end(w: &[u8], before_spaces: bool) -> Option<usize> {
+    if !w[0].is_ascii_graphic() {
+        None
+    } else if w[1] == b'\n' && w[2].is_ascii_graphic() {
+        Some(2)
+    } else if before_spaces && w[1] == b' ' {
+        Some(1)
+    } else {
+        None
+    }
 }
 
 /// What [`fit`] wrote.
@@ -292,7 +320,8 @@ mod tests {
     }
 
     fn long_text_parts() -> Vec<String> {
-        let tricky = "x = 1   \nfoo();\r\nbar\t\n\tbaz ünïcødé ✓\n12345\n678;\n\n\n   indented\n";
+        let tricky = "x = 1   \nfoo();\r\nbar\t\n\tbaz ünïcødé ✓\n12345\n678;\n\n\n   indented\n\
+                      a  b, ( 'c' ) it's 'd 1 2  345 ;\t é e \u{301}x\n";
         vec![
             include_str!("lib.rs").into(),
             tricky.repeat(40),
@@ -302,26 +331,52 @@ mod tests {
     }
 
     #[test]
-    fn a_long_text_is_cut_after_a_newline_between_two_visible_characters() {
+    fn a_long_text_is_cut_after_a_newline_between_two_visible_characters_or_before_a_space() {
         let text = long_text();
-        let cut: Vec<&str> = pieces(&text, ENCODE_PIECE_BYTES).collect();
-        assert!(cut.len() > 5, "{} pieces", cut.len());
-        assert_eq!(cut.concat(), text);
-        for pair in cut.windows(2) {
-            let (piece, next) = (pair[0].as_bytes(), pair[1].as_bytes());
-            assert!(piece.len() >= ENCODE_PIECE_BYTES);
-            assert_eq!(piece[piece.len() - 1], b'\n');
-            assert!(piece[piece.len() - 2].is_ascii_graphic());
-            assert!(next[0].is_ascii_graphic());
+        for before_spaces in [false, true] {
+            let cut: Vec<&str> = pieces(&text, ENCODE_PIECE_BYTES, before_spaces).collect();
+            assert!(cut.len() > 5, "{} pieces", cut.len());
+            assert_eq!(cut.concat(), text);
+            for pair in cut.windows(2) {
+                let (piece, next) = (pair[0].as_bytes(), pair[1].as_bytes());
+                assert!(piece.len() >= ENCODE_PIECE_BYTES);
+                let last = piece[piece.len() - 1];
+                if last == b'\n' {
+                    assert!(piece[piece.len() - 2].is_ascii_graphic());
+                    assert!(next[0].is_ascii_graphic());
+                } else {
+                    assert!(before_spaces && last.is_ascii_graphic() && next[0] == b' ');
+                }
+            }
         }
+        // Lines of one indented word: a cut before a space only.
+        let indented = "        a \n".repeat(40_000);
+        assert_eq!(pieces(&indented, 1024, false).count(), 1);
+        assert!(pieces(&indented, 1024, true).count() > 100);
         // Nowhere safe to cut: one piece, however long.
-        let spaced = "a \n".repeat(40_000);
-        assert_eq!(pieces(&spaced, 1024).count(), 1);
-        assert_eq!(pieces("", 1024).count(), 0);
+        let bare = "    a\n".repeat(40_000);
+        assert_eq!(pieces(&bare, 1024, true).count(), 1);
+        assert_eq!(pieces("", 1024, true).count(), 0);
         // Cuts among characters of several bytes land between them.
         let wide = "éa\nbü".repeat(20_000);
-        assert!(pieces(&wide, 1001).count() > 10);
-        assert_eq!(pieces(&wide, 1001).collect::<String>(), wide);
+        assert!(pieces(&wide, 1001, true).count() > 10);
+        assert_eq!(pieces(&wide, 1001, true).collect::<String>(), wide);
+    }
+
+    /// An added token with a space in it is not cut in two.
+    #[test]
+    fn a_tokenizer_with_a_spaced_added_token_is_not_cut_before_spaces() {
+        let mut tokenizer = CodeTokenizer::train(corpus().iter(), 300).unwrap().inner;
+        tokenizer.add_tokens(&[AddedToken::from("let x = ", false)]);
+        let added = tokenizer.token_to_id("let x = ").unwrap();
+        let mut tokenizer = CodeTokenizer::wrap(tokenizer).unwrap();
+        assert!(!tokenizer.cut_before_spaces);
+        let text = "    let x = 1;\n".repeat(200);
+        let whole = tokenizer.inner.encode_fast(text.as_str(), false).unwrap();
+        assert!(whole.get_ids().contains(&added));
+        assert!(tokenizer.encode_in_pieces(&text, 16).unwrap() == whole.get_ids());
+        tokenizer.cut_before_spaces = true;
+        assert!(tokenizer.encode_in_pieces(&text, 16).unwrap() != whole.get_ids());
     }
 
     /// Encoding in pieces gives the ids of the whole text, for this crate's own
@@ -342,31 +397,40 @@ mod tests {
         corpus.extend((0..300).map(|_| "x = 1   \n".to_string()));
         let own = CodeTokenizer::train(corpus.iter(), 2000).unwrap();
 
-        let qwen_split = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-        let mut qwen = Tokenizer::new(BPE::default());
-        qwen.with_normalizer(Some(NFC))
-            .with_pre_tokenizer(Some(Sequence::new(vec![
-                Split::new(
-                    SplitPattern::Regex(qwen_split.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .unwrap()
-                .into(),
-                ByteLevel::new(false, false, false).into(),
-            ])))
-            .with_decoder(Some(ByteLevel::default()));
-        let mut trainer = byte_level_trainer(2000, "<|endoftext|>");
-        qwen.train(&mut trainer, corpus.iter()).unwrap();
+        // Qwen2's split pattern, then Llama 3's (digits in threes).
+        let splits = [
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ];
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokenizer.json");
-        qwen.save(&path, false).unwrap();
-        let qwen = CodeTokenizer::load(&path).unwrap();
+        let mut tokenizers = vec![own];
+        for (i, split) in splits.into_iter().enumerate() {
+            let mut split_first = Tokenizer::new(BPE::default());
+            split_first
+                .with_normalizer(Some(NFC))
+                .with_pre_tokenizer(Some(Sequence::new(vec![
+                    Split::new(
+                        SplitPattern::Regex(split.into()),
+                        SplitDelimiterBehavior::Isolated,
+                        false,
+                    )
+                    .unwrap()
+                    .into(),
+                    ByteLevel::new(false, false, false).into(),
+                ])))
+                .with_decoder(Some(ByteLevel::default()));
+            let mut trainer = byte_level_trainer(2000, "<|endoftext|>");
+            split_first.train(&mut trainer, corpus.iter()).unwrap();
+            let path = dir.path().join(format!("tokenizer-{i}.json"));
+            split_first.save(&path, false).unwrap();
+            tokenizers.push(CodeTokenizer::load(&path).unwrap());
+        }
 
-        for tok in [&own, &qwen] {
+        for tok in &tokenizers {
+            assert!(tok.cut_before_spaces);
             let whole = tok.inner.encode_fast(text.as_str(), false).unwrap();
             // Pieces of 64 bytes cut at thousands of places, indented lines among them.
-            for min_bytes in [ENCODE_PIECE_BYTES, 64] {
+            for min_bytes in [ENCODE_PIECE_BYTES, 64, 2] {
                 let ids = tok.encode_in_pieces(&text, min_bytes).unwrap();
                 assert_eq!(ids.len(), whole.get_ids().len(), "pieces of {min_bytes}");
                 assert!(ids == whole.get_ids(), "pieces of {min_bytes}: other ids");

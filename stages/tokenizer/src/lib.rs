@@ -40,10 +40,23 @@ pub struct CodeTokenizer {
     /// First 16 hex digits of the SHA-256 of the tokenizer's JSON: batches carry it, and
     /// the trainer refuses batches made with another tokenizer.
     pub fingerprint: String,
-    /// Whether [`pieces`] may cut before a space: not where an added token holds one
-    /// (it could be cut in two).
-    cut_before_spaces: bool,
+    /// Where [`pieces`] may cut a long text.
+    cuts: Cuts,
 }
+
+/// The places [`safe_end`] may cut a text at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cuts {
+    after_newlines: bool,
+    before_spaces: bool,
+}
+
+/// Code with every kind of place [`safe_end`] cuts at, and the spacing around them
+/// (indentation, blank lines, trailing spaces, CRLF, tabs, digits, quotes, non-ASCII):
+/// a tokenizer that gives other ids for it cut at every such place is not cut there.
+const CUT_PROBE: &str = "use std::io;\n#[derive(Debug)]\nstruct A { b: u32 }\nimpl A {\n    \
+    fn new() -> Self {\n        A { b: 1_000 }\n    }\n}\n\n\nfn main() {\r\n\tlet x = \
+    [1, 22, 333];   \n    println!(\"{x:?} it's 'ok' — ünïcødé ✓\");\n}\nx = 1  \ny = 2\n";
 
 impl CodeTokenizer {
     /// Fits a byte-level BPE of `vocab_size` on `texts`.
@@ -104,12 +117,16 @@ impl CodeTokenizer {
         };
         let json = inner.to_string(false).map_err(|e| anyhow!("{e}"))?;
         let fingerprint = format!("{:x}", Sha256::digest(json.as_bytes()))[..16].to_string();
-        let cut_before_spaces = !inner
+        // An added token with a space in it could be cut in two.
+        let spaced_token = inner
             .get_added_tokens_decoder()
             .values()
             .any(|t| t.content.contains(' '));
-        Ok(Self {
-            cut_before_spaces,
+        let mut tokenizer = Self {
+            cuts: Cuts {
+                after_newlines: false,
+                before_spaces: false,
+            },
             end_of_text: id(END_OF_TEXT)?,
             fim_prefix: id(FIM_PREFIX)?,
             fim_middle: id(FIM_MIDDLE)?,
@@ -118,7 +135,31 @@ impl CodeTokenizer {
             repo_name: id(REPO_NAME)?,
             fingerprint,
             inner,
-        })
+        };
+        tokenizer.cuts = Cuts {
+            after_newlines: tokenizer.keeps_ids_when_cut(Cuts {
+                after_newlines: true,
+                before_spaces: false,
+            })?,
+            before_spaces: !spaced_token
+                && tokenizer.keeps_ids_when_cut(Cuts {
+                    after_newlines: false,
+                    before_spaces: true,
+                })?,
+        };
+        Ok(tokenizer)
+    }
+
+    /// Whether [`CUT_PROBE`] cut at every place `cuts` allows encodes to the ids of it
+    /// whole. The rules hold for byte-level BPEs (GPT-2's, Qwen's, Llama 3's split
+    /// patterns); a SentencePiece-style pre-tokenizer marks the start of every text it
+    /// is given, so each piece would gain a mark.
+    fn keeps_ids_when_cut(&self, cuts: Cuts) -> anyhow::Result<bool> {
+        let whole = self
+            .inner
+            .encode_fast(CUT_PROBE, false)
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(self.encode_cut(CUT_PROBE, 1, cuts)? == whole.get_ids())
     }
 
     /// Token ids of plain text (special-token strings inside it are not special).
@@ -134,8 +175,12 @@ impl CodeTokenizer {
     }
 
     fn encode_in_pieces(&self, text: &str, min_bytes: usize) -> anyhow::Result<Vec<u32>> {
+        self.encode_cut(text, min_bytes, self.cuts)
+    }
+
+    fn encode_cut(&self, text: &str, min_bytes: usize, cuts: Cuts) -> anyhow::Result<Vec<u32>> {
         let mut ids = Vec::new();
-        for piece in pieces(text, min_bytes, self.cut_before_spaces) {
+        for piece in pieces(text, min_bytes, cuts) {
             let encoding = self
                 .inner
                 .encode_fast(piece, false)
@@ -160,7 +205,7 @@ const ENCODE_PIECE_BYTES: usize = 32 * 1024;
 /// `text` cut into pieces of at least `min_bytes` where it can be (the last may be
 /// shorter), each ending at the first [`safe_end`] after `min_bytes`; a text with no
 /// such place after `min_bytes` is one piece.
-fn pieces(text: &str, min_bytes: usize, before_spaces: bool) -> impl Iterator<Item = &str> {
+fn pieces(text: &str, min_bytes: usize, cuts: Cuts) -> impl Iterator<Item = &str> {
     let mut rest = text;
     let from = min_bytes.saturating_sub(1);
     std::iter::from_fn(move || {
@@ -174,7 +219,7 @@ fn pieces(text: &str, min_bytes: usize, before_spaces: bool) -> impl Iterator<It
                 after
                     .windows(3)
                     .enumerate()
-                    .find_map(|(at, w)| safe_end(w, before_spaces).map(|end| from + at + end))
+                    .find_map(|(at, w)| safe_end(w, cuts).map(|end| from + at + end))
             })
             .unwrap_or(rest.len());
         let (piece, after) = rest.split_at(end);
@@ -183,21 +228,22 @@ fn pieces(text: &str, min_bytes: usize, before_spaces: bool) -> impl Iterator<It
     })
 }
 
-/// Where in three bytes of text a piece may end, if anywhere: after a '\n' between two
-/// visible ASCII characters, or (`before_spaces`) between a visible ASCII character
-/// and a space. In GPT-2's split pattern (ByteLevel's own) and Qwen2's and Llama 3's,
-/// a pre-token holds a space only first or among whitespace, so one always starts at
-/// such a space, and the pre-token before it ends the same with the text cut there.
+/// Where in three bytes of text a piece may end, if anywhere (as far as `cuts` allows):
+/// after a '\n' between two visible ASCII characters, or between a visible ASCII
+/// character and a space. In GPT-2's split pattern (ByteLevel's own) and Qwen2's and
+/// Llama 3's, a pre-token holds a space only first or among whitespace, so one always
+/// starts at such a space, and the pre-token before it ends the same with the text cut
+/// there.
 /// Before a newline no such rule holds: GPT-2's pattern takes "  \n" at the end of a
 /// text whole, and "  " then "\n" before a letter; Llama 3's joins "\n" to the
 /// punctuation before it; so a cut follows a newline, and only one that neither side's
 /// whitespace joins. Indented code has few of those, the spaces make up for it.
-fn safe_end(w: &[u8], before_spaces: bool) -> Option<usize> {
+fn safe_end(w: &[u8], cuts: Cuts) -> Option<usize> {
     if !w[0].is_ascii_graphic() {
         None
-    } else if w[1] == b'\n' && w[2].is_ascii_graphic() {
+    } else if cuts.after_newlines && w[1] == b'\n' && w[2].is_ascii_graphic() {
         Some(2)
-    } else if before_spaces && w[1] == b' ' {
+    } else if cuts.before_spaces && w[1] == b' ' {
         Some(1)
     } else {
         None
@@ -334,7 +380,11 @@ mod tests {
     fn a_long_text_is_cut_after_a_newline_between_two_visible_characters_or_before_a_space() {
         let text = long_text();
         for before_spaces in [false, true] {
-            let cut: Vec<&str> = pieces(&text, ENCODE_PIECE_BYTES, before_spaces).collect();
+            let cuts = Cuts {
+                after_newlines: true,
+                before_spaces,
+            };
+            let cut: Vec<&str> = pieces(&text, ENCODE_PIECE_BYTES, cuts).collect();
             assert!(cut.len() > 5, "{} pieces", cut.len());
             assert_eq!(cut.concat(), text);
             for pair in cut.windows(2) {
@@ -349,18 +399,56 @@ mod tests {
                 }
             }
         }
+        let (newlines, all, none) = (
+            Cuts {
+                after_newlines: true,
+                before_spaces: false,
+            },
+            Cuts {
+                after_newlines: true,
+                before_spaces: true,
+            },
+            Cuts {
+                after_newlines: false,
+                before_spaces: false,
+            },
+        );
+        assert_eq!(pieces(&text, 1024, none).count(), 1);
         // Lines of one indented word: a cut before a space only.
         let indented = "        a \n".repeat(40_000);
-        assert_eq!(pieces(&indented, 1024, false).count(), 1);
-        assert!(pieces(&indented, 1024, true).count() > 100);
+        assert_eq!(pieces(&indented, 1024, newlines).count(), 1);
+        assert!(pieces(&indented, 1024, all).count() > 100);
         // Nowhere safe to cut: one piece, however long.
         let bare = "    a\n".repeat(40_000);
-        assert_eq!(pieces(&bare, 1024, true).count(), 1);
-        assert_eq!(pieces("", 1024, true).count(), 0);
+        assert_eq!(pieces(&bare, 1024, all).count(), 1);
+        assert_eq!(pieces("", 1024, all).count(), 0);
         // Cuts among characters of several bytes land between them.
         let wide = "éa\nbü".repeat(20_000);
-        assert!(pieces(&wide, 1001, true).count() > 10);
-        assert_eq!(pieces(&wide, 1001, true).collect::<String>(), wide);
+        assert!(pieces(&wide, 1001, all).count() > 10);
+        assert_eq!(pieces(&wide, 1001, all).collect::<String>(), wide);
+    }
+
+    /// A SentencePiece-style tokenizer (Metaspace, as Llama 2's and Mistral's
+    /// tokenizer.json have it) marks the start of every text it is given, so pieces
+    /// would each gain a mark: it encodes a text whole.
+    #[test]
+    fn a_tokenizer_whose_ids_change_where_a_text_is_cut_encodes_it_whole() {
+        use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+        let mut metaspace = Tokenizer::new(BPE::default());
+        metaspace.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
+        let mut trainer = byte_level_trainer(500, "<|endoftext|>");
+        metaspace
+            .train(&mut trainer, long_text_parts().iter())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        metaspace.save(&path, false).unwrap();
+        let tok = CodeTokenizer::load(&path).unwrap();
+
+        assert!(!tok.cuts.after_newlines && !tok.cuts.before_spaces);
+        let text = long_text();
+        let whole = tok.inner.encode_fast(text.as_str(), false).unwrap();
+        assert!(tok.encode_in_pieces(&text, 64).unwrap() == whole.get_ids());
     }
 
     /// An added token with a space in it is not cut in two.
@@ -370,12 +458,12 @@ mod tests {
         tokenizer.add_tokens(&[AddedToken::from("let x = ", false)]);
         let added = tokenizer.token_to_id("let x = ").unwrap();
         let mut tokenizer = CodeTokenizer::wrap(tokenizer).unwrap();
-        assert!(!tokenizer.cut_before_spaces);
+        assert!(tokenizer.cuts.after_newlines && !tokenizer.cuts.before_spaces);
         let text = "    let x = 1;\n".repeat(200);
         let whole = tokenizer.inner.encode_fast(text.as_str(), false).unwrap();
         assert!(whole.get_ids().contains(&added));
         assert!(tokenizer.encode_in_pieces(&text, 16).unwrap() == whole.get_ids());
-        tokenizer.cut_before_spaces = true;
+        tokenizer.cuts.before_spaces = true;
         assert!(tokenizer.encode_in_pieces(&text, 16).unwrap() != whole.get_ids());
     }
 
@@ -427,7 +515,13 @@ mod tests {
         }
 
         for tok in &tokenizers {
-            assert!(tok.cut_before_spaces);
+            assert_eq!(
+                tok.cuts,
+                Cuts {
+                    after_newlines: true,
+                    before_spaces: true
+                }
+            );
             let whole = tok.inner.encode_fast(text.as_str(), false).unwrap();
             // Pieces of 64 bytes cut at thousands of places, indented lines among them.
             for min_bytes in [ENCODE_PIECE_BYTES, 64, 2] {

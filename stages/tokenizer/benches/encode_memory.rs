@@ -105,11 +105,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let [_, flag, path, way, kind, bytes] = &args[..] {
         if flag == "--measure" {
-            let kind = if kind == "indented" {
-                Kind::Indented
-            } else {
-                Kind::Code
-            };
+            let kind = [Kind::Code, Kind::Indented]
+                .into_iter()
+                .find(|k| k.name() == kind)
+                .expect("a kind of text");
             return measure(Path::new(path), way, kind, bytes.parse().unwrap());
         }
     }

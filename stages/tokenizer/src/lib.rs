@@ -117,16 +117,8 @@ impl CodeTokenizer {
         };
         let json = inner.to_string(false).map_err(|e| anyhow!("{e}"))?;
         let fingerprint = format!("{:x}", Sha256::digest(json.as_bytes()))[..16].to_string();
-        // An added token with a space in it could be cut in two.
-        let spaced_token = inner
-            .get_added_tokens_decoder()
-            .values()
-            .any(|t| t.content.contains(' '));
-        let mut tokenizer = Self {
-            cuts: Cuts {
-                after_newlines: false,
-                before_spaces: false,
-            },
+        Ok(Self {
+            cuts: cuts_keeping_ids(&inner)?,
             end_of_text: id(END_OF_TEXT)?,
             fim_prefix: id(FIM_PREFIX)?,
             fim_middle: id(FIM_MIDDLE)?,
@@ -135,31 +127,7 @@ impl CodeTokenizer {
             repo_name: id(REPO_NAME)?,
             fingerprint,
             inner,
-        };
-        tokenizer.cuts = Cuts {
-            after_newlines: tokenizer.keeps_ids_when_cut(Cuts {
-                after_newlines: true,
-                before_spaces: false,
-            })?,
-            before_spaces: !spaced_token
-                && tokenizer.keeps_ids_when_cut(Cuts {
-                    after_newlines: false,
-                    before_spaces: true,
-                })?,
-        };
-        Ok(tokenizer)
-    }
-
-    /// Whether [`CUT_PROBE`] cut at every place `cuts` allows encodes to the ids of it
-    /// whole. The rules hold for byte-level BPEs (GPT-2's, Qwen's, Llama 3's split
-    /// patterns); a SentencePiece-style pre-tokenizer marks the start of every text it
-    /// is given, so each piece would gain a mark.
-    fn keeps_ids_when_cut(&self, cuts: Cuts) -> anyhow::Result<bool> {
-        let whole = self
-            .inner
-            .encode_fast(CUT_PROBE, false)
-            .map_err(|e| anyhow!("{e}"))?;
-        Ok(self.encode_cut(CUT_PROBE, 1, cuts)? == whole.get_ids())
+        })
     }
 
     /// Token ids of plain text (special-token strings inside it are not special).
@@ -175,19 +143,7 @@ impl CodeTokenizer {
     }
 
     fn encode_in_pieces(&self, text: &str, min_bytes: usize) -> anyhow::Result<Vec<u32>> {
-        self.encode_cut(text, min_bytes, self.cuts)
-    }
-
-    fn encode_cut(&self, text: &str, min_bytes: usize, cuts: Cuts) -> anyhow::Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        for piece in pieces(text, min_bytes, cuts) {
-            let encoding = self
-                .inner
-                .encode_fast(piece, false)
-                .map_err(|e| anyhow!("{e}"))?;
-            ids.extend_from_slice(encoding.get_ids());
-        }
-        Ok(ids)
+        encode_cut(&self.inner, text, min_bytes, self.cuts)
     }
 
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
@@ -197,6 +153,52 @@ impl CodeTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// The ids of `text` encoded a piece at a time, cut where `cuts` allows.
+fn encode_cut(
+    tokenizer: &Tokenizer,
+    text: &str,
+    min_bytes: usize,
+    cuts: Cuts,
+) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for piece in pieces(text, min_bytes, cuts) {
+        let encoding = tokenizer
+            .encode_fast(piece, false)
+            .map_err(|e| anyhow!("{e}"))?;
+        ids.extend_from_slice(encoding.get_ids());
+    }
+    Ok(ids)
+}
+
+/// The kinds of cut under which `tokenizer` encodes [`CUT_PROBE`], cut at every place
+/// each allows, to the ids of it whole. The rules hold for byte-level BPEs (GPT-2's,
+/// Qwen's, Llama 3's split patterns); a SentencePiece-style pre-tokenizer marks the
+/// start of every text it is given, so each piece would gain a mark. No cut before a
+/// space where an added token holds one: it could be cut in two.
+fn cuts_keeping_ids(tokenizer: &Tokenizer) -> anyhow::Result<Cuts> {
+    let whole = tokenizer
+        .encode_fast(CUT_PROBE, false)
+        .map_err(|e| anyhow!("{e}"))?;
+    let keeps_ids = |cuts| -> anyhow::Result<bool> {
+        Ok(encode_cut(tokenizer, CUT_PROBE, 1, cuts)? == whole.get_ids())
+    };
+    let spaced_token = tokenizer
+        .get_added_tokens_decoder()
+        .values()
+        .any(|t| t.content.contains(' '));
+    Ok(Cuts {
+        after_newlines: keeps_ids(Cuts {
+            after_newlines: true,
+            before_spaces: false,
+        })?,
+        before_spaces: !spaced_token
+            && keeps_ids(Cuts {
+                after_newlines: false,
+                before_spaces: true,
+            })?,
+    })
 }
 
 /// Bytes of text encoded at once, at least (a piece runs on to its next safe end).

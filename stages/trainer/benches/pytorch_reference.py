@@ -2,8 +2,9 @@
 tokens/s ratio with `cargo bench -p codelupe-trainer` (benches/throughput.rs): the same
 presets, shapes, random tokens, bf16 autocast on CUDA, AdamW (torch's fused one, with
 the same decay of matrices only), global-norm clipping and thread count. Configured by
-the same environment variables: PRESET, SEQ, ROWS, STEPS, VOCAB, DEVICE; PROFILE=1 adds
-an operator profile of three steps; COMPILE=1 runs the loss under torch.compile, to
+the same environment variables: PRESET, SEQ, ROWS, STEPS, VOCAB, DEVICE; PHASES=1 adds
+milliseconds a step by phase, as the Rust bench prints them; PROFILE=1 adds an operator
+profile of three steps; COMPILE=1 runs the loss under torch.compile, to
 show what kernel fusion would give (libtorch has no compiler).
 
     python stages/trainer/benches/pytorch_reference.py
@@ -147,6 +148,39 @@ def main():
           f"{100 * tokens_per_second * flops / 989e12:.1f}% MFU of an H100's 989 TFLOPS bf16")
     if cuda:
         print(f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if env("PHASES"):
+        # As benches/throughput.rs times them: the device synchronised after each phase.
+        spent = [0.0, 0.0, 0.0]
+
+        def timed(phase, work):
+            started = time.perf_counter()
+            result = work()
+            if cuda:
+                torch.cuda.synchronize()
+            spent[phase] += time.perf_counter() - started
+            return result
+
+        def forward():
+            t, p = tokens.to(device), positions.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                return model.loss(t, p)
+
+        def backward(loss):
+            loss.backward()
+            loss.item()
+
+        def optimise():
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=False)
+
+        for _ in range(steps):
+            loss = timed(0, forward)
+            timed(1, lambda: backward(loss))
+            timed(2, optimise)
+        ms = [1e3 * s / steps for s in spent]
+        print(f"phases, ms a step: forward {ms[0]:.1f}, backward {ms[1]:.1f}, "
+              f"optimiser {ms[2]:.1f} (norm, clip, update, zeroing)")
     if env("PROFILE"):
         # Where a step's time goes, by operator (the Rust trainer runs the same ones).
         activities = [torch.profiler.ProfilerActivity.CPU] + (

@@ -4,6 +4,10 @@
 //!
 //!     cargo bench -p codelupe-trainer                      # tiny, CPU-sized
 //!     PRESET=125m SEQ=2048 ROWS=16 STEPS=30 cargo bench -p codelupe-trainer   # on a GPU
+//!
+//! PHASES=1 then times each phase of the same number of steps (forward, backward,
+//! optimiser), the device synchronised after each, as pytorch_reference.py does: where a
+//! gap to PyTorch lies, without a profiler libtorch from Rust does not bind.
 
 use std::time::Instant;
 
@@ -66,6 +70,9 @@ fn main() {
         flops / 1e12,
         100.0 * flops / 989e12
     );
+    if std::env::var_os("PHASES").is_some() {
+        phases(&mut trainer, &batch, steps);
+    }
     if device.is_cuda() {
         let out = std::process::Command::new("nvidia-smi")
             .args([
@@ -80,4 +87,48 @@ fn main() {
             );
         }
     }
+}
+
+/// Milliseconds a step of each phase, the device synchronised after each (which costs
+/// the overlap of one phase's launches with the last one's kernels: compare phases with
+/// phases, not with the tokens/s above).
+fn phases(trainer: &mut Trainer, batch: &Sequences, steps: usize) {
+    let device = trainer.device();
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0);
+        }
+    };
+    let mut spent = [0.0f64; 3];
+    let mut timed = |phase: usize, work: &mut dyn FnMut()| {
+        let started = Instant::now();
+        work();
+        sync();
+        spent[phase] += started.elapsed().as_secs_f64();
+    };
+    sync();
+    for _ in 0..steps {
+        let mut loss = None;
+        timed(0, &mut || {
+            let on_device = batch.to(device);
+            loss = Some(tch::autocast(trainer.bf16, || {
+                trainer
+                    .model
+                    .loss(&on_device.tokens, &on_device.positions, false)
+            }));
+        });
+        timed(1, &mut || {
+            let loss = loss.take().expect("forward ran");
+            loss.backward();
+            std::hint::black_box(loss.double_value(&[]));
+        });
+        timed(2, &mut || {
+            trainer.step();
+        });
+    }
+    let ms = spent.map(|s| 1e3 * s / steps as f64);
+    println!(
+        "phases, ms a step: forward {:.1}, backward {:.1}, optimiser {:.1} (norm, clip, update, zeroing)",
+        ms[0], ms[1], ms[2]
+    );
 }

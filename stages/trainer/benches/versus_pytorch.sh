@@ -5,7 +5,8 @@
 #   bash stages/trainer/benches/versus_pytorch.sh            # CPU: tiny and 125m
 #   GPU=1 bash stages/trainer/benches/versus_pytorch.sh      # CUDA: 125m at 1024 and 2048, bf16
 #
-# CONFIGS overrides the list ("preset:sequence:rows:steps ..."), ROUNDS the rounds (2).
+# CONFIGS overrides the list ("preset:sequence:rows:steps ..."), ROUNDS the rounds (2);
+# PHASES=1 adds each side's milliseconds a step by phase (forward, backward, optimiser).
 # TRAINER_BENCH names a built bench binary (a GPU machine without cargo gets one built
 # elsewhere; PYTHON then names that machine's torch 2.11 interpreter).
 set -euo pipefail

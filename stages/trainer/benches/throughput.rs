@@ -6,8 +6,8 @@
 //!     PRESET=125m SEQ=2048 ROWS=16 STEPS=30 cargo bench -p codelupe-trainer   # on a GPU
 //!
 //! PHASES=1 then times each phase of the same number of steps (forward, backward,
-//! optimiser), the device synchronised after each, as pytorch_reference.py does: where a
-//! gap to PyTorch lies, without a profiler libtorch from Rust does not bind.
+//! optimiser), the device synchronised after each, as pytorch_reference.py does: it
+//! shows in which phase a gap to PyTorch lies, as libtorch from Rust binds no profiler.
 
 use std::time::Instant;
 

@@ -48,16 +48,25 @@ fn bare(
     (tokens, started.elapsed())
 }
 
+/// CPU time this thread has run (the kernel's schedstat, in nanoseconds).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos = stat.split_whitespace().next().and_then(|n| n.parse().ok());
+    Duration::from_nanos(nanos.unwrap_or(0))
+}
+
 /// The stage: a fresh batcher (its dedup state loaded before the clock starts) takes
 /// every file, prepared on `workers` threads as its loop prepares them, and seals full
-/// batches, each encoded as the loop would publish it.
+/// batches, each encoded as the loop would publish it. Also returns the CPU time of the
+/// loop's own thread (dedup, packing, encoding sealed batches): on two cores that
+/// work shares the cores with the workers.
 fn stage(
     runtime: &tokio::runtime::Runtime,
     path: &Path,
     clients: &KafkaClients,
     files: &[CodeFile],
     workers: NonZeroUsize,
-) -> (usize, Duration) {
+) -> ((usize, Duration), Duration) {
     let options = BatcherOptions {
         tokenizer: path.to_path_buf(),
         ..BatcherOptions::default()
@@ -78,7 +87,8 @@ fn stage(
         .unwrap();
     // As deep as the loop's queue (max_in_flight's default).
     let depth = StageSettings::default().max_in_flight.get();
-    runtime.block_on(async {
+    let loop_started = thread_cpu();
+    let measured = runtime.block_on(async {
         let started = Instant::now();
         let mut ordered = Ordered::new(workers);
         let (mut next, mut tokens) = (files.iter().enumerate(), 0);
@@ -104,7 +114,8 @@ fn stage(
             }
         }
         (tokens, started.elapsed())
-    })
+    });
+    (measured, thread_cpu().saturating_sub(loop_started))
 }
 
 fn rate((tokens, time): (usize, Duration)) -> f64 {
@@ -144,17 +155,24 @@ fn main() {
     let cores = std::thread::available_parallelism().unwrap();
     let one = NonZeroUsize::MIN;
     let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut loop_shares = Vec::new();
     for round in 1..=ROUNDS {
-        let measured = [
-            rate(bare(&plain, &files, false)),
-            rate(stage(&runtime, &path, &clients, &files, one)),
-            rate(bare(&plain, &files, true)),
-            rate(stage(&runtime, &path, &clients, &files, cores)),
-        ];
+        let bare_one = bare(&plain, &files, false);
+        let (stage_one, _) = stage(&runtime, &path, &clients, &files, one);
+        let bare_all = bare(&plain, &files, true);
+        let (stage_all, loop_cpu) = stage(&runtime, &path, &clients, &files, cores);
+        let loop_share = loop_cpu.as_secs_f64() / stage_all.1.as_secs_f64();
+        loop_shares.push(loop_share);
+        let measured = [bare_one, stage_one, bare_all, stage_all].map(rate);
         println!(
             "round {round}: one thread: tokenizers alone {:.0}, stage {:.0} tokens/s; \
-             {cores} cores: tokenizers alone {:.0}, stage {:.0} tokens/s",
-            measured[0], measured[1], measured[2], measured[3]
+             {cores} cores: tokenizers alone {:.0}, stage {:.0} tokens/s, its loop's thread \
+             busy {:.0}% of the run",
+            measured[0],
+            measured[1],
+            measured[2],
+            measured[3],
+            100.0 * loop_share
         );
         for (all, r) in rates.iter_mut().zip(measured) {
             all.push(r);
@@ -173,5 +191,9 @@ fn main() {
         "stage on {cores} cores vs one thread: {:.2}x (goal >= 1.7x on 2 cores); tokenizers alone: {:.2}x",
         stage_all / stage_one,
         bare_all / bare_one
+    );
+    println!(
+        "median, {cores} cores: the stage's loop thread (dedup, packing, encoding batches) busy {:.0}% of the run",
+        100.0 * median(loop_shares)
     );
 }

@@ -20,8 +20,7 @@ type Job = Box<dyn FnOnce() + Send>;
 ///
 /// A worker that finishes a job takes the next one itself: were jobs started by the
 /// caller's polling, the cores would idle whenever the caller is busy with a result
-/// (the batcher packing a file): on two cores the batcher made 0.82× the tokenizers
-/// alone so, and 0.90–1.01× since.
+/// (the batcher packing a file, encoding a sealed batch, awaiting Kafka).
 pub struct Ordered<T> {
     queue: FuturesOrdered<oneshot::Receiver<std::thread::Result<T>>>,
     waiting: Arc<Waiting>,

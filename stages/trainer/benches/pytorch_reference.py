@@ -114,17 +114,25 @@ def main():
     positions = torch.arange(seq).unsqueeze(0).repeat(rows, 1)
     cuda = device.type == "cuda"
 
-    def step():
-        # As the Rust trainer: the batch moves to the device each step, the loss and
-        # the gradient norm are read back.
+    # A step's phases, as the Rust trainer's: the batch moves to the device each step,
+    # the loss and the gradient norm are read back.
+    def forward():
         t, p = tokens.to(device), positions.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = model.loss(t, p)
+            return model.loss(t, p)
+
+    def backward(loss):
         loss.backward()
         loss.item()
+
+    def optimise():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True).item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
+
+    def step():
+        backward(forward())
+        optimise()
 
     for _ in range(3):
         step()
@@ -159,20 +167,6 @@ def main():
                 torch.cuda.synchronize()
             spent[phase] += time.perf_counter() - started
             return result
-
-        def forward():
-            t, p = tokens.to(device), positions.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                return model.loss(t, p)
-
-        def backward(loss):
-            loss.backward()
-            loss.item()
-
-        def optimise():
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True).item()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=False)
 
         for _ in range(steps):
             loss = timed(0, forward)

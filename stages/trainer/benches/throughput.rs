@@ -109,14 +109,7 @@ fn phases(trainer: &mut Trainer, batch: &Sequences, steps: usize) {
     sync();
     for _ in 0..steps {
         let mut loss = None;
-        timed(0, &mut || {
-            let on_device = batch.to(device);
-            loss = Some(tch::autocast(trainer.bf16, || {
-                trainer
-                    .model
-                    .loss(&on_device.tokens, &on_device.positions, false)
-            }));
-        });
+        timed(0, &mut || loss = Some(trainer.loss(batch)));
         timed(1, &mut || {
             let loss = loss.take().expect("forward ran");
             loss.backward();

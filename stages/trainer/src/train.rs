@@ -92,14 +92,20 @@ impl Trainer {
         self.vs.device()
     }
 
+    /// The forward pass: `sequences` moved to the device, their mean loss (under bf16
+    /// autocast where enabled).
+    pub fn loss(&self, sequences: &Sequences) -> Tensor {
+        let on_device = sequences.to(self.device());
+        tch::autocast(self.bf16, || {
+            self.model
+                .loss(&on_device.tokens, &on_device.positions, self.mask_documents)
+        })
+    }
+
     /// Forward and backward of one micro-batch, its gradient scaled by 1/`accumulation`;
     /// returns its loss.
     pub fn accumulate(&mut self, sequences: &Sequences, accumulation: u32) -> f64 {
-        let on_device = sequences.to(self.device());
-        let loss = tch::autocast(self.bf16, || {
-            self.model
-                .loss(&on_device.tokens, &on_device.positions, self.mask_documents)
-        });
+        let loss = self.loss(sequences);
         (&loss / accumulation.max(1) as f64).backward();
         loss.double_value(&[])
     }
@@ -117,18 +123,7 @@ impl Trainer {
         if eval.is_empty() {
             return None;
         }
-        let total: f64 = tch::no_grad(|| {
-            eval.iter()
-                .map(|s| {
-                    let s = s.to(self.device());
-                    tch::autocast(self.bf16, || {
-                        self.model
-                            .loss(&s.tokens, &s.positions, self.mask_documents)
-                    })
-                    .double_value(&[])
-                })
-                .sum()
-        });
+        let total: f64 = tch::no_grad(|| eval.iter().map(|s| self.loss(s).double_value(&[])).sum());
         Some(total / eval.len() as f64)
     }
 

@@ -217,6 +217,8 @@ fn pieces(text: &str, min_bytes: usize, cuts: Cuts) -> impl Iterator<Item = &str
         let end = rest
             .as_bytes()
             .get(from..)
+            // A tokenizer cut nowhere (SentencePiece-style) is not scanned for places.
+            .filter(|_| cuts.after_newlines || cuts.before_spaces)
             .and_then(|after| {
                 after
                     .windows(3)

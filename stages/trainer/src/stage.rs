@@ -30,7 +30,7 @@ use tch::Device;
 use crate::checkpoint::{self, CheckpointState, EvalSet};
 use crate::model::{ModelConfig, Preset};
 use crate::optim::OptimizerOptions;
-use crate::train::{Sequences, Trainer};
+use crate::train::{BatchLimits, Sequences, Trainer};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +57,9 @@ pub struct TrainerOptions {
     pub bf16: bool,
     /// Keep attention within documents (positions restart at documents either way).
     pub mask_documents: bool,
+    /// Batches with longer sequences are dead-lettered, not trained (attention's memory
+    /// grows with the square of the length).
+    pub max_sequence_length: usize,
     pub log_every_steps: NonZeroU64,
     /// Read the input from the checkpoint's offsets (false: from the beginning, keeping
     /// the weights), for an input that does not outlive the trainer: the embedded
@@ -85,6 +88,7 @@ impl Default for TrainerOptions {
             seed: 0,
             bf16: true,
             mask_documents: false,
+            max_sequence_length: 16_384,
             log_every_steps: NonZeroU64::new(10).expect("positive"),
             resume_offsets: true,
         }
@@ -472,7 +476,11 @@ impl Stage {
             self.skip(Skip::TokenizerMismatch);
             return Ok(());
         }
-        let sequences = match Sequences::from_batch(&batch) {
+        let limits = BatchLimits {
+            vocab_size: self.tokenizer.vocab_size(),
+            max_sequence_length: self.options.max_sequence_length,
+        };
+        let sequences = match Sequences::from_batch(&batch, limits) {
             Ok(sequences) => sequences,
             Err(e) => return self.dead_letter(message, format!("malformed batch: {e}")),
         };

@@ -16,14 +16,45 @@ pub struct Sequences {
     pub positions: Tensor,
 }
 
+/// What a batch must satisfy before it becomes tensors: a record that decodes can
+/// still carry ids the embedding has no row for or a length no sequence has, and
+/// either would panic inside libtorch on every restart (a crash loop) instead of being
+/// dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Token ids run 0..vocab_size (the tokenizer's).
+    pub vocab_size: usize,
+    /// The longest sequence trained on: attention's memory grows with its square.
+    pub max_sequence_length: usize,
+}
+
 impl Sequences {
-    pub fn from_batch(batch: &TrainingBatch) -> anyhow::Result<Self> {
-        let length = batch.sequence_length as usize;
-        if length < 2 || !batch.token_ids.len().is_multiple_of(length) {
+    pub fn from_batch(batch: &TrainingBatch, limits: BatchLimits) -> anyhow::Result<Self> {
+        let length = usize::try_from(batch.sequence_length).unwrap_or(0);
+        if !(2..=limits.max_sequence_length).contains(&length) {
+            bail!(
+                "batch {}: sequence length {} is outside 2..={}",
+                batch.batch_id,
+                batch.sequence_length,
+                limits.max_sequence_length
+            );
+        }
+        if batch.token_ids.is_empty() || !batch.token_ids.len().is_multiple_of(length) {
             bail!(
                 "batch {}: {} tokens do not make sequences of {length}",
                 batch.batch_id,
                 batch.token_ids.len()
+            );
+        }
+        if let Some(id) = batch
+            .token_ids
+            .iter()
+            .find(|&&id| usize::try_from(id).map_or(true, |id| id >= limits.vocab_size))
+        {
+            bail!(
+                "batch {}: token id {id} is outside the vocabulary (0..{})",
+                batch.batch_id,
+                limits.vocab_size
             );
         }
         let mut starts = batch.document_starts.iter().map(|&s| s as usize).peekable();
@@ -173,6 +204,39 @@ impl Trainer {
 mod tests {
     use super::*;
 
+    const LIMITS: BatchLimits = BatchLimits {
+        vocab_size: 8,
+        max_sequence_length: 16,
+    };
+
+    fn batch(sequence_length: i32, token_ids: Vec<i32>) -> TrainingBatch {
+        TrainingBatch {
+            batch_id: "b".into(),
+            split: "train".into(),
+            sequence_length,
+            document_starts: vec![0],
+            content_hashes: vec!["a".into()],
+            token_ids,
+            tokenizer_fingerprint: "f".into(),
+        }
+    }
+
+    #[test]
+    fn ids_outside_the_vocabulary_and_impossible_lengths_are_refused() {
+        let refused = |b: TrainingBatch| match Sequences::from_batch(&b, LIMITS) {
+            Ok(_) => panic!("batch accepted: {b:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(refused(batch(4, vec![0, 1, 2, 8])).contains("token id 8"));
+        assert!(refused(batch(4, vec![0, 1, 2, 1_000_000])).contains("token id 1000000"));
+        assert!(refused(batch(4, vec![0, -1, 2, 3])).contains("token id -1"));
+        assert!(refused(batch(-1, vec![])).contains("sequence length -1"));
+        assert!(refused(batch(4, vec![])).contains("0 tokens"));
+        assert!(refused(batch(32, vec![0; 32])).contains("sequence length 32"));
+        assert!(refused(batch(4, vec![0; 6])).contains("6 tokens"));
+        assert!(Sequences::from_batch(&batch(4, vec![7; 8]), LIMITS).is_ok());
+    }
+
     #[test]
     fn positions_restart_at_documents_and_sequences() {
         let batch = TrainingBatch {
@@ -184,7 +248,7 @@ mod tests {
             content_hashes: vec!["a".into(), "b".into(), "c".into()],
             tokenizer_fingerprint: "f".into(),
         };
-        let s = Sequences::from_batch(&batch).unwrap();
+        let s = Sequences::from_batch(&batch, LIMITS).unwrap();
         assert_eq!(s.tokens.size(), [2, 4]);
         let positions: Vec<i64> = s.positions.view([-1]).try_into().unwrap();
         // Document b runs 3..6 across the sequence boundary at 4.

@@ -304,6 +304,69 @@ async fn an_input_ending_in_batches_it_does_not_train_is_committed_to_its_end_an
     assert_eq!(letters[0].value.as_deref(), Some(&b"not avro"[..]));
 }
 
+/// Batches that decode and carry the trainer's tokenizer fingerprint, yet no trainable
+/// tokens (an id past the vocabulary, a negative id, a length of -1 with no tokens),
+/// are dead-lettered; the trainer goes on to train what follows them instead of
+/// panicking in libtorch on the same record at every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_batches_with_the_right_fingerprint_are_dead_lettered_not_a_crash_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 4);
+    let s = setup(
+        dir.path(),
+        &corpus.tokenizer_path,
+        1,
+        "      steps_per_run: 100\n      idle_checkpoint_ms: 1000\n      eval_batches: 0\n",
+    )
+    .await;
+    let forge = |id: &str, edit: &dyn Fn(&mut codelupe_runtime::records::TrainingBatch)| {
+        let mut batch = corpus.train[0].clone();
+        batch.batch_id = id.into();
+        edit(&mut batch);
+        record(&batch)
+    };
+    let mut records = vec![
+        forge("id-past-the-vocabulary", &|b| b.token_ids[1] = 1_000_000),
+        forge("negative-id", &|b| b.token_ids[0] = -5),
+        forge("no-sequence", &|b| {
+            b.sequence_length = -1;
+            b.token_ids.clear();
+        }),
+    ];
+    records.extend(corpus.train.iter().map(record));
+    produce_all(&s.input, records).await;
+    let mut trainer = start(&s.config, &s.topology);
+    wait_for(
+        "the batches after the forged ones checkpointed",
+        Duration::from_secs(240),
+        || trained(&s.root).len() == corpus.train.len(),
+    );
+    assert!(
+        trainer.0.try_wait().unwrap().is_none(),
+        "the trainer exited"
+    );
+    let letters: Vec<codelupe_runtime::records::DeadLetter> =
+        codelupe_testkit::read_all(&s.dead_letters, Duration::from_secs(2))
+            .iter()
+            .map(|(_, v)| codelupe_runtime::records::DeadLetter::decode(v).unwrap())
+            .collect();
+    let keys: Vec<_> = letters.iter().map(|l| l.key.clone().unwrap()).collect();
+    assert_eq!(
+        keys,
+        [
+            &b"id-past-the-vocabulary"[..],
+            b"negative-id",
+            b"no-sequence"
+        ],
+        "{letters:?}"
+    );
+    assert!(letters[0].error.contains("token id 1000000"), "{letters:?}");
+    assert!(
+        letters[2].error.contains("sequence length -1"),
+        "{letters:?}"
+    );
+}
+
 /// A commit that fails in a broker outage is retried while the trainer lives; if it is
 /// killed first, the group's offsets stay behind its checkpoint's. The restarted trainer
 /// commits its checkpoint's offsets even when no new batch arrives.

@@ -6,7 +6,7 @@ mod corpus;
 use codelupe_trainer::checkpoint::{self, CheckpointState};
 use codelupe_trainer::model::ModelConfig;
 use codelupe_trainer::optim::OptimizerOptions;
-use codelupe_trainer::train::{Sequences, Trainer};
+use codelupe_trainer::train::{BatchLimits, Sequences, Trainer};
 use tch::Device;
 
 fn optimizer() -> OptimizerOptions {
@@ -25,9 +25,13 @@ fn trainer(corpus: &corpus::Corpus, seed: i64) -> Trainer {
 }
 
 fn sequences(batches: &[codelupe_runtime::records::TrainingBatch]) -> Vec<Sequences> {
+    let limits = BatchLimits {
+        vocab_size: usize::MAX,
+        max_sequence_length: usize::MAX,
+    };
     batches
         .iter()
-        .map(|b| Sequences::from_batch(b).unwrap())
+        .map(|b| Sequences::from_batch(b, limits).unwrap())
         .collect()
 }
 

@@ -314,7 +314,7 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on
     assert_eq!(cut.reason, "decode");
     assert_eq!(
         cut.value.as_ref().map(Vec::len),
-        Some(codelupe_runtime::pipeline::MAX_DEAD_LETTER_VALUE)
+        Some(DeadLetter::MAX_VALUE)
     );
     assert!(
         cut.error

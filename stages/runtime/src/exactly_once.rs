@@ -110,7 +110,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
         waiting: Waiting::default(),
         tasks: JoinSet::new(),
         done: done_tx,
-        output_limit: runtime.output_max_bytes,
+        output_limit: runtime.output_max_bytes(),
     };
     let mut stream = consumer.stream();
     let mut tick = tokio::time::interval(COMMIT_INTERVAL);

@@ -687,9 +687,9 @@ impl DeadLetters {
         }
     }
 
-    /// Publishes `record`'s dead letter. A value above [`MAX_DEAD_LETTER_VALUE`] is cut
-    /// to that excerpt (the error says so; the original stays at its topic, partition
-    /// and offset), so the letter itself fits the dead-letter topic. A letter the topic
+    /// Publishes `record`'s dead letter, bounded as [`dead_letter`] says (the error says
+    /// what was cut; the original stays at its topic, partition and offset), so the
+    /// letter itself fits the dead-letter topic. A letter the topic
     /// refuses is returned as [`SendError::Rejected`]: the stage cannot go on safely.
     pub async fn send(
         &self,
@@ -741,9 +741,12 @@ pub struct Origin<'a> {
 }
 
 /// The dead letter of a record `stage` could not handle, bound for `dead_letter_topic`
-/// and keyed by the original key. A value above [`MAX_DEAD_LETTER_VALUE`] is cut to
-/// that excerpt (the error says so; the original stays at its offset), so the letter
-/// fits the dead-letter topic.
+/// and keyed by the original key. Its size is bounded by construction, whatever the
+/// record held: the value is cut to [`DeadLetter::MAX_VALUE`] bytes, the key to
+/// [`DeadLetter::MAX_KEY`] and the error text (which may echo record fields) to
+/// [`DeadLetter::MAX_ERROR`]; the error says what was cut, and the original stays at
+/// its offset. So a letter never exceeds [`DeadLetter::MAX_BYTES`] and the topic cannot
+/// refuse it (a refused letter stops the stage onto the same record again).
 pub fn dead_letter(
     stage: &str,
     dead_letter_topic: &str,
@@ -752,20 +755,27 @@ pub fn dead_letter(
     mut error: String,
     attempts: u32,
 ) -> Outgoing {
+    let mut cuts = Vec::new();
+    if error.len() > DeadLetter::MAX_ERROR {
+        cuts.push(format!(
+            "error cut to {} of {} bytes",
+            DeadLetter::MAX_ERROR,
+            error.len()
+        ));
+        error.truncate(error.floor_char_boundary(DeadLetter::MAX_ERROR));
+    }
+    let (value, cut) = excerpt(origin.value, DeadLetter::MAX_VALUE, "value");
+    cuts.extend(cut);
+    let (key, cut) = excerpt(origin.key, DeadLetter::MAX_KEY, "key");
+    cuts.extend(cut);
+    if !cuts.is_empty() {
+        error.push_str(&format!(" ({})", cuts.join(", ")));
+    }
     tracing::warn!(
         %stage, reason, %error,
         topic = %origin.topic, partition = origin.partition, offset = origin.offset,
         "dead-lettering record"
     );
-    let mut value = origin.value.map(<[u8]>::to_vec);
-    if let Some(v) = value.as_mut().filter(|v| v.len() > MAX_DEAD_LETTER_VALUE) {
-        error.push_str(&format!(
-            " (value cut to its first {MAX_DEAD_LETTER_VALUE} of {} bytes)",
-            v.len()
-        ));
-        v.truncate(MAX_DEAD_LETTER_VALUE);
-    }
-    let key = origin.key.map(<[u8]>::to_vec);
     let letter = DeadLetter {
         stage: stage.to_string(),
         reason: reason.to_string(),
@@ -788,9 +798,19 @@ pub fn dead_letter(
     }
 }
 
-/// The largest input value a dead letter carries whole: well inside the default
-/// `max.message.bytes` of a topic (1 MiB) with the letter's other fields.
-pub const MAX_DEAD_LETTER_VALUE: usize = 256 * 1024;
+/// The first `max` bytes of `bytes`, and what was cut, if anything.
+fn excerpt(bytes: Option<&[u8]>, max: usize, what: &str) -> (Option<Vec<u8>>, Option<String>) {
+    match bytes {
+        Some(b) if b.len() > max => (
+            Some(b[..max].to_vec()),
+            Some(format!(
+                "{what} cut to its first {max} of {} bytes",
+                b.len()
+            )),
+        ),
+        other => (other.map(<[u8]>::to_vec), None),
+    }
+}
 
 /// What every record's task needs: the transform and where its results go.
 pub(crate) struct Shared<T: Transform> {
@@ -959,5 +979,61 @@ impl<T: Transform> Shared<T> {
             }
             attempt += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest letter a record can cause: the input topics take up to 2 MiB, so a
+    /// key and a value of 1 MiB each, and an error echoing the key whole (as
+    /// "scheme … is not allowed" or "… is no pack of the clone store" do).
+    #[test]
+    fn a_letter_is_bounded_whatever_the_record_held() {
+        let key: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let value = vec![7u8; 1 << 20];
+        let error = format!("scheme {} is not allowed", "é".repeat(1 << 19));
+        let letter = dead_letter(
+            "downloader",
+            "dead-letters",
+            Origin {
+                topic: "repo-urls",
+                partition: 0,
+                offset: 1,
+                key: Some(&key),
+                value: Some(&value),
+            },
+            "invalid",
+            error,
+            1,
+        );
+        let size = letter.key.len() + letter.payload.len();
+        assert!(size <= DeadLetter::MAX_BYTES, "{size} bytes");
+        assert!(DeadLetter::MAX_BYTES < crate::topology::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
+        let decoded = DeadLetter::decode(&letter.payload).unwrap();
+        assert_eq!(decoded.key.as_deref(), Some(&key[..DeadLetter::MAX_KEY]));
+        assert_eq!(
+            decoded.value.as_deref(),
+            Some(&value[..DeadLetter::MAX_VALUE])
+        );
+        let (head, tail): (String, String) = (
+            decoded.error.chars().take(9).collect(),
+            decoded
+                .error
+                .chars()
+                .rev()
+                .take(128)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect(),
+        );
+        assert_eq!(head, "scheme éé");
+        assert_eq!(
+            tail,
+            "(error cut to 8192 of 1048598 bytes, value cut to its first 262144 of \
+             1048576 bytes, key cut to its first 4096 of 1048576 bytes)"
+        );
     }
 }

@@ -161,6 +161,21 @@ pub struct DeadLetter {
 }
 avro_record!(DeadLetter, "dead-letter.avsc");
 
+impl DeadLetter {
+    /// The largest input value a letter carries whole.
+    pub const MAX_VALUE: usize = 256 * 1024;
+    /// The largest input key a letter carries whole (keys are URLs, paths, hashes).
+    pub const MAX_KEY: usize = 4 * 1024;
+    /// The longest error text a letter carries whole (errors may echo record fields).
+    pub const MAX_ERROR: usize = 8 * 1024;
+    /// A bound on a whole letter as the topic sees it: the key twice (as the record's
+    /// key and in the letter), the error with its note of what was cut, and the other
+    /// fields (a stage name, an internal topic name, numbers) within 4 KiB. Well inside
+    /// the default `max.message.bytes` of a topic (1 MiB), which the dead-letter topic
+    /// must take (checked when a stage starts).
+    pub const MAX_BYTES: usize = Self::MAX_VALUE + 2 * Self::MAX_KEY + Self::MAX_ERROR + 4 * 1024;
+}
+
 /// `crawler-state`: what the crawler has published and how far each query got.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrawlerState {

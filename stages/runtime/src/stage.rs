@@ -1,6 +1,7 @@
 //! What one stage process (or one stage inside `codelupe run`) is handed: its resolved
 //! topics and group, Kafka clients, metrics registry, readiness and shutdown signal.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, StageSettings};
 use crate::kafka::KafkaClients;
+use crate::records::DeadLetter;
 use crate::telemetry::{self, Readiness};
 use crate::topology::Topology;
 
@@ -22,8 +24,8 @@ pub struct StageRuntime {
     pub metrics_addr: SocketAddr,
     pub metrics_path: String,
     pub dead_letter_topic: String,
-    /// The largest record the output topic takes (its `max.message.bytes`).
-    pub output_max_bytes: Option<usize>,
+    /// The largest record each topic of topology.yaml takes (its `max.message.bytes`).
+    pub topic_max_bytes: Arc<BTreeMap<String, usize>>,
     pub settings: StageSettings,
     pub clients: KafkaClients,
     pub registry: Registry,
@@ -38,7 +40,7 @@ impl StageRuntime {
     /// takes: such a record would be refused and dead-lettered at run time instead.
     /// `largest` is the stage's bound on one record; `bound_by` names the option.
     pub fn check_output_fits(&self, largest: usize, bound_by: &str) -> anyhow::Result<()> {
-        let (Some(topic), Some(limit)) = (&self.output, self.output_max_bytes) else {
+        let (Some(topic), Some(limit)) = (&self.output, self.output_max_bytes()) else {
             return Ok(());
         };
         if largest > limit {
@@ -50,6 +52,21 @@ impl StageRuntime {
             );
         }
         Ok(())
+    }
+
+    /// The largest record the output topic takes.
+    pub fn output_max_bytes(&self) -> Option<usize> {
+        self.topic_max_bytes(self.output.as_deref()?)
+    }
+
+    /// The largest record the input topic takes.
+    pub fn input_max_bytes(&self) -> Option<usize> {
+        self.topic_max_bytes(self.input.as_deref()?)
+    }
+
+    /// The largest record `topic` takes, if topology.yaml declares it.
+    pub fn topic_max_bytes(&self, topic: &str) -> Option<usize> {
+        self.topic_max_bytes.get(topic).copied()
     }
 
     /// Topology entry overridden by the config's `stages.<name>` section.
@@ -80,15 +97,28 @@ impl StageRuntime {
                 config.kafka.dead_letter_topic
             );
         }
+        let letters_take = topology.topics[&config.kafka.dead_letter_topic].max_message_bytes();
+        if letters_take < DeadLetter::MAX_BYTES {
+            bail!(
+                "topic {}: its max.message.bytes ({letters_take}) is below the largest dead \
+                 letter ({} bytes): a refused letter would stop the stage",
+                config.kafka.dead_letter_topic,
+                DeadLetter::MAX_BYTES
+            );
+        }
         let port = settings.metrics_port.unwrap_or(spec.metrics.port);
         Ok(Self {
             name: name.to_string(),
             group: settings.group.clone().or_else(|| spec.group.clone()),
             input,
-            output_max_bytes: output
-                .as_ref()
-                .map(|topic| topology.topics[topic].max_message_bytes()),
             output,
+            topic_max_bytes: Arc::new(
+                topology
+                    .topics
+                    .iter()
+                    .map(|(name, spec)| (name.clone(), spec.max_message_bytes()))
+                    .collect(),
+            ),
             metrics_addr: SocketAddr::new(settings.metrics_bind, port),
             metrics_path: spec.metrics.path.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
@@ -180,7 +210,6 @@ impl StageRuntime {
                 input: Some(spec.input.clone()),
                 output: Some(spec.output.clone()),
                 group: Some(spec.group.clone()),
-                output_max_bytes: None,
                 registry,
                 readiness: Readiness::new("starting"),
                 ..self.clone()

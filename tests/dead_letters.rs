@@ -39,6 +39,10 @@ async fn dead_letters_are_listed_and_the_chosen_ones_replayed_to_their_topic() {
         format!("repo-urls-{suffix}"),
         format!("dead-letters-{suffix}"),
     );
+    let (crawler_state, seen) = (
+        format!("crawler-state-{suffix}"),
+        format!("batcher-seen-{suffix}"),
+    );
     let (outage_a, outage_b) = (repo_url(1), repo_url(2));
     // A large record whose letter carries only its first bytes; the original is still
     // in its topic, at offset 0 of the partition written to below.
@@ -79,6 +83,28 @@ async fn dead_letters_are_listed_and_the_chosen_ones_replayed_to_their_topic() {
             large_value[..1000].to_vec(),
             "timed out (value cut to its first 1000 of 300100 bytes)",
         ),
+        // Forged: letters naming internal topics, which a replay must never write, and
+        // one whose fields would drive an operator's terminal.
+        letter(
+            "network",
+            &crawler_state,
+            0,
+            "cursor",
+            b"forged state".to_vec(),
+            "timed out",
+        ),
+        DeadLetter {
+            stage: "batcher".into(),
+            ..letter("network", &seen, 0, "mark", b"forged".to_vec(), "timed out")
+        },
+        letter(
+            "decode",
+            &origin,
+            13,
+            "\x1b[2Jcleared",
+            b"x".to_vec(),
+            "bad\x1b]0;title\x07",
+        ),
     ];
     produce_all(
         &dead,
@@ -93,7 +119,7 @@ async fn dead_letters_are_listed_and_the_chosen_ones_replayed_to_their_topic() {
             .collect(),
     )
     .await;
-    let run = |args: &[&str]| {
+    let run_with_stderr = |args: &[&str]| {
         let out = codelupe()
             .args(["--topology", topology.to_str().unwrap(), "dead-letters"])
             .args(args)
@@ -102,27 +128,59 @@ async fn dead_letters_are_listed_and_the_chosen_ones_replayed_to_their_topic() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
+    let run = |args: &[&str]| run_with_stderr(args).0;
 
     let listed = run(&["list"]);
-    assert!(listed.contains("4 dead letters"), "{listed}");
-    assert!(listed.contains("3  downloader network"), "{listed}");
-    assert!(listed.contains("1  downloader decode"), "{listed}");
+    assert!(listed.contains("7 dead letters"), "{listed}");
+    assert!(listed.contains("4  downloader network"), "{listed}");
+    assert!(listed.contains("2  downloader decode"), "{listed}");
     assert!(
         listed.contains(&format!("{origin}[0]@12  key=garbage")),
         "{listed}"
     );
+    assert!(
+        !listed.contains('\x1b'),
+        "a control character printed raw: {listed:?}"
+    );
+    assert!(
+        listed.contains("key=\\u{1b}[2Jcleared  bad\\u{1b}]0;title\\u{7}"),
+        "{listed}"
+    );
 
     let dry = run(&["replay", "--reason", "network", "--dry-run"]);
-    assert!(dry.contains("would replay 3 of 3"), "{dry}");
+    assert!(dry.contains("would replay 3 of 5"), "{dry}");
     assert_eq!(topic_size(&origin, 6), 1, "a dry run published something");
 
-    let replayed = run(&["replay", "--reason", "network"]);
+    let (replayed, refused) = run_with_stderr(&["replay", "--reason", "network"]);
     assert!(
-        replayed.contains(&format!("replayed 3 records to {origin}")),
+        replayed.contains(&format!("replayed 3 records to {origin}"))
+            && replayed.contains("replayed 3 of 5 selected dead letters (2 skipped)"),
         "{replayed}"
     );
+    assert!(
+        refused.contains(&format!(
+            "skipped {crawler_state}[0]@0: {crawler_state} is not the input of stage \
+             downloader ({origin})"
+        )),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!(
+            "skipped {seen}[0]@0: {seen} is not the input of stage batcher"
+        )),
+        "{refused}"
+    );
+    assert_eq!(
+        topic_size(&crawler_state, 1),
+        0,
+        "replay wrote the crawler's state"
+    );
+    assert_eq!(topic_size(&seen, 12), 0, "replay wrote the batcher's marks");
     let mut got: Vec<RepoUrl> = read_all(&origin, std::time::Duration::from_secs(2))
         .into_iter()
         .map(|(_, v)| RepoUrl::decode(&v).unwrap())

@@ -1,6 +1,8 @@
 //! `codelupe dead-letters list|replay`: what the stages could not handle, and, after an
 //! outage or a fix, those records published again to the topic they came from. Reads
-//! the dead-letter topic without joining a group.
+//! the dead-letter topic without joining a group. A letter is data anyone who can write
+//! the topic may have forged: replay publishes only to the input topic topology.yaml
+//! gives the stage the letter names, and `list` prints control characters escaped.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::records::DeadLetter;
+use codelupe_runtime::topology::Topology;
 use codelupe_runtime::AvroRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -85,13 +88,19 @@ pub async fn list(
         let error: String = letter.error.chars().take(100).collect();
         writeln!(
             out,
-            "{failed_at}  {:<11} {:<16} {}[{}]@{}  key={key}  {error}",
-            letter.stage, letter.reason, letter.topic, letter.partition, letter.offset
+            "{failed_at}  {:<11} {:<16} {}[{}]@{}  key={}  {}",
+            printable(&letter.stage),
+            printable(&letter.reason),
+            printable(&letter.topic),
+            letter.partition,
+            letter.offset,
+            printable(&key),
+            printable(&error)
         )?;
     }
     writeln!(out, "{} dead letters in {topic}", letters.len())?;
     for ((stage, reason), n) in counts {
-        writeln!(out, "  {n:>6}  {stage} {reason}")?;
+        writeln!(out, "  {n:>6}  {} {}", printable(stage), printable(reason))?;
     }
     if undecodable > 0 {
         writeln!(
@@ -102,11 +111,48 @@ pub async fn list(
     Ok(())
 }
 
-/// Publishes each selected letter's key and value to the topic it came from. A value
-/// the letter carries cut (it was too large) is read back from its original place;
-/// one no longer there is reported and skipped.
+/// `text` with control characters escaped (`\u{1b}`), so a letter's fields cannot
+/// move the cursor or rewrite an operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The topic `letter` may be replayed to: its own `topic` field only where topology.yaml
+/// makes that the input of the stage the letter names. A letter naming an internal
+/// topic (a stage's state, the index, another stage's output) is refused, whoever
+/// wrote it.
+fn replay_target<'a>(topology: &Topology, letter: &'a DeadLetter) -> Result<&'a str, String> {
+    let input = topology
+        .stage(&letter.stage)
+        .ok_or_else(|| format!("no stage {} in topology.yaml", printable(&letter.stage)))?
+        .input
+        .as_deref();
+    match input {
+        Some(input) if input == letter.topic => Ok(&letter.topic),
+        Some(input) => Err(format!(
+            "{} is not the input of stage {} ({input})",
+            printable(&letter.topic),
+            letter.stage
+        )),
+        None => Err(format!("stage {} reads no topic", letter.stage)),
+    }
+}
+
+/// Publishes each selected letter's key and value to the topic it came from, when that
+/// is the input of the stage that wrote it. A key or value the letter carries cut (it
+/// was too large) is read back from its original place; one no longer there is
+/// reported and skipped.
 pub async fn replay(
     clients: &KafkaClients,
+    topology: &Topology,
     topic: &str,
     selection: &Selection,
     dry_run: bool,
@@ -118,24 +164,28 @@ pub async fn replay(
         .context("cannot create a Kafka producer")?;
     let (mut replayed, mut skipped) = (BTreeMap::<String, usize>::new(), 0);
     for letter in &letters {
-        let value = if letter.error.contains("(value cut to its first") {
-            match original_value(clients, letter).await? {
-                Some(value) => Some(value),
-                None => {
-                    eprintln!(
-                        "skipped {}[{}]@{}: its value was cut and the original is gone",
-                        letter.topic, letter.partition, letter.offset
-                    );
-                    skipped += 1;
-                    continue;
-                }
+        let place = format!(
+            "{}[{}]@{}",
+            printable(&letter.topic),
+            letter.partition,
+            letter.offset
+        );
+        let target = match replay_target(topology, letter) {
+            Ok(target) => target,
+            Err(why) => {
+                eprintln!("skipped {place}: {why}");
+                skipped += 1;
+                continue;
             }
-        } else {
-            letter.value.clone()
+        };
+        let Some((key, value)) = original(clients, letter).await? else {
+            eprintln!("skipped {place}: it was cut and the original is gone");
+            skipped += 1;
+            continue;
         };
         if !dry_run {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&letter.topic);
-            if let Some(key) = letter.key.as_deref() {
+            let mut record = FutureRecord::<[u8], [u8]>::to(target);
+            if let Some(key) = key.as_deref() {
                 record = record.key(key);
             }
             if let Some(value) = value.as_deref() {
@@ -145,9 +195,9 @@ pub async fn replay(
                 .send(record, Duration::from_secs(30))
                 .await
                 .map_err(|(e, _)| e)
-                .with_context(|| format!("publishing to {}", letter.topic))?;
+                .with_context(|| format!("publishing to {target}"))?;
         }
-        *replayed.entry(letter.topic.clone()).or_default() += 1;
+        *replayed.entry(target.to_string()).or_default() += 1;
     }
     let verb = if dry_run { "would replay" } else { "replayed" };
     for (topic, n) in &replayed {
@@ -161,11 +211,26 @@ pub async fn replay(
     Ok(())
 }
 
-/// The value at the letter's original topic, partition and offset, if still retained.
-async fn original_value(
+/// The record `letter` stands for, (key, value): as the letter carries it, or, where
+/// the letter says it cut either, read back from the original place (None once that is
+/// no longer retained).
+async fn original(
     clients: &KafkaClients,
     letter: &DeadLetter,
-) -> anyhow::Result<Option<Vec<u8>>> {
+) -> anyhow::Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+    if letter.error.contains("cut to its first") {
+        original_record(clients, letter).await
+    } else {
+        Ok(Some((letter.key.clone(), letter.value.clone())))
+    }
+}
+
+/// The key and value at the letter's original topic, partition and offset, if still
+/// retained.
+async fn original_record(
+    clients: &KafkaClients,
+    letter: &DeadLetter,
+) -> anyhow::Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
     let consumer: BaseConsumer = clients
         .reader_config("codelupe-dead-letters")
         .create()
@@ -183,7 +248,8 @@ async fn original_value(
             if let Some(message) = consumer.poll(Duration::from_millis(200)) {
                 let message = message?;
                 if message.offset() == offset {
-                    return Ok(message.payload().map(<[u8]>::to_vec));
+                    let key = message.key().map(<[u8]>::to_vec);
+                    return Ok(Some((key, message.payload().map(<[u8]>::to_vec))));
                 }
             }
         }

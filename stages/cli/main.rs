@@ -111,7 +111,8 @@ enum DeadLettersAction {
         #[command(flatten)]
         selection: dead_letters::Selection,
     },
-    /// Publish the selected letters' records to their original topics again.
+    /// Publish the selected letters' records again to their original topics, each only
+    /// if it is the input of the stage that wrote the letter (topology.yaml).
     Replay {
         #[arg(long)]
         brokers: Option<String>,
@@ -248,7 +249,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let stop = codelupe_runtime::stage::shutdown_on_signal();
             embedded::run_all(options, setup, stop).await
         }
-        Command::DeadLetters { action } => dead_letters_command(action, &config).await,
+        Command::DeadLetters { action } => dead_letters_command(action, &config, &topology).await,
         Command::Tail {
             topic,
             brokers,
@@ -267,7 +268,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn dead_letters_command(action: DeadLettersAction, config: &Config) -> anyhow::Result<()> {
+async fn dead_letters_command(
+    action: DeadLettersAction,
+    config: &Config,
+    topology: &Topology,
+) -> anyhow::Result<()> {
     let topic = &config.kafka.dead_letter_topic;
     match action {
         DeadLettersAction::List { brokers, selection } => {
@@ -280,7 +285,7 @@ async fn dead_letters_command(action: DeadLettersAction, config: &Config) -> any
             dry_run,
         } => {
             let clients = reader_clients(brokers, config).await?;
-            dead_letters::replay(&clients, topic, &selection, dry_run).await
+            dead_letters::replay(&clients, topology, topic, &selection, dry_run).await
         }
     }
 }

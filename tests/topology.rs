@@ -287,8 +287,10 @@ fn a_stage_whose_records_can_outgrow_its_output_topic_refuses_to_start() {
             "schema: schemas/",
             &format!("schema: {}/schemas/", repo_root().display()),
         )
-        .replace("    config:\n", "")
-        .replace("      max.message.bytes: \"2097152\"\n", "");
+        .replace(
+            "max.message.bytes: \"2097152\"",
+            "max.message.bytes: \"1048588\"",
+        );
     std::fs::write(&path, text).unwrap();
     let defaults = Topology::load(&path).unwrap();
     let error = processor(&defaults)

@@ -4,9 +4,9 @@
 //! is a near-duplicate of on `near-duplicates`. A file's order is the earliest any
 //! shard indexed it under, so a file routed twice (a replay) is judged by its first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::publish::Outgoing;
@@ -34,15 +34,52 @@ pub struct Judge {
     dropped_topic: String,
     metrics: Arc<NeardupMetrics>,
     pending: HashMap<i32, HashMap<String, Pending>>,
+    /// Each partition's files in the order they arrived, to judge those whose answers
+    /// are overdue (a file judged since is passed over).
+    arrived: HashMap<i32, VecDeque<(Instant, String)>>,
+    answer_timeout: Duration,
 }
 
 impl Judge {
-    pub fn new(dropped_topic: String, metrics: Arc<NeardupMetrics>) -> Self {
+    pub fn new(
+        dropped_topic: String,
+        metrics: Arc<NeardupMetrics>,
+        answer_timeout: Duration,
+    ) -> Self {
         Self {
             dropped_topic,
             metrics,
             pending: HashMap::new(),
+            arrived: HashMap::new(),
+            answer_timeout,
         }
+    }
+
+    /// Judges on the answers they have the files of `partition` that arrived before
+    /// `deadline` (all of them if None) and are still waiting.
+    fn judge_overdue(&mut self, partition: i32, deadline: Option<Instant>) -> Step<CodeFile> {
+        let mut step = Step::default();
+        let arrived = self.arrived.entry(partition).or_default();
+        let pending = self.pending.entry(partition).or_default();
+        let mut overdue = Vec::new();
+        while let Some((at, _)) = arrived.front() {
+            if deadline.is_some_and(|deadline| *at >= deadline) {
+                break;
+            }
+            let (_, content_hash) = arrived.pop_front().expect("peeked");
+            if let Some(waiting) = pending.remove(&content_hash) {
+                overdue.push((content_hash, waiting));
+            }
+        }
+        for (content_hash, waiting) in overdue {
+            tracing::warn!(
+                %content_hash, partition,
+                answers = waiting.answers.len(), shards = waiting.shards,
+                "judged without every shard's answer"
+            );
+            step.extend(self.verdict(content_hash, waiting));
+        }
+        step
     }
 
     fn verdict(&self, content_hash: String, pending: Pending) -> Step<CodeFile> {
@@ -132,6 +169,10 @@ impl Aggregate for Judge {
                     decoded.map_err(|e| TransformError::permanent(NeardupError::BadFile, e))?;
                 let pending = partition.entry(content_hash.clone()).or_default();
                 if pending.file.is_none() {
+                    self.arrived
+                        .entry(at.partition)
+                        .or_default()
+                        .push_back((Instant::now(), content_hash.clone()));
                     pending.file = Some(file);
                     pending.file_at = Some(at);
                     pending.routed_us = gathered.at_us;
@@ -169,29 +210,122 @@ impl Aggregate for Judge {
         let complete = partition
             .get(&content_hash)
             .is_some_and(|p| p.file.is_some() && p.answers.len() >= p.shards);
-        if !complete {
-            return Ok(Step::default());
+        let mut step = Step::default();
+        if complete {
+            let pending = partition.remove(&content_hash).expect("complete");
+            step = self.verdict(content_hash, pending);
         }
-        let pending = partition.remove(&content_hash).expect("complete");
-        Ok(self.verdict(content_hash, pending))
+        if let Some(deadline) = Instant::now().checked_sub(self.answer_timeout) {
+            step.extend(self.judge_overdue(at.partition, Some(deadline)));
+        }
+        Ok(step)
     }
 
+    /// The input paused for the answer timeout, so every file still waiting arrived
+    /// at least that long ago: each is judged on the answers it has.
     fn flush(&mut self) -> Step<CodeFile> {
-        Step::default()
+        let mut partitions: Vec<i32> = self.pending.keys().copied().collect();
+        partitions.sort_unstable();
+        let mut step = Step::default();
+        for partition in partitions {
+            step.extend(self.judge_overdue(partition, None));
+        }
+        step
     }
 
     fn flush_after(&self) -> Option<Duration> {
-        None
+        Some(self.answer_timeout)
     }
 
     /// What was gathered is replayed to the partition's new owner.
     fn revoke(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.pending.remove(p);
+            self.arrived.remove(p);
         }
     }
 
     async fn assign(&mut self, _: &[i32]) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(answer_timeout: Duration) -> Judge {
+        let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
+        Judge::new("near-duplicates".into(), metrics, answer_timeout)
+    }
+
+    fn file(content_hash: &str) -> CodeFile {
+        CodeFile {
+            content_hash: content_hash.into(),
+            repo_full_name: "o/r".into(),
+            commit_id: "c".into(),
+            path: format!("{content_hash}.rs"),
+            language: "Rust".into(),
+            content: "fn main() {}".into(),
+            size_bytes: 12,
+            lines: 1,
+            quality_score: 90.0,
+            quality_components: Default::default(),
+            parse_stats: None,
+            redactions: Default::default(),
+            license: Default::default(),
+        }
+    }
+
+    /// A file routed to `shards` shards (none of which need ever answer).
+    fn gathered(
+        content_hash: &str,
+        shards: i32,
+    ) -> (NeardupGather, Option<Result<CodeFile, String>>) {
+        let record = NeardupGather {
+            content_hash: content_hash.into(),
+            at_us: 1,
+            shards,
+            file: None,
+            candidates: Vec::new(),
+        };
+        (record, Some(Ok(file(content_hash))))
+    }
+
+    fn at(offset: i64) -> InputPosition {
+        InputPosition {
+            partition: 0,
+            offset,
+        }
+    }
+
+    fn kept(step: &Step<CodeFile>) -> Vec<&str> {
+        step.sealed.iter().map(|s| s.key.as_str()).collect()
+    }
+
+    /// A file whose probes no shard answers (a forged gather record, a probe the lookup
+    /// dead-lettered) is judged once the input has paused for the answer timeout.
+    #[tokio::test]
+    async fn a_file_never_answered_is_judged_when_the_input_pauses() {
+        let mut judge = judge(Duration::from_secs(600));
+        let (record, file) = gathered("lonely", 3);
+        let step = judge.push(at(0), record, file).await.unwrap();
+        assert!(kept(&step).is_empty(), "judged before its answers");
+        assert_eq!(judge.flush_after(), Some(Duration::from_secs(600)));
+        assert_eq!(kept(&judge.flush()), ["lonely"]);
+        assert!(kept(&judge.flush()).is_empty(), "judged twice");
+    }
+
+    /// While the input flows, a file waiting past the timeout is judged with the next
+    /// record, so its partition's commit moves on.
+    #[tokio::test]
+    async fn a_file_waiting_past_the_timeout_is_judged_while_the_input_flows() {
+        let mut judge = judge(Duration::from_millis(50));
+        let (record, file) = gathered("lonely", 2);
+        assert!(kept(&judge.push(at(0), record, file).await.unwrap()).is_empty());
+        std::thread::sleep(Duration::from_millis(80));
+        let (record, file) = gathered("next", 2);
+        let step = judge.push(at(1), record, file).await.unwrap();
+        assert_eq!(kept(&step), ["lonely"], "only the overdue one");
     }
 }

@@ -81,6 +81,10 @@ pub struct NeardupOptions {
     /// How late a probe may reach its shard, in order time, and still be probed in
     /// its order (shards hold probes back this long, so it adds to each file's latency).
     pub reorder_ms: u64,
+    /// How long the judge waits for a file's answers: a file some shard never answers
+    /// for (its probe dead-lettered, a forged gather record) is judged on the answers
+    /// it has after this, instead of holding its partition's commit for good.
+    pub answer_timeout_ms: u64,
 }
 
 impl Default for NeardupOptions {
@@ -92,6 +96,7 @@ impl Default for NeardupOptions {
             gather_topic: "neardup-gather".into(),
             dropped_topic: "near-duplicates".into(),
             reorder_ms: 1_000,
+            answer_timeout_ms: 600_000,
         }
     }
 }
@@ -179,7 +184,13 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
         }
         result
     };
-    let router = route::Router::new(params, shards as usize, options.probes_topic.clone());
+    check_loop_limits(&route, &judge)?;
+    let router = route::Router::new(
+        params,
+        shards as usize,
+        options.probes_topic.clone(),
+        route.output_max_bytes(),
+    );
     let shard = lookup::Lookup::new(
         params.threshold,
         options.index_topic.clone(),
@@ -187,7 +198,11 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
         runtime.clients.clone(),
         metrics.clone(),
     );
-    let judging = judge::Judge::new(options.dropped_topic.clone(), metrics);
+    let judging = judge::Judge::new(
+        options.dropped_topic.clone(),
+        metrics,
+        std::time::Duration::from_millis(options.answer_timeout_ms),
+    );
     let (a, b, c) = tokio::join!(
         async { stopping(aggregate::run_aggregate(router, &route).await) },
         async { stopping(aggregate::run_aggregate(shard, &lookup).await) },
@@ -195,4 +210,83 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     );
     forward.abort();
     a.and(b).and(c)
+}
+
+/// Refuses to start where a well-formed input could make a record its topic refuses
+/// (which would stop the stage): the gather topic must take a whole code-files record
+/// wrapped, and the output one as it was read. A lookup answer is bounded by
+/// [`shard::MAX_CANDIDATES`], far below any topic's limit.
+fn check_loop_limits(route: &StageRuntime, judge: &StageRuntime) -> anyhow::Result<()> {
+    let Some(file) = route.input_max_bytes() else {
+        return Ok(());
+    };
+    let hash = 64; // a SHA-256 in hex
+    route.check_output_fits(
+        file + 2 * hash + route::GATHER_OVERHEAD,
+        "a code-files record wrapped whole into a gather record",
+    )?;
+    judge.check_output_fits(file, "a code-files record passed on whole")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codelupe_runtime::config::Config;
+    use codelupe_runtime::kafka::KafkaClients;
+    use codelupe_runtime::topology::Topology;
+
+    /// The route and judge loops' runtimes under the topology `edit` makes of the
+    /// repository's.
+    fn loops(edit: impl Fn(String) -> String) -> (StageRuntime, StageRuntime) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let text = std::fs::read_to_string(root.join("topology.yaml"))
+            .unwrap()
+            .replace(
+                "schema: schemas/",
+                &format!("schema: {}/schemas/", root.display()),
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("topology.yaml");
+        std::fs::write(&path, edit(text)).unwrap();
+        let topology = Topology::load(&path).unwrap();
+        let config = Config::default();
+        let clients = KafkaClients::new("127.0.0.1:1", &config.kafka);
+        let stage =
+            StageRuntime::resolve(STAGE, &topology, &config, clients, Default::default()).unwrap();
+        let route = StageRuntime {
+            output: Some("neardup-gather".into()),
+            ..stage.clone()
+        };
+        let judge = StageRuntime {
+            input: Some("neardup-gather".into()),
+            ..stage
+        };
+        (route, judge)
+    }
+
+    /// A well-formed code-files record must fit every topic the stage writes it to;
+    /// where it would not, the stage refuses to start instead of stopping on it later.
+    #[test]
+    fn every_loop_output_is_checked_against_the_largest_input_at_start() {
+        let (route, judge) = loops(|t| t);
+        check_loop_limits(&route, &judge).unwrap();
+        // The gather topic at code-files' own limit cannot hold a file wrapped.
+        let (route, judge) = loops(|t| t.replace("\"2162688\"", "\"2097152\""));
+        let error = check_loop_limits(&route, &judge).unwrap_err().to_string();
+        assert!(
+            error.contains("topic neardup-gather takes at most 2097152"),
+            "{error}"
+        );
+        // distinct-files below code-files cannot take a kept file back.
+        let (route, judge) = loops(|t| {
+            let at = t.find("  distinct-files:").unwrap();
+            let (head, tail) = t.split_at(at);
+            format!("{head}{}", tail.replacen("\"2097152\"", "\"1048576\"", 1))
+        });
+        let error = check_loop_limits(&route, &judge).unwrap_err().to_string();
+        assert!(
+            error.contains("topic distinct-files takes at most 1048576"),
+            "{error}"
+        );
+    }
 }

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::publish::Outgoing;
-use codelupe_runtime::records::{NeardupCandidate, NeardupGather, NeardupProbe};
+use codelupe_runtime::records::{now_us, NeardupCandidate, NeardupGather, NeardupProbe};
 use codelupe_runtime::{AvroRecord, TransformError};
 
 use crate::metrics::{NeardupError, NeardupMetrics};
@@ -219,9 +219,13 @@ impl Aggregate for Lookup {
     async fn push(
         &mut self,
         at: InputPosition,
-        probe: NeardupProbe,
+        mut probe: NeardupProbe,
         (): (),
     ) -> Result<Step<NeardupGather>, TransformError<NeardupError>> {
+        // A time from the future (a forged probe, a clock far ahead) would otherwise
+        // move the hold's horizon past every probe to come and disable it for good;
+        // bounded, it shortens the hold for at most two holds' time.
+        probe.at_us = probe.at_us.min(now_us() + self.reorder_us);
         let sketch = sketch_of(&probe).ok_or_else(|| {
             TransformError::permanent(
                 NeardupError::BadSketch,
@@ -257,9 +261,7 @@ impl Aggregate for Lookup {
         let mut partitions: Vec<i32> = self.held.keys().copied().collect();
         partitions.sort_unstable();
         for partition in partitions {
-            let released = self.release(partition, None);
-            step.sealed.extend(released.sealed);
-            step.on_release.extend(released.on_release);
+            step.extend(self.release(partition, None));
         }
         step
     }
@@ -346,5 +348,52 @@ mod tests {
         // Each answer's index record follows once the answer is acknowledged.
         assert_eq!(third.on_release.len(), 2);
         assert_eq!(third.on_release[0].1.partition, Some(0));
+    }
+
+    /// A probe stamped far in the future neither disables the hold for the probes after
+    /// it nor waits past the input's pause.
+    #[tokio::test]
+    async fn a_probe_from_the_future_does_not_disable_the_hold() {
+        let clients = KafkaClients::new("127.0.0.1:1", &Default::default());
+        let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
+        let mut lookup = Lookup::new(
+            0.7,
+            "index".into(),
+            Duration::from_secs(10),
+            clients,
+            metrics,
+        );
+        lookup.shards.insert(0, Shard::new(0.7));
+        let at = |offset| InputPosition {
+            partition: 0,
+            offset,
+        };
+        let forged = lookup
+            .push(at(0), probe("forged", i64::MAX / 2, 3), ())
+            .await
+            .unwrap();
+        assert!(forged.sealed.is_empty(), "held back");
+        let now = now_us();
+        let b = lookup
+            .push(at(1), probe("b", now + 2_000, 7), ())
+            .await
+            .unwrap();
+        assert!(
+            b.sealed.is_empty(),
+            "b released at once: the hold is disabled"
+        );
+        let a = lookup
+            .push(at(2), probe("a", now + 1_000, 7), ())
+            .await
+            .unwrap();
+        assert!(a.sealed.is_empty(), "held back");
+        assert_eq!(
+            answers(&lookup.flush()),
+            [
+                ("a".into(), vec![]),
+                ("b".into(), vec!["a".to_string()]),
+                ("forged".into(), vec![])
+            ]
+        );
     }
 }

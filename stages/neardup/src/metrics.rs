@@ -22,6 +22,8 @@ codelupe_runtime::label_set! {
         BadFile => "bad_file",
         /// The shard's index could not be read (retried: the stage stops).
         IndexState => "index_state",
+        /// A code file whose gather record would exceed its topic's limit.
+        TooLarge => "too_large",
     }
 }
 

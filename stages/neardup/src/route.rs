@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::publish::Outgoing;
-use codelupe_runtime::records::{CodeFile, NeardupGather, NeardupProbe};
+use codelupe_runtime::records::{now_us, CodeFile, NeardupGather, NeardupProbe};
 use codelupe_runtime::{AvroRecord, TransformError};
 
 use crate::metrics::NeardupError;
@@ -29,24 +29,34 @@ pub struct Router {
     /// The last order time given: times only go up within a process, so files routed
     /// here are ordered as they were routed even when the clock steps back.
     last_us: i64,
+    /// The largest gather record its topic takes: a file whose record would be larger
+    /// (only a forged one, given the check at start) is dead-lettered here, since a
+    /// record the topic refuses stops the stage.
+    max_gather_bytes: usize,
 }
 
+/// A gather record's bytes beside its file and its content hash (given twice: the
+/// record's key and its field): the Avro header, the numbers, the lengths.
+pub const GATHER_OVERHEAD: usize = 64;
+
 impl Router {
-    pub fn new(params: Params, shards: usize, probes_topic: String) -> Self {
+    pub fn new(
+        params: Params,
+        shards: usize,
+        probes_topic: String,
+        max_gather_bytes: Option<usize>,
+    ) -> Self {
         Self {
             params,
             shards,
             probes_topic,
             last_us: 0,
+            max_gather_bytes: max_gather_bytes.unwrap_or(usize::MAX),
         }
     }
 
     fn next_order_time(&mut self) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        self.last_us = now.max(self.last_us + 1);
+        self.last_us = now_us().max(self.last_us + 1);
         self.last_us
     }
 }
@@ -83,6 +93,19 @@ impl Aggregate for Router {
         file: CodeFile,
         routed: Routed,
     ) -> Result<Step<NeardupGather>, TransformError<NeardupError>> {
+        let whole = file
+            .encode()
+            .expect("a decoded CodeFile encodes again: its schema is tested");
+        let size = whole.len() + 2 * file.content_hash.len() + GATHER_OVERHEAD;
+        if size > self.max_gather_bytes {
+            return Err(TransformError::permanent(
+                NeardupError::TooLarge,
+                format!(
+                    "its gather record would take {size} bytes; the topic takes {}",
+                    self.max_gather_bytes
+                ),
+            ));
+        }
         let at_us = self.next_order_time();
         let shards = routed.by_shard.len() as i32;
         let mut step = Step::default();
@@ -100,9 +123,6 @@ impl Aggregate for Router {
             record.partition = Some(shard);
             step.on_release.push((at, record));
         }
-        let whole = file
-            .encode()
-            .expect("a decoded CodeFile encodes again: its schema is tested");
         step.sealed.push(Sealed {
             key: file.content_hash.clone(),
             partition: None,

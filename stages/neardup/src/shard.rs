@@ -6,9 +6,23 @@
 //! total order, two files can never each be dropped for the other, however their
 //! probes interleave on the shards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::minhash::{Params, Signature, PERMUTATIONS};
+
+/// The files a bucket lists: later ones are indexed (by their other buckets, and for
+/// their own probes) but not added to a full bucket. Boilerplate that real code repeats
+/// tens of thousands of times (`manage.py`, licence files, generated stubs) fills one
+/// bucket with near-identical files, and a file like them finds its match among the
+/// first; without the cap each probe compared against every earlier one (quadratic in
+/// the boilerplate's count) and the index grew a list per bucket without bound.
+pub const MAX_BUCKET_FILES: usize = 128;
+
+/// The candidates an answer lists, most similar first (the earliest of equals): the
+/// judge keeps the best over every shard, so the best few of each shard decide the
+/// same verdict as all of them, and an answer stays far below its topic's limit
+/// however many earlier files match.
+pub const MAX_CANDIDATES: usize = 16;
 
 /// The low 8 bits of each minimum: a b-bit MinHash sketch (Li and König), a quarter of
 /// the signature. Two sketches agree on a permutation where the signatures do, and
@@ -133,7 +147,10 @@ impl Shard {
                     e.insert(slot);
                 }
                 std::collections::hash_map::Entry::Occupied(_) => {
-                    self.more.entry(bucket).or_default().push(slot)
+                    let more = self.more.entry(bucket).or_default();
+                    if more.len() + 1 < MAX_BUCKET_FILES {
+                        more.push(slot);
+                    }
                 }
             }
         }
@@ -153,17 +170,17 @@ impl Shard {
         first.into_iter().chain(more)
     }
 
-    /// Judges a file against the files before it in its buckets, and indexes it.
+    /// Judges a file against the files before it in its buckets, and indexes it: at
+    /// most `buckets.len()` × [`MAX_BUCKET_FILES`] comparisons.
     pub fn probe(&mut self, order: Order, buckets: &[u64], sketch: &Sketch) -> Probed {
         let slot = self.insert(order, buckets, sketch);
         let me = &self.entries[slot as usize];
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         let mut candidates = Vec::new();
         for other in buckets.iter().flat_map(|&b| self.in_bucket(b)) {
-            if other == slot || seen.contains(&other) {
+            if other == slot || !seen.insert(other) {
                 continue;
             }
-            seen.push(other);
             let entry = &self.entries[other as usize];
             if entry.order >= me.order {
                 continue;
@@ -176,7 +193,8 @@ impl Shard {
                 });
             }
         }
-        candidates.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        candidates.sort_by(best_first);
+        candidates.truncate(MAX_CANDIDATES);
         Probed {
             order: me.order.clone(),
             candidates,
@@ -189,11 +207,14 @@ impl Shard {
 pub fn representative<'a>(
     candidates: impl IntoIterator<Item = &'a Candidate>,
 ) -> Option<&'a Candidate> {
-    candidates.into_iter().min_by(|a, b| {
-        b.similarity
-            .total_cmp(&a.similarity)
-            .then_with(|| a.order.cmp(&b.order))
-    })
+    candidates.into_iter().min_by(|a, b| best_first(a, b))
+}
+
+/// The most similar first, the earliest of equals.
+fn best_first(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.similarity
+        .total_cmp(&a.similarity)
+        .then_with(|| a.order.cmp(&b.order))
 }
 
 #[cfg(test)]
@@ -228,6 +249,26 @@ mod tests {
         assert_eq!(replay.candidates[0].order, order(1, "a"));
         assert!((replay.candidates[0].similarity - 0.92).abs() < 0.01);
         assert_eq!(shard.len(), 2);
+    }
+
+    /// 30,000 near-identical files in the same buckets (boilerplate): each probe makes
+    /// a bounded number of comparisons, each answer lists a bounded number of
+    /// candidates, and every file after the first is still found a near-duplicate.
+    #[test]
+    fn boilerplate_in_one_bucket_is_probed_in_bounded_work_and_answers() {
+        let mut shard = Shard::new(0.7);
+        let buckets: Vec<u64> = (0..32).collect();
+        let mut largest = 0;
+        for i in 0..30_000u32 {
+            let mut near = [7u8; PERMUTATIONS];
+            near[..4].copy_from_slice(&i.to_le_bytes()); // 252 of 256 agree
+            let probed = shard.probe(order(i64::from(i), &format!("f{i}")), &buckets, &near);
+            assert_eq!(probed.candidates.is_empty(), i == 0, "file {i}");
+            largest = largest.max(probed.candidates.len());
+        }
+        assert_eq!(largest, MAX_CANDIDATES);
+        assert_eq!(shard.len(), 30_000);
+        assert_eq!(shard.bucket_entries(), 32 * MAX_BUCKET_FILES);
     }
 
     #[test]

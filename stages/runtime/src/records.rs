@@ -267,8 +267,13 @@ pub fn decode_to_json(schema_file: &str, bytes: &[u8]) -> anyhow::Result<serde_j
 
 /// Milliseconds since the Unix epoch, the unit of every `*_ms` field.
 pub fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+/// Microseconds since the Unix epoch, the unit of every `*_us` field.
+pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }

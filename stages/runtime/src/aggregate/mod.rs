@@ -71,6 +71,15 @@ pub struct Step<T> {
     pub on_release: Vec<(InputPosition, Outgoing)>,
 }
 
+impl<T> Step<T> {
+    /// Adds `other`'s outputs and releases after this step's.
+    pub fn extend(&mut self, other: Step<T>) {
+        self.sealed.extend(other.sealed);
+        self.finished.extend(other.finished);
+        self.on_release.extend(other.on_release);
+    }
+}
+
 impl<T> Default for Step<T> {
     fn default() -> Self {
         Self {

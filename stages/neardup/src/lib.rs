@@ -106,57 +106,16 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&options.threshold) {
         bail!("stages.neardup.options.threshold must lie in [0, 1]");
     }
-    let (input, group) = runtime.require_input()?;
-    let output = runtime
-        .output
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("stage {STAGE} needs an output topic"))?;
-    let (shards, index) = (
-        runtime
-            .clients
-            .partition_count(&options.probes_topic)
-            .await?,
-        runtime
-            .clients
-            .partition_count(&options.index_topic)
-            .await?,
-    );
-    if shards != index {
-        bail!(
-            "{} has {index} partitions but {} has {shards}: a shard's index shares its \
-             partition number, so they must match (fix topology.yaml and re-apply)",
-            options.index_topic,
-            options.probes_topic
-        );
-    }
+    let shards = shard_count(&runtime, &options).await?;
     let params = Params {
         threshold: options.threshold,
         ..Params::default()
     };
     let metrics = Arc::new(NeardupMetrics::register(&runtime.registry)?);
-    let [route, lookup, judge]: [StageRuntime; 3] = runtime
-        .loops(&[
-            LoopSpec {
-                name: "route",
-                input: input.to_string(),
-                output: options.gather_topic.clone(),
-                group: group.to_string(),
-            },
-            LoopSpec {
-                name: "lookup",
-                input: options.probes_topic.clone(),
-                output: options.gather_topic.clone(),
-                group: format!("{group}-lookup"),
-            },
-            LoopSpec {
-                name: "judge",
-                input: options.gather_topic.clone(),
-                output,
-                group: format!("{group}-judge"),
-            },
-        ])?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("three loops"))?;
+    // One loop failing stops the others, so the process exits and is restarted whole.
+    let stop = CancellationToken::new();
+    let [route, lookup, judge] = loop_runtimes(&runtime, &options, &stop)?;
+    check_loop_limits(&route, &judge)?;
     tracing::info!(
         shards,
         threshold = params.threshold,
@@ -164,13 +123,6 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
         rows = params.rows,
         "near-duplicate stage starting"
     );
-    // One loop failing stops the others, so the process exits and is restarted whole.
-    let stop = CancellationToken::new();
-    let with_stop = |mut r: StageRuntime| {
-        r.shutdown = stop.clone();
-        r
-    };
-    let (route, lookup, judge) = (with_stop(route), with_stop(lookup), with_stop(judge));
     let forward = {
         let (shutdown, stop) = (runtime.shutdown.clone(), stop.clone());
         tokio::spawn(async move {
@@ -184,7 +136,6 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
         }
         result
     };
-    check_loop_limits(&route, &judge)?;
     let router = route::Router::new(
         params,
         shards as usize,
@@ -210,6 +161,62 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     );
     forward.abort();
     a.and(b).and(c)
+}
+
+/// The shards: the probes topic's partitions, which the index topic must match.
+async fn shard_count(runtime: &StageRuntime, options: &NeardupOptions) -> anyhow::Result<i32> {
+    let clients = &runtime.clients;
+    let shards = clients.partition_count(&options.probes_topic).await?;
+    let index = clients.partition_count(&options.index_topic).await?;
+    if shards != index {
+        bail!(
+            "{} has {index} partitions but {} has {shards}: a shard's index shares its \
+             partition number, so they must match (fix topology.yaml and re-apply)",
+            options.index_topic,
+            options.probes_topic
+        );
+    }
+    Ok(shards)
+}
+
+/// The route, lookup and judge loops' runtimes, each stopped by `stop`.
+fn loop_runtimes(
+    runtime: &StageRuntime,
+    options: &NeardupOptions,
+    stop: &CancellationToken,
+) -> anyhow::Result<[StageRuntime; 3]> {
+    let (input, group) = runtime.require_input()?;
+    let output = runtime
+        .output
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("stage {STAGE} needs an output topic"))?;
+    let loops: [StageRuntime; 3] = runtime
+        .loops(&[
+            LoopSpec {
+                name: "route",
+                input: input.to_string(),
+                output: options.gather_topic.clone(),
+                group: group.to_string(),
+            },
+            LoopSpec {
+                name: "lookup",
+                input: options.probes_topic.clone(),
+                output: options.gather_topic.clone(),
+                group: format!("{group}-lookup"),
+            },
+            LoopSpec {
+                name: "judge",
+                input: options.gather_topic.clone(),
+                output,
+                group: format!("{group}-judge"),
+            },
+        ])?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three loops"))?;
+    Ok(loops.map(|mut r| {
+        r.shutdown = stop.clone();
+        r
+    }))
 }
 
 /// Refuses to start where a well-formed input could make a record its topic refuses

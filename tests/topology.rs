@@ -244,6 +244,45 @@ fn the_committed_prometheus_config_is_rendered_from_the_topology_and_valid() {
     }
 }
 
+/// `StageDown` fires for every stage topology.yaml declares: promtool's rule tests,
+/// one series of failed scrapes per stage.
+#[test]
+fn the_stage_down_alert_covers_every_stage_of_the_topology() {
+    let topology =
+        codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo_root().join("configs/codelupe_alerts.yml"),
+        dir.path().join("codelupe_alerts.yml"),
+    )
+    .unwrap();
+    let mut series = String::new();
+    let mut expected = String::new();
+    for stage in topology.stages.keys() {
+        series.push_str(&format!(
+            "      - series: 'up{{job=\"{stage}\", instance=\"{stage}:1\"}}'\n        values: '0x5'\n"
+        ));
+        expected.push_str(&format!(
+            "          - exp_labels: {{severity: critical, job: {stage}, instance: \"{stage}:1\"}}\n\
+             \x20           exp_annotations: {{summary: \"{stage} replica {stage}:1 is not answering scrapes\"}}\n"
+        ));
+    }
+    let test = format!(
+        "rule_files: [codelupe_alerts.yml]\nevaluation_interval: 1m\ntests:\n\
+         \x20 - interval: 1m\n    input_series:\n{series}\
+         \x20   alert_rule_test:\n      - eval_time: 3m\n        alertname: StageDown\n\
+         \x20       exp_alerts:\n{expected}"
+    );
+    let path = dir.path().join("stage_down_test.yml");
+    std::fs::write(&path, test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[test]
 fn the_alert_rules_are_valid() {
     let out = Command::new("promtool")

@@ -10,7 +10,7 @@
 #   bash deploy/validate.sh [FILE...]     default: deploy/k8s/*.yaml
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${CODELUPE_CACHE:-$HOME/.cache/codelupe}/k8s
+cache=${LUPE_CACHE_DIR:-$HOME/.cache/codelupe}/k8s
 kubeconform_version=v0.7.0
 kubernetes_version=1.33.0
 schemas_wheel=kubernetes-validate==1.37.0

@@ -7,7 +7,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-cache_root=${CODELUPE_CACHE:-$HOME/.cache/codelupe}
+cache_root=${LUPE_CACHE_DIR:-$HOME/.cache/codelupe}
 cache=$cache_root/kafka-streams-4.1.1
 if [ ! -f "$cache/classes/Identity.class" ]; then
   mkdir -p "$cache/libs" "$cache/classes"

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-cache=${CODELUPE_CACHE:-$HOME/.cache/codelupe}
+cache=${LUPE_CACHE_DIR:-$HOME/.cache/codelupe}
 port=${KAFKA_PORT:-19092}
 controller_port=$((port + 1))
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")

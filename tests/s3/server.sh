@@ -15,7 +15,7 @@
 set -euo pipefail
 
 version=v0.0.0-20261109003541-7506e5f91cd6
-cache=${CODELUPE_CACHE:-$HOME/.cache/codelupe}
+cache=${LUPE_CACHE_DIR:-$HOME/.cache/codelupe}
 weed="$cache/seaweedfs-$version/weed"
 port=${S3_PORT:-18333}
 state="${TMPDIR:-/tmp}/codelupe-s3-$port"

@@ -1,5 +1,10 @@
 //! The one config loader: a YAML file, then `CODELUPE_*` environment overrides, then
 //! command-line overrides. Unknown keys are errors that name the full key path.
+//!
+//! An override names its key path with `__` between keys
+//! (`CODELUPE_STAGES__PROCESSOR__MAX_IN_FLIGHT`), so a variable that merely shares the
+//! prefix (`CODELUPE_LOG`, a script's own) is never read as a config key; one that
+//! looks like a misspelt override (`CODELUPE_KAFKA_BROKERS`) is refused with the form.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,13 +15,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-/// Environment variables under the prefix that are not config keys.
-const RESERVED_ENV: &[&str] = &[
-    "CODELUPE_CONFIG",
-    "CODELUPE_LOG",
-    crate::stage::EXIT_WITH_PARENT_ENV,
-];
 pub const ENV_PREFIX: &str = "CODELUPE_";
+/// The config's top-level keys, each a section but `topology`, a path.
+const TOP_LEVEL_KEYS: &[&str] = &["kafka", "stages", "topology"];
+/// The sections whose keys are librdkafka properties: those are spelt with dots and
+/// never with `_`, so an override's `_` stands for a dot there
+/// (`CODELUPE_KAFKA__CLIENT__SECURITY_PROTOCOL` sets `security.protocol`), which a
+/// shell's variable names cannot hold.
+const LIBRDKAFKA_SECTIONS: &[[&str; 2]] = &[["kafka", "client"], ["kafka", "consumer"]];
 
 /// The arguments every CodeLupe binary takes to find its config and topology.
 #[derive(Debug, Clone, clap::Args)]
@@ -222,8 +228,12 @@ impl Config {
         };
         let mut env: Vec<_> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !RESERVED_ENV.contains(&k.as_str()))
-            .collect();
+            .filter_map(|(var, raw)| match is_override(&var) {
+                Ok(true) => Some(Ok((var, raw))),
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
         env.sort();
         for (var, raw) in &env {
             apply_env_override(&mut tree, var, raw)?;
@@ -237,12 +247,43 @@ impl Config {
     }
 }
 
+/// Whether `var` is a config override: under the prefix, with `__` between keys (or
+/// naming a top-level key alone). One that starts like a key path but joins its keys
+/// with a single `_` is an error, so a misspelt override is not silently ignored.
+fn is_override(var: &str) -> Result<bool, ConfigError> {
+    let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+        return Ok(false);
+    };
+    let rest = rest.to_ascii_lowercase();
+    if rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.as_str()) {
+        return Ok(true);
+    }
+    match TOP_LEVEL_KEYS
+        .iter()
+        .find(|key| rest.starts_with(&format!("{key}_")))
+    {
+        Some(key) => Err(ConfigError::Env {
+            var: var.into(),
+            message: format!(
+                "not a config override: keys are joined with __ \
+                 ({ENV_PREFIX}{}__{})",
+                key.to_ascii_uppercase(),
+                rest[key.len() + 1..].to_ascii_uppercase()
+            ),
+        }),
+        None => Ok(false),
+    }
+}
+
 /// `CODELUPE_STAGES__PROCESSOR__MAX_IN_FLIGHT=8` sets `stages.processor.max_in_flight`.
 fn apply_env_override(tree: &mut Value, var: &str, raw: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = var[ENV_PREFIX.len()..]
+    let mut path: Vec<String> = var[ENV_PREFIX.len()..]
         .split("__")
         .map(|s| s.to_ascii_lowercase())
         .collect();
+    if path.len() == 3 && LIBRDKAFKA_SECTIONS.iter().any(|s| path[..2] == s[..]) {
+        path[2] = path[2].replace('_', ".");
+    }
     if path.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::Env {
             var: var.into(),
@@ -350,6 +391,49 @@ mod tests {
             .to_string();
         assert!(err.contains("stages.processor.max_in_flight"), "{err}");
         assert!(err.contains("nonzero"), "{err}");
+    }
+
+    /// Variables that share the prefix but are no override (a script's cache folder,
+    /// Compose's object-store keys) leave the config alone.
+    #[test]
+    fn variables_that_only_share_the_prefix_are_not_config_keys() {
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("CODELUPE_CACHE", "/tmp/cache"),
+                ("CODELUPE_S3_ACCESS_KEY", "codelupe"),
+                ("CODELUPE_LOG", "debug"),
+                ("CODELUPE_KAFKA__BROKERS", "b:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.brokers.as_deref(), Some("b:1"));
+    }
+
+    #[test]
+    fn a_misspelt_override_is_refused_with_its_form() {
+        let err = Config::load_with_env(None, env(&[("CODELUPE_KAFKA_BROKERS", "b:1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(CODELUPE_KAFKA__BROKERS)"), "{err}");
+    }
+
+    /// TLS and SASL reach every client from the environment, as a Kubernetes Secret
+    /// provides them.
+    #[test]
+    fn librdkafka_properties_are_set_with_underscores_for_dots() {
+        let config = Config::load_with_env(
+            None,
+            env(&[
+                ("CODELUPE_KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("CODELUPE_KAFKA__CLIENT__SASL_MECHANISMS", "SCRAM-SHA-512"),
+                ("CODELUPE_KAFKA__CONSUMER__SESSION.TIMEOUT.MS", "6000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.kafka.client["security.protocol"], "SASL_SSL");
+        assert_eq!(config.kafka.client["sasl.mechanisms"], "SCRAM-SHA-512");
+        assert_eq!(config.kafka.consumer["session.timeout.ms"], "6000");
     }
 
     #[test]

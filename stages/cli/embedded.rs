@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub limit: Option<Duration>,
     /// The live page's port.
     pub page_port: u16,
+    /// Where the live page and every stage's metrics listen (config's `metrics_bind`
+    /// is for `codelupe stage`).
+    pub bind: std::net::IpAddr,
 }
 
 pub async fn run_all(
@@ -40,8 +43,9 @@ pub async fn run_all(
     let mut tasks = JoinSet::new();
     let mut launched = Vec::new();
     for name in &pipeline_order(topology) {
-        let runtime =
+        let mut runtime =
             StageRuntime::resolve(name, topology, &config, clients.clone(), shutdown.clone())?;
+        runtime.metrics_addr.set_ip(options.bind);
         let stage = launch(runtime, &at, &config, &clients, &mut tasks, &shutdown).await?;
         launched.push(stage);
     }
@@ -53,7 +57,7 @@ pub async fn run_all(
     let status_url = launched.iter().find_map(|s| s.status_url.clone());
     let page_stop = CancellationToken::new();
     let page = live::start(
-        options.page_port,
+        std::net::SocketAddr::new(options.bind, options.page_port),
         tracked,
         topology,
         clients.clone(),
@@ -178,7 +182,8 @@ async fn launch(
             contract_metrics,
         } => match stages::find_binary(binary) {
             Ok(path) => {
-                let child = external_stage(&path, &name, at, config, clients)?;
+                let bind = runtime.metrics_addr.ip();
+                let child = external_stage(&path, &name, bind, at, config, clients)?;
                 let pid = child.id().unwrap_or(0);
                 stage.note = Some(format!("own process {binary} (pid {pid})"));
                 let port = runtime.metrics_addr.port();
@@ -264,6 +269,7 @@ async fn supervise_stages(
 fn external_stage(
     binary: &std::path::Path,
     name: &str,
+    bind: std::net::IpAddr,
     at: &stages::Setup<'_>,
     config: &Config,
     clients: &KafkaClients,
@@ -280,6 +286,13 @@ fn external_stage(
             std::env::var("CODELUPE_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .env(codelupe_runtime::stage::EXIT_WITH_PARENT_ENV, "1")
+        .env(
+            format!(
+                "CODELUPE_STAGES__{}__METRICS_BIND",
+                name.to_ascii_uppercase()
+            ),
+            bind.to_string(),
+        )
         .kill_on_drop(true);
     let options = &config.stage(name).options;
     if !options.is_null() {

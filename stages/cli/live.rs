@@ -108,7 +108,7 @@ pub fn metric_total(families: &[MetricFamily], name: &str) -> f64 {
 /// the task returns the board as it was last sampled (after the stages stopped, when
 /// `stop` is cancelled after them).
 pub async fn start(
-    port: u16,
+    addr: std::net::SocketAddr,
     tracked: Vec<Tracked>,
     topology: &Topology,
     clients: KafkaClients,
@@ -118,7 +118,6 @@ pub async fn start(
     let board = Arc::new(Mutex::new(Board::default()));
     let served = board.clone();
     let router: Router = Arc::new(move |path| route(path, &served));
-    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
     let server = telemetry::serve_http(addr, "the live page", router, stop.clone()).await?;
     let topics = topology
         .stages

@@ -52,6 +52,10 @@ enum Command {
         /// Port of the live page (the pipeline, lag per topic, skip reasons, loss curve).
         #[arg(long, default_value_t = 9080)]
         page_port: u16,
+        /// Address the live page and every stage's metrics listen on: this machine
+        /// only unless given (`0.0.0.0` for every interface).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
     },
     /// Print a topic's records as JSON lines, decoded with the topic's Avro schema.
     /// Without --brokers (or kafka.brokers) it reads the embedded broker of the
@@ -240,11 +244,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             brokers,
             duration,
             page_port,
+            bind,
         } => {
             let options = embedded::RunOptions {
                 brokers: brokers.or(config.kafka.brokers.clone()),
                 limit: duration,
                 page_port,
+                bind,
             };
             let stop = codelupe_runtime::stage::shutdown_on_signal();
             embedded::run_all(options, setup, stop).await

@@ -135,47 +135,106 @@ pub async fn serve(
     serve_http(addr, "metrics", router, shutdown).await
 }
 
+/// What one HTTP server allows its clients: every connection is bounded in count and
+/// in time, so idle or trickling clients (a slow-header attack, a leaked keep-alive)
+/// cannot starve the scrapes and probes an orchestrator depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: std::time::Duration,
+    /// How long a connection is served before it is closed (a keep-alive client
+    /// reconnects).
+    pub connection_lifetime: std::time::Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(10),
+            connection_lifetime: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
 /// The one HTTP server: binds `addr` now and answers GET requests through `router`
-/// until `shutdown` is cancelled. `what` names it in errors.
+/// until `shutdown` is cancelled, within [`ServerLimits::default`]. `what` names it in
+/// errors.
 pub async fn serve_http(
     addr: SocketAddr,
     what: &str,
     router: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    serve_http_within(addr, what, router, shutdown, ServerLimits::default()).await
+}
+
+async fn serve_http_within(
+    addr: SocketAddr,
+    what: &str,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: ServerLimits,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr}"))?;
     let what = what.to_string();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     Ok(tokio::spawn(async move {
         loop {
-            let stream = tokio::select! {
+            let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "{what} server: accept failed");
-                        continue;
+                permit = connections.clone().acquire_owned() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        accepted = listener.accept() => accepted.map(|(stream, _)| (stream, permit)),
                     }
-                },
-            };
-            let router = router.clone();
-            let shutdown = shutdown.clone();
-            // One task per connection, so a slow client never blocks another.
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(router(req.uri().path())) }
-                });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
                 }
+            };
+            let (stream, permit) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} server: accept failed");
+                    continue;
+                }
+            };
+            // One task per connection, so a slow client never blocks another.
+            let (router, shutdown) = (router.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                serve_connection(stream, router, shutdown, limits).await;
+                drop(permit);
             });
         }
     }))
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: ServerLimits,
+) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router(req.uri().path())) }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(limits.connection_lifetime) => {}
+    }
+    // A response under way is finished first, within a header timeout's time.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits.header_timeout, conn).await;
 }
 
 fn route(
@@ -300,5 +359,99 @@ pub mod register {
             r,
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::time::{Duration, Instant};
+
+    async fn server(limits: ServerLimits) -> (SocketAddr, CancellationToken) {
+        let router: Router = Arc::new(|_| text(StatusCode::OK, "ok\n".into()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let stop = CancellationToken::new();
+        serve_http_within(addr, "test", router, stop.clone(), limits)
+            .await
+            .unwrap();
+        (addr, stop)
+    }
+
+    /// Whether the server closes `stream` within `within` (a read returns 0 or fails).
+    fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> bool {
+        stream.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    fn get(addr: SocketAddr) -> String {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    }
+
+    /// A client that starts a request and never finishes its headers is cut off.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_trickling_its_headers_is_cut_off() {
+        let limits = ServerLimits {
+            header_timeout: Duration::from_millis(300),
+            ..ServerLimits::default()
+        };
+        let (addr, stop) = server(limits).await;
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        let started = Instant::now();
+        assert!(
+            tokio::task::spawn_blocking(move || closed_within(&mut slow, Duration::from_secs(5)))
+                .await
+                .unwrap(),
+            "still open"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        stop.cancel();
+    }
+
+    /// Idle connections beyond the cap wait instead of piling up, and once the idle
+    /// ones time out a client is served again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_capped_and_idle_ones_give_their_place_back() {
+        let limits = ServerLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_millis(500),
+            connection_lifetime: Duration::from_secs(60),
+        };
+        let (addr, stop) = server(limits).await;
+        let idle: Vec<_> = (0..4)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let response = tokio::task::spawn_blocking(move || get(addr))
+            .await
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        drop(idle);
+        stop.cancel();
     }
 }

@@ -28,6 +28,10 @@ impl ClientContext for QuietEof {
 
 impl ConsumerContext for QuietEof {}
 
+/// How long a read to the end may go without a record or an end reached before it is
+/// given up.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
 /// Reads `partitions` of `topic` (all when None) from the beginning to their current
 /// end with read_committed isolation, folding each (key, payload) into `state`;
 /// `apply` may stop early with `ControlFlow::Break`. For state kept in compacted
@@ -53,8 +57,24 @@ pub async fn read_from<S, F>(
     clients: &KafkaClients,
     topic: &str,
     starts: Option<Vec<(i32, Offset)>>,
+    state: S,
+    apply: F,
+) -> anyhow::Result<S>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, &[u8], Option<&[u8]>) -> anyhow::Result<ControlFlow<()>> + Send + 'static,
+{
+    read_from_within(clients, topic, starts, state, apply, STALL_LIMIT).await
+}
+
+/// As `read_from`, given up once nothing is read for `stall_limit`.
+async fn read_from_within<S, F>(
+    clients: &KafkaClients,
+    topic: &str,
+    starts: Option<Vec<(i32, Offset)>>,
     mut state: S,
     mut apply: F,
+    stall_limit: Duration,
 ) -> anyhow::Result<S>
 where
     S: Send + 'static,
@@ -85,12 +105,19 @@ where
         // A partition reports its end again after each new record: count partitions
         // that reached their end, not reports.
         let mut at_end = std::collections::HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(300);
+        // No deadline on the whole read, which grows with the state (an index kept
+        // forever); only on a read that stops making progress.
+        let mut progress_at = Instant::now();
         while at_end.len() < partitions.len() {
-            if Instant::now() > deadline {
-                bail!("reading topic {topic} did not reach its end in 300 s");
+            if progress_at.elapsed() > stall_limit {
+                bail!(
+                    "reading topic {topic}: nothing read for {:?} before its end",
+                    stall_limit
+                );
             }
-            match consumer.poll(Duration::from_millis(500)) {
+            let polled = consumer.poll(Duration::from_millis(500));
+            let progressed = polled.is_some();
+            match polled {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
@@ -102,6 +129,10 @@ where
                         break;
                     }
                 }
+            }
+            if progressed {
+                // Once the record is folded in: a slow fold is no stall.
+                progress_at = Instant::now();
             }
         }
         Ok(state)
@@ -208,5 +239,41 @@ mod tests {
         .unwrap();
         assert!(p0 >= 1);
         assert_eq!(p1, 500, "partition 1 was not read to its end");
+    }
+
+    /// A read longer than the stall limit goes on while it makes progress (a state
+    /// that has grown past any fixed deadline), and one that makes none is given up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_read_that_stops_making_progress_is_given_up() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("state", 1, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let seed = producer(&bootstrap);
+        for i in 0..10 {
+            seed.send(BaseRecord::to("state").key(&format!("k{i}")).payload("v"))
+                .unwrap();
+        }
+        seed.flush(Duration::from_secs(10)).unwrap();
+        let clients = KafkaClients::new(bootstrap, &Default::default());
+        let started = Instant::now();
+        let slow = |n: &mut usize, _: &[u8], _: Option<&[u8]>| {
+            std::thread::sleep(Duration::from_millis(300));
+            *n += 1;
+            Ok(ControlFlow::Continue(()))
+        };
+        let limit = Duration::from_secs(1);
+        let read = read_from_within(&clients, "state", None, 0, slow, limit).await;
+        assert_eq!(read.unwrap(), 10);
+        assert!(started.elapsed() > 3 * limit, "{:?}", started.elapsed());
+        // A broker answering nothing for longer than the limit.
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(5))
+            .unwrap();
+        let start = Some(vec![(0, Offset::Beginning)]);
+        let error = read_from_within(&clients, "state", start, 0, slow, limit)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("nothing read for 1s"), "{error}");
     }
 }

@@ -102,7 +102,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
         input: input.to_string(),
         producer: transactional_producer(runtime, group).await?,
         shared: Arc::new(Shared::new(transform, runtime, &metrics)?),
-        back_pressure: pipeline::BackPressure::new(&runtime.settings),
+        back_pressure: pipeline::BackPressure::new(&runtime.settings, &consumer),
         consumer: consumer.clone(),
         metrics,
         tracker,

@@ -11,6 +11,7 @@
 //! the member its place in the group.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -194,6 +195,10 @@ pub(crate) struct LoopContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     /// Tells a stateful stage of its partitions coming and going, in the order they do.
     rebalanced: Option<mpsc::UnboundedSender<Rebalanced>>,
+    /// Whether back-pressure paused the input: partitions assigned meanwhile (a dead
+    /// peer's, under cooperative rebalancing) are paused as they arrive, or their
+    /// backlog would be read into memory while the loop polls only to stay in its group.
+    paused: Arc<AtomicBool>,
 }
 
 /// A change of the consumer's partitions, as a stateful stage hears of it: those that
@@ -249,11 +254,20 @@ impl ConsumerContext for LoopContext {
         }
     }
 
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         match rebalance {
             Rebalance::Assign(list) => {
                 let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions assigned");
+                if self.paused.load(Ordering::Acquire) {
+                    if let Err(e) = consumer.pause(list) {
+                        tracing::warn!(error = %e, "cannot pause partitions assigned while paused");
+                    }
+                }
                 if let Some(rebalanced) = &self.rebalanced {
                     let _ = rebalanced.send(Rebalanced::Assigned(partitions));
                 }
@@ -295,6 +309,7 @@ pub(crate) fn subscribe(
         lag: metrics.consumer_lag.clone(),
         tracker,
         rebalanced,
+        paused: Arc::new(AtomicBool::new(false)),
     };
     let consumer: StreamConsumer<LoopContext> = runtime
         .clients
@@ -338,7 +353,7 @@ pub async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> anyhow::
     let consumer = subscribe(runtime, &metrics, tracker.clone(), None)?;
 
     let shared = Arc::new(Shared::new(transform, runtime, &metrics)?);
-    let mut back_pressure = BackPressure::new(&runtime.settings);
+    let mut back_pressure = BackPressure::new(&runtime.settings, &consumer);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i32, i64)>();
     // A dead letter the dead-letter topic refuses: the record can go nowhere.
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<SendError>();
@@ -493,17 +508,25 @@ pub(crate) struct BackPressure {
     places: Arc<Semaphore>,
     transforms: Arc<Semaphore>,
     exhausted_since: Option<tokio::time::Instant>,
-    paused: bool,
+    /// Shared with the consumer's context, which pauses partitions assigned meanwhile.
+    paused: Arc<AtomicBool>,
 }
 
 impl BackPressure {
-    pub(crate) fn new(settings: &crate::config::StageSettings) -> Self {
+    pub(crate) fn new(
+        settings: &crate::config::StageSettings,
+        consumer: &StreamConsumer<LoopContext>,
+    ) -> Self {
         Self {
             places: Arc::new(Semaphore::new(settings.max_uncommitted.get())),
             transforms: Arc::new(Semaphore::new(settings.max_in_flight.get())),
             exhausted_since: None,
-            paused: false,
+            paused: consumer.context().paused.clone(),
         }
+    }
+
+    fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
     /// The permits of records being transformed.
@@ -514,7 +537,7 @@ impl BackPressure {
     /// Whether to poll the input: while a place is free, or while paused (polling
     /// then only keeps the member in its group).
     pub(crate) fn poll_input(&self) -> bool {
-        self.paused || self.places.available_permits() > 0
+        self.is_paused() || self.places.available_permits() > 0
     }
 
     /// A place for a record just read: at once, or (for one fetched before a pause
@@ -538,8 +561,8 @@ impl BackPressure {
     pub(crate) fn released(&mut self, consumer: &StreamConsumer<LoopContext>) {
         if self.places.available_permits() > 0 {
             self.exhausted_since = None;
-            if self.paused {
-                self.paused = !set_paused(consumer, false);
+            if self.is_paused() && set_paused(consumer, false) {
+                self.paused.store(false, Ordering::Release);
             }
         }
     }
@@ -549,8 +572,12 @@ impl BackPressure {
         let stuck = self
             .exhausted_since
             .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
-        if stuck && !self.paused && self.places.available_permits() == 0 {
-            self.paused = set_paused(consumer, true);
+        if stuck && !self.is_paused() && self.places.available_permits() == 0 {
+            // Set first: a partition assigned while the pause is applied is paused too.
+            self.paused.store(true, Ordering::Release);
+            if !set_paused(consumer, true) {
+                self.paused.store(false, Ordering::Release);
+            }
         }
     }
 }

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Validates the Kubernetes manifests (deploy/k8s) offline with kubeconform, strictly
-# (unknown fields are errors): the core kinds against Kubernetes' own JSON schemas, the
-# KEDA ScaledObjects against KEDA's CRD. Everything it needs is fetched once into the
-# cache from the registries this machine reaches: kubeconform from the Go module proxy,
-# Kubernetes' schemas from PyPI (the kubernetes-validate wheel bundles them, generated
-# from each release's OpenAPI), KEDA's CRD from the kedacore/keda Go module, converted
-# by kubeconform's own openapi2jsonschema.py.
+# (unknown fields are errors): Kubernetes' own kinds against its JSON schemas, KEDA's
+# ScaledObjects and TriggerAuthentications against its CRDs. Everything it needs is
+# fetched once into the cache from the registries this machine reaches: kubeconform
+# from the Go module proxy, Kubernetes' schemas from PyPI (the kubernetes-validate wheel
+# bundles them, generated from each release's OpenAPI), KEDA's CRDs from the
+# kedacore/keda Go module, converted by kubeconform's own openapi2jsonschema.py.
 #
 #   bash deploy/validate.sh [FILE...]     default: deploy/k8s/*.yaml
 set -euo pipefail
@@ -49,16 +49,18 @@ PY
 fi
 
 crds="$cache/keda-$keda_version"
-if [ ! -f "$crds/.complete" ]; then
-  rm -rf "$crds" && mkdir -p "$crds"
-  keda=$(go mod download -json "github.com/kedacore/keda/v2@$keda_version" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
-  converter=$(go mod download -json "github.com/yannh/kubeconform@$kubeconform_version" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')/scripts/openapi2jsonschema.py
-  (cd "$crds" && FILENAME_FORMAT='{kind}_{version}' "$python" "$converter" \
-    "$keda/config/crd/bases/keda.sh_scaledobjects.yaml" >/dev/null)
-  touch "$crds/.complete"
-fi
+mkdir -p "$crds"
+for crd in scaledobjects triggerauthentications; do
+  if [ ! -f "$crds/.$crd" ]; then
+    keda=$(go mod download -json "github.com/kedacore/keda/v2@$keda_version" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    converter=$(go mod download -json "github.com/yannh/kubeconform@$kubeconform_version" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')/scripts/openapi2jsonschema.py
+    (cd "$crds" && FILENAME_FORMAT='{kind}_{version}' "$python" "$converter" \
+      "$keda/config/crd/bases/keda.sh_$crd.yaml" >/dev/null)
+    touch "$crds/.$crd"
+  fi
+done
 
 if [ $# -eq 0 ]; then set -- "$root"/deploy/k8s/*.yaml; fi
 # The wheel's schemas refer to a shared _definitions.json, which kubeconform does not
@@ -78,7 +80,8 @@ def local(node):
     return node
 for path in manifests:
     for doc in yaml.safe_load_all(open(path)):
-        if not doc or "." in doc["apiVersion"].split("/")[0]:
+        group = doc["apiVersion"].rpartition("/")[0] if doc else ""
+        if not doc or ("." in group and not group.endswith(".k8s.io")):
             continue  # a custom resource: its CRD's schema
         group, _, version = doc["apiVersion"].rpartition("/")
         name = f"{doc['kind'].lower()}{'-' + group.split('.')[0] if group else ''}-{version}.json"

@@ -127,11 +127,16 @@ fn every_stage_is_a_deployment_and_every_consumer_scales_on_its_lag() {
             );
         }
     }
-    // Downloader and processor meet in the object store: no volume, the store's keys
-    // from a Secret.
+    // Downloader and processor meet in the object store: no shared volume (a scratch
+    // /tmp of their own only), the store's keys from a Secret.
     for name in ["downloader", "processor"] {
         let pod = &get("Deployment", &format!("codelupe-{name}")).unwrap()["spec"]["template"];
-        assert!(pod["spec"]["volumes"].is_null(), "{name} mounts a volume");
+        let shared = pod["spec"]["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|v| v["emptyDir"].is_null());
+        assert!(!shared, "{name} mounts a shared volume");
         let env = serde_yaml::to_string(&pod["spec"]["containers"][0]["envFrom"]).unwrap();
         assert!(env.contains("codelupe-object-store"), "{name}: {env}");
     }
@@ -139,6 +144,86 @@ fn every_stage_is_a_deployment_and_every_consumer_scales_on_its_lag() {
     for name in ["DOWNLOADER", "PROCESSOR"] {
         let key = format!("CODELUPE_STAGES__{name}__OPTIONS__STORE");
         assert!(env[key.as_str()].as_str().unwrap().starts_with("s3://"));
+    }
+}
+
+/// Every pod runs as a non-root user on a read-only root filesystem, with requests and
+/// limits; only the metrics port is reachable; KEDA reads Kafka through one
+/// TriggerAuthentication, and the stages take TLS/SASL settings from a Secret.
+#[test]
+fn every_pod_is_locked_down_bounded_and_reaches_a_secured_kafka() {
+    let resources = resources();
+    let mut pods = 0;
+    for ((kind, name), resource) in &resources {
+        let pod = match kind.as_str() {
+            "Deployment" | "Job" => &resource["spec"]["template"]["spec"],
+            _ => continue,
+        };
+        pods += 1;
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{name}"
+        );
+        let container = &pod["containers"][0];
+        let security = &container["securityContext"];
+        assert_eq!(
+            security["readOnlyRootFilesystem"].as_bool(),
+            Some(true),
+            "{name}"
+        );
+        assert_eq!(
+            security["allowPrivilegeEscalation"].as_bool(),
+            Some(false),
+            "{name}"
+        );
+        assert_eq!(
+            str_list(&security["capabilities"]["drop"]),
+            ["ALL"],
+            "{name}"
+        );
+        for bound in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    !container["resources"][bound][resource].is_null(),
+                    "{name}: no {bound}.{resource}"
+                );
+            }
+        }
+        let env = serde_yaml::to_string(&container["envFrom"]).unwrap();
+        assert!(env.contains("codelupe-kafka-client"), "{name}: {env}");
+        if kind == "Deployment" {
+            let tmp = container["volumeMounts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|m| m["mountPath"] == "/tmp");
+            assert!(tmp, "{name}: no writable /tmp");
+        }
+    }
+    assert_eq!(pods, 7, "six stages and the topics job");
+    let policy = resources
+        .get(&("NetworkPolicy".to_string(), "codelupe-stages".to_string()))
+        .expect("a NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/part-of"],
+        "codelupe"
+    );
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "metrics");
+    assert!(resources.contains_key(&(
+        "TriggerAuthentication".to_string(),
+        "codelupe-kafka".to_string()
+    )));
+    for ((kind, name), resource) in &resources {
+        if kind != "ScaledObject" {
+            continue;
+        }
+        for trigger in resource["spec"]["triggers"].as_sequence().unwrap() {
+            assert_eq!(
+                trigger["authenticationRef"]["name"], "codelupe-kafka",
+                "{name}"
+            );
+        }
     }
 }
 

@@ -303,6 +303,22 @@ mod tests {
         }
     }
 
+    /// A lookup of one empty shard (0) that holds probes back `hold`.
+    fn lookup_holding(hold: Duration) -> Lookup {
+        let clients = KafkaClients::new("127.0.0.1:1", &Default::default());
+        let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
+        let mut lookup = Lookup::new(0.7, "index".into(), hold, clients, metrics);
+        lookup.shards.insert(0, Shard::new(0.7));
+        lookup
+    }
+
+    fn at(offset: i64) -> InputPosition {
+        InputPosition {
+            partition: 0,
+            offset,
+        }
+    }
+
     fn answers(step: &Step<NeardupGather>) -> Vec<(String, Vec<String>)> {
         step.sealed
             .iter()
@@ -318,20 +334,7 @@ mod tests {
     /// finds it; nothing is probed before the hold has passed or the input paused.
     #[tokio::test]
     async fn probes_arriving_out_of_order_are_probed_in_order() {
-        let clients = KafkaClients::new("127.0.0.1:1", &Default::default());
-        let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
-        let mut lookup = Lookup::new(
-            0.7,
-            "index".into(),
-            Duration::from_millis(1),
-            clients,
-            metrics,
-        );
-        lookup.shards.insert(0, Shard::new(0.7));
-        let at = |offset| InputPosition {
-            partition: 0,
-            offset,
-        };
+        let mut lookup = lookup_holding(Duration::from_millis(1));
         // b (order 2 ms) arrives before a (order 1.5 ms), both within the 1 ms hold.
         let first = lookup.push(at(0), probe("b", 2_000, 7), ()).await.unwrap();
         assert!(first.sealed.is_empty(), "held back");
@@ -354,20 +357,7 @@ mod tests {
     /// it nor waits past the input's pause.
     #[tokio::test]
     async fn a_probe_from_the_future_does_not_disable_the_hold() {
-        let clients = KafkaClients::new("127.0.0.1:1", &Default::default());
-        let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
-        let mut lookup = Lookup::new(
-            0.7,
-            "index".into(),
-            Duration::from_secs(10),
-            clients,
-            metrics,
-        );
-        lookup.shards.insert(0, Shard::new(0.7));
-        let at = |offset| InputPosition {
-            partition: 0,
-            offset,
-        };
+        let mut lookup = lookup_holding(Duration::from_secs(10));
         let forged = lookup
             .push(at(0), probe("forged", i64::MAX / 2, 3), ())
             .await

@@ -19,6 +19,9 @@ pub const STAGES: [(&str, usize); 6] = [
     ("trainer", 1),
 ];
 
+/// Unplanned exits of one replica that make a crash loop.
+pub const CRASH_LOOP: usize = 3;
+
 /// The secret every stage is given as GITHUB_TOKEN; no host but GitHub may see it.
 pub const TOKEN: &str = "ghp_fault-harness-secret";
 
@@ -164,6 +167,17 @@ impl Cluster {
         }
     }
 
+    /// Replicas that ended on their own `CRASH_LOOP` times or more: one poison record
+    /// met again at every restart, which a one-off exit (a broker outage outlasting
+    /// the start-up retries) is not.
+    pub fn crash_looping(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|r| r.unplanned_exits >= CRASH_LOOP)
+            .map(|r| format!("{} ended {} times", r.name(), r.unplanned_exits))
+            .collect()
+    }
+
     /// Replicas whose /readyz does not answer 200.
     pub fn not_ready(&self) -> Vec<String> {
         self.replicas
@@ -299,4 +313,64 @@ pub fn poison(topic: &str, real: &[u8], scratch: &Path) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Records that decode and carry hostile contents, each shaped from a real one (`real`
+/// gives a topic's first record) and keyed `poison-forged-<kind>`: a clone URL of
+/// 450 kB (its letter must stay bounded), a batch with the trainer's tokenizer whose
+/// token id is past the vocabulary (a crash loop before), and a dead letter naming the
+/// batcher's dedup state as its topic (which `dead-letters replay` must refuse).
+pub fn forge(topic: impl Fn(&str) -> String, real: impl Fn(&str) -> Vec<u8>) {
+    use codelupe_runtime::records::{now_ms, DeadLetter, RepoUrl, TrainingBatch};
+    use codelupe_runtime::AvroRecord;
+    let mut url = RepoUrl::decode(&real("repo-urls")).unwrap();
+    url.full_name = "forged/huge-url".into();
+    url.clone_url = format!("{}://127.0.0.1/forged/huge-url.git", "x".repeat(450_000));
+    let mut batch = TrainingBatch::decode(&real("training-batches")).unwrap();
+    batch.batch_id = "poison-forged-token-id".into();
+    batch.token_ids[1] = 1_000_000;
+    let letter = DeadLetter {
+        stage: "batcher".into(),
+        reason: "forged".into(),
+        error: "forged".into(),
+        topic: topic("batcher-seen"),
+        partition: 0,
+        offset: 0,
+        attempts: 1,
+        key: Some(b"poison-forged-letter".to_vec()),
+        value: Some(b"forged mark".to_vec()),
+        failed_at_ms: now_ms(),
+    };
+    let records = [
+        ("repo-urls", "huge-url", url.encode().unwrap()),
+        ("training-batches", "token-id", batch.encode().unwrap()),
+        ("dead-letters", "letter", letter.encode().unwrap()),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (name, kind, value) in records {
+        let key = format!("poison-forged-{kind}");
+        rt.block_on(crate::support::produce_all(
+            &topic(name),
+            vec![(key, value)],
+        ));
+    }
+}
+
+/// `codelupe dead-letters replay` of the forged letter: (stdout, stderr).
+pub fn replay_forged(config: &Path, topology: &Path) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_codelupe"))
+        .args(["--config", config.to_str().unwrap()])
+        .args(["--topology", topology.to_str().unwrap()])
+        .args(["dead-letters", "replay", "--reason", "forged"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

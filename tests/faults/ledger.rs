@@ -36,6 +36,8 @@ pub struct Ledger {
     pub poison: BTreeMap<(String, String), String>,
     /// Every departure from what must hold, in words.
     pub problems: Vec<String>,
+    /// The largest dead letter a stage wrote, key and value, in bytes.
+    pub largest_letter: usize,
 }
 
 fn decoded<T: AvroRecord>(records: &[(String, Vec<u8>)]) -> Vec<T> {
@@ -64,7 +66,17 @@ impl Ledger {
     ) -> Self {
         let idle = Duration::from_secs(3);
         let mut ledger = Ledger::default();
-        let letters: Vec<DeadLetter> = decoded(&read_all(&topics.dead_letters, idle));
+        let letter_records = read_all(&topics.dead_letters, idle);
+        // Of the letters the stages wrote, naming one of the run's topics: the harness's
+        // own poison in this topic is none.
+        let suffix = topics.dead_letters.trim_start_matches("dead-letters");
+        ledger.largest_letter = letter_records
+            .iter()
+            .filter(|(_, v)| DeadLetter::decode(v).is_ok_and(|l| l.topic.ends_with(suffix)))
+            .map(|(k, v)| k.len() + v.len())
+            .max()
+            .unwrap_or(0);
+        let letters: Vec<DeadLetter> = decoded(&letter_records);
         let lettered = |stage: &str| -> HashMap<String, &DeadLetter> {
             letters
                 .iter()
@@ -77,7 +89,11 @@ impl Ledger {
         };
 
         // Crawler: every listed repository published once.
-        let urls: Vec<RepoUrl> = decoded(&read_all(&topics.repo_urls, idle));
+        // The forged URL (forged/huge-url) is no repository of the corpus.
+        let urls: Vec<RepoUrl> = decoded(&read_all(&topics.repo_urls, idle))
+            .into_iter()
+            .filter(|u: &RepoUrl| !u.full_name.starts_with("forged/"))
+            .collect();
         let names: HashSet<&str> = urls.iter().map(|u| u.full_name.as_str()).collect();
         ledger.rows.push(Row {
             stage: "crawler",
@@ -235,7 +251,11 @@ impl Ledger {
         // Batcher: every distinct kept file's document that is no near-duplicate ends in
         // training-batches once.
         let tok = CodeTokenizer::load(tokenizer).unwrap();
-        let batches: Vec<TrainingBatch> = decoded(&read_all(&topics.training_batches, idle));
+        // The forged batch (poison-forged-token-id) copies a real one: not the batcher's.
+        let batches: Vec<TrainingBatch> = decoded(&read_all(&topics.training_batches, idle))
+            .into_iter()
+            .filter(|b: &TrainingBatch| !b.batch_id.starts_with("poison-"))
+            .collect();
         let ended = documents_ended(&batches, tok.end_of_text);
         let hashes: HashSet<&str> = expected
             .values()

@@ -233,8 +233,9 @@ fn scenario(delivery: &str) {
         cluster::poison(&topic(name), &real, dir);
         cluster.restart_exited();
     }
+    cluster::forge(&topic, |name| first_record(&topic(name)));
     eprintln!(
-        "fault harness: poison produced after {:?}",
+        "fault harness: poison and forged records produced after {:?}",
         started.elapsed()
     );
 
@@ -302,6 +303,7 @@ fn scenario(delivery: &str) {
     };
     let not_ready = cluster.not_ready();
     let exit_reasons = cluster.exit_reasons();
+    let looping = cluster.crash_looping();
     let unclean = cluster.stop();
 
     let ledger = tokio::runtime::Runtime::new()
@@ -321,6 +323,7 @@ fn scenario(delivery: &str) {
             &dir.join("tokenizer.json"),
         ));
     let state_skipped = logged(dir, "crawler", "undecodable state entry skipped");
+    let (replayed, refused) = cluster::replay_forged(&config, &topology);
     let listed = codelupe()
         .args(["--config", config.to_str().unwrap()])
         .args(["--topology", topology.to_str().unwrap()])
@@ -375,6 +378,26 @@ fn scenario(delivery: &str) {
         "dead-letters list: {}",
         text(&listed)
     );
+    for (input, kind, stage) in [
+        ("repo-urls", "forged-huge-url", "downloader"),
+        ("training-batches", "forged-token-id", "trainer"),
+    ] {
+        let outcome = ledger.poison.get(&(topic(input), kind.to_string()));
+        assert!(
+            outcome.is_some_and(|o| o.starts_with(&format!("dead-lettered by {stage}"))),
+            "{kind} in {input}: {outcome:?}"
+        );
+    }
+    assert!(
+        ledger.largest_letter <= codelupe_runtime::records::DeadLetter::MAX_BYTES,
+        "a dead letter of {} bytes",
+        ledger.largest_letter
+    );
+    assert!(
+        replayed.contains("replayed 0 of 1")
+            && refused.contains("is not the input of stage batcher"),
+        "a forged letter was replayed: {replayed} {refused}"
+    );
     // The token went nowhere but GitHub: neither the redirecting host nor the host it
     // pointed at saw it, and the redirect was not followed.
     assert!(
@@ -405,6 +428,11 @@ fn scenario(delivery: &str) {
         }
     }
     assert!(unclean.is_empty(), "stopped uncleanly: {unclean:?}");
+    // A replica that keeps ending on its own is crash-looping on some record.
+    assert!(
+        looping.is_empty(),
+        "crash loop: {looping:?}\n{exit_reasons}"
+    );
 }
 
 #[test]

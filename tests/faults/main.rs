@@ -233,7 +233,7 @@ fn scenario(delivery: &str) {
         cluster::poison(&topic(name), &real, dir);
         cluster.restart_exited();
     }
-    cluster::forge(&topic, |name| first_record(&topic(name)));
+    cluster::forge(topic, |name| first_record(&topic(name)));
     eprintln!(
         "fault harness: poison and forged records produced after {:?}",
         started.elapsed()

@@ -789,7 +789,11 @@ pub fn dead_letter(
             DeadLetter::MAX_ERROR,
             error.len()
         ));
-        error.truncate(error.floor_char_boundary(DeadLetter::MAX_ERROR));
+        let mut end = DeadLetter::MAX_ERROR;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
     }
     let (value, cut) = excerpt(origin.value, DeadLetter::MAX_VALUE, "value");
     cuts.extend(cut);
@@ -1037,7 +1041,7 @@ mod tests {
         );
         let size = letter.key.len() + letter.payload.len();
         assert!(size <= DeadLetter::MAX_BYTES, "{size} bytes");
-        assert!(DeadLetter::MAX_BYTES < crate::topology::KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
+        const { assert!(DeadLetter::MAX_BYTES < crate::topology::KAFKA_DEFAULT_MAX_MESSAGE_BYTES) };
         let decoded = DeadLetter::decode(&letter.payload).unwrap();
         assert_eq!(decoded.key.as_deref(), Some(&key[..DeadLetter::MAX_KEY]));
         assert_eq!(

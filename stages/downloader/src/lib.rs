@@ -349,6 +349,24 @@ impl Transform for Downloader {
     }
 }
 
+/// How young a pack the sweep never deletes: `sweep_grace_s`, or, in `exactly_once`,
+/// at least as long as a finished record may wait in memory for an earlier one (every
+/// clone attempt of the earlier record, retried transiently for up to
+/// `transient_give_up_s`) before its transaction publishes it: until then no reader
+/// sees its record, so only its age keeps its pack.
+fn sweep_grace(
+    options: &DownloaderOptions,
+    settings: &codelupe_runtime::config::StageSettings,
+) -> Duration {
+    let configured = Duration::from_secs(options.sweep_grace_s);
+    if settings.delivery != codelupe_runtime::config::Delivery::ExactlyOnce {
+        return configured;
+    }
+    let clone = options.clone_timeout_s * u64::from(options.max_attempts.get());
+    let held = Duration::from_secs(settings.transient_give_up_s + clone);
+    configured.max(held + Duration::from_secs(60))
+}
+
 /// Runs the stage until shutdown, sweeping the clone store on an interval and
 /// whenever an upload waits for room.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
@@ -361,7 +379,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let retention = Retention {
         max_age: Duration::from_secs(options.retention_hours * 3600),
         budget_bytes: options.max_store_bytes,
-        grace: Duration::from_secs(options.sweep_grace_s),
+        grace: sweep_grace(&options, &runtime.settings),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.get()));
@@ -394,4 +412,27 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
         }
     });
     codelupe_runtime::pipeline::run(downloader, &runtime).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codelupe_runtime::config::{Delivery, StageSettings};
+
+    /// In exactly_once a finished record can wait for an earlier one through all its
+    /// clone attempts and transient retries; its pack must outlive that wait.
+    #[test]
+    fn the_sweep_spares_packs_whose_records_may_still_wait_for_a_transaction() {
+        let options = DownloaderOptions::default();
+        let mut settings = StageSettings::default();
+        assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(600));
+        settings.delivery = Delivery::ExactlyOnce;
+        // 3600 s of transient retries, then 3 attempts of 600 s, and a minute's margin.
+        assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(5460));
+        let patient = DownloaderOptions {
+            sweep_grace_s: 7200,
+            ..DownloaderOptions::default()
+        };
+        assert_eq!(sweep_grace(&patient, &settings), Duration::from_secs(7200));
+    }
 }

@@ -332,13 +332,13 @@ impl Transform for Downloader {
         })?;
 
         // In the store already and nothing pushed since: publish again without the
-        // network (if the pack is still there; retention may have taken it).
+        // network (if the pack is still there, and no sweep has marked it to go).
         let known = match self.store.read_json::<Marker>(&marker_key).await {
-            Ok(Some(marker)) if marker.is_current_for(&repo) => self
-                .store
-                .has_pack(&marker.pack_uri)
-                .await
-                .then_some(marker),
+            Ok(Some(marker)) if marker.is_current_for(&repo) => {
+                let usable = self.store.has_pack(&marker.pack_uri).await
+                    && !store::is_doomed(&self.store, &marker.pack_uri).await;
+                usable.then_some(marker)
+            }
             _ => None,
         };
         let marker = match known {

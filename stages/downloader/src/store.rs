@@ -321,8 +321,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Sweeps once: deletes what `plan` says and old markers, and returns (deleted, kept
-/// bytes). `readers` empty or no output topic: nothing counts as unread.
+/// Sweeps once: deletes what `plan` says in two passes (see [`reclaim`]) and old
+/// markers, and returns (deleted, kept bytes). `readers` empty or no output topic:
+/// nothing counts as unread.
 pub async fn sweep(
     store: &CloneStore,
     clients: &KafkaClients,
@@ -340,11 +341,13 @@ pub async fn sweep(
         None => HashSet::new(),
     };
     let now = codelupe_runtime::records::now_ms();
-    let (deleted, kept) = plan(&packs, &unread, wanted, now, retention);
-    for uri in &deleted {
-        tracing::info!(%uri, "removing pack");
-        store.delete_pack(uri).await?;
-    }
+    let (candidates, _) = plan(&packs, &unread, wanted, now, retention);
+    let deleted = reclaim(store, &candidates, now, retention.grace).await?;
+    let kept = packs
+        .iter()
+        .filter(|p| !deleted.contains(&p.uri))
+        .map(|p| p.bytes)
+        .sum();
     // A marker older than the retention period names a pack that is gone or about to
     // be: without it the repository is cloned again, which is what retention means.
     for (key, modified_ms) in store.list_json(MARKERS).await? {
@@ -353,6 +356,72 @@ pub async fn sweep(
         }
     }
     Ok((deleted.len(), kept))
+}
+
+const DOOMED: &str = "doomed";
+
+/// The note a sweep leaves on a pack it means to delete: `doomed/<sha256>.json`.
+fn doom_key(pack_uri: &str) -> Option<String> {
+    let name = pack_uri.rsplit('/').next()?.strip_suffix(".pack")?;
+    Some(format!("{DOOMED}/{name}.json"))
+}
+
+/// Whether a sweep has marked the pack at `uri` for deletion, so publishing it again
+/// without cloning could hand readers a pack about to go. A store that cannot say
+/// counts as yes: cloning again is always safe.
+pub async fn is_doomed(store: &CloneStore, uri: &str) -> bool {
+    match doom_key(uri) {
+        Some(key) => !matches!(store.read_json::<serde_json::Value>(&key).await, Ok(None)),
+        None => true,
+    }
+}
+
+/// Deletes candidates in two passes, so a pack a record was published for after the
+/// sweep read the unread records is never deleted: a candidate is first marked; a
+/// later sweep deletes it only if it is still a candidate and its mark is at least
+/// `grace` old. The downloader's "already stored" shortcut never reuses a marked pack,
+/// so a record it published either came before the mark (and is unread, or read, by
+/// the time the mark is `grace` old) or cloned the pack afresh. A marked pack that is
+/// no candidate any more (unread again, or written anew) loses its mark. Returns the
+/// packs deleted.
+pub async fn reclaim(
+    store: &CloneStore,
+    candidates: &[String],
+    now_ms: i64,
+    grace: Duration,
+) -> anyhow::Result<HashSet<String>> {
+    let marks: BTreeMap<String, i64> = store.list_json(DOOMED).await?.into_iter().collect();
+    let mut deleted = HashSet::new();
+    let mut still = HashSet::new();
+    for uri in candidates {
+        let Some(mark) = doom_key(uri) else { continue };
+        match marks.get(&mark) {
+            Some(&marked_ms) if now_ms - marked_ms >= grace.as_millis() as i64 => {
+                tracing::info!(%uri, "removing pack");
+                store.delete_pack(uri).await?;
+                store.delete_json(&mark).await?;
+                deleted.insert(uri.clone());
+            }
+            Some(_) => {
+                still.insert(mark);
+            }
+            None => {
+                store
+                    .write_json(&mark, &serde_json::json!({ "pack_uri": uri }))
+                    .await?;
+                still.insert(mark);
+            }
+        }
+    }
+    for mark in marks.keys().filter(|m| !still.contains(*m)) {
+        if !deleted
+            .iter()
+            .any(|uri| doom_key(uri).as_ref() == Some(mark))
+        {
+            store.delete_json(mark).await?;
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]
@@ -365,6 +434,42 @@ mod tests {
             bytes,
             modified_ms: now - age_h * 3_600_000,
         }
+    }
+
+    /// The race a one-pass sweep lost: it read the unread records, the shortcut then
+    /// published a record for an old pack, and the sweep deleted that pack. Now a
+    /// candidate is only marked; the shortcut never reuses a marked pack; a later
+    /// sweep deletes what is still a candidate once its mark is `grace` old, and a pack
+    /// that stopped being one (its record read again) keeps its place.
+    #[tokio::test]
+    async fn a_candidate_is_marked_first_and_deleted_only_by_a_later_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CloneStore::open(dir.path().to_str().unwrap()).unwrap();
+        let put = |bytes: &'static [u8]| store.put_pack(bytes::Bytes::from_static(bytes));
+        let (a, b) = (put(b"pack a").await.unwrap(), put(b"pack b").await.unwrap());
+        let grace = Duration::from_secs(10);
+        let now = codelupe_runtime::records::now_ms();
+        let candidates = [a.uri.clone(), b.uri.clone()];
+        let first = reclaim(&store, &candidates, now, grace).await.unwrap();
+        assert!(first.is_empty(), "deleted on the pass that chose them");
+        assert!(store.has_pack(&a.uri).await && store.has_pack(&b.uri).await);
+        assert!(
+            is_doomed(&store, &b.uri).await,
+            "the shortcut could reuse b"
+        );
+        // Still within the grace: nothing goes.
+        let early = reclaim(&store, &candidates, now + 5_000, grace)
+            .await
+            .unwrap();
+        assert!(early.is_empty());
+        // b is read again (a record names it): only a goes, and b's mark is lifted.
+        let later = reclaim(&store, &candidates[..1], now + 11_000, grace)
+            .await
+            .unwrap();
+        assert_eq!(later, HashSet::from([a.uri.clone()]));
+        assert!(!store.has_pack(&a.uri).await);
+        assert!(store.has_pack(&b.uri).await);
+        assert!(!is_doomed(&store, &b.uri).await);
     }
 
     #[test]

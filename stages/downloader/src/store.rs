@@ -381,9 +381,9 @@ pub async fn is_doomed(store: &CloneStore, uri: &str) -> bool {
 /// later sweep deletes it only if it is still a candidate and its mark is at least
 /// `grace` old. The downloader's "already stored" shortcut never reuses a marked pack,
 /// so a record it published either came before the mark (and is unread, or read, by
-/// the time the mark is `grace` old) or cloned the pack afresh. A marked pack that is
-/// no candidate any more (unread again, or written anew) loses its mark. Returns the
-/// packs deleted.
+/// the time the mark is `grace` old) or cloned the pack afresh (a pack written again
+/// since its mark is spared). A marked pack that is no candidate any more (unread
+/// again, or written anew) loses its mark. Returns the packs deleted.
 pub async fn reclaim(
     store: &CloneStore,
     candidates: &[String],
@@ -397,6 +397,16 @@ pub async fn reclaim(
         let Some(mark) = doom_key(uri) else { continue };
         match marks.get(&mark) {
             Some(&marked_ms) if now_ms - marked_ms >= grace.as_millis() as i64 => {
+                // Written again since it was marked (cloned afresh, same contents):
+                // the listing this sweep planned from is stale for it.
+                if store
+                    .pack_written_ms(uri)
+                    .await
+                    .is_none_or(|w| w > marked_ms)
+                {
+                    store.delete_json(&mark).await?;
+                    continue;
+                }
                 tracing::info!(%uri, "removing pack");
                 store.delete_pack(uri).await?;
                 store.delete_json(&mark).await?;
@@ -447,9 +457,10 @@ mod tests {
         let store = CloneStore::open(dir.path().to_str().unwrap()).unwrap();
         let put = |bytes: &'static [u8]| store.put_pack(bytes::Bytes::from_static(bytes));
         let (a, b) = (put(b"pack a").await.unwrap(), put(b"pack b").await.unwrap());
+        let c = put(b"pack c").await.unwrap();
         let grace = Duration::from_secs(10);
         let now = codelupe_runtime::records::now_ms();
-        let candidates = [a.uri.clone(), b.uri.clone()];
+        let candidates = [a.uri.clone(), b.uri.clone(), c.uri.clone()];
         let first = reclaim(&store, &candidates, now, grace).await.unwrap();
         assert!(first.is_empty(), "deleted on the pass that chose them");
         assert!(store.has_pack(&a.uri).await && store.has_pack(&b.uri).await);
@@ -462,14 +473,18 @@ mod tests {
             .await
             .unwrap();
         assert!(early.is_empty());
-        // b is read again (a record names it): only a goes, and b's mark is lifted.
-        let later = reclaim(&store, &candidates[..1], now + 11_000, grace)
-            .await
-            .unwrap();
+        // b is read again (a record names it), c is cloned afresh into the same pack
+        // (planned from a listing made before): only a goes, and the marks are lifted.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        put(b"pack c").await.unwrap();
+        let picked = [a.uri.clone(), c.uri.clone()];
+        let later = reclaim(&store, &picked, now + 11_000, grace).await.unwrap();
         assert_eq!(later, HashSet::from([a.uri.clone()]));
         assert!(!store.has_pack(&a.uri).await);
-        assert!(store.has_pack(&b.uri).await);
-        assert!(!is_doomed(&store, &b.uri).await);
+        for kept in [&b.uri, &c.uri] {
+            assert!(store.has_pack(kept).await, "{kept}");
+            assert!(!is_doomed(&store, kept).await, "{kept}");
+        }
     }
 
     #[test]

@@ -193,6 +193,12 @@ impl CloneStore {
         }
     }
 
+    /// When the pack at `uri` was last written, if it is in the store.
+    pub async fn pack_written_ms(&self, uri: &str) -> Option<i64> {
+        let meta = self.objects.head(&self.pack_key(uri)?).await.ok()?;
+        Some(meta.last_modified.timestamp_millis())
+    }
+
     /// Every pack in the store.
     pub async fn packs(&self) -> anyhow::Result<Vec<StoredPack>> {
         let listed: Vec<_> = self

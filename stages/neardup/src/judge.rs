@@ -4,7 +4,7 @@
 //! is a near-duplicate of on `near-duplicates`. A file's order is the earliest any
 //! shard indexed it under, so a file routed twice (a replay) is judged by its first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use crate::shard::{representative, Candidate, Order};
 /// What is known of one file not judged yet.
 #[derive(Default)]
 struct Pending {
+    /// When the file arrived; None until it has.
+    arrived: Option<Instant>,
     file: Option<CodeFile>,
     /// Where the file was read (the first time, if routed twice).
     file_at: Option<InputPosition>,
@@ -30,14 +32,17 @@ struct Pending {
     positions: Vec<InputPosition>,
 }
 
+/// How often, at most, a record makes the judge look for overdue files.
+const LOOK_OVER_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Judge {
     dropped_topic: String,
     metrics: Arc<NeardupMetrics>,
     pending: HashMap<i32, HashMap<String, Pending>>,
-    /// Each partition's files in the order they arrived, to judge those whose answers
-    /// are overdue (a file judged since is passed over).
-    arrived: HashMap<i32, VecDeque<(Instant, String)>>,
     answer_timeout: Duration,
+    /// When the files waiting were last looked over for overdue ones: at most once a
+    /// second, so a record costs no scan of every file waiting.
+    looked_over: Instant,
 }
 
 impl Judge {
@@ -50,27 +55,27 @@ impl Judge {
             dropped_topic,
             metrics,
             pending: HashMap::new(),
-            arrived: HashMap::new(),
             answer_timeout,
+            looked_over: Instant::now(),
         }
     }
 
     /// Judges on the answers they have the files of `partition` that arrived before
-    /// `deadline` (all of them if None) and are still waiting.
+    /// `deadline` (all of them if None) and are still waiting, in the order they came.
     fn judge_overdue(&mut self, partition: i32, deadline: Option<Instant>) -> Step<CodeFile> {
         let mut step = Step::default();
-        let arrived = self.arrived.entry(partition).or_default();
         let pending = self.pending.entry(partition).or_default();
-        let mut overdue = Vec::new();
-        while let Some((at, _)) = arrived.front() {
-            if deadline.is_some_and(|deadline| *at >= deadline) {
-                break;
-            }
-            let (_, content_hash) = arrived.pop_front().expect("peeked");
-            if let Some(waiting) = pending.remove(&content_hash) {
-                overdue.push((content_hash, waiting));
-            }
-        }
+        let mut due: Vec<(Instant, String)> = pending
+            .iter()
+            .filter_map(|(hash, p)| Some((p.arrived?, hash)))
+            .filter(|(at, _)| deadline.is_none_or(|deadline| *at < deadline))
+            .map(|(at, hash)| (at, hash.clone()))
+            .collect();
+        due.sort();
+        let overdue: Vec<(String, Pending)> = due
+            .into_iter()
+            .filter_map(|(_, hash)| pending.remove(&hash).map(|p| (hash, p)))
+            .collect();
         for (content_hash, waiting) in overdue {
             tracing::warn!(
                 %content_hash, partition,
@@ -169,10 +174,7 @@ impl Aggregate for Judge {
                     decoded.map_err(|e| TransformError::permanent(NeardupError::BadFile, e))?;
                 let pending = partition.entry(content_hash.clone()).or_default();
                 if pending.file.is_none() {
-                    self.arrived
-                        .entry(at.partition)
-                        .or_default()
-                        .push_back((Instant::now(), content_hash.clone()));
+                    pending.arrived = Some(Instant::now());
                     pending.file = Some(file);
                     pending.file_at = Some(at);
                     pending.routed_us = gathered.at_us;
@@ -215,8 +217,15 @@ impl Aggregate for Judge {
             let pending = partition.remove(&content_hash).expect("complete");
             step = self.verdict(content_hash, pending);
         }
-        if let Some(deadline) = Instant::now().checked_sub(self.answer_timeout) {
-            step.extend(self.judge_overdue(at.partition, Some(deadline)));
+        if self.looked_over.elapsed() >= LOOK_OVER_EVERY {
+            self.looked_over = Instant::now();
+            if let Some(deadline) = Instant::now().checked_sub(self.answer_timeout) {
+                let mut partitions: Vec<i32> = self.pending.keys().copied().collect();
+                partitions.sort_unstable();
+                for partition in partitions {
+                    step.extend(self.judge_overdue(partition, Some(deadline)));
+                }
+            }
         }
         Ok(step)
     }
@@ -241,7 +250,6 @@ impl Aggregate for Judge {
     fn revoke(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.pending.remove(p);
-            self.arrived.remove(p);
         }
     }
 
@@ -323,7 +331,7 @@ mod tests {
         let mut judge = judge(Duration::from_millis(50));
         let (record, file) = gathered("lonely", 2);
         assert!(kept(&judge.push(at(0), record, file).await.unwrap()).is_empty());
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(LOOK_OVER_EVERY + Duration::from_millis(100));
         let (record, file) = gathered("next", 2);
         let step = judge.push(at(1), record, file).await.unwrap();
         assert_eq!(kept(&step), ["lonely"], "only the overdue one");

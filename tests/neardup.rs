@@ -14,6 +14,7 @@ use codelupe_neardup::minhash::signature;
 use codelupe_neardup::{Index, Judgement, Params};
 use codelupe_runtime::records::{CodeFile, NearDuplicate};
 use codelupe_runtime::AvroRecord;
+use codelupe_testkit::bench::proc_status_kb;
 use codelupe_testkit::neardup::planted_near_duplicates;
 use support::*;
 
@@ -280,4 +281,112 @@ async fn killed_mid_stream_and_restarted_it_drops_what_an_uninterrupted_run_drop
         restarted.1.len()
     );
     assert_eq!(restarted.1.len(), uninterrupted.1.len());
+}
+
+/// Django's `manage.py` for project `name`: real boilerplate, the same in every
+/// project but for its settings module.
+fn manage_py(name: &str) -> String {
+    format!(
+        "#!/usr/bin/env python\n\"\"\"Django's command-line utility for administrative tasks.\"\"\"\n\
+         import os\nimport sys\n\n\ndef main():\n    \"\"\"Run administrative tasks.\"\"\"\n    \
+         os.environ.setdefault('DJANGO_SETTINGS_MODULE', '{name}.settings')\n    try:\n        \
+         from django.core.management import execute_from_command_line\n    except ImportError as exc:\n        \
+         raise ImportError(\n            \"Couldn't import Django. Are you sure it's installed and \"\n            \
+         \"available on your PYTHONPATH environment variable? Did you \"\n            \
+         \"forget to activate a virtual environment?\"\n        ) from exc\n    \
+         execute_from_command_line(sys.argv)\n\n\nif __name__ == '__main__':\n    main()\n"
+    )
+}
+
+/// The `q` quantile of a Prometheus histogram scraped from `port`: the upper bound of
+/// the first bucket holding that share of the observations.
+fn histogram_quantile(port: u16, name: &str, q: f64) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics").ok()?;
+    let buckets: Vec<(f64, f64)> = body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
+    buckets.iter().find(|b| b.1 >= q * total).map(|b| b.0)
+}
+
+/// Boilerplate at GitHub's scale: `BOILERPLATE_FILES` (30,000) copies of Django's
+/// `manage.py`, differing only in the project's name, through one replica on the
+/// broker. Every file is judged, the second half in no more than twice the first's time
+/// (linear, where probing every earlier file made it cubic), the largest record on
+/// `neardup-gather` stays far under its limit, and the figures are printed: time,
+/// probe p99, peak memory. Long form, by hand:
+///
+///     cargo test --test neardup -- --ignored --nocapture boilerplate
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long form: 30,000 files through the stage, minutes"]
+async fn thousands_of_copies_of_boilerplate_are_judged_in_linear_time() {
+    let count: usize = std::env::var("BOILERPLATE_FILES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30_000);
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 1);
+    let files: Vec<CodeFile> = (0..count)
+        .map(|i| {
+            let project = format!("project{i}");
+            codelupe_testkit::code_file(
+                &format!("django/{project}"),
+                "manage.py",
+                manage_py(&project),
+            )
+        })
+        .collect();
+    let stage = run.start(0);
+    wait_for("the replica ready", Duration::from_secs(60), || {
+        run.ready(0)
+    });
+    let started = std::time::Instant::now();
+    run.produce(&files).await;
+    let pid = stage.0.id().to_string();
+    let (mut peak_kb, mut half_at) = (0, None);
+    wait_for("every file judged", Duration::from_secs(1800), || {
+        peak_kb = peak_kb.max(proc_status_kb(&pid, "VmRSS:").unwrap_or(0));
+        let judged = run.metric(0, "neardup_files_checked_total").unwrap_or(0.0) as usize;
+        if judged >= count / 2 && half_at.is_none() {
+            half_at = Some(started.elapsed());
+        }
+        judged >= count
+    });
+    let (elapsed, half) = (started.elapsed(), half_at.unwrap());
+    let p99 = histogram_quantile(run.ports[0], "neardup_probe_seconds", 0.99).unwrap();
+    let kept = run.metric(0, "neardup_files_kept_total").unwrap();
+    let gather = read_all(
+        &format!("neardup-gather-{}", run.suffix),
+        Duration::from_secs(2),
+    );
+    let largest_answer = gather
+        .iter()
+        .filter(|(_, v)| {
+            codelupe_runtime::records::NeardupGather::decode(v).is_ok_and(|g| g.file.is_none())
+        })
+        .map(|(k, v)| k.len() + v.len())
+        .max()
+        .unwrap();
+    eprintln!(
+        "{count} copies of manage.py: judged in {elapsed:.1?} (half in {half:.1?}), {kept} kept, \
+         probe p99 <= {p99} s, largest answer {largest_answer} bytes, peak RSS {} MB",
+        peak_kb / 1024
+    );
+    assert!(
+        elapsed <= half * 3,
+        "the second half took {:?} against {half:?} for the first",
+        elapsed - half
+    );
+    assert!(largest_answer < 64 * 1024, "{largest_answer} bytes");
+    assert!(kept < count as f64 / 10.0, "{kept} of {count} kept");
 }

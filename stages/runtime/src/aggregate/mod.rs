@@ -322,20 +322,12 @@ pub async fn run_aggregate<A: Aggregate>(
                     Polled::Skip => continue,
                     Polled::End => break None,
                 };
-                // The rebalance callbacks ran inside this poll: apply them before the
-                // record, in the order they came.
-                let mut applied = Ok(());
-                while applied.is_ok() {
-                    let Ok(change) = rebalanced.try_recv() else { break };
-                    applied = state.rebalanced(&mut aggregate, change).await;
-                }
-                if let Err(e) = applied {
+                if let Err(e) = state.apply_rebalances(&mut aggregate, &mut rebalanced).await {
                     break Some(e);
                 }
-                if !state.begin(&record) {
-                    continue;
+                if state.begin(&record) {
+                    state.prepare(&preparer, record, &mut preparing);
                 }
-                state.prepare(&preparer, record, &mut preparing);
             }
         }
     };
@@ -418,6 +410,19 @@ impl Loop {
                 .await
                 .with_context(|| format!("loading the state of partitions {partitions:?}")),
         }
+    }
+
+    /// Applies the partition changes queued by the rebalance callbacks that ran inside
+    /// the last poll, in the order they came: before the record that poll returned.
+    async fn apply_rebalances<A: Aggregate>(
+        &mut self,
+        aggregate: &mut A,
+        rebalanced: &mut mpsc::UnboundedReceiver<Rebalanced>,
+    ) -> anyhow::Result<()> {
+        while let Ok(change) = rebalanced.try_recv() {
+            self.rebalanced(aggregate, change).await?;
+        }
+        Ok(())
     }
 
     /// Queues a record to be decoded and prepared off the loop.

@@ -390,46 +390,35 @@ pub async fn reclaim(
     now_ms: i64,
     grace: Duration,
 ) -> anyhow::Result<HashSet<String>> {
-    let marks: BTreeMap<String, i64> = store.list_json(DOOMED).await?.into_iter().collect();
+    let mut marks: BTreeMap<String, i64> = store.list_json(DOOMED).await?.into_iter().collect();
     let mut deleted = HashSet::new();
-    let mut still = HashSet::new();
     for uri in candidates {
         let Some(mark) = doom_key(uri) else { continue };
-        match marks.get(&mark) {
-            Some(&marked_ms) if now_ms - marked_ms >= grace.as_millis() as i64 => {
+        // Taken out: what is left of the marks afterwards names no candidate.
+        match marks.remove(&mark) {
+            None => {
+                let note = serde_json::json!({ "pack_uri": uri });
+                store.write_json(&mark, &note).await?;
+            }
+            Some(marked_ms) if now_ms - marked_ms < grace.as_millis() as i64 => {}
+            Some(marked_ms) => {
                 // Written again since it was marked (cloned afresh, same contents):
                 // the listing this sweep planned from is stale for it.
-                if store
+                let rewritten = store
                     .pack_written_ms(uri)
                     .await
-                    .is_none_or(|w| w > marked_ms)
-                {
-                    store.delete_json(&mark).await?;
-                    continue;
+                    .is_none_or(|written| written > marked_ms);
+                if !rewritten {
+                    tracing::info!(%uri, "removing pack");
+                    store.delete_pack(uri).await?;
+                    deleted.insert(uri.clone());
                 }
-                tracing::info!(%uri, "removing pack");
-                store.delete_pack(uri).await?;
                 store.delete_json(&mark).await?;
-                deleted.insert(uri.clone());
-            }
-            Some(_) => {
-                still.insert(mark);
-            }
-            None => {
-                store
-                    .write_json(&mark, &serde_json::json!({ "pack_uri": uri }))
-                    .await?;
-                still.insert(mark);
             }
         }
     }
-    for mark in marks.keys().filter(|m| !still.contains(*m)) {
-        if !deleted
-            .iter()
-            .any(|uri| doom_key(uri).as_ref() == Some(mark))
-        {
-            store.delete_json(mark).await?;
-        }
+    for mark in marks.keys() {
+        store.delete_json(mark).await?;
     }
     Ok(deleted)
 }

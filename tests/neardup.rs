@@ -1,7 +1,8 @@
 //! The near-duplicate stage on the real broker, as its own processes: a corpus of real
 //! files with planted near-duplicates drops the same files whether one replica or three
-//! split the index, and a replica SIGKILLed mid-stream and restarted drops exactly what
-//! an uninterrupted run drops, never a file as a duplicate of itself.
+//! split the index, a replica SIGKILLed mid-stream and restarted drops exactly what
+//! an uninterrupted run drops, never a file as a duplicate of itself, and files written
+//! with earlier schema versions pass it without a dead letter.
 
 mod support;
 
@@ -226,6 +227,96 @@ async fn one_replica_or_three_drop_the_same_files_as_the_whole_index() {
         [expected, expected],
         "1 and 3 replicas against the whole index"
     );
+}
+
+/// Files written before a schema upgrade pass the upgraded stage: a third of the corpus
+/// written with each earlier `code-files.avsc`, the rest with today's; every file judged,
+/// no dead letter, and what an old record lacked is at its default on `distinct-files`.
+/// One file of a newer schema than this build's is dead-lettered `unknown_schema`, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_with_every_earlier_schema_pass_with_no_dead_letter() {
+    use codelupe_runtime::records::DeadLetter;
+    use codelupe_testkit::schemas::{earlier_files, fingerprint, written_with};
+    let mut files = corpus();
+    for file in &mut files {
+        file.redactions = BTreeMap::from([("email".into(), 1)]);
+        file.license.reported = Some("MIT".into());
+    }
+    let versions: Vec<String> = earlier_files(CodeFile::SCHEMA_FILE)
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
+    assert_eq!(versions.len(), 2, "code-files has two earlier releases");
+    let mut written: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let bytes = match versions.get(i % 3) {
+                Some(old) => written_with(f, old),
+                None => f.encode().unwrap(),
+            };
+            (f.content_hash.clone(), bytes)
+        })
+        .collect();
+    let newer_schema = CodeFile::SCHEMA_JSON.replacen(
+        "\"fields\": [",
+        "\"fields\": [{\"name\": \"stars\", \"type\": \"long\", \"default\": 0},",
+        1,
+    );
+    let mut newer = codelupe_testkit::code_file("newer/release", "a.rs", "fn a() {}".into())
+        .encode()
+        .unwrap();
+    newer[2..10].copy_from_slice(&fingerprint(&newer_schema));
+    written.push(("newer".into(), newer.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::new(dir.path(), 1);
+    let _stage = run.start(0);
+    wait_for("ready", Duration::from_secs(60), || run.ready(0));
+    produce_all(&format!("code-files-{}", run.suffix), written).await;
+    let outcome = run.wait_for_all(files.len());
+    check_outcome(&files, &outcome);
+    let mut letters = Vec::new();
+    wait_for("the newer record's letter", Duration::from_secs(30), || {
+        letters = read_all(
+            &format!("dead-letters-{}", run.suffix),
+            Duration::from_secs(1),
+        );
+        !letters.is_empty()
+    });
+    assert_eq!(letters.len(), 1, "only the newer record is dead-lettered");
+    let letter = DeadLetter::decode(&letters[0].1).unwrap();
+    assert_eq!(letter.reason, "unknown_schema", "{}", letter.error);
+    assert_eq!(
+        letter.value.as_deref(),
+        Some(&newer[..]),
+        "the letter holds it whole"
+    );
+    let index: BTreeMap<&String, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (&f.content_hash, i))
+        .collect();
+    let kept = read_all(
+        &format!("distinct-files-{}", run.suffix),
+        Duration::from_secs(1),
+    );
+    let mut by_version = [0; 3];
+    for (_, value) in kept {
+        let file = CodeFile::decode(&value).unwrap();
+        let i = index[&file.content_hash];
+        by_version[i % 3] += 1;
+        let mut expected = files[i].clone();
+        if i % 3 < 2 {
+            expected.license = Default::default();
+        }
+        if i.is_multiple_of(3) {
+            expected.redactions.clear();
+        }
+        assert_eq!(file, expected, "{} as version {}", file.path, i % 3 + 1);
+    }
+    println!("kept by the version they were written with: {by_version:?}");
+    assert!(by_version.iter().all(|&n| n > 0), "{by_version:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

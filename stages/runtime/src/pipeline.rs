@@ -90,6 +90,10 @@ crate::label_set! {
     pub enum LoopReason {
         /// The value is not the input schema's Avro (or has none).
         Decode => "decode",
+        /// Written with a version of the input schema this build does not know: a newer
+        /// producer's during a rolling upgrade. Replayed (`dead-letters replay --reason
+        /// unknown_schema`) once every replica runs the new build.
+        UnknownSchema => "unknown_schema",
         EmptyValue => "empty_value",
         /// An output record could not be encoded.
         Encode => "encode",
@@ -97,6 +101,16 @@ crate::label_set! {
         OutputRejected => "output_rejected",
         /// A stage without an output topic produced records.
         NoOutputTopic => "no_output_topic",
+    }
+}
+
+impl LoopReason {
+    /// The reason a value that does not decode is dead-lettered with.
+    pub fn of_decode_error(error: &crate::codec::CodecError) -> Self {
+        match error {
+            crate::codec::CodecError::UnknownFingerprint { .. } => LoopReason::UnknownSchema,
+            _ => LoopReason::Decode,
+        }
     }
 }
 
@@ -971,7 +985,11 @@ impl<T: Transform> Shared<T> {
         loop {
             // Decoding each attempt keeps `Input` free of a Clone bound; it is cheap.
             let input = T::Input::decode(value).map_err(|e| {
-                Failed::DeadLetter(LoopReason::Decode.label(), e.to_string(), attempt)
+                Failed::DeadLetter(
+                    LoopReason::of_decode_error(&e).label(),
+                    e.to_string(),
+                    attempt,
+                )
             })?;
             let backoff = Duration::from_millis(200 * 2u64.saturating_pow(attempt - 1));
             match self.transform.transform(input).await {

@@ -7,16 +7,30 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use serde_avro_fast::Schema;
 
-use crate::codec::{parse_embedded, AvroRecord};
+use crate::codec::{parse_embedded, AvroRecord, SchemaLineage};
 
+/// Binds a type to `schemas/<file>`; `earlier` names the released versions before it
+/// under `schemas/earlier/` (copy the file there before editing it: a test compares
+/// with git history).
 macro_rules! avro_record {
     ($ty:ty, $file:literal) => {
+        avro_record!($ty, $file, earlier: []);
+    };
+    ($ty:ty, $file:literal, earlier: [$($earlier:literal),*]) => {
         impl AvroRecord for $ty {
             const SCHEMA_FILE: &'static str = $file;
             const SCHEMA_JSON: &'static str = include_str!(concat!("../../../schemas/", $file));
+            const EARLIER_JSON: &'static [&'static str] =
+                &[$(include_str!(concat!("../../../schemas/earlier/", $earlier))),*];
             fn schema() -> &'static Schema {
                 static SCHEMA: OnceLock<Schema> = OnceLock::new();
                 parse_embedded(&SCHEMA, $file, Self::SCHEMA_JSON)
+            }
+            fn lineage() -> &'static SchemaLineage {
+                static LINEAGE: OnceLock<SchemaLineage> = OnceLock::new();
+                LINEAGE.get_or_init(|| {
+                    SchemaLineage::parse($file, Self::SCHEMA_JSON, Self::EARLIER_JSON)
+                })
             }
         }
     };
@@ -65,7 +79,7 @@ pub struct RepoClone {
     #[serde(default)]
     pub pack_sha256: String,
 }
-avro_record!(RepoClone, "repo-clones.avsc");
+avro_record!(RepoClone, "repo-clones.avsc", earlier: ["repo-clones/1.avsc", "repo-clones/2.avsc"]);
 
 impl RepoClone {
     /// The clone store reference this record carries.
@@ -119,7 +133,7 @@ pub struct CodeFile {
     #[serde(default)]
     pub license: RepoLicense,
 }
-avro_record!(CodeFile, "code-files.avsc");
+avro_record!(CodeFile, "code-files.avsc", earlier: ["code-files/1.avsc", "code-files/2.avsc"]);
 
 crate::label_set! {
     /// A batch's split (its `split` field and the `split` label of batch metrics).

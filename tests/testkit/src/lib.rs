@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod hostile;
 pub mod kafka;
 pub mod neardup;
+pub mod schemas;
 pub use corpus::{code_file, code_files, document_pieces, documents_ended, is_rust};
 pub use hostile::{RecordingHost, StalledServer};
 pub use kafka::*;

@@ -437,7 +437,7 @@ impl Loop {
         preparing.add(move || {
             let decoded = match record.value.as_deref().map(A::Input::decode) {
                 None => Err((LoopReason::EmptyValue, "record has no value".to_string())),
-                Some(Err(e)) => Err((LoopReason::Decode, e.to_string())),
+                Some(Err(e)) => Err((LoopReason::of_decode_error(&e), e.to_string())),
                 Some(Ok(input)) => {
                     let prepared = preparer(&input);
                     Ok((input, prepared))

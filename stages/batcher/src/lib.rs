@@ -374,7 +374,7 @@ impl Aggregate for Batcher {
         Ok(self.step(packed.into_iter().map(|p| (split, p))))
     }
 
-    fn flush(&mut self) -> Step<TrainingBatch> {
+    async fn flush(&mut self) -> Step<TrainingBatch> {
         let mut partial = Vec::new();
         let mut partitions: Vec<_> = self.partitions.iter_mut().collect();
         partitions.sort_by_key(|(p, _)| **p);

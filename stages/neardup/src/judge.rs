@@ -232,7 +232,7 @@ impl Aggregate for Judge {
 
     /// The input paused for the answer timeout, so every file still waiting arrived
     /// at least that long ago: each is judged on the answers it has.
-    fn flush(&mut self) -> Step<CodeFile> {
+    async fn flush(&mut self) -> Step<CodeFile> {
         let mut partitions: Vec<i32> = self.pending.keys().copied().collect();
         partitions.sort_unstable();
         let mut step = Step::default();
@@ -320,8 +320,8 @@ mod tests {
         let step = judge.push(at(0), record, file).await.unwrap();
         assert!(kept(&step).is_empty(), "judged before its answers");
         assert_eq!(judge.flush_after(), Some(Duration::from_secs(600)));
-        assert_eq!(kept(&judge.flush()), ["lonely"]);
-        assert!(kept(&judge.flush()).is_empty(), "judged twice");
+        assert_eq!(kept(&judge.flush().await), ["lonely"]);
+        assert!(kept(&judge.flush().await).is_empty(), "judged twice");
     }
 
     /// While the input flows, a file waiting past the timeout is judged with the next

@@ -256,7 +256,7 @@ impl Aggregate for Lookup {
     }
 
     /// The input paused: every held probe is probed.
-    fn flush(&mut self) -> Step<NeardupGather> {
+    async fn flush(&mut self) -> Step<NeardupGather> {
         let mut step = Step::default();
         let mut partitions: Vec<i32> = self.held.keys().copied().collect();
         partitions.sort_unstable();
@@ -347,7 +347,7 @@ mod tests {
             [("a".into(), vec![]), ("b".into(), vec!["a".to_string()])]
         );
         // The input paused: c too.
-        assert_eq!(answers(&lookup.flush()), [("c".into(), vec![])]);
+        assert_eq!(answers(&lookup.flush().await), [("c".into(), vec![])]);
         // Each answer's index record follows once the answer is acknowledged.
         assert_eq!(third.on_release.len(), 2);
         assert_eq!(third.on_release[0].1.partition, Some(0));
@@ -378,7 +378,7 @@ mod tests {
             .unwrap();
         assert!(a.sealed.is_empty(), "held back");
         assert_eq!(
-            answers(&lookup.flush()),
+            answers(&lookup.flush().await),
             [
                 ("a".into(), vec![]),
                 ("b".into(), vec!["a".to_string()]),

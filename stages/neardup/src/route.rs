@@ -138,7 +138,7 @@ impl Aggregate for Router {
         Ok(step)
     }
 
-    fn flush(&mut self) -> Step<NeardupGather> {
+    async fn flush(&mut self) -> Step<NeardupGather> {
         Step::default()
     }
 

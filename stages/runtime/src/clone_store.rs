@@ -71,52 +71,8 @@ pub enum ReadError {
 impl CloneStore {
     /// Opens the store at `location`, a URL or a local path (created if missing).
     pub fn open(location: &str) -> anyhow::Result<Self> {
-        let location = location.trim_end_matches('/');
-        let (scheme, rest) = location.split_once("://").unwrap_or(("file", location));
-        let objects: Arc<dyn ObjectStore> = match scheme {
-            "file" => {
-                std::fs::create_dir_all(rest)
-                    .with_context(|| format!("cannot create clone store {rest}"))?;
-                let root = std::fs::canonicalize(rest)?;
-                let local = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
-                return Ok(Self {
-                    objects: Arc::new(local),
-                    url: format!("file://{}", root.display()),
-                });
-            }
-            "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(location)
-                    .build()
-                    .with_context(|| format!("clone store {location}"))?,
-            ),
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(location)
-                    .build()
-                    .with_context(|| format!("clone store {location}"))?,
-            ),
-            "az" | "abfs" | "abfss" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(location)
-                    .build()
-                    .with_context(|| format!("clone store {location}"))?,
-            ),
-            other => anyhow::bail!(
-                "clone store {location}: unknown scheme {other:?} (file, s3, gs or az)"
-            ),
-        };
-        // The builders take the bucket from the URL; the path under it is a prefix.
-        let prefix = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
-        let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
-            objects
-        } else {
-            Arc::new(object_store::prefix::PrefixStore::new(objects, prefix))
-        };
-        Ok(Self {
-            objects,
-            url: location.to_string(),
-        })
+        let (objects, url) = crate::objects::open(location, "clone store")?;
+        Ok(Self { objects, url })
     }
 
     pub fn url(&self) -> &str {

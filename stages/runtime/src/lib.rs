@@ -11,6 +11,7 @@ pub mod exactly_once;
 pub mod kafka;
 pub mod labels;
 pub mod language;
+pub mod objects;
 pub mod offsets;
 pub mod pipeline;
 pub mod publish;

@@ -113,7 +113,8 @@ pub trait Aggregate: Send + 'static {
     ) -> impl Future<Output = Result<Step<Self::Output>, TransformError<Self::Reason>>> + Send;
 
     /// Seals every partial output; called when the input has paused for `flush_after`.
-    fn flush(&mut self) -> Step<Self::Output>;
+    /// (Async: an exporting stage writes its partial files here.)
+    fn flush(&mut self) -> impl Future<Output = Step<Self::Output>> + Send;
 
     /// None: partial outputs wait for more input however long that takes.
     fn flush_after(&self) -> Option<Duration>;
@@ -246,7 +247,8 @@ const STEP_OVER_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Loop {
     input: String,
-    output: String,
+    /// None: the stage's outputs are not records (the export writes files).
+    output: Option<String>,
     consumer: Arc<StreamConsumer<LoopContext>>,
     tracker: Arc<Mutex<OffsetTracker>>,
     holds: Holds,
@@ -305,7 +307,7 @@ pub async fn run_aggregate<A: Aggregate>(
             }
             _ = sleep_until(flush_at), if flush_at.is_some() && preparing.is_empty() => {
                 flush_at = None;
-                let step = aggregate.flush();
+                let step = aggregate.flush().await;
                 if let Err(e) = state.dispatch(step).await {
                     break Some(e);
                 }
@@ -355,10 +357,8 @@ impl Loop {
         mpsc::UnboundedReceiver<Rebalanced>,
     )> {
         let (input, group) = runtime.require_input()?;
-        let output = runtime
-            .output
-            .clone()
-            .with_context(|| format!("stage {} needs an output topic", runtime.name))?;
+        // None for a stage whose outputs leave Kafka (the export's files).
+        let output = runtime.output.clone();
         let metrics = LoopMetrics::register::<A::Reason>(&runtime.registry)?;
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
         let (rebalanced_tx, rebalanced) = mpsc::unbounded_channel();
@@ -704,8 +704,12 @@ impl Loop {
             .value
             .encode()
             .context("cannot encode an output record")?;
+        let topic = self
+            .output
+            .clone()
+            .context("an output was sealed, but the stage has no output topic")?;
         let record = Outgoing {
-            topic: self.output.clone(),
+            topic,
             partition: sealed.partition,
             key: sealed.key.into_bytes(),
             payload,

@@ -1,0 +1,54 @@
+//! An object store addressed by URL, shared by the clone store and the dataset export:
+//! `file:///path` or a plain path (the embedded default and single-host Compose),
+//! `s3://bucket/prefix` (clusters), `gs://…` and `az://…`. Credentials come from the
+//! environment by each cloud's conventions (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`,
+//! `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`), never from records or logs. A put is whole
+//! or absent (an S3 PUT; a local file is written aside and renamed).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use object_store::ObjectStore;
+
+/// The store at `location` (a local folder is created if missing), and its URL without a
+/// trailing slash. `what` names it in errors.
+pub fn open(location: &str, what: &str) -> anyhow::Result<(Arc<dyn ObjectStore>, String)> {
+    let location = location.trim_end_matches('/');
+    let (scheme, rest) = location.split_once("://").unwrap_or(("file", location));
+    let objects: Arc<dyn ObjectStore> = match scheme {
+        "file" => {
+            std::fs::create_dir_all(rest)
+                .with_context(|| format!("cannot create {what} {rest}"))?;
+            let root = std::fs::canonicalize(rest)?;
+            let local = object_store::local::LocalFileSystem::new_with_prefix(&root)?;
+            return Ok((Arc::new(local), format!("file://{}", root.display())));
+        }
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(location)
+                .build()
+                .with_context(|| format!("{what} {location}"))?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(location)
+                .build()
+                .with_context(|| format!("{what} {location}"))?,
+        ),
+        "az" | "abfs" | "abfss" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(location)
+                .build()
+                .with_context(|| format!("{what} {location}"))?,
+        ),
+        other => anyhow::bail!("{what} {location}: unknown scheme {other:?} (file, s3, gs or az)"),
+    };
+    // The builders take the bucket from the URL; the path under it is a prefix.
+    let prefix = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+    let objects: Arc<dyn ObjectStore> = if prefix.is_empty() {
+        objects
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(objects, prefix))
+    };
+    Ok((objects, location.to_string()))
+}

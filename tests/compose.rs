@@ -88,6 +88,10 @@ fn compose_runs_every_stage_and_scales() {
             "test-secret"
         );
     }
+    assert_eq!(
+        services["export"]["environment"]["CODELUPE_STAGES__EXPORT__OPTIONS__DATASET"],
+        "s3://codelupe/dataset"
+    );
     assert!(
         config["volumes"]["clone-store"].is_null(),
         "a shared clone volume"

@@ -201,7 +201,7 @@ fn every_pod_is_locked_down_bounded_and_reaches_a_secured_kafka() {
             assert!(tmp, "{name}: no writable /tmp");
         }
     }
-    assert_eq!(pods, 7, "six stages and the topics job");
+    assert_eq!(pods, 8, "seven stages and the topics job");
     let policy = resources
         .get(&("NetworkPolicy".to_string(), "codelupe-stages".to_string()))
         .expect("a NetworkPolicy");

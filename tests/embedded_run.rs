@@ -20,6 +20,7 @@ const ENDPOINTS: &[(&str, u16, &str)] = &[
     ("processor", 9093, "/metrics"),
     ("batcher", 9094, "/metrics"),
     ("neardup", 9095, "/metrics"),
+    ("export", 9096, "/metrics"),
     ("trainer", 8090, "/prometheus"),
 ];
 const LIVE_PAGE_PORT: u16 = 9080;

@@ -15,6 +15,7 @@ pub const STAGES: &[&StageDescriptor] = &[
     &codelupe_processor::DESCRIPTOR,
     &codelupe_neardup::DESCRIPTOR,
     &codelupe_batcher::DESCRIPTOR,
+    &codelupe_export::DESCRIPTOR,
     &codelupe_trainer_api::DESCRIPTOR,
 ];
 

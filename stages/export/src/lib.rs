@@ -1,0 +1,266 @@
+//! Export: the curated dataset out of Kafka. Reads `distinct-files` and writes Parquet
+//! to an object store laid out as a Hugging Face dataset (`data/<language>/*.parquet`),
+//! which `datasets`, DuckDB, Spark or pandas read as they are.
+//!
+//! Exactly once by construction, as Kafka Connect's S3 sink does it: a partition's rows
+//! gather until a file's worth (or the input pauses); each language's rows are then put
+//! whole, named after the partition and offset range they hold, and only then are those
+//! inputs finished and their offsets committed. A flush that crashed before its commit
+//! left files from an offset the group has not committed: when the partition is next
+//! assigned, its first record comes from the group's committed offset, and every file of
+//! the partition from that offset on is deleted before the record is gathered, so no row
+//! is written twice and none is lost.
+
+pub mod metrics;
+pub mod rows;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Step};
+use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
+use codelupe_runtime::records::CodeFile;
+use codelupe_runtime::{StageRuntime, TransformError};
+
+use crate::metrics::{ExportError, ExportMetrics};
+use crate::rows::{language_folder, parquet_file};
+use crate::store::{DataFile, DatasetStore};
+
+pub const STAGE: &str = "export";
+
+pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
+    name: STAGE,
+    runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
+    bound_by: Bound::Io,
+    progress: &[
+        ("rows", metrics::ROWS_EXPORTED),
+        ("files", metrics::FILES_WRITTEN),
+        ("bytes", metrics::BYTES_WRITTEN),
+        ("lag", codelupe_runtime::pipeline::CONSUMER_LAG),
+    ],
+    flow: Some(Flow {
+        consumed: metrics::ROWS_EXPORTED,
+        produced: metrics::FILES_WRITTEN,
+    }),
+    // Into the working directory, flushed soon after the input pauses.
+    offline_options: "{dataset: .codelupe/dataset, flush_idle_ms: 3000}",
+    prepare_offline: None,
+    summarize: |seen| {
+        vec![format!(
+            "dataset       {} rows in {} Parquet files ({} bytes)",
+            seen.progress("rows"),
+            seen.progress("files"),
+            seen.progress("bytes"),
+        )]
+    },
+};
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportOptions {
+    /// The dataset's root: a URL (`s3://bucket/prefix`, `file:///path`, `gs://…`,
+    /// `az://…`) or a local path.
+    pub dataset: String,
+    /// A partition's rows are written once they hold this much content…
+    pub file_max_bytes: usize,
+    /// …or this many rows.
+    pub file_max_rows: usize,
+    /// A row group closes once it holds this much content.
+    pub row_group_bytes: usize,
+    /// Rows gathered are written once the input has paused this long.
+    pub flush_idle_ms: u64,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            dataset: "dataset".into(),
+            file_max_bytes: 256 << 20,
+            file_max_rows: 200_000,
+            row_group_bytes: 32 << 20,
+            flush_idle_ms: 60_000,
+        }
+    }
+}
+
+/// One partition's rows not written yet, in offset order.
+#[derive(Default)]
+struct Gathering {
+    files: Vec<(InputPosition, CodeFile)>,
+    content_bytes: usize,
+}
+
+pub struct Exporter {
+    store: DatasetStore,
+    options: ExportOptions,
+    metrics: ExportMetrics,
+    gathering: HashMap<i32, Gathering>,
+    /// Partitions whose uncommitted files are deleted since they were assigned.
+    checked: HashSet<i32>,
+}
+
+impl Exporter {
+    pub fn new(
+        store: DatasetStore,
+        options: ExportOptions,
+        metrics: ExportMetrics,
+    ) -> anyhow::Result<Self> {
+        if options.file_max_bytes == 0 || options.file_max_rows == 0 {
+            bail!("stages.export.options: file_max_bytes and file_max_rows must be > 0");
+        }
+        Ok(Self {
+            store,
+            options,
+            metrics,
+            gathering: HashMap::new(),
+            checked: HashSet::new(),
+        })
+    }
+
+    /// Before a newly assigned partition's first record (read from the group's committed
+    /// offset): deletes its files from that offset on, left by a flush never committed.
+    async fn delete_uncommitted(&mut self, at: InputPosition) -> anyhow::Result<()> {
+        if self.checked.contains(&at.partition) {
+            return Ok(());
+        }
+        let deleted = self
+            .store
+            .delete_uncommitted(at.partition, at.offset)
+            .await?;
+        if deleted > 0 {
+            tracing::info!(
+                partition = at.partition,
+                from = at.offset,
+                deleted,
+                "deleted the files of a flush never committed"
+            );
+            self.metrics.uncommitted_deleted.inc_by(deleted as u64);
+        }
+        self.checked.insert(at.partition);
+        Ok(())
+    }
+
+    /// Writes a partition's rows, one file per language, and finishes their inputs.
+    /// On an error the rows stay gathered (and their inputs uncommitted).
+    async fn write(&mut self, partition: i32) -> anyhow::Result<Vec<InputPosition>> {
+        let Some(gathering) = self.gathering.get(&partition) else {
+            return Ok(Vec::new());
+        };
+        let (Some((first, _)), Some((last, _))) = (gathering.files.first(), gathering.files.last())
+        else {
+            return Ok(Vec::new());
+        };
+        let started = Instant::now();
+        let mut by_folder: BTreeMap<String, Vec<&CodeFile>> = BTreeMap::new();
+        for (_, file) in &gathering.files {
+            by_folder
+                .entry(language_folder(&file.language))
+                .or_default()
+                .push(file);
+        }
+        for (folder, files) in by_folder {
+            let name = DataFile {
+                folder,
+                partition,
+                first: first.offset,
+                last: last.offset,
+            };
+            let bytes = parquet_file(&files, self.options.row_group_bytes)
+                .with_context(|| format!("cannot write {}", name.key()))?;
+            let size = bytes.len();
+            self.store.put(&name.key(), bytes).await?;
+            self.metrics.files_written.inc();
+            self.metrics.bytes_written.inc_by(size as u64);
+        }
+        let gathering = self.gathering.remove(&partition).expect("present above");
+        self.metrics
+            .rows_exported
+            .inc_by(gathering.files.len() as u64);
+        self.metrics
+            .flush_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(gathering.files.into_iter().map(|(at, _)| at).collect())
+    }
+}
+
+impl Aggregate for Exporter {
+    type Input = CodeFile;
+    /// It publishes nothing to Kafka: its outputs are files.
+    type Output = CodeFile;
+    type Reason = ExportError;
+    type Prepared = ();
+
+    fn preparer(&self) -> Preparer<CodeFile, ()> {
+        Arc::new(|_| ())
+    }
+
+    async fn push(
+        &mut self,
+        at: InputPosition,
+        file: CodeFile,
+        _: (),
+    ) -> Result<Step<CodeFile>, TransformError<ExportError>> {
+        // The store did not answer: stop with the input uncommitted, to go on after the
+        // restart (what was put before the error is deleted then).
+        let store_error =
+            |e: anyhow::Error| TransformError::retryable(ExportError::Store, format!("{e:#}"));
+        self.delete_uncommitted(at).await.map_err(store_error)?;
+        let gathering = self.gathering.entry(at.partition).or_default();
+        gathering.content_bytes += file.content.len();
+        gathering.files.push((at, file));
+        let full = gathering.content_bytes >= self.options.file_max_bytes
+            || gathering.files.len() >= self.options.file_max_rows;
+        if !full {
+            return Ok(Step::default());
+        }
+        let finished = self.write(at.partition).await.map_err(store_error)?;
+        Ok(Step {
+            finished,
+            ..Step::default()
+        })
+    }
+
+    async fn flush(&mut self) -> Step<CodeFile> {
+        let mut step = Step::default();
+        let mut partitions: Vec<i32> = self.gathering.keys().copied().collect();
+        partitions.sort_unstable();
+        for partition in partitions {
+            match self.write(partition).await {
+                Ok(finished) => step.finished.extend(finished),
+                // Kept gathered: written at the next flush or when full.
+                Err(e) => tracing::warn!(partition, error = %format!("{e:#}"), "flush failed"),
+            }
+        }
+        step
+    }
+
+    fn flush_after(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.options.flush_idle_ms.max(1)))
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) {
+        // Their new owner reads the uncommitted rows again, and checks their files.
+        for p in partitions {
+            self.gathering.remove(p);
+            self.checked.remove(p);
+        }
+    }
+
+    /// Nothing to load: a partition's files are checked at its first record.
+    async fn assign(&mut self, _: &[i32]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
+    let options: ExportOptions = runtime.settings.options(STAGE)?;
+    let (input, _) = runtime.require_input()?;
+    let store = DatasetStore::open(&options.dataset)?;
+    tracing::info!(dataset = store.url(), "exporting {input} as Parquet");
+    let metrics = ExportMetrics::register(&runtime.registry)?;
+    let exporter = Exporter::new(store, options, metrics)?;
+    aggregate::run_aggregate(exporter, &runtime).await
+}

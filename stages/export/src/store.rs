@@ -1,0 +1,164 @@
+//! The dataset in its object store: `data/<language>/<file>.parquet`, each file named
+//! after the input partition and offset range its rows came from
+//! (`p003-000000001000-000000001999.parquet`) and put whole. A file whose first offset
+//! the group has not committed belongs to a flush that crashed before its commit: it is
+//! deleted when the partition is next assigned, and the range exported again.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::TryStreamExt as _;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+
+/// Where the data files live under the dataset's root.
+pub const DATA: &str = "data";
+
+/// A data file's place: its language folder, and the partition and offsets its rows
+/// came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFile {
+    pub folder: String,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+}
+
+impl DataFile {
+    pub fn key(&self) -> Path {
+        Path::from(format!(
+            "{DATA}/{}/p{:03}-{:012}-{:012}.parquet",
+            self.folder, self.partition, self.first, self.last
+        ))
+    }
+
+    /// The file a key names; None for anything else under `data/`.
+    pub fn parse(key: &Path) -> Option<Self> {
+        let mut parts = key.parts();
+        if parts.next()?.as_ref() != DATA {
+            return None;
+        }
+        let folder = parts.next()?.as_ref().to_string();
+        let name = parts.next()?;
+        let stem = name.as_ref().strip_prefix('p')?.strip_suffix(".parquet")?;
+        let mut numbers = stem.split('-');
+        let file = DataFile {
+            folder,
+            partition: numbers.next()?.parse().ok()?,
+            first: numbers.next()?.parse().ok()?,
+            last: numbers.next()?.parse().ok()?,
+        };
+        (numbers.next().is_none() && parts.next().is_none()).then_some(file)
+    }
+}
+
+pub struct DatasetStore {
+    objects: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+impl DatasetStore {
+    pub fn open(location: &str) -> anyhow::Result<Self> {
+        let (objects, url) = codelupe_runtime::objects::open(location, "dataset")?;
+        Ok(Self { objects, url })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Puts a file whole: a reader sees all of it or none.
+    pub async fn put(&self, key: &Path, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.objects
+            .put(key, PutPayload::from(bytes))
+            .await
+            .with_context(|| format!("cannot write {}/{key}", self.url))?;
+        Ok(())
+    }
+
+    /// Every data file in the dataset.
+    pub async fn data_files(&self) -> anyhow::Result<Vec<DataFile>> {
+        let listed: Vec<_> = self
+            .objects
+            .list(Some(&Path::from(DATA)))
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list {}/{DATA}", self.url))?;
+        Ok(listed
+            .iter()
+            .filter_map(|meta| DataFile::parse(&meta.location))
+            .collect())
+    }
+
+    /// Deletes the files of `partition` from offset `from` on (a flush the group never
+    /// committed); returns how many.
+    pub async fn delete_uncommitted(&self, partition: i32, from: i64) -> anyhow::Result<usize> {
+        let mut deleted = 0;
+        for file in self.data_files().await? {
+            if file.partition == partition && file.first >= from {
+                let key = file.key();
+                match self.objects.delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot delete {}/{key}", self.url))
+                    }
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_says_where_its_rows_came_from() {
+        let file = DataFile {
+            folder: "python".into(),
+            partition: 3,
+            first: 1_000,
+            last: 1_999,
+        };
+        assert_eq!(
+            file.key().as_ref(),
+            "data/python/p003-000000001000-000000001999.parquet"
+        );
+        assert_eq!(DataFile::parse(&file.key()), Some(file));
+        for other in [
+            "data/python/README.md",
+            "data/p003-000000001000-000000001999.parquet",
+            "repositories/p003-1-2.parquet",
+            "data/python/p003-1-2-3.parquet",
+        ] {
+            assert_eq!(DataFile::parse(&Path::from(other)), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_uncommitted_flush_is_deleted_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DatasetStore::open(dir.path().to_str().unwrap()).unwrap();
+        let file = |folder: &str, partition, first, last| DataFile {
+            folder: folder.into(),
+            partition,
+            first,
+            last,
+        };
+        let files = [
+            file("python", 0, 0, 99),
+            file("rust", 0, 0, 99),
+            file("python", 0, 100, 180),
+            file("rust", 0, 100, 180),
+            file("python", 1, 100, 180),
+        ];
+        for f in &files {
+            store.put(&f.key(), b"PAR1".to_vec()).await.unwrap();
+        }
+        assert_eq!(store.delete_uncommitted(0, 100).await.unwrap(), 2);
+        let mut left = store.data_files().await.unwrap();
+        left.sort_by_key(|f| (f.partition, f.first, f.folder.clone()));
+        assert_eq!(left, [files[0].clone(), files[1].clone(), files[4].clone()]);
+    }
+}

@@ -1,0 +1,227 @@
+//! The export stage on the real broker, as its own processes: `distinct-files` out as
+//! Parquet that Hugging Face `datasets` and DuckDB (PyPI, in the test venv of
+//! setup/datatools.sh) read; two replicas, one SIGKILLed mid-stream and restarted, and
+//! every file exported exactly once, with no file of an uncommitted flush left behind.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use codelupe_runtime::records::CodeFile;
+use codelupe_runtime::AvroRecord;
+use support::*;
+
+struct Export {
+    suffix: String,
+    topology: PathBuf,
+    config: PathBuf,
+    dataset: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Export {
+    fn new(dir: &Path, replicas: usize) -> Self {
+        let (suffix, topology) = fresh_topics(dir, "x");
+        let dataset = dir.join("dataset");
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                // Small files, so a run writes many and a kill lands between them.
+                "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: '6000'}}\n\
+                 stages:\n  export:\n    group: export-{suffix}\n    metrics_bind: 127.0.0.1\n\
+                 \x20   options:\n      dataset: {}\n      file_max_rows: 40\n      flush_idle_ms: 1000\n",
+                brokers(),
+                dataset.display(),
+            ),
+        )
+        .unwrap();
+        Export {
+            suffix,
+            topology,
+            config,
+            dataset,
+            ports: (0..replicas).map(|_| free_port()).collect(),
+        }
+    }
+
+    fn start(&self, replica: usize) -> KillOnDrop {
+        let child = codelupe()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--topology")
+            .arg(&self.topology)
+            .args(["stage", "export"])
+            .env(
+                "CODELUPE_STAGES__EXPORT__METRICS_PORT",
+                self.ports[replica].to_string(),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    }
+
+    fn rows(&self, replica: usize) -> f64 {
+        scraped(self.ports[replica], "export_rows_total").unwrap_or(0.0)
+    }
+
+    /// Content hashes in the dataset's files, read with the parquet crate.
+    fn exported(&self) -> Vec<String> {
+        let mut hashes = Vec::new();
+        for file in parquet_files(&self.dataset.join("data")) {
+            let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("content_hash").unwrap();
+                let strings = column
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
+                hashes.extend(strings.iter().map(|s| s.unwrap().to_string()));
+            }
+        }
+        hashes
+    }
+}
+
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for language in std::fs::read_dir(dir).into_iter().flatten() {
+        for file in std::fs::read_dir(language.unwrap().path()).unwrap() {
+            files.push(file.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
+/// What `datasets` and DuckDB saw of the dataset (tests/export/read_dataset.py).
+fn read_with_python_clients(dataset: &Path) -> serde_json::Value {
+    let venv = std::env::var("DATA_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/codelupe/data-venv",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let python = Path::new(&venv).join("bin/python");
+    assert!(
+        python.exists(),
+        "no {}: source setup/datatools.sh (tests/run does)",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/export/read_dataset.py"))
+        .arg(dataset)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn corpus() -> Vec<CodeFile> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut files = codelupe_testkit::code_files(
+        &codelupe_testkit::registry_crates(&["serde_json-1", "regex-syntax-0", "tokio-1"]),
+        |_| true,
+    );
+    files.retain(|f| seen.insert(f.content_hash.clone()));
+    for (i, file) in files.iter_mut().enumerate() {
+        file.redactions = BTreeMap::from([("email".to_string(), (i % 2) as i64)]);
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duckdb() {
+    let files = corpus();
+    assert!(files.len() > 300, "only {} files", files.len());
+    let dir = tempfile::tempdir().unwrap();
+    let run = Export::new(dir.path(), 2);
+    // The files of a flush that crashed before its commit: offsets the group never
+    // committed. The stage must delete them, not leave them to be read twice.
+    let orphan = run
+        .dataset
+        .join("data/rust/p000-000000000000-000000000007.parquet");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"PAR1 a flush that never committed").unwrap();
+
+    let half = files.len() / 2;
+    let records = |files: &[CodeFile]| {
+        files
+            .iter()
+            .map(|f| (f.content_hash.clone(), f.encode().unwrap()))
+            .collect()
+    };
+    let input = format!("distinct-files-{}", run.suffix);
+    let first = run.start(0);
+    let _second = run.start(1);
+    produce_all(&input, records(&files[..half])).await;
+    wait_for("some rows exported", Duration::from_secs(60), || {
+        run.rows(0) >= 40.0
+    });
+    drop(first); // SIGKILL, mid-stream
+    produce_all(&input, records(&files[half..])).await;
+    let _restarted = run.start(0);
+    let mut exported = Vec::new();
+    wait_for("every file exported", Duration::from_secs(180), || {
+        exported = run.exported();
+        exported.len() >= files.len()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    exported = run.exported();
+
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for hash in &exported {
+        *counts.entry(hash.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "exported twice: {twice:?}");
+    for file in &files {
+        assert!(
+            counts.contains_key(file.content_hash.as_str()),
+            "{} lost",
+            file.path
+        );
+    }
+    assert_eq!(exported.len(), files.len());
+    assert!(
+        !orphan.exists(),
+        "the uncommitted flush's file is still there"
+    );
+
+    let seen = read_with_python_clients(&run.dataset);
+    assert_eq!(seen["datasets_rows"], files.len());
+    let mut by_datasets: Vec<String> =
+        serde_json::from_value(seen["datasets_hashes"].clone()).unwrap();
+    let mut by_duckdb: Vec<String> = serde_json::from_value(seen["duckdb_hashes"].clone()).unwrap();
+    let mut expected: Vec<String> = files.iter().map(|f| f.content_hash.clone()).collect();
+    by_datasets.sort();
+    by_duckdb.sort();
+    expected.sort();
+    assert_eq!(by_datasets, expected, "datasets reads every file once");
+    assert_eq!(by_duckdb, expected, "DuckDB reads every file once");
+    assert_eq!(
+        seen["duckdb_emails"],
+        files.len() / 2,
+        "redaction counts as columns"
+    );
+    let mut per_language: BTreeMap<String, usize> = BTreeMap::new();
+    for file in &files {
+        *per_language.entry(file.language.clone()).or_default() += 1;
+    }
+    assert_eq!(seen["duckdb_per_language"], serde_json::json!(per_language));
+    println!(
+        "{} files in {} Parquet files, per language {per_language:?}",
+        files.len(),
+        parquet_files(&run.dataset.join("data")).len()
+    );
+}

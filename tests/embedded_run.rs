@@ -220,6 +220,7 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
         !work.join(".codelupe/broker").exists(),
         "the embedded broker's address outlived the run"
     );
+    check_dataset(&work, &stdout);
 
     // A second run in the same folder goes on from the checkpoint with another pass over
     // the files (the embedded broker starts empty), instead of waiting past their end.
@@ -265,6 +266,36 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
 }
 
 /// `codelupe tail` finds the running embedded broker and prints decoded records.
+/// The run's export, read by `datasets` and DuckDB: a row for each file the
+/// near-duplicate stage kept, as the summary says.
+fn check_dataset(work: &Path, summary: &str) {
+    let kept: u64 = summary
+        .lines()
+        .find_map(|l| {
+            let judged = l.trim().strip_prefix("near-dups")?;
+            judged
+                .split(", ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no near-duplicate count in the summary:\n{summary}"));
+    assert!(kept > 0, "{summary}");
+    assert!(
+        summary.contains(&format!("dataset       {kept} rows")),
+        "the summary's dataset line:\n{summary}"
+    );
+    let seen = read_with_python_clients(&work.join(".codelupe/dataset"));
+    assert_eq!(seen["datasets_rows"], kept, "rows datasets read");
+    assert_eq!(
+        seen["duckdb_hashes"].as_array().unwrap().len() as u64,
+        kept,
+        "rows DuckDB read"
+    );
+}
+
 fn check_tail(work: &Path) {
     let out = codelupe()
         .current_dir(work)

@@ -7,11 +7,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::AvroRecord;
+use codelupe_testkit::dataset::{content_hashes, data_files};
 use support::*;
 
 struct Export {
@@ -68,63 +69,6 @@ impl Export {
     fn rows(&self, replica: usize) -> f64 {
         scraped(self.ports[replica], "export_rows_total").unwrap_or(0.0)
     }
-
-    /// Content hashes in the dataset's files, read with the parquet crate.
-    fn exported(&self) -> Vec<String> {
-        let mut hashes = Vec::new();
-        for file in parquet_files(&self.dataset.join("data")) {
-            let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let column = batch.column_by_name("content_hash").unwrap();
-                let strings = column
-                    .as_any()
-                    .downcast_ref::<arrow_array::StringArray>()
-                    .unwrap();
-                hashes.extend(strings.iter().map(|s| s.unwrap().to_string()));
-            }
-        }
-        hashes
-    }
-}
-
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for language in std::fs::read_dir(dir).into_iter().flatten() {
-        for file in std::fs::read_dir(language.unwrap().path()).unwrap() {
-            files.push(file.unwrap().path());
-        }
-    }
-    files.sort();
-    files
-}
-
-/// What `datasets` and DuckDB saw of the dataset (tests/export/read_dataset.py).
-fn read_with_python_clients(dataset: &Path) -> serde_json::Value {
-    let venv = std::env::var("DATA_VENV").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/codelupe/data-venv",
-            std::env::var("HOME").unwrap()
-        )
-    });
-    let python = Path::new(&venv).join("bin/python");
-    assert!(
-        python.exists(),
-        "no {}: source setup/datatools.sh (tests/run does)",
-        python.display()
-    );
-    let out = Command::new(python)
-        .arg(repo_root().join("tests/export/read_dataset.py"))
-        .arg(dataset)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn corpus() -> Vec<CodeFile> {
@@ -173,11 +117,11 @@ async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duc
     let _restarted = run.start(0);
     let mut exported = Vec::new();
     wait_for("every file exported", Duration::from_secs(180), || {
-        exported = run.exported();
+        exported = content_hashes(&run.dataset);
         exported.len() >= files.len()
     });
     std::thread::sleep(Duration::from_secs(3));
-    exported = run.exported();
+    exported = content_hashes(&run.dataset);
 
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for hash in &exported {
@@ -222,6 +166,6 @@ async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duc
     println!(
         "{} files in {} Parquet files, per language {per_language:?}",
         files.len(),
-        parquet_files(&run.dataset.join("data")).len()
+        data_files(&run.dataset).len()
     );
 }

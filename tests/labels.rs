@@ -30,6 +30,9 @@ fn registries() -> Vec<(&'static str, Registry)> {
     let neardup = Registry::new();
     codelupe_neardup::metrics::NeardupMetrics::register(&neardup).unwrap();
     LoopMetrics::register::<codelupe_neardup::metrics::NeardupError>(&neardup).unwrap();
+    let export = Registry::new();
+    codelupe_export::metrics::ExportMetrics::register(&export).unwrap();
+    LoopMetrics::register::<<codelupe_export::Exporter as Aggregate>::Reason>(&export).unwrap();
     let trainer = Registry::new();
     codelupe_trainer_api::metrics::TrainerMetrics::register(&trainer).unwrap();
     vec![
@@ -38,6 +41,7 @@ fn registries() -> Vec<(&'static str, Registry)> {
         ("processor", processor),
         ("neardup", neardup),
         ("batcher", batcher),
+        ("export", export),
         ("trainer", trainer),
     ]
 }

@@ -10,12 +10,13 @@ use std::time::Duration;
 use crate::support::{brokers, free_port, http_get, repo_root};
 
 /// Each stage and how many replicas of it run.
-pub const STAGES: [(&str, usize); 6] = [
+pub const STAGES: [(&str, usize); 7] = [
     ("crawler", 1),
     ("downloader", 2),
     ("processor", 2),
     ("neardup", 2),
     ("batcher", 2),
+    ("export", 2),
     ("trainer", 1),
 ];
 

@@ -63,6 +63,7 @@ impl Ledger {
         corpus: &[(String, Expect)],
         store: &Path,
         tokenizer: &Path,
+        dataset: &Path,
     ) -> Self {
         let idle = Duration::from_secs(3);
         let mut ledger = Ledger::default();
@@ -270,6 +271,37 @@ impl Ledger {
             lost: batcher_lost,
             duplicated: ended.values().map(|n| n - 1).sum(),
             dead_lettered: lettered("batcher")
+                .keys()
+                .filter(|k| !k.starts_with("poison-"))
+                .count(),
+        });
+        // Export: every record of distinct-files is a row of the dataset exactly as often
+        // as it is on the topic (twice only where the topic has it twice).
+        let mut on_topic: HashMap<&str, usize> = HashMap::new();
+        for file in &distinct {
+            *on_topic.entry(file.content_hash.as_str()).or_default() += 1;
+        }
+        let rows = codelupe_testkit::dataset::content_hashes(dataset);
+        let mut in_dataset: HashMap<&str, usize> = HashMap::new();
+        for hash in &rows {
+            *in_dataset.entry(hash.as_str()).or_default() += 1;
+        }
+        let count = |map: &HashMap<&str, usize>, hash: &str| map.get(hash).copied().unwrap_or(0);
+        let hashes_seen: HashSet<&str> =
+            on_topic.keys().chain(in_dataset.keys()).copied().collect();
+        ledger.rows.push(Row {
+            stage: "export",
+            inputs: distinct.len(),
+            outputs: rows.len(),
+            lost: hashes_seen
+                .iter()
+                .map(|h| count(&on_topic, h).saturating_sub(count(&in_dataset, h)))
+                .sum(),
+            duplicated: hashes_seen
+                .iter()
+                .map(|h| count(&in_dataset, h).saturating_sub(count(&on_topic, h)))
+                .sum(),
+            dead_lettered: lettered("export")
                 .keys()
                 .filter(|k| !k.starts_with("poison-"))
                 .count(),

@@ -92,7 +92,14 @@ fn dice() -> fastrand::Rng {
 fn topology(dir: &Path, suffix: &str) -> std::path::PathBuf {
     let path = renamed_topology(dir, suffix);
     let mut text = std::fs::read_to_string(&path).unwrap();
-    for stage in ["downloader", "processor", "neardup", "batcher", "trainer"] {
+    for stage in [
+        "downloader",
+        "processor",
+        "neardup",
+        "batcher",
+        "export",
+        "trainer",
+    ] {
         text = text.replace(
             &format!("group: codelupe-{stage}\n"),
             &format!("group: codelupe-{stage}-{suffix}\n"),
@@ -146,6 +153,11 @@ stages:
     metrics_bind: 127.0.0.1
     delivery: {delivery}
     options: {{tokenizer: {tokenizer}, sequence_length: 512, seen_topic: batcher-seen-{suffix}, flush_idle_ms: 2000}}
+  export:
+    metrics_bind: 127.0.0.1
+    delivery: {delivery}
+    # Small files, so kills land between puts and commits.
+    options: {{dataset: {dataset}, file_max_rows: 25, flush_idle_ms: 2000}}
   trainer:
     metrics_bind: 127.0.0.1
     options: {{tokenizer: {tokenizer}, checkpoint_dir: {checkpoints}, device: cpu, bf16: false, steps_per_run: 20, idle_checkpoint_ms: 3000, eval_batches: 2}}
@@ -154,6 +166,7 @@ stages:
         store = store.display(),
         tokenizer = tokenizer.display(),
         checkpoints = dir.join("checkpoints").display(),
+        dataset = dir.join("dataset").display(),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -271,6 +284,7 @@ fn scenario(delivery: &str) {
         ("neardup-lookup", "neardup-probes"),
         ("neardup-judge", "neardup-gather"),
         ("batcher", "distinct-files"),
+        ("export", "distinct-files"),
         ("trainer", "training-batches"),
     ];
     let mut readers: Vec<(String, LagReader)> = groups
@@ -321,6 +335,7 @@ fn scenario(delivery: &str) {
             &corpus.repos,
             &dir.join("store"),
             &dir.join("tokenizer.json"),
+            &dir.join("dataset"),
         ));
     let state_skipped = logged(dir, "crawler", "undecodable state entry skipped");
     let (replayed, refused) = cluster::replay_forged(&config, &topology);
@@ -427,6 +442,10 @@ fn scenario(delivery: &str) {
             }
         }
     }
+    // The export is exactly once by construction, whatever the delivery mode: a row
+    // of the dataset for each record of distinct-files, and every file whole Parquet.
+    let export = ledger.rows.iter().find(|r| r.stage == "export").unwrap();
+    assert_eq!(export.duplicated, 0, "export rows written twice");
     assert!(unclean.is_empty(), "stopped uncleanly: {unclean:?}");
     // A replica that keeps ending on its own is crash-looping on some record.
     assert!(

@@ -313,3 +313,26 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// What `datasets` and DuckDB saw of the dataset (tests/export/read_dataset.py).
+pub fn read_with_python_clients(dataset: &Path) -> serde_json::Value {
+    let venv = std::env::var("DATA_VENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/codelupe/data-venv",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let python = Path::new(&venv).join("bin/python");
+    assert!(
+        python.exists(),
+        "no {}: source setup/datatools.sh (tests/run does)",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(repo_root().join("tests/export/read_dataset.py"))
+        .arg(dataset)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod corpus;
+pub mod dataset;
 pub mod hostile;
 pub mod kafka;
 pub mod neardup;

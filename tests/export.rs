@@ -163,6 +163,25 @@ async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duc
         *per_language.entry(file.language.clone()).or_default() += 1;
     }
     assert_eq!(seen["duckdb_per_language"], serde_json::json!(per_language));
+    // The card: a config per language that `datasets` loads from its YAML header, and a
+    // table row per language with the same rows.
+    let card = std::fs::read_to_string(run.dataset.join("README.md")).unwrap();
+    let configs = &seen["card_configs"];
+    assert_eq!(configs["default"], files.len(), "{card}");
+    for (language, rows) in &per_language {
+        let folder = codelupe_export::rows::language_folder(language);
+        assert_eq!(configs[folder.as_str()], *rows, "config {folder}: {card}");
+        let line = card
+            .lines()
+            .find(|l| l.starts_with(&format!("| {folder} | {language} |")))
+            .unwrap_or_else(|| panic!("no row for {language}:\n{card}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells[4], rows.to_string(), "{line}");
+    }
+    assert!(
+        card.contains(&format!("| email | {} |", files.len() / 2)),
+        "{card}"
+    );
     println!(
         "{} files in {} Parquet files, per language {per_language:?}",
         files.len(),

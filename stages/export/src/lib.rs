@@ -11,6 +11,7 @@
 //! the partition from that offset on is deleted before the record is gathered, so no row
 //! is written twice and none is lost.
 
+pub mod card;
 pub mod metrics;
 pub mod rows;
 pub mod store;
@@ -25,6 +26,7 @@ use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::{StageRuntime, TransformError};
 
+use crate::card::FileStats;
 use crate::metrics::{ExportError, ExportMetrics};
 use crate::rows::{language_folder, parquet_file};
 use crate::store::{DataFile, DatasetStore};
@@ -100,7 +102,12 @@ pub struct Exporter {
     gathering: HashMap<i32, Gathering>,
     /// Partitions whose uncommitted files are deleted since they were assigned.
     checked: HashSet<i32>,
+    card_written: Option<Instant>,
 }
+
+/// How often a stream that never pauses rewrites the card (it reads every file's
+/// figures).
+const CARD_EVERY: Duration = Duration::from_secs(60);
 
 impl Exporter {
     pub fn new(
@@ -117,6 +124,7 @@ impl Exporter {
             metrics,
             gathering: HashMap::new(),
             checked: HashSet::new(),
+            card_written: None,
         })
     }
 
@@ -172,6 +180,7 @@ impl Exporter {
                 .with_context(|| format!("cannot write {}", name.key()))?;
             let size = bytes.len();
             self.store.put(&name.key(), bytes).await?;
+            self.store.put_stats(&name, &FileStats::of(&files)).await?;
             self.metrics.files_written.inc();
             self.metrics.bytes_written.inc_by(size as u64);
         }
@@ -183,6 +192,26 @@ impl Exporter {
             .flush_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(gathering.files.into_iter().map(|(at, _)| at).collect())
+    }
+}
+
+impl Exporter {
+    /// Rewrites the dataset's README.md from every data file's figures. A card not
+    /// written is only stale: the next flush writes it again.
+    async fn write_card(&mut self) {
+        let written = async {
+            let stats = self.store.stats().await?;
+            self.store.put_card(crate::card::render(&stats)).await
+        };
+        match written.await {
+            Ok(()) => {
+                self.metrics.card_writes.inc();
+                self.card_written = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the dataset card was not rewritten")
+            }
+        }
     }
 }
 
@@ -217,12 +246,21 @@ impl Aggregate for Exporter {
             return Ok(Step::default());
         }
         let finished = self.write(at.partition).await.map_err(store_error)?;
+        // A stream that never pauses still gets a current card, once a minute at most.
+        if self
+            .card_written
+            .is_none_or(|at| at.elapsed() >= CARD_EVERY)
+        {
+            self.write_card().await;
+        }
         Ok(Step {
             finished,
             ..Step::default()
         })
     }
 
+    /// Writes every partition's rows, then the card, so a card is current whenever
+    /// the input has paused.
     async fn flush(&mut self) -> Step<CodeFile> {
         let mut step = Step::default();
         let mut partitions: Vec<i32> = self.gathering.keys().copied().collect();
@@ -233,6 +271,9 @@ impl Aggregate for Exporter {
                 // Kept gathered: written at the next flush or when full.
                 Err(e) => tracing::warn!(partition, error = %format!("{e:#}"), "flush failed"),
             }
+        }
+        if !step.finished.is_empty() {
+            self.write_card().await;
         }
         step
     }

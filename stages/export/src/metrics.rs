@@ -20,6 +20,7 @@ pub struct ExportMetrics {
     pub files_written: IntCounter,
     pub bytes_written: IntCounter,
     pub uncommitted_deleted: IntCounter,
+    pub card_writes: IntCounter,
     pub flush_duration: Histogram,
 }
 
@@ -37,6 +38,11 @@ impl ExportMetrics {
                 r,
                 "export_uncommitted_files_deleted_total",
                 "Files of a flush that crashed before its commit, deleted at assignment",
+            )?,
+            card_writes: register::counter(
+                r,
+                "export_card_writes_total",
+                "Times the dataset card (README.md) was rewritten",
             )?,
             flush_duration: register::histogram(
                 r,

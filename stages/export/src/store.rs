@@ -11,8 +11,14 @@ use futures::TryStreamExt as _;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 
+use crate::card::FileStats;
+
 /// Where the data files live under the dataset's root.
 pub const DATA: &str = "data";
+/// Each data file's figures, at the same place under this folder (`.json`).
+pub const STATS: &str = "stats";
+/// The dataset card.
+pub const CARD: &str = "README.md";
 
 /// A data file's place: its language folder, and the partition and offsets its rows
 /// came from.
@@ -28,6 +34,14 @@ impl DataFile {
     pub fn key(&self) -> Path {
         Path::from(format!(
             "{DATA}/{}/p{:03}-{:012}-{:012}.parquet",
+            self.folder, self.partition, self.first, self.last
+        ))
+    }
+
+    /// Where its figures for the card are kept.
+    pub fn stats_key(&self) -> Path {
+        Path::from(format!(
+            "{STATS}/{}/p{:03}-{:012}-{:012}.json",
             self.folder, self.partition, self.first, self.last
         ))
     }
@@ -91,21 +105,52 @@ impl DatasetStore {
     }
 
     /// Deletes the files of `partition` from offset `from` on (a flush the group never
-    /// committed); returns how many.
+    /// committed), and their figures; returns how many files.
     pub async fn delete_uncommitted(&self, partition: i32, from: i64) -> anyhow::Result<usize> {
         let mut deleted = 0;
         for file in self.data_files().await? {
             if file.partition == partition && file.first >= from {
-                let key = file.key();
-                match self.objects.delete(&key).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot delete {}/{key}", self.url))
-                    }
-                }
+                // Figures first: a card never counts a file that is gone.
+                self.delete(&file.stats_key()).await?;
+                self.delete(&file.key()).await?;
+                deleted += 1;
             }
         }
         Ok(deleted)
+    }
+
+    async fn delete(&self, key: &Path) -> anyhow::Result<()> {
+        match self.objects.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {}/{key}", self.url)),
+        }
+    }
+
+    pub async fn put_card(&self, text: String) -> anyhow::Result<()> {
+        self.put(&Path::from(CARD), text.into_bytes()).await
+    }
+
+    pub async fn put_stats(&self, file: &DataFile, stats: &FileStats) -> anyhow::Result<()> {
+        self.put(&file.stats_key(), serde_json::to_vec(stats)?)
+            .await
+    }
+
+    /// The figures of every data file there is, by language folder (figures of a file
+    /// not there, or not readable, are left out).
+    pub async fn stats(&self) -> anyhow::Result<Vec<(String, FileStats)>> {
+        let mut found = Vec::new();
+        for file in self.data_files().await? {
+            let key = file.stats_key();
+            let bytes = match self.objects.get(&key).await {
+                Ok(got) => got.bytes().await?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}/{key}", self.url)),
+            };
+            if let Ok(stats) = serde_json::from_slice(&bytes) {
+                found.push((file.folder, stats));
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -5,15 +5,21 @@ use std::path::{Path, PathBuf};
 use arrow_array::StringArray;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-/// The data files under `<dataset>/data/<language>/`, sorted.
+/// The data files under `<dataset>/data/<language>/`, sorted (not a put in progress,
+/// which the local store writes aside under another name).
 pub fn data_files(dataset: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for language in std::fs::read_dir(dataset.join("data"))
         .into_iter()
         .flatten()
     {
-        for file in std::fs::read_dir(language.unwrap().path()).unwrap() {
-            files.push(file.unwrap().path());
+        let Ok(language) = language else { continue };
+        for file in std::fs::read_dir(language.path()).into_iter().flatten() {
+            let Ok(file) = file else { continue };
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "parquet") {
+                files.push(path);
+            }
         }
     }
     files.sort();
@@ -21,11 +27,14 @@ pub fn data_files(dataset: &Path) -> Vec<PathBuf> {
 }
 
 /// Every row's content hash, file by file; panics on a file that is not whole Parquet.
+/// A file deleted while it is read (a stage deleting an uncommitted flush) is skipped.
 pub fn content_hashes(dataset: &Path) -> Vec<String> {
     let mut hashes = Vec::new();
     for file in data_files(dataset) {
-        let bytes = bytes::Bytes::from(std::fs::read(&file).unwrap());
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .unwrap_or_else(|e| panic!("{} is not Parquet: {e}", file.display()))
             .build()
             .unwrap();

@@ -84,6 +84,52 @@ fn corpus() -> Vec<CodeFile> {
     files
 }
 
+/// What `datasets` and DuckDB read of the dataset, and the card's configs and table:
+/// each file once, rows per language as the corpus has them. Returns those counts.
+fn check_real_clients(dataset: &Path, files: &[CodeFile]) -> BTreeMap<String, usize> {
+    let seen = read_with_python_clients(dataset);
+    assert_eq!(seen["datasets_rows"], files.len());
+    let mut by_datasets: Vec<String> =
+        serde_json::from_value(seen["datasets_hashes"].clone()).unwrap();
+    let mut by_duckdb: Vec<String> = serde_json::from_value(seen["duckdb_hashes"].clone()).unwrap();
+    let mut expected: Vec<String> = files.iter().map(|f| f.content_hash.clone()).collect();
+    by_datasets.sort();
+    by_duckdb.sort();
+    expected.sort();
+    assert_eq!(by_datasets, expected, "datasets reads every file once");
+    assert_eq!(by_duckdb, expected, "DuckDB reads every file once");
+    assert_eq!(
+        seen["duckdb_emails"],
+        files.len() / 2,
+        "redaction counts as columns"
+    );
+    let mut per_language: BTreeMap<String, usize> = BTreeMap::new();
+    for file in files {
+        *per_language.entry(file.language.clone()).or_default() += 1;
+    }
+    assert_eq!(seen["duckdb_per_language"], serde_json::json!(per_language));
+    // The card: a config per language that `datasets` loads from its YAML header, and a
+    // table row per language with the same rows.
+    let card = std::fs::read_to_string(dataset.join("README.md")).unwrap();
+    let configs = &seen["card_configs"];
+    assert_eq!(configs["default"], files.len(), "{card}");
+    for (language, rows) in &per_language {
+        let folder = codelupe_export::rows::language_folder(language);
+        assert_eq!(configs[folder.as_str()], *rows, "config {folder}: {card}");
+        let line = card
+            .lines()
+            .find(|l| l.starts_with(&format!("| {folder} | {language} |")))
+            .unwrap_or_else(|| panic!("no row for {language}:\n{card}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells[4], rows.to_string(), "{line}");
+    }
+    assert!(
+        card.contains(&format!("| email | {} |", files.len() / 2)),
+        "{card}"
+    );
+    per_language
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duckdb() {
     let files = corpus();
@@ -142,46 +188,7 @@ async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duc
         "the uncommitted flush's file is still there"
     );
 
-    let seen = read_with_python_clients(&run.dataset);
-    assert_eq!(seen["datasets_rows"], files.len());
-    let mut by_datasets: Vec<String> =
-        serde_json::from_value(seen["datasets_hashes"].clone()).unwrap();
-    let mut by_duckdb: Vec<String> = serde_json::from_value(seen["duckdb_hashes"].clone()).unwrap();
-    let mut expected: Vec<String> = files.iter().map(|f| f.content_hash.clone()).collect();
-    by_datasets.sort();
-    by_duckdb.sort();
-    expected.sort();
-    assert_eq!(by_datasets, expected, "datasets reads every file once");
-    assert_eq!(by_duckdb, expected, "DuckDB reads every file once");
-    assert_eq!(
-        seen["duckdb_emails"],
-        files.len() / 2,
-        "redaction counts as columns"
-    );
-    let mut per_language: BTreeMap<String, usize> = BTreeMap::new();
-    for file in &files {
-        *per_language.entry(file.language.clone()).or_default() += 1;
-    }
-    assert_eq!(seen["duckdb_per_language"], serde_json::json!(per_language));
-    // The card: a config per language that `datasets` loads from its YAML header, and a
-    // table row per language with the same rows.
-    let card = std::fs::read_to_string(run.dataset.join("README.md")).unwrap();
-    let configs = &seen["card_configs"];
-    assert_eq!(configs["default"], files.len(), "{card}");
-    for (language, rows) in &per_language {
-        let folder = codelupe_export::rows::language_folder(language);
-        assert_eq!(configs[folder.as_str()], *rows, "config {folder}: {card}");
-        let line = card
-            .lines()
-            .find(|l| l.starts_with(&format!("| {folder} | {language} |")))
-            .unwrap_or_else(|| panic!("no row for {language}:\n{card}"));
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        assert_eq!(cells[4], rows.to_string(), "{line}");
-    }
-    assert!(
-        card.contains(&format!("| email | {} |", files.len() / 2)),
-        "{card}"
-    );
+    let per_language = check_real_clients(&run.dataset, &files);
     println!(
         "{} files in {} Parquet files, per language {per_language:?}",
         files.len(),

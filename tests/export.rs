@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use codelupe_runtime::records::CodeFile;
@@ -50,20 +49,7 @@ impl Export {
     }
 
     fn start(&self, replica: usize) -> KillOnDrop {
-        let child = codelupe()
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--topology")
-            .arg(&self.topology)
-            .args(["stage", "export"])
-            .env(
-                "CODELUPE_STAGES__EXPORT__METRICS_PORT",
-                self.ports[replica].to_string(),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        KillOnDrop(child)
+        start_stage("export", &self.config, &self.topology, self.ports[replica])
     }
 
     fn rows(&self, replica: usize) -> f64 {

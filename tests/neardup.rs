@@ -8,7 +8,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use codelupe_neardup::minhash::signature;
@@ -80,20 +79,7 @@ impl Run {
     }
 
     fn start(&self, replica: usize) -> KillOnDrop {
-        let child = codelupe()
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--topology")
-            .arg(&self.topology)
-            .args(["stage", "neardup"])
-            .env(
-                "CODELUPE_STAGES__NEARDUP__METRICS_PORT",
-                self.ports[replica].to_string(),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        KillOnDrop(child)
+        start_stage("neardup", &self.config, &self.topology, self.ports[replica])
     }
 
     fn ready(&self, replica: usize) -> bool {

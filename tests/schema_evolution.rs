@@ -60,41 +60,58 @@ fn repo_clone() -> RepoClone {
     }
 }
 
-#[test]
-fn every_earlier_code_files_version_decodes_with_the_new_fields_at_their_defaults() {
-    let files = earlier_files(CodeFile::SCHEMA_FILE);
-    assert_eq!(files.len(), 2, "code-files has two earlier releases");
-    let today = code_file();
+/// `today` as each kept version of its schema wrote it, decoded as today's type: it is
+/// `expected(version)`.
+fn check_earlier_versions<T: AvroRecord + PartialEq + std::fmt::Debug>(
+    today: &T,
+    releases: usize,
+    expected: impl Fn(u32) -> T,
+) {
+    let files = earlier_files(T::SCHEMA_FILE);
+    assert_eq!(
+        files.len(),
+        releases,
+        "{}: earlier releases",
+        T::SCHEMA_FILE
+    );
     for file in files {
         let old = std::fs::read_to_string(&file).unwrap();
-        let decoded = CodeFile::decode(&written_with(&today, &old))
+        let decoded = T::decode(&written_with(today, &old))
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let mut expected = today.clone();
-        expected.license = RepoLicense::default();
-        if version_number(&file) == 1 {
-            expected.redactions = BTreeMap::new();
-        }
-        assert_eq!(decoded, expected, "{}", file.display());
+        assert_eq!(
+            decoded,
+            expected(version_number(&file)),
+            "{}",
+            file.display()
+        );
     }
 }
 
 #[test]
+fn every_earlier_code_files_version_decodes_with_the_new_fields_at_their_defaults() {
+    let today = code_file();
+    check_earlier_versions(&today, 2, |version| {
+        let mut expected = today.clone();
+        expected.license = RepoLicense::default();
+        if version == 1 {
+            expected.redactions = BTreeMap::new();
+        }
+        expected
+    });
+}
+
+#[test]
 fn every_earlier_repo_clones_version_decodes_with_the_new_fields_at_their_defaults() {
-    let files = earlier_files(RepoClone::SCHEMA_FILE);
-    assert_eq!(files.len(), 2, "repo-clones has two earlier releases");
     let today = repo_clone();
-    for file in files {
-        let old = std::fs::read_to_string(&file).unwrap();
-        let decoded = RepoClone::decode(&written_with(&today, &old))
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    check_earlier_versions(&today, 2, |version| {
         let mut expected = today.clone();
         expected.pack_bytes = 0;
         expected.pack_sha256 = String::new();
-        if version_number(&file) == 1 {
+        if version == 1 {
             expected.license_reported = None;
         }
-        assert_eq!(decoded, expected, "{}", file.display());
-    }
+        expected
+    });
 }
 
 /// Every record type with its lineage, by schema file.

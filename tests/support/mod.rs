@@ -336,3 +336,22 @@ pub fn read_with_python_clients(dataset: &Path) -> serde_json::Value {
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `codelupe stage NAME` as its own process with this config and topology, its metrics
+/// on `port`; SIGKILLed when dropped.
+pub fn start_stage(stage: &str, config: &Path, topology: &Path, port: u16) -> KillOnDrop {
+    let child = codelupe()
+        .arg("--config")
+        .arg(config)
+        .arg("--topology")
+        .arg(topology)
+        .args(["stage", stage])
+        .env(
+            format!("CODELUPE_STAGES__{}__METRICS_PORT", stage.to_uppercase()),
+            port.to_string(),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}

@@ -1,7 +1,8 @@
 //! The export stage on the real broker, as its own processes: `distinct-files` out as
 //! Parquet that Hugging Face `datasets` and DuckDB (PyPI, in the test venv of
 //! setup/datatools.sh) read; two replicas, one SIGKILLed mid-stream and restarted, and
-//! every file exported exactly once, with no file of an uncommitted flush left behind.
+//! every file exported exactly once, with no file of an uncommitted flush left behind,
+//! into a local folder and into the S3 server (SeaweedFS) as a cluster's export does.
 
 mod support;
 
@@ -9,23 +10,24 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use codelupe_export::store::{DataFile, DatasetStore};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::AvroRecord;
-use codelupe_testkit::dataset::{content_hashes, data_files};
+use codelupe_testkit::dataset::{data_files, hashes_in};
 use support::*;
 
 struct Export {
     suffix: String,
     topology: PathBuf,
     config: PathBuf,
-    dataset: PathBuf,
+    /// The dataset's location: a folder or an `s3://` URL.
+    dataset: String,
     ports: Vec<u16>,
 }
 
 impl Export {
-    fn new(dir: &Path, replicas: usize) -> Self {
+    fn new(dir: &Path, replicas: usize, dataset: String) -> Self {
         let (suffix, topology) = fresh_topics(dir, "x");
-        let dataset = dir.join("dataset");
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
@@ -35,7 +37,7 @@ impl Export {
                  stages:\n  export:\n    group: export-{suffix}\n    metrics_bind: 127.0.0.1\n\
                  \x20   options:\n      dataset: {}\n      file_max_rows: 40\n      flush_idle_ms: 1000\n",
                 brokers(),
-                dataset.display(),
+                dataset,
             ),
         )
         .unwrap();
@@ -54,6 +56,23 @@ impl Export {
 
     fn rows(&self, replica: usize) -> f64 {
         scraped(self.ports[replica], "export_rows_total").unwrap_or(0.0)
+    }
+
+    fn store(&self) -> DatasetStore {
+        DatasetStore::open(&self.dataset).unwrap()
+    }
+
+    /// Every row's content hash, read through the store as a reader of it would (a
+    /// file deleted meanwhile is skipped).
+    async fn exported(&self) -> Vec<String> {
+        let store = self.store();
+        let mut hashes = Vec::new();
+        for file in store.data_files().await.unwrap() {
+            if let Some(bytes) = store.read(&file).await.unwrap() {
+                hashes.extend(hashes_in(bytes, file.key().as_ref()));
+            }
+        }
+        hashes
     }
 }
 
@@ -116,20 +135,23 @@ fn check_real_clients(dataset: &Path, files: &[CodeFile]) -> BTreeMap<String, us
     per_language
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duckdb() {
-    let files = corpus();
-    assert!(files.len() > 300, "only {} files", files.len());
-    let dir = tempfile::tempdir().unwrap();
-    let run = Export::new(dir.path(), 2);
-    // The files of a flush that crashed before its commit: offsets the group never
-    // committed. The stage must delete them, not leave them to be read twice.
-    let orphan = run
-        .dataset
-        .join("data/rust/p000-000000000000-000000000007.parquet");
-    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
-    std::fs::write(&orphan, b"PAR1 a flush that never committed").unwrap();
-
+/// Two replicas export the corpus, one SIGKILLed mid-stream and restarted, after a
+/// file of a flush that never committed was planted; every file comes out once and the
+/// planted one is gone.
+async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
+    // Offsets the group never committed: the stage must delete the file, not leave it
+    // to be read twice.
+    let orphan = DataFile {
+        folder: "rust".into(),
+        partition: 0,
+        first: 0,
+        last: 7,
+    };
+    let store = run.store();
+    store
+        .put(&orphan.key(), b"PAR1 a flush that never committed".to_vec())
+        .await
+        .unwrap();
     let half = files.len() / 2;
     let records = |files: &[CodeFile]| {
         files
@@ -147,21 +169,23 @@ async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duc
     drop(first); // SIGKILL, mid-stream
     produce_all(&input, records(&files[half..])).await;
     let _restarted = run.start(0);
-    let mut exported = Vec::new();
-    wait_for("every file exported", Duration::from_secs(180), || {
-        exported = content_hashes(&run.dataset);
-        exported.len() >= files.len()
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    exported = content_hashes(&run.dataset);
-
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while run.exported().await.len() < files.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every file exported within 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let exported = run.exported().await;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for hash in &exported {
         *counts.entry(hash.as_str()).or_default() += 1;
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "exported twice: {twice:?}");
-    for file in &files {
+    for file in files {
         assert!(
             counts.contains_key(file.content_hash.as_str()),
             "{} lost",
@@ -169,15 +193,44 @@ async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duc
         );
     }
     assert_eq!(exported.len(), files.len());
+    let left = store.data_files().await.unwrap();
     assert!(
-        !orphan.exists(),
+        !left.contains(&orphan),
         "the uncommitted flush's file is still there"
     );
-
-    let per_language = check_real_clients(&run.dataset, &files);
     println!(
-        "{} files in {} Parquet files, per language {per_language:?}",
+        "{} files in {} Parquet files at {}",
         files.len(),
-        data_files(&run.dataset).len()
+        left.len(),
+        run.dataset
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_killed_export_every_file_once_read_by_datasets_and_duckdb() {
+    let files = corpus();
+    assert!(files.len() > 300, "only {} files", files.len());
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("dataset");
+    let run = Export::new(dir.path(), 2, dataset.display().to_string());
+    export_with_a_kill(&run, &files).await;
+    let per_language = check_real_clients(&dataset, &files);
+    println!(
+        "per language {per_language:?}, {} Parquet files",
+        data_files(&dataset).len()
+    );
+}
+
+/// The cluster's case: the dataset in S3 (the test server, signed requests only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn into_s3_every_file_once_under_a_kill() {
+    let bucket = std::env::var("TEST_S3_BUCKET").expect(
+        "TEST_S3_BUCKET is not set: this test needs the S3 server; run `bash tests/run` \
+         (or `tests/s3/server.sh up` and `eval \"$(tests/s3/server.sh env)\"`)",
+    );
+    let files = corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("export");
+    let run = Export::new(dir.path(), 2, format!("s3://{bucket}/{prefix}/dataset"));
+    export_with_a_kill(&run, &files).await;
 }

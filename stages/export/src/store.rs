@@ -126,6 +126,19 @@ impl DatasetStore {
         }
     }
 
+    /// A data file's bytes; None once it is gone.
+    pub async fn read(&self, file: &DataFile) -> anyhow::Result<Option<bytes::Bytes>> {
+        self.get(&file.key()).await
+    }
+
+    async fn get(&self, key: &Path) -> anyhow::Result<Option<bytes::Bytes>> {
+        match self.objects.get(key).await {
+            Ok(got) => Ok(Some(got.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}/{key}", self.url)),
+        }
+    }
+
     pub async fn put_card(&self, text: String) -> anyhow::Result<()> {
         self.put(&Path::from(CARD), text.into_bytes()).await
     }
@@ -140,11 +153,8 @@ impl DatasetStore {
     pub async fn stats(&self) -> anyhow::Result<Vec<(String, FileStats)>> {
         let mut found = Vec::new();
         for file in self.data_files().await? {
-            let key = file.stats_key();
-            let bytes = match self.objects.get(&key).await {
-                Ok(got) => got.bytes().await?,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}/{key}", self.url)),
+            let Some(bytes) = self.get(&file.stats_key()).await? else {
+                continue;
             };
             if let Ok(stats) = serde_json::from_slice(&bytes) {
                 found.push((file.folder, stats));

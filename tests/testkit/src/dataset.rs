@@ -34,16 +34,26 @@ pub fn content_hashes(dataset: &Path) -> Vec<String> {
         let Ok(bytes) = std::fs::read(&file) else {
             continue;
         };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .unwrap_or_else(|e| panic!("{} is not Parquet: {e}", file.display()))
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let column = batch.column_by_name("content_hash").unwrap();
-            let strings = column.as_any().downcast_ref::<StringArray>().unwrap();
-            hashes.extend(strings.iter().map(|s| s.unwrap().to_string()));
-        }
+        hashes.extend(hashes_in(
+            bytes::Bytes::from(bytes),
+            &file.display().to_string(),
+        ));
+    }
+    hashes
+}
+
+/// The content hashes of one data file's rows; panics when it is not whole Parquet.
+pub fn hashes_in(parquet: bytes::Bytes, name: &str) -> Vec<String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(parquet)
+        .unwrap_or_else(|e| panic!("{name} is not Parquet: {e}"))
+        .build()
+        .unwrap();
+    let mut hashes = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let column = batch.column_by_name("content_hash").unwrap();
+        let strings = column.as_any().downcast_ref::<StringArray>().unwrap();
+        hashes.extend(strings.iter().map(|s| s.unwrap().to_string()));
     }
     hashes
 }

@@ -102,6 +102,9 @@ pub struct Exporter {
     gathering: HashMap<i32, Gathering>,
     /// Partitions whose uncommitted files are deleted since they were assigned.
     checked: HashSet<i32>,
+    /// Partitions whose last write failed part way: the files it did put are deleted
+    /// before the rows are written again (under other names if more rows came).
+    failed: HashSet<i32>,
     card_written: Option<Instant>,
 }
 
@@ -124,6 +127,7 @@ impl Exporter {
             metrics,
             gathering: HashMap::new(),
             checked: HashSet::new(),
+            failed: HashSet::new(),
             card_written: None,
         })
     }
@@ -154,6 +158,14 @@ impl Exporter {
     /// Writes a partition's rows, one file per language, and finishes their inputs.
     /// On an error the rows stay gathered (and their inputs uncommitted).
     async fn write(&mut self, partition: i32) -> anyhow::Result<Vec<InputPosition>> {
+        let written = self.write_files(partition).await;
+        if written.is_err() {
+            self.failed.insert(partition);
+        }
+        written
+    }
+
+    async fn write_files(&mut self, partition: i32) -> anyhow::Result<Vec<InputPosition>> {
         let Some(gathering) = self.gathering.get(&partition) else {
             return Ok(Vec::new());
         };
@@ -161,6 +173,12 @@ impl Exporter {
         else {
             return Ok(Vec::new());
         };
+        if self.failed.contains(&partition) {
+            self.store
+                .delete_uncommitted(partition, first.offset)
+                .await?;
+            self.failed.remove(&partition);
+        }
         let started = Instant::now();
         let mut by_folder: BTreeMap<String, Vec<&CodeFile>> = BTreeMap::new();
         for (_, file) in &gathering.files {
@@ -193,9 +211,7 @@ impl Exporter {
             .observe(started.elapsed().as_secs_f64());
         Ok(gathering.files.into_iter().map(|(at, _)| at).collect())
     }
-}
 
-impl Exporter {
     /// Rewrites the dataset's README.md from every data file's figures. A card not
     /// written is only stale: the next flush writes it again.
     async fn write_card(&mut self) {
@@ -287,6 +303,7 @@ impl Aggregate for Exporter {
         for p in partitions {
             self.gathering.remove(p);
             self.checked.remove(p);
+            self.failed.remove(p);
         }
     }
 
@@ -304,4 +321,87 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let metrics = ExportMetrics::register(&runtime.registry)?;
     let exporter = Exporter::new(store, options, metrics)?;
     aggregate::run_aggregate(exporter, &runtime).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exporter(dir: &std::path::Path) -> Exporter {
+        let options = ExportOptions {
+            dataset: dir.display().to_string(),
+            ..ExportOptions::default()
+        };
+        let metrics = ExportMetrics::register(&prometheus::Registry::new()).unwrap();
+        Exporter::new(
+            DatasetStore::open(&options.dataset).unwrap(),
+            options,
+            metrics,
+        )
+        .unwrap()
+    }
+
+    fn file(language: &str, i: usize) -> CodeFile {
+        CodeFile {
+            content_hash: format!("{i:064x}"),
+            repo_full_name: "a/b".into(),
+            commit_id: "c".into(),
+            path: format!("{i}"),
+            language: language.into(),
+            content: format!("line {i}\n"),
+            size_bytes: 7,
+            lines: 1,
+            quality_score: 50.0,
+            quality_components: Default::default(),
+            parse_stats: None,
+            redactions: Default::default(),
+            license: Default::default(),
+        }
+    }
+
+    fn at(offset: i64) -> InputPosition {
+        InputPosition {
+            partition: 0,
+            offset,
+        }
+    }
+
+    /// A flush that put one language's file and failed on the next leaves no file
+    /// behind once the rows are written again, with one more row and so other names.
+    #[tokio::test]
+    async fn a_write_that_failed_part_way_leaves_no_file_to_read_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exporter = exporter(dir.path());
+        exporter.push(at(0), file("Python", 0), ()).await.unwrap();
+        exporter.push(at(1), file("Rust", 1), ()).await.unwrap();
+        // The Rust folder cannot be made: its put fails after Python's succeeded.
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/rust"), b"in the way").unwrap();
+        assert!(
+            exporter.flush().await.finished.is_empty(),
+            "nothing finished"
+        );
+        let files = exporter.store.data_files().await.unwrap();
+        assert_eq!(files.len(), 1, "the Python file was put: {files:?}");
+
+        std::fs::remove_file(dir.path().join("data/rust")).unwrap();
+        exporter.push(at(2), file("Python", 2), ()).await.unwrap();
+        assert_eq!(exporter.flush().await.finished.len(), 3);
+        let mut names: Vec<String> = exporter
+            .store
+            .data_files()
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.key().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "data/python/p000-000000000000-000000000002.parquet",
+                "data/rust/p000-000000000000-000000000002.parquet",
+            ]
+        );
+    }
 }

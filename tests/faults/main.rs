@@ -446,6 +446,26 @@ fn scenario(delivery: &str) {
     // of the dataset for each record of distinct-files, and every file whole Parquet.
     let export = ledger.rows.iter().find(|r| r.stage == "export").unwrap();
     assert_eq!(export.duplicated, 0, "export rows written twice");
+    // What a user reads of it: `datasets` and DuckDB see the ledger's rows, and the
+    // card's default config loads them all.
+    let seen = read_with_python_clients(&dir.join("dataset"));
+    for (client, rows) in [
+        ("datasets", &seen["datasets_rows"]),
+        (
+            "DuckDB",
+            &serde_json::json!(seen["duckdb_hashes"].as_array().map(Vec::len)),
+        ),
+        (
+            "the card's default config",
+            &seen["card_configs"]["default"],
+        ),
+    ] {
+        assert_eq!(
+            *rows,
+            serde_json::json!(export.outputs),
+            "rows {client} read"
+        );
+    }
     assert!(unclean.is_empty(), "stopped uncleanly: {unclean:?}");
     // A replica that keeps ending on its own is crash-looping on some record.
     assert!(

@@ -139,8 +139,9 @@ fn check_real_clients(dataset: &Path, files: &[CodeFile]) -> BTreeMap<String, us
 /// file of a flush that never committed was planted; every file comes out once and the
 /// planted one is gone.
 async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
-    // Offsets the group never committed: the stage must delete the file, not leave it
-    // to be read twice.
+    // Rows of offsets the group never committed, as a replica killed between its put
+    // and its commit leaves them: the stage must delete the file, not leave its rows to
+    // be read twice.
     let orphan = DataFile {
         folder: "rust".into(),
         partition: 0,
@@ -148,10 +149,9 @@ async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
         last: 7,
     };
     let store = run.store();
-    store
-        .put(&orphan.key(), b"PAR1 a flush that never committed".to_vec())
-        .await
-        .unwrap();
+    let left_behind: Vec<&CodeFile> = files[..8].iter().collect();
+    let parquet = codelupe_export::rows::parquet_file(&left_behind, 1 << 20).unwrap();
+    store.put(&orphan.key(), parquet).await.unwrap();
     let half = files.len() / 2;
     let records = |files: &[CodeFile]| {
         files
@@ -170,7 +170,9 @@ async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
     produce_all(&input, records(&files[half..])).await;
     let _restarted = run.start(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while run.exported().await.len() < files.len() {
+    while run.exported().await.len() < files.len()
+        || store.data_files().await.unwrap().contains(&orphan)
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "not every file exported within 180 s"

@@ -5,10 +5,7 @@
 //! checks both, and indexes the pack into a private temporary repository; no folder
 //! is shared between replicas.
 //!
-//! Locations: `file:///path` or a plain path (the embedded default and single-host
-//! Compose), `s3://bucket/prefix` (clusters), `gs://…` and `az://…`. Credentials come
-//! from the environment by each cloud's conventions (`AWS_ACCESS_KEY_ID`,
-//! `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`), never from records or logs.
+//! Locations and credentials as [`crate::objects`] takes them.
 //!
 //! An object is named by the SHA-256 of its bytes, and written whole or not at all
 //! (an S3 PUT; a local file is written aside and renamed): a half-written upload is

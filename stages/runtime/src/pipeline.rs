@@ -226,6 +226,7 @@ pub(crate) enum Rebalanced {
 
 impl ClientContext for LoopContext {
     fn stats(&self, statistics: Statistics) {
+        let mut fetching = false;
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
@@ -233,7 +234,14 @@ impl ClientContext for LoopContext {
                         .with_label_values(&[topic.as_str(), &partition.to_string()])
                         .set(p.consumer_lag);
                 }
+                fetching |= *partition >= 0 && p.fetch_state == "active";
             }
+        }
+        // A member fetching its partitions is consuming, whatever an earlier rebalance
+        // error said: after a failed rebalance the member may keep its assignment with
+        // no new assignment callback to say so, and stay not ready for good.
+        if fetching && !self.readiness.is_ready() {
+            self.readiness.set_ready();
         }
     }
 }

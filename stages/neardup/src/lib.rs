@@ -195,19 +195,19 @@ fn loop_runtimes(
             LoopSpec {
                 name: "route",
                 input: input.to_string(),
-                output: options.gather_topic.clone(),
+                output: Some(options.gather_topic.clone()),
                 group: group.to_string(),
             },
             LoopSpec {
                 name: "lookup",
                 input: options.probes_topic.clone(),
-                output: options.gather_topic.clone(),
+                output: Some(options.gather_topic.clone()),
                 group: format!("{group}-lookup"),
             },
             LoopSpec {
                 name: "judge",
                 input: options.gather_topic.clone(),
-                output,
+                output: Some(output),
                 group: format!("{group}-judge"),
             },
         ])?

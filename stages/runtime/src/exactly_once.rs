@@ -29,9 +29,8 @@ use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
-use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
-use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, LoopReason, Shared};
+use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, Shared};
 use crate::publish::Outgoing;
 use crate::records::now_ms;
 use crate::stage::StageRuntime;
@@ -110,7 +109,6 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
         waiting: Waiting::default(),
         tasks: JoinSet::new(),
         done: done_tx,
-        output_limit: runtime.output_max_bytes(),
     };
     let mut stream = consumer.stream();
     let mut tick = tokio::time::interval(COMMIT_INTERVAL);
@@ -167,7 +165,6 @@ struct Loop<T: Transform> {
     tasks: JoinSet<()>,
     done: mpsc::UnboundedSender<Done>,
     back_pressure: pipeline::BackPressure,
-    output_limit: Option<usize>,
 }
 
 impl<T: Transform> Loop<T> {
@@ -213,12 +210,12 @@ impl<T: Transform> Loop<T> {
             .get(&record.partition)
             .copied()
             .unwrap_or(0);
-        let (shared, done, limit) = (self.shared.clone(), self.done.clone(), self.output_limit);
+        let (shared, done) = (self.shared.clone(), self.done.clone());
         let transforms = self.back_pressure.transforms();
         self.tasks.spawn(async move {
             let place = place.await;
             let outcome = match shared.transform_permit(&transforms).await {
-                Some(_transforming) => shared.outgoing(&record, limit).await,
+                Some(_transforming) => shared.outgoing(&record).await,
                 None => Err(Failed::Abandoned),
             };
             let _ = done.send(Done {
@@ -432,14 +429,8 @@ pub(crate) async fn commit_transaction(
 }
 
 impl<T: Transform> Shared<T> {
-    /// The records `record` becomes: its encoded outputs, or its dead letter (also for
-    /// an output larger than the output topic takes, which would poison the
-    /// transaction holding it).
-    async fn outgoing(
-        &self,
-        record: &InputRecord,
-        output_limit: Option<usize>,
-    ) -> Result<Vec<Outgoing>, Failed> {
+    /// The records `record` becomes: its encoded outputs, or its dead letter.
+    async fn outgoing(&self, record: &InputRecord) -> Result<Vec<Outgoing>, Failed> {
         let letter = |reason: &'static str, error: String, attempts: u32| {
             Ok(vec![self
                 .dead_letters
@@ -452,36 +443,7 @@ impl<T: Transform> Shared<T> {
             }
             Err(Failed::Abandoned) => return Err(Failed::Abandoned),
         };
-        let Some(topic) = self.output.as_deref() else {
-            if outputs.is_empty() {
-                return Ok(Vec::new());
-            }
-            return letter(
-                LoopReason::NoOutputTopic.label(),
-                format!(
-                    "stage {} has no output topic but produced records",
-                    self.stage
-                ),
-                1,
-            );
-        };
-        let mut records = Vec::with_capacity(outputs.len());
-        for output in &outputs {
-            match Outgoing::record(topic, &output.key, &output.value) {
-                Ok(out)
-                    if output_limit
-                        .is_some_and(|limit| out.key.len() + out.payload.len() > limit) =>
-                {
-                    let error = format!(
-                        "{topic} refused a record of {} bytes: above its max.message.bytes",
-                        out.key.len() + out.payload.len()
-                    );
-                    return letter(LoopReason::OutputRejected.label(), error, 1);
-                }
-                Ok(out) => records.push(out),
-                Err(e) => return letter(LoopReason::Encode.label(), e.to_string(), 1),
-            }
-        }
-        Ok(records)
+        self.outgoing_records(&outputs)
+            .or_else(|(reason, error)| letter(reason, error, 1))
     }
 }

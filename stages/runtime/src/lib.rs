@@ -23,6 +23,6 @@ pub mod tree;
 pub mod work_dir;
 
 pub use codec::AvroRecord;
-pub use pipeline::{Keyed, Transform, TransformError};
+pub use pipeline::{Keyed, Output, Transform, TransformError};
 pub use publish::{Publisher, TransactionalPublisher};
 pub use stage::StageRuntime;

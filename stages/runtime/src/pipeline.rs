@@ -124,11 +124,30 @@ pub(crate) enum Failed {
     Abandoned,
 }
 
+/// A record a transform publishes. Every Avro record type is one, bound for the stage's
+/// output topic; a stage that publishes a second kind beside it (the processor's
+/// repository summaries, in the same transaction as the files) implements this for an
+/// enum of both and names the other topic.
+pub trait Output: Send + Sync + 'static {
+    fn encode_output(&self) -> Result<Vec<u8>, crate::codec::CodecError>;
+
+    /// Its topic, when it is not the stage's output topic.
+    fn side_topic(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl<T: AvroRecord> Output for T {
+    fn encode_output(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
+        self.encode()
+    }
+}
+
 /// A stage's domain logic: decode → decide → outputs. Everything about Kafka is here
 /// in the runtime, not in the stage.
 pub trait Transform: Send + Sync + 'static {
     type Input: AvroRecord;
-    type Output: AvroRecord;
+    type Output: Output;
     /// Why it dead-letters a record, next to the loop's [`LoopReason`]s.
     type Reason: LabelSet;
 
@@ -870,6 +889,8 @@ pub(crate) struct Shared<T: Transform> {
     transform: T,
     publisher: Publisher,
     pub(crate) output: Option<String>,
+    /// The largest record each topic takes.
+    topic_max_bytes: Arc<std::collections::BTreeMap<String, usize>>,
     pub(crate) stage: String,
     pub(crate) dead_letters: DeadLetters,
     max_attempts: u32,
@@ -890,6 +911,7 @@ impl<T: Transform> Shared<T> {
             dead_letters: DeadLetters::new(runtime, publisher.clone(), metrics.clone()),
             publisher,
             output: runtime.output.clone(),
+            topic_max_bytes: runtime.topic_max_bytes.clone(),
             stage: runtime.name.clone(),
             max_attempts: runtime.settings.max_attempts.get(),
             transient_give_up: (runtime.settings.transient_give_up_s > 0)
@@ -917,35 +939,14 @@ impl<T: Transform> Shared<T> {
                     .await;
             }
         };
-        let Some(topic) = self.output.as_deref() else {
-            if !outputs.is_empty() {
-                let error = format!(
-                    "stage {} has no output topic but produced records",
-                    self.stage
-                );
-                return self
-                    .dead_letters
-                    .send(record, LoopReason::NoOutputTopic.label(), error, 1)
-                    .await;
+        let records = match self.outgoing_records(&outputs) {
+            Ok(records) => records,
+            Err((reason, error)) => {
+                return self.dead_letters.send(record, reason, error, 1).await;
             }
-            return Ok(());
         };
-        let mut encoded = Vec::with_capacity(outputs.len());
-        for output in &outputs {
-            match output.value.encode() {
-                Ok(bytes) => encoded.push((output.key.as_bytes(), bytes)),
-                Err(e) => {
-                    return self
-                        .dead_letters
-                        .send(record, LoopReason::Encode.label(), e.to_string(), 1)
-                        .await
-                }
-            }
-        }
         drop(transforming);
-        let sends = encoded
-            .iter()
-            .map(|(key, bytes)| self.publisher.send(topic, key, bytes));
+        let sends = records.iter().map(|out| self.publisher.send_record(out));
         let mut rejected = None;
         for result in futures::future::join_all(sends).await {
             match result {
@@ -963,6 +964,47 @@ impl<T: Transform> Shared<T> {
             }
             None => Ok(()),
         }
+    }
+
+    /// `outputs` encoded, each for its topic; or the reason and error to dead-letter
+    /// the input with instead: an output that cannot be encoded, has no topic, or is
+    /// larger than its topic takes (which would poison a transaction holding it).
+    pub(crate) fn outgoing_records(
+        &self,
+        outputs: &[Keyed<T::Output>],
+    ) -> Result<Vec<Outgoing>, (&'static str, String)> {
+        let mut records = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let Some(topic) = output.value.side_topic().or(self.output.as_deref()) else {
+                let error = format!(
+                    "stage {} has no output topic but produced records",
+                    self.stage
+                );
+                return Err((LoopReason::NoOutputTopic.label(), error));
+            };
+            let payload = output
+                .value
+                .encode_output()
+                .map_err(|e| (LoopReason::Encode.label(), e.to_string()))?;
+            let size = output.key.len() + payload.len();
+            if self
+                .topic_max_bytes
+                .get(topic)
+                .is_some_and(|&max| size > max)
+            {
+                let error = format!(
+                    "{topic} refused a record of {size} bytes: above its max.message.bytes"
+                );
+                return Err((LoopReason::OutputRejected.label(), error));
+            }
+            records.push(Outgoing {
+                topic: topic.to_string(),
+                partition: None,
+                key: output.key.as_bytes().to_vec(),
+                payload,
+            });
+        }
+        Ok(records)
     }
 
     /// A transform's permit, or None when shutdown comes first (the record is left

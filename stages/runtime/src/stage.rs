@@ -26,6 +26,8 @@ pub struct StageRuntime {
     pub dead_letter_topic: String,
     /// The largest record each topic of topology.yaml takes (its `max.message.bytes`).
     pub topic_max_bytes: Arc<BTreeMap<String, usize>>,
+    /// Each record type's topic, by schema file (the first topic by name).
+    pub topics_by_schema: Arc<BTreeMap<String, String>>,
     pub settings: StageSettings,
     pub clients: KafkaClients,
     pub registry: Registry,
@@ -57,6 +59,29 @@ impl StageRuntime {
     /// The largest record the output topic takes.
     pub fn output_max_bytes(&self) -> Option<usize> {
         self.topic_max_bytes(self.output.as_deref()?)
+    }
+
+    /// The topic of `R` records: `chosen` (a stage's option) when set, else the one
+    /// topology.yaml gives `R`'s schema. For a stage that reads or writes a kind of
+    /// record beside its input and output (the processor's summaries).
+    pub fn topic_of<R: crate::AvroRecord>(&self, chosen: Option<&str>) -> anyhow::Result<String> {
+        let topic = match chosen {
+            Some(topic) => topic,
+            None => self.topics_by_schema.get(R::SCHEMA_FILE).ok_or_else(|| {
+                anyhow!(
+                    "stage {}: no topic of topology.yaml holds {} records",
+                    self.name,
+                    R::SCHEMA_FILE
+                )
+            })?,
+        };
+        if !self.topic_max_bytes.contains_key(topic) {
+            bail!(
+                "stage {}: topic {topic} is not declared in topology.yaml",
+                self.name
+            );
+        }
+        Ok(topic.to_string())
     }
 
     /// The largest record the input topic takes.
@@ -117,6 +142,17 @@ impl StageRuntime {
                     .topics
                     .iter()
                     .map(|(name, spec)| (name.clone(), spec.max_message_bytes()))
+                    .collect(),
+            ),
+            topics_by_schema: Arc::new(
+                topology
+                    .topics
+                    .iter()
+                    .rev()
+                    .filter_map(|(name, spec)| {
+                        let file = spec.schema.file_name()?.to_str()?;
+                        Some((file.to_string(), name.clone()))
+                    })
                     .collect(),
             ),
             metrics_addr: SocketAddr::new(settings.metrics_bind, port),
@@ -188,7 +224,8 @@ pub struct LoopSpec {
     /// The value of the `loop` label on its loop metrics.
     pub name: &'static str,
     pub input: String,
-    pub output: String,
+    /// None: a loop that publishes nothing (the export's).
+    pub output: Option<String>,
     pub group: String,
 }
 
@@ -208,7 +245,7 @@ impl StageRuntime {
             // The stage's name stays: dead letters and client ids name the stage.
             runtimes.push(StageRuntime {
                 input: Some(spec.input.clone()),
-                output: Some(spec.output.clone()),
+                output: spec.output.clone(),
                 group: Some(spec.group.clone()),
                 registry,
                 readiness: Readiness::new("starting"),

@@ -190,7 +190,7 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
     for (full_name, bare, commit) in &repos {
         let repo = git2::Repository::open_bare(bare).unwrap();
         let record = unstored_clone_record(full_name, commit);
-        for (path, verdict) in judge.examine(&repo, &record).unwrap() {
+        for (path, verdict) in judge.examine(&repo, &record).unwrap().verdicts {
             if let Verdict::Keep(file) = verdict {
                 expected.insert((full_name.clone(), path, file.content_hash));
             }

@@ -13,9 +13,9 @@ use codelupe_runtime::clone_store::{CloneStore, PackRef};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::records::{CodeFile, RepoClone};
+use codelupe_runtime::records::{CodeFile, RepoClone, RepoSummary};
 use codelupe_runtime::topology::Topology;
-use codelupe_runtime::{AvroRecord, StageRuntime, Transform};
+use codelupe_runtime::{AvroRecord, Keyed, Output, StageRuntime, Transform};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +103,7 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     let verdicts: BTreeMap<String, Verdict> = processor
         .examine(&git2::Repository::open_bare(&bare).unwrap(), &clone)
         .unwrap()
+        .verdicts
         .into_iter()
         .collect();
     for (path, reason) in EXPECTED_SKIPS {
@@ -138,11 +139,43 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     );
     assert_eq!(verdicts.len(), GOOD.len() + EXPECTED_SKIPS.len() + 1);
 
-    let records = processor.transform(clone.clone()).await.unwrap();
+    let mut records = processor.transform(clone.clone()).await.unwrap();
+    // The clone's summary comes last, for the summaries topic, keyed by the repository.
+    let summary = records.pop().unwrap();
+    assert_eq!(summary.key, "fixture/kinds");
+    assert_eq!(summary.value.side_topic(), Some("repo-summaries"));
+    let summary = summary.value.into_summary().expect("a summary");
+    RepoSummary::decode(&summary.encode().unwrap()).unwrap();
+    assert_eq!(summary.commit_id, commit);
+    assert_eq!(summary.stars, Some(100));
+    assert_eq!(summary.files_seen as usize, verdicts.len());
+    assert_eq!(summary.files_published as usize, GOOD.len());
+    assert_eq!(
+        summary.files_published + summary.files_skipped.values().sum::<i64>(),
+        summary.files_seen,
+        "every file seen is published or skipped for a reason"
+    );
+    assert_eq!(summary.files_skipped.get("duplicate"), Some(&1));
+    assert_eq!(summary.files_skipped.get("vendored"), Some(&2));
+    assert_eq!(
+        summary.published_by_language.values().sum::<i64>(),
+        summary.files_published
+    );
+    let records: Vec<Keyed<CodeFile>> = records
+        .into_iter()
+        .map(|r| Keyed {
+            key: r.key,
+            value: r.value.into_file().expect("files before the summary"),
+        })
+        .collect();
     assert_eq!(
         records.len(),
         GOOD.len(),
         "zz/lib.rs is the same content as src/lib.rs"
+    );
+    assert_eq!(
+        summary.bytes_published,
+        records.iter().map(|r| r.value.size_bytes).sum::<i64>()
     );
     let mut paths: Vec<&str> = records.iter().map(|r| r.value.path.as_str()).collect();
     paths.sort();
@@ -265,7 +298,9 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
     // fetches), so they are examined where they lie rather than packed.
     let examine = |bare: &Path, name: &str, commit: &str| {
         let repo = git2::Repository::open_bare(bare).unwrap();
-        processor.examine(&repo, &unstored_clone_record(name, commit))
+        processor
+            .examine(&repo, &unstored_clone_record(name, commit))
+            .map(|e| e.verdicts)
     };
     let verdicts = examine(&bare, "mallory/huge", &commit).unwrap();
     let kept = verdicts
@@ -420,6 +455,17 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
         languages.insert(file.language.clone());
     }
     assert!(languages.contains("Rust"), "{languages:?}");
+    // One summary per clone on its own topic, counting the files published above.
+    let summaries: Vec<RepoSummary> =
+        read_all(&format!("repo-summaries-{suffix}"), Duration::from_secs(2))
+            .iter()
+            .map(|(_, value)| RepoSummary::decode(value).unwrap())
+            .collect();
+    assert_eq!(summaries.len(), crates.len());
+    assert_eq!(
+        summaries.iter().map(|s| s.files_published).sum::<i64>() as usize,
+        records.len()
+    );
     println!(
         "processor: {} crates, {} files published, languages {languages:?}",
         crates.len(),

@@ -75,6 +75,27 @@ fn repo_clone_matches_its_schema() {
         license_reported: None,
         pack_bytes: 310_442,
         pack_sha256: "ab".repeat(32),
+        stars: Some(1_204),
+    });
+}
+
+#[test]
+fn repo_summary_matches_its_schema() {
+    check(RepoSummary {
+        full_name: "a/b".into(),
+        commit_id: "0123456789abcdef0123456789abcdef01234567".into(),
+        stars: None,
+        quality_score: 61.25,
+        license_reported: Some("MIT".into()),
+        licenses_detected: vec!["MIT".into(), "Apache-2.0".into()],
+        license_outcome: Some("allowed".into()),
+        files_seen: 120,
+        files_published: 80,
+        bytes_published: 1 << 20,
+        published_by_language: BTreeMap::from([("Rust".into(), 78), ("Python".into(), 2)]),
+        files_skipped: BTreeMap::from([("vendored".into(), 30), ("too_small".into(), 10)]),
+        redactions: BTreeMap::from([("email".into(), 3)]),
+        cloned_at_ms: now_ms(),
     });
 }
 
@@ -214,6 +235,7 @@ fn a_value_of_another_schema_is_rejected_by_fingerprint() {
         license_reported: None,
         pack_bytes: 0,
         pack_sha256: String::new(),
+        stars: None,
     };
     let err = RepoUrl::decode(&clone.encode().unwrap()).unwrap_err();
     assert!(
@@ -241,6 +263,7 @@ fn every_topic_schema_in_the_topology_has_a_record_type() {
         NeardupProbe::SCHEMA_FILE,
         NeardupGather::SCHEMA_FILE,
         NearDuplicate::SCHEMA_FILE,
+        RepoSummary::SCHEMA_FILE,
     ];
     for (name, topic) in &topology.topics {
         let file = topic.schema.file_name().unwrap().to_str().unwrap();

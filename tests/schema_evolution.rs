@@ -57,6 +57,7 @@ fn repo_clone() -> RepoClone {
         license_reported: Some("BSD-3-Clause".into()),
         pack_bytes: 310_442,
         pack_sha256: "cd".repeat(32),
+        stars: Some(7),
     }
 }
 
@@ -103,10 +104,13 @@ fn every_earlier_code_files_version_decodes_with_the_new_fields_at_their_default
 #[test]
 fn every_earlier_repo_clones_version_decodes_with_the_new_fields_at_their_defaults() {
     let today = repo_clone();
-    check_earlier_versions(&today, 2, |version| {
+    check_earlier_versions(&today, 3, |version| {
         let mut expected = today.clone();
-        expected.pack_bytes = 0;
-        expected.pack_sha256 = String::new();
+        expected.stars = None;
+        if version <= 2 {
+            expected.pack_bytes = 0;
+            expected.pack_sha256 = String::new();
+        }
         if version == 1 {
             expected.license_reported = None;
         }
@@ -130,6 +134,7 @@ fn lineages() -> Vec<(&'static str, &'static str, &'static SchemaLineage)> {
         of::<NeardupProbe>(),
         of::<NeardupGather>(),
         of::<NearDuplicate>(),
+        of::<RepoSummary>(),
     ]
 }
 

@@ -297,6 +297,7 @@ fn output(repo: &RepoUrl, marker: &Marker, score: f64) -> Vec<Keyed<RepoClone>> 
             license_reported: repo.license_spdx.clone(),
             pack_bytes: marker.pack_bytes,
             pack_sha256: marker.pack_sha256.clone(),
+            stars: Some(repo.stars),
         },
     }]
 }

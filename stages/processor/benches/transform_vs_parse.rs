@@ -89,7 +89,7 @@ fn main() {
     let files: usize = clones.iter().map(bare_parse).sum();
     let examined: usize = clones
         .iter()
-        .map(|c| one.examine(&c.1, &c.0).unwrap().len())
+        .map(|c| one.examine(&c.1, &c.0).unwrap().verdicts.len())
         .sum();
     let (mut bare, mut stage1, mut stage2) = (Vec::new(), Vec::new(), Vec::new());
     let mut with_curation = Vec::new();

@@ -14,6 +14,7 @@ pub mod parse;
 pub mod redact;
 pub mod score;
 pub mod select;
+pub mod summary;
 pub mod text;
 
 use std::collections::{HashMap, HashSet};
@@ -24,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use codelupe_runtime::clone_store::{self, CloneStore, ReadError};
-use codelupe_runtime::descriptor::{Bound, Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
+use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense};
+use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense, RepoSummary};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
 use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
@@ -36,9 +37,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::decontaminate::{Benchmarks, DecontaminationOptions};
-use crate::license::{FileLicenses, LicenseOptions};
+use crate::license::{FileLicenses, LicenseOptions, LicenseOutcome};
 use crate::metrics::{CloneError, ProcessorMetrics, Skip};
 use crate::select::PathVerdict;
+use crate::summary::{Published, Summarizing};
 
 pub const STAGE: &str = "processor";
 
@@ -47,7 +49,11 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     runs: Runs::InProcess(|runtime| Box::pin(run(runtime))),
     bound_by: Bound::Cpu,
     progress: LOOP_PROGRESS,
-    flow: LOOP_FLOW,
+    // Files, not records: a clone's summary is a record too.
+    flow: Some(Flow {
+        consumed: codelupe_runtime::pipeline::RECORDS_CONSUMED,
+        produced: metrics::FILES_PROCESSED,
+    }),
     // Where the downloader's embedded default puts the clones.
     offline_options: "{store: .codelupe/clones, work_dir: .codelupe/work/processor}",
     prepare_offline: None,
@@ -81,6 +87,9 @@ pub struct ProcessorOptions {
     pub redact: bool,
     /// Which repositories' code is kept, by license.
     pub licenses: LicenseOptions,
+    /// Where each clone's summary goes (the dataset's repositories table), in the
+    /// transaction of its files; by default the topic of `repo-summaries.avsc` records.
+    pub summaries_topic: Option<String>,
 }
 
 impl Default for ProcessorOptions {
@@ -98,8 +107,19 @@ impl Default for ProcessorOptions {
             decontamination: DecontaminationOptions::default(),
             redact: true,
             licenses: LicenseOptions::default(),
+            summaries_topic: None,
         }
     }
+}
+
+/// Every file of a clone with its verdict, in tree order, and the license that decided
+/// whether any is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Examined {
+    pub verdicts: Verdicts,
+    pub license: RepoLicense,
+    /// The policy's verdict; None when the policy is off.
+    pub outcome: Option<LicenseOutcome>,
 }
 
 /// The outcome for one file.
@@ -180,7 +200,7 @@ impl Processor {
         &self,
         pack: &[u8],
         clone: &RepoClone,
-    ) -> Result<Verdicts, TransformError<CloneError>> {
+    ) -> Result<Examined, TransformError<CloneError>> {
         let dir = self.work.temporary().map_err(|e| {
             TransformError::retryable(CloneError::Worker, format!("working folder: {e:#}"))
         })?;
@@ -193,7 +213,7 @@ impl Processor {
         &self,
         repo: &git2::Repository,
         clone: &RepoClone,
-    ) -> Result<Verdicts, TransformError<CloneError>> {
+    ) -> Result<Examined, TransformError<CloneError>> {
         let corrupt = |e: git2::Error| corrupt(clone, e);
         let oid = git2::Oid::from_str(&clone.commit_id).map_err(corrupt)?;
         let tree = repo
@@ -209,10 +229,14 @@ impl Processor {
             TreeError::Bomb(why) => bomb(why),
             TreeError::Corrupt(e) => corrupt(e),
         })?;
-        let (keep, license) = self.license_of(repo, &listed, clone).map_err(corrupt)?;
-        if !keep {
+        let (outcome, license) = self.license_of(repo, &listed, clone).map_err(corrupt)?;
+        if !outcome.is_none_or(LicenseOutcome::keeps) {
             let refused = |f: tree::FileEntry| (f.path, Verdict::Skip(Skip::License));
-            return Ok(listed.into_iter().map(refused).collect());
+            return Ok(Examined {
+                verdicts: listed.into_iter().map(refused).collect(),
+                license,
+                outcome,
+            });
         }
         let (to_read, mut verdicts) = self.select(listed);
         tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree)
@@ -238,7 +262,11 @@ impl Processor {
             }
             (path, verdict)
         }));
-        Ok(verdicts)
+        Ok(Examined {
+            verdicts,
+            license,
+            outcome,
+        })
     }
 
     /// The licenses of one license file, by its blob id: the same text (a stock
@@ -265,18 +293,18 @@ impl Processor {
     }
 
     /// The license of `clone` from its top-level license files and GitHub's word, and
-    /// whether the policy keeps its files.
+    /// the policy's verdict on it (None when the policy is off: every file may be kept).
     fn license_of(
         &self,
         repo: &git2::Repository,
         listed: &[tree::FileEntry],
         clone: &RepoClone,
-    ) -> Result<(bool, RepoLicense), git2::Error> {
+    ) -> Result<(Option<LicenseOutcome>, RepoLicense), git2::Error> {
         let o = &self.options.licenses;
         if !o.enabled {
             let reported = clone.license_reported.clone();
             return Ok((
-                true,
+                None,
                 RepoLicense {
                     reported,
                     ..RepoLicense::default()
@@ -301,7 +329,7 @@ impl Processor {
                 .map(|c| (f64::from(c) * 1000.0).round() / 1000.0),
             reported: clone.license_reported.clone(),
         };
-        Ok((outcome.keeps(), license))
+        Ok((Some(outcome), license))
     }
 
     /// Splits listed files into those to read (with their language) and those skipped
@@ -425,47 +453,57 @@ impl Processor {
 
 impl Transform for Processor {
     type Input = RepoClone;
-    type Output = CodeFile;
+    type Output = Published;
     type Reason = CloneError;
 
+    /// The clone's files worth training on, each content once, then its summary.
     async fn transform(
         &self,
         clone: RepoClone,
-    ) -> Result<Vec<Keyed<CodeFile>>, TransformError<CloneError>> {
+    ) -> Result<Vec<Keyed<Published>>, TransformError<CloneError>> {
         let permit = self.examining.clone().acquire_owned().await.map_err(|e| {
             TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
         })?;
         let pack = self.read_pack(&clone).await?;
         let this = self.clone();
+        let for_worker = clone.clone();
         let examined = tokio::task::spawn_blocking(move || {
             let _examining = permit;
-            this.examine_pack(&pack, &clone)
+            this.examine_pack(&pack, &for_worker)
         })
         .await
         .map_err(|e| {
             TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
         })??;
+        let mut summary = Summarizing::new(&clone, &examined);
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (_, verdict) in examined {
-            match verdict {
-                Verdict::Skip(reason) => self.metrics.files_skipped.inc(reason),
-                Verdict::Keep(file) => {
-                    if seen.insert(file.content_hash.clone()) {
-                        self.metrics.files_processed.inc();
-                        out.push(Keyed {
-                            key: file.content_hash.clone(),
-                            value: *file,
-                        });
-                    } else {
-                        self.metrics.files_skipped.inc(Skip::Duplicate);
-                    }
+        for (_, verdict) in examined.verdicts {
+            let reason = match verdict {
+                Verdict::Keep(file) if seen.insert(file.content_hash.clone()) => {
+                    self.metrics.files_processed.inc();
+                    summary.published(&file);
+                    out.push(Keyed {
+                        key: file.content_hash.clone(),
+                        value: Published::File(file),
+                    });
+                    continue;
                 }
-            }
+                Verdict::Keep(_) => Skip::Duplicate,
+                Verdict::Skip(reason) => reason,
+            };
+            self.metrics.files_skipped.inc(reason);
+            summary.skipped(reason);
         }
+        let topic = self.options.summaries_topic.as_deref();
+        out.push(summary.finish(topic.unwrap_or(SUMMARIES_TOPIC)));
         Ok(out)
     }
 }
+
+/// The summaries' topic where the stage was not started from a topology (a library
+/// user's `Processor`).
+const SUMMARIES_TOPIC: &str = "repo-summaries";
 
 /// License files whose matches the processor keeps (a few hundred bytes each).
 const LICENSE_CACHE_ENTRIES: usize = 10_000;
@@ -490,7 +528,11 @@ fn corrupt(clone: &RepoClone, e: git2::Error) -> TransformError<CloneError> {
 
 /// Runs the stage until shutdown.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
-    let options: ProcessorOptions = runtime.settings.options(STAGE)?;
+    let mut options: ProcessorOptions = runtime.settings.options(STAGE)?;
+    let summaries = runtime
+        .topic_of::<RepoSummary>(options.summaries_topic.as_deref())
+        .context("stages.processor.options.summaries_topic")?;
+    options.summaries_topic = Some(summaries);
     runtime.check_output_fits(
         options.max_bytes + RECORD_METADATA_BYTES,
         "stages.processor.options.max_bytes plus the record's metadata",

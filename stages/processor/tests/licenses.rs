@@ -150,8 +150,9 @@ fn judge(
         ..unstored_clone_record("acme/repo", &commit)
     };
     let repo = git2::Repository::open_bare(&bare).unwrap();
-    let verdicts = processor.examine(&repo, &clone).unwrap();
-    let (_, verdict) = verdicts
+    let examined = processor.examine(&repo, &clone).unwrap();
+    let (_, verdict) = examined
+        .verdicts
         .into_iter()
         .find(|(p, _)| p == "src/lib.rs")
         .unwrap();

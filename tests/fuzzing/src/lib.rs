@@ -317,6 +317,7 @@ fn clone() -> RepoClone {
         license_reported: None,
         pack_bytes: 0,
         pack_sha256: String::new(),
+        stars: None,
     }
 }
 

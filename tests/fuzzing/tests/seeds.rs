@@ -132,6 +132,7 @@ fn write_seed_corpora() {
         license_reported: None,
         pack_bytes: 31_007,
         pack_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        stars: None,
     };
     let (path, content) = &sources[0];
     let content = String::from_utf8_lossy(content).into_owned();

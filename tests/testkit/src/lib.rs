@@ -307,6 +307,7 @@ pub fn clone_record(full_name: &str, pack: &PackRef, commit: &str) -> RepoClone 
         license_reported: None,
         pack_bytes: pack.bytes,
         pack_sha256: pack.sha256.clone(),
+        stars: Some(100),
     }
 }
 

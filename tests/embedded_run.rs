@@ -294,6 +294,31 @@ fn check_dataset(work: &Path, summary: &str) {
         kept,
         "rows DuckDB read"
     );
+    // The catalogue: a row per repository the processor read, and the card's filter
+    // counts as the stages' summary lines give them.
+    let published: u64 = summary
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("files")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no processor count in the summary:\n{summary}"));
+    let repositories = &seen["repositories"];
+    assert!(
+        repositories["datasets_rows"].as_u64() > Some(0),
+        "no repository in the catalogue: {seen}"
+    );
+    let card = std::fs::read_to_string(work.join(".codelupe/dataset/README.md")).unwrap();
+    for line in [
+        format!("| published by the processor | {published} |"),
+        format!("| in this dataset | {kept} |"),
+    ] {
+        assert!(card.contains(&line), "{line}\n{card}");
+    }
 }
 
 fn check_tail(work: &Path) {

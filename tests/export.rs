@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use codelupe_export::store::{DataFile, DatasetStore};
-use codelupe_runtime::records::CodeFile;
+use codelupe_runtime::records::{now_ms, CodeFile, NearDuplicate, RepoSummary};
 use codelupe_runtime::AvroRecord;
-use codelupe_testkit::dataset::{data_files, hashes_in};
+use codelupe_testkit::dataset::{data_files, strings_in};
 use support::*;
 
 struct Export {
@@ -65,16 +65,69 @@ impl Export {
     /// Every row's content hash, read through the store as a reader of it would (a
     /// file deleted meanwhile is skipped).
     async fn exported(&self) -> Vec<String> {
+        self.column("data", "content_hash").await
+    }
+
+    /// A text column of every row of one table.
+    async fn column(&self, table: &str, column: &str) -> Vec<String> {
         let store = self.store();
-        let mut hashes = Vec::new();
-        for file in store.data_files().await.unwrap() {
+        let mut values = Vec::new();
+        for file in store.files(table).await.unwrap() {
             if let Some(bytes) = store.read(&file).await.unwrap() {
-                hashes.extend(hashes_in(bytes, file.key().as_ref()));
+                values.extend(strings_in(bytes, file.key().as_ref(), column));
             }
         }
-        hashes
+        values
     }
 }
+
+/// The processor's summary of each repository of `files`, all of them published, and
+/// one vendored file skipped each.
+fn summaries(files: &[CodeFile]) -> Vec<RepoSummary> {
+    let mut by_repository: BTreeMap<&str, Vec<&CodeFile>> = BTreeMap::new();
+    for file in files {
+        by_repository
+            .entry(&file.repo_full_name)
+            .or_default()
+            .push(file);
+    }
+    by_repository
+        .into_iter()
+        .map(|(name, files)| RepoSummary {
+            full_name: name.to_string(),
+            commit_id: files[0].commit_id.clone(),
+            stars: Some(42),
+            quality_score: 50.0,
+            license_reported: Some("MIT".into()),
+            licenses_detected: vec!["MIT".into()],
+            license_outcome: Some("allowed".into()),
+            files_seen: files.len() as i64 + 1,
+            files_published: files.len() as i64,
+            bytes_published: files.iter().map(|f| f.size_bytes).sum(),
+            published_by_language: BTreeMap::from([("Rust".to_string(), files.len() as i64)]),
+            files_skipped: BTreeMap::from([("vendored".to_string(), 1)]),
+            redactions: BTreeMap::new(),
+            cloned_at_ms: now_ms(),
+        })
+        .collect()
+}
+
+/// `n` files dropped as near-duplicates of the corpus's first.
+fn near_duplicates(files: &[CodeFile], n: usize) -> Vec<NearDuplicate> {
+    (0..n)
+        .map(|i| NearDuplicate {
+            content_hash: format!("{i:064x}"),
+            repo_full_name: "elsewhere/copy".into(),
+            path: format!("copy{i}.rs"),
+            representative: files[0].content_hash.clone(),
+            similarity: 0.9,
+            judged_at_ms: now_ms(),
+        })
+        .collect()
+}
+
+/// Near-duplicates the export tests drop.
+const DROPPED: usize = 7;
 
 fn corpus() -> Vec<CodeFile> {
     let mut seen = std::collections::BTreeSet::new();
@@ -132,7 +185,35 @@ fn check_real_clients(dataset: &Path, files: &[CodeFile]) -> BTreeMap<String, us
         card.contains(&format!("| email | {} |", files.len() / 2)),
         "{card}"
     );
+    check_catalogue(&seen, &card, files);
     per_language
+}
+
+/// The repositories and near-duplicates tables as `datasets` and DuckDB read them, and
+/// the card's filter counts summed from them.
+fn check_catalogue(seen: &serde_json::Value, card: &str, files: &[CodeFile]) {
+    let repositories = summaries(files);
+    let catalogue = &seen["repositories"];
+    assert_eq!(catalogue["datasets_rows"], repositories.len());
+    assert_eq!(seen["card_configs"]["repositories"], repositories.len());
+    assert_eq!(seen["near_duplicates_rows"], DROPPED);
+    for summary in &repositories {
+        // "Is my repository in it, and which files?": one join of the two tables.
+        let row = &catalogue["rows"][&summary.full_name];
+        assert_eq!(row["published"], summary.files_published, "{row}");
+        assert_eq!(row["in_dataset"], summary.files_published, "{row}");
+        assert_eq!(row["vendored"], 1, "{row}");
+    }
+    let seen_files: i64 = repositories.iter().map(|r| r.files_seen).sum();
+    for line in [
+        format!("| in the repositories' trees | {seen_files} |"),
+        format!("| skipped: vendored | {} |", repositories.len()),
+        format!("| published by the processor | {} |", files.len()),
+        format!("| dropped as near-duplicates | {DROPPED} |"),
+        format!("| in this dataset | {} |", files.len()),
+    ] {
+        assert!(card.contains(&line), "{line}\n{card}");
+    }
 }
 
 /// Two replicas export the corpus, one SIGKILLed mid-stream and restarted, after a
@@ -143,14 +224,16 @@ async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
     // and its commit leaves them: the stage must delete the file, not leave its rows to
     // be read twice.
     let orphan = DataFile {
-        folder: "rust".into(),
+        folder: "data/rust".into(),
         partition: 0,
         first: 0,
         last: 7,
     };
     let store = run.store();
     let left_behind: Vec<&CodeFile> = files[..8].iter().collect();
-    let parquet = codelupe_export::rows::parquet_file(&left_behind, 1 << 20).unwrap();
+    let parquet =
+        codelupe_export::table::parquet_file::<codelupe_export::rows::Files>(&left_behind, 1 << 20)
+            .unwrap();
     store.put(&orphan.key(), parquet).await.unwrap();
     let half = files.len() / 2;
     let records = |files: &[CodeFile]| {
@@ -162,6 +245,19 @@ async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
     let input = format!("distinct-files-{}", run.suffix);
     let first = run.start(0);
     let _second = run.start(1);
+    let repositories = summaries(files);
+    let summaries_topic = format!("repo-summaries-{}", run.suffix);
+    let summaries_records = repositories
+        .iter()
+        .map(|r| (r.full_name.clone(), r.encode().unwrap()))
+        .collect();
+    produce_all(&summaries_topic, summaries_records).await;
+    let dropped_topic = format!("near-duplicates-{}", run.suffix);
+    let dropped_records = near_duplicates(files, DROPPED)
+        .iter()
+        .map(|d| (d.content_hash.clone(), d.encode().unwrap()))
+        .collect();
+    produce_all(&dropped_topic, dropped_records).await;
     produce_all(&input, records(&files[..half])).await;
     wait_for("some rows exported", Duration::from_secs(60), || {
         run.rows(0) >= 40.0
@@ -171,7 +267,9 @@ async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
     let _restarted = run.start(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     while run.exported().await.len() < files.len()
-        || store.data_files().await.unwrap().contains(&orphan)
+        || store.files("data").await.unwrap().contains(&orphan)
+        || run.column("repositories", "repository").await.len() < repositories.len()
+        || run.column("near-duplicates", "path").await.len() < DROPPED
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -195,7 +293,15 @@ async fn export_with_a_kill(run: &Export, files: &[CodeFile]) {
         );
     }
     assert_eq!(exported.len(), files.len());
-    let left = store.data_files().await.unwrap();
+    let mut catalogued = run.column("repositories", "repository").await;
+    catalogued.sort();
+    let expected: Vec<String> = repositories.iter().map(|r| r.full_name.clone()).collect();
+    assert_eq!(
+        catalogued, expected,
+        "each repository once in the catalogue"
+    );
+    assert_eq!(run.column("near-duplicates", "path").await.len(), DROPPED);
+    let left = store.files("data").await.unwrap();
     assert!(
         !left.contains(&orphan),
         "the uncommitted flush's file is still there"

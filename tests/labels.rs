@@ -31,8 +31,9 @@ fn registries() -> Vec<(&'static str, Registry)> {
     codelupe_neardup::metrics::NeardupMetrics::register(&neardup).unwrap();
     LoopMetrics::register::<codelupe_neardup::metrics::NeardupError>(&neardup).unwrap();
     let export = Registry::new();
-    codelupe_export::metrics::ExportMetrics::register(&export).unwrap();
-    LoopMetrics::register::<<codelupe_export::Exporter as Aggregate>::Reason>(&export).unwrap();
+    codelupe_export::metrics::ExportMetrics::register(&export, "export").unwrap();
+    type Export = codelupe_export::Exporter<codelupe_export::rows::Files>;
+    LoopMetrics::register::<<Export as Aggregate>::Reason>(&export).unwrap();
     let trainer = Registry::new();
     codelupe_trainer_api::metrics::TrainerMetrics::register(&trainer).unwrap();
     vec![

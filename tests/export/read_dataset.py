@@ -1,6 +1,9 @@
 """Reads an exported dataset as its users would, with Hugging Face `datasets` and
-DuckDB, and prints what each saw as JSON: rows, content hashes, rows per language, and
-the rows of each config the dataset card (README.md) declares."""
+DuckDB, and prints what each saw as JSON: rows, content hashes, rows per language, the
+rows of each config the dataset card (README.md) declares, and the catalogue: the
+repositories table with each repository's files in the data, and the near-duplicates
+table."""
+import glob
 import json
 import os
 import shutil
@@ -30,6 +33,28 @@ card_configs = {}
 if os.path.exists(f"{root}/README.md"):
     for name in datasets.get_dataset_config_names(root):
         card_configs[name] = datasets.load_dataset(root, name, split="train", cache_dir=cache).num_rows
+# The catalogue: "is my repository in it, and which files?" as one query.
+repositories = {}
+if glob.glob(f"{root}/repositories/*.parquet"):
+    by_datasets = datasets.load_dataset(
+        "parquet", data_files=f"{root}/repositories/*.parquet", split="train", cache_dir=cache
+    )
+    rows = duckdb.sql(
+        f"""SELECT r.repository, r.files_published, r.files_skipped.vendored,
+                   count(d.path) AS in_dataset
+            FROM read_parquet('{root}/repositories/*.parquet') r
+            LEFT JOIN read_parquet('{files}') d ON d.repository = r.repository
+            GROUP BY ALL"""
+    ).fetchall()
+    repositories = {
+        "datasets_rows": by_datasets.num_rows,
+        "rows": {name: {"published": p, "vendored": v, "in_dataset": n} for name, p, v, n in rows},
+    }
+near_duplicates = 0
+if glob.glob(f"{root}/near-duplicates/*.parquet"):
+    near_duplicates = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{root}/near-duplicates/*.parquet')"
+    ).fetchall()[0][0]
 print(json.dumps({
     "datasets_rows": loaded.num_rows,
     "datasets_columns": loaded.column_names,
@@ -38,5 +63,7 @@ print(json.dumps({
     "duckdb_emails": sum(row[1] for row in by_duckdb),
     "duckdb_per_language": dict(per_language),
     "card_configs": card_configs,
+    "repositories": repositories,
+    "near_duplicates_rows": near_duplicates,
 }))
 shutil.rmtree(cache, ignore_errors=True)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions};
 use codelupe_runtime::records::{
-    CodeFile, DeadLetter, NearDuplicate, RepoClone, RepoUrl, TrainingBatch,
+    CodeFile, DeadLetter, NearDuplicate, RepoClone, RepoSummary, RepoUrl, TrainingBatch,
 };
 use codelupe_runtime::{AvroRecord, Transform};
 use codelupe_tokenizer::CodeTokenizer;
@@ -27,6 +27,38 @@ pub struct Row {
     pub lost: usize,
     pub duplicated: usize,
     pub dead_lettered: usize,
+}
+
+impl Row {
+    /// A row of a stage that writes each input as one output, exactly once by
+    /// construction: lost and duplicated are where the outputs' multiplicities differ
+    /// from the inputs' (an input on its topic twice is rightly written twice).
+    fn exported(stage: &'static str, inputs: &[String], outputs: &[String]) -> Self {
+        let tally = |items: &[String]| {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for item in items {
+                *counts.entry(item.clone()).or_default() += 1;
+            }
+            counts
+        };
+        let (wanted, written) = (tally(inputs), tally(outputs));
+        let count = |map: &HashMap<String, usize>, key: &str| map.get(key).copied().unwrap_or(0);
+        let keys: HashSet<&String> = wanted.keys().chain(written.keys()).collect();
+        Row {
+            stage,
+            inputs: inputs.len(),
+            outputs: outputs.len(),
+            lost: keys
+                .iter()
+                .map(|k| count(&wanted, k).saturating_sub(count(&written, k)))
+                .sum(),
+            duplicated: keys
+                .iter()
+                .map(|k| count(&written, k).saturating_sub(count(&wanted, k)))
+                .sum(),
+            dead_lettered: 0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +85,7 @@ pub struct Topics {
     pub code_files: String,
     pub distinct_files: String,
     pub near_duplicates: String,
+    pub repo_summaries: String,
     pub training_batches: String,
     pub dead_letters: String,
 }
@@ -161,12 +194,12 @@ impl Ledger {
         let mut expected: HashMap<(String, String), CodeFile> = HashMap::new();
         for clone in cloned.values() {
             match judge.transform((*clone).clone()).await {
-                Ok(files) => expected.extend(files.into_iter().map(|f| {
-                    (
-                        (f.value.repo_full_name.clone(), f.value.path.clone()),
-                        f.value,
-                    )
-                })),
+                Ok(published) => expected.extend(
+                    published
+                        .into_iter()
+                        .filter_map(|p| p.value.into_file())
+                        .map(|f| ((f.repo_full_name.clone(), f.path.clone()), f)),
+                ),
                 Err(e) => ledger.problems.push(format!(
                     "{}: the processor's judgement failed: {e}",
                     clone.full_name
@@ -276,36 +309,33 @@ impl Ledger {
                 .count(),
         });
         // Export: every record of distinct-files is a row of the dataset exactly as often
-        // as it is on the topic (twice only where the topic has it twice).
-        let mut on_topic: HashMap<&str, usize> = HashMap::new();
-        for file in &distinct {
-            *on_topic.entry(file.content_hash.as_str()).or_default() += 1;
-        }
+        // as it is on the topic (twice only where the topic has it twice); the same for
+        // each repository summary and its row of the repositories table.
+        let hashes: Vec<String> = distinct.iter().map(|f| f.content_hash.clone()).collect();
         let rows = codelupe_testkit::dataset::content_hashes(dataset);
-        let mut in_dataset: HashMap<&str, usize> = HashMap::new();
-        for hash in &rows {
-            *in_dataset.entry(hash.as_str()).or_default() += 1;
-        }
-        let count = |map: &HashMap<&str, usize>, hash: &str| map.get(hash).copied().unwrap_or(0);
-        let hashes_seen: HashSet<&str> =
-            on_topic.keys().chain(in_dataset.keys()).copied().collect();
         ledger.rows.push(Row {
-            stage: "export",
-            inputs: distinct.len(),
-            outputs: rows.len(),
-            lost: hashes_seen
-                .iter()
-                .map(|h| count(&on_topic, h).saturating_sub(count(&in_dataset, h)))
-                .sum(),
-            duplicated: hashes_seen
-                .iter()
-                .map(|h| count(&in_dataset, h).saturating_sub(count(&on_topic, h)))
-                .sum(),
             dead_lettered: lettered("export")
                 .keys()
                 .filter(|k| !k.starts_with("poison-"))
                 .count(),
+            ..Row::exported("export", &hashes, &rows)
         });
+        let summaries: Vec<RepoSummary> = decoded(&read_all(&topics.repo_summaries, idle));
+        let summarised: Vec<String> = summaries
+            .iter()
+            .map(|s| format!("{}@{}", s.full_name, s.commit_id))
+            .collect();
+        let column = |name| codelupe_testkit::dataset::column(dataset, "repositories", name);
+        let catalogued: Vec<String> = column("repository")
+            .into_iter()
+            .zip(column("commit"))
+            .map(|(name, commit)| format!("{name}@{commit}"))
+            .collect();
+        ledger.rows.push(Row::exported(
+            "export-repositories",
+            &summarised,
+            &catalogued,
+        ));
         ledger.rows.push(Row {
             stage: "trainer",
             inputs: batches.len(),

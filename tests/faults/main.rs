@@ -287,6 +287,8 @@ fn scenario(delivery: &str) {
         ("neardup-judge", "neardup-gather"),
         ("batcher", "distinct-files"),
         ("export", "distinct-files"),
+        ("export-repositories", "repo-summaries"),
+        ("export-near-duplicates", "near-duplicates"),
         ("trainer", "training-batches"),
     ];
     let mut readers: Vec<(String, LagReader)> = groups
@@ -331,6 +333,7 @@ fn scenario(delivery: &str) {
                 code_files: topic("code-files"),
                 distinct_files: topic("distinct-files"),
                 near_duplicates: topic("near-duplicates"),
+                repo_summaries: topic("repo-summaries"),
                 training_batches: topic("training-batches"),
                 dead_letters: topic("dead-letters"),
             },
@@ -448,6 +451,17 @@ fn scenario(delivery: &str) {
     // of the dataset for each record of distinct-files, and every file whole Parquet.
     let export = ledger.rows.iter().find(|r| r.stage == "export").unwrap();
     assert_eq!(export.duplicated, 0, "export rows written twice");
+    let catalogue = ledger
+        .rows
+        .iter()
+        .find(|r| r.stage == "export-repositories");
+    let catalogue = catalogue.unwrap();
+    assert!(catalogue.inputs > 0, "no repository summary on the topic");
+    assert_eq!(
+        (catalogue.lost, catalogue.duplicated),
+        (0, 0),
+        "each repository summary once in the repositories table"
+    );
     // What a user reads of it: `datasets` and DuckDB see the ledger's rows, and the
     // card's default config loads them all.
     let seen = read_with_python_clients(&dir.join("dataset"));

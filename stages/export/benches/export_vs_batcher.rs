@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use codelupe_batcher::metrics::BatcherMetrics;
 use codelupe_batcher::{Batcher, BatcherOptions};
 use codelupe_export::metrics::ExportMetrics;
+use codelupe_export::rows::Files;
 use codelupe_export::store::DatasetStore;
 use codelupe_export::{ExportOptions, Exporter};
 use codelupe_runtime::aggregate::{Aggregate, InputPosition};
@@ -48,9 +49,9 @@ fn export(runtime: &tokio::runtime::Runtime, files: &[CodeFile], dataset: &Path)
         dataset: dataset.display().to_string(),
         ..ExportOptions::default()
     };
-    let metrics = ExportMetrics::register(&prometheus::Registry::new()).unwrap();
-    let store = DatasetStore::open(&options.dataset).unwrap();
-    let mut exporter = Exporter::new(store, options, metrics).unwrap();
+    let metrics = ExportMetrics::register(&prometheus::Registry::new(), "export").unwrap();
+    let store = std::sync::Arc::new(DatasetStore::open(&options.dataset).unwrap());
+    let mut exporter = Exporter::<Files>::new(store, options, metrics).unwrap();
     let started = Instant::now();
     runtime.block_on(async {
         for (i, file) in files.iter().enumerate() {

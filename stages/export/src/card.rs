@@ -1,13 +1,19 @@
 //! The dataset card: the dataset's `README.md`, with the YAML header Hugging Face reads
 //! (a config per language listing its files, the licences found) and, in its body,
-//! files, rows, bytes and lines per language, licences and redactions. Each data file
-//! has its figures beside it (`stats/<language>/<name>.json`, put with the file), so
-//! any replica rewrites the whole card from them.
+//! files, rows, bytes and lines per language, licences, redactions, and every filter's
+//! counts from the repositories and near-duplicates tables. Each file has its figures
+//! beside it (`stats/<its key>.json`, put with the file), so any replica rewrites the
+//! whole card from them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use codelupe_runtime::records::CodeFile;
+
+use crate::catalogue::{DropStats, NearDuplicates, RepoStats, Repositories};
+use crate::rows::Files;
+use crate::store::DatasetStore;
+use crate::table::Table;
 
 /// What one data file holds.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -72,11 +78,68 @@ struct Language {
     stats: FileStats,
 }
 
-/// The card for the data files whose figures are `stats` (folder, figures).
-pub fn render(stats: &[(String, FileStats)]) -> String {
+/// Every table's figures, summed for the card.
+#[derive(Default)]
+pub struct Figures {
+    /// Each data file's figures, with its folder (`data/python`).
+    pub files: Vec<(String, FileStats)>,
+    pub repositories: RepoStats,
+    /// Files dropped as near-duplicates.
+    pub dropped: u64,
+}
+
+impl Figures {
+    pub async fn read(store: &DatasetStore) -> anyhow::Result<Self> {
+        let mut repositories = RepoStats::default();
+        for (_, stats) in store.stats::<RepoStats>(Repositories::ROOT).await? {
+            repositories.add(&stats);
+        }
+        let dropped = store.stats::<DropStats>(NearDuplicates::ROOT).await?;
+        Ok(Self {
+            files: store.stats(Files::ROOT).await?,
+            repositories,
+            dropped: dropped.iter().map(|(_, d)| d.rows).sum(),
+        })
+    }
+}
+
+impl Figures {
+    /// What tells two readings apart: files, rows, repositories and drops.
+    fn extent(&self) -> (usize, u64, u64, u64) {
+        let rows = self.files.iter().map(|(_, f)| f.rows).sum();
+        (
+            self.files.len(),
+            rows,
+            self.repositories.repositories,
+            self.dropped,
+        )
+    }
+}
+
+/// Rewrites the dataset's README.md from every table's figures. Another table's loop or
+/// another replica may put a file between the reading and the put, and its own card
+/// may land first: the figures are read again after the put, and the card written
+/// again while they moved (three times at most; the next flush writes it anyway).
+pub async fn rewrite(store: &DatasetStore) -> anyhow::Result<()> {
+    let mut figures = Figures::read(store).await?;
+    for _ in 0..3 {
+        store.put_card(render(&figures)).await?;
+        let now = Figures::read(store).await?;
+        if now.extent() == figures.extent() {
+            break;
+        }
+        figures = now;
+    }
+    Ok(())
+}
+
+/// The card for these figures.
+pub fn render(figures: &Figures) -> String {
+    let stats = &figures.files;
     let mut languages: BTreeMap<&str, Language> = BTreeMap::new();
     let mut total = FileStats::default();
     for (folder, file) in stats {
+        let folder = folder.strip_prefix("data/").unwrap_or(folder);
         let language = languages.entry(folder).or_default();
         language.name.clone_from(&file.language);
         language.files += 1;
@@ -94,6 +157,18 @@ pub fn render(stats: &[(String, FileStats)]) -> String {
             card,
             "- config_name: {folder}\n  data_files: \"data/{folder}/*.parquet\""
         );
+    }
+    // The catalogue's tables, once they have a file (a config with none fails to load).
+    for (table, rows) in [
+        (Repositories::ROOT, figures.repositories.repositories),
+        (NearDuplicates::ROOT, figures.dropped),
+    ] {
+        if rows > 0 {
+            let _ = writeln!(
+                card,
+                "- config_name: {table}\n  data_files: \"{table}/*.parquet\""
+            );
+        }
     }
     card.push_str("---\n\n# CodeLupe curated source code\n\n");
     card.push_str(
@@ -127,7 +202,43 @@ pub fn render(stats: &[(String, FileStats)]) -> String {
     for (kind, n) in &total.redactions {
         let _ = writeln!(card, "| {kind} | {n} |");
     }
+    filters(&mut card, figures, total.rows);
     card
+}
+
+/// Every filter's counts, from the files of the repositories seen to this dataset's rows.
+fn filters(card: &mut String, figures: &Figures, rows: u64) {
+    let r = &figures.repositories;
+    let _ = writeln!(
+        card,
+        "\n## How the files were chosen\n\n{} repositories were read ({} bytes of files \
+         published); their files went through these filters, the first that applies \
+         counting (`repositories/` has the counts per repository, `near-duplicates/` \
+         every file dropped and the file it duplicates):\n",
+        r.repositories, r.bytes_published
+    );
+    card.push_str("| step | files |\n|---|---:|\n");
+    let _ = writeln!(card, "| in the repositories' trees | {} |", r.files_seen);
+    for (reason, n) in &r.skipped {
+        let _ = writeln!(card, "| skipped: {reason} | {n} |");
+    }
+    let _ = writeln!(
+        card,
+        "| published by the processor | {} |",
+        r.files_published
+    );
+    let _ = writeln!(card, "| dropped as near-duplicates | {} |", figures.dropped);
+    let _ = writeln!(card, "| in this dataset | {rows} |");
+    card.push_str(
+        "\n`decontaminated` files held a benchmark's prompt or solution; `duplicate` ones \
+         repeated a file of the same repository.\n",
+    );
+    card.push_str(
+        "\n## Repositories by licence verdict\n\n| verdict | repositories |\n|---|---:|\n",
+    );
+    for (outcome, n) in &r.license_outcomes {
+        let _ = writeln!(card, "| {outcome} | {n} |");
+    }
 }
 
 #[cfg(test)]
@@ -162,11 +273,27 @@ mod tests {
             file("C++", None, 2),
             file("Rust", Some("MIT"), 10),
         );
-        let card = render(&[
-            ("cpp".into(), FileStats::of(&[&a, &b])),
-            ("rust".into(), FileStats::of(&[&c])),
-            ("rust".into(), FileStats::of(&[&c])),
-        ]);
+        let repositories = RepoStats {
+            repositories: 2,
+            files_seen: 9,
+            files_published: 5,
+            bytes_published: 20,
+            skipped: [
+                ("vendored".to_string(), 3),
+                ("decontaminated".to_string(), 1),
+            ]
+            .into(),
+            license_outcomes: [("allowed".to_string(), 2)].into(),
+        };
+        let card = render(&Figures {
+            files: vec![
+                ("data/cpp".into(), FileStats::of(&[&a, &b])),
+                ("data/rust".into(), FileStats::of(&[&c])),
+                ("data/rust".into(), FileStats::of(&[&c])),
+            ],
+            repositories,
+            dropped: 1,
+        });
         assert!(card.starts_with("---\n"), "{card}");
         assert!(card.contains("- config_name: cpp\n  data_files: \"data/cpp/*.parquet\""));
         assert!(card.contains("| cpp | C++ | 1 | 2 | 8 | 5 |"), "{card}");
@@ -175,5 +302,16 @@ mod tests {
         assert!(card.contains("| none detected | 1 |"), "{card}");
         assert!(card.contains("| email | 4 |"), "{card}");
         assert!(card.contains("4 rows, 16 bytes of content, 25 lines, in 3 files."));
+        for row in [
+            "| in the repositories' trees | 9 |",
+            "| skipped: vendored | 3 |",
+            "| skipped: decontaminated | 1 |",
+            "| published by the processor | 5 |",
+            "| dropped as near-duplicates | 1 |",
+            "| in this dataset | 4 |",
+            "| allowed | 2 |",
+        ] {
+            assert!(card.contains(row), "{row}\n{card}");
+        }
     }
 }

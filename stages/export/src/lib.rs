@@ -1,6 +1,8 @@
 //! Export: the curated dataset out of Kafka. Reads `distinct-files` and writes Parquet
 //! to an object store laid out as a Hugging Face dataset (`data/<language>/*.parquet`),
-//! which `datasets`, DuckDB, Spark or pandas read as they are.
+//! which `datasets`, DuckDB, Spark or pandas read as they are; beside it the catalogue
+//! (`repositories/` from `repo-summaries`, `near-duplicates/`), each table from its
+//! own topic by a consume loop of its own, all written the same way.
 //!
 //! Exactly once by construction, as Kafka Connect's S3 sink does it: a partition's rows
 //! gather until a file's worth (or the input pauses); each language's rows are then put
@@ -12,9 +14,11 @@
 //! is written twice and none is lost.
 
 pub mod card;
+pub mod catalogue;
 pub mod metrics;
 pub mod rows;
 pub mod store;
+pub mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,13 +27,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Step};
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
-use codelupe_runtime::records::CodeFile;
+use codelupe_runtime::records::{NearDuplicate, RepoSummary};
+use codelupe_runtime::stage::LoopSpec;
 use codelupe_runtime::{StageRuntime, TransformError};
 
-use crate::card::FileStats;
+use crate::catalogue::{NearDuplicates, Repositories};
 use crate::metrics::{ExportError, ExportMetrics};
-use crate::rows::{language_folder, parquet_file};
+use crate::rows::Files;
 use crate::store::{DataFile, DatasetStore};
+use crate::table::{parquet_file, Table};
 
 pub const STAGE: &str = "export";
 
@@ -74,6 +80,11 @@ pub struct ExportOptions {
     pub row_group_bytes: usize,
     /// Rows gathered are written once the input has paused this long.
     pub flush_idle_ms: u64,
+    /// The repositories table's topic; by default the topic of `repo-summaries.avsc`.
+    pub repositories_topic: Option<String>,
+    /// The near-duplicates table's topic; by default the topic of
+    /// `near-duplicates.avsc`.
+    pub near_duplicates_topic: Option<String>,
 }
 
 impl Default for ExportOptions {
@@ -84,22 +95,33 @@ impl Default for ExportOptions {
             file_max_rows: 200_000,
             row_group_bytes: 32 << 20,
             flush_idle_ms: 60_000,
+            repositories_topic: None,
+            near_duplicates_topic: None,
         }
     }
 }
 
 /// One partition's rows not written yet, in offset order.
-#[derive(Default)]
-struct Gathering {
-    files: Vec<(InputPosition, CodeFile)>,
-    content_bytes: usize,
+struct Gathering<R> {
+    rows: Vec<(InputPosition, R)>,
+    bytes: usize,
 }
 
-pub struct Exporter {
-    store: DatasetStore,
+impl<R> Default for Gathering<R> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// Writes one table, `T`, from its topic.
+pub struct Exporter<T: Table> {
+    store: Arc<DatasetStore>,
     options: ExportOptions,
     metrics: ExportMetrics,
-    gathering: HashMap<i32, Gathering>,
+    gathering: HashMap<i32, Gathering<T::Record>>,
     /// Partitions whose uncommitted files are deleted since they were assigned.
     checked: HashSet<i32>,
     /// Partitions whose last write failed part way: the files it did put are deleted
@@ -112,9 +134,9 @@ pub struct Exporter {
 /// figures).
 const CARD_EVERY: Duration = Duration::from_secs(60);
 
-impl Exporter {
+impl<T: Table> Exporter<T> {
     pub fn new(
-        store: DatasetStore,
+        store: Arc<DatasetStore>,
         options: ExportOptions,
         metrics: ExportMetrics,
     ) -> anyhow::Result<Self> {
@@ -140,7 +162,7 @@ impl Exporter {
         }
         let deleted = self
             .store
-            .delete_uncommitted(at.partition, at.offset)
+            .delete_uncommitted(T::ROOT, at.partition, at.offset)
             .await?;
         if deleted > 0 {
             tracing::info!(
@@ -155,7 +177,7 @@ impl Exporter {
         Ok(())
     }
 
-    /// Writes a partition's rows, one file per language, and finishes their inputs.
+    /// Writes a partition's rows, one file per folder, and finishes their inputs.
     /// On an error the rows stay gathered (and their inputs uncommitted).
     async fn write(&mut self, partition: i32) -> anyhow::Result<Vec<InputPosition>> {
         let written = self.write_files(partition).await;
@@ -169,57 +191,50 @@ impl Exporter {
         let Some(gathering) = self.gathering.get(&partition) else {
             return Ok(Vec::new());
         };
-        let (Some((first, _)), Some((last, _))) = (gathering.files.first(), gathering.files.last())
+        let (Some((first, _)), Some((last, _))) = (gathering.rows.first(), gathering.rows.last())
         else {
             return Ok(Vec::new());
         };
         if self.failed.contains(&partition) {
             self.store
-                .delete_uncommitted(partition, first.offset)
+                .delete_uncommitted(T::ROOT, partition, first.offset)
                 .await?;
             self.failed.remove(&partition);
         }
         let started = Instant::now();
-        let mut by_folder: BTreeMap<String, Vec<&CodeFile>> = BTreeMap::new();
-        for (_, file) in &gathering.files {
-            by_folder
-                .entry(language_folder(&file.language))
-                .or_default()
-                .push(file);
+        let mut by_folder: BTreeMap<String, Vec<&T::Record>> = BTreeMap::new();
+        for (_, row) in &gathering.rows {
+            by_folder.entry(T::folder(row)).or_default().push(row);
         }
-        for (folder, files) in by_folder {
+        for (folder, rows) in by_folder {
             let name = DataFile {
                 folder,
                 partition,
                 first: first.offset,
                 last: last.offset,
             };
-            let bytes = parquet_file(&files, self.options.row_group_bytes)
+            let bytes = parquet_file::<T>(&rows, self.options.row_group_bytes)
                 .with_context(|| format!("cannot write {}", name.key()))?;
             let size = bytes.len();
             self.store.put(&name.key(), bytes).await?;
-            self.store.put_stats(&name, &FileStats::of(&files)).await?;
+            self.store.put_stats(&name, &T::stats(&rows)).await?;
             self.metrics.files_written.inc();
             self.metrics.bytes_written.inc_by(size as u64);
         }
         let gathering = self.gathering.remove(&partition).expect("present above");
         self.metrics
             .rows_exported
-            .inc_by(gathering.files.len() as u64);
+            .inc_by(gathering.rows.len() as u64);
         self.metrics
             .flush_duration
             .observe(started.elapsed().as_secs_f64());
-        Ok(gathering.files.into_iter().map(|(at, _)| at).collect())
+        Ok(gathering.rows.into_iter().map(|(at, _)| at).collect())
     }
 
-    /// Rewrites the dataset's README.md from every data file's figures. A card not
+    /// Rewrites the dataset's README.md from every table's figures. A card not
     /// written is only stale: the next flush writes it again.
     async fn write_card(&mut self) {
-        let written = async {
-            let stats = self.store.stats().await?;
-            self.store.put_card(crate::card::render(&stats)).await
-        };
-        match written.await {
+        match crate::card::rewrite(&self.store).await {
             Ok(()) => {
                 self.metrics.card_writes.inc();
                 self.card_written = Some(Instant::now());
@@ -231,33 +246,33 @@ impl Exporter {
     }
 }
 
-impl Aggregate for Exporter {
-    type Input = CodeFile;
+impl<T: Table> Aggregate for Exporter<T> {
+    type Input = T::Record;
     /// It publishes nothing to Kafka: its outputs are files.
-    type Output = CodeFile;
+    type Output = T::Record;
     type Reason = ExportError;
     type Prepared = ();
 
-    fn preparer(&self) -> Preparer<CodeFile, ()> {
+    fn preparer(&self) -> Preparer<T::Record, ()> {
         Arc::new(|_| ())
     }
 
     async fn push(
         &mut self,
         at: InputPosition,
-        file: CodeFile,
+        row: T::Record,
         _: (),
-    ) -> Result<Step<CodeFile>, TransformError<ExportError>> {
+    ) -> Result<Step<T::Record>, TransformError<ExportError>> {
         // The store did not answer: stop with the input uncommitted, to go on after the
         // restart (what was put before the error is deleted then).
         let store_error =
             |e: anyhow::Error| TransformError::retryable(ExportError::Store, format!("{e:#}"));
         self.delete_uncommitted(at).await.map_err(store_error)?;
         let gathering = self.gathering.entry(at.partition).or_default();
-        gathering.content_bytes += file.content.len();
-        gathering.files.push((at, file));
-        let full = gathering.content_bytes >= self.options.file_max_bytes
-            || gathering.files.len() >= self.options.file_max_rows;
+        gathering.bytes += T::size(&row);
+        gathering.rows.push((at, row));
+        let full = gathering.bytes >= self.options.file_max_bytes
+            || gathering.rows.len() >= self.options.file_max_rows;
         if !full {
             return Ok(Step::default());
         }
@@ -277,7 +292,7 @@ impl Aggregate for Exporter {
 
     /// Writes every partition's rows, then the card, so a card is current whenever
     /// the input has paused.
-    async fn flush(&mut self) -> Step<CodeFile> {
+    async fn flush(&mut self) -> Step<T::Record> {
         let mut step = Step::default();
         let mut partitions: Vec<i32> = self.gathering.keys().copied().collect();
         partitions.sort_unstable();
@@ -315,26 +330,75 @@ impl Aggregate for Exporter {
 
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: ExportOptions = runtime.settings.options(STAGE)?;
-    let (input, _) = runtime.require_input()?;
-    let store = DatasetStore::open(&options.dataset)?;
-    tracing::info!(dataset = store.url(), "exporting {input} as Parquet");
-    let metrics = ExportMetrics::register(&runtime.registry)?;
-    let exporter = Exporter::new(store, options, metrics)?;
-    aggregate::run_aggregate(exporter, &runtime).await
+    let (input, group) = runtime.require_input()?;
+    let repositories = runtime
+        .topic_of::<RepoSummary>(options.repositories_topic.as_deref())
+        .context("stages.export.options.repositories_topic")?;
+    let near_duplicates = runtime
+        .topic_of::<NearDuplicate>(options.near_duplicates_topic.as_deref())
+        .context("stages.export.options.near_duplicates_topic")?;
+    let store = Arc::new(DatasetStore::open(&options.dataset)?);
+    tracing::info!(
+        dataset = store.url(),
+        "exporting {input}, {repositories} and {near_duplicates} as Parquet"
+    );
+    let spec = |name, input: &str, group: String| LoopSpec {
+        name,
+        input: input.to_string(),
+        output: None,
+        group,
+    };
+    let loops = runtime.loops(&[
+        spec("files", input, group.to_string()),
+        spec(
+            "repositories",
+            &repositories,
+            format!("{group}-repositories"),
+        ),
+        spec(
+            "near-duplicates",
+            &near_duplicates,
+            format!("{group}-near-duplicates"),
+        ),
+    ])?;
+    let metrics = |prefix, r: &StageRuntime| ExportMetrics::register(&r.registry, prefix);
+    let files = Exporter::<Files>::new(
+        store.clone(),
+        options.clone(),
+        metrics("export", &loops[0])?,
+    )?;
+    let repositories = Exporter::<Repositories>::new(
+        store.clone(),
+        options.clone(),
+        metrics("export_repositories", &loops[1])?,
+    )?;
+    let dropped = Exporter::<NearDuplicates>::new(
+        store,
+        options,
+        metrics("export_near_duplicates", &loops[2])?,
+    )?;
+    tokio::try_join!(
+        aggregate::run_aggregate(files, &loops[0]),
+        aggregate::run_aggregate(repositories, &loops[1]),
+        aggregate::run_aggregate(dropped, &loops[2]),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn exporter(dir: &std::path::Path) -> Exporter {
+    use codelupe_runtime::records::CodeFile;
+
+    fn exporter(dir: &std::path::Path) -> Exporter<Files> {
         let options = ExportOptions {
             dataset: dir.display().to_string(),
             ..ExportOptions::default()
         };
-        let metrics = ExportMetrics::register(&prometheus::Registry::new()).unwrap();
+        let metrics = ExportMetrics::register(&prometheus::Registry::new(), "export").unwrap();
         Exporter::new(
-            DatasetStore::open(&options.dataset).unwrap(),
+            Arc::new(DatasetStore::open(&options.dataset).unwrap()),
             options,
             metrics,
         )
@@ -381,7 +445,7 @@ mod tests {
             exporter.flush().await.finished.is_empty(),
             "nothing finished"
         );
-        let files = exporter.store.data_files().await.unwrap();
+        let files = exporter.store.files("data").await.unwrap();
         assert_eq!(files.len(), 1, "the Python file was put: {files:?}");
 
         std::fs::remove_file(dir.path().join("data/rust")).unwrap();
@@ -389,7 +453,7 @@ mod tests {
         assert_eq!(exporter.flush().await.finished.len(), 3);
         let mut names: Vec<String> = exporter
             .store
-            .data_files()
+            .files("data")
             .await
             .unwrap()
             .iter()

@@ -25,28 +25,40 @@ pub struct ExportMetrics {
 }
 
 impl ExportMetrics {
-    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+    /// One table's metrics, named `<prefix>_…`: `export` for the files (the names
+    /// above), `export_repositories` and `export_near_duplicates` for the catalogue,
+    /// so a sum over `export_rows_total` counts the dataset's files alone.
+    pub fn register(r: &Registry, prefix: &str) -> prometheus::Result<Self> {
+        let name = |suffix: &str| format!("{prefix}_{suffix}");
         Ok(Self {
-            rows_exported: register::counter(r, ROWS_EXPORTED, "Rows in Parquet files written")?,
-            files_written: register::counter(r, FILES_WRITTEN, "Parquet files written whole")?,
+            rows_exported: register::counter(
+                r,
+                &name("rows_total"),
+                "Rows in Parquet files written",
+            )?,
+            files_written: register::counter(
+                r,
+                &name("files_written_total"),
+                "Parquet files written whole",
+            )?,
             bytes_written: register::counter(
                 r,
-                BYTES_WRITTEN,
+                &name("bytes_written_total"),
                 "Bytes of the Parquet files written",
             )?,
             uncommitted_deleted: register::counter(
                 r,
-                "export_uncommitted_files_deleted_total",
+                &name("uncommitted_files_deleted_total"),
                 "Files of a flush that crashed before its commit, deleted at assignment",
             )?,
             card_writes: register::counter(
                 r,
-                "export_card_writes_total",
+                &name("card_writes_total"),
                 "Times the dataset card (README.md) was rewritten",
             )?,
             flush_duration: register::histogram(
                 r,
-                "export_flush_duration_seconds",
+                &name("flush_duration_seconds"),
                 "Time to encode and put one partition's files",
                 prometheus::exponential_buckets(0.001, 4.0, 10)?,
             )?,

@@ -1,7 +1,7 @@
-//! `distinct-files` records as Parquet rows: one column per field a user filters on,
-//! zstd pages, row groups closed at about `row_group_bytes` of content so a reader
-//! (DuckDB, `datasets` streaming) holds one bounded group at a time and parallelises
-//! over several.
+//! The files table: `distinct-files` records as Parquet rows under
+//! `data/<language>/`, one column per field a user filters on, row groups closed at
+//! about `row_group_bytes` of content so a reader (DuckDB, `datasets` streaming) holds
+//! one bounded group at a time and parallelises over several.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,10 +11,9 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use codelupe_runtime::records::CodeFile;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+
+use crate::card::FileStats;
+use crate::table::{Table, BATCH_ROWS};
 
 /// The processor's quality terms (`quality_components`), one struct field each; a term
 /// a record lacks is null.
@@ -30,10 +29,41 @@ pub const QUALITY_COMPONENTS: [&str; 6] = [
 /// The processor's redaction kinds (`redactions`), one struct field each, 0 when none.
 pub const REDACTION_KINDS: [&str; 4] = ["email", "ip_address", "key", "password"];
 
-/// Rows per Arrow batch handed to the writer; a row group closes between batches.
-const BATCH_ROWS: usize = 1024;
+/// The curated files, one folder per language.
+pub struct Files;
 
-fn struct_fields(names: &[&str], data_type: DataType, nullable: bool) -> Fields {
+impl Table for Files {
+    type Record = CodeFile;
+    type Stats = FileStats;
+
+    const ROOT: &'static str = "data";
+
+    fn folder(file: &CodeFile) -> String {
+        format!("{}/{}", Self::ROOT, language_folder(&file.language))
+    }
+
+    fn size(file: &CodeFile) -> usize {
+        file.content.len()
+    }
+
+    fn schema() -> SchemaRef {
+        file_schema()
+    }
+
+    fn batch(files: &[&CodeFile]) -> RecordBatch {
+        let mut columns = Columns::new();
+        for file in files {
+            columns.push(file);
+        }
+        columns.finish()
+    }
+
+    fn stats(files: &[&CodeFile]) -> FileStats {
+        FileStats::of(files)
+    }
+}
+
+pub fn struct_fields(names: &[&str], data_type: DataType, nullable: bool) -> Fields {
     names
         .iter()
         .map(|name| Field::new(*name, data_type.clone(), nullable))
@@ -41,7 +71,7 @@ fn struct_fields(names: &[&str], data_type: DataType, nullable: bool) -> Fields 
 }
 
 /// The export's columns, the same in every file (a reader unions them by name).
-pub fn schema() -> SchemaRef {
+pub fn file_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
@@ -163,42 +193,8 @@ impl Columns {
         columns.push(Arc::new(self.confidence.finish()));
         columns.push(Arc::new(self.reported.finish()));
         columns.push(Arc::new(self.redactions.finish()));
-        RecordBatch::try_new(schema(), columns).expect("columns follow the schema")
+        RecordBatch::try_new(file_schema(), columns).expect("columns follow the schema")
     }
-}
-
-fn properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("a valid level"),
-        ))
-        // Min/max of whole files' text would bloat the footer and help no filter.
-        .set_column_statistics_enabled(ColumnPath::from("content"), EnabledStatistics::None)
-        .set_max_row_group_row_count(None)
-        .build()
-}
-
-/// One Parquet file holding `files` in order, row groups closed once they hold
-/// `row_group_bytes` of content.
-pub fn parquet_file(
-    files: &[&CodeFile],
-    row_group_bytes: usize,
-) -> parquet::errors::Result<Vec<u8>> {
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(properties()))?;
-    let mut group_bytes = 0;
-    for chunk in files.chunks(BATCH_ROWS) {
-        let mut columns = Columns::new();
-        for file in chunk {
-            columns.push(file);
-            group_bytes += file.content.len();
-        }
-        writer.write(&columns.finish())?;
-        if group_bytes >= row_group_bytes {
-            writer.flush()?;
-            group_bytes = 0;
-        }
-    }
-    writer.into_inner()
 }
 
 /// The folder a language's files go to under `data/`: lower case, `+` as `p` and `#`
@@ -225,6 +221,7 @@ pub fn language_folder(language: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::parquet_file;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     fn file(i: usize, content_len: usize) -> CodeFile {
@@ -249,7 +246,7 @@ mod tests {
     fn row_groups_close_at_the_content_size_asked() {
         let files: Vec<CodeFile> = (0..5_000).map(|i| file(i, 1_000)).collect();
         let refs: Vec<&CodeFile> = files.iter().collect();
-        let bytes = parquet_file(&refs, 2_000_000).unwrap();
+        let bytes = parquet_file::<Files>(&refs, 2_000_000).unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
         let meta = reader.metadata();
         assert_eq!(meta.file_metadata().num_rows(), 5_000);

@@ -1,4 +1,5 @@
-//! The dataset in its object store: `data/<language>/<file>.parquet`, each file named
+//! The dataset in its object store: `data/<language>/<file>.parquet`,
+//! `repositories/<file>.parquet` and `near-duplicates/<file>.parquet`, each file named
 //! after the input partition and offset range its rows came from
 //! (`p003-000000001000-000000001999.parquet`) and put whole. A file whose first offset
 //! the group has not committed belongs to a flush that crashed before its commit: it is
@@ -11,17 +12,16 @@ use futures::TryStreamExt as _;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 
-use crate::card::FileStats;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-/// Where the data files live under the dataset's root.
-pub const DATA: &str = "data";
-/// Each data file's figures, at the same place under this folder (`.json`).
+/// Each file's figures, at the same place under this folder (`.json`).
 pub const STATS: &str = "stats";
 /// The dataset card.
 pub const CARD: &str = "README.md";
 
-/// A data file's place: its language folder, and the partition and offsets its rows
-/// came from.
+/// A file's place: its folder under the dataset's root (`data/python`,
+/// `repositories`), and the input partition and offsets its rows came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataFile {
     pub folder: String,
@@ -33,7 +33,7 @@ pub struct DataFile {
 impl DataFile {
     pub fn key(&self) -> Path {
         Path::from(format!(
-            "{DATA}/{}/p{:03}-{:012}-{:012}.parquet",
+            "{}/p{:03}-{:012}-{:012}.parquet",
             self.folder, self.partition, self.first, self.last
         ))
     }
@@ -46,23 +46,18 @@ impl DataFile {
         ))
     }
 
-    /// The file a key names; None for anything else under `data/`.
+    /// The file a key names; None for anything else.
     pub fn parse(key: &Path) -> Option<Self> {
-        let mut parts = key.parts();
-        if parts.next()?.as_ref() != DATA {
-            return None;
-        }
-        let folder = parts.next()?.as_ref().to_string();
-        let name = parts.next()?;
-        let stem = name.as_ref().strip_prefix('p')?.strip_suffix(".parquet")?;
+        let (folder, name) = key.as_ref().rsplit_once('/')?;
+        let stem = name.strip_prefix('p')?.strip_suffix(".parquet")?;
         let mut numbers = stem.split('-');
         let file = DataFile {
-            folder,
+            folder: folder.to_string(),
             partition: numbers.next()?.parse().ok()?,
             first: numbers.next()?.parse().ok()?,
             last: numbers.next()?.parse().ok()?,
         };
-        (numbers.next().is_none() && parts.next().is_none()).then_some(file)
+        numbers.next().is_none().then_some(file)
     }
 }
 
@@ -90,25 +85,30 @@ impl DatasetStore {
         Ok(())
     }
 
-    /// Every data file in the dataset.
-    pub async fn data_files(&self) -> anyhow::Result<Vec<DataFile>> {
+    /// Every file of one table: under `root` (`data`, `repositories`).
+    pub async fn files(&self, root: &str) -> anyhow::Result<Vec<DataFile>> {
         let listed: Vec<_> = self
             .objects
-            .list(Some(&Path::from(DATA)))
+            .list(Some(&Path::from(root)))
             .try_collect()
             .await
-            .with_context(|| format!("cannot list {}/{DATA}", self.url))?;
+            .with_context(|| format!("cannot list {}/{root}", self.url))?;
         Ok(listed
             .iter()
             .filter_map(|meta| DataFile::parse(&meta.location))
             .collect())
     }
 
-    /// Deletes the files of `partition` from offset `from` on (a flush the group never
-    /// committed), and their figures; returns how many files.
-    pub async fn delete_uncommitted(&self, partition: i32, from: i64) -> anyhow::Result<usize> {
+    /// Deletes the files under `root` of `partition` from offset `from` on (a flush
+    /// the group never committed), and their figures; returns how many files.
+    pub async fn delete_uncommitted(
+        &self,
+        root: &str,
+        partition: i32,
+        from: i64,
+    ) -> anyhow::Result<usize> {
         let mut deleted = 0;
-        for file in self.data_files().await? {
+        for file in self.files(root).await? {
             if file.partition == partition && file.first >= from {
                 // Figures first: a card never counts a file that is gone.
                 self.delete(&file.stats_key()).await?;
@@ -143,16 +143,16 @@ impl DatasetStore {
         self.put(&Path::from(CARD), text.into_bytes()).await
     }
 
-    pub async fn put_stats(&self, file: &DataFile, stats: &FileStats) -> anyhow::Result<()> {
+    pub async fn put_stats<S: Serialize>(&self, file: &DataFile, stats: &S) -> anyhow::Result<()> {
         self.put(&file.stats_key(), serde_json::to_vec(stats)?)
             .await
     }
 
-    /// The figures of every data file there is, by language folder (figures of a file
-    /// not there, or not readable, are left out).
-    pub async fn stats(&self) -> anyhow::Result<Vec<(String, FileStats)>> {
+    /// The figures of every file under `root` there is, with its folder (figures of
+    /// a file not there, or not readable, are left out).
+    pub async fn stats<S: DeserializeOwned>(&self, root: &str) -> anyhow::Result<Vec<(String, S)>> {
         let mut found = Vec::new();
-        for file in self.data_files().await? {
+        for file in self.files(root).await? {
             let Some(bytes) = self.get(&file.stats_key()).await? else {
                 continue;
             };
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn a_name_says_where_its_rows_came_from() {
         let file = DataFile {
-            folder: "python".into(),
+            folder: "data/python".into(),
             partition: 3,
             first: 1_000,
             last: 1_999,
@@ -181,10 +181,14 @@ mod tests {
             "data/python/p003-000000001000-000000001999.parquet"
         );
         assert_eq!(DataFile::parse(&file.key()), Some(file));
+        let repositories = Path::from("repositories/p003-1-2.parquet");
+        assert_eq!(
+            DataFile::parse(&repositories).map(|f| f.folder),
+            Some("repositories".into())
+        );
         for other in [
             "data/python/README.md",
-            "data/p003-000000001000-000000001999.parquet",
-            "repositories/p003-1-2.parquet",
+            "p003-000000001000-000000001999.parquet",
             "data/python/p003-1-2-3.parquet",
         ] {
             assert_eq!(DataFile::parse(&Path::from(other)), None, "{other}");
@@ -196,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DatasetStore::open(dir.path().to_str().unwrap()).unwrap();
         let file = |folder: &str, partition, first, last| DataFile {
-            folder: folder.into(),
+            folder: format!("data/{folder}"),
             partition,
             first,
             last,
@@ -208,12 +212,18 @@ mod tests {
             file("rust", 0, 100, 180),
             file("python", 1, 100, 180),
         ];
-        for f in &files {
+        // Another table's file of the same partition and offsets: not this table's.
+        let other = DataFile {
+            folder: "repositories".into(),
+            ..files[2].clone()
+        };
+        for f in files.iter().chain([&other]) {
             store.put(&f.key(), b"PAR1".to_vec()).await.unwrap();
         }
-        assert_eq!(store.delete_uncommitted(0, 100).await.unwrap(), 2);
-        let mut left = store.data_files().await.unwrap();
+        assert_eq!(store.delete_uncommitted("data", 0, 100).await.unwrap(), 2);
+        let mut left = store.files("data").await.unwrap();
         left.sort_by_key(|f| (f.partition, f.first, f.folder.clone()));
         assert_eq!(left, [files[0].clone(), files[1].clone(), files[4].clone()]);
+        assert_eq!(store.files("repositories").await.unwrap(), [other]);
     }
 }

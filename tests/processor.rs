@@ -16,6 +16,7 @@ use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{CodeFile, RepoClone, RepoSummary};
 use codelupe_runtime::topology::Topology;
 use codelupe_runtime::{AvroRecord, Keyed, Output, StageRuntime, Transform};
+use codelupe_testkit::schemas::written_with;
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -240,6 +241,52 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         .unwrap_err();
     assert_eq!(err.reason.label(), "corrupt_clone", "{err}");
     assert!(!err.retryable);
+}
+
+/// A record of the shared-folder release (`repo-clones` version 2: no pack, `clone_uri`
+/// a bare repository in the store's folder) is read where it lies, as that release's
+/// processor read it, instead of being dead-lettered; one naming a repository outside
+/// the store's folder is refused.
+#[tokio::test]
+async fn a_record_of_the_shared_folder_release_is_read_from_its_bare_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let bare = store.join("local/fixture/kinds.git");
+    let commit = bare_repo(&bare, &fixture_files(), None);
+    let outside = dir.path().join("elsewhere.git");
+    bare_repo(&outside, &fixture_files(), None);
+    let (processor, _) = processor(&store, 2);
+    let v2 =
+        std::fs::read_to_string(repo_root().join("schemas/earlier/repo-clones/2.avsc")).unwrap();
+    let legacy = |uri: String| {
+        let today = RepoClone {
+            clone_uri: uri,
+            ..unstored_clone_record("fixture/kinds", &commit)
+        };
+        let record = RepoClone::decode(&written_with(&today, &v2)).unwrap();
+        assert_eq!((record.pack_bytes, record.pack_sha256.as_str()), (0, ""));
+        record
+    };
+    let published = processor
+        .transform(legacy(format!("file://{}", bare.display())))
+        .await
+        .unwrap();
+    let files = published
+        .into_iter()
+        .filter_map(|p| p.value.into_file())
+        .count();
+    assert_eq!(files, GOOD.len());
+    for uri in [
+        format!("file://{}", outside.display()),
+        format!("file://{}/../elsewhere.git", store.display()),
+        format!("file://{}", store.display()),
+    ] {
+        let err = processor.transform(legacy(uri.clone())).await.unwrap_err();
+        assert_eq!(err.reason.label(), "refused_clone", "{uri}: {err}");
+    }
+    let gone = format!("file://{}/local/fixture/gone.git", store.display());
+    let err = processor.transform(legacy(gone)).await.unwrap_err();
+    assert_eq!(err.reason.label(), "missing_clone", "{err}");
 }
 
 /// A loose blob whose header claims `claimed` bytes but which holds 11: its size reads

@@ -122,6 +122,15 @@ pub struct Examined {
     pub outcome: Option<LicenseOutcome>,
 }
 
+/// Where a clone's objects are.
+#[derive(Debug, Clone)]
+pub enum CloneObjects {
+    /// Its pack's bytes (every record since the clone store became a claim check).
+    Pack(bytes::Bytes),
+    /// A bare repository in the store's folder (a record of the shared-folder release).
+    Bare(PathBuf),
+}
+
 /// The outcome for one file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -175,23 +184,47 @@ impl Processor {
         })
     }
 
-    /// The pack `clone` references, read from the clone store and checked.
-    pub async fn read_pack(
+    /// Where the objects of `clone` are: its pack, read from the clone store and
+    /// checked; or, for a record of the shared-folder release (no pack), the bare
+    /// repository it names in the store's folder.
+    pub async fn objects(
         &self,
         clone: &RepoClone,
-    ) -> Result<bytes::Bytes, TransformError<CloneError>> {
-        self.store
-            .read_pack(&clone.pack())
-            .await
-            .map_err(|e| match e {
-                ReadError::Refused(why) => TransformError::permanent(CloneError::RefusedClone, why),
-                ReadError::Missing(why) => TransformError::permanent(CloneError::MissingClone, why),
-                ReadError::Corrupt(why) => TransformError::permanent(CloneError::CorruptClone, why),
-                // The store briefly away: the record waits, it is not dead-lettered.
-                ReadError::Unavailable(why) => {
-                    TransformError::transient(CloneError::StoreUnavailable, why)
-                }
-            })
+    ) -> Result<CloneObjects, TransformError<CloneError>> {
+        let read = if clone.pack_sha256.is_empty() {
+            self.store
+                .legacy_repository(&clone.clone_uri)
+                .map(CloneObjects::Bare)
+        } else {
+            self.store
+                .read_pack(&clone.pack())
+                .await
+                .map(CloneObjects::Pack)
+        };
+        read.map_err(|e| match e {
+            ReadError::Refused(why) => TransformError::permanent(CloneError::RefusedClone, why),
+            ReadError::Missing(why) => TransformError::permanent(CloneError::MissingClone, why),
+            ReadError::Corrupt(why) => TransformError::permanent(CloneError::CorruptClone, why),
+            // The store briefly away: the record waits, it is not dead-lettered.
+            ReadError::Unavailable(why) => {
+                TransformError::transient(CloneError::StoreUnavailable, why)
+            }
+        })
+    }
+
+    /// Every file of `clone` with its verdict, in tree order, from its objects.
+    pub fn examine_objects(
+        &self,
+        objects: &CloneObjects,
+        clone: &RepoClone,
+    ) -> Result<Examined, TransformError<CloneError>> {
+        match objects {
+            CloneObjects::Pack(pack) => self.examine_pack(pack, clone),
+            CloneObjects::Bare(path) => {
+                let repo = git2::Repository::open_bare(path).map_err(|e| corrupt(clone, e))?;
+                self.examine(&repo, clone)
+            }
+        }
     }
 
     /// Every file of `clone` with its verdict, in tree order, from its pack: indexed
@@ -464,12 +497,12 @@ impl Transform for Processor {
         let permit = self.examining.clone().acquire_owned().await.map_err(|e| {
             TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
         })?;
-        let pack = self.read_pack(&clone).await?;
+        let objects = self.objects(&clone).await?;
         let this = self.clone();
         let for_worker = clone.clone();
         let examined = tokio::task::spawn_blocking(move || {
             let _examining = permit;
-            this.examine_pack(&pack, &for_worker)
+            this.examine_objects(&objects, &for_worker)
         })
         .await
         .map_err(|e| {

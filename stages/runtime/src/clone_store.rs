@@ -138,6 +138,32 @@ impl CloneStore {
         Ok(pack)
     }
 
+    /// The bare repository a record of the shared-folder release names (`repo-clones`
+    /// versions 1 and 2 carry no pack: `clone_uri` is `file://` a bare repository in
+    /// the store's folder). Only a local store has such; anything outside its folder,
+    /// or among its packs, is refused.
+    pub fn legacy_repository(&self, uri: &str) -> Result<std::path::PathBuf, ReadError> {
+        let refused = || {
+            ReadError::Refused(format!(
+                "{uri} is no repository of the clone store {}",
+                self.url
+            ))
+        };
+        let root = self.url.strip_prefix("file://").ok_or_else(refused)?;
+        let path = uri.strip_prefix("file://").ok_or_else(refused)?;
+        let resolved = FsPath::new(path)
+            .canonicalize()
+            .map_err(|e| ReadError::Missing(format!("{uri}: {e}")))?;
+        let root = FsPath::new(root)
+            .canonicalize()
+            .map_err(|e| ReadError::Unavailable(format!("{}: {e}", self.url)))?;
+        let inside = resolved.starts_with(&root) && !resolved.starts_with(root.join(PACKS));
+        if !inside || resolved == root {
+            return Err(refused());
+        }
+        Ok(resolved)
+    }
+
     /// Whether the pack at `uri` is in the store (and the store answers).
     pub async fn has_pack(&self, uri: &str) -> bool {
         match self.pack_key(uri) {

@@ -99,6 +99,17 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Write a trainer checkpoint as a Hugging Face model (LlamaForCausalLM) that
+    /// transformers loads: config.json, model.safetensors, generation_config.json and
+    /// the tokenizer.
+    ExportHf {
+        /// A checkpoint folder, or a checkpoint root (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The folder to write (created if missing).
+        #[arg(short = 'o', long)]
+        out: PathBuf,
+    },
     /// The code tokenizer: the batcher encodes with it, the trainer decodes with it.
     Tokenizer {
         #[command(subcommand)]
@@ -210,6 +221,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         command.arg("generate").args(args);
         return Err(std::os::unix::process::CommandExt::exec(&mut command).into());
     }
+    if let Command::ExportHf { checkpoint, out } = &cli.command {
+        return export_hf(checkpoint, out);
+    }
     let config = Config::load(cli.files.config.as_deref())?;
     let topology_path = cli
         .files
@@ -239,7 +253,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })?;
             stages::run_one(&name, &brokers, once, setup).await
         }
-        Command::Generate { .. } => unreachable!("handled above"),
+        Command::Generate { .. } | Command::ExportHf { .. } => unreachable!("handled above"),
         Command::Run {
             brokers,
             duration,
@@ -328,6 +342,28 @@ async fn tokenizer_command(
 
 /// Clients for the commands that read topics: `--brokers`, `kafka.brokers`, or the
 /// embedded broker of the `codelupe run` running in this folder.
+/// `codelupe export-hf`: the checkpoint as a Hugging Face model, and what was written.
+fn export_hf(checkpoint: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let checkpoint = codelupe_trainer_api::hf::checkpoint_at(checkpoint)?;
+    let exported = codelupe_trainer_api::hf::export(&checkpoint, out)?;
+    println!(
+        "{} (step {}) → {}: LlamaForCausalLM, {} parameters in {} tensors, context {}, in {:.1} s",
+        checkpoint.display(),
+        exported.step,
+        out.display(),
+        exported.parameters,
+        exported.tensors,
+        exported.context,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "load it: transformers.AutoModelForCausalLM.from_pretrained(\"{}\")",
+        out.display()
+    );
+    Ok(())
+}
+
 async fn reader_clients(brokers: Option<String>, config: &Config) -> anyhow::Result<KafkaClients> {
     let brokers = tail::brokers(brokers.or(config.kafka.brokers.clone()))?;
     KafkaClients::connect(&brokers, config).await

@@ -30,6 +30,10 @@ pub struct CheckpointState {
     pub preset: String,
     pub model: ModelConfig,
     pub tokenizer_fingerprint: String,
+    /// The longest sequence trained on (the Hugging Face export's context length);
+    /// None in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub context: Option<i64>,
     /// Batch ids trained on since the previous checkpoint, in order.
     pub batches: Vec<String>,
     pub written_at_ms: i64,

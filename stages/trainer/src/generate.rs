@@ -65,7 +65,7 @@ impl Generator {
     /// whole file (prefix + generated middle + suffix).
     pub fn generate(&self, prompt: &Prompt, sampling: &Sampling) -> anyhow::Result<String> {
         let t = &self.tokenizer;
-        let mut ids: Vec<u32> = match prompt {
+        let ids: Vec<u32> = match prompt {
             Prompt::Complete(text) => t.encode(text)?,
             Prompt::FillMiddle { prefix, suffix } => [
                 vec![t.fim_prefix],
@@ -76,49 +76,73 @@ impl Generator {
             ]
             .concat(),
         };
-        let prompt_len = ids.len();
-        tch::manual_seed(sampling.seed);
-        tch::no_grad(|| {
-            for _ in 0..sampling.max_tokens {
-                let context = &ids[ids.len().saturating_sub(MAX_CONTEXT)..];
-                let n = context.len() as i64;
-                let tokens =
-                    Tensor::from_slice(&context.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                        .view([1, n])
-                        .to_device(sampling.device);
-                let positions = Tensor::arange(n, (Kind::Int64, sampling.device)).view([1, n]);
-                let logits = self
-                    .model
-                    .forward(&tokens, &positions, false)
-                    .get(0)
-                    .get(n - 1)
-                    .to_kind(Kind::Float);
-                let next = if sampling.temperature <= 0.0 {
-                    logits.argmax(0, false)
-                } else {
-                    let mut scaled = logits / sampling.temperature;
-                    if sampling.top_k > 0 && sampling.top_k < scaled.size()[0] {
-                        let (top, _) = scaled.topk(sampling.top_k, 0, true, true);
-                        let floor = top.get(sampling.top_k - 1);
-                        scaled = scaled.where_self(
-                            &scaled.ge_tensor(&floor),
-                            &Tensor::from(f64::NEG_INFINITY).to_device(sampling.device),
-                        );
-                    }
-                    scaled.softmax(0, Kind::Float).multinomial(1, false).get(0)
-                };
-                let next = next.int64_value(&[]) as u32;
-                if next == t.end_of_text {
-                    break;
-                }
-                ids.push(next);
-            }
-            anyhow::Ok(())
-        })?;
-        let generated = t.decode(&ids[prompt_len..])?;
+        let generated = self.continue_ids(&ids, sampling);
+        let generated = t.decode(&generated)?;
         Ok(match prompt {
             Prompt::Complete(_) => generated,
             Prompt::FillMiddle { prefix, suffix } => format!("{prefix}{generated}{suffix}"),
         })
+    }
+
+    /// The token ids the model produces after `prompt` (up to `max_tokens`, stopping
+    /// at the end of text, which is not included).
+    pub fn continue_ids(&self, prompt: &[u32], sampling: &Sampling) -> Vec<u32> {
+        let mut ids = prompt.to_vec();
+        tch::manual_seed(sampling.seed);
+        tch::no_grad(|| {
+            for _ in 0..sampling.max_tokens {
+                let next = self.next_token(&ids, sampling);
+                if next == self.tokenizer.end_of_text {
+                    break;
+                }
+                ids.push(next);
+            }
+        });
+        ids.split_off(prompt.len())
+    }
+
+    /// The next token after `ids`: the likeliest, or sampled.
+    fn next_token(&self, ids: &[u32], sampling: &Sampling) -> u32 {
+        let context = &ids[ids.len().saturating_sub(MAX_CONTEXT)..];
+        let n = context.len() as i64;
+        let tokens = Tensor::from_slice(&context.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .view([1, n])
+            .to_device(sampling.device);
+        let positions = Tensor::arange(n, (Kind::Int64, sampling.device)).view([1, n]);
+        let logits = self
+            .model
+            .forward(&tokens, &positions, false)
+            .get(0)
+            .get(n - 1)
+            .to_kind(Kind::Float);
+        let next = if sampling.temperature <= 0.0 {
+            logits.argmax(0, false)
+        } else {
+            let mut scaled = logits / sampling.temperature;
+            if sampling.top_k > 0 && sampling.top_k < scaled.size()[0] {
+                let (top, _) = scaled.topk(sampling.top_k, 0, true, true);
+                let floor = top.get(sampling.top_k - 1);
+                scaled = scaled.where_self(
+                    &scaled.ge_tensor(&floor),
+                    &Tensor::from(f64::NEG_INFINITY).to_device(sampling.device),
+                );
+            }
+            scaled.softmax(0, Kind::Float).multinomial(1, false).get(0)
+        };
+        next.int64_value(&[]) as u32
+    }
+
+    /// The model's logits [T, vocab] for `ids` as one document.
+    pub fn logits(&self, ids: &[u32], device: Device) -> Tensor {
+        let n = ids.len() as i64;
+        let tokens = Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .view([1, n])
+            .to_device(device);
+        let positions = Tensor::arange(n, (Kind::Int64, device)).view([1, n]);
+        tch::no_grad(|| self.model.forward(&tokens, &positions, false).get(0))
+    }
+
+    pub fn tokenizer(&self) -> &CodeTokenizer {
+        &self.tokenizer
     }
 }

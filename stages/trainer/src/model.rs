@@ -2,115 +2,27 @@
 //! RMSNorm → causal self-attention with rotary positions (libtorch's fused scaled-dot-
 //! product attention) → RMSNorm → SwiGLU, and a final RMSNorm.
 
-use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    pub vocab_size: i64,
-    pub d_model: i64,
-    pub n_layers: i64,
-    pub n_heads: i64,
-    pub d_ff: i64,
-    pub rope_theta: f64,
-}
-
-/// A named model size: `tiny` trains on a CPU in tests; `125m` and `350m` are for a
-/// GPU (their parameter counts at a 32k vocabulary). Parsed when the config loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum Preset {
-    Tiny,
-    M125,
-    M350,
-}
-
-impl std::str::FromStr for Preset {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "tiny" => Ok(Preset::Tiny),
-            "125m" => Ok(Preset::M125),
-            "350m" => Ok(Preset::M350),
-            other => Err(format!(
-                "unknown model preset {other:?}; presets are tiny, 125m, 350m"
-            )),
-        }
-    }
-}
-
-impl TryFrom<String> for Preset {
-    type Error = String;
-
-    fn try_from(name: String) -> Result<Self, String> {
-        name.parse()
-    }
-}
-
-impl std::fmt::Display for Preset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Preset::Tiny => "tiny",
-            Preset::M125 => "125m",
-            Preset::M350 => "350m",
-        })
-    }
-}
-
-impl ModelConfig {
-    /// The sizes of `preset` at this vocabulary.
-    pub fn of(preset: Preset, vocab_size: i64) -> Self {
-        let (d_model, n_layers, n_heads, d_ff) = match preset {
-            Preset::Tiny => (64, 2, 4, 176),
-            Preset::M125 => (768, 12, 12, 2048),
-            Preset::M350 => (1024, 24, 16, 2816),
-        };
-        Self {
-            vocab_size,
-            d_model,
-            n_layers,
-            n_heads,
-            d_ff,
-            rope_theta: 10_000.0,
-        }
-    }
-
-    /// The sizes of the preset named `name` (tiny, 125m or 350m).
-    pub fn preset(name: &str, vocab_size: i64) -> anyhow::Result<Self> {
-        let preset: Preset = name.parse().map_err(anyhow::Error::msg)?;
-        Ok(Self::of(preset, vocab_size))
-    }
-
-    /// Parameters (the tied embedding counted once).
-    pub fn parameters(&self) -> i64 {
-        let per_layer =
-            4 * self.d_model * self.d_model + 3 * self.d_model * self.d_ff + 2 * self.d_model;
-        self.vocab_size * self.d_model + self.n_layers * per_layer + self.d_model
-    }
-
-    /// Training FLOPs per token at `context` (forward and backward: 6 per parameter-token
-    /// plus attention's 12·layers·d·context), for model-FLOPs utilisation.
-    pub fn flops_per_token(&self, context: i64) -> f64 {
-        6.0 * self.parameters() as f64 + 12.0 * (self.n_layers * self.d_model * context) as f64
-    }
-}
+pub use codelupe_trainer_api::model::{ModelConfig, Preset};
 
 struct RmsNorm {
     weight: Tensor,
+    eps: f64,
 }
 
 impl RmsNorm {
-    fn new(p: nn::Path, dim: i64) -> Self {
+    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
         Self {
             weight: p.ones("weight", &[dim]),
+            eps,
         }
     }
 
     /// libtorch's rms_norm: one fused kernel on CUDA, where the written-out form
     /// (square, mean, add, rsqrt, two products) was six passes over the activations.
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.rms_norm(self.weight.size().as_slice(), Some(&self.weight), 1e-6)
+        x.rms_norm(self.weight.size().as_slice(), Some(&self.weight), self.eps)
     }
 }
 
@@ -154,10 +66,10 @@ fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 impl Block {
     fn new(p: nn::Path, c: &ModelConfig) -> Self {
         Self {
-            attention_norm: RmsNorm::new(&p / "attention_norm", c.d_model),
+            attention_norm: RmsNorm::new(&p / "attention_norm", c.d_model, c.norm_eps),
             qkv: linear(&p / "qkv", c.d_model, 3 * c.d_model),
             out: linear(&p / "out", c.d_model, c.d_model),
-            mlp_norm: RmsNorm::new(&p / "mlp_norm", c.d_model),
+            mlp_norm: RmsNorm::new(&p / "mlp_norm", c.d_model, c.norm_eps),
             gate: linear(&p / "gate", c.d_model, c.d_ff),
             up: linear(&p / "up", c.d_model, c.d_ff),
             down: linear(&p / "down", c.d_ff, c.d_model),
@@ -236,7 +148,7 @@ impl Transformer {
             config,
             embedding,
             blocks,
-            final_norm: RmsNorm::new(p / "final_norm", config.d_model),
+            final_norm: RmsNorm::new(p / "final_norm", config.d_model, config.norm_eps),
             inverse_frequencies,
         }
     }

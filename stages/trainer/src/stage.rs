@@ -230,6 +230,8 @@ struct Stage {
     /// Input partitions assigned, 0 to this.
     partitions: i32,
     tokens_seen: u64,
+    /// The longest sequence trained on, across runs.
+    context: i64,
     run: Run,
     status: Status,
     throughput: (Instant, u64),
@@ -314,7 +316,7 @@ impl Stage {
             parameters: config.parameters(),
             ..Status::default()
         };
-        let (mut offsets, mut tokens_seen) = (BTreeMap::new(), 0);
+        let (mut offsets, mut tokens_seen, mut context) = (BTreeMap::new(), 0, 0);
         if let Some(state) = resume(&options, &tokenizer, &mut trainer, &mut status)? {
             if options.resume_offsets {
                 offsets = state.offsets;
@@ -322,6 +324,7 @@ impl Stage {
                 tracing::info!("resume_offsets is off: reading the input from its beginning");
             }
             tokens_seen = state.tokens_seen;
+            context = state.context.unwrap_or(0);
         }
         let eval = EvalSet::load(root)?;
         metrics.dataset_size.set(
@@ -353,6 +356,7 @@ impl Stage {
             dead_letters,
             partitions: 0,
             tokens_seen,
+            context,
             run: Run::new(),
         })
     }
@@ -506,6 +510,7 @@ impl Stage {
         self.run.loss_sum += loss;
         self.run.loss_count += 1;
         self.tokens_seen += sequences.tokens() as u64;
+        self.context = self.context.max(sequences.tokens.size()[1]);
         self.metrics
             .tokens_trained
             .inc_by(sequences.tokens() as u64);
@@ -689,6 +694,7 @@ impl Stage {
             preset: self.options.preset.to_string(),
             model: self.trainer.model.config,
             tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
+            context: (self.context > 0).then_some(self.context),
             batches: std::mem::take(&mut self.run.batches),
             written_at_ms: now_ms(),
         };

@@ -3,7 +3,9 @@
 //! made in the run summary.
 
 pub mod checkpoints;
+pub mod hf;
 pub mod metrics;
+pub mod model;
 
 use codelupe_runtime::descriptor::{Bound, Observed, Runs, StageDescriptor};
 

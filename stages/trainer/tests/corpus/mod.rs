@@ -19,7 +19,7 @@ pub struct Corpus {
     pub eval: Vec<TrainingBatch>,
 }
 
-fn files() -> Vec<CodeFile> {
+pub fn files() -> Vec<CodeFile> {
     let crates = codelupe_testkit::registry_crates(&["regex-syntax-0", "serde_json-1"]);
     let files = codelupe_testkit::code_files(&crates, codelupe_testkit::is_rust);
     assert!(files.len() > 50, "{} files of real code", files.len());

@@ -25,7 +25,7 @@ fn the_repository_topology_checks_out() {
     let out = codelupe().args(["topology", "check"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("12 topics, 7 stages: ok"),
+        text(&out).contains("13 topics, 7 stages: ok"),
         "{}",
         text(&out)
     );

@@ -356,19 +356,36 @@ async fn killed_mid_stream_and_restarted(delivery: &str) -> usize {
     );
     stop(second);
 
-    let batches = decode_batches(&run.batches(), &tok.fingerprint);
-    let documents = documents_in(&tok, &batches);
     let by_hash = first_of_each_hash(&files);
-    let missing: Vec<&str> = hashes
-        .iter()
-        .filter(|h| {
-            let expected = document::tokens(&tok, by_hash[**h], &options).unwrap();
-            !documents
-                .get(**h)
-                .is_some_and(|candidates| candidates.contains(&expected))
-        })
-        .copied()
-        .collect();
+    let missing_from = |batches: &[TrainingBatch]| -> Vec<&str> {
+        let documents = documents_in(&tok, batches);
+        hashes
+            .iter()
+            .filter(|h| {
+                let expected = document::tokens(&tok, by_hash[**h], &options).unwrap();
+                !documents
+                    .get(**h)
+                    .is_some_and(|candidates| candidates.contains(&expected))
+            })
+            .copied()
+            .collect()
+    };
+    // Under exactly_once a read_committed reader sees past the killed batcher's open
+    // transaction only once the broker aborts it (transaction.timeout.ms, 10 s, then its
+    // next clean-up pass, up to 10 s more): the restarted batcher has a transactional id
+    // of its own and does not fence it. Read until every file is there, or a minute.
+    let reading = std::time::Instant::now();
+    let deadline = reading + Duration::from_secs(60);
+    let mut reads = 0;
+    let (batches, missing) = loop {
+        reads += 1;
+        let batches = decode_batches(&run.batches(), &tok.fingerprint);
+        let missing = missing_from(&batches);
+        if missing.is_empty() || std::time::Instant::now() >= deadline {
+            break (batches, missing);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
     assert!(
         missing.is_empty(),
         "{} of {} files missing: {:?}",
@@ -385,9 +402,10 @@ async fn killed_mid_stream_and_restarted(delivery: &str) -> usize {
     let ended = documents_ended(&batches, tok.end_of_text);
     let duplicated = ended.values().map(|n| n - 1).sum();
     eprintln!(
-        "{delivery}: {} files, {} batches ({before} before the kill), {packed} document pieces, {duplicated} documents duplicated",
+        "{delivery}: {} files, {} batches ({before} before the kill), {packed} document pieces, {duplicated} documents duplicated, all read in {reads} reads, {:.0} s",
         hashes.len(),
-        batches.len()
+        batches.len(),
+        reading.elapsed().as_secs_f64()
     );
     duplicated
 }

@@ -46,6 +46,7 @@ fn state(trainer: &Trainer, corpus: &corpus::Corpus) -> CheckpointState {
         preset: "tiny".into(),
         model: trainer.model.config,
         tokenizer_fingerprint: corpus.tokenizer.fingerprint.clone(),
+        context: Some(corpus::SEQUENCE_LENGTH as i64),
         batches: Vec::new(),
         written_at_ms: 0,
     }

@@ -10,11 +10,11 @@ mod corpus;
 use std::path::Path;
 use std::process::Command;
 
-use codelupe_trainer::checkpoint::{self, CheckpointState};
+use codelupe_trainer::checkpoint;
 use codelupe_trainer::generate::{Generator, Sampling};
 use codelupe_trainer::model::ModelConfig;
 use codelupe_trainer::optim::OptimizerOptions;
-use codelupe_trainer::train::{BatchLimits, Sequences, Trainer};
+use codelupe_trainer::train::Trainer;
 use tch::{Device, Tensor};
 
 const PROMPT_TOKENS: usize = 64;
@@ -31,33 +31,12 @@ fn trained_checkpoint(root: &Path, corpus: &corpus::Corpus) -> std::path::PathBu
         ..OptimizerOptions::default()
     };
     let mut trainer = Trainer::new(config, options, Device::Cpu, 11, false);
-    let limits = BatchLimits {
-        vocab_size: usize::MAX,
-        max_sequence_length: usize::MAX,
-    };
-    let train: Vec<Sequences> = corpus
-        .train
-        .iter()
-        .map(|b| Sequences::from_batch(b, limits).unwrap())
-        .collect();
+    let train = corpus::sequences(&corpus.train);
     for step in 0..200 {
         trainer.accumulate(&train[step % train.len()], 1);
         trainer.step();
     }
-    let state = CheckpointState {
-        step: trainer.optimizer.step,
-        tokens_seen: 0,
-        offsets: Default::default(),
-        learning_rate: 0.0,
-        train_loss: None,
-        eval_loss: None,
-        preset: "tiny".into(),
-        model: trainer.model.config,
-        tokenizer_fingerprint: corpus.tokenizer.fingerprint.clone(),
-        context: Some(corpus::SEQUENCE_LENGTH as i64),
-        batches: Vec::new(),
-        written_at_ms: 0,
-    };
+    let state = corpus::state(&trainer, corpus);
     std::fs::create_dir_all(root).unwrap();
     checkpoint::write(root, &state, &trainer, &corpus.tokenizer_path, 1).unwrap()
 }

@@ -3,10 +3,10 @@
 
 mod corpus;
 
-use codelupe_trainer::checkpoint::{self, CheckpointState};
+use codelupe_trainer::checkpoint;
 use codelupe_trainer::model::ModelConfig;
 use codelupe_trainer::optim::OptimizerOptions;
-use codelupe_trainer::train::{BatchLimits, Sequences, Trainer};
+use codelupe_trainer::train::Trainer;
 use tch::Device;
 
 fn optimizer() -> OptimizerOptions {
@@ -24,40 +24,15 @@ fn trainer(corpus: &corpus::Corpus, seed: i64) -> Trainer {
     Trainer::new(config, optimizer(), Device::Cpu, seed, false)
 }
 
-fn sequences(batches: &[codelupe_runtime::records::TrainingBatch]) -> Vec<Sequences> {
-    let limits = BatchLimits {
-        vocab_size: usize::MAX,
-        max_sequence_length: usize::MAX,
-    };
-    batches
-        .iter()
-        .map(|b| Sequences::from_batch(b, limits).unwrap())
-        .collect()
-}
-
-fn state(trainer: &Trainer, corpus: &corpus::Corpus) -> CheckpointState {
-    CheckpointState {
-        step: trainer.optimizer.step,
-        tokens_seen: 0,
-        offsets: Default::default(),
-        learning_rate: 0.0,
-        train_loss: None,
-        eval_loss: None,
-        preset: "tiny".into(),
-        model: trainer.model.config,
-        tokenizer_fingerprint: corpus.tokenizer.fingerprint.clone(),
-        context: Some(corpus::SEQUENCE_LENGTH as i64),
-        batches: Vec::new(),
-        written_at_ms: 0,
-    }
-}
-
 #[test]
 fn eval_loss_falls_well_below_its_step_zero_value_and_generate_samples_text() {
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus::build(dir.path(), 200);
-    let (train, eval) = (sequences(&corpus.train), sequences(&corpus.eval[..4]));
+    let (train, eval) = (
+        corpus::sequences(&corpus.train),
+        corpus::sequences(&corpus.eval[..4]),
+    );
     let mut trainer = trainer(&corpus, 0);
     let before = trainer.evaluate(&eval).unwrap();
     for step in 0..300 {
@@ -75,7 +50,7 @@ fn eval_loss_falls_well_below_its_step_zero_value_and_generate_samples_text() {
     std::fs::create_dir_all(&root).unwrap();
     checkpoint::write(
         &root,
-        &state(&trainer, &corpus),
+        &corpus::state(&trainer, &corpus),
         &trainer,
         &corpus.tokenizer_path,
         2,
@@ -110,7 +85,7 @@ fn a_resumed_trainer_equals_the_saved_one_and_takes_the_same_next_step() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus::build(dir.path(), 12);
-    let train = sequences(&corpus.train);
+    let train = corpus::sequences(&corpus.train);
     let mut uninterrupted = trainer(&corpus, 0);
     for s in &train[..10] {
         uninterrupted.accumulate(s, 1);
@@ -120,7 +95,7 @@ fn a_resumed_trainer_equals_the_saved_one_and_takes_the_same_next_step() {
     std::fs::create_dir_all(&root).unwrap();
     checkpoint::write(
         &root,
-        &state(&uninterrupted, &corpus),
+        &corpus::state(&uninterrupted, &corpus),
         &uninterrupted,
         &corpus.tokenizer_path,
         2,

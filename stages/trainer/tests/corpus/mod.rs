@@ -8,6 +8,8 @@ use codelupe_batcher::document::{self, DocumentOptions};
 use codelupe_batcher::pack::Packer;
 use codelupe_runtime::records::{CodeFile, TrainingBatch};
 use codelupe_tokenizer::CodeTokenizer;
+use codelupe_trainer::checkpoint::CheckpointState;
+use codelupe_trainer::train::{BatchLimits, Sequences, Trainer};
 
 pub const SEQUENCE_LENGTH: usize = 64;
 pub const SEQUENCES_PER_BATCH: usize = 8;
@@ -68,5 +70,35 @@ pub fn build(dir: &Path, max_train: usize) -> Corpus {
         tokenizer,
         train,
         eval,
+    }
+}
+
+/// The batches as the trainer's tensors.
+pub fn sequences(batches: &[TrainingBatch]) -> Vec<Sequences> {
+    let limits = BatchLimits {
+        vocab_size: usize::MAX,
+        max_sequence_length: usize::MAX,
+    };
+    batches
+        .iter()
+        .map(|b| Sequences::from_batch(b, limits).unwrap())
+        .collect()
+}
+
+/// What a checkpoint of `trainer` on this corpus records.
+pub fn state(trainer: &Trainer, corpus: &Corpus) -> CheckpointState {
+    CheckpointState {
+        step: trainer.optimizer.step,
+        tokens_seen: 0,
+        offsets: Default::default(),
+        learning_rate: 0.0,
+        train_loss: None,
+        eval_loss: None,
+        preset: "tiny".into(),
+        model: trainer.model.config,
+        tokenizer_fingerprint: corpus.tokenizer.fingerprint.clone(),
+        context: Some(SEQUENCE_LENGTH as i64),
+        batches: Vec::new(),
+        written_at_ms: 0,
     }
 }

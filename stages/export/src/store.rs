@@ -120,10 +120,7 @@ impl DatasetStore {
     }
 
     async fn delete(&self, key: &Path) -> anyhow::Result<()> {
-        match self.objects.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot delete {}/{key}", self.url)),
-        }
+        codelupe_runtime::objects::delete_if_present(self.objects.as_ref(), &self.url, key).await
     }
 
     /// A data file's bytes; None once it is gone.
@@ -132,11 +129,7 @@ impl DatasetStore {
     }
 
     async fn get(&self, key: &Path) -> anyhow::Result<Option<bytes::Bytes>> {
-        match self.objects.get(key).await {
-            Ok(got) => Ok(Some(got.bytes().await?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}/{key}", self.url)),
-        }
+        codelupe_runtime::objects::get_if_present(self.objects.as_ref(), &self.url, key).await
     }
 
     pub async fn put_card(&self, text: String) -> anyhow::Result<()> {

@@ -206,23 +206,15 @@ impl CloneStore {
     }
 
     async fn delete(&self, key: &Path) -> anyhow::Result<()> {
-        match self.objects.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot delete {}", self.uri_of(key))),
-        }
+        crate::objects::delete_if_present(self.objects.as_ref(), &self.url, key).await
     }
 
     /// A small JSON document at `key` (not under `packs/`); None if there is none.
     pub async fn read_json<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
-        let key = Path::from(key);
-        match self.objects.get(&key).await {
-            Ok(found) => {
-                let bytes = found.bytes().await?;
-                Ok(serde_json::from_slice(&bytes).ok())
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.uri_of(&key))),
-        }
+        let found =
+            crate::objects::get_if_present(self.objects.as_ref(), &self.url, &Path::from(key))
+                .await?;
+        Ok(found.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> anyhow::Result<()> {

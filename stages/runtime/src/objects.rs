@@ -52,3 +52,28 @@ pub fn open(location: &str, what: &str) -> anyhow::Result<(Arc<dyn ObjectStore>,
     };
     Ok((objects, location.to_string()))
 }
+
+/// The object at `key`, or None when there is none; `url` names the store in errors.
+pub async fn get_if_present(
+    objects: &dyn ObjectStore,
+    url: &str,
+    key: &object_store::path::Path,
+) -> anyhow::Result<Option<bytes::Bytes>> {
+    match objects.get(key).await {
+        Ok(found) => Ok(Some(found.bytes().await?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {url}/{key}")),
+    }
+}
+
+/// Deletes the object at `key`; one already gone is fine.
+pub async fn delete_if_present(
+    objects: &dyn ObjectStore,
+    url: &str,
+    key: &object_store::path::Path,
+) -> anyhow::Result<()> {
+    match objects.delete(key).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot delete {url}/{key}")),
+    }
+}

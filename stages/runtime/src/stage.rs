@@ -26,8 +26,8 @@ pub struct StageRuntime {
     pub dead_letter_topic: String,
     /// The largest record each topic of topology.yaml takes (its `max.message.bytes`).
     pub topic_max_bytes: Arc<BTreeMap<String, usize>>,
-    /// Each record type's topic, by schema file (the first topic by name).
-    pub topics_by_schema: Arc<BTreeMap<String, String>>,
+    /// The topology the stage was resolved from.
+    pub topology: Arc<Topology>,
     pub settings: StageSettings,
     pub clients: KafkaClients,
     pub registry: Registry,
@@ -67,7 +67,7 @@ impl StageRuntime {
     pub fn topic_of<R: crate::AvroRecord>(&self, chosen: Option<&str>) -> anyhow::Result<String> {
         let topic = match chosen {
             Some(topic) => topic,
-            None => self.topics_by_schema.get(R::SCHEMA_FILE).ok_or_else(|| {
+            None => self.topology.topic_of::<R>().ok_or_else(|| {
                 anyhow!(
                     "stage {}: no topic of topology.yaml holds {} records",
                     self.name,
@@ -144,17 +144,7 @@ impl StageRuntime {
                     .map(|(name, spec)| (name.clone(), spec.max_message_bytes()))
                     .collect(),
             ),
-            topics_by_schema: Arc::new(
-                topology
-                    .topics
-                    .iter()
-                    .rev()
-                    .filter_map(|(name, spec)| {
-                        let file = spec.schema.file_name()?.to_str()?;
-                        Some((file.to_string(), name.clone()))
-                    })
-                    .collect(),
-            ),
+            topology: Arc::new(topology.clone()),
             metrics_addr: SocketAddr::new(settings.metrics_bind, port),
             metrics_path: spec.metrics.path.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),

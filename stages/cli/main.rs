@@ -345,7 +345,7 @@ async fn tokenizer_command(
 /// `codelupe export-hf`: the checkpoint as a Hugging Face model, and what was written.
 fn export_hf(checkpoint: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let checkpoint = codelupe_trainer_api::hf::checkpoint_at(checkpoint)?;
+    let checkpoint = codelupe_trainer_api::checkpoints::checkpoint_at(checkpoint)?;
     let exported = codelupe_trainer_api::hf::export(&checkpoint, out)?;
     println!(
         "{} (step {}) → {}: LlamaForCausalLM, {} parameters in {} tensors, context {}, in {:.1} s",

@@ -101,9 +101,7 @@ impl Figures {
             dropped: dropped.iter().map(|(_, d)| d.rows).sum(),
         })
     }
-}
 
-impl Figures {
     /// What tells two readings apart: files, rows, repositories and drops.
     fn extent(&self) -> (usize, u64, u64, u64) {
         let rows = self.files.iter().map(|(_, f)| f.rows).sum();

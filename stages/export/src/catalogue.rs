@@ -16,7 +16,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use codelupe_runtime::labels::LabelSet as _;
 use codelupe_runtime::records::{NearDuplicate, RepoSummary, SkipReason};
 
-use crate::rows::{struct_fields, REDACTION_KINDS};
+use crate::rows::{append_counts, counts_of, struct_fields, REDACTION_KINDS};
 use crate::table::{utc_millis, Table};
 
 /// A skip reason this build does not know (a newer processor's), summed.
@@ -214,10 +214,8 @@ impl RepoColumns {
             .filter(|(reason, _)| !known.contains(&reason.as_str()))
             .map(|(_, n)| n)
             .sum::<i64>();
-        let skipped = known
-            .iter()
-            .map(|reason| s.files_skipped.get(*reason).copied().unwrap_or(0));
-        append_counts(&mut self.skipped, skipped.chain([other]));
+        let skipped = counts_of(&known, &s.files_skipped).chain([other]);
+        append_counts(&mut self.skipped, skipped);
         let by_language = self.languages.values();
         for (language, files) in &s.published_by_language {
             by_language
@@ -231,10 +229,10 @@ impl RepoColumns {
             by_language.append(true);
         }
         self.languages.append(true);
-        let redactions = REDACTION_KINDS
-            .iter()
-            .map(|kind| s.redactions.get(*kind).copied().unwrap_or(0));
-        append_counts(&mut self.redactions, redactions);
+        append_counts(
+            &mut self.redactions,
+            counts_of(&REDACTION_KINDS, &s.redactions),
+        );
         self.cloned_at.append_value(s.cloned_at_ms);
     }
 
@@ -261,17 +259,6 @@ impl RepoColumns {
         columns.push(Arc::new(self.cloned_at.finish()));
         RecordBatch::try_new(Repositories::schema(), columns).expect("columns follow the schema")
     }
-}
-
-/// One row of a struct of integer fields, in field order.
-fn append_counts(builder: &mut StructBuilder, counts: impl Iterator<Item = i64>) {
-    for (i, n) in counts.enumerate() {
-        builder
-            .field_builder::<Int64Builder>(i)
-            .expect("an integer field")
-            .append_value(n);
-    }
-    builder.append(true);
 }
 
 /// What one near-duplicates file holds, for the card.

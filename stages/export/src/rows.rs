@@ -169,14 +169,10 @@ impl Columns {
         self.confidence.append_option(file.license.confidence);
         self.reported
             .append_option(file.license.reported.as_deref());
-        for (i, kind) in REDACTION_KINDS.iter().enumerate() {
-            let count = file.redactions.get(*kind).copied().unwrap_or(0);
-            self.redactions
-                .field_builder::<Int64Builder>(i)
-                .expect("an integer field")
-                .append_value(count);
-        }
-        self.redactions.append(true);
+        append_counts(
+            &mut self.redactions,
+            counts_of(&REDACTION_KINDS, &file.redactions),
+        );
     }
 
     fn finish(mut self) -> RecordBatch {
@@ -195,6 +191,27 @@ impl Columns {
         columns.push(Arc::new(self.redactions.finish()));
         RecordBatch::try_new(file_schema(), columns).expect("columns follow the schema")
     }
+}
+
+/// The counts of `map` under `names`, in order, 0 for a name it lacks.
+pub fn counts_of<'a>(
+    names: &'a [&str],
+    map: &'a std::collections::BTreeMap<String, i64>,
+) -> impl Iterator<Item = i64> + 'a {
+    names
+        .iter()
+        .map(|name| map.get(*name).copied().unwrap_or(0))
+}
+
+/// One row of a struct of integer fields, in field order.
+pub fn append_counts(builder: &mut StructBuilder, counts: impl Iterator<Item = i64>) {
+    for (i, n) in counts.enumerate() {
+        builder
+            .field_builder::<Int64Builder>(i)
+            .expect("an integer field")
+            .append_value(n);
+    }
+    builder.append(true);
 }
 
 /// The folder a language's files go to under `data/`: lower case, `+` as `p` and `#`

@@ -1,7 +1,7 @@
 //! Sampling from a checkpoint: complete a prompt, or fill the middle between a prefix
 //! and a suffix (the batcher's prefix-suffix-middle format).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use codelupe_tokenizer::CodeTokenizer;
@@ -37,13 +37,7 @@ pub struct Generator {
 impl Generator {
     /// From a checkpoint folder, or the newest checkpoint in a checkpoint root.
     pub fn load(path: &Path, device: Device) -> anyhow::Result<Self> {
-        let dir: PathBuf = if path.join("state.json").exists() {
-            path.to_path_buf()
-        } else {
-            checkpoint::latest(path)?
-                .map(|(dir, _)| dir)
-                .with_context(|| format!("no checkpoint in {}", path.display()))?
-        };
+        let dir = codelupe_trainer_api::checkpoints::checkpoint_at(path)?;
         let state = checkpoint::read_state(&dir)?;
         let tokenizer = CodeTokenizer::load(&dir.join("tokenizer.json"))?;
         if tokenizer.fingerprint != state.tokenizer_fingerprint {
@@ -104,16 +98,9 @@ impl Generator {
     /// The next token after `ids`: the likeliest, or sampled.
     fn next_token(&self, ids: &[u32], sampling: &Sampling) -> u32 {
         let context = &ids[ids.len().saturating_sub(MAX_CONTEXT)..];
-        let n = context.len() as i64;
-        let tokens = Tensor::from_slice(&context.iter().map(|&i| i as i64).collect::<Vec<_>>())
-            .view([1, n])
-            .to_device(sampling.device);
-        let positions = Tensor::arange(n, (Kind::Int64, sampling.device)).view([1, n]);
         let logits = self
-            .model
-            .forward(&tokens, &positions, false)
-            .get(0)
-            .get(n - 1)
+            .logits(context, sampling.device)
+            .get(context.len() as i64 - 1)
             .to_kind(Kind::Float);
         let next = if sampling.temperature <= 0.0 {
             logits.argmax(0, false)

@@ -50,11 +50,6 @@ pub fn content_hashes(dataset: &Path) -> Vec<String> {
     column(dataset, "data", "content_hash")
 }
 
-/// The content hashes of one data file's rows; panics when it is not whole Parquet.
-pub fn hashes_in(parquet: bytes::Bytes, name: &str) -> Vec<String> {
-    strings_in(parquet, name, "content_hash")
-}
-
 /// A text column of one file's rows; panics when it is not whole Parquet.
 pub fn strings_in(parquet: bytes::Bytes, name: &str, column: &str) -> Vec<String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(parquet)

@@ -45,6 +45,17 @@ pub fn latest(root: &Path) -> Option<(PathBuf, Progress)> {
     })
 }
 
+/// The checkpoint `path` names: a checkpoint folder, or the newest one under a
+/// checkpoint root.
+pub fn checkpoint_at(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join("state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    latest(path)
+        .map(|(dir, _)| dir)
+        .ok_or_else(|| anyhow::anyhow!("no checkpoint in {}", path.display()))
+}
+
 /// `checkpoint_dir` of the trainer's options.
 pub fn root(options: Option<&serde_yaml::Value>) -> PathBuf {
     options

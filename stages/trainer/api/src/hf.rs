@@ -40,17 +40,6 @@ pub struct Exported {
     pub context: i64,
 }
 
-/// The checkpoint `path` names: a checkpoint folder, or the newest one under a
-/// checkpoint root.
-pub fn checkpoint_at(path: &Path) -> anyhow::Result<std::path::PathBuf> {
-    if path.join("state.json").exists() {
-        return Ok(path.to_path_buf());
-    }
-    crate::checkpoints::latest(path)
-        .map(|(dir, _)| dir)
-        .ok_or_else(|| anyhow!("no checkpoint in {}", path.display()))
-}
-
 /// Writes the checkpoint at `checkpoint` as a Hugging Face model into `out`.
 pub fn export(checkpoint: &Path, out: &Path) -> anyhow::Result<Exported> {
     let read = |name: &str| {

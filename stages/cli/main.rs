@@ -99,6 +99,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Score a checkpoint on HumanEval by running its completions in a sandbox:
+    /// `--checkpoint DIR [--samples N --temperature T]` reports pass@k into the
+    /// checkpoint's eval/ folder. Runs codelupe-trainer's `eval` (see its --help).
+    #[command(disable_help_flag = true)]
+    Eval {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write a trainer checkpoint as a Hugging Face model (LlamaForCausalLM) that
     /// transformers loads: config.json, model.safetensors, generation_config.json and
     /// the tokenizer.
@@ -214,11 +222,17 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    // Sampling needs neither config nor topology: hand over to the trainer binary.
-    if let Command::Generate { args } = &cli.command {
+    // Sampling and scoring need neither config nor topology: hand over to the
+    // trainer binary.
+    let handed_over = match &cli.command {
+        Command::Generate { args } => Some(("generate", args)),
+        Command::Eval { args } => Some(("eval", args)),
+        _ => None,
+    };
+    if let Some((subcommand, args)) = handed_over {
         let mut command =
             std::process::Command::new(stages::find_binary(codelupe_trainer_api::BINARY)?);
-        command.arg("generate").args(args);
+        command.arg(subcommand).args(args);
         return Err(std::os::unix::process::CommandExt::exec(&mut command).into());
     }
     if let Command::ExportHf { checkpoint, out } = &cli.command {
@@ -253,7 +267,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })?;
             stages::run_one(&name, &brokers, once, setup).await
         }
-        Command::Generate { .. } | Command::ExportHf { .. } => unreachable!("handled above"),
+        Command::Generate { .. } | Command::Eval { .. } | Command::ExportHf { .. } => {
+            unreachable!("handled above")
+        }
         Command::Run {
             brokers,
             duration,

@@ -11,7 +11,7 @@
 //! (what a formatter does) does not hide it. A text shorter than `min_chars` once
 //! normalised is not looked for: `return a + b` is in every corpus.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::AhoCorasick;
@@ -40,15 +40,7 @@ impl Default for DecontaminationOptions {
     }
 }
 
-/// Where `setup/benchmarks.sh` puts the benchmarks: `BENCHMARKS_DIR`, else
-/// `~/.cache/codelupe/benchmarks`.
-pub fn setup_dir() -> PathBuf {
-    match std::env::var_os("BENCHMARKS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/codelupe/benchmarks"),
-    }
-}
+pub use codelupe_eval::benchmark::setup_dir;
 
 /// The benchmark texts, normalised, in one automaton.
 pub struct Benchmarks {
@@ -120,19 +112,11 @@ fn normalise(text: &str) -> String {
 
 /// (task id, texts of `fields`) for every line of a benchmark file.
 pub fn read_problems(path: &Path, fields: &[String]) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-    let file = std::fs::File::open(path).with_context(|| {
-        format!(
-            "cannot read benchmark file {} (setup/benchmarks.sh fetches HumanEval's)",
-            path.display()
-        )
-    })?;
-    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
     let mut problems = Vec::new();
-    for (i, line) in BufReader::new(reader).lines().enumerate() {
+    for (i, line) in codelupe_eval::benchmark::open_lines(path)?
+        .lines()
+        .enumerate()
+    {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
             continue;

@@ -81,6 +81,37 @@ impl Generator {
     /// The token ids the model produces after `prompt` (up to `max_tokens`, stopping
     /// at the end of text, which is not included).
     pub fn continue_ids(&self, prompt: &[u32], sampling: &Sampling) -> Vec<u32> {
+        self.continue_while(prompt, sampling, |_| true)
+    }
+
+    /// A completion of `prompt` cut at the first of `stops` (which is not included):
+    /// generation ends as soon as one appears.
+    pub fn complete(
+        &self,
+        prompt: &str,
+        sampling: &Sampling,
+        stops: &[&str],
+    ) -> anyhow::Result<String> {
+        let ids = self.tokenizer.encode(prompt)?;
+        let t = &self.tokenizer;
+        let stopped = |generated: &[u32]| {
+            t.decode(generated)
+                .is_ok_and(|text| stops.iter().any(|s| text.contains(s)))
+        };
+        let generated = self.continue_while(&ids, sampling, |g| !stopped(g));
+        let text = t.decode(&generated)?;
+        let end = stops.iter().filter_map(|s| text.find(s)).min();
+        Ok(text[..end.unwrap_or(text.len())].to_string())
+    }
+
+    /// Generated ids after `prompt` while `go_on(generated so far)` holds, up to
+    /// `max_tokens` or the end of text (not included).
+    fn continue_while(
+        &self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        mut go_on: impl FnMut(&[u32]) -> bool,
+    ) -> Vec<u32> {
         let mut ids = prompt.to_vec();
         tch::manual_seed(sampling.seed);
         tch::no_grad(|| {
@@ -90,6 +121,9 @@ impl Generator {
                     break;
                 }
                 ids.push(next);
+                if !go_on(&ids[prompt.len()..]) {
+                    break;
+                }
             }
         });
         ids.split_off(prompt.len())

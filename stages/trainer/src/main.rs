@@ -1,5 +1,5 @@
 //! `codelupe-trainer`: the trainer stage (`stage`) and sampling from its checkpoints
-//! (`generate`). `codelupe stage trainer` and `codelupe generate` run this binary.
+//! (`generate`) and scoring them on an execution benchmark (`eval`). `codelupe stage trainer` and `codelupe generate` run this binary.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use codelupe_runtime::config::{Config, ConfigArgs};
 use codelupe_runtime::topology::Topology;
+use codelupe_trainer::evaluate::EvalArgs;
 use codelupe_trainer::generate::{Generator, Prompt, Sampling};
 use codelupe_trainer::stage::choose_device;
 
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Score a checkpoint on an execution benchmark (pass@k), running every completion
+    /// in a sandbox.
+    Eval(EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,9 @@ fn main() -> ExitCode {
             seed,
             &device,
         ),
+        Command::Eval(args) => codelupe_trainer::evaluate::run(&args).map(|report| {
+            println!("{}", report.headline());
+        }),
         Command::Stage { brokers } => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|runtime| {

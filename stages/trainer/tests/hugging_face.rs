@@ -10,43 +10,18 @@ mod corpus;
 use std::path::Path;
 use std::process::Command;
 
-use codelupe_trainer::checkpoint;
 use codelupe_trainer::generate::{Generator, Sampling};
-use codelupe_trainer::model::ModelConfig;
-use codelupe_trainer::optim::OptimizerOptions;
-use codelupe_trainer::train::Trainer;
 use tch::{Device, Tensor};
 
 const PROMPT_TOKENS: usize = 64;
 const GENERATED_TOKENS: usize = 32;
-
-/// A tiny model trained 200 steps on real code, checkpointed under `root`.
-fn trained_checkpoint(root: &Path, corpus: &corpus::Corpus) -> std::path::PathBuf {
-    let mut config = ModelConfig::preset("tiny", corpus.tokenizer.vocab_size() as i64).unwrap();
-    config.rope_theta = 50_000.0;
-    config.norm_eps = 1e-5;
-    let options = OptimizerOptions {
-        learning_rate: 3e-3,
-        warmup_steps: 5,
-        ..OptimizerOptions::default()
-    };
-    let mut trainer = Trainer::new(config, options, Device::Cpu, 11, false);
-    let train = corpus::sequences(&corpus.train);
-    for step in 0..200 {
-        trainer.accumulate(&train[step % train.len()], 1);
-        trainer.step();
-    }
-    let state = corpus::state(&trainer, corpus);
-    std::fs::create_dir_all(root).unwrap();
-    checkpoint::write(root, &state, &trainer, &corpus.tokenizer_path, 1).unwrap()
-}
 
 #[test]
 fn transformers_loads_the_export_and_computes_what_the_trainer_computes() {
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus::build(dir.path(), 40);
-    let checkpoint = trained_checkpoint(&dir.path().join("checkpoints"), &corpus);
+    let checkpoint = corpus::trained_checkpoint(&dir.path().join("checkpoints"), &corpus);
     let out = dir.path().join("hf");
     let exported = codelupe_trainer_api::hf::export(&checkpoint, &out).unwrap();
     assert_eq!(exported.context, corpus::SEQUENCE_LENGTH as i64);

@@ -8,8 +8,11 @@ use codelupe_batcher::document::{self, DocumentOptions};
 use codelupe_batcher::pack::Packer;
 use codelupe_runtime::records::{CodeFile, TrainingBatch};
 use codelupe_tokenizer::CodeTokenizer;
-use codelupe_trainer::checkpoint::CheckpointState;
+use codelupe_trainer::checkpoint::{self, CheckpointState};
+use codelupe_trainer::model::ModelConfig;
+use codelupe_trainer::optim::OptimizerOptions;
 use codelupe_trainer::train::{BatchLimits, Sequences, Trainer};
+use tch::Device;
 
 pub const SEQUENCE_LENGTH: usize = 64;
 pub const SEQUENCES_PER_BATCH: usize = 8;
@@ -101,4 +104,25 @@ pub fn state(trainer: &Trainer, corpus: &Corpus) -> CheckpointState {
         batches: Vec::new(),
         written_at_ms: 0,
     }
+}
+
+/// A tiny model trained 200 steps on real code, checkpointed under `root`.
+pub fn trained_checkpoint(root: &Path, corpus: &Corpus) -> PathBuf {
+    let mut config = ModelConfig::preset("tiny", corpus.tokenizer.vocab_size() as i64).unwrap();
+    config.rope_theta = 50_000.0;
+    config.norm_eps = 1e-5;
+    let options = OptimizerOptions {
+        learning_rate: 3e-3,
+        warmup_steps: 5,
+        ..OptimizerOptions::default()
+    };
+    let mut trainer = Trainer::new(config, options, Device::Cpu, 11, false);
+    let train = sequences(&corpus.train);
+    for step in 0..200 {
+        trainer.accumulate(&train[step % train.len()], 1);
+        trainer.step();
+    }
+    let state = state(&trainer, corpus);
+    std::fs::create_dir_all(root).unwrap();
+    checkpoint::write(root, &state, &trainer, &corpus.tokenizer_path, 1).unwrap()
 }

@@ -301,8 +301,8 @@ pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 pub mod register {
     use prometheus::core::Collector;
     use prometheus::{
-        Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-        Registry,
+        Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+        IntGaugeVec, Opts, Registry,
     };
 
     fn add<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -347,6 +347,15 @@ pub mod register {
 
     pub fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
         add(r, Gauge::new(name, help)?)
+    }
+
+    pub fn gauge_vec(
+        r: &Registry,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<GaugeVec> {
+        add(r, GaugeVec::new(Opts::new(name, help), labels)?)
     }
 
     pub fn histogram(

@@ -10,6 +10,8 @@ use anyhow::{bail, Context as _};
 use codelupe_eval::sandbox::{default_interpreter, Limits, Sandbox};
 use codelupe_eval::{Benchmark, Problem, Report};
 
+use codelupe_trainer_api::checkpoints::eval_report;
+
 use crate::checkpoint;
 use crate::generate::{Generator, Sampling};
 use crate::stage::choose_device;
@@ -124,7 +126,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<Report> {
     report.generated_by = generated_by;
     let out = match (&args.out, &checkpoint_dir) {
         (Some(out), _) => out.clone(),
-        (None, Some(dir)) => report_path(dir, benchmark),
+        (None, Some(dir)) => eval_report(dir, benchmark.name()),
         (None, None) => PathBuf::from(format!("{}-eval.json", benchmark.name())),
     };
     report.write(&out)?;

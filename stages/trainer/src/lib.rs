@@ -7,6 +7,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod model;
 pub mod optim;
+pub mod pass_at_k;
 pub mod stage;
 pub mod train;
 

@@ -30,6 +30,7 @@ use tch::Device;
 use crate::checkpoint::{self, CheckpointState, EvalSet};
 use crate::model::{ModelConfig, Preset};
 use crate::optim::OptimizerOptions;
+use crate::pass_at_k::{Evaluator, PassAtKOptions, Scored};
 use crate::train::{BatchLimits, Sequences, Trainer};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +70,8 @@ pub struct TrainerOptions {
     /// How often to look for partitions added to the input; they are read from their
     /// beginning.
     pub partition_check_ms: u64,
+    /// Scoring each new checkpoint on HumanEval in the background.
+    pub pass_at_k: PassAtKOptions,
 }
 
 impl Default for TrainerOptions {
@@ -91,6 +94,7 @@ impl Default for TrainerOptions {
             max_sequence_length: 16_384,
             log_every_steps: NonZeroU64::new(10).expect("positive"),
             resume_offsets: true,
+            pass_at_k: PassAtKOptions::default(),
         }
     }
 }
@@ -133,6 +137,15 @@ impl TryFrom<String> for DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// As written in the config.
+    pub fn name(self) -> String {
+        match self {
+            Self::Auto => "auto".into(),
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
     /// The device, when this machine has it.
     pub fn resolve(self) -> anyhow::Result<Device> {
         Ok(match self {
@@ -189,6 +202,8 @@ struct Status {
     tokens_per_second: f64,
     eval_set_batches: usize,
     last_checkpoint: Option<String>,
+    /// The newest checkpoint's execution score.
+    pass_at_k: Option<Scored>,
     offsets: BTreeMap<i32, i64>,
 }
 
@@ -235,6 +250,8 @@ struct Stage {
     run: Run,
     status: Status,
     throughput: (Instant, u64),
+    /// Scores checkpoints by execution in a child process; None when off.
+    evaluator: Option<Evaluator>,
 }
 
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
@@ -340,7 +357,13 @@ impl Stage {
             "trainer ready"
         );
         let dead_letters = Publisher::new(&runtime)?;
+        let evaluator = Evaluator::new(
+            &options.pass_at_k,
+            options.device.name(),
+            metrics.eval_pass_at_k.clone(),
+        )?;
         Ok(Self {
+            evaluator,
             status,
             throughput: (Instant::now(), tokens_seen),
             options,
@@ -427,6 +450,10 @@ impl Stage {
                 next_check = Instant::now() + check_every;
                 self.assign_new_partitions(consumer, input);
                 self.report_lag(consumer, input);
+            }
+            if let Some(scored) = self.evaluator.as_mut().and_then(Evaluator::poll) {
+                self.status.pass_at_k = Some(scored);
+                self.publish_status();
             }
             if self.runtime.shutdown.is_cancelled() {
                 if !self.run.batches.is_empty() {
@@ -706,6 +733,9 @@ impl Stage {
             self.options.keep_checkpoints.get(),
         )?;
         self.commit_offsets(consumer, input)?;
+        if let Some(evaluator) = &mut self.evaluator {
+            evaluator.offer(&dir);
+        }
         let elapsed = self.run.started.elapsed().as_secs_f64();
         self.metrics.training_runs.inc();
         self.metrics.training_duration.observe(elapsed);

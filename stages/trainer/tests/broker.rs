@@ -93,13 +93,19 @@ async fn setup(dir: &Path, tokenizer: &Path, partitions: i32, options: &str) -> 
     .unwrap();
     let root = dir.join("checkpoints");
     let config = dir.join("config.yaml");
+    // Scoring checkpoints by execution is its own test's subject.
+    let pass_at_k = if options.contains("pass_at_k") {
+        ""
+    } else {
+        "      pass_at_k: {enabled: false}\n"
+    };
     std::fs::write(
         &config,
         format!(
             "kafka:\n  brokers: {}\n  dead_letter_topic: {dead}\n\
              stages:\n  trainer:\n    metrics_bind: 127.0.0.1\n    options:\n\
              \x20     tokenizer: {}\n      checkpoint_dir: {}\n      device: cpu\n\
-             \x20     keep_checkpoints: 1000\n      optimizer: {{warmup_steps: 5}}\n{options}",
+             \x20     keep_checkpoints: 1000\n      optimizer: {{warmup_steps: 5}}\n{options}{pass_at_k}",
             brokers(),
             tokenizer.display(),
             root.display()
@@ -218,6 +224,44 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
         ids.len(),
         states.len()
     );
+}
+
+/// Each checkpoint is scored on HumanEval by a niced child process while training goes
+/// on; the score reaches the metrics, /status and the checkpoint's folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_scored_by_execution_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus::build(dir.path(), 10);
+    let s = setup(
+        dir.path(),
+        &corpus.tokenizer_path,
+        1,
+        "      steps_per_run: 5\n      idle_checkpoint_ms: 2000\n      eval_batches: 0\n\
+         \x20     pass_at_k: {limit: 4, max_tokens: 32}\n",
+    )
+    .await;
+    produce_all(&s.input, corpus.train.iter().map(record).collect()).await;
+    let _trainer = start(&s.config, &s.topology);
+    let series = "trainer_eval_pass_at_k{benchmark=\"humaneval\",k=\"1\"}";
+    wait_for("a checkpoint scored", Duration::from_secs(240), || {
+        http_get(s.port, "/prometheus").is_ok_and(|(_, m)| m.contains(series))
+    });
+    let scored: Vec<serde_json::Value> = checkpoint::list(&s.root)
+        .unwrap()
+        .iter()
+        .filter_map(|(dir, _)| std::fs::read(dir.join("eval/humaneval.json")).ok())
+        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+        .collect();
+    assert!(!scored.is_empty(), "no report in any checkpoint's eval/");
+    for report in &scored {
+        assert_eq!(report["problems"], 4, "{report}");
+        let pass_at_1 = report["pass_at_k"]["1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&pass_at_1), "{report}");
+    }
+    let (_, status) = http_get(s.port, "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let headline = status["pass_at_k"]["headline"].as_str().unwrap_or_default();
+    assert!(headline.starts_with("humaneval: pass@1 "), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

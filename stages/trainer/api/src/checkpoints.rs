@@ -56,6 +56,26 @@ pub fn checkpoint_at(path: &Path) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no checkpoint in {}", path.display()))
 }
 
+/// Where a checkpoint's execution score on `benchmark` (its name) is written.
+pub fn eval_report(checkpoint: &Path, benchmark: &str) -> PathBuf {
+    checkpoint.join("eval").join(format!("{benchmark}.json"))
+}
+
+/// The fields of an execution score the summary reports.
+#[derive(Debug, Deserialize)]
+pub struct Score {
+    pub problems: usize,
+    pub pass_at_k: std::collections::BTreeMap<String, f64>,
+}
+
+/// The newest checkpoint under `root` scored on `benchmark`, and its score.
+pub fn latest_score(root: &Path, benchmark: &str) -> Option<(PathBuf, Score)> {
+    dirs(root).ok()?.into_iter().rev().find_map(|dir| {
+        let text = std::fs::read(eval_report(&dir, benchmark)).ok()?;
+        Some((dir, serde_json::from_slice(&text).ok()?))
+    })
+}
+
 /// `checkpoint_dir` of the trainer's options.
 pub fn root(options: Option<&serde_yaml::Value>) -> PathBuf {
     options

@@ -58,17 +58,37 @@ fn summarize(seen: &Observed<'_>) -> Vec<String> {
         .train_loss
         .map(|l| format!(", last train loss {l:.3}"))
         .unwrap_or_default();
-    vec![
+    let mut lines = vec![
         format!(
             "training      {} optimiser steps, {} tokens; {eval}{train}",
             state.step, state.tokens_seen
         ),
         format!("checkpoint    {}", dir.display()),
+    ];
+    if let Some((scored, score)) = checkpoints::latest_score(&root, "humaneval") {
+        let ks: Vec<String> = score
+            .pass_at_k
+            .iter()
+            .map(|(k, v)| format!("pass@{k} {v:.3}"))
+            .collect();
+        lines.push(format!(
+            "by execution  HumanEval {} on {} problems ({})",
+            ks.join(", "),
+            score.problems,
+            scored.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    lines.extend([
         format!(
             "try it        ./codelupe generate --checkpoint {} --prompt 'fn main('",
             root.display()
         ),
-    ]
+        format!(
+            "score it      ./codelupe eval --checkpoint {} (HumanEval pass@k by execution)",
+            root.display()
+        ),
+    ]);
+    lines
 }
 
 #[cfg(test)]
@@ -87,6 +107,12 @@ mod tests {
             )
             .unwrap();
         }
+        std::fs::create_dir_all(root.path().join("step-0000000010/eval")).unwrap();
+        std::fs::write(
+            root.path().join("step-0000000010/eval/humaneval.json"),
+            r#"{"problems": 164, "pass_at_k": {"1": 0.0061}}"#,
+        )
+        .unwrap();
         // A checkpoint being written has no state.json yet and is not the newest.
         std::fs::create_dir_all(root.path().join("step-0000000030")).unwrap();
         let options: serde_yaml::Value =
@@ -102,6 +128,10 @@ mod tests {
         assert!(text.contains("eval loss 7.125 → 5.250"), "{text}");
         assert!(text.contains("step-0000000022"), "{text}");
         assert!(text.contains("generate --checkpoint"), "{text}");
+        assert!(
+            text.contains("HumanEval pass@1 0.006 on 164 problems (step-0000000010)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use codelupe_runtime::labels::{CounterBy, GaugeBy, NoReason};
 use codelupe_runtime::pipeline::LoopMetrics;
 use codelupe_runtime::records::Split;
 use codelupe_runtime::telemetry::register;
-use prometheus::{Gauge, Histogram, IntCounter, Registry};
+use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, Registry};
 
 codelupe_runtime::label_set! {
     /// Why a batch was not trained on (`trainer_batches_skipped_total{reason}`).
@@ -26,6 +26,8 @@ pub struct TrainerMetrics {
     pub samples_trained: IntCounter,
     pub current_loss: Gauge,
     pub current_eval_loss: Gauge,
+    /// The newest scored checkpoint's pass@k, by benchmark and k.
+    pub eval_pass_at_k: GaugeVec,
     pub gpu_memory_bytes: Gauge,
     pub dataset_size: GaugeBy<Split>,
     pub training_duration: Histogram,
@@ -65,6 +67,12 @@ impl TrainerMetrics {
                 r,
                 "trainer_current_eval_loss",
                 "Loss on the fixed eval set at the last evaluation",
+            )?,
+            eval_pass_at_k: register::gauge_vec(
+                r,
+                "trainer_eval_pass_at_k",
+                "pass@k of the newest checkpoint scored by execution",
+                &["benchmark", "k"],
             )?,
             gpu_memory_bytes: register::gauge(r, "trainer_gpu_memory_bytes", "GPU memory in use")?,
             dataset_size: GaugeBy::register(

@@ -136,6 +136,7 @@ fn training_batch_matches_its_schema() {
         token_ids: vec![1, 2, 3, 0, 5, 6, 7, 0],
         document_starts: vec![0, 4],
         content_hashes: vec!["aa".into(), "bb".into()],
+        languages: vec!["Rust".into(), "Python".into()],
         tokenizer_fingerprint: "f00d".into(),
     });
 }

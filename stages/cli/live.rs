@@ -3,7 +3,7 @@
 //! drawn from the stages' own metrics (their registries in this process, the trainer's
 //! `/status`) and served on its own port; the chart is uPlot, vendored from npm.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,8 @@ pub struct Board {
     /// (step, loss) of each optimiser step seen, and of each evaluation.
     pub train_loss: Vec<(u64, f64)>,
     pub eval_loss: Vec<(u64, f64)>,
+    /// (step, loss) of each evaluation on each language's tokens.
+    pub eval_loss_by_language: BTreeMap<String, Vec<(u64, f64)>>,
     pub trainer: Option<TrainerStatus>,
 }
 
@@ -90,6 +92,7 @@ pub struct TrainerStatus {
     pub tokens_seen: u64,
     pub train_loss: Option<f64>,
     pub eval_loss: Option<f64>,
+    pub eval_loss_by_language: BTreeMap<String, f64>,
     pub tokens_per_second: f64,
     pub last_checkpoint: Option<String>,
 }
@@ -263,6 +266,13 @@ impl Sampler {
                     .and_then(checkpoint_step)
                     .unwrap_or(status.step);
                 push_bounded(&mut board.eval_loss, (step, loss));
+                for (language, loss) in &status.eval_loss_by_language {
+                    let curve = board
+                        .eval_loss_by_language
+                        .entry(language.clone())
+                        .or_default();
+                    push_bounded(curve, (step, *loss));
+                }
             }
         }
         board.trainer = Some(status);

@@ -130,6 +130,7 @@ impl Default for BatcherOptions {
 #[derive(Debug, Clone)]
 struct Member {
     content_hash: String,
+    language: String,
     at: InputPosition,
 }
 
@@ -279,6 +280,11 @@ impl Batcher {
                 sequence_length: self.options.sequence_length as i32,
                 token_ids: packed.token_ids,
                 document_starts: packed.document_starts,
+                languages: packed
+                    .members
+                    .iter()
+                    .map(|(m, _)| m.language.clone())
+                    .collect(),
                 content_hashes: packed
                     .members
                     .into_iter()
@@ -363,6 +369,7 @@ impl Aggregate for Batcher {
         let eval = document::is_eval(&file.content_hash, self.options.document.eval_share);
         let member = Member {
             content_hash: file.content_hash,
+            language: file.language,
             at,
         };
         let (split, packer) = if eval {

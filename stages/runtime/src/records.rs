@@ -160,9 +160,11 @@ pub struct TrainingBatch {
     pub token_ids: Vec<i32>,
     pub document_starts: Vec<i32>,
     pub content_hashes: Vec<String>,
+    /// The language of each of `content_hashes`' files (empty in version 1 batches).
+    pub languages: Vec<String>,
     pub tokenizer_fingerprint: String,
 }
-avro_record!(TrainingBatch, "training-batches.avsc");
+avro_record!(TrainingBatch, "training-batches.avsc", earlier: ["training-batches/1.avsc"]);
 
 /// `dead-letters`: a record a stage could not handle, with why and where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -190,6 +190,31 @@ impl Transformer {
             .view([-1, self.config.vocab_size])
             .cross_entropy_for_logits(&targets.reshape([-1]))
     }
+
+    /// The loss of each predicted token, [S, L-1] (the token at position j+1 given
+    /// those before it), for losses split by what the tokens are.
+    pub fn token_losses(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask_documents: bool,
+    ) -> Tensor {
+        let (rows, t) = (tokens.size()[0], tokens.size()[1]);
+        let inputs = tokens.narrow(1, 0, t - 1);
+        let targets = tokens.narrow(1, 1, t - 1);
+        let logits = self.forward(&inputs, &positions.narrow(1, 0, t - 1), mask_documents);
+        logits
+            .to_kind(Kind::Float)
+            .view([-1, self.config.vocab_size])
+            .cross_entropy_loss::<Tensor>(
+                &targets.reshape([-1]),
+                None,
+                tch::Reduction::None,
+                -100,
+                0.0,
+            )
+            .view([rows, t - 1])
+    }
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ pub struct PassAtKOptions {
     pub max_tokens: usize,
     /// Programs run at once.
     pub workers: usize,
-    /// The evaluating process's niceness (19: it runs only on CPU time training
-    /// leaves).
+    /// The evaluating process's niceness: at 10 it takes about a tenth of a core
+    /// training keeps busy (at 19 it would wait for training to idle).
     pub niceness: i32,
     /// Its libtorch threads.
     pub threads: i32,
@@ -50,7 +50,7 @@ impl Default for PassAtKOptions {
             temperature: 0.0,
             max_tokens: 256,
             workers: 1,
-            niceness: 19,
+            niceness: 10,
             threads: 1,
         }
     }
@@ -62,6 +62,8 @@ pub struct Evaluator {
     benchmark: Benchmark,
     problems: PathBuf,
     device: String,
+    /// The `codelupe-trainer` binary (this one, in the stage).
+    program: PathBuf,
     running: Option<(Child, PathBuf)>,
     waiting: Option<PathBuf>,
     gauge: GaugeVec,
@@ -78,6 +80,7 @@ impl Evaluator {
     /// None when disabled, or when the problems are missing (said once, here).
     pub fn new(
         options: &PassAtKOptions,
+        program: PathBuf,
         device: String,
         gauge: GaugeVec,
     ) -> anyhow::Result<Option<Self>> {
@@ -101,10 +104,16 @@ impl Evaluator {
             benchmark,
             problems,
             device,
+            program,
             running: None,
             waiting: None,
             gauge,
         }))
+    }
+
+    /// Whether an evaluation is running.
+    pub fn busy(&self) -> bool {
+        self.running.is_some()
     }
 
     /// A checkpoint was written: score it now, or when the running evaluation ends.
@@ -180,7 +189,7 @@ impl Evaluator {
         let log_dir = checkpoint.join("eval");
         std::fs::create_dir_all(&log_dir)?;
         let log = std::fs::File::create(log_dir.join(format!("{}.log", self.benchmark.name())))?;
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(&self.program);
         command
             .arg("eval")
             .arg("--checkpoint")

@@ -47,8 +47,10 @@ pub struct TrainerOptions {
     /// Batches (micro-batches) per optimiser step.
     pub grad_accumulation: NonZeroU32,
     pub optimizer: OptimizerOptions,
-    /// Eval-split batches kept as the fixed eval set.
+    /// Eval-split batches kept as the fixed eval set (the first ones read).
     pub eval_batches: usize,
+    /// Beyond those, one more for each language not in the set yet, up to this many.
+    pub eval_batches_max: usize,
     pub keep_checkpoints: NonZeroUsize,
     /// End a run early (evaluate, checkpoint) when no batch arrives for this long, so
     /// the tail of the stream is saved; 0: wait for a full run.
@@ -85,6 +87,7 @@ impl Default for TrainerOptions {
             grad_accumulation: NonZeroU32::MIN,
             optimizer: OptimizerOptions::default(),
             eval_batches: 8,
+            eval_batches_max: 64,
             keep_checkpoints: NonZeroUsize::new(3).expect("positive"),
             idle_checkpoint_ms: 60_000,
             partition_check_ms: 30_000,
@@ -198,6 +201,7 @@ struct Status {
     tokens_seen: u64,
     train_loss: Option<f64>,
     eval_loss: Option<f64>,
+    eval_loss_by_language: BTreeMap<String, f64>,
     learning_rate: f64,
     tokens_per_second: f64,
     eval_set_batches: usize,
@@ -359,6 +363,7 @@ impl Stage {
         let dead_letters = Publisher::new(&runtime)?;
         let evaluator = Evaluator::new(
             &options.pass_at_k,
+            std::env::current_exe()?,
             options.device.name(),
             metrics.eval_pass_at_k.clone(),
         )?;
@@ -516,11 +521,8 @@ impl Stage {
             Err(e) => return self.dead_letter(message, format!("malformed batch: {e}")),
         };
         if batch.split == Split::Eval.label() {
-            if self.eval.batch_ids.len() < self.options.eval_batches
-                && !self.eval.batch_ids.contains(&batch.batch_id)
-            {
-                self.eval.batch_ids.push(batch.batch_id);
-                self.eval.sequences.push(sequences);
+            let (base, max) = (self.options.eval_batches, self.options.eval_batches_max);
+            if self.eval.offer(&batch, sequences, base, max.max(base)) {
                 self.eval.save(&self.options.checkpoint_dir)?;
                 let rows: i64 = self.eval.sequences.iter().map(|s| s.tokens.size()[0]).sum();
                 self.metrics.dataset_size.set(Split::Eval, rows as f64);
@@ -711,6 +713,13 @@ impl Stage {
         if let Some(loss) = eval_loss {
             self.metrics.current_eval_loss.set(loss);
         }
+        let eval_loss_by_language = self.trainer.evaluate_by_language(&self.eval);
+        for (language, loss) in &eval_loss_by_language {
+            self.metrics
+                .eval_loss
+                .with_label_values(&[language])
+                .set(*loss);
+        }
         let state = CheckpointState {
             step: self.trainer.optimizer.step,
             tokens_seen: self.tokens_seen,
@@ -718,6 +727,7 @@ impl Stage {
             learning_rate: self.status.learning_rate,
             train_loss: self.status.train_loss,
             eval_loss,
+            eval_loss_by_language: eval_loss_by_language.clone(),
             preset: self.options.preset.to_string(),
             model: self.trainer.model.config,
             tokenizer_fingerprint: self.tokenizer.fingerprint.clone(),
@@ -744,6 +754,7 @@ impl Stage {
             eval_loss = ?eval_loss, seconds = elapsed, why, "run finished"
         );
         self.status.eval_loss = eval_loss;
+        self.status.eval_loss_by_language = eval_loss_by_language;
         self.status.last_checkpoint = Some(dir.display().to_string());
         self.status.eval_set_batches = self.eval.batch_ids.len();
         self.run = Run::new();

@@ -1,11 +1,13 @@
 //! The model, its optimiser and one training step; batches as tensors.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use codelupe_runtime::records::TrainingBatch;
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::checkpoint::EvalSet;
 use crate::model::{ModelConfig, Transformer};
 use crate::optim::{AdamW, OptimizerOptions};
 
@@ -158,6 +160,47 @@ impl Trainer {
         Some(total / eval.len() as f64)
     }
 
+    /// Loss on the eval set's tokens of each language (the mean over every token of
+    /// it, wherever it lies); batches whose record named no languages are left out.
+    pub fn evaluate_by_language(&self, eval: &EvalSet) -> BTreeMap<String, f64> {
+        let mut sums = vec![(0.0f64, 0i64); eval.languages.len()];
+        tch::no_grad(|| {
+            for (sequences, languages) in eval.sequences.iter().zip(&eval.token_languages) {
+                let Some(languages) = languages else { continue };
+                let on_device = sequences.to(self.device());
+                let losses = tch::autocast(self.bf16, || {
+                    self.model.token_losses(
+                        &on_device.tokens,
+                        &on_device.positions,
+                        self.mask_documents,
+                    )
+                })
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu);
+                let t = languages.size()[1];
+                // A token's loss is its language's: the language of the predicted token.
+                let predicted = languages.narrow(1, 1, t - 1);
+                for (index, sum) in sums.iter_mut().enumerate() {
+                    let mask = predicted.eq(index as i64);
+                    let count = mask.sum(Kind::Int64).int64_value(&[]);
+                    if count > 0 {
+                        sum.0 += losses
+                            .masked_select(&mask)
+                            .sum(Kind::Double)
+                            .double_value(&[]);
+                        sum.1 += count;
+                    }
+                }
+            }
+        });
+        eval.languages
+            .iter()
+            .zip(sums)
+            .filter(|(_, (_, count))| *count > 0)
+            .map(|(name, (sum, count))| (name.clone(), sum / count as f64))
+            .collect()
+    }
+
     /// Weights and optimiser moments into `dir` (which exists).
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let cpu = |named: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
@@ -216,6 +259,7 @@ mod tests {
             sequence_length,
             document_starts: vec![0],
             content_hashes: vec!["a".into()],
+            languages: vec!["Rust".into()],
             token_ids,
             tokenizer_fingerprint: "f".into(),
         }
@@ -246,6 +290,7 @@ mod tests {
             token_ids: (0..8).collect(),
             document_starts: vec![0, 3, 6],
             content_hashes: vec!["a".into(), "b".into(), "c".into()],
+            languages: vec!["Rust".into(); 3],
             tokenizer_fingerprint: "f".into(),
         };
         let s = Sequences::from_batch(&batch, LIMITS).unwrap();
@@ -253,5 +298,34 @@ mod tests {
         let positions: Vec<i64> = s.positions.view([-1]).try_into().unwrap();
         // Document b runs 3..6 across the sequence boundary at 4.
         assert_eq!(positions, [0, 1, 2, 0, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn losses_by_language_split_the_mean_loss_by_token() {
+        let config = ModelConfig::preset("tiny", 8).unwrap();
+        let trainer = Trainer::new(config, OptimizerOptions::default(), Device::Cpu, 3, false);
+        let batch = TrainingBatch {
+            batch_id: "b".into(),
+            split: "eval".into(),
+            sequence_length: 8,
+            token_ids: vec![1, 2, 3, 4, 5, 6, 7, 1],
+            document_starts: vec![0, 5],
+            content_hashes: vec!["a".into(), "b".into()],
+            languages: vec!["Rust".into(), "Python".into()],
+            tokenizer_fingerprint: "f".into(),
+        };
+        let limits = BatchLimits {
+            vocab_size: 8,
+            max_sequence_length: 8,
+        };
+        let mut eval = EvalSet::default();
+        assert!(eval.offer(&batch, Sequences::from_batch(&batch, limits).unwrap(), 1, 1));
+        let by_language = trainer.evaluate_by_language(&eval);
+        assert_eq!(by_language.len(), 2, "{by_language:?}");
+        // Of the 7 predicted tokens, 4 are Rust's (positions 1-4) and 3 Python's.
+        let mean = (4.0 * by_language["Rust"] + 3.0 * by_language["Python"]) / 7.0;
+        let overall = trainer.evaluate(&eval.sequences).unwrap();
+        assert!((mean - overall).abs() < 1e-5, "{mean} vs {overall}");
+        assert!((by_language["Rust"] - by_language["Python"]).abs() > 1e-6);
     }
 }

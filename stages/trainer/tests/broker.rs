@@ -226,26 +226,35 @@ async fn killed_mid_run_and_restarted_every_batch_is_trained_exactly_once() {
     );
 }
 
-/// Each checkpoint is scored on HumanEval by a niced child process while training goes
-/// on; the score reaches the metrics, /status and the checkpoint's folder.
+/// Each checkpoint is evaluated on each language's tokens of the eval set (which takes
+/// a batch of C past its first, Rust-only batch), and scored on HumanEval by a niced
+/// child process while training goes on; both reach the metrics, /status and the
+/// checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpoints_are_scored_by_execution_in_the_background() {
+async fn checkpoints_are_evaluated_by_language_and_scored_by_execution() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = corpus::build(dir.path(), 10);
+    let corpus = corpus::build_from(dir.path(), corpus::mixed_files(), 10);
     let s = setup(
         dir.path(),
         &corpus.tokenizer_path,
         1,
-        "      steps_per_run: 5\n      idle_checkpoint_ms: 2000\n      eval_batches: 0\n\
-         \x20     pass_at_k: {limit: 4, max_tokens: 32}\n",
+        "      steps_per_run: 5\n      idle_checkpoint_ms: 2000\n      eval_batches: 1\n\
+         \x20     eval_batches_max: 8\n      pass_at_k: {limit: 4, max_tokens: 32}\n",
     )
     .await;
-    produce_all(&s.input, corpus.train.iter().map(record).collect()).await;
+    let mut records: Vec<_> = corpus.eval.iter().map(record).collect();
+    records.extend(corpus.train.iter().map(record));
+    produce_all(&s.input, records).await;
     let _trainer = start(&s.config, &s.topology);
     let series = "trainer_eval_pass_at_k{benchmark=\"humaneval\",k=\"1\"}";
     wait_for("a checkpoint scored", Duration::from_secs(240), || {
         http_get(s.port, "/prometheus").is_ok_and(|(_, m)| m.contains(series))
     });
+    let (_, metrics) = http_get(s.port, "/prometheus").unwrap();
+    for language in ["C", "Rust"] {
+        let series = format!("trainer_eval_loss{{language=\"{language}\"}}");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
     let scored: Vec<serde_json::Value> = checkpoint::list(&s.root)
         .unwrap()
         .iter()
@@ -262,6 +271,14 @@ async fn checkpoints_are_scored_by_execution_in_the_background() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let headline = status["pass_at_k"]["headline"].as_str().unwrap_or_default();
     assert!(headline.starts_with("humaneval: pass@1 "), "{status}");
+    let by_language = status["eval_loss_by_language"].as_object().unwrap();
+    assert_eq!(
+        by_language.keys().collect::<Vec<_>>(),
+        ["C", "Rust"],
+        "{status}"
+    );
+    let (_, last) = checkpoint::list(&s.root).unwrap().pop().unwrap();
+    assert_eq!(last.eval_loss_by_language.len(), 2, "{last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

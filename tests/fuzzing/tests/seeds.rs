@@ -182,6 +182,7 @@ fn write_seed_corpora() {
         token_ids: (0..16).collect(),
         document_starts: vec![0, 5, 11],
         content_hashes: vec![file.content_hash.clone(), "ab".repeat(32)],
+        languages: vec![file.language.clone(), "Python".into()],
         tokenizer_fingerprint: "0123456789abcdef".into(),
     };
     let dead = DeadLetter {

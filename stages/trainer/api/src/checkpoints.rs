@@ -35,6 +35,8 @@ pub struct Progress {
     pub tokens_seen: u64,
     pub eval_loss: Option<f64>,
     pub train_loss: Option<f64>,
+    #[serde(default)]
+    pub eval_loss_by_language: std::collections::BTreeMap<String, f64>,
 }
 
 /// The newest complete checkpoint under `root` (one with its state.json).

@@ -65,6 +65,14 @@ fn summarize(seen: &Observed<'_>) -> Vec<String> {
         ),
         format!("checkpoint    {}", dir.display()),
     ];
+    if !state.eval_loss_by_language.is_empty() {
+        let losses: Vec<String> = state
+            .eval_loss_by_language
+            .iter()
+            .map(|(language, loss)| format!("{language} {loss:.3}"))
+            .collect();
+        lines.push(format!("eval by lang  {}", losses.join(", ")));
+    }
     if let Some((scored, score)) = checkpoints::latest_score(&root, "humaneval") {
         let ks: Vec<String> = score
             .pass_at_k
@@ -103,7 +111,7 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(
                 dir.join("state.json"),
-                format!(r#"{{"step": {step}, "tokens_seen": 1000, "eval_loss": {eval}, "train_loss": 5.0, "offsets": {{}}}}"#),
+                format!(r#"{{"step": {step}, "tokens_seen": 1000, "eval_loss": {eval}, "train_loss": 5.0, "offsets": {{}}, "eval_loss_by_language": {{"Rust": {eval}, "Go": 7.0}}}}"#),
             )
             .unwrap();
         }
@@ -126,6 +134,10 @@ mod tests {
         .join("\n");
         assert!(text.contains("22 optimiser steps"), "{text}");
         assert!(text.contains("eval loss 7.125 → 5.250"), "{text}");
+        assert!(
+            text.contains("eval by lang  Go 7.000, Rust 5.250"),
+            "{text}"
+        );
         assert!(text.contains("step-0000000022"), "{text}");
         assert!(text.contains("generate --checkpoint"), "{text}");
         assert!(

@@ -26,6 +26,8 @@ pub struct TrainerMetrics {
     pub samples_trained: IntCounter,
     pub current_loss: Gauge,
     pub current_eval_loss: Gauge,
+    /// Loss on the eval set's tokens of each language.
+    pub eval_loss: GaugeVec,
     /// The newest scored checkpoint's pass@k, by benchmark and k.
     pub eval_pass_at_k: GaugeVec,
     pub gpu_memory_bytes: Gauge,
@@ -67,6 +69,12 @@ impl TrainerMetrics {
                 r,
                 "trainer_current_eval_loss",
                 "Loss on the fixed eval set at the last evaluation",
+            )?,
+            eval_loss: register::gauge_vec(
+                r,
+                "trainer_eval_loss",
+                "Loss on the fixed eval set's tokens of each language at the last evaluation",
+                &["language"],
             )?,
             eval_pass_at_k: register::gauge_vec(
                 r,

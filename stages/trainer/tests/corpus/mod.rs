@@ -31,10 +31,22 @@ pub fn files() -> Vec<CodeFile> {
     files
 }
 
+/// Rust files, then zstd's C sources (vendored by zstd-sys): two languages.
+pub fn mixed_files() -> Vec<CodeFile> {
+    let zstd = codelupe_testkit::registry_crates(&["zstd-sys-2"]);
+    let c = codelupe_testkit::code_files(&zstd, |p| p.extension().is_some_and(|e| e == "c"));
+    assert!(c.len() > 20, "{} C files", c.len());
+    files().into_iter().chain(c).collect()
+}
+
 /// A 512-token tokenizer fitted on the files, and up to `max_train` train batches plus
 /// the eval batches (a tenth of the files) they make.
 pub fn build(dir: &Path, max_train: usize) -> Corpus {
-    let files = files();
+    build_from(dir, files(), max_train)
+}
+
+/// As [`build`], from `files`.
+pub fn build_from(dir: &Path, files: Vec<CodeFile>, max_train: usize) -> Corpus {
     let tokenizer = CodeTokenizer::train(files.iter().map(|f| f.content.as_str()), 512).unwrap();
     let tokenizer_path = dir.join("tokenizer.json");
     tokenizer.save(&tokenizer_path).unwrap();
@@ -50,14 +62,16 @@ pub fn build(dir: &Path, max_train: usize) -> Corpus {
     for file in &files {
         let eval_file = document::is_eval(&file.content_hash, options.eval_share);
         let tokens = document::tokens(&tokenizer, file, &options).unwrap();
-        for packed in packers[eval_file as usize].push(&tokens, file.content_hash.clone()) {
+        let tag = (file.content_hash.clone(), file.language.clone());
+        for packed in packers[eval_file as usize].push(&tokens, tag) {
             let batch = TrainingBatch {
                 batch_id: packed.batch_id,
                 split: if eval_file { "eval" } else { "train" }.into(),
                 sequence_length: SEQUENCE_LENGTH as i32,
                 token_ids: packed.token_ids,
                 document_starts: packed.document_starts,
-                content_hashes: packed.members.into_iter().map(|(h, _)| h).collect(),
+                languages: packed.members.iter().map(|((_, l), _)| l.clone()).collect(),
+                content_hashes: packed.members.into_iter().map(|((h, _), _)| h).collect(),
                 tokenizer_fingerprint: tokenizer.fingerprint.clone(),
             };
             if eval_file {
@@ -97,6 +111,7 @@ pub fn state(trainer: &Trainer, corpus: &Corpus) -> CheckpointState {
         learning_rate: 0.0,
         train_loss: None,
         eval_loss: None,
+        eval_loss_by_language: Default::default(),
         preset: "tiny".into(),
         model: trainer.model.config,
         tokenizer_fingerprint: corpus.tokenizer.fingerprint.clone(),

@@ -150,6 +150,58 @@ async fn a_range_of_more_than_1000_is_fully_enumerated_by_window_splitting() {
     assert_eq!(published(&setup.output).len(), 2_500);
 }
 
+/// Languages take turns of `turn_days` through the range, so a fresh crawl's stream
+/// mixes them from the start; with turns of the whole range (0), one language's whole
+/// backlog comes before the next language's first repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn languages_take_turns_through_the_range() {
+    let mut all = Vec::new();
+    for language in ["Rust", "Python", "Go"] {
+        all.extend(repos(120).into_iter().map(|mut r| {
+            r.full_name = format!("{}-{language}", r.full_name);
+            r.language = language.into();
+            r
+        }));
+    }
+    // The order in which each language's queries came, one entry per query.
+    let languages_queried = |turn_days: u32| {
+        let all = all.clone();
+        async move {
+            let github = FakeGithub::start(all, Duration::ZERO);
+            let options = github_options(&github.url)
+                .replace("languages: [Rust]", "languages: [Rust, Python, Go]")
+                + &format!("  turn_days: {turn_days}\n");
+            let setup = setup(&options);
+            crawl_once(&setup).await;
+            assert_eq!(
+                published(&setup.output).len(),
+                360,
+                "every repository published"
+            );
+            github
+                .queries()
+                .iter()
+                .map(|q| q.split('"').nth(1).unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let turns = languages_queried(30).await;
+    let first_go = turns.iter().position(|l| l == "Go").unwrap();
+    let last_rust = turns.iter().rposition(|l| l == "Rust").unwrap();
+    assert!(first_go < 3, "Go's first turn comes third: {turns:?}");
+    assert!(
+        last_rust > turns.len() / 2,
+        "Rust has turns to the end: {turns:?}"
+    );
+    let whole = languages_queried(0).await;
+    let first_go = whole.iter().position(|l| l == "Go").unwrap();
+    let last_rust = whole.iter().rposition(|l| l == "Rust").unwrap();
+    assert!(
+        last_rust < first_go,
+        "one language's whole range at a time: {whole:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_server_errors_and_malformed_pages_are_waited_out_or_retried() {
     let github = FakeGithub::start(repos(300), Duration::ZERO);
@@ -387,7 +439,11 @@ async fn a_repository_pushed_while_its_window_is_paged_shifts_nothing_out_of_rea
     github.inject(&[Fault::PushAfter {
         full_name: "owner0/repo0",
     }]);
-    let setup = setup(&format!("{}  per_page: 100\n", github_options(&github.url)));
+    // The whole year is one turn, so it is one window of three pages.
+    let setup = setup(&format!(
+        "{}  per_page: 100\n  turn_days: 0\n",
+        github_options(&github.url)
+    ));
     let registry = crawl_once(&setup).await;
     let got = published(&setup.output);
     let missing: Vec<&str> = all

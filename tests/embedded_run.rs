@@ -385,6 +385,24 @@ fn check_live_page() {
         .unwrap_or(0);
     assert!(points >= 2, "loss curve of {points} points:\n{dom}");
     assert!(dom.contains("<canvas"), "no chart was drawn:\n{dom}");
+    // An eval curve per language of the eval set, once the first evaluation is in.
+    wait_for("eval losses by language", Duration::from_secs(300), || {
+        let Ok((200, board)) = http_get(LIVE_PAGE_PORT, "/api/board") else {
+            return false;
+        };
+        let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+        board["eval_loss_by_language"]
+            .as_object()
+            .is_some_and(|languages| !languages.is_empty())
+    });
+    let dom = chromium(&["--dump-dom"], &url);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let languages = dom
+        .split("data-eval-languages=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default();
+    assert!(!languages.is_empty(), "no eval curve per language:\n{dom}");
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("live-page.png");
     let screenshot = chromium(&[&format!("--screenshot={}", shot.display())], &url);
     assert!(screenshot.status.success(), "{}", text(&screenshot));

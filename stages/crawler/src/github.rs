@@ -64,6 +64,11 @@ pub struct GithubOptions {
     /// How far behind now an open range ends: GitHub's search index lags pushes, and a
     /// repository not indexed yet when its window is read would never be seen.
     pub until_lag_s: u64,
+    /// Languages take turns: each crawls this many days of its range from its cursor,
+    /// then the next one does, so the stream mixes languages from the start instead of
+    /// holding one language's whole backlog before the next; 0: one turn per language
+    /// for its whole range.
+    pub turn_days: u32,
     pub per_page: u32,
     /// Pause when a token has this many requests left or fewer, until its reset.
     pub min_remaining: u32,
@@ -92,6 +97,7 @@ impl Default for GithubOptions {
             since: NaiveDate::from_ymd_opt(2008, 1, 1).expect("valid date"),
             until: None,
             until_lag_s: 900,
+            turn_days: 30,
             per_page: 100,
             min_remaining: 1,
             max_attempts: 6,
@@ -352,7 +358,8 @@ impl<'a> GithubSource<'a> {
         Ok(url)
     }
 
-    /// One pass over every language; returns the repositories published.
+    /// One pass over every language's range, the languages taking turns; returns the
+    /// repositories published.
     pub async fn crawl(&mut self, sink: &mut Sink<'_>) -> Result<usize, Stopped> {
         let until = match self.options.until {
             Some(day) => Utc.from_utc_datetime(&day.and_hms_opt(23, 59, 59).expect("valid time")),
@@ -360,26 +367,36 @@ impl<'a> GithubSource<'a> {
         };
         let since =
             Utc.from_utc_datetime(&self.options.since.and_hms_opt(0, 0, 0).expect("valid time"));
+        let turn = match self.options.turn_days {
+            0 => until - since,
+            days => chrono::Duration::days(i64::from(days)),
+        };
         let mut published = 0;
-        for language in self.options.languages.clone() {
-            let key = self.cursor_key(&language);
-            let from = match sink.state.cursor(&key) {
-                Some(done) => Utc
-                    .timestamp_millis_opt(done)
-                    .single()
-                    .map(|t| t + chrono::Duration::seconds(1))
-                    .unwrap_or(since),
-                None => since,
-            };
-            if from > until {
-                continue;
+        // Turns until every language's cursor has reached the end of the range.
+        loop {
+            let mut crawled = false;
+            for language in self.options.languages.clone() {
+                let key = self.cursor_key(&language);
+                let from = match sink.state.cursor(&key) {
+                    Some(done) => Utc
+                        .timestamp_millis_opt(done)
+                        .single()
+                        .map(|t| t + chrono::Duration::seconds(1))
+                        .unwrap_or(since),
+                    None => since,
+                };
+                if from > until {
+                    continue;
+                }
+                let to = (from + turn).min(until);
+                tracing::info!(%language, %from, %to, %until, "crawling");
+                published += self.crawl_language(&language, &key, from, to, sink).await?;
+                crawled = true;
             }
-            tracing::info!(%language, %from, %until, "crawling");
-            published += self
-                .crawl_language(&language, &key, from, until, sink)
-                .await?;
+            if !crawled {
+                return Ok(published);
+            }
         }
-        Ok(published)
     }
 
     async fn crawl_language(

@@ -26,9 +26,11 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     // The tiny model on a CPU checkpoints and evaluates within a minute or two of its
     // first batch, with a short warm-up so the loss visibly falls over the few hundred
     // steps a working directory gives; every run reads the embedded broker's topic
-    // from its start (that broker starts empty each time).
+    // from its start (that broker starts empty each time). Completions for HumanEval
+    // are cut at 128 tokens so a checkpoint's score comes within the run.
     offline_options: "{tokenizer: .codelupe/tokenizer.json, checkpoint_dir: .codelupe/checkpoints, \
         resume_offsets: false, steps_per_run: 10, idle_checkpoint_ms: 10000, eval_batches: 2, \
+        pass_at_k: {max_tokens: 128}, \
         optimizer: {learning_rate: 0.001, min_learning_rate: 0.0001, warmup_steps: 5, decay_steps: 2000}}",
     prepare_offline: None,
     summarize,

@@ -69,7 +69,8 @@ impl Run {
                 "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: '6000'}}\n\
                  stages:\n  batcher:\n    group: batcher-{suffix}\n    metrics_port: {port}\n    metrics_bind: 127.0.0.1\n    delivery: {delivery}\n\
                  \x20   options:\n      tokenizer: {}\n      sequence_length: {SEQUENCE_LENGTH}\n      sequences_per_batch: {SEQUENCES_PER_BATCH}\n\
-                 \x20     seen_topic: batcher-seen-{suffix}\n      flush_idle_ms: 3000\n      document: {{eval_share: 0.05}}\n",
+                 \x20     seen_topic: batcher-seen-{suffix}\n      flush_idle_ms: 3000\n      document: {{eval_share: 0.05}}\n\
+                 \x20     mix: {{shuffle_buffer: 16}}\n",
                 brokers(),
                 tokenizer.display(),
             ),

@@ -10,6 +10,7 @@
 
 pub mod document;
 pub mod metrics;
+pub mod mix;
 pub mod pack;
 
 use std::collections::HashMap;
@@ -27,13 +28,14 @@ use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, Split, TrainingBatch};
 use codelupe_runtime::{StageRuntime, TransformError};
+use codelupe_tokenizer::CodeTokenizer;
 use futures::future::BoxFuture;
 use growable_bloom_filter::{GrowableBloom, GrowableBloomBuilder};
 
 use crate::document::DocumentOptions;
 use crate::metrics::{BatcherMetrics, FileError};
+use crate::mix::{MixOptions, Packing, Shuffle};
 use crate::pack::{Packed, Packer};
-use codelupe_tokenizer::CodeTokenizer;
 
 pub const STAGE: &str = "batcher";
 
@@ -110,6 +112,8 @@ pub struct BatcherOptions {
     /// Chance that a file never seen is taken for a duplicate (and dropped), at any
     /// number of files: the dedup filter grows with the files it marks.
     pub dedup_false_positive_rate: f64,
+    /// The language mixture: a seeded shuffle within a bounded buffer, and weights.
+    pub mix: MixOptions,
 }
 
 impl Default for BatcherOptions {
@@ -122,6 +126,7 @@ impl Default for BatcherOptions {
             seen_topic: "batcher-seen".into(),
             flush_idle_ms: 30_000,
             dedup_false_positive_rate: 1e-9,
+            mix: MixOptions::default(),
         }
     }
 }
@@ -137,8 +142,8 @@ struct Member {
 struct PartitionState {
     /// First 128 bits of each content hash packed or being packed (see [`seen_filter`]).
     seen: GrowableBloom,
-    train: Packer<Member>,
-    eval: Packer<Member>,
+    train: Packing<Member>,
+    eval: Packing<Member>,
 }
 
 pub struct Batcher {
@@ -184,6 +189,7 @@ impl Batcher {
         if options.sequence_length == 0 || options.sequences_per_batch == 0 {
             bail!("stages.batcher.options: sequence_length and sequences_per_batch must be > 0");
         }
+        options.mix.check().map_err(anyhow::Error::msg)?;
         let rate = options.dedup_false_positive_rate;
         if !(rate > 0.0 && rate < 1.0) {
             bail!("stages.batcher.options.dedup_false_positive_rate must lie between 0 and 1, not {rate}");
@@ -226,14 +232,16 @@ impl Batcher {
             self.options.sequences_per_batch,
             self.tokenizer.end_of_text,
         );
+        let (held, seed) = (self.options.mix.shuffle_buffer, self.options.mix.seed);
+        let packing = || Packing::new(Shuffle::new(held, seed), Packer::new(len, per, eot));
         for (partition, seen) in loaded {
             tracing::info!(partition, marks = seen.len(), elapsed = ?started.elapsed(), "dedup state loaded");
             self.partitions.insert(
                 partition,
                 PartitionState {
                     seen,
-                    train: Packer::new(len, per, eot),
-                    eval: Packer::new(len, per, eot),
+                    train: packing(),
+                    eval: packing(),
                 },
             );
         }
@@ -354,6 +362,13 @@ impl Aggregate for Batcher {
                 .await
                 .map_err(|e| TransformError::retryable(FileError::DedupState, format!("{e:#}")))?;
         }
+        if !self.options.mix.keeps(&file.language, &file.content_hash) {
+            self.metrics.files_downsampled.inc();
+            return Ok(Step {
+                finished: vec![at],
+                ..Step::default()
+            });
+        }
         let state = self
             .partitions
             .get_mut(&at.partition)
@@ -368,16 +383,16 @@ impl Aggregate for Batcher {
         let tokens = tokens.map_err(|e| TransformError::permanent(FileError::Tokenize, e))?;
         let eval = document::is_eval(&file.content_hash, self.options.document.eval_share);
         let member = Member {
-            content_hash: file.content_hash,
+            content_hash: file.content_hash.clone(),
             language: file.language,
             at,
         };
-        let (split, packer) = if eval {
+        let (split, packing) = if eval {
             (Split::Eval, &mut state.eval)
         } else {
             (Split::Train, &mut state.train)
         };
-        let packed = packer.push(&tokens, member);
+        let packed = packing.push(&file.content_hash, member, tokens);
         Ok(self.step(packed.into_iter().map(|p| (split, p))))
     }
 
@@ -386,8 +401,8 @@ impl Aggregate for Batcher {
         let mut partitions: Vec<_> = self.partitions.iter_mut().collect();
         partitions.sort_by_key(|(p, _)| **p);
         for (_, state) in partitions {
-            partial.extend(state.train.flush().map(|p| (Split::Train, p)));
-            partial.extend(state.eval.flush().map(|p| (Split::Eval, p)));
+            partial.extend(state.train.flush().into_iter().map(|p| (Split::Train, p)));
+            partial.extend(state.eval.flush().into_iter().map(|p| (Split::Eval, p)));
         }
         if !partial.is_empty() {
             tracing::info!(

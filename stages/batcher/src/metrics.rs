@@ -26,6 +26,8 @@ pub struct BatcherMetrics {
     pub tokens_produced: IntCounter,
     pub batches_produced: CounterBy<Split>,
     pub duplicates_dropped: IntCounter,
+    /// Files left out by the language weights.
+    pub files_downsampled: IntCounter,
     pub tokenize_duration: Histogram,
 }
 
@@ -48,6 +50,11 @@ impl BatcherMetrics {
                 r,
                 DUPLICATES_DROPPED,
                 "Files dropped as exact duplicates",
+            )?,
+            files_downsampled: register::counter(
+                r,
+                "batcher_files_downsampled_total",
+                "Files left out by the language weights (mix.language_weights)",
             )?,
             tokenize_duration: register::histogram(
                 r,

@@ -10,18 +10,15 @@ use std::time::Instant;
 use codelupe_trainer::model::ModelConfig;
 use codelupe_trainer::optim::OptimizerOptions;
 use codelupe_trainer::pass_at_k::{Evaluator, PassAtKOptions};
-use codelupe_trainer::train::{Sequences, Trainer};
-use tch::{Device, Kind, Tensor};
+use codelupe_trainer::train::Trainer;
+use tch::Device;
 
 #[path = "../tests/corpus/mod.rs"]
 mod corpus;
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::{env, random_batch};
 
 fn main() {
     let (rounds, steps, seq, rows): (usize, usize, i64, i64) = (
@@ -51,12 +48,7 @@ fn main() {
     let vocab = 32_768;
     let config = ModelConfig::preset("tiny", vocab).unwrap();
     let mut trainer = Trainer::new(config, OptimizerOptions::default(), Device::Cpu, 0, false);
-    let batch = Sequences {
-        tokens: Tensor::randint(vocab, [rows, seq], (Kind::Int64, Device::Cpu)),
-        positions: Tensor::arange(seq, (Kind::Int64, Device::Cpu))
-            .unsqueeze(0)
-            .repeat([rows, 1]),
-    };
+    let batch = random_batch(vocab, rows, seq);
     let tokens_per_second = |trainer: &mut Trainer| {
         let started = Instant::now();
         for _ in 0..steps {

@@ -15,14 +15,10 @@ use codelupe_trainer::model::ModelConfig;
 use codelupe_trainer::optim::OptimizerOptions;
 use codelupe_trainer::stage::choose_device;
 use codelupe_trainer::train::{Sequences, Trainer};
-use tch::{Device, Kind, Tensor};
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+
+use common::{env, random_batch};
 
 fn main() {
     let preset: String = env("PRESET", "tiny".to_string());
@@ -35,12 +31,7 @@ fn main() {
     let device = choose_device(&env("DEVICE", "auto".to_string())).unwrap();
     let config = ModelConfig::preset(&preset, vocab).unwrap();
     let mut trainer = Trainer::new(config, OptimizerOptions::default(), device, 0, true);
-    let batch = Sequences {
-        tokens: Tensor::randint(vocab, [rows, seq], (Kind::Int64, Device::Cpu)),
-        positions: Tensor::arange(seq, (Kind::Int64, Device::Cpu))
-            .unsqueeze(0)
-            .repeat([rows, 1]),
-    };
+    let batch = random_batch(vocab, rows, seq);
     let step = |trainer: &mut Trainer| {
         trainer.accumulate(&batch, 1);
         trainer.step();

@@ -181,17 +181,11 @@ impl Transformer {
 
     /// Mean next-token cross-entropy of `tokens` [B, T]: positions 0..T-1 predict 1..T.
     pub fn loss(&self, tokens: &Tensor, positions: &Tensor, mask_documents: bool) -> Tensor {
-        let t = tokens.size()[1];
-        let inputs = tokens.narrow(1, 0, t - 1);
-        let targets = tokens.narrow(1, 1, t - 1);
-        let logits = self.forward(&inputs, &positions.narrow(1, 0, t - 1), mask_documents);
-        logits
-            .to_kind(Kind::Float)
-            .view([-1, self.config.vocab_size])
-            .cross_entropy_for_logits(&targets.reshape([-1]))
+        let (logits, targets) = self.predictions(tokens, positions, mask_documents);
+        logits.cross_entropy_for_logits(&targets)
     }
 
-    /// The loss of each predicted token, [S, L-1] (the token at position j+1 given
+    /// The loss of each predicted token, [B, T-1] (the token at position j+1 given
     /// those before it), for losses split by what the tokens are.
     pub fn token_losses(
         &self,
@@ -200,20 +194,27 @@ impl Transformer {
         mask_documents: bool,
     ) -> Tensor {
         let (rows, t) = (tokens.size()[0], tokens.size()[1]);
-        let inputs = tokens.narrow(1, 0, t - 1);
-        let targets = tokens.narrow(1, 1, t - 1);
-        let logits = self.forward(&inputs, &positions.narrow(1, 0, t - 1), mask_documents);
+        let (logits, targets) = self.predictions(tokens, positions, mask_documents);
         logits
-            .to_kind(Kind::Float)
-            .view([-1, self.config.vocab_size])
-            .cross_entropy_loss::<Tensor>(
-                &targets.reshape([-1]),
-                None,
-                tch::Reduction::None,
-                -100,
-                0.0,
-            )
+            .cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0)
             .view([rows, t - 1])
+    }
+
+    /// fp32 logits [B·(T-1), vocab] of positions 0..T-1 and the tokens they predict.
+    fn predictions(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask_documents: bool,
+    ) -> (Tensor, Tensor) {
+        let t = tokens.size()[1];
+        let inputs = tokens.narrow(1, 0, t - 1);
+        let targets = tokens.narrow(1, 1, t - 1).reshape([-1]);
+        let logits = self.forward(&inputs, &positions.narrow(1, 0, t - 1), mask_documents);
+        let logits = logits
+            .to_kind(Kind::Float)
+            .view([-1, self.config.vocab_size]);
+        (logits, targets)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use codelupe_eval::sandbox::{default_interpreter, Isolation, Limits, Sandbox, Verdict};
-use codelupe_eval::{execute, read_completions, Benchmark, Problem};
+use codelupe_eval::{execute, read_completions, Benchmark, Problem, Report};
 
 fn problems() -> Vec<Problem> {
     let path = Benchmark::HumanEval.setup_file();
@@ -39,7 +39,18 @@ fn fully_isolated(sandbox: &Sandbox) -> bool {
     true
 }
 
-fn quiet(_: usize, _: usize, _: usize) {}
+/// Every completion run, two at a time, with no progress lines.
+fn score(problems: &[Problem], completions: &[Vec<String>], sandbox: &Sandbox) -> Report {
+    execute(
+        Benchmark::HumanEval,
+        problems,
+        completions,
+        sandbox,
+        2,
+        &|_, _, _| {},
+    )
+    .unwrap()
+}
 
 #[test]
 fn canonical_solutions_pass_all_164_and_empty_or_wrong_ones_none() {
@@ -50,15 +61,7 @@ fn canonical_solutions_pass_all_164_and_empty_or_wrong_ones_none() {
         .iter()
         .map(|p| vec![p.canonical_solution.clone()])
         .collect();
-    let report = execute(
-        Benchmark::HumanEval,
-        &problems,
-        &canonical,
-        &sandbox,
-        2,
-        &quiet,
-    )
-    .unwrap();
+    let report = score(&problems, &canonical, &sandbox);
     let failed: Vec<_> = report
         .results
         .iter()
@@ -72,15 +75,7 @@ fn canonical_solutions_pass_all_164_and_empty_or_wrong_ones_none() {
     // Empty completions leave a function with no body; wrong ones return nothing.
     for wrong in ["", "    return None\n", "    pass\n"] {
         let completions: Vec<Vec<String>> = problems.iter().map(|_| vec![wrong.into()]).collect();
-        let report = execute(
-            Benchmark::HumanEval,
-            &problems,
-            &completions,
-            &sandbox,
-            2,
-            &quiet,
-        )
-        .unwrap();
+        let report = score(&problems, &completions, &sandbox);
         assert_eq!(
             report.pass_at_k["1"],
             0.0,
@@ -107,15 +102,7 @@ fn pass_at_k_counts_samples_per_problem() {
                 .collect()
         })
         .collect();
-    let report = execute(
-        Benchmark::HumanEval,
-        &problems,
-        &completions,
-        &sandbox,
-        2,
-        &quiet,
-    )
-    .unwrap();
+    let report = score(&problems, &completions, &sandbox);
     assert_eq!(report.samples_per_problem, 4);
     let expected = (0.5 + 1.0 + 0.0) / 3.0;
     assert!(

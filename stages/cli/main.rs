@@ -221,15 +221,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    // Sampling and scoring need neither config nor topology: hand over to the
-    // trainer binary.
-    let handed_over = match &cli.command {
+/// Sampling and scoring need neither config nor topology: the trainer binary's
+/// subcommand and arguments they hand over to.
+fn trainer_command(command: &Command) -> Option<(&'static str, &Vec<String>)> {
+    match command {
         Command::Generate { args } => Some(("generate", args)),
         Command::Eval { args } => Some(("eval", args)),
         _ => None,
-    };
-    if let Some((subcommand, args)) = handed_over {
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Some((subcommand, args)) = trainer_command(&cli.command) {
         let mut command =
             std::process::Command::new(stages::find_binary(codelupe_trainer_api::BINARY)?);
         command.arg(subcommand).args(args);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use codelupe_eval::sandbox::{default_interpreter, Limits, Sandbox};
+use codelupe_eval::sandbox::{default_interpreter, Isolation, Limits, Sandbox};
 use codelupe_eval::{Benchmark, Problem, Report};
 
 use codelupe_trainer_api::checkpoints::eval_report;
@@ -62,6 +62,10 @@ pub struct EvalArgs {
     pub threads: i32,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Refuse to run programs unless the sandbox isolates fully (own user id, no
+    /// network, read-only filesystems), as the trainer's background scoring does.
+    #[arg(long)]
+    pub require_isolation: bool,
 }
 
 /// Generates (or reads) the completions, runs them and writes the report.
@@ -87,6 +91,13 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<Report> {
         &args.python.clone().unwrap_or_else(default_interpreter),
         limits,
     )?;
+    if let (true, Isolation::Limited { why }) = (args.require_isolation, sandbox.isolation()) {
+        bail!(
+            "the sandbox cannot isolate generated programs here ({why}): they would run with \
+             rlimits only, with network and the filesystem in reach; run as root, or allow it \
+             (stages.trainer.options.pass_at_k.allow_limited_sandbox)"
+        );
+    }
     eprintln!(
         "eval: {} problems of {}; sandbox: {}",
         problems.len(),

@@ -37,6 +37,9 @@ pub struct PassAtKOptions {
     pub niceness: i32,
     /// Its libtorch threads.
     pub threads: i32,
+    /// Score even where the sandbox can only apply rlimits (not root): generated code
+    /// would then run with the network and the filesystem in reach.
+    pub allow_limited_sandbox: bool,
 }
 
 impl Default for PassAtKOptions {
@@ -52,6 +55,7 @@ impl Default for PassAtKOptions {
             workers: 1,
             niceness: 10,
             threads: 1,
+            allow_limited_sandbox: false,
         }
     }
 }
@@ -209,6 +213,9 @@ impl Evaluator {
             .stderr(log);
         if let Some(limit) = o.limit {
             command.args(["--limit", &limit.to_string()]);
+        }
+        if !o.allow_limited_sandbox {
+            command.arg("--require-isolation");
         }
         let niceness = o.niceness;
         // SAFETY: setpriority and prctl are plain system calls.

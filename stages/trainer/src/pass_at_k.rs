@@ -32,8 +32,8 @@ pub struct PassAtKOptions {
     pub max_tokens: usize,
     /// Programs run at once.
     pub workers: usize,
-    /// The evaluating process's niceness: at 10 it takes about a tenth of a core
-    /// training keeps busy (at 19 it would wait for training to idle).
+    /// The evaluating process's niceness: at 10 training ran at 0.96x beside it (the
+    /// eval_cost bench); at 19 it hardly runs until training waits for input.
     pub niceness: i32,
     /// Its libtorch threads.
     pub threads: i32,

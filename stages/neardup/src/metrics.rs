@@ -56,7 +56,7 @@ impl NeardupMetrics {
                 "Files not passed on, by reason",
                 "reason",
             )?,
-            index_files: register::int_gauge_vec(
+            index_files: register::gauge_vec(
                 r,
                 "neardup_index_files",
                 "Files in the index of each shard (partition of neardup-probes) this replica holds",

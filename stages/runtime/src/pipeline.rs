@@ -205,7 +205,7 @@ impl LoopMetrics {
                 RECORDS_IN_FLIGHT,
                 "Input records being transformed or awaiting produce acknowledgements",
             )?,
-            consumer_lag: register::int_gauge_vec(
+            consumer_lag: register::gauge_vec(
                 r,
                 CONSUMER_LAG,
                 "Records between the consumer position and the partition end",

@@ -299,10 +299,9 @@ pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Registration helpers, so each stage's metrics module is a list of names and helps.
 pub mod register {
-    use prometheus::core::Collector;
+    use prometheus::core::{Atomic, Collector, GenericGaugeVec};
     use prometheus::{
-        Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-        IntGaugeVec, Opts, Registry,
+        Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     };
 
     fn add<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> prometheus::Result<C> {
@@ -336,26 +335,19 @@ pub mod register {
         add(r, IntGauge::new(name, help)?)
     }
 
-    pub fn int_gauge_vec(
+    /// A labelled gauge, integer (`IntGaugeVec`) or float (`GaugeVec`), its series
+    /// made as values are seen.
+    pub fn gauge_vec<P: Atomic + 'static>(
         r: &Registry,
         name: &str,
         help: &str,
         labels: &[&str],
-    ) -> prometheus::Result<IntGaugeVec> {
-        add(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    ) -> prometheus::Result<GenericGaugeVec<P>> {
+        add(r, GenericGaugeVec::new(Opts::new(name, help), labels)?)
     }
 
     pub fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
         add(r, Gauge::new(name, help)?)
-    }
-
-    pub fn gauge_vec(
-        r: &Registry,
-        name: &str,
-        help: &str,
-        labels: &[&str],
-    ) -> prometheus::Result<GaugeVec> {
-        add(r, GaugeVec::new(Opts::new(name, help), labels)?)
     }
 
     pub fn histogram(

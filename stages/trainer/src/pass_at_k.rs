@@ -13,7 +13,7 @@ use codelupe_eval::Benchmark;
 use prometheus::GaugeVec;
 use serde::Deserialize;
 
-use codelupe_trainer_api::checkpoints::eval_report;
+use codelupe_trainer_api::checkpoints::{eval_report, Score};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,24 +154,18 @@ impl Evaluator {
     }
 
     fn read_report(&self, checkpoint: &Path) -> anyhow::Result<Scored> {
-        #[derive(Deserialize)]
-        struct Report {
-            pass_at_k: std::collections::BTreeMap<String, f64>,
-        }
         let path = eval_report(checkpoint, self.benchmark.name());
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report: Report = serde_json::from_slice(&text)?;
-        let mut parts = Vec::new();
-        for (k, value) in &report.pass_at_k {
+        let score: Score = serde_json::from_slice(&text)?;
+        for (k, value) in &score.pass_at_k {
             self.gauge
                 .with_label_values(&[self.benchmark.name(), k])
                 .set(*value);
-            parts.push(format!("pass@{k} {value:.3}"));
         }
-        tracing::info!(checkpoint = %checkpoint.display(), scores = %parts.join(", "), "checkpoint scored");
+        tracing::info!(checkpoint = %checkpoint.display(), scores = %score.describe(), "checkpoint scored");
         Ok(Scored {
             checkpoint: checkpoint.display().to_string(),
-            headline: format!("{}: {}", self.benchmark.name(), parts.join(", ")),
+            headline: format!("{}: {}", self.benchmark.name(), score.describe()),
         })
     }
 

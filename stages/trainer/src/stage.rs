@@ -31,7 +31,7 @@ use crate::checkpoint::{self, CheckpointState, EvalSet};
 use crate::model::{ModelConfig, Preset};
 use crate::optim::OptimizerOptions;
 use crate::pass_at_k::{Evaluator, PassAtKOptions, Scored};
-use crate::train::{BatchLimits, Sequences, Trainer};
+use crate::train::{BatchLimits, EvalLosses, Sequences, Trainer};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -709,11 +709,13 @@ impl Stage {
         if self.run.micro_batches > 0 {
             self.optimizer_step();
         }
-        let eval_loss = self.trainer.evaluate(&self.eval.sequences);
+        let EvalLosses {
+            overall: eval_loss,
+            by_language: eval_loss_by_language,
+        } = self.trainer.evaluate_set(&self.eval);
         if let Some(loss) = eval_loss {
             self.metrics.current_eval_loss.set(loss);
         }
-        let eval_loss_by_language = self.trainer.evaluate_by_language(&self.eval);
         for (language, loss) in &eval_loss_by_language {
             self.metrics
                 .eval_loss

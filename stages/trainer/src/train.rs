@@ -89,6 +89,13 @@ impl Sequences {
     }
 }
 
+/// What one evaluation measured.
+pub struct EvalLosses {
+    /// The mean of the eval batches' mean losses; None without eval batches.
+    pub overall: Option<f64>,
+    pub by_language: BTreeMap<String, f64>,
+}
+
 pub struct Trainer {
     pub vs: nn::VarStore,
     pub model: Transformer,
@@ -160,13 +167,17 @@ impl Trainer {
         Some(total / eval.len() as f64)
     }
 
-    /// Loss on the eval set's tokens of each language (the mean over every token of
-    /// it, wherever it lies); batches whose record named no languages are left out.
-    pub fn evaluate_by_language(&self, eval: &EvalSet) -> BTreeMap<String, f64> {
-        let mut sums = vec![(0.0f64, 0i64); eval.languages.len()];
+    /// One pass over the eval set: the mean of its batches' losses (as
+    /// [`Self::evaluate`]) and the loss on each language's tokens (the mean over every
+    /// token of it, wherever it lies; batches whose record named no languages count
+    /// only in the first).
+    pub fn evaluate_set(&self, eval: &EvalSet) -> EvalLosses {
+        let languages = eval.languages.len() as i64;
+        let mut sums = vec![0.0f64; eval.languages.len()];
+        let mut counts = vec![0i64; eval.languages.len()];
+        let mut batch_means = 0.0;
         tch::no_grad(|| {
-            for (sequences, languages) in eval.sequences.iter().zip(&eval.token_languages) {
-                let Some(languages) = languages else { continue };
+            for (sequences, token_languages) in eval.sequences.iter().zip(&eval.token_languages) {
                 let on_device = sequences.to(self.device());
                 let losses = tch::autocast(self.bf16, || {
                     self.model.token_losses(
@@ -175,30 +186,34 @@ impl Trainer {
                         self.mask_documents,
                     )
                 })
-                .to_kind(Kind::Double)
                 .to_device(Device::Cpu);
-                let t = languages.size()[1];
+                batch_means += losses.mean(Kind::Float).double_value(&[]);
+                let Some(token_languages) = token_languages else {
+                    continue;
+                };
                 // A token's loss is its language's: the language of the predicted token.
-                let predicted = languages.narrow(1, 1, t - 1);
-                for (index, sum) in sums.iter_mut().enumerate() {
-                    let mask = predicted.eq(index as i64);
-                    let count = mask.sum(Kind::Int64).int64_value(&[]);
-                    if count > 0 {
-                        sum.0 += losses
-                            .masked_select(&mask)
-                            .sum(Kind::Double)
-                            .double_value(&[]);
-                        sum.1 += count;
-                    }
+                let t = token_languages.size()[1];
+                let predicted = token_languages.narrow(1, 1, t - 1).reshape([-1]);
+                let by_language =
+                    predicted.bincount(Some(losses.reshape([-1]).to_kind(Kind::Double)), languages);
+                let tokens = predicted.bincount::<Tensor>(None, languages);
+                for i in 0..eval.languages.len() {
+                    sums[i] += by_language.double_value(&[i as i64]);
+                    counts[i] += tokens.int64_value(&[i as i64]);
                 }
             }
         });
-        eval.languages
-            .iter()
-            .zip(sums)
-            .filter(|(_, (_, count))| *count > 0)
-            .map(|(name, (sum, count))| (name.clone(), sum / count as f64))
-            .collect()
+        EvalLosses {
+            overall: (!eval.sequences.is_empty())
+                .then(|| batch_means / eval.sequences.len() as f64),
+            by_language: eval
+                .languages
+                .iter()
+                .zip(sums.into_iter().zip(counts))
+                .filter(|(_, (_, count))| *count > 0)
+                .map(|(name, (sum, count))| (name.clone(), sum / count as f64))
+                .collect(),
+        }
     }
 
     /// Weights and optimiser moments into `dir` (which exists).
@@ -320,11 +335,16 @@ mod tests {
         };
         let mut eval = EvalSet::default();
         assert!(eval.offer(&batch, Sequences::from_batch(&batch, limits).unwrap(), 1, 1));
-        let by_language = trainer.evaluate_by_language(&eval);
+        let losses = trainer.evaluate_set(&eval);
+        let by_language = losses.by_language;
         assert_eq!(by_language.len(), 2, "{by_language:?}");
         // Of the 7 predicted tokens, 4 are Rust's (positions 1-4) and 3 Python's.
         let mean = (4.0 * by_language["Rust"] + 3.0 * by_language["Python"]) / 7.0;
         let overall = trainer.evaluate(&eval.sequences).unwrap();
+        assert!(
+            (losses.overall.unwrap() - overall).abs() < 1e-5,
+            "one pass, the same loss"
+        );
         assert!((mean - overall).abs() < 1e-5, "{mean} vs {overall}");
         assert!((by_language["Rust"] - by_language["Python"]).abs() > 1e-6);
     }

@@ -41,8 +41,16 @@ pub struct Progress {
 
 /// The newest complete checkpoint under `root` (one with its state.json).
 pub fn latest(root: &Path) -> Option<(PathBuf, Progress)> {
+    newest_with(root, |dir| dir.join("state.json"))
+}
+
+/// The newest checkpoint under `root` whose file `file(dir)` reads as a `T`, and it.
+fn newest_with<T: serde::de::DeserializeOwned>(
+    root: &Path,
+    file: impl Fn(&Path) -> PathBuf,
+) -> Option<(PathBuf, T)> {
     dirs(root).ok()?.into_iter().rev().find_map(|dir| {
-        let text = std::fs::read(dir.join("state.json")).ok()?;
+        let text = std::fs::read(file(&dir)).ok()?;
         Some((dir, serde_json::from_slice(&text).ok()?))
     })
 }
@@ -63,19 +71,28 @@ pub fn eval_report(checkpoint: &Path, benchmark: &str) -> PathBuf {
     checkpoint.join("eval").join(format!("{benchmark}.json"))
 }
 
-/// The fields of an execution score the summary reports.
+/// The fields of an execution score the trainer and the summary report.
 #[derive(Debug, Deserialize)]
 pub struct Score {
     pub problems: usize,
     pub pass_at_k: std::collections::BTreeMap<String, f64>,
 }
 
+impl Score {
+    /// "pass@1 0.006, pass@10 0.031".
+    pub fn describe(&self) -> String {
+        let ks: Vec<String> = self
+            .pass_at_k
+            .iter()
+            .map(|(k, v)| format!("pass@{k} {v:.3}"))
+            .collect();
+        ks.join(", ")
+    }
+}
+
 /// The newest checkpoint under `root` scored on `benchmark`, and its score.
 pub fn latest_score(root: &Path, benchmark: &str) -> Option<(PathBuf, Score)> {
-    dirs(root).ok()?.into_iter().rev().find_map(|dir| {
-        let text = std::fs::read(eval_report(&dir, benchmark)).ok()?;
-        Some((dir, serde_json::from_slice(&text).ok()?))
-    })
+    newest_with(root, |dir| eval_report(dir, benchmark))
 }
 
 /// `checkpoint_dir` of the trainer's options.

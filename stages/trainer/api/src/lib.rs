@@ -76,14 +76,9 @@ fn summarize(seen: &Observed<'_>) -> Vec<String> {
         lines.push(format!("eval by lang  {}", losses.join(", ")));
     }
     if let Some((scored, score)) = checkpoints::latest_score(&root, "humaneval") {
-        let ks: Vec<String> = score
-            .pass_at_k
-            .iter()
-            .map(|(k, v)| format!("pass@{k} {v:.3}"))
-            .collect();
         lines.push(format!(
             "by execution  HumanEval {} on {} problems ({})",
-            ks.join(", "),
+            score.describe(),
             score.problems,
             scored.file_name().unwrap_or_default().to_string_lossy()
         ));

@@ -34,6 +34,9 @@ use serde::Serialize;
 pub const UID_BASE: u32 = 61_000;
 const UIDS: u32 = 1024;
 
+/// What a new sandbox runs first.
+const PROBE: &str = "import sys\nsys.exit(0)\n";
+
 /// What one program may use.
 #[derive(Debug, Clone, Serialize)]
 pub struct Limits {
@@ -145,14 +148,19 @@ impl Sandbox {
             // Orphans of a program are reparented here, to be reaped after its sweep.
             // SAFETY: prctl with these arguments only sets a flag of this process.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-            if let Err(e) = sandbox.run("pass") {
+        }
+        // A trivial program: run fully isolated where the kernel lets it (a refusal
+        // shows as an error starting it), else with what is left.
+        let probe = match sandbox.run(PROBE) {
+            Err(e) if root => {
                 sandbox.isolation = Isolation::Limited {
                     why: format!("the kernel refused namespaces or a user id: {e:#}"),
                 };
                 sandbox.mounts.clear();
+                sandbox.run(PROBE)?
             }
-        }
-        let probe = sandbox.run("import sys\nsys.exit(0)\n")?;
+            probe => probe?,
+        };
         if probe.verdict != Verdict::Passed {
             bail!(
                 "{} does not run a trivial program in the sandbox ({}): {}",

@@ -29,6 +29,13 @@ fn sandbox(wall: Duration) -> Sandbox {
     Sandbox::new(&default_interpreter(), limits).unwrap()
 }
 
+/// Runs `program`, which must fail saying `why` on its stderr.
+fn fails_with(sandbox: &Sandbox, program: &str, why: &str) {
+    let outcome = sandbox.run(program).unwrap();
+    assert_eq!(outcome.verdict, Verdict::Failed, "{}", outcome.ending);
+    assert!(outcome.stderr_tail.contains(why), "{}", outcome.stderr_tail);
+}
+
 /// Whether this process may isolate fully (root); the containment tests that need a
 /// user id and namespaces say so and stop otherwise.
 fn fully_isolated(sandbox: &Sandbox) -> bool {
@@ -154,15 +161,8 @@ fn a_program_that_loops_forever_is_killed_at_the_deadline() {
 #[test]
 fn a_program_that_allocates_without_bound_fails() {
     let sandbox = sandbox(Duration::from_secs(20));
-    let outcome = sandbox
-        .run("x = []\nwhile True:\n    x.append(bytearray(10 ** 7))\n")
-        .unwrap();
-    assert_eq!(outcome.verdict, Verdict::Failed, "{}", outcome.ending);
-    assert!(
-        outcome.stderr_tail.contains("MemoryError"),
-        "{}",
-        outcome.stderr_tail
-    );
+    let unbounded = "x = []\nwhile True:\n    x.append(bytearray(10 ** 7))\n";
+    fails_with(&sandbox, unbounded, "MemoryError");
     // A file past the size limit ends the writer too.
     let outcome = sandbox
         .run("with open('big', 'wb') as f:\n    f.write(b'x' * (64 << 20))\n")
@@ -246,13 +246,7 @@ fn a_program_cannot_write_outside_its_folder() {
             "open({:?}, 'w').write('out')\n",
             target.display().to_string()
         );
-        let outcome = sandbox.run(&program).unwrap();
-        assert_eq!(outcome.verdict, Verdict::Failed, "{}", outcome.ending);
-        assert!(
-            outcome.stderr_tail.contains("Read-only file system"),
-            "{}",
-            outcome.stderr_tail
-        );
+        fails_with(&sandbox, &program, "Read-only file system");
         assert!(!target.exists(), "{} was written", target.display());
     }
     // Its own folder is writable.
@@ -283,13 +277,6 @@ fn a_program_cannot_open_a_socket_to_the_machine() {
         panic!("the sandboxed program connected and sent {accepted:?}");
     }
     // No name resolution or outside address either.
-    let outcome = sandbox
-        .run("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)\n")
-        .unwrap();
-    assert_eq!(outcome.verdict, Verdict::Failed, "{}", outcome.ending);
-    assert!(
-        outcome.stderr_tail.contains("unreachable"),
-        "{}",
-        outcome.stderr_tail
-    );
+    let outside = "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)\n";
+    fails_with(&sandbox, outside, "unreachable");
 }

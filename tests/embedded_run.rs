@@ -50,23 +50,6 @@ fn newest_checkpoint(root: &Path) -> Option<PathBuf> {
     done.pop()
 }
 
-fn chromium(args: &[&str], url: &str) -> std::process::Output {
-    Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1400,800",
-            "--virtual-time-budget=5000",
-        ])
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .expect("chromium is installed (setup/deps.sh test)")
-}
-
 #[test]
 fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();

@@ -88,28 +88,6 @@ fn dice() -> fastrand::Rng {
     fastrand::Rng::with_seed(seed)
 }
 
-/// The repository's topology with topics and consumer groups of this run's own.
-fn topology(dir: &Path, suffix: &str) -> std::path::PathBuf {
-    let path = renamed_topology(dir, suffix);
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    for stage in [
-        "downloader",
-        "processor",
-        "neardup",
-        "batcher",
-        "export",
-        "trainer",
-    ] {
-        text = text.replace(
-            &format!("group: codelupe-{stage}\n"),
-            &format!("group: codelupe-{stage}-{suffix}\n"),
-        );
-    }
-    std::fs::write(&path, text).unwrap();
-    apply_topology(&path);
-    path
-}
-
 fn write_config(dir: &Path, suffix: &str, delivery: &str, api: &str) -> std::path::PathBuf {
     let path = dir.join("codelupe.yaml");
     let (store, tokenizer) = (dir.join("store"), dir.join("tokenizer.json"));
@@ -223,7 +201,7 @@ fn scenario(delivery: &str) {
     let corpus = Corpus::build(dir, scale.crates);
     train_tokenizer(&corpus.crate_roots, 2000, &dir.join("tokenizer.json"));
     let suffix = unique("faults");
-    let topology = topology(dir, &suffix);
+    let topology = topology_of_its_own(dir, &suffix);
     let config = write_config(dir, &suffix, delivery, &corpus.github.url);
     let topic = |name: &str| format!("{name}-{suffix}");
 
@@ -294,10 +272,7 @@ fn scenario(delivery: &str) {
     let mut readers: Vec<(String, LagReader)> = groups
         .iter()
         .map(|(name, input)| {
-            let group = match name.split_once('-') {
-                Some((stage, part)) => format!("codelupe-{stage}-{suffix}-{part}"),
-                None => format!("codelupe-{name}-{suffix}"),
-            };
+            let group = group_of_its_own(name, &suffix);
             (
                 name.to_string(),
                 LagReader::new(&clients, &group, &topic(input)).unwrap(),

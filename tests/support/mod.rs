@@ -192,6 +192,56 @@ pub fn fresh_topics(dir: &Path, prefix: &str) -> (String, PathBuf) {
     (suffix, topology)
 }
 
+/// The repository's topology with topics and consumer groups of a run's own (suffixed
+/// `suffix`), created on the broker: for a whole pipeline on the shared test broker.
+pub fn topology_of_its_own(dir: &Path, suffix: &str) -> PathBuf {
+    let path = renamed_topology(dir, suffix);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for stage in [
+        "downloader",
+        "processor",
+        "neardup",
+        "batcher",
+        "export",
+        "trainer",
+    ] {
+        text = text.replace(
+            &format!("group: codelupe-{stage}\n"),
+            &format!("group: codelupe-{stage}-{suffix}\n"),
+        );
+    }
+    std::fs::write(&path, text).unwrap();
+    apply_topology(&path);
+    path
+}
+
+/// The consumer group of a stage (`batcher`) or of a stage's loop (`neardup-lookup`)
+/// in a [`topology_of_its_own`] with `suffix`.
+pub fn group_of_its_own(name: &str, suffix: &str) -> String {
+    match name.split_once('-') {
+        Some((stage, part)) => format!("codelupe-{stage}-{suffix}-{part}"),
+        None => format!("codelupe-{name}-{suffix}"),
+    }
+}
+
+/// Headless Chromium on `url` with `args` (`--dump-dom`: the page as rendered).
+pub fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,800",
+            "--virtual-time-budget=5000",
+        ])
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("chromium is installed (setup/deps.sh test)")
+}
+
 /// The value of a counter or gauge in `registry`, summed over its series (those with a
 /// label of value `label`, if given). Histograms read as 0.
 pub fn metric(registry: &prometheus::Registry, name: &str, label: Option<&str>) -> f64 {

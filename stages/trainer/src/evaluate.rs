@@ -91,13 +91,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<Report> {
         &args.python.clone().unwrap_or_else(default_interpreter),
         limits,
     )?;
-    if let (true, Isolation::Limited { why }) = (args.require_isolation, sandbox.isolation()) {
-        bail!(
-            "the sandbox cannot isolate generated programs here ({why}): they would run with \
-             rlimits only, with network and the filesystem in reach; run as root, or allow it \
-             (stages.trainer.options.pass_at_k.allow_limited_sandbox)"
-        );
-    }
+    refuse_limited(args.require_isolation, sandbox.isolation())?;
     eprintln!(
         "eval: {} problems of {}; sandbox: {}",
         problems.len(),
@@ -143,6 +137,19 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<Report> {
     report.write(&out)?;
     eprintln!("eval: report in {}", out.display());
     Ok(report)
+}
+
+/// With `required`, an error unless `isolation` is full: generated code must not run
+/// with the network and the filesystem in reach unless the user allowed it.
+fn refuse_limited(required: bool, isolation: &Isolation) -> anyhow::Result<()> {
+    match (required, isolation) {
+        (true, Isolation::Limited { why }) => bail!(
+            "the sandbox cannot isolate generated programs here ({why}): they would run with \
+             rlimits only, with network and the filesystem in reach; run as root, or allow it \
+             (stages.trainer.options.pass_at_k.allow_limited_sandbox)"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Where a checkpoint's report of `benchmark` goes.
@@ -204,4 +211,21 @@ fn generate(
         "generation_seconds": started.elapsed().as_secs_f64(),
     });
     Ok((completions, about))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limited_isolation_is_refused_only_when_full_isolation_is_required() {
+        let limited = Isolation::Limited {
+            why: "not root".into(),
+        };
+        let refused = refuse_limited(true, &limited).unwrap_err().to_string();
+        assert!(refused.contains("(not root)"), "{refused}");
+        assert!(refused.contains("allow_limited_sandbox"), "{refused}");
+        refuse_limited(false, &limited).unwrap();
+        refuse_limited(true, &Isolation::Full).unwrap();
+    }
 }

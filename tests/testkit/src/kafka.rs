@@ -102,6 +102,32 @@ pub async fn produce_all(topic: &str, records: Vec<(String, Vec<u8>)>) {
 /// of every partition until `idle` passes without a new record. Assigns partitions
 /// directly: no group join to wait for.
 pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
+    read_each(topic, idle, |m| {
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        (key, m.payload().unwrap_or_default().to_vec())
+    })
+}
+
+/// Every value in `topic`, as [`read_all`] reads them, in the order they were produced
+/// (by the producer's timestamp, then partition and offset).
+pub fn read_in_produced_order(topic: &str, idle: Duration) -> Vec<Vec<u8>> {
+    let mut records = read_each(topic, idle, |m| {
+        let at = m.timestamp().to_millis().unwrap_or(0);
+        (
+            (at, m.partition(), m.offset()),
+            m.payload().unwrap_or_default().to_vec(),
+        )
+    });
+    records.sort_by_key(|(at, _)| *at);
+    records.into_iter().map(|(_, value)| value).collect()
+}
+
+/// `read` of every record in `topic` from the beginning, until `idle` passes without one.
+fn read_each<T>(
+    topic: &str,
+    idle: Duration,
+    mut read: impl FnMut(&rdkafka::message::BorrowedMessage) -> T,
+) -> Vec<T> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
@@ -123,8 +149,7 @@ pub fn read_all(topic: &str, idle: Duration) -> Vec<(String, Vec<u8>)> {
     while last.elapsed() < idle {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-                records.push((key, m.payload().unwrap_or_default().to_vec()));
+                records.push(read(&m));
                 last = Instant::now();
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),

@@ -9,6 +9,7 @@
 
 pub mod decontaminate;
 pub mod license;
+pub mod macros;
 pub mod metrics;
 pub mod parse;
 pub mod redact;

@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use codelupe_runtime::records::ParseStats;
-use tree_sitter::{Language, ParseOptions, ParseState, Parser};
+
+use crate::macros;
+use tree_sitter::{Language, ParseOptions, ParseState, Parser, Tree};
 
 fn grammar(language: &str) -> Option<Language> {
     Some(match language {
@@ -66,6 +68,8 @@ const TYPE_KINDS: &[&str] = &[
 pub struct Parsed {
     pub stats: ParseStats,
     pub error_byte_share: f64,
+    /// ERROR and MISSING nodes.
+    pub errors: u64,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,8 @@ thread_local! {
 }
 
 /// Parses `text` as `language` within `budget`; None if the language has no parser.
+/// In C and C++, where the parse has errors, the statistics are those of a parse with
+/// unexpanded macros blanked when it has fewer errors (see [`macros`]).
 pub fn parse_stats(
     language: &'static str,
     text: &str,
@@ -95,32 +101,50 @@ pub fn parse_stats(
             parser
         });
         let deadline = Instant::now() + budget;
-        let mut timed_out = false;
-        let mut progress = |_: &ParseState| {
-            if Instant::now() > deadline {
-                timed_out = true;
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        };
-        let bytes = text.as_bytes();
-        let tree = parser.parse_with_options(
-            &mut |offset, _| &bytes[offset.min(bytes.len())..],
-            None,
-            Some(ParseOptions::new().progress_callback(&mut progress)),
-        );
-        let Some(tree) = tree else {
-            // A cancelled parse leaves state behind; start the next one clean.
-            parser.reset();
-            return Err(if timed_out {
-                ParseFailure::Timeout
-            } else {
-                ParseFailure::NoTree
-            });
-        };
-        Ok(walk(&tree, bytes.len()))
+        let tree = parse(parser, text.as_bytes(), None, deadline)?;
+        let parsed = walk(&tree, text.len());
+        if !macros::PREPROCESSED.contains(&language) || !macros::worth_reparsing(&parsed) {
+            return Ok(parsed);
+        }
+        macros::reparse(text, tree, parsed, |text, edited| {
+            let tree = parse(parser, text.as_bytes(), Some(edited), deadline)?;
+            let parsed = walk(&tree, text.len());
+            Ok((tree, parsed))
+        })
     }))
+}
+
+/// One parse of `bytes` (reusing what `old`, edited to match, still holds), abandoned at
+/// `deadline`.
+fn parse(
+    parser: &mut Parser,
+    bytes: &[u8],
+    old: Option<&Tree>,
+    deadline: Instant,
+) -> Result<Tree, ParseFailure> {
+    let mut timed_out = false;
+    let mut progress = |_: &ParseState| {
+        if Instant::now() > deadline {
+            timed_out = true;
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let tree = parser.parse_with_options(
+        &mut |offset, _| &bytes[offset.min(bytes.len())..],
+        old,
+        Some(ParseOptions::new().progress_callback(&mut progress)),
+    );
+    tree.ok_or_else(|| {
+        // A cancelled parse leaves state behind; start the next one clean.
+        parser.reset();
+        if timed_out {
+            ParseFailure::Timeout
+        } else {
+            ParseFailure::NoTree
+        }
+    })
 }
 
 fn walk(tree: &tree_sitter::Tree, len: usize) -> Parsed {
@@ -171,6 +195,7 @@ fn walk(tree: &tree_sitter::Tree, len: usize) -> Parsed {
                         max_depth,
                     },
                     error_byte_share: (error_bytes as f64 / len.max(1) as f64).min(1.0),
+                    errors,
                 };
             }
             depth -= 1;
@@ -241,5 +266,29 @@ mod tests {
             Some(Err(ParseFailure::Timeout))
         ));
         assert!(parse_stats("Rust", "fn ok() {}", BUDGET).unwrap().is_ok());
+    }
+
+    #[test]
+    fn unexpanded_macros_do_not_leave_the_file_in_errors() {
+        let header = "#ifdef __cplusplus\nextern \"C\" {\n#endif\nGIT_BEGIN_DECL\n\
+            /** Reads the reflog. */\n\
+            GIT_EXTERN(int) git_reflog_read(git_reflog **out, git_repository *repo);\n\
+            GIT_EXTERN(const git_oid *) git_reflog_id(const git_reflog_entry *entry);\n\
+            GIT_END_DECL\n#ifdef __cplusplus\n}\n#endif\n";
+        let cpp = "NLOHMANN_JSON_NAMESPACE_BEGIN\nnamespace detail {\n\
+            enum class value_t : std::uint8_t { null, object, array };\n\
+            inline bool less(const value_t a, const value_t b) noexcept { return a < b; }\n\
+            }  // namespace detail\nNLOHMANN_JSON_NAMESPACE_END\n";
+        for (language, text) in [("C", header), ("C++", cpp)] {
+            let parsed = parse_stats(language, text, BUDGET).unwrap().unwrap();
+            assert_eq!(
+                (parsed.errors, parsed.error_byte_share),
+                (0, 0.0),
+                "{language}: {parsed:?}"
+            );
+        }
+        // Broken code spelt in lower case keeps its errors.
+        let broken = "int f(int a {\n  return a +;\n}\n";
+        assert!(parse_stats("C", broken, BUDGET).unwrap().unwrap().errors > 0);
     }
 }

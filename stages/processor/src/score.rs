@@ -104,6 +104,7 @@ mod tests {
                 max_depth: 20,
             },
             error_byte_share: error_bytes,
+            errors: 0,
         }
     }
 

@@ -7,6 +7,10 @@
 //! changes the shingles that hold it. Shingles are runs of 5 consecutive tokens; a file
 //! with fewer than 5 tokens is one shingle of all of them.
 //!
+//! A file's leading licence or copyright comment is left out (see
+//! [`without_license_header`]): small files sharing a header would otherwise match on
+//! it, not on their code.
+//!
 //! Each token is hashed once and each shingle is the hash of its 5 tokens' hashes
 //! (xxh3, 64 bits); the 256 permutations are
 //! multiply-add-shift hashes of that value (`(a·x + b) >> 32`, a odd, from a fixed
@@ -85,11 +89,58 @@ pub fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
-/// The hashes of a text's shingles (each distinct shingle once). Each token is hashed
-/// once and a shingle's hash is the hash of its tokens' hashes, so no shingle's text
-/// is ever built.
+/// Line comment markers a licence header may be written with.
+const LINE_COMMENTS: &[&str] = &["//", "#", "--", ";", "%"];
+
+/// `text` without its leading licence or copyright comment: the first comment (after
+/// blank lines and a `#!` line), a `/* … */` block or a run of line comments, when it
+/// names a copyright, a licence or an SPDX identifier. The whole text when there is no
+/// such comment or nothing but it.
+pub fn without_license_header(text: &str) -> &str {
+    let mut start = text.len() - text.trim_start().len();
+    if text[start..].starts_with("#!") {
+        start += text[start..]
+            .find('\n')
+            .map_or(text.len() - start, |i| i + 1);
+        start += text[start..].len() - text[start..].trim_start().len();
+    }
+    let rest = &text[start..];
+    let end = if rest.starts_with("/*") {
+        rest.find("*/").map(|i| i + 2)
+    } else {
+        LINE_COMMENTS
+            .iter()
+            .find(|marker| rest.starts_with(*marker))
+            .map(|marker| comment_lines_len(rest, marker))
+    };
+    let Some(end) = end else {
+        return text;
+    };
+    let header = rest[..end].to_lowercase();
+    let names_a_license = ["copyright", "licen", "spdx-license-identifier"]
+        .iter()
+        .any(|word| header.contains(word));
+    let body = &rest[end..];
+    if !names_a_license || tokens(body).next().is_none() {
+        return text;
+    }
+    body
+}
+
+/// The length of the run of lines at the start of `text` that begin with `marker`
+/// (after indentation).
+fn comment_lines_len(text: &str, marker: &str) -> usize {
+    text.split_inclusive('\n')
+        .take_while(|line| line.trim_start().starts_with(marker))
+        .map(str::len)
+        .sum()
+}
+
+/// The hashes of a text's shingles (each distinct shingle once), its licence header
+/// left out. Each token is hashed once and a shingle's hash is the hash of its tokens'
+/// hashes, so no shingle's text is ever built.
 pub fn shingle_hashes(text: &str, shingle: usize) -> Vec<u64> {
-    let tokens: Vec<[u8; 8]> = tokens(text)
+    let tokens: Vec<[u8; 8]> = tokens(without_license_header(text))
         .map(|t| xxh3_64(t.as_bytes()).to_le_bytes())
         .collect();
     let width = shingle.min(tokens.len()).max(1);
@@ -157,6 +208,39 @@ mod tests {
     use super::*;
 
     const CODE: &str = "fn distance(a: &Point, b: &Point) -> f64 {\n    ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt()\n}\n";
+
+    const APACHE: &str = "/*\n * Copyright (C) 2008 Google Inc.\n *\n * Licensed under the Apache License, Version 2.0 (the \"License\");\n * you may not use this file except in compliance with the License.\n * You may obtain a copy of the License at\n *\n *      http://www.apache.org/licenses/LICENSE-2.0\n *\n * Unless required by applicable law or agreed to in writing, software\n * distributed under the License is distributed on an \"AS IS\" BASIS,\n * WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.\n * See the License for the specific language governing permissions and\n * limitations under the License.\n */\n";
+
+    #[test]
+    fn the_leading_license_comment_is_left_out_and_nothing_else() {
+        let body = "\n/** Type adapters for dates. */\npackage com.google.gson.internal.bind;\n";
+        let java = format!("{APACHE}{body}");
+        assert_eq!(
+            without_license_header(&java).trim_start(),
+            body.trim_start()
+        );
+        let python = "#!/usr/bin/env python3\n# SPDX-License-Identifier: MIT\n# (c) The authors\nimport os\n";
+        assert_eq!(without_license_header(python), "import os\n");
+        // Not a licence, not leading, or nothing after it: the text as it is.
+        let documented = "/* Parses dates. */\nint parse(void);\n";
+        assert_eq!(without_license_header(documented), documented);
+        let include = "#include <stdio.h>\n/* Copyright 2020 */\nint x;\n";
+        assert_eq!(without_license_header(include), include);
+        assert_eq!(without_license_header(APACHE), APACHE);
+    }
+
+    #[test]
+    fn small_files_sharing_only_a_license_header_do_not_match() {
+        let file = |package: &str| {
+            format!("{APACHE}\n/** Support classes for {package}. */\npackage com.google.gson.{package};\n")
+        };
+        let (a, b) = (file("annotations"), file("reflect"));
+        let shingles = |text: &str| shingle_hashes(text, 5);
+        assert!(jaccard(&shingles(&a), &shingles(&b)) < 0.3);
+        // The same files with the header not leading: it is most of their shingles.
+        let (a, b) = (format!("int x;\n{a}"), format!("int x;\n{b}"));
+        assert!(jaccard(&shingles(&a), &shingles(&b)) > 0.8);
+    }
 
     #[test]
     fn reformatting_leaves_the_shingles_and_renaming_changes_them() {

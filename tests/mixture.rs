@@ -16,8 +16,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use codelupe_runtime::config::KafkaConfig;
-use codelupe_runtime::kafka::{KafkaClients, LagReader};
 use codelupe_runtime::records::TrainingBatch;
 use codelupe_runtime::AvroRecord;
 use codelupe_tokenizer::CodeTokenizer;
@@ -203,27 +201,19 @@ fn shares<'a>(
 /// the batcher makes no new batch for 10 s.
 fn wait_until_drained(run: &Run) {
     let (suffix, ports) = (&run.suffix, &run.ports);
-    let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
-    let mut readers: Vec<LagReader> = [
-        ("downloader", "repo-urls"),
-        ("processor", "repo-clones"),
-        ("neardup", "code-files"),
-        ("neardup-lookup", "neardup-probes"),
-        ("neardup-judge", "neardup-gather"),
-        ("batcher", "distinct-files"),
-        ("trainer", "training-batches"),
-    ]
-    .iter()
-    .map(|(name, input)| {
-        let group = group_of_its_own(name, suffix);
-        LagReader::new(&clients, &group, &format!("{input}-{suffix}")).unwrap()
-    })
-    .collect();
+    // The export's groups commit when their files are written, which is not this test's
+    // business.
+    let mut readers = lag_readers(
+        suffix,
+        &["export", "export-repositories", "export-near-duplicates"],
+    );
     let batches = || scraped(ports["batcher"], "batcher_batches_produced_total");
     let (mut quiet_since, mut last) = (Instant::now(), None);
     wait_for("the corpus to reach the trainer", DRAINED_WITHIN, || {
         let crawled = scraped(ports["crawler"], "crawler_repos_indexed_total").unwrap_or(0.0);
-        let lags: Vec<i64> = readers.iter_mut().map(|r| r.lag().unwrap_or(-1)).collect();
+        let lags: Vec<i64> = (readers.iter_mut())
+            .map(|(_, r)| r.lag().unwrap_or(-1))
+            .collect();
         let now = batches();
         if now != last || lags.iter().any(|&l| l != 0) {
             (quiet_since, last) = (Instant::now(), now);

@@ -19,8 +19,6 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use codelupe_runtime::config::KafkaConfig;
-use codelupe_runtime::kafka::{KafkaClients, LagReader};
 use support::*;
 
 use cluster::{Cluster, Outage, TOKEN};
@@ -255,30 +253,7 @@ fn scenario(delivery: &str) {
     let last_fault = Instant::now();
 
     // Every group's lag back to 0, every replica ready.
-    let clients = KafkaClients::new(brokers(), &KafkaConfig::default());
-    // (group, input); the near-duplicate stage's loops have groups of their own.
-    let groups = [
-        ("downloader", "repo-urls"),
-        ("processor", "repo-clones"),
-        ("neardup", "code-files"),
-        ("neardup-lookup", "neardup-probes"),
-        ("neardup-judge", "neardup-gather"),
-        ("batcher", "distinct-files"),
-        ("export", "distinct-files"),
-        ("export-repositories", "repo-summaries"),
-        ("export-near-duplicates", "near-duplicates"),
-        ("trainer", "training-batches"),
-    ];
-    let mut readers: Vec<(String, LagReader)> = groups
-        .iter()
-        .map(|(name, input)| {
-            let group = group_of_its_own(name, &suffix);
-            (
-                name.to_string(),
-                LagReader::new(&clients, &group, &topic(input)).unwrap(),
-            )
-        })
-        .collect();
+    let mut readers = lag_readers(&suffix, &[]);
     let mut lags: Vec<(String, i64)>;
     let settled = loop {
         cluster.restart_exited();

@@ -224,6 +224,41 @@ pub fn group_of_its_own(name: &str, suffix: &str) -> String {
     }
 }
 
+/// Every consumer group of the pipeline, by its stage (`batcher`) or a stage's loop
+/// (`neardup-lookup`), with the topic it reads.
+pub const GROUP_INPUTS: &[(&str, &str)] = &[
+    ("downloader", "repo-urls"),
+    ("processor", "repo-clones"),
+    ("neardup", "code-files"),
+    ("neardup-lookup", "neardup-probes"),
+    ("neardup-judge", "neardup-gather"),
+    ("batcher", "distinct-files"),
+    ("export", "distinct-files"),
+    ("export-repositories", "repo-summaries"),
+    ("export-near-duplicates", "near-duplicates"),
+    ("trainer", "training-batches"),
+];
+
+/// Lag readers of the groups of a [`topology_of_its_own`] with `suffix`, each with its
+/// name: every group of [`GROUP_INPUTS`] but those named in `except`.
+pub fn lag_readers(
+    suffix: &str,
+    except: &[&str],
+) -> Vec<(String, codelupe_runtime::kafka::LagReader)> {
+    let config = codelupe_runtime::config::KafkaConfig::default();
+    let clients = codelupe_runtime::kafka::KafkaClients::new(brokers(), &config);
+    GROUP_INPUTS
+        .iter()
+        .filter(|(name, _)| !except.contains(name))
+        .map(|(name, input)| {
+            let group = group_of_its_own(name, suffix);
+            let topic = format!("{input}-{suffix}");
+            let reader = codelupe_runtime::kafka::LagReader::new(&clients, &group, &topic);
+            (name.to_string(), reader.unwrap())
+        })
+        .collect()
+}
+
 /// Headless Chromium on `url` with `args` (`--dump-dom`: the page as rendered).
 pub fn chromium(args: &[&str], url: &str) -> std::process::Output {
     Command::new("chromium")

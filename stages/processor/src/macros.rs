@@ -31,13 +31,14 @@ pub fn worth_reparsing(parsed: &Parsed) -> bool {
 }
 
 /// The better of `parsed` (of `tree`, parsed from `text`) and the parses of `text`
-/// with macros blanked; `parse` parses a text from the edited previous tree.
+/// with macros blanked; `parse` parses a text from the edited previous tree. A parse
+/// with macros blanked that fails (past the time budget) leaves the best so far.
 pub fn reparse(
     text: &str,
     mut tree: Tree,
     mut parsed: Parsed,
     mut parse: impl FnMut(&str, &Tree) -> Result<(Tree, Parsed), ParseFailure>,
-) -> Result<Parsed, ParseFailure> {
+) -> Parsed {
     let mut blanking = Blanking::new(text);
     blank_cplusplus_braces(&mut blanking);
     blank_unexpanded_macros(&tree, &mut blanking);
@@ -45,7 +46,9 @@ pub fn reparse(
         let Some((text, edited)) = blanking.finish(&tree) else {
             break;
         };
-        let (next_tree, next) = parse(&text, &edited)?;
+        let Ok((next_tree, next)) = parse(&text, &edited) else {
+            break;
+        };
         if next.errors >= parsed.errors {
             break;
         }
@@ -56,7 +59,7 @@ pub fn reparse(
         blanking = Blanking::new(&text);
         blank_unexpanded_macros(&tree, &mut blanking);
     }
-    Ok(parsed)
+    parsed
 }
 
 /// A text with spans replaced by spaces (line breaks kept, so every byte and line stays

@@ -7,9 +7,9 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use codelupe_runtime::records::ParseStats;
+use tree_sitter::{Language, ParseOptions, ParseState, Parser, Tree};
 
 use crate::macros;
-use tree_sitter::{Language, ParseOptions, ParseState, Parser, Tree};
 
 fn grammar(language: &str) -> Option<Language> {
     Some(match language {
@@ -106,11 +106,11 @@ pub fn parse_stats(
         if !macros::PREPROCESSED.contains(&language) || !macros::worth_reparsing(&parsed) {
             return Ok(parsed);
         }
-        macros::reparse(text, tree, parsed, |text, edited| {
+        Ok(macros::reparse(text, tree, parsed, |text, edited| {
             let tree = parse(parser, text.as_bytes(), Some(edited), deadline)?;
             let parsed = walk(&tree, text.len());
             Ok((tree, parsed))
-        })
+        }))
     }))
 }
 

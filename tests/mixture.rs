@@ -121,9 +121,15 @@ struct Mixture {
 }
 
 /// The config of a run in `dir` (its store, checkpoints and dataset) with `tokenizer`.
-fn write_config(dir: &Path, tokenizer: &Path, run: &Run, api: &str, mixture: &Mixture) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    tokenizer: &Path,
+    topics: &Topics,
+    api: &str,
+    mixture: &Mixture,
+) -> PathBuf {
     let path = dir.join("codelupe.yaml");
-    let (suffix, ports, store) = (&run.suffix, &run.ports, dir.join("store"));
+    let (suffix, ports, store) = (&topics.suffix, &topics.ports, dir.join("store"));
     let text = format!(
         "kafka:
   brokers: {brokers}
@@ -200,7 +206,7 @@ fn shares<'a>(
 /// Waits until every repository has been crawled and every group's lag stays 0 while
 /// the batcher makes no new batch for 10 s.
 fn wait_until_drained(run: &Run) {
-    let (suffix, ports) = (&run.suffix, &run.ports);
+    let (suffix, ports) = (&run.topics.suffix, &run.topics.ports);
     // The export's groups commit when their files are written, which is not this test's
     // business.
     let mut readers = lag_readers(
@@ -248,12 +254,17 @@ fn eval_curves_on_the_live_page(page_port: u16, languages: usize) -> String {
         .to_string()
 }
 
-/// `codelupe run` of the whole pipeline on topics, groups and ports of its own.
-struct Run {
+/// The suffix of a run's topics and groups, and its stages' metrics ports.
+struct Topics {
     suffix: String,
     ports: BTreeMap<&'static str, u16>,
+}
+
+/// `codelupe run` of the whole pipeline on topics, groups and ports of its own.
+struct Run {
+    topics: Topics,
     page_port: u16,
-    _process: Option<KillOnDrop>,
+    _process: KillOnDrop,
 }
 
 impl Run {
@@ -270,28 +281,29 @@ impl Run {
             "export",
             "trainer",
         ];
-        let mut run = Run {
+        let topics = Topics {
             suffix,
             ports: stages.iter().map(|&s| (s, free_port())).collect(),
-            page_port: free_port(),
-            _process: None,
         };
-        let config = write_config(dir, tokenizer, &run, api, mixture);
+        let page_port = free_port();
+        let config = write_config(dir, tokenizer, &topics, api, mixture);
         let log = std::fs::File::create(dir.join("run.log")).unwrap();
-        run._process = Some(KillOnDrop(
-            codelupe()
-                .arg("--config")
-                .arg(&config)
-                .arg("--topology")
-                .arg(&topology)
-                .args(["run", "--page-port", &run.page_port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
-        run
+        let process = codelupe()
+            .arg("--config")
+            .arg(&config)
+            .arg("--topology")
+            .arg(&topology)
+            .args(["run", "--page-port", &page_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Run {
+            topics,
+            page_port,
+            _process: KillOnDrop(process),
+        }
     }
 
     /// The training split's batches, in the order they were made, once the corpus is
@@ -300,7 +312,7 @@ impl Run {
         let started = Instant::now();
         wait_until_drained(self);
         let batches: Vec<TrainingBatch> = read_in_produced_order(
-            &format!("training-batches-{}", self.suffix),
+            &format!("training-batches-{}", self.topics.suffix),
             Duration::from_secs(3),
         )
         .iter()
@@ -379,7 +391,7 @@ fn every_language_is_in_every_stretch_of_training_and_of_its_evaluation() {
         "trainer_eval_loss for every language",
         Duration::from_secs(120),
         || {
-            let Ok((200, exposition)) = http_get(run.ports["trainer"], "/prometheus") else {
+            let Ok((200, exposition)) = http_get(run.topics.ports["trainer"], "/prometheus") else {
                 return false;
             };
             corpus.keys().all(|language| {

@@ -257,7 +257,7 @@ fn eval_curves_on_the_live_page(page_port: u16, languages: usize) -> String {
 /// The suffix of a run's topics and groups, and its stages' metrics ports.
 struct Topics {
     suffix: String,
-    ports: BTreeMap<&'static str, u16>,
+    ports: BTreeMap<String, u16>,
 }
 
 /// `codelupe run` of the whole pipeline on topics, groups and ports of its own.
@@ -272,18 +272,11 @@ impl Run {
         std::fs::create_dir_all(dir).unwrap();
         let suffix = unique("mixture");
         let topology = topology_of_its_own(dir, &suffix);
-        let stages = [
-            "crawler",
-            "downloader",
-            "processor",
-            "neardup",
-            "batcher",
-            "export",
-            "trainer",
-        ];
         let topics = Topics {
             suffix,
-            ports: stages.iter().map(|&s| (s, free_port())).collect(),
+            ports: (pipeline_stages().into_iter())
+                .map(|stage| (stage, free_port()))
+                .collect(),
         };
         let page_port = free_port();
         let config = write_config(dir, tokenizer, &topics, api, mixture);

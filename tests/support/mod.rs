@@ -192,19 +192,19 @@ pub fn fresh_topics(dir: &Path, prefix: &str) -> (String, PathBuf) {
     (suffix, topology)
 }
 
+/// The stages of the repository's topology.yaml.
+pub fn pipeline_stages() -> Vec<String> {
+    let topology =
+        codelupe_runtime::topology::Topology::load(&repo_root().join("topology.yaml")).unwrap();
+    topology.stages.into_keys().collect()
+}
+
 /// The repository's topology with topics and consumer groups of a run's own (suffixed
 /// `suffix`), created on the broker: for a whole pipeline on the shared test broker.
 pub fn topology_of_its_own(dir: &Path, suffix: &str) -> PathBuf {
     let path = renamed_topology(dir, suffix);
     let mut text = std::fs::read_to_string(&path).unwrap();
-    for stage in [
-        "downloader",
-        "processor",
-        "neardup",
-        "batcher",
-        "export",
-        "trainer",
-    ] {
+    for stage in pipeline_stages() {
         text = text.replace(
             &format!("group: codelupe-{stage}\n"),
             &format!("group: codelupe-{stage}-{suffix}\n"),

@@ -1,7 +1,7 @@
 //! Generated code known by its head: the markers GitHub Linguist's generated-code rules
 //! look for in a file's first lines (lib/linguist/generated.rb, MIT), each for the
 //! extensions Linguist checks it on and at the lines it reads. A file so marked is
-//! skipped as `auto_generated`, beside StarCoder2's phrases (text.rs). Linguist's rules
+//! skipped as `auto_generated` by the text filters, beside StarCoder2's phrases. Linguist's rules
 //! by name are the path rules' (select.rs).
 
 use std::sync::LazyLock;
@@ -198,16 +198,14 @@ const RULES: &[Rule] = &[
 
 /// The generator whose marker `text`, at `path`, carries in its first lines.
 pub fn generator(path: &str, text: &str) -> Option<&'static str> {
-    let rules: Vec<&Rule> = RULES
-        .iter()
-        .filter(|r| r.extensions.iter().any(|e| path.ends_with(e)))
-        .collect();
-    if rules.is_empty() {
+    let applies = |rule: &&Rule| rule.extensions.iter().any(|e| path.ends_with(e));
+    // Every file passes here: the head is split only where a rule applies.
+    if !RULES.iter().any(|rule| applies(&rule)) {
         return None;
     }
     // No rule reads past line 40.
     let head: Vec<&str> = text.lines().take(40).collect();
-    rules.into_iter().find_map(|rule| {
+    RULES.iter().filter(applies).find_map(|rule| {
         let read = match rule.lines {
             Lines::First(n) => 0..n.min(head.len()),
             Lines::At(i) => i.min(head.len())..(i + 1).min(head.len()),

@@ -128,17 +128,20 @@ fn blank_cplusplus_braces(blanking: &mut Blanking) {
     let mut guarded = Vec::new();
     let mut spans = Vec::new();
     let mut offset = 0;
+    let is_extern_c = |line: &[u8]| {
+        let visible = line.iter().filter(|b| !b.is_ascii_whitespace());
+        visible.eq(b"extern\"C\"{".iter())
+    };
     for line in blanking.bytes.split_inclusive(|b| *b == b'\n') {
-        let text = String::from_utf8_lossy(line);
-        let trimmed = text.trim();
-        match trimmed.strip_prefix('#').map(str::trim_start) {
-            Some(d) if d.starts_with("if") => guarded.push(d.contains("__cplusplus")),
-            Some(d) if d.starts_with("endif") => {
+        let trimmed = line.trim_ascii();
+        match trimmed.strip_prefix(b"#").map(<[u8]>::trim_ascii_start) {
+            Some(d) if d.starts_with(b"if") => {
+                guarded.push(d.windows(11).any(|w| w == b"__cplusplus"))
+            }
+            Some(d) if d.starts_with(b"endif") => {
                 guarded.pop();
             }
-            _ if guarded.last() == Some(&true)
-                && (trimmed == "}" || trimmed.replace(' ', "") == "extern\"C\"{") =>
-            {
+            _ if guarded.last() == Some(&true) && (trimmed == b"}" || is_extern_c(trimmed)) => {
                 spans.push(offset..offset + line.len());
             }
             _ => {}

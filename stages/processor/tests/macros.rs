@@ -40,7 +40,9 @@ fn scored_in(roots: &[PathBuf]) -> Vec<Scored> {
             continue;
         };
         let stats = text::stats(&file.content);
-        if file.content.len() > 1 << 20 || text::reject(&file.content, language, &stats).is_some() {
+        if file.content.len() > 1 << 20
+            || text::reject(&file.path, &file.content, language, &stats).is_some()
+        {
             continue;
         }
         let parsed = parse::parse_stats(language, &file.content, Duration::from_secs(60))

@@ -12,6 +12,7 @@ pub mod generated;
 pub mod license;
 pub mod macros;
 pub mod metrics;
+pub mod notebook;
 pub mod parse;
 pub mod redact;
 pub mod score;
@@ -79,6 +80,9 @@ pub struct ProcessorOptions {
     pub workers: NonZeroUsize,
     pub min_bytes: usize,
     pub max_bytes: usize,
+    /// A notebook's own size cap: outputs (plots as base64) make a notebook far
+    /// larger than its script, which `max_bytes` then bounds.
+    pub notebook_max_bytes: usize,
     pub min_quality: f64,
     pub parse_timeout_ms: u64,
     /// Caps on the walk over a clone's tree.
@@ -103,6 +107,7 @@ impl Default for ProcessorOptions {
                 .unwrap_or(NonZeroUsize::new(2).expect("positive")),
             min_bytes: 100,
             max_bytes: 1 << 20,
+            notebook_max_bytes: 16 << 20,
             min_quality: 30.0,
             parse_timeout_ms: 2_000,
             tree: TreeLimits::default(),
@@ -378,7 +383,7 @@ impl Processor {
                 PathVerdict::Keep(_) if file.size < self.options.min_bytes as u64 => {
                     Verdict::Skip(Skip::TooSmall)
                 }
-                PathVerdict::Keep(_) if file.size > self.options.max_bytes as u64 => {
+                PathVerdict::Keep(language) if file.size > self.size_cap(language) as u64 => {
                     Verdict::Skip(Skip::TooLarge)
                 }
                 PathVerdict::Keep(language) => {
@@ -409,18 +414,20 @@ impl Processor {
         verdict
     }
 
-    fn judge(
-        &self,
-        clone: &RepoClone,
-        path: &str,
-        language: &'static str,
-        bytes: &[u8],
-    ) -> Verdict {
-        let o = &self.options;
-        if bytes.len() < o.min_bytes {
+    /// The most bytes a file of `language` may have as stored.
+    fn size_cap(&self, language: Language) -> usize {
+        if language == notebook::NOTEBOOK {
+            self.options.notebook_max_bytes
+        } else {
+            self.options.max_bytes
+        }
+    }
+
+    fn judge(&self, clone: &RepoClone, path: &str, language: Language, bytes: &[u8]) -> Verdict {
+        if bytes.len() < self.options.min_bytes {
             return Verdict::Skip(Skip::TooSmall);
         }
-        if bytes.len() > o.max_bytes {
+        if bytes.len() > self.size_cap(language) {
             return Verdict::Skip(Skip::TooLarge);
         }
         if bytes.contains(&0) {
@@ -429,6 +436,31 @@ impl Processor {
         let Ok(text) = std::str::from_utf8(bytes) else {
             return Verdict::Skip(Skip::Binary);
         };
+        if language != notebook::NOTEBOOK {
+            return self.judge_text(clone, path, language, text);
+        }
+        match notebook::to_script(text) {
+            Ok(script) if script.text.len() < self.options.min_bytes => {
+                Verdict::Skip(Skip::TooSmall)
+            }
+            Ok(script) if script.text.len() > self.options.max_bytes => {
+                Verdict::Skip(Skip::TooLarge)
+            }
+            Ok(script) => self.judge_text(clone, path, script.language, &script.text),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "notebook not converted");
+                Verdict::Skip(match e {
+                    notebook::Malformed::NotJson(_) => Skip::MalformedNotebook,
+                    notebook::Malformed::NoCode => Skip::TooSmall,
+                    notebook::Malformed::Language(_) => Skip::UnknownLanguage,
+                })
+            }
+        }
+    }
+
+    /// Filters, redacts, parses and scores a file's text (a notebook's script).
+    fn judge_text(&self, clone: &RepoClone, path: &str, language: Language, text: &str) -> Verdict {
+        let o = &self.options;
         let stats = text::stats(text);
         if let Some(reason) = text::reject(path, text, language, &stats) {
             return Verdict::Skip(reason);

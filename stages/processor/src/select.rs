@@ -139,6 +139,9 @@ pub fn by_path(path: &str) -> PathVerdict {
     if name.contains(".min.") || name.ends_with("-min.js") {
         return PathVerdict::Skip(Skip::Minified);
     }
+    if crate::notebook::is_notebook(path) {
+        return PathVerdict::Keep(crate::notebook::NOTEBOOK);
+    }
     match codelupe_runtime::language::of_path(path) {
         Some(language) => PathVerdict::Keep(language),
         None => PathVerdict::Skip(Skip::UnknownLanguage),

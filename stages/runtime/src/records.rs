@@ -279,6 +279,8 @@ crate::label_set! {
         TooLarge => "too_large",
         /// NUL bytes or invalid UTF-8.
         Binary => "binary",
+        /// A `.ipynb` that is not a notebook's JSON.
+        MalformedNotebook => "malformed_notebook",
         TooManyLines => "too_many_lines",
         LongLines => "long_lines",
         LowAlpha => "low_alpha",

@@ -13,6 +13,7 @@ use codelupe_crawler::github::Page;
 use codelupe_crawler::sources::parse_line;
 use codelupe_downloader::clone::{Token, UrlPolicy};
 use codelupe_processor::metrics::ProcessorMetrics;
+use codelupe_processor::notebook::{is_ipython_escape, is_notebook, to_script};
 use codelupe_processor::redact::redact;
 use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
@@ -37,6 +38,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("processor_file", processor_file),
     ("batcher_document", batcher_document),
     ("config", config),
+    ("notebook", notebook),
 ];
 
 /// A Kafka value, as every record type's consumer decodes it: whatever decodes encodes
@@ -190,10 +192,13 @@ pub fn processor_file(data: &[u8]) {
     let Verdict::Keep(file) = verdict else {
         return;
     };
+    let text = std::str::from_utf8(bytes).expect("a kept file is text");
+    // A notebook is kept as its script.
+    let script = is_notebook(&path).then(|| to_script(text).expect("a kept notebook converts"));
+    let original = script.as_ref().map_or(text, |s| s.text.as_str());
     if file.redactions.is_empty() {
-        assert_eq!(file.content.as_bytes(), bytes);
+        assert_eq!(file.content, original);
     } else {
-        let original = std::str::from_utf8(bytes).expect("a kept file is text");
         let redacted = redact(original).expect("counted redactions were made");
         assert_eq!(file.content, redacted.text);
         let left = redact(&file.content).map(|r| r.counts);
@@ -208,6 +213,58 @@ pub fn processor_file(data: &[u8]) {
         assert!(value.is_finite(), "{name} = {value}");
     }
     file.encode().expect("a kept file encodes");
+}
+
+/// A `.ipynb` file's bytes: whatever converts is a script that ends in a newline and
+/// holds every line of every code cell (but IPython's magics) as it was, in order.
+pub fn notebook(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(script) = to_script(text) else {
+        return;
+    };
+    assert!(script.text.ends_with('\n'), "{:?}", script.text);
+    assert_eq!(to_script(text), Ok(script.clone()), "not deterministic");
+    let value: serde_json::Value = serde_json::from_str(text).expect("converted, so JSON");
+    let mut lines = script.text.lines();
+    for source in code_cells(&value) {
+        let python = script.language == "Python";
+        let magic = |line: &str| python && is_ipython_escape(line);
+        if python && source.trim_start().starts_with("%%") {
+            continue;
+        }
+        for line in source.lines().filter(|l| !l.trim().is_empty() && !magic(l)) {
+            assert!(
+                // A cell's trailing whitespace is trimmed.
+                lines.any(|l| l.trim_end() == line.trim_end()),
+                "code line {line:?} missing or out of order in {:?}",
+                script.text
+            );
+        }
+    }
+}
+
+/// The text of each code cell of a notebook's JSON, nbformat 4 or 3, in order.
+fn code_cells(value: &serde_json::Value) -> Vec<String> {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(lines) => lines.iter().map(|l| l.as_str()).collect(),
+        _ => None,
+    };
+    let worksheets = value["worksheets"].as_array().into_iter().flatten();
+    let cells = value["cells"]
+        .as_array()
+        .into_iter()
+        .chain(worksheets.filter_map(|w| w["cells"].as_array()))
+        .flatten();
+    cells
+        .filter(|c| c["cell_type"] == "code")
+        .filter_map(|c| {
+            let source = c.get("source").filter(|s| !s.is_null());
+            source.or(c.get("input")).and_then(text)
+        })
+        .collect()
 }
 
 /// A flags byte (bit 0: fill-in-the-middle, bit 1: prefix-suffix-middle order, bit 2:

@@ -287,3 +287,61 @@ fn write_seed_corpora() {
     );
     write(&dir, b"# empty: every default\n");
 }
+
+/// A notebook's cells as nbformat 4 writes them (`source` as a list of lines).
+fn nbformat4(kernel: &str, cells: &[(&str, &str)]) -> String {
+    let cells: Vec<serde_json::Value> = cells
+        .iter()
+        .map(|(kind, text)| {
+            let lines: Vec<String> = text.split_inclusive('\n').map(str::to_string).collect();
+            let mut cell = serde_json::json!({"cell_type": kind, "metadata": {}, "source": lines});
+            if *kind == "code" {
+                cell["execution_count"] = 1.into();
+                cell["outputs"] = serde_json::json!([{"output_type": "stream", "name": "stdout", "text": ["42\n"]}]);
+            }
+            cell
+        })
+        .collect();
+    let notebook = serde_json::json!({
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": kernel, "language": kernel, "display_name": kernel}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    });
+    serde_json::to_string_pretty(&notebook).unwrap()
+}
+
+#[test]
+#[ignore = "writes fuzz/corpus/notebook; run by hand when the notebook reader changes"]
+fn write_notebook_seeds() {
+    let dir = corpus("notebook");
+    let python = nbformat4(
+        "python",
+        &[
+            ("markdown", "# Loading\n\nRead the data, then plot it."),
+            ("code", "%matplotlib inline\n!pip install numpy\nimport numpy as np\nx = np.arange(10)\nnp.mean?"),
+            ("code", "%%bash\nls -l"),
+            ("raw", "raw text"),
+            ("code", "def mean(xs):\n    return sum(xs) / len(xs)\n\nprint(mean(x))\n"),
+        ],
+    );
+    write(&dir, python.as_bytes());
+    write(
+        &dir,
+        nbformat4("ir", &[("code", "x <- c(1, 2)\nmean(x)")]).as_bytes(),
+    );
+    write(
+        &dir,
+        nbformat4("julia", &[("code", "f(x) = 2x")]).as_bytes(),
+    );
+    write(
+        &dir,
+        nbformat4("python", &[("markdown", "only prose")]).as_bytes(),
+    );
+    // nbformat 3: worksheets, code in `input`, headings.
+    write(
+        &dir,
+        br#"{"nbformat": 3, "metadata": {}, "worksheets": [{"cells": [{"cell_type": "heading", "level": 1, "source": "Title"}, {"cell_type": "code", "language": "python", "input": ["a = 1\n", "print(a)"], "outputs": []}]}]}"#,
+    );
+    write(&dir, &python.as_bytes()[..python.len() / 2]);
+}

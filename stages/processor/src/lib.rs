@@ -461,6 +461,7 @@ impl Processor {
     /// Filters, redacts, parses and scores a file's text (a notebook's script).
     fn judge_text(&self, clone: &RepoClone, path: &str, language: Language, text: &str) -> Verdict {
         let o = &self.options;
+        let language = select::by_content(path, language, text);
         let stats = text::stats(text);
         if let Some(reason) = text::reject(path, text, language, &stats) {
             return Verdict::Skip(reason);

@@ -148,6 +148,26 @@ pub fn by_path(path: &str) -> PathVerdict {
     }
 }
 
+/// The language of a file its path could not settle: a `.h` is C, C++ or Objective-C
+/// by GitHub Linguist's heuristics for the extension (Objective-C's `@interface` or
+/// `#import`, then C++'s `std::`, `template <`, `namespace`, `class`, `#include
+/// <vector>`…, else C). Every other file keeps its path's language.
+pub fn by_content(path: &str, language: &'static str, text: &str) -> &'static str {
+    let header = path
+        .rsplit_once('.')
+        .is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("h"));
+    if language != "C" || !header {
+        return language;
+    }
+    // A path the crate cannot read or a pattern it cannot run leaves the path's answer.
+    let found = linguist::disambiguate(path, text).unwrap_or_default();
+    match found.first().map(|l| l.name) {
+        Some("C++") => "C++",
+        Some("Objective-C") => "Objective-C",
+        _ => language,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,10 +103,7 @@ struct Kernelspec {
 
 /// Whether `path` names a notebook.
 pub fn is_notebook(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .and_then(|name| name.rsplit_once('.'))
-        .is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("ipynb"))
+    crate::select::has_extension(path, "ipynb")
 }
 
 /// The notebook in `text` as a script of its kernel's language.

@@ -148,15 +148,20 @@ pub fn by_path(path: &str) -> PathVerdict {
     }
 }
 
+/// Whether the file `path` names ends in `.ext` (any case).
+pub fn has_extension(path: &str, ext: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.rsplit_once('.')
+        .is_some_and(|(_, e)| e.eq_ignore_ascii_case(ext))
+}
+
 /// The language of a file its path could not settle: a `.h` is C, C++ or Objective-C
 /// by GitHub Linguist's heuristics for the extension (Objective-C's `@interface` or
 /// `#import`, then C++'s `std::`, `template <`, `namespace`, `class`, `#include
 /// <vector>`…, else C). Every other file keeps its path's language.
 pub fn by_content(path: &str, language: &'static str, text: &str) -> &'static str {
-    let header = path
-        .rsplit_once('.')
-        .is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("h"));
-    if language != "C" || !header {
+    // Every kept file passes here: the language is compared first, the path only then.
+    if language != "C" || !has_extension(path, "h") {
         return language;
     }
     // A path the crate cannot read or a pattern it cannot run leaves the path's answer.

@@ -2,9 +2,11 @@
 //! libraries vendored by crates in the local cargo registry, each given the language
 //! Linguist gives it, and a C++ header kept as C++ by the processor.
 
-use codelupe_processor::metrics::ProcessorMetrics;
+mod support;
+
 use codelupe_processor::select::by_content;
-use codelupe_processor::{Processor, ProcessorOptions, Verdict};
+use codelupe_processor::{ProcessorOptions, Verdict};
+use support::processor;
 
 /// (crate, path in it, Linguist's language).
 const HEADERS: &[(&str, &str, &str)] = &[
@@ -55,14 +57,7 @@ fn headers_of_cpp_and_c_libraries_get_linguists_language() {
 /// rdkafkacpp.h, parsed as C, fell to syntax 0 and was dropped as `low_quality`.
 #[test]
 fn a_cpp_header_is_kept_as_cpp() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = ProcessorOptions {
-        store: dir.path().display().to_string(),
-        work_dir: dir.path().join("work"),
-        ..Default::default()
-    };
-    let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
-    let processor = Processor::new(options, metrics).unwrap();
+    let (processor, _dir) = processor(ProcessorOptions::default());
     let clone = codelupe_testkit::unstored_clone_record("fixture/headers", &"0".repeat(40));
     let path = "src-cpp/rdkafkacpp.h";
     let text = read("rdkafka-sys-4", "librdkafka/src-cpp/rdkafkacpp.h");

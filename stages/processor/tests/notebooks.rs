@@ -7,9 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use codelupe_processor::metrics::{ProcessorMetrics, Skip};
+mod support;
+
+use codelupe_processor::metrics::Skip;
 use codelupe_processor::notebook::{to_script, Malformed, NOTEBOOK};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
+use support::processor;
 
 /// The kernels each folder's notebooks are written for, as the language table names
 /// them; every other folder's kernel (Julia, Octave, F#, Sage, …) is not known yet.
@@ -61,17 +64,12 @@ fn python_refuses(scripts: &[(String, String)]) -> Vec<String> {
     for (i, (_, text)) in scripts.iter().enumerate() {
         std::fs::write(dir.path().join(format!("{i}.py")), text).unwrap();
     }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import ast, sys\nfor f in sys.argv[1:]:\n    try:\n        ast.parse(open(f).read())\n    except SyntaxError as e:\n        print(f, e)"])
-        .args((0..scripts.len()).map(|i| dir.path().join(format!("{i}.py"))))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let refused = codelupe_testkit::stdout_of(
+        std::process::Command::new("python3")
+            .args(["-c", "import ast, sys\nfor f in sys.argv[1:]:\n    try:\n        ast.parse(open(f).read())\n    except SyntaxError as e:\n        print(f, e)"])
+            .args((0..scripts.len()).map(|i| dir.path().join(format!("{i}.py")))),
     );
-    String::from_utf8_lossy(&out.stdout)
+    refused
         .lines()
         .map(|l| {
             let (file, error) = l.split_once(' ').unwrap_or((l, ""));
@@ -124,18 +122,6 @@ fn real_notebooks_become_scripts_of_their_kernels_language() {
     assert_eq!(python_refuses(&python), Vec::<String>::new());
 }
 
-fn processor() -> (Processor, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let options = ProcessorOptions {
-        store: dir.path().display().to_string(),
-        work_dir: dir.path().join("work"),
-        notebook_max_bytes: 64 * 1024,
-        ..Default::default()
-    };
-    let metrics = ProcessorMetrics::register(&prometheus::Registry::new()).unwrap();
-    (Processor::new(options, metrics).unwrap(), dir)
-}
-
 fn verdict(processor: &Processor, text: &str) -> Verdict {
     let clone = codelupe_testkit::unstored_clone_record("fixture/notebooks", &"0".repeat(40));
     processor.examine_file(&clone, "analysis/report.ipynb", NOTEBOOK, text.as_bytes())
@@ -150,7 +136,10 @@ fn skipped(verdict: Verdict) -> Skip {
 
 #[test]
 fn the_processor_keeps_a_notebook_as_its_script_and_names_why_it_skips_one() {
-    let (processor, _dir) = processor();
+    let (processor, _dir) = processor(ProcessorOptions {
+        notebook_max_bytes: 64 * 1024,
+        ..Default::default()
+    });
     let dir = std::env::var("NOTEBOOKS_DIR").expect("NOTEBOOKS_DIR");
     let read = |path: &str| std::fs::read_to_string(Path::new(&dir).join(path)).unwrap();
     let plots = read("ipynb_py/text_outputs_and_images.ipynb");

@@ -149,15 +149,42 @@ impl Run {
         (kept, dropped)
     }
 
-    /// Until every file is either passed on or dropped.
+    /// Until every file is either passed on or dropped. Past 240 s it fails with each
+    /// replica's lags and counts, to tell a stalled loop from a slow one.
     fn wait_for_all(&self, files: usize) -> (BTreeSet<String>, BTreeMap<String, NearDuplicate>) {
-        let mut outcome = Default::default();
-        wait_for("every file judged", Duration::from_secs(240), || {
-            outcome = self.outcome();
-            let judged: BTreeSet<&String> = outcome.0.iter().chain(outcome.1.keys()).collect();
-            judged.len() >= files
-        });
-        outcome
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        loop {
+            let outcome = self.outcome();
+            let judged = outcome.0.iter().chain(outcome.1.keys());
+            let judged = judged.collect::<BTreeSet<_>>().len();
+            if judged >= files {
+                return outcome;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{judged} of {files} files judged after 240 s; {}",
+                    self.state()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Each replica's consumer lags and file counts, as its metrics show them.
+    fn state(&self) -> String {
+        let shown = |line: &&str| {
+            !line.starts_with('#')
+                && (line.starts_with("codelupe_consumer_lag") || line.starts_with("neardup_files"))
+        };
+        let replica = |port: &u16| match http_get(*port, "/metrics") {
+            Ok((_, body)) => body.lines().filter(shown).collect::<Vec<_>>().join("; "),
+            Err(e) => format!("unreachable: {e}"),
+        };
+        self.ports
+            .iter()
+            .map(replica)
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 

@@ -274,7 +274,10 @@ crate::label_set! {
         Vendored => "vendored",
         GeneratedName => "generated_name",
         Minified => "minified",
+        /// No GitHub Linguist language claims the file.
         UnknownLanguage => "unknown_language",
+        /// A Linguist language the `languages` selection leaves out.
+        LanguageNotKept => "language_not_kept",
         TooSmall => "too_small",
         TooLarge => "too_large",
         /// NUL bytes or invalid UTF-8.

@@ -1,0 +1,420 @@
+//! A file's programming language by GitHub Linguist's data, for every stage that asks:
+//! the `linguist` crate carries Linguist's `languages.yml` and `heuristics.yml`
+//! (compiled in), and this module runs Linguist's strategies over them in Linguist's
+//! order (modeline, file name, shebang, extension, XML header, heuristics). Linguist
+//! ends with a Bayesian classifier trained on its samples; where candidates remain at
+//! that point, [`tie_break`] chooses instead.
+
+mod selection;
+mod shebang;
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use linguist::definitions::LANGUAGES;
+use linguist_types::LanguageType;
+pub use selection::{Kept, Selection};
+
+/// Languages a code model is trained on by default: the crawler searches for them and
+/// the downloader accepts them (GitHub names a repository's language by Linguist).
+pub const DEFAULT_LANGUAGES: &[&str] = &[
+    "Rust",
+    "Go",
+    "Python",
+    "TypeScript",
+    "JavaScript",
+    "Dart",
+    "Java",
+    "C",
+    "C++",
+];
+
+/// Linguist's four kinds of language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Programming,
+    Markup,
+    Data,
+    Prose,
+}
+
+/// Linguist reads a file's first 50 KiB for its heuristics (`HEURISTICS_CONSIDER_BYTES`).
+const HEURISTICS_CONSIDER_BYTES: usize = 50 * 1024;
+
+/// Lines read for a modeline at each end of a file (Linguist's `SEARCH_SCOPE`).
+const MODELINE_LINES: usize = 5;
+
+struct Index {
+    by_extension: HashMap<String, Vec<&'static str>>,
+    by_filename: HashMap<&'static str, Vec<&'static str>>,
+    by_interpreter: HashMap<&'static str, Vec<&'static str>>,
+    by_alias: HashMap<String, &'static str>,
+}
+
+static INDEX: LazyLock<Index> = LazyLock::new(|| {
+    let mut index = Index {
+        by_extension: HashMap::new(),
+        by_filename: HashMap::new(),
+        by_interpreter: HashMap::new(),
+        by_alias: HashMap::new(),
+    };
+    for (name, language) in LANGUAGES.iter() {
+        let name = name.as_str();
+        // Linguist looks extensions up in lower case (`.R` is R, `.H` a header).
+        for ext in language.extensions.iter().flatten() {
+            let entry = index.by_extension.entry(ext.to_lowercase()).or_default();
+            entry.push(name);
+        }
+        for file in language.filenames.iter().flatten() {
+            index.by_filename.entry(file).or_default().push(name);
+        }
+        for program in language.interpreters.iter().flatten() {
+            index.by_interpreter.entry(program).or_default().push(name);
+        }
+        index.by_alias.insert(name.to_lowercase(), name);
+        index
+            .by_alias
+            .insert(name.to_lowercase().replace(' ', "-"), name);
+        for alias in language.aliases.iter().flatten() {
+            index.by_alias.insert(alias.to_lowercase(), name);
+        }
+    }
+    for list in index
+        .by_extension
+        .values_mut()
+        .chain(index.by_filename.values_mut())
+        .chain(index.by_interpreter.values_mut())
+    {
+        list.sort_unstable();
+    }
+    index
+});
+
+/// The Linguist name of `name`, given as a name or an alias in any case (`cpp` is
+/// C++, `golang` Go); None if Linguist knows no such language.
+pub fn canonical(name: &str) -> Option<&'static str> {
+    INDEX.by_alias.get(&name.to_lowercase()).copied()
+}
+
+/// `names` (option `key`) as Linguist names; the first Linguist does not know is
+/// refused, naming the option and the name.
+pub fn resolve<S: AsRef<str>>(names: &[S], key: &str) -> Result<Vec<&'static str>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let name = name.as_ref();
+            canonical(name).ok_or_else(|| {
+                format!(
+                    "{key}: {name:?} is not a language GitHub Linguist knows (give its name as \
+                     in Linguist's languages.yml, or an alias)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// The kind Linguist gives `language`, a Linguist name.
+pub fn kind(language: &str) -> Option<Kind> {
+    Some(match LANGUAGES.get(language)?.language_type {
+        LanguageType::Programming => Kind::Programming,
+        LanguageType::Markup => Kind::Markup,
+        LanguageType::Data => Kind::Data,
+        LanguageType::Prose => Kind::Prose,
+    })
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The languages `path` may be by its name alone: an exact file name, else the longest
+/// extension Linguist knows (`.d.ts` before `.ts`), else none.
+pub fn candidates(path: &str) -> &'static [&'static str] {
+    let name = file_name(path);
+    if let Some(found) = INDEX.by_filename.get(name) {
+        return found;
+    }
+    let lower = name.to_lowercase();
+    // Longest first: every dot after the first character starts an extension.
+    for (at, _) in lower.match_indices('.').filter(|(at, _)| *at > 0) {
+        if let Some(found) = INDEX.by_extension.get(&lower[at..]) {
+            return found;
+        }
+    }
+    // A dotfile's whole name may be its extension (`.bashrc` is a file name above).
+    INDEX
+        .by_extension
+        .get(lower.as_str())
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The language of `path` by its name alone, for callers with no content (the
+/// downloader's line counts): a shared extension is settled by [`tie_break`].
+pub fn of_path(path: &str) -> Option<&'static str> {
+    tie_break(candidates(path))
+}
+
+/// The language of the file `path` holding `text`, by Linguist's strategies in
+/// Linguist's order; None when no language claims it.
+pub fn of_file(path: &str, text: &str) -> Option<&'static str> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    if let Some(language) = modeline(text) {
+        return Some(language);
+    }
+    let by_name = INDEX.by_filename.get(file_name(path));
+    if let Some([only]) = by_name.map(Vec::as_slice) {
+        return Some(only);
+    }
+    let mut found: Vec<&'static str> = by_name.cloned().unwrap_or_default();
+    for step in [shebang::languages(text), candidates(path).to_vec()] {
+        found = narrow(found, step);
+        if let [only] = found.as_slice() {
+            return Some(only);
+        }
+    }
+    if found.is_empty() {
+        found = manpage(path);
+    }
+    if found.is_empty() {
+        return xml_header(text);
+    }
+    // Linguist takes a heuristic's answer as it stands, even one outside the candidates
+    // (a license text named `GFDL-1.3` is Text, not Roff).
+    let by_rules = heuristics(path, text);
+    tie_break(if by_rules.is_empty() {
+        &found
+    } else {
+        &by_rules
+    })
+}
+
+/// A name no extension claims that ends like a manual page (`tool.8`, `printf.3p`,
+/// `x.1.in`) is Roff (Linguist's manpage step); its heuristics then choose.
+fn manpage(path: &str) -> Vec<&'static str> {
+    let name = file_name(path).to_lowercase();
+    let name = name.strip_suffix(".in").unwrap_or(&name);
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return Vec::new();
+    };
+    let section = ext.as_bytes();
+    let numbered = matches!(section.first(), Some(b'1'..=b'9'))
+        && !section.get(1).is_some_and(u8::is_ascii_digit)
+        && section
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    if numbered || ["0p", "n", "man", "mdoc"].contains(&ext) {
+        ["Roff Manpage", "Roff"]
+            .into_iter()
+            .filter_map(canonical)
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Candidates kept by both steps, as Linguist narrows them; a step that found nothing
+/// (or nothing in common) leaves the earlier candidates.
+fn narrow(earlier: Vec<&'static str>, step: Vec<&'static str>) -> Vec<&'static str> {
+    if earlier.is_empty() {
+        return step;
+    }
+    let both: Vec<_> = earlier
+        .iter()
+        .copied()
+        .filter(|l| step.contains(l))
+        .collect();
+    if both.is_empty() {
+        earlier
+    } else {
+        both
+    }
+}
+
+/// A Vim or Emacs modeline in the first or last five lines names the language outright.
+fn modeline(text: &str) -> Option<&'static str> {
+    let head_end = nth_line_end(text.as_bytes(), MODELINE_LINES);
+    let tail_start = text.len() - nth_line_end_from_back(text.as_bytes(), MODELINE_LINES);
+    let ends = if tail_start <= head_end {
+        text.to_string()
+    } else {
+        format!("{}\n{}", &text[..head_end], &text[tail_start..])
+    };
+    // Cheap refusal first: every modeline holds one of these words.
+    if !(ends.contains("vi") || ends.contains("ex:") || ends.contains("-*-")) {
+        return None;
+    }
+    let found = linguist::detect_language_by_modeline(&ends).unwrap_or_default();
+    found.first().map(|l| l.name)
+}
+
+fn nth_line_end(bytes: &[u8], lines: usize) -> usize {
+    bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(lines - 1)
+        .map_or(bytes.len(), |(at, _)| at)
+}
+
+/// Bytes from the end that hold the last `lines` lines (a final newline ends a line).
+fn nth_line_end_from_back(bytes: &[u8], lines: usize) -> usize {
+    let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let from_back = trimmed
+        .iter()
+        .rev()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(lines - 1)
+        .map_or(trimmed.len(), |(at, _)| at);
+    from_back + (bytes.len() - trimmed.len())
+}
+
+/// A file no name claims is XML when an XML declaration opens it (Linguist's XML step).
+fn xml_header(text: &str) -> Option<&'static str> {
+    let head = &text[..nth_line_end(text.as_bytes(), 2)];
+    head.contains("<?xml version=")
+        .then(|| canonical("XML"))
+        .flatten()
+}
+
+/// Linguist's heuristics for the file's extension over its first 50 KiB.
+fn heuristics(path: &str, text: &str) -> Vec<&'static str> {
+    let mut end = text.len().min(HEURISTICS_CONSIDER_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // The crate matches extensions as written; Linguist's are lower case.
+    let name = file_name(path).to_lowercase();
+    // A pattern the crate cannot run leaves the candidates as they were.
+    let found = linguist::disambiguate(&name, &text[..end]).unwrap_or_default();
+    found.into_iter().map(|l| l.name).collect()
+}
+
+/// Languages chosen first, in this order, when several remain after every strategy
+/// (where Linguist asks its classifier): the languages most code on GitHub is written in.
+const COMMON: &[&str] = &[
+    "JavaScript",
+    "Python",
+    "Java",
+    "TypeScript",
+    "TSX",
+    "C#",
+    "C++",
+    "PHP",
+    "Shell",
+    "C",
+    "Ruby",
+    "Go",
+    "Rust",
+    "Markdown",
+    "HTML",
+    "CSS",
+    "Kotlin",
+    "Swift",
+    "Objective-C",
+    "Perl",
+    "Scala",
+    "Lua",
+    "SQL",
+    "R",
+    "MATLAB",
+];
+
+/// One language among `found`: the only one; else the most common; else code before
+/// markup, prose and data (a `.mm` is Objective-C++ rather than XML); else the first
+/// by name.
+pub fn tie_break(found: &[&'static str]) -> Option<&'static str> {
+    if let [only] = found {
+        return Some(only);
+    }
+    if let Some(common) = COMMON.iter().find(|common| found.contains(common)) {
+        return Some(common);
+    }
+    let rank = |language: &&'static str| match kind(language) {
+        Some(Kind::Programming) => 0,
+        Some(Kind::Markup) => 1,
+        Some(Kind::Prose) => 2,
+        Some(Kind::Data) | None => 3,
+    };
+    found.iter().min_by_key(|l| (rank(l), **l)).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_extensions_and_case() {
+        assert_eq!(of_path("src/main.rs"), Some("Rust"));
+        assert_eq!(of_path("a/b/App.TSX"), Some("TSX"));
+        assert_eq!(of_path("lib/x.dart"), Some("Dart"));
+        assert_eq!(of_path("analysis.R"), Some("R"));
+        assert_eq!(of_path("Makefile"), Some("Makefile"));
+        assert_eq!(of_path("build/Dockerfile"), Some("Dockerfile"));
+        assert_eq!(of_path("README.md"), Some("Markdown"));
+        assert_eq!(of_path("types/index.d.ts"), Some("TypeScript"));
+        assert_eq!(of_path(".bashrc"), Some("Shell"));
+        assert_eq!(of_path("photo.png"), None);
+        assert_eq!(of_path("noext"), None);
+    }
+
+    #[test]
+    fn content_settles_what_the_name_cannot() {
+        assert_eq!(
+            of_file("bin/serve", "#!/usr/bin/env python3\nprint(1)\n"),
+            Some("Python")
+        );
+        assert_eq!(of_file("run", "#!/bin/bash\necho hi\n"), Some("Shell"));
+        assert_eq!(
+            of_file("notes.txt", "puts 1\n# vim: set ft=ruby:\n"),
+            Some("Ruby"),
+            "a modeline overrides the extension"
+        );
+        assert_eq!(
+            of_file("widget.h", "#include <vector>\nclass W {};\n"),
+            Some("C++")
+        );
+        assert_eq!(of_file("plain.h", "int f(void);\n"), Some("C"));
+        assert_eq!(
+            of_file(
+                "Foo.h",
+                "#import <Foundation/Foundation.h>\n@interface Foo\n@end\n"
+            ),
+            Some("Objective-C")
+        );
+        assert_eq!(
+            of_file("data", "<?xml version=\"1.0\"?>\n<a/>\n"),
+            Some("XML")
+        );
+        assert_eq!(of_file("data", "just words\n"), None);
+        assert_eq!(
+            of_file("licenses/GFDL-1.3", "GNU Free Documentation License\n"),
+            Some("Text"),
+            "a heuristic's answer stands"
+        );
+        let page = ".TH TOOL 8\n.SH NAME\ntool \\- does\n";
+        assert_eq!(of_file("doc/tool.8", page), Some("Roff Manpage"));
+        assert_eq!(manpage("doc/tool.8x.in"), ["Roff Manpage", "Roff"]);
+        assert!(manpage("lib/v1.20").is_empty() && manpage("notes").is_empty());
+    }
+
+    #[test]
+    fn names_and_aliases_resolve_to_linguist_names() {
+        assert_eq!(canonical("cpp"), Some("C++"));
+        assert_eq!(canonical("golang"), Some("Go"));
+        assert_eq!(canonical("jupyter notebook"), Some("Jupyter Notebook"));
+        assert_eq!(canonical("Rust"), Some("Rust"));
+        assert_eq!(canonical("Klingon"), None);
+        assert_eq!(kind("YAML"), Some(Kind::Data));
+        assert_eq!(kind("Markdown"), Some(Kind::Prose));
+        assert_eq!(kind("HTML"), Some(Kind::Markup));
+    }
+
+    #[test]
+    fn every_default_language_is_a_linguist_name() {
+        for language in DEFAULT_LANGUAGES {
+            assert_eq!(canonical(language), Some(*language));
+        }
+    }
+}

@@ -29,6 +29,8 @@ const GOOD: &[(&str, &str, &str)] = &[
     ("web/App.tsx", "TSX", "// The application shell.\nexport function App(props: { title: string }) {\n  return <main><h1>{props.title}</h1><p>Welcome back.</p></main>;\n}\n"),
     ("src/Main.java", "Java", "// Entry point.\npublic class Main {\n    /** Adds two numbers. */\n    static int add(int a, int b) { return a + b; }\n    public static void main(String[] args) { System.out.println(add(1, 2)); }\n}\n"),
     ("lib/list.c", "C", "/* A singly linked list node. */\nstruct node { int value; struct node *next; };\n\n/* Length of a list. */\nint length(const struct node *n) {\n    int count = 0;\n    for (; n; n = n->next) count++;\n    return count;\n}\n"),
+    // No extension: a shebang names its language.
+    ("bin/serve", "Python", "#!/usr/bin/env python3\n\"\"\"Serves the current folder.\"\"\"\n\nimport http.server\n\n\ndef main():\n    # Blocks until interrupted.\n    http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler)\n\n\nmain()\n"),
     ("lib/stack.cpp", "C++", "// A fixed-size stack.\nclass Stack {\n public:\n  void push(int v) { items[size++] = v; }\n  int pop() { return items[--size]; }\n private:\n  int items[64];\n  int size = 0;\n};\n"),
 ];
 
@@ -51,6 +53,8 @@ fn fixture_files() -> Vec<(&'static str, Vec<u8>)> {
         ("src/broken.py", b"def (((:\n  ]] = = class ((\n  return )))) ,, def\n  if if if :: ]]\n  while ))) (((\n  import , , ,\n".repeat(3)),
         ("src/tiny.rs", b"fn x() {}\n".to_vec()),
         ("README.md", b"# Fixture\n\nA repository with one file of each kind, for the processor tests.\n".to_vec()),
+        ("docs/logo.png", [b"\x89PNG\r\n\x1a\n".as_slice(), &[7u8; 200]].concat()),
+        ("data/points.csv", b"x,y\n1,2\n3,4\n".repeat(20)),
         // The same content as src/lib.rs later in tree order: only the first is published.
         ("zz/lib.rs", GOOD[0].2.as_bytes().to_vec()),
     ]);
@@ -69,7 +73,9 @@ const EXPECTED_SKIPS: &[(&str, &str)] = &[
     ("src/wide.py", "long_lines"),
     ("src/broken.py", "low_quality"),
     ("src/tiny.rs", "too_small"),
-    ("README.md", "unknown_language"),
+    ("README.md", "too_small"),
+    ("docs/logo.png", "unknown_language"),
+    ("data/points.csv", "language_not_kept"),
 ];
 
 /// The record of `commit` of the bare repository at `bare`, its pack written to the

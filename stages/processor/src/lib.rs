@@ -30,6 +30,7 @@ use anyhow::Context as _;
 use codelupe_runtime::clone_store::{self, CloneStore, ReadError};
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
+use codelupe_runtime::language::{Kept, Selection};
 use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense, RepoSummary};
 use codelupe_runtime::tree::{self, TreeError, TreeLimits};
 use codelupe_runtime::work_dir::WorkDir;
@@ -93,6 +94,8 @@ pub struct ProcessorOptions {
     pub redact: bool,
     /// Which repositories' code is kept, by license.
     pub licenses: LicenseOptions,
+    /// Which languages are kept, by GitHub Linguist's names and kinds.
+    pub languages: Selection,
     /// Where each clone's summary goes (the dataset's repositories table), in the
     /// transaction of its files; by default the topic of `repo-summaries.avsc` records.
     pub summaries_topic: Option<String>,
@@ -114,6 +117,7 @@ impl Default for ProcessorOptions {
             decontamination: DecontaminationOptions::default(),
             redact: true,
             licenses: LicenseOptions::default(),
+            languages: Selection::default(),
             summaries_topic: None,
         }
     }
@@ -157,6 +161,8 @@ pub struct Processor {
     examining: Arc<Semaphore>,
     metrics: Arc<ProcessorMetrics>,
     benchmarks: Arc<Benchmarks>,
+    /// `options.languages` resolved.
+    kept: Arc<Kept>,
     /// License files' matches by blob id.
     license_cache: Arc<Mutex<HashMap<git2::Oid, FileLicenses>>>,
 }
@@ -173,6 +179,10 @@ impl Processor {
         let work = Arc::new(WorkDir::open(&options.work_dir)?);
         let benchmarks = Benchmarks::load(&options.decontamination)
             .context("stages.processor.options.decontamination")?;
+        let kept = options
+            .languages
+            .resolve("stages.processor.options.languages")
+            .map_err(anyhow::Error::msg)?;
         if !options.decontamination.benchmarks.is_empty() {
             tracing::info!(
                 texts = benchmarks.len(),
@@ -187,6 +197,7 @@ impl Processor {
             examining: Arc::new(Semaphore::new(workers)),
             metrics: Arc::new(metrics),
             benchmarks: Arc::new(benchmarks),
+            kept: Arc::new(kept),
             license_cache: Arc::default(),
         })
     }
@@ -374,11 +385,11 @@ impl Processor {
 
     /// Splits listed files into those to read (with their language) and those skipped
     /// by path or size, with their verdicts.
-    fn select(&self, listed: Vec<tree::FileEntry>) -> (Vec<(tree::FileEntry, Language)>, Verdicts) {
+    fn select(&self, listed: Vec<tree::FileEntry>) -> (Vec<(tree::FileEntry, Guess)>, Verdicts) {
         let mut to_read = Vec::new();
         let mut skipped = Vec::new();
         for file in listed {
-            let verdict = match select::by_path(&file.path) {
+            let verdict = match select::by_path(&file.path, &self.kept) {
                 PathVerdict::Skip(reason) => Verdict::Skip(reason),
                 PathVerdict::Keep(_) if file.size < self.options.min_bytes as u64 => {
                     Verdict::Skip(Skip::TooSmall)
@@ -401,7 +412,7 @@ impl Processor {
         &self,
         clone: &RepoClone,
         path: &str,
-        language: &'static str,
+        language: Guess,
         bytes: &[u8],
     ) -> Verdict {
         self.metrics.active_files.inc();
@@ -415,15 +426,15 @@ impl Processor {
     }
 
     /// The most bytes a file of `language` may have as stored.
-    fn size_cap(&self, language: Language) -> usize {
-        if language == notebook::NOTEBOOK {
+    fn size_cap(&self, language: Guess) -> usize {
+        if language == Some(notebook::NOTEBOOK) {
             self.options.notebook_max_bytes
         } else {
             self.options.max_bytes
         }
     }
 
-    fn judge(&self, clone: &RepoClone, path: &str, language: Language, bytes: &[u8]) -> Verdict {
+    fn judge(&self, clone: &RepoClone, path: &str, language: Guess, bytes: &[u8]) -> Verdict {
         if bytes.len() < self.options.min_bytes {
             return Verdict::Skip(Skip::TooSmall);
         }
@@ -436,8 +447,11 @@ impl Processor {
         let Ok(text) = std::str::from_utf8(bytes) else {
             return Verdict::Skip(Skip::Binary);
         };
-        if language != notebook::NOTEBOOK {
-            return self.judge_text(clone, path, language, text);
+        if language != Some(notebook::NOTEBOOK) {
+            return match select::by_content(path, text, &self.kept) {
+                Ok(language) => self.judge_text(clone, path, language, text),
+                Err(reason) => Verdict::Skip(reason),
+            };
         }
         match notebook::to_script(text) {
             Ok(script) if script.text.len() < self.options.min_bytes => {
@@ -446,6 +460,7 @@ impl Processor {
             Ok(script) if script.text.len() > self.options.max_bytes => {
                 Verdict::Skip(Skip::TooLarge)
             }
+            Ok(script) if !self.kept.keeps(script.language) => Verdict::Skip(Skip::LanguageNotKept),
             Ok(script) => self.judge_text(clone, path, script.language, &script.text),
             Err(e) => {
                 tracing::debug!(%path, error = %e, "notebook not converted");
@@ -461,7 +476,6 @@ impl Processor {
     /// Filters, redacts, parses and scores a file's text (a notebook's script).
     fn judge_text(&self, clone: &RepoClone, path: &str, language: Language, text: &str) -> Verdict {
         let o = &self.options;
-        let language = select::by_content(path, language, text);
         let stats = text::stats(text);
         if let Some(reason) = text::reject(path, text, language, &stats) {
             return Verdict::Skip(reason);
@@ -580,8 +594,11 @@ const LICENSE_CACHE_ENTRIES: usize = 10_000;
 /// language, scores and parse statistics.
 pub const RECORD_METADATA_BYTES: usize = 64 * 1024;
 
-/// A language name as `language::of_path` gives it.
+/// A Linguist language name.
 type Language = &'static str;
+
+/// The language a file's path suggests before it is read (`select::by_path`).
+type Guess = Option<Language>;
 
 /// Files by path with their verdicts.
 type Verdicts = Vec<(String, Verdict)>;

@@ -16,7 +16,7 @@ pub const NOTEBOOK: &str = "Jupyter Notebook";
 /// A notebook turned into a script of its language.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
-    /// As `language::of_path` names it, so the script is parsed and scored as one.
+    /// Its GitHub Linguist name, so the script is parsed and scored as one.
     pub language: &'static str,
     pub text: String,
 }

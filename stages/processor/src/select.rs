@@ -2,6 +2,8 @@
 //! build folders, lock files and other generated names, minified names, and languages
 //! we keep.
 
+use codelupe_runtime::language::{self, Kept};
+
 use crate::metrics::Skip;
 
 /// Folders holding someone else's code or a bundle wherever they appear (GitHub
@@ -116,11 +118,14 @@ const GENERATED_SUFFIXES: &[&str] = &[
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathVerdict {
-    Keep(&'static str),
+    /// Read the file: its name says its likely language, or `None` when no name claims
+    /// it and its content may (a shebang, a modeline).
+    Keep(Option<&'static str>),
     Skip(Skip),
 }
 
-pub fn by_path(path: &str) -> PathVerdict {
+/// The verdict on `path` before its content is read, for the languages `kept`.
+pub fn by_path(path: &str, kept: &Kept) -> PathVerdict {
     let mut parts = path.split('/').collect::<Vec<_>>();
     let name = parts.pop().unwrap_or_default();
     let at_root = parts
@@ -140,11 +145,19 @@ pub fn by_path(path: &str) -> PathVerdict {
         return PathVerdict::Skip(Skip::Minified);
     }
     if crate::notebook::is_notebook(path) {
-        return PathVerdict::Keep(crate::notebook::NOTEBOOK);
+        return PathVerdict::Keep(Some(crate::notebook::NOTEBOOK));
     }
-    match codelupe_runtime::language::of_path(path) {
-        Some(language) => PathVerdict::Keep(language),
-        None => PathVerdict::Skip(Skip::UnknownLanguage),
+    let candidates = language::candidates(path);
+    if kept.keeps_any(candidates) {
+        return PathVerdict::Keep(language::tie_break(candidates));
+    }
+    if !candidates.is_empty() {
+        return PathVerdict::Skip(Skip::LanguageNotKept);
+    }
+    // Scripts often have no extension; a file with one no language claims is not code.
+    match name.get(1..).is_some_and(|rest| rest.contains('.')) {
+        true => PathVerdict::Skip(Skip::UnknownLanguage),
+        false => PathVerdict::Keep(None),
     }
 }
 
@@ -155,45 +168,49 @@ pub fn has_extension(path: &str, ext: &str) -> bool {
         .is_some_and(|(_, e)| e.eq_ignore_ascii_case(ext))
 }
 
-/// The language of a file its path could not settle: a `.h` is C, C++ or Objective-C
-/// by GitHub Linguist's heuristics for the extension (Objective-C's `@interface` or
-/// `#import`, then C++'s `std::`, `template <`, `namespace`, `class`, `#include
-/// <vector>`…, else C). Every other file keeps its path's language.
-pub fn by_content(path: &str, language: &'static str, text: &str) -> &'static str {
-    // Every kept file passes here: the language is compared first, the path only then.
-    if language != "C" || !has_extension(path, "h") {
-        return language;
+/// The language of the file `path` holding `text` by GitHub Linguist's strategies
+/// (`language::of_file`), or why it is skipped: no language claims it, the selection
+/// leaves its language out, or it is over its language's cap (JSON and YAML files
+/// of more than 5,000 characters by default).
+pub fn by_content(path: &str, text: &str, kept: &Kept) -> Result<&'static str, Skip> {
+    let found = language::of_file(path, text).ok_or(Skip::UnknownLanguage)?;
+    if !kept.keeps(found) {
+        return Err(Skip::LanguageNotKept);
     }
-    // A path the crate cannot read or a pattern it cannot run leaves the path's answer.
-    let found = linguist::disambiguate(path, text).unwrap_or_default();
-    match found.first().map(|l| l.name) {
-        Some("C++") => "C++",
-        Some("Objective-C") => "Objective-C",
-        _ => language,
+    if kept.over_cap(found, text) {
+        return Err(Skip::TooLarge);
     }
+    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn kept() -> Kept {
+        Kept::default()
+    }
+
     #[test]
     fn paths() {
-        assert_eq!(by_path("src/main.rs"), PathVerdict::Keep("Rust"));
         assert_eq!(
-            by_path("web/node_modules/x/index.js"),
+            by_path("src/main.rs", &kept()),
+            PathVerdict::Keep(Some("Rust"))
+        );
+        assert_eq!(
+            by_path("web/node_modules/x/index.js", &kept()),
             PathVerdict::Skip(Skip::Vendored)
         );
         assert_eq!(
-            by_path("vendor/github.com/a/b.go"),
+            by_path("vendor/github.com/a/b.go", &kept()),
             PathVerdict::Skip(Skip::Vendored)
         );
         assert_eq!(
-            by_path("Cargo.lock"),
+            by_path("Cargo.lock", &kept()),
             PathVerdict::Skip(Skip::GeneratedName)
         );
         assert_eq!(
-            by_path("api/service.pb.go"),
+            by_path("api/service.pb.go", &kept()),
             PathVerdict::Skip(Skip::GeneratedName)
         );
         // Linguist's generated names and folders.
@@ -205,22 +222,31 @@ mod tests {
             "Forms/Main.designer.vb",
         ] {
             assert_eq!(
-                by_path(generated),
+                by_path(generated, &kept()),
                 PathVerdict::Skip(Skip::GeneratedName),
                 "{generated}"
             );
         }
         assert_eq!(
-            by_path("static/app.min.js"),
+            by_path("static/app.min.js", &kept()),
             PathVerdict::Skip(Skip::Minified)
         );
         assert_eq!(
-            by_path("README.md"),
-            PathVerdict::Skip(Skip::UnknownLanguage)
+            by_path("README.md", &kept()),
+            PathVerdict::Keep(Some("Markdown"))
         );
         assert_eq!(
-            by_path("rebuild/tool.py"),
-            PathVerdict::Keep("Python"),
+            by_path("data/table.csv", &kept()),
+            PathVerdict::Skip(Skip::LanguageNotKept)
+        );
+        assert_eq!(
+            by_path("docs/photo.png", &kept()),
+            PathVerdict::Skip(Skip::UnknownLanguage)
+        );
+        assert_eq!(by_path("bin/serve", &kept()), PathVerdict::Keep(None));
+        assert_eq!(
+            by_path("rebuild/tool.py", &kept()),
+            PathVerdict::Keep(Some("Python")),
             "a folder name containing build"
         );
     }
@@ -265,13 +291,48 @@ mod tests {
         let wrong: Vec<_> = REAL_PATHS
             .iter()
             .filter(|(path, want)| {
-                let got = match by_path(path) {
-                    PathVerdict::Keep(language) => Some(language),
+                let got = match by_path(path, &kept()) {
+                    PathVerdict::Keep(language) => language,
                     PathVerdict::Skip(_) => None,
                 };
                 got != *want
             })
             .collect();
         assert!(wrong.is_empty(), "wrong verdicts: {wrong:?}");
+    }
+}
+
+#[cfg(test)]
+mod content_tests {
+    use super::*;
+
+    #[test]
+    fn content_decides_the_language_and_the_selection_what_is_kept() {
+        let kept = Kept::default();
+        let script = "#!/usr/bin/env python3\nprint('hello')\n";
+        assert_eq!(by_content("bin/serve", script, &kept), Ok("Python"));
+        assert_eq!(
+            by_content("bin/notes", "plain words, no program\n", &kept),
+            Err(Skip::UnknownLanguage)
+        );
+        assert_eq!(
+            by_content("LICENSE", "Permission is hereby granted\n", &kept),
+            Err(Skip::LanguageNotKept),
+            "Linguist's Text, which is prose"
+        );
+        assert_eq!(
+            by_content("a.csv", "a,b\n1,2\n", &kept),
+            Err(Skip::LanguageNotKept)
+        );
+        let small = "{\"name\": \"x\"}\n";
+        assert_eq!(by_content("a.json", small, &kept), Ok("JSON"));
+        let large = format!("[{}1]\n", "1, ".repeat(2_000));
+        assert_eq!(by_content("a.json", &large, &kept), Err(Skip::TooLarge));
+        let queries = "SELECT name FROM users WHERE id = 1;\n".repeat(200);
+        assert_eq!(
+            by_content("db/queries.sql", &queries, &kept),
+            Ok("SQL"),
+            "SQL is Linguist's data, kept uncapped"
+        );
     }
 }

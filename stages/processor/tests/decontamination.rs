@@ -9,6 +9,7 @@ use codelupe_processor::decontaminate::{read_problems, setup_dir, Decontaminatio
 use codelupe_processor::metrics::{ProcessorMetrics, Skip};
 use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
+use codelupe_runtime::language::Kept;
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::CRATES;
 use codelupe_testkit::{code_files, registry_crates, unstored_clone_record};
@@ -76,7 +77,7 @@ fn planted_human_eval_problems_are_dropped_and_real_code_is_kept() {
     let verdict = |path: &str, text: &str| match processor.examine_file(
         &clone(),
         path,
-        "Python",
+        Some("Python"),
         text.as_bytes(),
     ) {
         Verdict::Skip(skip) => Some(skip),
@@ -108,13 +109,16 @@ fn planted_human_eval_problems_are_dropped_and_real_code_is_kept() {
 
     // Real code: the registry's sources in every language the processor keeps.
     let files = code_files(&registry_crates(CRATES), |p| {
-        matches!(by_path(&p.to_string_lossy()), PathVerdict::Keep(_))
+        matches!(
+            by_path(&p.to_string_lossy(), &Kept::default()),
+            PathVerdict::Keep(_)
+        )
     });
     assert!(files.len() >= 1_000, "{} files", files.len());
     let dropped: Vec<&str> = files
         .iter()
         .filter(|f| {
-            let language = match by_path(&f.path) {
+            let language = match by_path(&f.path, &Kept::default()) {
                 PathVerdict::Keep(language) => language,
                 PathVerdict::Skip(_) => return false,
             };

@@ -57,7 +57,7 @@ const HAND_WRITTEN: &[(&str, &str, &str)] = &[
 fn verdict(processor: &Processor, path: &str, text: &str) -> Verdict {
     let clone = codelupe_testkit::unstored_clone_record("fixture/generated", &"0".repeat(40));
     let language = language::of_path(path).unwrap_or_else(|| panic!("{path}: no language"));
-    processor.examine_file(&clone, path, language, text.as_bytes())
+    processor.examine_file(&clone, path, Some(language), text.as_bytes())
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod support;
 
 use codelupe_processor::select::by_content;
 use codelupe_processor::{ProcessorOptions, Verdict};
+use codelupe_runtime::language::Kept;
 use support::processor;
 
 /// (crate, path in it, Linguist's language).
@@ -42,16 +43,19 @@ fn read(krate: &str, path: &str) -> String {
 fn headers_of_cpp_and_c_libraries_get_linguists_language() {
     let mut disagreements = Vec::new();
     for (krate, path, expected) in HEADERS {
-        let got = by_content(path, "C", &read(krate, path));
-        if got != *expected {
-            disagreements.push(format!("{krate}/{path}: {got}, Linguist {expected}"));
+        let got = by_content(path, &read(krate, path), &Kept::default());
+        if got != Ok(*expected) {
+            disagreements.push(format!("{krate}/{path}: {got:?}, Linguist {expected}"));
         }
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
-    // Only a `.h` is read for its language; other files keep their path's.
+    // An extension only C or only C++ claims keeps its language whatever the content.
     let cpp = read("rdkafka-sys-4", "librdkafka/src-cpp/rdkafkacpp_int.h");
-    assert_eq!(by_content("src/defs.c", "C", &cpp), "C");
-    assert_eq!(by_content("src/defs.hpp", "C++", &cpp), "C++");
+    assert_eq!(by_content("src/defs.c", &cpp, &Kept::default()), Ok("C"));
+    assert_eq!(
+        by_content("src/defs.hpp", &cpp, &Kept::default()),
+        Ok("C++")
+    );
 }
 
 /// rdkafkacpp.h, parsed as C, fell to syntax 0 and was dropped as `low_quality`.
@@ -61,7 +65,7 @@ fn a_cpp_header_is_kept_as_cpp() {
     let clone = codelupe_testkit::unstored_clone_record("fixture/headers", &"0".repeat(40));
     let path = "src-cpp/rdkafkacpp.h";
     let text = read("rdkafka-sys-4", "librdkafka/src-cpp/rdkafkacpp.h");
-    match processor.examine_file(&clone, path, "C", text.as_bytes()) {
+    match processor.examine_file(&clone, path, Some("C"), text.as_bytes()) {
         Verdict::Keep(file) => {
             assert_eq!(file.language, "C++");
             assert!(

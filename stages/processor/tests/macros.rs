@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use codelupe_processor::{parse, score, select, text};
-use codelupe_runtime::language;
+use codelupe_runtime::language::Kept;
 
 /// Vendored C and C++ of these crates (newest version of each in the registry).
 const LIBRARIES: &[&str] = &[
@@ -36,11 +36,13 @@ fn scored_in(roots: &[PathBuf]) -> Vec<Scored> {
     });
     let mut out = Vec::new();
     for file in files {
-        let Some(language) = language::of_path(&file.path) else {
+        // A `.h` is C, C++ or Objective-C by its content, as the processor reads it, and
+        // a shebang overrides the extension (mklove's configure.cc is bash).
+        let Ok(language @ ("C" | "C++")) =
+            select::by_content(&file.path, &file.content, &Kept::default())
+        else {
             continue;
         };
-        // A `.h` is C, C++ or Objective-C by its content, as the processor reads it.
-        let language = select::by_content(&file.path, language, &file.content);
         let stats = text::stats(&file.content);
         if file.content.len() > 1 << 20
             || text::reject(&file.path, &file.content, language, &stats).is_some()

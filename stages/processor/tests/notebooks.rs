@@ -124,7 +124,12 @@ fn real_notebooks_become_scripts_of_their_kernels_language() {
 
 fn verdict(processor: &Processor, text: &str) -> Verdict {
     let clone = codelupe_testkit::unstored_clone_record("fixture/notebooks", &"0".repeat(40));
-    processor.examine_file(&clone, "analysis/report.ipynb", NOTEBOOK, text.as_bytes())
+    processor.examine_file(
+        &clone,
+        "analysis/report.ipynb",
+        Some(NOTEBOOK),
+        text.as_bytes(),
+    )
 }
 
 fn skipped(verdict: Verdict) -> Skip {

@@ -10,6 +10,7 @@ use codelupe_processor::parse::parse_stats;
 use codelupe_processor::redact::redact;
 use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_runtime::labels::LabelSet;
+use codelupe_runtime::language::Kept;
 use codelupe_testkit::bench::CRATES;
 use codelupe_testkit::{code_files, registry_crates};
 
@@ -24,14 +25,17 @@ fn error_share(language: &'static str, text: &str) -> Option<f64> {
 #[test]
 fn real_files_are_seldom_touched_and_redacted_files_still_parse() {
     let files = code_files(&registry_crates(CRATES), |p| {
-        matches!(by_path(&p.to_string_lossy()), PathVerdict::Keep(_))
+        matches!(
+            by_path(&p.to_string_lossy(), &Kept::default()),
+            PathVerdict::Keep(Some(_))
+        )
     });
     assert!(files.len() >= 1_000, "{} files", files.len());
     let mut touched = Vec::new();
     let mut by_kind: BTreeMap<&str, u32> = BTreeMap::new();
     let mut broken = Vec::new();
     for file in &files {
-        let PathVerdict::Keep(language) = by_path(&file.path) else {
+        let PathVerdict::Keep(Some(language)) = by_path(&file.path, &Kept::default()) else {
             continue;
         };
         let Some(redacted) = redact(&file.content) else {

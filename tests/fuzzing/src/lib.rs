@@ -19,6 +19,7 @@ use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use codelupe_runtime::codec::AvroRecord;
 use codelupe_runtime::config::Config;
+use codelupe_runtime::language::Kept;
 use codelupe_runtime::records::{
     decode_to_json, BatcherSeen, CodeFile, CrawlerState, DeadLetter, NearDuplicate, NeardupGather,
     NeardupProbe, RepoClone, RepoUrl, TrainingBatch,
@@ -185,7 +186,7 @@ fn clone_url(url: &str) {
 pub fn processor_file(data: &[u8]) {
     let (path, bytes) = first_line(data);
     let path = String::from_utf8_lossy(path);
-    let PathVerdict::Keep(language) = by_path(&path) else {
+    let PathVerdict::Keep(language) = by_path(&path, &Kept::default()) else {
         return;
     };
     let verdict = processor().examine_file(&clone(), &path, language, bytes);

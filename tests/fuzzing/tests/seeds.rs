@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use codelupe_processor::select::{by_path, PathVerdict};
 use codelupe_runtime::codec::AvroRecord;
+use codelupe_runtime::language::Kept;
 use codelupe_runtime::records::*;
 use codelupe_testkit::corpus::code_files;
 use codelupe_testkit::registry_crates;
@@ -49,7 +50,7 @@ fn registry_files(per_language: usize) -> Vec<(String, Vec<u8>)> {
     let mut taken: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut files = Vec::new();
     for file in code_files(&crates, |_| true) {
-        let PathVerdict::Keep(language) = by_path(&file.path) else {
+        let PathVerdict::Keep(Some(language)) = by_path(&file.path, &Kept::default()) else {
             continue;
         };
         let count = taken.entry(language).or_default();

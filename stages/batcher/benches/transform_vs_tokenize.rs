@@ -123,8 +123,9 @@ fn rate((tokens, time): (usize, Duration)) -> f64 {
 }
 
 fn main() {
+    let kept = language::Kept::default();
     let mut files = code_files(&registry_crates(CRATES), |p| {
-        language::of_path(&p.to_string_lossy()).is_some()
+        kept.of_path(&p.to_string_lossy()).is_some()
     });
     files.sort_by(|a, b| a.content_hash.cmp(&b.content_hash));
     files.dedup_by(|a, b| a.content_hash == b.content_hash);

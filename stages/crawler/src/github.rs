@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use codelupe_runtime::language;
 use codelupe_runtime::records::{now_ms, RepoUrl};
 use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
@@ -279,6 +280,12 @@ impl<'a> GithubSource<'a> {
         metrics: &'a CrawlerMetrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        // GitHub's `language:` qualifier takes Linguist's names and aliases.
+        language::resolve(
+            &options.languages,
+            "stages.crawler.options.github.languages",
+        )
+        .map_err(anyhow::Error::msg)?;
         let mut base = Url::parse(&options.api_url).with_context(|| {
             format!("stages.crawler.options.github.api_url: {}", options.api_url)
         })?;

@@ -376,10 +376,12 @@ pub fn measure(repo: &git2::Repository, limits: &TreeLimits) -> Result<TreeStats
         transient: false,
     };
     let files = tree::files(repo, &tree, limits).map_err(refused)?;
+    // Lines of the code the processor keeps by default (not licence texts or lock files).
+    let kept = codelupe_runtime::language::Kept::default();
     let counted: Vec<(&tree::FileEntry, &str)> = files
         .iter()
         .filter(|f| f.size <= MAX_COUNTED_BLOB)
-        .filter_map(|f| Some((f, codelupe_runtime::language::of_path(&f.path)?)))
+        .filter_map(|f| Some((f, kept.of_path(&f.path)?)))
         .collect();
     tree::check_read_budget(counted.iter().map(|(f, _)| *f), limits).map_err(refused)?;
     stats.file_count = files.len() as i64;

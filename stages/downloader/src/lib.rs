@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::descriptor::{Bound, Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
+use codelupe_runtime::language;
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
 use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
@@ -128,7 +129,16 @@ struct Packed {
 }
 
 impl Downloader {
-    pub fn new(options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
+    pub fn new(mut options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
+        // GitHub names a repository's language as Linguist does: `cpp` would match none.
+        options.filter.languages = language::resolve(
+            &options.filter.languages,
+            "stages.downloader.options.filter.languages",
+        )
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(String::from)
+        .collect();
         let store = Arc::new(CloneStore::open(&options.store)?);
         let work = Arc::new(WorkDir::open(&options.work_dir)?);
         metrics
@@ -435,5 +445,27 @@ mod tests {
             ..DownloaderOptions::default()
         };
         assert_eq!(sweep_grace(&patient, &settings), Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn languages_are_linguists_names_and_an_unknown_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = |languages: &[&str]| DownloaderOptions {
+            store: dir.path().join("store").display().to_string(),
+            work_dir: dir.path().join("work"),
+            filter: FilterOptions {
+                languages: languages.iter().map(|l| l.to_string()).collect(),
+                ..FilterOptions::default()
+            },
+            ..DownloaderOptions::default()
+        };
+        let metrics = || DownloaderMetrics::register(&prometheus::Registry::new()).unwrap();
+        let downloader = Downloader::new(options(&["cpp", "golang", "Rust"]), metrics()).unwrap();
+        assert_eq!(downloader.options.filter.languages, ["C++", "Go", "Rust"]);
+        let error = Downloader::new(options(&["Rust", "Klingon"]), metrics())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("filter.languages: \"Klingon\""), "{error}");
     }
 }

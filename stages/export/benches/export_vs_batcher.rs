@@ -27,8 +27,9 @@ const PARTITIONS: usize = 12;
 const ROUNDS: usize = 5;
 
 fn corpus() -> Vec<CodeFile> {
+    let kept = codelupe_runtime::language::Kept::default();
     let mut files = code_files(&registry_crates(CRATES), |p| {
-        codelupe_runtime::language::of_path(&p.to_string_lossy()).is_some()
+        kept.of_path(&p.to_string_lossy()).is_some()
     });
     files.sort_by(|a, b| a.content_hash.cmp(&b.content_hash));
     files.dedup_by(|a, b| a.content_hash == b.content_hash);

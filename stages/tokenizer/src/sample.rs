@@ -1,6 +1,6 @@
 //! What `codelupe tokenizer train` fits a tokenizer on: source files under folders on
-//! disk (what .gitignore keeps, in languages the processor knows), or the first records
-//! of `code-files`.
+//! disk (what .gitignore keeps, in languages the processor keeps by default), or the
+//! first records of `code-files`.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -29,6 +29,7 @@ impl Sample {
 
 pub fn from_dirs(dirs: &[PathBuf], max_files: usize) -> anyhow::Result<Sample> {
     let mut sample = Sample::default();
+    let kept = language::Kept::default();
     for dir in dirs {
         if !dir.is_dir() {
             anyhow::bail!("{} is not a folder", dir.display());
@@ -39,7 +40,7 @@ pub fn from_dirs(dirs: &[PathBuf], max_files: usize) -> anyhow::Result<Sample> {
             }
             let entry = entry.with_context(|| format!("walking {}", dir.display()))?;
             let path = entry.path();
-            let known = language::of_path(&path.to_string_lossy()).is_some();
+            let known = kept.of_path(&path.to_string_lossy()).is_some();
             let small = entry
                 .metadata()
                 .is_ok_and(|m| m.is_file() && m.len() <= MAX_FILE_BYTES);

@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
+use codelupe_runtime::language;
 use codelupe_runtime::records::TrainingBatch;
 use codelupe_runtime::AvroRecord;
 use codelupe_tokenizer::CodeTokenizer;
@@ -38,19 +39,24 @@ const FIRST_BATCHES: usize = 50;
 /// The most time for the whole corpus to reach the trainer.
 const DRAINED_WITHIN: Duration = Duration::from_secs(900);
 
-/// Distinct files of `extension` between 200 bytes and 6 KB, as many as the language's
-/// repositories hold (the registry has about 90 such shell scripts).
+/// Distinct files of `extension` between 200 bytes and 6 KB that GitHub Linguist gives
+/// the extension's language (jemalloc's `#!/bin/tcsh` scripts named `.sh` are Tcsh), as
+/// many as the language's repositories hold (the registry has about 90 such shell
+/// scripts).
 fn files_of(extension: &str, crates: &[&str]) -> Vec<(String, Vec<u8>)> {
     let roots = match crates {
         [] => all_registry_crates(),
         some => registry_crates(some),
     };
+    let language = language::of_path(&format!("file.{extension}"));
     let mut seen = BTreeSet::new();
     let mut files: Vec<(String, Vec<u8>)> =
         code_files(&roots, |p| p.extension().is_some_and(|e| e == extension))
             .into_iter()
             .filter(|f| {
-                (200..6_000).contains(&f.content.len()) && seen.insert(f.content_hash.clone())
+                (200..6_000).contains(&f.content.len())
+                    && language::of_file(&f.path, &f.content) == language
+                    && seen.insert(f.content_hash.clone())
             })
             .map(|f| (f.path.clone(), f.content.into_bytes()))
             .collect();

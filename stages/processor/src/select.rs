@@ -155,9 +155,10 @@ pub fn by_path(path: &str, kept: &Kept) -> PathVerdict {
         return PathVerdict::Skip(Skip::LanguageNotKept);
     }
     // Scripts often have no extension; a file with one no language claims is not code.
-    match name.get(1..).is_some_and(|rest| rest.contains('.')) {
-        true => PathVerdict::Skip(Skip::UnknownLanguage),
-        false => PathVerdict::Keep(None),
+    if name.get(1..).is_some_and(|rest| rest.contains('.')) {
+        PathVerdict::Skip(Skip::UnknownLanguage)
+    } else {
+        PathVerdict::Keep(None)
     }
 }
 

@@ -1,9 +1,9 @@
 //! A file's programming language by GitHub Linguist's data, for every stage that asks:
 //! the `linguist` crate carries Linguist's `languages.yml` and `heuristics.yml`
 //! (compiled in), and this module runs Linguist's strategies over them in Linguist's
-//! order (modeline, file name, shebang, extension, XML header, heuristics). Linguist
-//! ends with a Bayesian classifier trained on its samples; where candidates remain at
-//! that point, [`tie_break`] chooses instead.
+//! order (modeline, file name, shebang, extension, XML header, manual page names,
+//! heuristics). Linguist ends with a Bayesian classifier trained on its samples;
+//! where candidates remain at that point, [`tie_break`] chooses instead.
 
 mod selection;
 mod shebang;

@@ -7,6 +7,7 @@
 //! Reads nbformat 4 (`cells`) and nbformat 3 (`worksheets[].cells`, code in `input`).
 //! A notebook that is not JSON of that shape is [`Malformed`], with the reason.
 
+use codelupe_runtime::language;
 use serde::Deserialize;
 
 /// The language the path rules give a notebook until it is read: its script's
@@ -27,7 +28,8 @@ pub enum Malformed {
     NotJson(String),
     #[error("no code cell")]
     NoCode,
-    /// The kernel's language, which no parser or comment syntax here knows.
+    /// The kernel's language: not one GitHub Linguist knows, or one without a line
+    /// comment to keep markdown cells in.
     #[error("kernel language {0:?} is not one the processor knows")]
     Language(String),
 }
@@ -116,8 +118,9 @@ pub fn to_script(text: &str) -> Result<Script, Malformed> {
         .chain(notebook.worksheets.iter().flat_map(|w| &w.cells))
         .collect();
     let named = kernel_language(&notebook.metadata, &cells);
-    let language = language_of_kernel(&named).ok_or(Malformed::Language(named))?;
-    let comment = line_comment(language);
+    let (language, comment) = language_of_kernel(&named)
+        .and_then(|l| Some((l, line_comment(l)?)))
+        .ok_or(Malformed::Language(named))?;
     let mut parts = Vec::new();
     let mut code = false;
     for cell in cells {
@@ -161,43 +164,41 @@ fn kernel_language(metadata: &Metadata, cells: &[&Cell]) -> String {
         .unwrap_or_else(|| "python".to_string())
 }
 
-/// A kernel language name (`python`, `python3`, `ir`, `c++17`, `bash`…) as the
-/// processor's language table names it.
+/// A kernel language name (`python3`, `ir`, `c++17`, `octave`, `fsharp`…) as GitHub
+/// Linguist names it: Jupyter kernels' own names first, then Linguist's names and
+/// aliases.
 fn language_of_kernel(name: &str) -> Option<&'static str> {
     let name = name.trim().to_ascii_lowercase();
     let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == ' ');
-    Some(match base {
-        "python" | "ipython" | "pypy" => "Python",
-        "r" | "ir" => "R",
-        "c++" | "cpp" | "xcpp" => "C++",
-        "c" => "C",
-        "rust" => "Rust",
-        "go" | "gophernotes" => "Go",
-        "java" => "Java",
-        "javascript" | "node" | "nodejs" => "JavaScript",
-        "typescript" => "TypeScript",
-        "kotlin" => "Kotlin",
-        "scala" => "Scala",
-        "c#" | "csharp" | ".net-csharp" => "C#",
-        "bash" | "sh" | "shell" => "Shell",
-        "sql" => "SQL",
-        "ruby" => "Ruby",
-        "haskell" => "Haskell",
-        "lua" => "Lua",
-        "swift" => "Swift",
-        "php" => "PHP",
-        "dart" => "Dart",
-        _ => return None,
-    })
+    let kernel = match base {
+        "ipython" | "pypy" => "python",
+        "ir" => "r",
+        "xcpp" => "c++",
+        "gophernotes" => "go",
+        "node" | "nodejs" => "javascript",
+        "csharp" | ".net-csharp" => "c#",
+        ".net-fsharp" => "f#",
+        other => other,
+    };
+    language::canonical(kernel).or_else(|| language::canonical(&name))
 }
 
-/// The line comment of a language the kernel table gives.
-fn line_comment(language: &str) -> &'static str {
-    match language {
-        "Python" | "R" | "Shell" | "Ruby" => "#",
+/// The line comment of `language` (jupytext's); None for a language without one
+/// (OCaml, Wolfram Language, SAS), whose markdown cells would not stay comments.
+fn line_comment(language: &str) -> Option<&'static str> {
+    Some(match language {
+        "Python" | "R" | "Shell" | "Ruby" | "Julia" | "PowerShell" | "Tcl" | "Gnuplot" | "Perl"
+        | "Raku" | "Sage" | "Xonsh" | "RobotFramework" | "Elixir" | "Crystal" | "Nim"
+        | "CoffeeScript" => "#",
+        "C" | "C++" | "C#" | "Java" | "JavaScript" | "TypeScript" | "Go" | "Rust" | "Scala"
+        | "Kotlin" | "Swift" | "Groovy" | "F#" | "Dart" | "PHP" | "Stata" => "//",
         "SQL" | "Haskell" | "Lua" => "--",
-        _ => "//",
-    }
+        "Clojure" | "Scheme" | "Common Lisp" | "Racket" => ";;",
+        "IDL" => ";",
+        "MATLAB" => "%",
+        "q" => "/",
+        _ => return None,
+    })
 }
 
 /// Every line of `text` behind `comment` (an empty line keeps just the marker).
@@ -252,7 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_names_map_to_the_language_table() {
+    fn kernel_names_map_to_linguists_languages() {
         for (kernel, language) in [
             ("python3", Some("Python")),
             ("Python 3.11", Some("Python")),
@@ -260,7 +261,10 @@ mod tests {
             ("C++17", Some("C++")),
             ("xcpp14", Some("C++")),
             ("bash", Some("Shell")),
-            ("julia", None),
+            ("julia", Some("Julia")),
+            ("octave", Some("MATLAB")),
+            (".net-fsharp", Some("F#")),
+            ("sos", None),
         ] {
             assert_eq!(language_of_kernel(kernel), language, "{kernel}");
         }

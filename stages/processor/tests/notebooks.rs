@@ -1,7 +1,7 @@
 //! Jupyter notebooks as scripts: the real notebooks of jupytext 1.16.4's own tests (55
 //! in 33 kernels, fetched by setup/notebooks.sh, never committed) become scripts of
 //! their kernel's language, every Python one read by Python's own parser, none holding
-//! an output; a kernel the language table does not know is named, never guessed; the
+//! an output; a kernel GitHub Linguist does not know is named, never guessed; the
 //! processor keeps a notebook as its script and skips a malformed one with a reason.
 
 use std::collections::BTreeMap;
@@ -14,22 +14,38 @@ use codelupe_processor::notebook::{to_script, Malformed, NOTEBOOK};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
 use support::processor;
 
-/// The kernels each folder's notebooks are written for, as the language table names
-/// them; every other folder's kernel (Julia, Octave, F#, Sage, …) is not known yet.
+/// The kernels each folder's notebooks are written for, as GitHub Linguist names
+/// them. Every other folder's kernel is not converted: Coconut, Maxima and SoS are no
+/// Linguist language, and OCaml, SAS and Wolfram Language have no line comment.
 const KNOWN: &[(&str, &str)] = &[
     ("ipynb_R", "R"),
     ("ipynb_bash", "Shell"),
+    ("ipynb_clojure", "Clojure"),
     ("ipynb_cpp", "C++"),
     ("ipynb_cs", "C#"),
+    ("ipynb_fs", "F#"),
+    ("ipynb_gnuplot", "Gnuplot"),
     ("ipynb_go", "Go"),
+    ("ipynb_groovy", "Groovy"),
     ("ipynb_haskell", "Haskell"),
+    ("ipynb_idl", "IDL"),
     ("ipynb_java", "Java"),
     ("ipynb_js", "JavaScript"),
+    ("ipynb_julia", "Julia"),
     ("ipynb_lua", "Lua"),
+    ("ipynb_m", "MATLAB"),
+    ("ipynb_ps1", "PowerShell"),
     ("ipynb_py", "Python"),
+    ("ipynb_q", "q"),
+    ("ipynb_robot", "RobotFramework"),
     ("ipynb_rust", "Rust"),
+    ("ipynb_sage", "Sage"),
     ("ipynb_scala", "Scala"),
+    ("ipynb_scheme", "Scheme"),
+    ("ipynb_stata", "Stata"),
+    ("ipynb_tcl", "Tcl"),
     ("ipynb_ts", "TypeScript"),
+    ("ipynb_xonsh", "Xonsh"),
 ];
 
 /// Notebooks of markdown and raw cells only.
@@ -165,8 +181,9 @@ fn the_processor_keeps_a_notebook_as_its_script_and_names_why_it_skips_one() {
         skipped(verdict(&processor, &listed)),
         Skip::MalformedNotebook
     );
-    let julia = read("ipynb_julia/julia_functional_geometry.ipynb");
-    assert_eq!(skipped(verdict(&processor, &julia)), Skip::UnknownLanguage);
+    // OCaml has no line comment to keep markdown cells in.
+    let ocaml = read("ipynb_ocaml/ocaml_notebook.ipynb");
+    assert_eq!(skipped(verdict(&processor, &ocaml)), Skip::UnknownLanguage);
     let raw = read("ipynb_py/The flavors of raw cells.ipynb");
     assert_eq!(skipped(verdict(&processor, &raw)), Skip::TooSmall);
     // Past `notebook_max_bytes` (64 KiB here): a plot's output, before it is read.

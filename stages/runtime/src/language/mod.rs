@@ -149,8 +149,8 @@ pub fn candidates(path: &str) -> &'static [&'static str] {
         .map_or(&[], Vec::as_slice)
 }
 
-/// The language of `path` by its name alone, for callers with no content (the
-/// downloader's line counts): a shared extension is settled by [`tie_break`].
+/// The language of `path` by its name alone, for callers with no content: a shared
+/// extension is settled by [`tie_break`].
 pub fn of_path(path: &str) -> Option<&'static str> {
     tie_break(candidates(path))
 }

@@ -118,9 +118,17 @@ fn write_seed_corpora() {
         sources.len() >= 4,
         "the local cargo registry holds too few crates"
     );
+    write_record_seeds(&sources[0]);
+    write_github_page_seeds();
+    write_url_list_seeds();
+    write_processor_file_seeds(&sources);
+    write_batcher_document_seeds(&sources);
+    write_config_seeds();
+}
 
-    let dir = corpus("records");
-    let clone = RepoClone {
+/// A clone of `owner/repo` as the downloader records it.
+fn sample_clone() -> RepoClone {
+    RepoClone {
         full_name: "owner/repo".into(),
         clone_uri: "s3://codelupe/clones/packs/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.pack".into(),
         commit_id: "8c2f6e4d1a0b9c7e5f3a2b1c0d9e8f7a6b5c4d3e".into(),
@@ -134,10 +142,13 @@ fn write_seed_corpora() {
         pack_bytes: 31_007,
         pack_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
         stars: None,
-    };
-    let (path, content) = &sources[0];
+    }
+}
+
+/// `source` as the processor publishes it, of `clone`.
+fn sample_file((path, content): &(String, Vec<u8>), clone: &RepoClone) -> CodeFile {
     let content = String::from_utf8_lossy(content).into_owned();
-    let file = CodeFile {
+    CodeFile {
         content_hash: format!("{:x}", Sha256::digest(content.as_bytes())),
         repo_full_name: "owner/repo".into(),
         commit_id: clone.commit_id.clone(),
@@ -157,7 +168,14 @@ fn write_seed_corpora() {
         redactions: [("email".to_string(), 1)].into(),
         license: Default::default(),
         content,
-    };
+    }
+}
+
+/// One record of every topic's schema, the file's from `source`.
+fn write_record_seeds(source: &(String, Vec<u8>)) {
+    let dir = corpus("records");
+    let clone = sample_clone();
+    let file = sample_file(source, &clone);
     let repo = RepoUrl {
         full_name: "owner/repo".into(),
         clone_url: "https://github.com/owner/repo.git".into(),
@@ -219,9 +237,11 @@ fn write_seed_corpora() {
     ] {
         write(&dir, &encoded.unwrap());
     }
+}
 
-    // Two pages of three and the last of one, each with the Link header it came with;
-    // the fake's address becomes the API's, the origin the target checks against.
+/// Two pages of three and the last of one, each with the Link header it came with;
+/// the fake's address becomes the API's, the origin the target checks against.
+fn write_github_page_seeds() {
     let dir = corpus("github_page");
     let repos = (0..7)
         .map(|i| FakeRepo {
@@ -245,7 +265,9 @@ fn write_seed_corpora() {
         data.extend(body);
         write(&dir, &data);
     }
+}
 
+fn write_url_list_seeds() {
     let dir = corpus("url_list");
     write(
         &dir,
@@ -259,16 +281,20 @@ fn write_seed_corpora() {
         &dir,
         b"https://github.com:443/owner/repo\nhttps://user@github.com/owner/repo\n",
     );
+}
 
+fn write_processor_file_seeds(sources: &[(String, Vec<u8>)]) {
     let dir = corpus("processor_file");
-    for (path, content) in &sources {
+    for (path, content) in sources {
         write(&dir, &[path.as_bytes(), b"\n", content].concat());
     }
     // Files holding secrets, so the fuzzer starts from every redaction path too.
     for (path, content) in HOLDING_SECRETS {
         write(&dir, format!("{path}\n{content}").as_bytes());
     }
+}
 
+fn write_batcher_document_seeds(sources: &[(String, Vec<u8>)]) {
     let dir = corpus("batcher_document");
     for (flags, (path, content)) in (0u8..8).zip(sources.iter().cycle()) {
         write(
@@ -276,7 +302,9 @@ fn write_seed_corpora() {
             &[&[flags][..], path.as_bytes(), b"\0", content].concat(),
         );
     }
+}
 
+fn write_config_seeds() {
     let dir = corpus("config");
     write(
         &dir,

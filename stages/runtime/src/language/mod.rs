@@ -132,9 +132,15 @@ fn file_name(path: &str) -> &str {
 /// extension Linguist knows (`.d.ts` before `.ts`), else none.
 pub fn candidates(path: &str) -> &'static [&'static str] {
     let name = file_name(path);
-    if let Some(found) = INDEX.by_filename.get(name) {
-        return found;
+    match INDEX.by_filename.get(name) {
+        Some(found) => found,
+        None => by_extension(name),
     }
+}
+
+/// The languages of the longest extension of `name` Linguist knows, in lower case, or
+/// of a dotfile's whole name.
+fn by_extension(name: &str) -> &'static [&'static str] {
     let lower = name.to_lowercase();
     // Longest first: every dot after the first character starts an extension.
     for (at, _) in lower.match_indices('.').filter(|(at, _)| *at > 0) {
@@ -167,7 +173,11 @@ pub fn of_file(path: &str, text: &str) -> Option<&'static str> {
         return Some(only);
     }
     let mut found: Vec<&'static str> = by_name.cloned().unwrap_or_default();
-    for step in [shebang::languages(text), candidates(path).to_vec()] {
+    // The extension step narrows by the extension, as Linguist's does, whatever the name.
+    for step in [
+        shebang::languages(text),
+        by_extension(file_name(path)).to_vec(),
+    ] {
         found = narrow(found, step);
         if let [only] = found.as_slice() {
             return Some(only);
@@ -235,17 +245,35 @@ fn narrow(earlier: Vec<&'static str>, step: Vec<&'static str>) -> Vec<&'static s
 fn modeline(text: &str) -> Option<&'static str> {
     let head_end = nth_line_end(text.as_bytes(), MODELINE_LINES);
     let tail_start = text.len() - nth_line_end_from_back(text.as_bytes(), MODELINE_LINES);
-    let ends = if tail_start <= head_end {
-        text.to_string()
-    } else {
-        format!("{}\n{}", &text[..head_end], &text[tail_start..])
-    };
-    // Cheap refusal first: every modeline holds one of these words.
-    if !(ends.contains("vi") || ends.contains("ex:") || ends.contains("-*-")) {
+    let (head, tail) = (&text[..head_end], &text[tail_start.max(head_end)..]);
+    // Most files hold no modeline: refuse them before joining the ends for the regexes.
+    if !may_hold_modeline(head) && !may_hold_modeline(tail) {
         return None;
     }
-    let found = linguist::detect_language_by_modeline(&ends).unwrap_or_default();
-    found.first().map(|l| l.name)
+    let found = if tail_start <= head_end {
+        linguist::detect_language_by_modeline(text)
+    } else {
+        linguist::detect_language_by_modeline(&format!("{head}\n{tail}"))
+    };
+    found.unwrap_or_default().first().map(|l| l.name)
+}
+
+/// Whether `lines` hold what every modeline does: Emacs's `-*-`, or Vim's `vi:`,
+/// `vim:`, `vim600:` or `ex:` (a superset of Linguist's patterns, never narrower).
+fn may_hold_modeline(lines: &str) -> bool {
+    let vim = |at: usize| {
+        let rest = &lines[at + 2..];
+        let rest = match rest.strip_prefix('m') {
+            Some(version) => version
+                .trim_start_matches(['<', '=', '>'])
+                .trim_start_matches(|c: char| c.is_ascii_digit()),
+            None => rest,
+        };
+        rest.starts_with(':')
+    };
+    lines.contains("-*-")
+        || lines.contains("ex:")
+        || (lines.match_indices("vi").chain(lines.match_indices("Vi"))).any(|(at, _)| vim(at))
 }
 
 fn nth_line_end(bytes: &[u8], lines: usize) -> usize {
@@ -397,6 +425,14 @@ mod tests {
         assert_eq!(of_file("doc/tool.8", page), Some("Roff Manpage"));
         assert_eq!(manpage("doc/tool.8x.in"), ["Roff Manpage", "Roff"]);
         assert!(manpage("lib/v1.20").is_empty() && manpage("notes").is_empty());
+        for line in [
+            "# vim: ft=ruby",
+            "/* vim600: set ft=c: */",
+            "-*- mode: ruby -*-",
+        ] {
+            assert!(may_hold_modeline(line), "{line}");
+        }
+        assert!(!may_hold_modeline("void provide(int via);"));
     }
 
     #[test]

@@ -6,19 +6,18 @@
 
 use std::time::{Duration, Instant};
 
+use git2::Oid;
+
 use codelupe_processor::decontaminate::setup_dir;
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{parse, select, Processor, ProcessorOptions};
+use codelupe_runtime::language::Kept;
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::{median, CRATES, ROUNDS};
 use codelupe_testkit::{import_tree, registry_crates, unstored_clone_record};
 
 /// A crate as a bare repository, with the record of its commit.
-fn import(
-    crate_dir: &std::path::Path,
-    store: &std::path::Path,
-    work: &std::path::Path,
-) -> (RepoClone, git2::Repository) {
+fn import(crate_dir: &std::path::Path, store: &std::path::Path, work: &std::path::Path) -> Bare {
     let name = crate_dir.file_name().unwrap().to_string_lossy().to_string();
     let bare = store.join(format!("{name}.git"));
     let commit_id = import_tree(crate_dir, &bare, work);
@@ -28,21 +27,22 @@ fn import(
     )
 }
 
-/// Every blob the path rules keep, with its path, read.
-fn read_kept((clone, repo): &(RepoClone, git2::Repository)) -> Vec<(String, String)> {
+/// A clone's bare repository with its record.
+type Bare = (RepoClone, git2::Repository);
+
+/// Every blob the path rules keep: its path, its language by path, its id.
+fn kept_blobs((clone, repo): &Bare, kept: &Kept) -> Vec<(String, Option<&'static str>, Oid)> {
     let tree = repo
-        .find_commit(git2::Oid::from_str(&clone.commit_id).unwrap())
+        .find_commit(Oid::from_str(&clone.commit_id).unwrap())
         .unwrap()
         .tree()
         .unwrap();
-    let kept = codelupe_runtime::language::Kept::default();
     let mut files = Vec::new();
     tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        let path = format!("{dir}{}", entry.name().unwrap_or_default());
-        if let select::PathVerdict::Keep(_) = select::by_path(&path, &kept) {
-            if let Ok(blob) = repo.find_blob(entry.id()) {
-                let text = String::from_utf8_lossy(blob.content()).into_owned();
-                files.push((path, text));
+        if entry.kind() == Some(git2::ObjectType::Blob) {
+            let path = format!("{dir}{}", entry.name().unwrap_or_default());
+            if let select::PathVerdict::Keep(language) = select::by_path(&path, kept) {
+                files.push((path, language, entry.id()));
             }
         }
         git2::TreeWalkResult::Ok
@@ -51,28 +51,23 @@ fn read_kept((clone, repo): &(RepoClone, git2::Repository)) -> Vec<(String, Stri
     files
 }
 
+/// Every blob the path rules keep, with its path, read.
+fn read_kept(clone: &Bare, kept: &Kept) -> Vec<(String, String)> {
+    let blobs = kept_blobs(clone, kept).into_iter();
+    blobs
+        .map(|(path, _, id)| {
+            let blob = clone.1.find_blob(id).unwrap();
+            (path, String::from_utf8_lossy(blob.content()).into_owned())
+        })
+        .collect()
+}
+
 /// The bare loop: read every blob the path rules keep, parse those with a grammar.
-fn bare_parse((clone, repo): &(RepoClone, git2::Repository)) -> usize {
-    let tree = repo
-        .find_commit(git2::Oid::from_str(&clone.commit_id).unwrap())
-        .unwrap()
-        .tree()
-        .unwrap();
-    let mut files = Vec::new();
-    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
-        if entry.kind() == Some(git2::ObjectType::Blob) {
-            let path = format!("{dir}{}", entry.name().unwrap_or_default());
-            let kept = codelupe_runtime::language::Kept::default();
-            if let select::PathVerdict::Keep(Some(language)) = select::by_path(&path, &kept) {
-                files.push((language, entry.id()));
-            }
-        }
-        git2::TreeWalkResult::Ok
-    })
-    .unwrap();
+fn bare_parse(clone: &Bare, kept: &Kept) -> usize {
     let mut parsed = 0;
-    for (language, id) in files {
-        let blob = repo.find_blob(id).unwrap();
+    for (_, language, id) in kept_blobs(clone, kept) {
+        let Some(language) = language else { continue };
+        let blob = clone.1.find_blob(id).unwrap();
         if let Ok(text) = std::str::from_utf8(blob.content()) {
             if parse::parse_stats(language, text, Duration::from_secs(5)).is_some() {
                 parsed += 1;
@@ -87,7 +82,7 @@ fn main() {
     let (store, work) = (dir.path().join("store"), dir.path().join("work"));
     std::fs::create_dir_all(&store).unwrap();
     std::fs::create_dir_all(&work).unwrap();
-    let clones: Vec<(RepoClone, git2::Repository)> = registry_crates(CRATES)
+    let clones: Vec<Bare> = registry_crates(CRATES)
         .iter()
         .map(|c| import(c, &store, &work))
         .collect();
@@ -110,7 +105,8 @@ fn main() {
         Processor::new(options, metrics).unwrap()
     };
     let (one, two) = (processor(1, false), processor(2, false));
-    let files: usize = clones.iter().map(bare_parse).sum();
+    let kept = Kept::default();
+    let files: usize = clones.iter().map(|c| bare_parse(c, &kept)).sum();
     let examined: usize = clones
         .iter()
         .map(|c| one.examine(&c.1, &c.0).unwrap().verdicts.len())
@@ -120,7 +116,7 @@ fn main() {
     for _ in 0..ROUNDS {
         let t = Instant::now();
         clones.iter().for_each(|c| {
-            bare_parse(c);
+            bare_parse(c, &kept);
         });
         bare.push(t.elapsed());
         let t = Instant::now();
@@ -154,8 +150,7 @@ fn main() {
     );
     // What Linguist's strategies (modeline, name, shebang, extension, heuristics) cost
     // beside the whole transform, on the same files.
-    let read: Vec<(String, String)> = clones.iter().flat_map(read_kept).collect();
-    let kept = codelupe_runtime::language::Kept::default();
+    let read: Vec<(String, String)> = clones.iter().flat_map(|c| read_kept(c, &kept)).collect();
     let detection = median(
         (0..ROUNDS)
             .map(|_| {

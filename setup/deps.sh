@@ -7,6 +7,9 @@
 #   setup/deps.sh run            what building and running `codelupe run` needs
 #   setup/deps.sh test           that, plus what the test suite uses
 #   setup/deps.sh --list WHICH   print a list's package names, one a line
+#
+# Both installs end by fetching go-enry's classifier tables (setup/enry.sh), which the
+# build compiles in.
 set -euo pipefail
 
 # Building and running. Every C dependency is vendored or built from source by its
@@ -56,3 +59,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
+# Not a Debian package, but every build needs it: the language classifier's tables.
+bash "$(dirname "${BASH_SOURCE[0]}")/enry.sh"

@@ -2,18 +2,23 @@
 //! the `linguist` crate carries Linguist's `languages.yml` and `heuristics.yml`
 //! (compiled in), and this module runs Linguist's strategies over them in Linguist's
 //! order (modeline, file name, shebang, extension, XML header, manual page names,
-//! heuristics). Linguist ends with a Bayesian classifier trained on its samples;
-//! where candidates remain at that point, [`tie_break`] chooses instead.
+//! heuristics), then, where candidates remain, Linguist's naive Bayes classifier over
+//! the file's tokens ([`classifier`], with go-enry's trained tables). [`tie_break`]
+//! settles what the classifier cannot: a name alone, or candidates it was not trained on.
 
+pub mod classifier;
 mod selection;
 mod shebang;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+pub use classifier::Classifier;
 use linguist::definitions::LANGUAGES;
 use linguist_types::LanguageType;
 pub use selection::{Kept, Selection};
+pub use tokens::tokenize;
 
 /// Languages a code model is trained on by default: the crawler searches for them and
 /// the downloader accepts them (GitHub names a repository's language by Linguist).
@@ -164,6 +169,12 @@ pub fn of_path(path: &str) -> Option<&'static str> {
 /// The language of the file `path` holding `text`, by Linguist's strategies in
 /// Linguist's order; None when no language claims it.
 pub fn of_file(path: &str, text: &str) -> Option<&'static str> {
+    of_file_with(path, text, &*classifier::ENRY)
+}
+
+/// [`of_file`] with another classifier as the last strategy (one trained on other
+/// samples, or on all but the file measured).
+pub fn of_file_with(path: &str, text: &str, by_tokens: &dyn Classifier) -> Option<&'static str> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     if let Some(language) = modeline(text) {
         return Some(language);
@@ -192,10 +203,15 @@ pub fn of_file(path: &str, text: &str) -> Option<&'static str> {
     // Linguist takes a heuristic's answer as it stands, even one outside the candidates
     // (a license text named `GFDL-1.3` is Text, not Roff).
     let by_rules = heuristics(path, text);
-    tie_break(if by_rules.is_empty() {
-        &found
+    let remaining = if by_rules.is_empty() { found } else { by_rules };
+    if let [only] = remaining.as_slice() {
+        return Some(only);
+    }
+    let likeliest = classifier::rank(by_tokens, text, &remaining);
+    tie_break(if likeliest.is_empty() {
+        &remaining
     } else {
-        &by_rules
+        &likeliest
     })
 }
 
@@ -319,8 +335,8 @@ fn heuristics(path: &str, text: &str) -> Vec<&'static str> {
     found.into_iter().map(|l| l.name).collect()
 }
 
-/// Languages chosen first, in this order, when several remain after every strategy
-/// (where Linguist asks its classifier): the languages most code on GitHub is written in.
+/// Languages chosen first, in this order, when several remain after every strategy:
+/// the languages most code on GitHub is written in.
 const COMMON: &[&str] = &[
     "JavaScript",
     "Python",

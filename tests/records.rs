@@ -181,6 +181,13 @@ fn batcher_seen_matches_its_schema() {
         content_hash: "ab".repeat(32),
         batch_id: "0123456789abcdef01234567".into(),
         seen_at_ms: now_ms(),
+        packed_tokens: None,
+    });
+    check(BatcherSeen {
+        content_hash: "cd".repeat(32),
+        batch_id: "0123456789abcdef01234567".into(),
+        seen_at_ms: now_ms(),
+        packed_tokens: Some(1_500),
     });
 }
 

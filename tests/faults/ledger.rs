@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use codelupe_batcher::document::{self, DocumentOptions};
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions};
 use codelupe_runtime::records::{
@@ -17,7 +18,7 @@ use codelupe_runtime::{AvroRecord, Transform};
 use codelupe_tokenizer::CodeTokenizer;
 
 use crate::corpus::Expect;
-use crate::support::{documents_ended, read_all};
+use crate::support::{documents_ended, read_all, tokens_held};
 
 #[derive(Debug, Default)]
 pub struct Row {
@@ -291,18 +292,29 @@ impl Ledger {
             .filter(|b: &TrainingBatch| !b.batch_id.starts_with("poison-"))
             .collect();
         let ended = documents_ended(&batches, tok.end_of_text);
-        let hashes: HashSet<&str> = expected
+        let held = tokens_held(&batches, tok.end_of_text);
+        let kept: HashMap<&str, &CodeFile> = expected
             .values()
-            .map(|f| f.content_hash.as_str())
-            .filter(|h| !dropped_for.contains_key(h))
+            .map(|f| (f.content_hash.as_str(), f))
+            .filter(|(h, _)| !dropped_for.contains_key(h))
             .collect();
-        let batcher_lost = hashes.iter().filter(|h| !ended.contains_key(**h)).count();
+        let batcher_lost = kept.keys().filter(|h| !ended.contains_key(**h)).count();
+        // Every piece counts: a document ending once whose head was packed twice holds
+        // more tokens than it has.
+        let options = DocumentOptions::default();
+        let duplicated = kept
+            .iter()
+            .filter(|(hash, file)| {
+                let length = document::tokens(&tok, file, &options).map_or(0, |t| t.len());
+                ended.get(*hash) > Some(&1) || held.get(*hash) > Some(&(length + 1))
+            })
+            .count();
         ledger.rows.push(Row {
             stage: "batcher",
             inputs: passed.len(),
             outputs: batches.len(),
             lost: batcher_lost,
-            duplicated: ended.values().map(|n| n - 1).sum(),
+            duplicated,
             dead_lettered: lettered("batcher")
                 .keys()
                 .filter(|k| !k.starts_with("poison-"))

@@ -6,7 +6,10 @@
 //! byte-identical batches however partitions interleave. Dedup is exact per partition
 //! (code-files is keyed by content hash, so copies of a file share a partition); its
 //! state is the compacted `batcher-seen` topic, marked only after every batch holding a
-//! piece of the file is acknowledged and reloaded when a partition is assigned.
+//! piece of the file is acknowledged and reloaded when a partition is assigned. A file
+//! whose head is in a batch while its rest waits in a partial one gets a head mark with
+//! that batch (in its transaction under `exactly_once`), so after a crash only the rest
+//! is packed: no piece of a file is packed twice.
 
 pub mod document;
 pub mod metrics;
@@ -27,7 +30,7 @@ use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, BatcherSeen, CodeFile, Split, TrainingBatch};
-use codelupe_runtime::{StageRuntime, TransformError};
+use codelupe_runtime::{AvroRecord, StageRuntime, TransformError};
 use codelupe_tokenizer::CodeTokenizer;
 use futures::future::BoxFuture;
 use growable_bloom_filter::{GrowableBloom, GrowableBloomBuilder};
@@ -131,17 +134,42 @@ impl Default for BatcherOptions {
     }
 }
 
-/// A document in a packer: which file, and which input record it came from.
+/// A document in a packer: which file, which input record it came from, and how many
+/// of its tokens an earlier run packed (the packer holds only the rest).
 #[derive(Debug, Clone)]
 struct Member {
     content_hash: String,
     language: String,
     at: InputPosition,
+    resumed_at: usize,
+}
+
+/// A partition's marks as read from the seen topic.
+struct Marks {
+    /// First 128 bits of each content hash packed or being packed (see [`seen_filter`]).
+    seen: GrowableBloom,
+    /// Files whose first tokens are in acknowledged batches and the rest nowhere yet.
+    heads: HashMap<u128, usize>,
+}
+
+impl Marks {
+    fn add(&mut self, key: u128, mark: Option<BatcherSeen>) {
+        match mark.and_then(|m| m.packed_tokens) {
+            Some(packed) => {
+                self.heads.insert(key, usize::try_from(packed).unwrap_or(0));
+            }
+            // A whole file (or a mark that does not decode, taken as one, as before
+            // marks had values anyone read).
+            None => {
+                self.heads.remove(&key);
+                self.seen.insert(key);
+            }
+        }
+    }
 }
 
 struct PartitionState {
-    /// First 128 bits of each content hash packed or being packed (see [`seen_filter`]).
-    seen: GrowableBloom,
+    marks: Marks,
     train: Packing<Member>,
     eval: Packing<Member>,
 }
@@ -217,10 +245,15 @@ impl Batcher {
             &self.clients,
             &self.options.seen_topic,
             &missing,
-            || Ok(seen_filter(rate)),
-            |seen: &mut GrowableBloom, key, _| {
+            || {
+                Ok(Marks {
+                    seen: seen_filter(rate),
+                    heads: HashMap::new(),
+                })
+            },
+            |marks: &mut Marks, key, value| {
                 if let Some(key) = std::str::from_utf8(key).ok().and_then(dedup_key) {
-                    seen.insert(key);
+                    marks.add(key, value.and_then(|v| BatcherSeen::decode(v).ok()));
                 }
                 Ok(ControlFlow::Continue(()))
             },
@@ -234,12 +267,12 @@ impl Batcher {
         );
         let (held, seed) = (self.options.mix.shuffle_buffer, self.options.mix.seed);
         let packing = || Packing::new(Shuffle::new(held, seed), Packer::new(len, per, eot));
-        for (partition, seen) in loaded {
-            tracing::info!(partition, marks = seen.len(), elapsed = ?started.elapsed(), "dedup state loaded");
+        for (partition, marks) in loaded {
+            tracing::info!(partition, marks = marks.seen.len(), heads = marks.heads.len(), elapsed = ?started.elapsed(), "dedup state loaded");
             self.partitions.insert(
                 partition,
                 PartitionState {
-                    seen,
+                    marks,
                     train: packing(),
                     eval: packing(),
                 },
@@ -248,8 +281,9 @@ impl Batcher {
         Ok(())
     }
 
-    /// A packed batch as a record, and the dedup marks of the files that end in it, each
-    /// published when its file is released (every batch holding a piece of it acked).
+    /// A packed batch as a record with the head marks of the files that go on past it,
+    /// and the dedup marks of the files that end in it, each published when its file is
+    /// released (every batch holding a piece of it acked).
     fn seal(
         &self,
         split: Split,
@@ -259,28 +293,24 @@ impl Batcher {
             .tokens_produced
             .inc_by(packed.token_ids.len() as u64);
         self.metrics.batches_produced.inc(split);
-        let mut marks = Vec::new();
-        for (member, last) in &packed.members {
-            if *last {
-                let mark = BatcherSeen {
-                    content_hash: member.content_hash.clone(),
-                    batch_id: packed.batch_id.clone(),
-                    seen_at_ms: now_ms(),
-                };
-                let mut outgoing =
-                    Outgoing::record(&self.options.seen_topic, &member.content_hash, &mark)
-                        .expect("a BatcherSeen always encodes: its schema is tested");
-                outgoing.partition = Some(member.at.partition);
-                marks.push((member.at, outgoing));
+        let (mut heads, mut marks) = (Vec::new(), Vec::new());
+        for (member, part) in &packed.members {
+            let packed_tokens = (!part.last).then(|| (member.resumed_at + part.through) as i64);
+            let mark = self.mark(member, &packed.batch_id, packed_tokens);
+            if part.last {
+                marks.push((member.at, mark));
+            } else {
+                heads.push(mark);
             }
         }
         let sealed = Sealed {
             key: packed.batch_id.clone(),
             partition: None,
+            alongside: heads,
             inputs: packed
                 .members
                 .iter()
-                .map(|(m, last)| (m.at, *last))
+                .map(|(m, part)| (m.at, part.last))
                 .collect(),
             value: TrainingBatch {
                 batch_id: packed.batch_id,
@@ -302,6 +332,20 @@ impl Batcher {
             },
         };
         (sealed, marks)
+    }
+
+    /// `member`'s mark on the seen topic, in its input's partition.
+    fn mark(&self, member: &Member, batch_id: &str, packed_tokens: Option<i64>) -> Outgoing {
+        let mark = BatcherSeen {
+            content_hash: member.content_hash.clone(),
+            batch_id: batch_id.to_string(),
+            seen_at_ms: now_ms(),
+            packed_tokens,
+        };
+        let mut outgoing = Outgoing::record(&self.options.seen_topic, &member.content_hash, &mark)
+            .expect("a BatcherSeen always encodes: its schema is tested");
+        outgoing.partition = Some(member.at.partition);
+        outgoing
     }
 
     /// Packed batches as one step: the records and their marks.
@@ -373,19 +417,27 @@ impl Aggregate for Batcher {
             .partitions
             .get_mut(&at.partition)
             .expect("loaded above");
-        if state.seen.check_and_set(key) {
+        if state.marks.seen.check_and_set(key) {
             self.metrics.duplicates_dropped.inc();
             return Ok(Step {
                 finished: vec![at],
                 ..Step::default()
             });
         }
-        let tokens = tokens.map_err(|e| TransformError::permanent(FileError::Tokenize, e))?;
+        let mut tokens = tokens.map_err(|e| TransformError::permanent(FileError::Tokenize, e))?;
+        let resumed_at = state
+            .marks
+            .heads
+            .remove(&key)
+            .unwrap_or(0)
+            .min(tokens.len());
+        tokens.drain(..resumed_at);
         let eval = document::is_eval(&file.content_hash, self.options.document.eval_share);
         let member = Member {
             content_hash: file.content_hash.clone(),
             language: file.language,
             at,
+            resumed_at,
         };
         let (split, packing) = if eval {
             (Split::Eval, &mut state.eval)
@@ -460,6 +512,31 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_mark_resumes_a_file_until_its_whole_mark_comes() {
+        let mut marks = Marks {
+            seen: seen_filter(1e-9),
+            heads: HashMap::new(),
+        };
+        let mark = |packed_tokens| {
+            Some(BatcherSeen {
+                content_hash: "ab".repeat(32),
+                batch_id: "b".into(),
+                seen_at_ms: 0,
+                packed_tokens,
+            })
+        };
+        marks.add(1, mark(Some(300)));
+        marks.add(1, mark(Some(700)));
+        assert_eq!(marks.heads.get(&1), Some(&700));
+        assert!(!marks.seen.contains(1u128), "a head is not the whole file");
+        marks.add(1, mark(None));
+        assert!(marks.heads.is_empty() && marks.seen.contains(1u128));
+        // A mark whose value does not decode counts as a whole file, as it always did.
+        marks.add(2, None);
+        assert!(marks.seen.contains(2u128));
+    }
 
     /// Bytes the filter's bit arrays hold, read from its serialized form.
     fn filter_bytes(filter: &GrowableBloom) -> usize {

@@ -2,7 +2,8 @@
 //! end-of-text token, laid end to end, cut into batches of `sequences × length`
 //! tokens. Every batch records where each document (or the piece of one that spills
 //! over from the previous batch) starts, and which documents it holds: each with a tag
-//! (the batcher's: content hash and input position) and whether it ends there.
+//! (the batcher's: content hash and input position), whether it ends there and how
+//! much of it this batch and the ones before hold.
 
 use sha2::{Digest, Sha256};
 
@@ -13,16 +14,27 @@ pub struct Packed<T> {
     pub batch_id: String,
     pub token_ids: Vec<i32>,
     pub document_starts: Vec<i32>,
-    /// The documents with tokens here, in order, and whether their last token is here.
-    pub members: Vec<(T, bool)>,
+    /// The documents with tokens here, in order, and their part in this batch.
+    pub members: Vec<(T, Part)>,
+}
+
+/// A document's part in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Its last token (its end-of-text) is here.
+    pub last: bool,
+    /// How many of its tokens (as pushed, end-of-text included) this batch and the
+    /// batches before it hold.
+    pub through: usize,
 }
 
 pub struct Packer<T> {
     batch_len: usize,
     end_of_text: i32,
     tokens: Vec<i32>,
-    /// (start in `tokens`, tag) of each document in the buffer.
-    documents: Vec<(usize, T)>,
+    /// (start in `tokens`, tag, tokens already in earlier batches) of each document in
+    /// the buffer.
+    documents: Vec<(usize, T, usize)>,
 }
 
 impl<T: Clone> Packer<T> {
@@ -37,12 +49,12 @@ impl<T: Clone> Packer<T> {
 
     /// Adds a document; returns the batches it completed.
     pub fn push(&mut self, document: &[u32], tag: T) -> Vec<Packed<T>> {
-        self.documents.push((self.tokens.len(), tag));
+        self.documents.push((self.tokens.len(), tag, 0));
         self.tokens.extend(document.iter().map(|&t| t as i32));
         self.tokens.push(self.end_of_text);
         let mut out = Vec::new();
         while self.tokens.len() >= self.batch_len {
-            out.push(self.cut());
+            out.push(self.cut(self.tokens.len()));
         }
         out
     }
@@ -57,32 +69,37 @@ impl<T: Clone> Packer<T> {
         if self.tokens.is_empty() {
             return None;
         }
+        let filled = self.tokens.len();
         self.tokens.resize(self.batch_len, self.end_of_text);
-        Some(self.cut())
+        Some(self.cut(filled))
     }
 
-    fn cut(&mut self) -> Packed<T> {
-        let buffered = self.tokens.len();
+    /// The first batch of the buffer, whose first `filled` tokens are documents' (the
+    /// rest, if any, padding).
+    fn cut(&mut self, filled: usize) -> Packed<T> {
         let rest = self.tokens.split_off(self.batch_len);
         let token_ids = std::mem::replace(&mut self.tokens, rest);
         let mut document_starts = Vec::new();
         let mut members = Vec::new();
         let mut carried = Vec::new();
-        let ends: Vec<usize> = (self.documents.iter().skip(1).map(|(start, _)| *start))
-            .chain([buffered])
+        let ends: Vec<usize> = (self.documents.iter().skip(1).map(|(start, ..)| *start))
+            .chain([filled])
             .collect();
-        for ((start, tag), end) in self.documents.drain(..).zip(ends) {
+        for ((start, tag, before), end) in self.documents.drain(..).zip(ends) {
+            let mut through = before;
             if start < self.batch_len {
+                through += end.min(self.batch_len) - start;
                 document_starts.push(start as i32);
-                members.push((tag.clone(), end <= self.batch_len));
+                let last = end <= self.batch_len;
+                members.push((tag.clone(), Part { last, through }));
             }
             // A document that ends beyond this batch continues at 0 in the next one.
-            carried.push((start.saturating_sub(self.batch_len), tag));
+            carried.push((start.saturating_sub(self.batch_len), tag, through));
         }
         // Keep only documents with tokens left: the last one started here, or later ones.
         let keep_from = carried
             .iter()
-            .rposition(|(start, _)| *start == 0)
+            .rposition(|(start, ..)| *start == 0)
             .unwrap_or(0);
         self.documents = carried.split_off(keep_from);
         if self.tokens.is_empty() {
@@ -130,17 +147,20 @@ mod tests {
             [1, 2, 3, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 13, 0, 14, 15, 0, 0, 0, 0, 0, 0]
         );
         assert!(batches.iter().all(|b| b.token_ids.len() == 8));
-        let member = |h: &str, last| (h.to_string(), last);
+        let member = |h: &str, last, through| (h.to_string(), Part { last, through });
         assert_eq!(batches[0].document_starts, [0, 4]);
         assert_eq!(
             batches[0].members,
-            [member("h0", true), member("h1", false)]
+            [member("h0", true, 4), member("h1", false, 4)]
         );
         // h1 spills over: its piece starts batch 1 at 0, then h2 at 6.
         assert_eq!(batches[1].document_starts, [0, 6]);
-        assert_eq!(batches[1].members, [member("h1", true), member("h2", true)]);
+        assert_eq!(
+            batches[1].members,
+            [member("h1", true, 10), member("h2", true, 2)]
+        );
         assert_eq!(batches[2].document_starts, [0]);
-        assert_eq!(batches[2].members, [member("h3", true)]);
+        assert_eq!(batches[2].members, [member("h3", true, 3)]);
         assert_ne!(batches[0].batch_id, batches[1].batch_id);
     }
 
@@ -177,11 +197,20 @@ mod tests {
         let batch_len = seq * per;
         for (n, batch) in batches.iter().enumerate() {
             let (lo, hi) = (n * batch_len, (n + 1) * batch_len);
-            let overlapping: Vec<(String, bool)> = spans
+            let overlapping: Vec<(String, Part)> = spans
                 .iter()
                 .enumerate()
                 .filter(|(_, (s, e))| *s < hi && *e > lo)
-                .map(|(i, (_, e))| (format!("h{i}"), *e <= hi))
+                .map(|(i, (s, e))| {
+                    let through = (*e).min(hi) - s;
+                    (
+                        format!("h{i}"),
+                        Part {
+                            last: *e <= hi,
+                            through,
+                        },
+                    )
+                })
                 .collect();
             assert_eq!(batch.members, overlapping, "batch {n}");
             let starts: Vec<i32> = spans

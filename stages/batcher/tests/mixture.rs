@@ -103,7 +103,12 @@ fn the_shuffle_mixes_languages_that_arrive_one_after_another() {
     let ended = |batches: &[codelupe_batcher::pack::Packed<String>]| {
         let mut languages: Vec<&String> = batches
             .iter()
-            .flat_map(|b| b.members.iter().filter(|(_, last)| *last).map(|(l, _)| l))
+            .flat_map(|b| {
+                b.members
+                    .iter()
+                    .filter(|(_, part)| part.last)
+                    .map(|(l, _)| l)
+            })
             .collect();
         languages.sort();
         languages.into_iter().cloned().collect::<Vec<_>>()

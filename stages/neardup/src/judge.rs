@@ -122,6 +122,7 @@ impl Judge {
                     partition: None,
                     value: file,
                     inputs: positions.into_iter().map(|at| (at, true)).collect(),
+                    alongside: Vec::new(),
                 }],
                 ..Step::default()
             };

@@ -198,6 +198,7 @@ impl Lookup {
                 partition: None,
                 value: answer,
                 inputs: vec![(next.at, true)],
+                alongside: Vec::new(),
             });
             step.on_release.push((next.at, record));
         }

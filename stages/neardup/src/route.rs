@@ -134,6 +134,7 @@ impl Aggregate for Router {
                 candidates: Vec::new(),
             },
             inputs: vec![(at, true)],
+            alongside: Vec::new(),
         });
         Ok(step)
     }

@@ -208,14 +208,16 @@ pub struct CrawlerState {
 }
 avro_record!(CrawlerState, "crawler-state.avsc");
 
-/// `batcher-seen`: a file already packed into an acknowledged batch (exact dedup).
+/// `batcher-seen`: a file already packed into acknowledged batches (exact dedup), or
+/// the first `packed_tokens` tokens of one whose rest is still in a partial batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatcherSeen {
     pub content_hash: String,
     pub batch_id: String,
     pub seen_at_ms: i64,
+    pub packed_tokens: Option<i64>,
 }
-avro_record!(BatcherSeen, "batcher-seen.avsc");
+avro_record!(BatcherSeen, "batcher-seen.avsc", earlier: ["batcher-seen/1.avsc"]);
 
 /// `neardup-probes` (and, once indexed, `neardup-index`): a file's bands for one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -225,6 +225,7 @@ fn write_record_seeds(source: &(String, Vec<u8>)) {
         content_hash: file.content_hash.clone(),
         batch_id: "batcher-0-42".into(),
         seen_at_ms: 1_764_000_000_000,
+        packed_tokens: Some(120),
     };
     for encoded in [
         repo.encode(),

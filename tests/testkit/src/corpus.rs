@@ -96,3 +96,17 @@ pub fn documents_ended(batches: &[TrainingBatch], end_of_text: u32) -> HashMap<&
     }
     ended
 }
+
+/// How many of each document's tokens (by content hash) `batches` hold, its end-of-text
+/// included and a flushed batch's padding after it not: a document packed once holds
+/// its own length plus one, so more means some piece of it was packed twice.
+pub fn tokens_held(batches: &[TrainingBatch], end_of_text: u32) -> HashMap<&str, usize> {
+    let mut held = HashMap::new();
+    for batch in batches {
+        for (hash, _, piece) in document_pieces(batch) {
+            let end = piece.iter().position(|&t| t == end_of_text as i32);
+            *held.entry(hash).or_insert(0) += end.map_or(piece.len(), |at| at + 1);
+        }
+    }
+    held
+}

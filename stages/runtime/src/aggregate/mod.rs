@@ -57,6 +57,9 @@ pub struct Sealed<T> {
     pub value: T,
     /// The inputs with a part in this output, and whether it is their last part.
     pub inputs: Vec<(InputPosition, bool)>,
+    /// Records that go out with this output: in its transaction in `exactly_once`, else
+    /// once it is acknowledged (the batcher's marks of a file's head packed here).
+    pub alongside: Vec<Outgoing>,
 }
 
 /// What handing over one input (or a flush) produced.
@@ -233,8 +236,9 @@ enum Done {
 /// `exactly_once`: what the next transaction commits.
 struct Transaction {
     producer: Arc<FutureProducer>,
-    /// Sealed outputs, with the inputs holding a part of each.
-    outputs: Vec<(Outgoing, Ticket)>,
+    /// Sealed outputs, with the inputs holding a part of each and their records
+    /// alongside.
+    outputs: Vec<(Outgoing, Ticket, Vec<Outgoing>)>,
     /// Inputs finished without a part in any output (dropped, dead-lettered), with the
     /// records they leave (a dead letter, follow-ups).
     released: Vec<(InputPosition, Vec<Outgoing>)>,
@@ -526,7 +530,7 @@ impl Loop {
     fn revoke(&mut self, partitions: &[i32]) {
         self.holds.revoke(partitions);
         if let Some(transaction) = self.transaction.as_mut() {
-            transaction.outputs.retain(|(_, ticket)| {
+            transaction.outputs.retain(|(_, ticket, _)| {
                 !ticket
                     .iter()
                     .all(|(at, _)| partitions.contains(&at.partition))
@@ -556,12 +560,13 @@ impl Loop {
         let outputs = std::mem::take(&mut transaction.outputs);
         let mut released = std::mem::take(&mut transaction.released);
         let producer = transaction.producer.clone();
+        let produced = outputs.len() as u64;
         let mut records = Vec::with_capacity(outputs.len());
-        for (output, ticket) in outputs {
+        for (output, ticket, alongside) in outputs {
             records.push(output);
+            records.extend(alongside);
             released.extend(self.holds.acked(ticket));
         }
-        let produced = records.len() as u64;
         let mut offsets = BTreeMap::new();
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
@@ -667,21 +672,24 @@ impl Loop {
             self.release(at);
         }
         for sealed in step.sealed {
-            let (record, ticket) = self.hold(sealed)?;
+            let (record, ticket, alongside) = self.hold(sealed)?;
             let permit = self.permits.clone().acquire_owned().await?;
             let (publisher, done) = (self.publisher.clone(), self.done.clone());
             let produced = self.metrics.produced.clone();
             self.tasks.spawn(async move {
-                match publisher.send_record(&record).await {
-                    Ok(()) => {
-                        produced.inc();
-                        let _ = done.send(Done::Acked(ticket));
+                // The output first: a record alongside it never exists without it.
+                for (n, record) in std::iter::once(&record).chain(&alongside).enumerate() {
+                    match publisher.send_record(record).await {
+                        Ok(()) if n == 0 => produced.inc(),
+                        Ok(()) => {}
+                        Err(e @ SendError::Rejected { .. }) => {
+                            let _ = done.send(Done::Refused(e));
+                            return;
+                        }
+                        Err(SendError::Abandoned) => return,
                     }
-                    Err(e @ SendError::Rejected { .. }) => {
-                        let _ = done.send(Done::Refused(e));
-                    }
-                    Err(SendError::Abandoned) => {}
                 }
+                let _ = done.send(Done::Acked(ticket));
                 drop(permit);
             });
         }
@@ -698,8 +706,11 @@ impl Loop {
     }
 
     /// Encodes a sealed output and holds the inputs with a part in it until it is
-    /// acknowledged (or committed): its key, payload and ticket.
-    fn hold<T: AvroRecord>(&mut self, sealed: Sealed<T>) -> anyhow::Result<(Outgoing, Ticket)> {
+    /// acknowledged (or committed): its record, ticket and records alongside.
+    fn hold<T: AvroRecord>(
+        &mut self,
+        sealed: Sealed<T>,
+    ) -> anyhow::Result<(Outgoing, Ticket, Vec<Outgoing>)> {
         let payload = sealed
             .value
             .encode()
@@ -714,7 +725,8 @@ impl Loop {
             key: sealed.key.into_bytes(),
             payload,
         };
-        Ok((record, self.holds.dispatch(&sealed.inputs)))
+        let ticket = self.holds.dispatch(&sealed.inputs);
+        Ok((record, ticket, sealed.alongside))
     }
 
     /// `exactly_once`: adds a step's outputs and finished inputs to the next

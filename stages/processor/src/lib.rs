@@ -362,11 +362,17 @@ impl Processor {
                 },
             ));
         }
+        let mut named: Vec<&tree::FileEntry> = listed
+            .iter()
+            .filter(|file| license::is_license_file(&file.path))
+            .collect();
+        named.sort_by(|a, b| (a.path.len(), &a.path).cmp(&(b.path.len(), &b.path)));
         let mut files = Vec::new();
-        for file in listed {
-            // A license is a few pages; a bigger file by that name is something else.
-            if license::is_license_file(&file.path) && file.size <= 256 * 1024 {
+        for file in named {
+            if files.len() < o.max_files && file.size <= o.max_file_bytes {
                 files.push(self.licenses_of_file(repo, file.id)?);
+            } else {
+                self.metrics.license_files_unread.inc();
             }
         }
         let detected = license::Detected::of_files(files);

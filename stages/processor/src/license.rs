@@ -78,6 +78,12 @@ pub struct LicenseOptions {
     pub on_conflict: OnConflict,
     /// The lowest askalono score (0..1) a license file's match counts at.
     pub min_confidence: f32,
+    /// License files read per repository, the shortest names first (`LICENSE` before
+    /// `LICENSE-MIT`): matching is the processor's dearest step, and a tree may hold
+    /// any number of files by such names.
+    pub max_files: usize,
+    /// A license is a few pages; a bigger file by that name is something else.
+    pub max_file_bytes: u64,
 }
 
 /// The permissive licenses: those The Stack v2 kept (after the Blue Oak Council's
@@ -117,6 +123,8 @@ impl Default for LicenseOptions {
             on_unknown: OnUnknown::Keep,
             on_conflict: OnConflict::Detected,
             min_confidence: 0.8,
+            max_files: 8,
+            max_file_bytes: 256 * 1024,
         }
     }
 }

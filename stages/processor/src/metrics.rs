@@ -35,6 +35,7 @@ pub struct ProcessorMetrics {
     pub files_skipped: CounterBy<Skip>,
     pub redactions: CounterBy<Redaction>,
     pub repositories_by_license: CounterBy<LicenseOutcome>,
+    pub license_files_unread: IntCounter,
     pub active_files: IntGauge,
     pub worker_count: IntGauge,
     pub file_duration: Histogram,
@@ -66,6 +67,11 @@ impl ProcessorMetrics {
                 "processor_repositories_by_license_total",
                 "Clones judged by the license policy, by outcome",
                 "outcome",
+            )?,
+            license_files_unread: register::counter(
+                r,
+                "processor_license_files_unread_total",
+                "License files not read: past licenses.max_files, or larger than licenses.max_file_bytes",
             )?,
             active_files: register::int_gauge(
                 r,

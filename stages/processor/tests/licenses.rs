@@ -126,6 +126,15 @@ fn judge(
     license_files: &[(&str, String)],
     reported: Option<&str>,
 ) -> (Verdict, BTreeMap<String, u64>) {
+    let (verdict, registry) = judged(license_files, reported);
+    (verdict, outcomes(&registry))
+}
+
+/// [`judge`], with the processor's metrics.
+fn judged(
+    license_files: &[(&str, String)],
+    reported: Option<&str>,
+) -> (Verdict, prometheus::Registry) {
     let dir = tempfile::tempdir().unwrap();
     let bare = dir.path().join("acme/repo.git");
     let source = "//! Geometry helpers.\n\n/// A point in the plane.\npub struct Point { pub x: f64, pub y: f64 }\n\n/// Euclidean distance between two points.\npub fn distance(a: &Point, b: &Point) -> f64 {\n    ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt()\n}\n";
@@ -156,7 +165,7 @@ fn judge(
         .into_iter()
         .find(|(p, _)| p == "src/lib.rs")
         .unwrap();
-    (verdict, outcomes(&registry))
+    (verdict, registry)
 }
 
 /// `processor_repositories_by_license_total` by outcome, the non-zero ones.
@@ -219,4 +228,31 @@ fn the_default_policy_keeps_dual_licensed_and_unlicensed_code_and_refuses_gpl() 
         (vec!["MIT".to_string()], Some("GPL-3.0"))
     );
     assert_eq!(counted, one("allowed"));
+}
+
+#[test]
+fn a_tree_full_of_license_files_is_judged_on_the_first_few_by_name() {
+    let mit = |holder: &str| text_of("MIT").replace("Acme Corp.", holder);
+    // Forty distinct blobs (no cached match helps), a COPYING too big to be a license.
+    let mut files: Vec<(String, String)> = (0..40)
+        .map(|n| (format!("LICENSE-{n:02}"), mit(&format!("Holder {n}"))))
+        .collect();
+    files.push(("LICENSE".into(), mit("Acme Corp.")));
+    files.push(("COPYING".into(), mit("Big").repeat(300)));
+    let files: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    let started = std::time::Instant::now();
+    let (verdict, registry) = judged(&files, None);
+    eprintln!(
+        "42 license files judged in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let license = kept(verdict);
+    assert_eq!(license.detected, ["MIT"]);
+    let unread = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "processor_license_files_unread_total")
+        .map(|f| f.get_metric()[0].get_counter().get_value());
+    // Read: LICENSE and LICENSE-00..06 (the default max_files, 8); COPYING is too big.
+    assert_eq!(unread, Some(34.0));
 }

@@ -2,7 +2,7 @@
 //! `codelupe-trainer eval` child process at low priority (so training keeps the
 //! CPUs), one at a time; a checkpoint written meanwhile waits, and only the newest
 //! waiting one is scored. Its report lands in the checkpoint's folder; the trainer
-//! reads it back into `trainer_eval_pass_at_k{benchmark,k}`.
+//! reads it back into its status, then `trainer_eval_pass_at_k{benchmark,k}`.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,9 @@ pub struct Evaluator {
 pub struct Scored {
     pub checkpoint: String,
     pub headline: String,
+    /// pass@k by k, for the gauges.
+    #[serde(skip)]
+    pub pass_at_k: Vec<(String, f64)>,
 }
 
 impl Evaluator {
@@ -157,16 +160,22 @@ impl Evaluator {
         let path = eval_report(checkpoint, self.benchmark.name());
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let score: Score = serde_json::from_slice(&text)?;
-        for (k, value) in &score.pass_at_k {
-            self.gauge
-                .with_label_values(&[self.benchmark.name(), k])
-                .set(*value);
-        }
         tracing::info!(checkpoint = %checkpoint.display(), scores = %score.describe(), "checkpoint scored");
         Ok(Scored {
             checkpoint: checkpoint.display().to_string(),
             headline: format!("{}: {}", self.benchmark.name(), score.describe()),
+            pass_at_k: score.pass_at_k.into_iter().collect(),
         })
+    }
+
+    /// Sets the gauges to `scored`: called once the status shows it, so whoever sees
+    /// a score on /metrics finds it on /status too.
+    pub fn show(&self, scored: &Scored) {
+        for (k, value) in &scored.pass_at_k {
+            self.gauge
+                .with_label_values(&[self.benchmark.name(), k])
+                .set(*value);
+        }
     }
 
     fn start_waiting(&mut self) {

@@ -459,6 +459,10 @@ impl Stage {
             if let Some(scored) = self.evaluator.as_mut().and_then(Evaluator::poll) {
                 self.status.pass_at_k = Some(scored);
                 self.publish_status();
+                // The gauges after the status: a scrape showing a score finds it there.
+                if let (Some(evaluator), Some(scored)) = (&self.evaluator, &self.status.pass_at_k) {
+                    evaluator.show(scored);
+                }
             }
             if self.runtime.shutdown.is_cancelled() {
                 if !self.run.batches.is_empty() {

@@ -412,27 +412,14 @@ async fn killed_mid_stream_and_restarted(delivery: &str) -> Duplicates {
         batches.len()
     );
     let packed: usize = batches.iter().map(|b| b.content_hashes.len()).sum();
-    let ended = documents_ended(&batches, tok.end_of_text);
-    let duplicated = ended.values().map(|n| n - 1).sum();
-    // Every piece counts, not only the last: a head packed twice is a duplicate too.
-    let held = tokens_held(&batches, tok.end_of_text);
-    let packed_twice = hashes
-        .iter()
-        .filter(|h| {
-            let expected = document::tokens(&tok, by_hash[**h], &options).unwrap();
-            held[**h] > expected.len() + 1
-        })
-        .count();
+    let twice = Duplicates::in_batches(&tok, &batches, &by_hash, &options);
     eprintln!(
-        "{delivery}: {} files, {} batches ({before} before the kill), {packed} document pieces, {duplicated} documents ended twice, {packed_twice} with a piece packed twice, all read in {reads} reads, {:.0} s",
+        "{delivery}: {} files, {} batches ({before} before the kill), {packed} document pieces, {twice:?}, all read in {reads} reads, {:.0} s",
         hashes.len(),
         batches.len(),
         reading.elapsed().as_secs_f64()
     );
-    Duplicates {
-        ended_twice: duplicated,
-        packed_twice,
-    }
+    twice
 }
 
 /// What a kill made the batcher publish twice.
@@ -442,6 +429,30 @@ struct Duplicates {
     ended_twice: usize,
     /// Documents with more tokens in the output than they have: any piece twice.
     packed_twice: usize,
+}
+
+impl Duplicates {
+    /// Every piece counts, not only the last: a head packed twice is a duplicate too.
+    fn in_batches(
+        tok: &CodeTokenizer,
+        batches: &[TrainingBatch],
+        files: &HashMap<&str, &CodeFile>,
+        options: &DocumentOptions,
+    ) -> Self {
+        let ended = documents_ended(batches, tok.end_of_text);
+        let held = tokens_held(batches, tok.end_of_text);
+        let packed_twice = files
+            .iter()
+            .filter(|(hash, file)| {
+                let expected = document::tokens(tok, file, options).unwrap();
+                held.get(**hash).is_some_and(|n| *n > expected.len() + 1)
+            })
+            .count();
+        Duplicates {
+            ended_twice: ended.values().map(|n| n - 1).sum(),
+            packed_twice,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,29 +292,18 @@ impl Ledger {
             .filter(|b: &TrainingBatch| !b.batch_id.starts_with("poison-"))
             .collect();
         let ended = documents_ended(&batches, tok.end_of_text);
-        let held = tokens_held(&batches, tok.end_of_text);
         let kept: HashMap<&str, &CodeFile> = expected
             .values()
             .map(|f| (f.content_hash.as_str(), f))
             .filter(|(h, _)| !dropped_for.contains_key(h))
             .collect();
         let batcher_lost = kept.keys().filter(|h| !ended.contains_key(**h)).count();
-        // Every piece counts: a document ending once whose head was packed twice holds
-        // more tokens than it has.
-        let options = DocumentOptions::default();
-        let duplicated = kept
-            .iter()
-            .filter(|(hash, file)| {
-                let length = document::tokens(&tok, file, &options).map_or(0, |t| t.len());
-                ended.get(*hash) > Some(&1) || held.get(*hash) > Some(&(length + 1))
-            })
-            .count();
         ledger.rows.push(Row {
             stage: "batcher",
             inputs: passed.len(),
             outputs: batches.len(),
             lost: batcher_lost,
-            duplicated,
+            duplicated: packed_twice(&tok, &batches, &kept),
             dead_lettered: lettered("batcher")
                 .keys()
                 .filter(|k| !k.starts_with("poison-"))
@@ -394,4 +383,22 @@ impl Ledger {
         }
         out
     }
+}
+
+/// Documents of `kept` the batches hold more than once, counting every piece: one that
+/// ends twice, or ends once but holds more tokens than it has (a head packed twice).
+fn packed_twice(
+    tok: &CodeTokenizer,
+    batches: &[TrainingBatch],
+    kept: &HashMap<&str, &CodeFile>,
+) -> usize {
+    let ended = documents_ended(batches, tok.end_of_text);
+    let held = tokens_held(batches, tok.end_of_text);
+    let options = DocumentOptions::default();
+    kept.iter()
+        .filter(|(hash, file)| {
+            let length = document::tokens(tok, file, &options).map_or(0, |t| t.len());
+            ended.get(*hash) > Some(&1) || held.get(*hash) > Some(&(length + 1))
+        })
+        .count()
 }

@@ -439,18 +439,14 @@ impl Duplicates {
         files: &HashMap<&str, &CodeFile>,
         options: &DocumentOptions,
     ) -> Self {
-        let ended = documents_ended(batches, tok.end_of_text);
-        let held = tokens_held(batches, tok.end_of_text);
-        let packed_twice = files
+        let lengths: HashMap<&str, usize> = files
             .iter()
-            .filter(|(hash, file)| {
-                let expected = document::tokens(tok, file, options).unwrap();
-                held.get(**hash).is_some_and(|n| *n > expected.len() + 1)
-            })
-            .count();
+            .map(|(hash, file)| (*hash, document::tokens(tok, file, options).unwrap().len()))
+            .collect();
+        let ended = documents_ended(batches, tok.end_of_text);
         Duplicates {
             ended_twice: ended.values().map(|n| n - 1).sum(),
-            packed_twice,
+            packed_twice: packed_twice(batches, tok.end_of_text, &lengths),
         }
     }
 }

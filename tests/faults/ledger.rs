@@ -18,7 +18,7 @@ use codelupe_runtime::{AvroRecord, Transform};
 use codelupe_tokenizer::CodeTokenizer;
 
 use crate::corpus::Expect;
-use crate::support::{documents_ended, read_all, tokens_held};
+use crate::support::{documents_ended, read_all};
 
 #[derive(Debug, Default)]
 pub struct Row {
@@ -392,13 +392,13 @@ fn packed_twice(
     batches: &[TrainingBatch],
     kept: &HashMap<&str, &CodeFile>,
 ) -> usize {
-    let ended = documents_ended(batches, tok.end_of_text);
-    let held = tokens_held(batches, tok.end_of_text);
     let options = DocumentOptions::default();
-    kept.iter()
-        .filter(|(hash, file)| {
+    let lengths: HashMap<&str, usize> = kept
+        .iter()
+        .map(|(hash, file)| {
             let length = document::tokens(tok, file, &options).map_or(0, |t| t.len());
-            ended.get(*hash) > Some(&1) || held.get(*hash) > Some(&(length + 1))
+            (*hash, length)
         })
-        .count()
+        .collect();
+    crate::support::packed_twice(batches, tok.end_of_text, &lengths)
 }

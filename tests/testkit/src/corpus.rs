@@ -97,16 +97,24 @@ pub fn documents_ended(batches: &[TrainingBatch], end_of_text: u32) -> HashMap<&
     ended
 }
 
-/// How many of each document's tokens (by content hash) `batches` hold, its end-of-text
-/// included and a flushed batch's padding after it not: a document packed once holds
-/// its own length plus one, so more means some piece of it was packed twice.
-pub fn tokens_held(batches: &[TrainingBatch], end_of_text: u32) -> HashMap<&str, usize> {
-    let mut held = HashMap::new();
+/// How many of the documents of `lengths` (content hash → its tokens, end-of-text not
+/// counted) `batches` hold more tokens of than they have, end-of-text included and a
+/// flushed batch's padding after it not: each such document has a piece packed twice
+/// (one that ends twice counts too).
+pub fn packed_twice(
+    batches: &[TrainingBatch],
+    end_of_text: u32,
+    lengths: &HashMap<&str, usize>,
+) -> usize {
+    let mut held: HashMap<&str, usize> = HashMap::new();
     for batch in batches {
         for (hash, _, piece) in document_pieces(batch) {
             let end = piece.iter().position(|&t| t == end_of_text as i32);
             *held.entry(hash).or_insert(0) += end.map_or(piece.len(), |at| at + 1);
         }
     }
-    held
+    lengths
+        .iter()
+        .filter(|(hash, length)| held.get(*hash).is_some_and(|n| *n > **length + 1))
+        .count()
 }

@@ -10,7 +10,7 @@ pub mod hostile;
 pub mod kafka;
 pub mod neardup;
 pub mod schemas;
-pub use corpus::{code_file, code_files, document_pieces, documents_ended, is_rust, tokens_held};
+pub use corpus::{code_file, code_files, document_pieces, documents_ended, is_rust, packed_twice};
 pub use hostile::{RecordingHost, StalledServer};
 pub use kafka::*;
 

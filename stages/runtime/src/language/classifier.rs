@@ -39,27 +39,27 @@ impl NaiveBayes {
     /// Reads the table `build.rs` wrote. Language names are Linguist's at training time;
     /// one renamed since is filed under its name today (`Vim Script` is `Vim script`).
     fn read(mut table: &'static [u8]) -> Option<NaiveBayes> {
-        let unseen = f64::from_le_bytes(take(&mut table, 8)?.try_into().ok()?);
-        let count = u32::from_le_bytes(take(&mut table, 4)?.try_into().ok()?);
+        let t = &mut table;
+        let unseen = f64::from_le_bytes(fixed(t)?);
+        let count = u32::from_le_bytes(fixed(t)?);
         let mut languages = HashMap::with_capacity(count as usize);
         for _ in 0..count {
-            let len = u16::from_le_bytes(take(&mut table, 2)?.try_into().ok()?);
-            let name = std::str::from_utf8(take(&mut table, len.into())?).ok()?;
-            let prior = f64::from_le_bytes(take(&mut table, 8)?.try_into().ok()?);
-            let tokens = u32::from_le_bytes(take(&mut table, 4)?.try_into().ok()?);
+            let len = u16::from_le_bytes(fixed(t)?);
+            let name = std::str::from_utf8(take(t, len.into())?).ok()?;
+            let prior = f64::from_le_bytes(fixed(t)?);
+            let tokens = u32::from_le_bytes(fixed(t)?);
             let mut trained = Trained {
                 prior,
                 tokens: HashMap::with_capacity(tokens as usize),
             };
             for _ in 0..tokens {
-                let len = u32::from_le_bytes(take(&mut table, 4)?.try_into().ok()?);
-                let token = take(&mut table, len as usize)?;
-                let probability = f32::from_le_bytes(take(&mut table, 4)?.try_into().ok()?);
-                trained.tokens.insert(token, probability);
+                let len = u32::from_le_bytes(fixed(t)?);
+                let token = take(t, len as usize)?;
+                trained.tokens.insert(token, f32::from_le_bytes(fixed(t)?));
             }
             languages.insert(super::canonical(name).unwrap_or(name), trained);
         }
-        table.is_empty().then_some(NaiveBayes { unseen, languages })
+        t.is_empty().then_some(NaiveBayes { unseen, languages })
     }
 
     /// How many languages the tables were trained on.
@@ -72,6 +72,11 @@ fn take(table: &mut &'static [u8], len: usize) -> Option<&'static [u8]> {
     let (head, rest) = table.split_at_checked(len)?;
     *table = rest;
     Some(head)
+}
+
+/// The next `N` bytes of `table`, for a number.
+fn fixed<const N: usize>(table: &mut &'static [u8]) -> Option<[u8; N]> {
+    take(table, N)?.try_into().ok()
 }
 
 impl Classifier for NaiveBayes {

@@ -11,11 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::AvroRecord;
+use crate::kafka::{verdict, Verdict};
 use crate::stage::StageRuntime;
 
 /// Sends records and waits for the broker's acknowledgement, retrying with backoff until
@@ -45,40 +45,6 @@ pub enum SendError {
         bytes: usize,
         error: KafkaError,
     },
-}
-
-/// What a produce error means for the record.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Retry with backoff: queue full, timeouts, transport errors (librdkafka has
-    /// already retried the broker's transient errors itself).
-    Transient,
-    /// The batch holding the record was too large; the record may be.
-    TooLarge,
-    /// No retry can mend it: no such topic, not authorised, fatal producer state.
-    Permanent,
-}
-
-pub fn verdict(error: &KafkaError) -> Verdict {
-    use RDKafkaErrorCode as C;
-    match error.rdkafka_error_code() {
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
-            Verdict::TooLarge
-        }
-        Some(
-            C::UnknownTopic
-            | C::UnknownTopicOrPartition
-            | C::InvalidTopic
-            | C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::TransactionalIdAuthorizationFailed
-            | C::InvalidRecord
-            | C::InvalidRequiredAcks
-            | C::Fatal
-            | C::Fenced,
-        ) => Verdict::Permanent,
-        _ => Verdict::Transient,
-    }
 }
 
 impl Publisher {
@@ -325,39 +291,6 @@ pub(crate) async fn blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn production(code: RDKafkaErrorCode) -> KafkaError {
-        KafkaError::MessageProduction(code)
-    }
-
-    #[test]
-    fn size_errors_are_told_apart_from_permanent_ones() {
-        for code in [
-            RDKafkaErrorCode::MessageSizeTooLarge,
-            RDKafkaErrorCode::MessageBatchTooLarge,
-        ] {
-            assert_eq!(verdict(&production(code)), Verdict::TooLarge, "{code:?}");
-        }
-        for code in [
-            RDKafkaErrorCode::UnknownTopic,
-            RDKafkaErrorCode::TopicAuthorizationFailed,
-            RDKafkaErrorCode::Fatal,
-        ] {
-            assert_eq!(verdict(&production(code)), Verdict::Permanent, "{code:?}");
-        }
-    }
-
-    #[test]
-    fn transient_errors_are_retried() {
-        for code in [
-            RDKafkaErrorCode::QueueFull,
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::NotLeaderForPartition,
-            RDKafkaErrorCode::BrokerTransportFailure,
-        ] {
-            assert_eq!(verdict(&production(code)), Verdict::Transient, "{code:?}");
-        }
-    }
 
     /// The test stage's records: `n` small ones to topic `t`.
     fn records(n: usize) -> Vec<Outgoing> {

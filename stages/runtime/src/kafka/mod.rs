@@ -6,6 +6,7 @@ mod admin;
 mod embedded;
 mod lag;
 mod read;
+mod verdict;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub use admin::{apply_topology, ApplyReport};
 pub use embedded::EmbeddedBroker;
 pub use lag::LagReader;
 pub use read::{read_from, read_partitions, read_to_end};
+pub use verdict::{verdict, Verdict};
 
 /// The producers' limit on one record (librdkafka's `message.max.bytes`): above the
 /// largest `max.message.bytes` topology.yaml gives a topic.

@@ -12,7 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use super::{partition_count, KafkaClients};
+use super::{partition_count, verdict, KafkaClients, Verdict};
 
 /// A reader that asks for end-of-partition events to know it has read everything;
 /// librdkafka also reports them as client errors, which are not worth a log line.
@@ -116,13 +116,18 @@ where
                 );
             }
             let polled = consumer.poll(Duration::from_millis(500));
-            let progressed = polled.is_some();
+            let progressed = matches!(polled, Some(Ok(_) | Err(KafkaError::PartitionEOF(_))));
             match polled {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
                 }
-                Some(Err(e)) => bail!("reading topic {topic}: {e}"),
+                Some(Err(e)) if verdict(&e) == Verdict::Permanent => {
+                    bail!("reading topic {topic}: {e}")
+                }
+                // A broker of several down, a leader moving: librdkafka reconnects and
+                // fails over by itself, and the stall limit bounds the wait.
+                Some(Err(e)) => tracing::warn!(error = %e, topic, "state reader: retrying"),
                 Some(Ok(message)) => {
                     let key = message.key().unwrap_or_default();
                     if apply(&mut state, key, message.payload())?.is_break() {
@@ -239,6 +244,37 @@ mod tests {
         .unwrap();
         assert!(p0 >= 1);
         assert_eq!(p1, 500, "partition 1 was not read to its end");
+    }
+
+    /// One broker of three down while a partition's state is read (its leader
+    /// moving to another): the read waits for the new leader and finishes, as the
+    /// consume loops do, where it used to fail at the first transport error.
+    #[test]
+    fn a_broker_down_mid_read_is_waited_out() {
+        let cluster = MockCluster::new(3).unwrap();
+        cluster.create_topic("state", 1, 3).unwrap();
+        cluster.partition_leader("state", 0, Some(1)).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let seed = producer(&bootstrap);
+        for i in 0..200 {
+            seed.send(BaseRecord::to("state").key(&format!("k{i}")).payload("v"))
+                .unwrap();
+        }
+        seed.flush(Duration::from_secs(10)).unwrap();
+        let clients = KafkaClients::new(bootstrap, &Default::default());
+        cluster.broker_down(1).unwrap();
+        let read = std::thread::spawn(move || {
+            let count = |n: &mut usize, _: &[u8], _: Option<&[u8]>| {
+                *n += 1;
+                Ok(ControlFlow::Continue(()))
+            };
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(read_to_end(&clients, "state", None, 0, count))
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.partition_leader("state", 0, Some(2)).unwrap();
+        let moved = read.join().unwrap();
+        assert_eq!(moved.unwrap(), 200);
     }
 
     /// A read longer than the stall limit goes on while it makes progress (a state

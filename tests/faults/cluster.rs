@@ -1,6 +1,6 @@
 //! The pipeline as separate processes (every stage of topology.yaml, two replicas of
-//! each scalable one) and the faults done to it: SIGKILL and restart, a broker stopped
-//! and started, poison values produced with kcat.
+//! each scalable one) and the faults done to it: SIGKILL and restart, poison values
+//! produced with kcat. The brokers' faults are in brokers.rs.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -168,6 +168,11 @@ impl Cluster {
         }
     }
 
+    /// Times any replica ended on its own.
+    pub fn unplanned_exits(&self) -> usize {
+        self.replicas.iter().map(|r| r.unplanned_exits).sum()
+    }
+
     /// Replicas that ended on their own `CRASH_LOOP` times or more: one poison record
     /// met again at every restart, which a one-off exit (a broker outage outlasting
     /// the start-up retries) is not.
@@ -231,45 +236,6 @@ impl Drop for Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-        }
-    }
-}
-
-/// The test broker stopped (its data kept) until dropped or [`Outage::end`]ed.
-pub struct Outage {
-    port: String,
-    ended: bool,
-}
-
-fn broker_script(action: &str, port: &str) {
-    let status = Command::new(repo_root().join("tests/kafka/broker.sh"))
-        .arg(action)
-        .env("KAFKA_PORT", port)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "broker.sh {action} failed");
-}
-
-impl Outage {
-    pub fn begin() -> Self {
-        let bootstrap = brokers();
-        let port = bootstrap.rsplit(':').next().unwrap().to_string();
-        broker_script("stop", &port);
-        Self { port, ended: false }
-    }
-
-    pub fn end(mut self) {
-        broker_script("start", &self.port);
-        self.ended = true;
-    }
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        // Later tests share the broker: it comes back even when the harness fails.
-        if !self.ended {
-            broker_script("start", &self.port);
         }
     }
 }

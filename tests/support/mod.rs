@@ -202,8 +202,23 @@ pub fn pipeline_stages() -> Vec<String> {
 /// The repository's topology with topics and consumer groups of a run's own (suffixed
 /// `suffix`), created on the broker: for a whole pipeline on the shared test broker.
 pub fn topology_of_its_own(dir: &Path, suffix: &str) -> PathBuf {
+    replicated_topology_of_its_own(dir, suffix, 1)
+}
+
+/// [`topology_of_its_own`] with every topic replicated `replication_factor` times.
+pub fn replicated_topology_of_its_own(
+    dir: &Path,
+    suffix: &str,
+    replication_factor: i32,
+) -> PathBuf {
     let path = renamed_topology(dir, suffix);
     let mut text = std::fs::read_to_string(&path).unwrap();
+    if replication_factor != 1 {
+        text = text.replace(
+            "\n    partitions: ",
+            &format!("\n    replication_factor: {replication_factor}\n    partitions: "),
+        );
+    }
     for stage in pipeline_stages() {
         text = text.replace(
             &format!("group: codelupe-{stage}\n"),

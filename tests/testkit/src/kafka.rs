@@ -9,7 +9,37 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
+/// A cluster of its own that [`brokers`] names instead of TEST_KAFKA_BROKERS.
+static OTHER_CLUSTER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// While held, [`brokers`] (and every helper here) names `bootstrap`: for a test that
+/// runs on a cluster of its own, such as the fault harness's three brokers. One at a
+/// time in a process.
+pub struct OnCluster(());
+
+impl OnCluster {
+    pub fn new(bootstrap: &str) -> Self {
+        let mut other = OTHER_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(other.is_none(), "another test is on a cluster of its own");
+        *other = Some(bootstrap.to_string());
+        Self(())
+    }
+}
+
+impl Drop for OnCluster {
+    fn drop(&mut self) {
+        *OTHER_CLUSTER.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 pub fn brokers() -> String {
+    if let Some(other) = OTHER_CLUSTER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        return other;
+    }
     std::env::var("TEST_KAFKA_BROKERS").expect(
         "TEST_KAFKA_BROKERS is not set: these tests need the real broker; run `bash tests/run` \
          (or `tests/kafka/broker.sh up` and export TEST_KAFKA_BROKERS=127.0.0.1:19092)",

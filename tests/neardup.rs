@@ -81,6 +81,11 @@ impl Run {
     }
 
     fn delivering(dir: &Path, replicas: usize, delivery: &str) -> Self {
+        Self::configured(dir, replicas, delivery, "")
+    }
+
+    /// With `options` (YAML lines, each `      key: value`) added to the stage's.
+    fn configured(dir: &Path, replicas: usize, delivery: &str, options: &str) -> Self {
         let dir = dir.join(unique("run"));
         std::fs::create_dir_all(&dir).unwrap();
         let (suffix, topology) = fresh_topics(&dir, "n");
@@ -93,7 +98,7 @@ impl Run {
                 "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  consumer: {{session.timeout.ms: '6000'}}\n\
                  stages:\n  neardup:\n    group: neardup-{suffix}\n    metrics_bind: 127.0.0.1\n    delivery: {delivery}\n\
                  \x20   options:\n      probes_topic: neardup-probes-{suffix}\n      index_topic: neardup-index-{suffix}\n\
-                 \x20     gather_topic: neardup-gather-{suffix}\n      dropped_topic: near-duplicates-{suffix}\n",
+                 \x20     gather_topic: neardup-gather-{suffix}\n      dropped_topic: near-duplicates-{suffix}\n{options}",
                 brokers(),
             ),
         )
@@ -427,6 +432,70 @@ async fn at_least_once_killed_mid_stream_and_restarted_it_loses_no_file() {
         );
     }
     assert!(dropped.len() <= expected, "{} > {expected}", dropped.len());
+}
+
+/// Under `exactly_once` the judge commits a file's verdict while the offset of an
+/// earlier file still waiting for its answers holds its partition's commit back. A
+/// judge SIGKILLed then must not pass on or drop again, once restarted, the files it
+/// judged behind the waiting one: each file is in `distinct-files` or
+/// `near-duplicates` exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_judge_killed_behind_a_waiting_file_judges_no_file_twice() {
+    let files = corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run::configured(
+        dir.path(),
+        1,
+        "exactly_once",
+        "      answer_timeout_ms: 60000\n",
+    );
+    let first = run.start(0);
+    wait_for("ready", Duration::from_secs(60), || run.ready(0));
+    // Ahead of the corpus on every partition of the judge's input: a file whose one
+    // shard's answer never comes, so it waits out the answer timeout.
+    let gather = format!("neardup-gather-{}", run.suffix);
+    let waiting: Vec<String> = (0..12).map(|p| format!("waiting-{p}")).collect();
+    for (partition, hash) in waiting.iter().enumerate() {
+        let mut file = files[0].clone();
+        file.content_hash = hash.clone();
+        let record = codelupe_runtime::records::NeardupGather {
+            content_hash: hash.clone(),
+            at_us: codelupe_runtime::records::now_ms() * 1000,
+            shards: 1,
+            file: Some(file.encode().unwrap()),
+            candidates: Vec::new(),
+        };
+        produce_to_partition(&gather, partition as i32, hash, &record.encode().unwrap()).await;
+    }
+    run.produce(&files).await;
+    run.wait_for_all(files.len());
+    let (kept, _) = run.outcome();
+    assert!(
+        waiting.iter().all(|hash| !kept.contains(hash)),
+        "a waiting file was judged before the kill: no offset was held back"
+    );
+    drop(first); // SIGKILL
+    let _second = run.start(0);
+    run.wait_for_all(files.len() + waiting.len());
+    let mut judged: BTreeMap<String, usize> = BTreeMap::new();
+    for topic in ["distinct-files", "near-duplicates"] {
+        for (key, _) in read_all(&format!("{topic}-{}", run.suffix), Duration::from_secs(2)) {
+            *judged.entry(key).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = judged.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{} records for {} files; judged twice: {}",
+        judged.values().sum::<usize>(),
+        judged.len(),
+        twice.len()
+    );
+    assert!(
+        twice.is_empty(),
+        "{} files judged more than once, such as {:?}",
+        twice.len(),
+        &twice[..twice.len().min(3)]
+    );
 }
 
 /// Django's `manage.py` for project `name`: real boilerplate, the same in every

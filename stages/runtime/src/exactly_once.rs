@@ -357,6 +357,10 @@ async fn commit(
     metrics: &LoopMetrics,
 ) -> anyhow::Result<()> {
     let records: Vec<&Outgoing> = ready.iter().flat_map(|f| &f.records).collect();
+    let offsets = offsets
+        .into_iter()
+        .map(|(partition, next)| (partition, (next, String::new())))
+        .collect();
     commit_transaction(producer, consumer, input, &records, &offsets).await?;
     metrics.produced.inc_by(records.len() as u64);
     metrics.in_flight.sub(ready.len() as i64);
@@ -364,19 +368,22 @@ async fn commit(
     Ok(())
 }
 
-/// `records` and `offsets` (of `input`) in one transaction, the offsets sent with the
-/// group's metadata. Abortable failures abort and send the same again; fatal ones stop.
+/// `records` and `offsets` (of `input`: each partition's next offset and its metadata)
+/// in one transaction, the offsets sent with the group's metadata. Abortable failures
+/// abort and send the same again; fatal ones stop.
 pub(crate) async fn commit_transaction(
     producer: &Arc<FutureProducer>,
     consumer: &Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
     input: &str,
     records: &[&Outgoing],
-    offsets: &BTreeMap<i32, i64>,
+    offsets: &BTreeMap<i32, (i64, String)>,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(30);
     let mut list = TopicPartitionList::new();
-    for (partition, next) in offsets {
-        list.add_partition_offset(input, *partition, Offset::Offset(*next))?;
+    for (partition, (next, metadata)) in offsets {
+        let mut element = list.add_partition(input, *partition);
+        element.set_offset(Offset::Offset(*next))?;
+        element.set_metadata(metadata);
     }
     for attempt in 1..=TRANSACTION_ATTEMPTS {
         let attempt_result: Result<(), KafkaError> = async {

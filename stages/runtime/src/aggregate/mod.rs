@@ -17,15 +17,16 @@
 
 pub mod prepare;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -409,10 +410,44 @@ impl Loop {
                 aggregate.revoke(&partitions);
                 Ok(())
             }
-            Rebalanced::Assigned(partitions) => aggregate
-                .assign(&partitions)
-                .await
-                .with_context(|| format!("loading the state of partitions {partitions:?}")),
+            Rebalanced::Assigned(partitions) => {
+                if self.transaction.is_some() {
+                    self.resume_done_ahead(&partitions).await;
+                }
+                aggregate
+                    .assign(&partitions)
+                    .await
+                    .with_context(|| format!("loading the state of partitions {partitions:?}"))
+            }
+        }
+    }
+
+    /// `exactly_once`: the inputs the partitions' last owner committed as done beyond
+    /// their committed offsets (the offsets' metadata) are skipped when read again, so
+    /// their outputs are not made twice. Unread, a later input is only made again.
+    async fn resume_done_ahead(&self, partitions: &[i32]) {
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            list.add_partition(&self.input, *partition);
+        }
+        let consumer = self.consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(list, Duration::from_secs(30))
+        })
+        .await
+        .expect("committed offsets lookup panicked");
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::warn!(error = %e, ?partitions, "inputs done ahead not read; they are made again");
+                return;
+            }
+        };
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        for e in committed.elements() {
+            if let Offset::Offset(offset) = e.offset() {
+                tracker.resume(e.partition(), offset, e.metadata());
+            }
         }
     }
 
@@ -567,10 +602,11 @@ impl Loop {
             records.extend(alongside);
             released.extend(self.holds.acked(ticket));
         }
-        let mut offsets = BTreeMap::new();
+        let (mut offsets, mut touched) = (BTreeMap::new(), BTreeSet::new());
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for (at, follow_ups) in released {
+                touched.insert(at.partition);
                 records.extend(follow_ups);
                 if let Some(next) = tracker.complete(at.partition, at.offset) {
                     offsets.insert(at.partition, next);
@@ -578,7 +614,17 @@ impl Loop {
             }
         }
         offsets.extend(stepped_over(&self.consumer, &self.tracker));
-        if records.is_empty() && offsets.is_empty() {
+        // Each partition with a new completion commits its offset with the inputs
+        // done beyond it, which this transaction's outputs include.
+        let marks: BTreeMap<i32, (i64, String)> = {
+            let tracker = self.tracker.lock().expect("tracker lock");
+            offsets
+                .keys()
+                .chain(&touched)
+                .filter_map(|p| Some((*p, tracker.done_ahead(*p)?)))
+                .collect()
+        };
+        if records.is_empty() && marks.is_empty() {
             return Ok(());
         }
         let records: Vec<&Outgoing> = records.iter().collect();
@@ -587,7 +633,7 @@ impl Loop {
             &self.consumer,
             &self.input,
             &records,
-            &offsets,
+            &marks,
         )
         .await?;
         self.metrics.produced.inc_by(produced);

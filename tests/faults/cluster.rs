@@ -3,6 +3,7 @@
 //! produced with kcat. The brokers' faults are in brokers.rs.
 
 use std::fs::OpenOptions;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,6 +20,9 @@ pub const STAGES: [(&str, usize); 7] = [
     ("export", 2),
     ("trainer", 1),
 ];
+
+/// Starts the line the harness writes into a replica's log when it ended on its own.
+const EXIT_MARK: &str = "=== fault harness: the replica ended on its own:";
 
 /// Unplanned exits of one replica that make a crash loop.
 pub const CRASH_LOOP: usize = 3;
@@ -102,11 +106,18 @@ impl Cluster {
             let log = std::fs::read_to_string(self.log(replica)).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             out.push_str(&format!(
-                "{} ended {} times; its log ends:\n{}\n",
+                "{} ended {} times; its log before each end:\n",
                 replica.name(),
-                replica.unplanned_exits,
-                lines[lines.len().saturating_sub(6)..].join("\n")
+                replica.unplanned_exits
             ));
+            for (at, _) in lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(EXIT_MARK))
+            {
+                out.push_str(&lines[at.saturating_sub(8)..=at].join("\n"));
+                out.push('\n');
+            }
         }
         out
     }
@@ -157,20 +168,21 @@ impl Cluster {
     pub fn restart_exited(&mut self) {
         for i in 0..self.replicas.len() {
             let exited = match self.replicas[i].child.as_mut() {
-                Some(child) => child.try_wait().unwrap().is_some(),
-                None => false,
+                Some(child) => child.try_wait().unwrap(),
+                None => None,
             };
-            if exited {
+            if let Some(status) = exited {
                 self.replicas[i].unplanned_exits += 1;
+                // The life that ended is told from the next one in the log.
+                let mut log = OpenOptions::new()
+                    .append(true)
+                    .open(self.log(&self.replicas[i]))
+                    .unwrap();
+                writeln!(log, "{EXIT_MARK} {status}; restarted").unwrap();
                 let child = self.spawn(&self.replicas[i]);
                 self.replicas[i].child = Some(child);
             }
         }
-    }
-
-    /// Times any replica ended on its own.
-    pub fn unplanned_exits(&self) -> usize {
-        self.replicas.iter().map(|r| r.unplanned_exits).sum()
     }
 
     /// Replicas that ended on their own `CRASH_LOOP` times or more: one poison record

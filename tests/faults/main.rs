@@ -296,7 +296,6 @@ fn scenario(delivery: &str, kafka: Kafka) {
     let not_ready = cluster.not_ready();
     let exit_reasons = cluster.exit_reasons();
     let looping = cluster.crash_looping();
-    let unplanned_exits = cluster.unplanned_exits();
     let unclean = cluster.stop();
 
     let ledger = tokio::runtime::Runtime::new()
@@ -470,10 +469,6 @@ fn scenario(delivery: &str, kafka: Kafka) {
         looping.is_empty(),
         "crash loop: {looping:?}\n{exit_reasons}"
     );
-    // Two brokers of three answer throughout: no replica has a reason to end.
-    if kafka == Kafka::ThreeBrokers {
-        assert_eq!(unplanned_exits, 0, "{exit_reasons}");
-    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! whose brokers are SIGKILLed where it hurts: the leader of a stage's input
 //! partition, a transaction coordinator, a group coordinator.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -17,7 +17,6 @@ fn broker_script(args: &[&str], port: &str, nodes: usize) -> Output {
         .args(args)
         .env("KAFKA_PORT", port)
         .env("KAFKA_NODES", nodes.to_string())
-        .stderr(Stdio::piped())
         .output()
         .unwrap();
     assert!(

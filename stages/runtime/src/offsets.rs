@@ -121,18 +121,17 @@ impl OffsetTracker {
     /// read again), or empty when nothing beyond it is done.
     pub fn done_ahead(&self, partition: i32) -> Option<(i64, String)> {
         let p = self.partitions.get(&partition)?;
-        let mut holes = p.pending.clone();
-        let mut until = p.next_unseen;
-        if let Some(ahead) = &p.ahead {
-            holes.extend(&ahead.holes);
-            until = until.max(ahead.until);
-        }
-        let done_beyond = until - p.stored > holes.len() as i64;
-        let metadata = match done_beyond {
-            true => DoneAhead { until, holes }.encode(),
-            false => String::new(),
+        let (until, unread) = match &p.ahead {
+            Some(ahead) => (p.next_unseen.max(ahead.until), &ahead.holes),
+            None => (p.next_unseen, &BTreeSet::new()),
         };
-        Some((p.stored, metadata))
+        // The holes (in flight, or not read again yet) are disjoint: counted, not
+        // gathered, on every commit where nothing lies beyond them.
+        if until - p.stored <= (p.pending.len() + unread.len()) as i64 {
+            return Some((p.stored, String::new()));
+        }
+        let holes = p.pending.union(unread).copied().collect();
+        Some((p.stored, DoneAhead { until, holes }.encode()))
     }
 
     /// `partition` newly assigned, its committed offset and that offset's metadata:

@@ -602,26 +602,28 @@ impl Loop {
             records.extend(alongside);
             released.extend(self.holds.acked(ticket));
         }
-        let (mut offsets, mut touched) = (BTreeMap::new(), BTreeSet::new());
+        // Each partition with a completion or a step over markers commits its
+        // offset with the inputs done beyond it, which this transaction's outputs
+        // include.
+        let mut touched = BTreeSet::new();
         {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             for (at, follow_ups) in released {
-                touched.insert(at.partition);
                 records.extend(follow_ups);
-                if let Some(next) = tracker.complete(at.partition, at.offset) {
-                    offsets.insert(at.partition, next);
-                }
+                tracker.complete(at.partition, at.offset);
+                touched.insert(at.partition);
             }
         }
-        offsets.extend(stepped_over(&self.consumer, &self.tracker));
-        // Each partition with a new completion commits its offset with the inputs
-        // done beyond it, which this transaction's outputs include.
+        touched.extend(
+            stepped_over(&self.consumer, &self.tracker)
+                .into_iter()
+                .map(|(p, _)| p),
+        );
         let marks: BTreeMap<i32, (i64, String)> = {
             let tracker = self.tracker.lock().expect("tracker lock");
-            offsets
-                .keys()
-                .chain(&touched)
-                .filter_map(|p| Some((*p, tracker.done_ahead(*p)?)))
+            touched
+                .into_iter()
+                .filter_map(|p| Some((p, tracker.done_ahead(p)?)))
                 .collect()
         };
         if records.is_empty() && marks.is_empty() {

@@ -190,6 +190,16 @@ mod tests {
             .unwrap()
     }
 
+    /// `n` records keyed `k<i>` into partition 0 of topic `state`.
+    fn seed(bootstrap: &str, n: usize) {
+        let seed = producer(bootstrap);
+        for i in 0..n {
+            seed.send(BaseRecord::to("state").key(&format!("k{i}")).payload("v"))
+                .unwrap();
+        }
+        seed.flush(Duration::from_secs(10)).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn read_to_end_waits_for_every_partition_however_often_one_reports_its_end() {
         let cluster = MockCluster::new(1).unwrap();
@@ -255,12 +265,7 @@ mod tests {
         cluster.create_topic("state", 1, 3).unwrap();
         cluster.partition_leader("state", 0, Some(1)).unwrap();
         let bootstrap = cluster.bootstrap_servers();
-        let seed = producer(&bootstrap);
-        for i in 0..200 {
-            seed.send(BaseRecord::to("state").key(&format!("k{i}")).payload("v"))
-                .unwrap();
-        }
-        seed.flush(Duration::from_secs(10)).unwrap();
+        seed(&bootstrap, 200);
         let clients = KafkaClients::new(bootstrap, &Default::default());
         cluster.broker_down(1).unwrap();
         let read = std::thread::spawn(move || {
@@ -284,12 +289,7 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("state", 1, 1).unwrap();
         let bootstrap = cluster.bootstrap_servers();
-        let seed = producer(&bootstrap);
-        for i in 0..10 {
-            seed.send(BaseRecord::to("state").key(&format!("k{i}")).payload("v"))
-                .unwrap();
-        }
-        seed.flush(Duration::from_secs(10)).unwrap();
+        seed(&bootstrap, 10);
         let clients = KafkaClients::new(bootstrap, &Default::default());
         let started = Instant::now();
         let slow = |n: &mut usize, _: &[u8], _: Option<&[u8]>| {

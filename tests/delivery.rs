@@ -6,7 +6,13 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use codelupe_runtime::aggregate::{
+    run_aggregate, Aggregate, InputPosition, Preparer, Sealed, Step,
+};
 
 use codelupe_runtime::config::{Config, Delivery, StageSettings};
 use codelupe_runtime::kafka::KafkaClients;
@@ -476,6 +482,100 @@ impl Transform for Outage {
         }
         Ok(relayed(input))
     }
+}
+
+/// Passes each input on alone, and takes `load` to load its state at each assignment
+/// (an index kept forever, read from its topic), counting the loads.
+struct SlowLoad {
+    load: Duration,
+    loads: Arc<AtomicUsize>,
+}
+
+impl Aggregate for SlowLoad {
+    type Input = RepoUrl;
+    type Output = RepoUrl;
+    type Reason = HostTrouble;
+    type Prepared = ();
+
+    fn preparer(&self) -> Preparer<RepoUrl, ()> {
+        Arc::new(|_| ())
+    }
+
+    async fn push(
+        &mut self,
+        at: InputPosition,
+        input: RepoUrl,
+        _: (),
+    ) -> Result<Step<RepoUrl>, TransformError<HostTrouble>> {
+        let sealed = Sealed {
+            key: input.full_name.clone(),
+            partition: None,
+            value: input,
+            inputs: vec![(at, true)],
+            alongside: Vec::new(),
+        };
+        Ok(Step {
+            sealed: vec![sealed],
+            ..Step::default()
+        })
+    }
+
+    async fn flush(&mut self) -> Step<RepoUrl> {
+        Step::default()
+    }
+
+    fn flush_after(&self) -> Option<Duration> {
+        None
+    }
+
+    fn revoke(&mut self, _: &[i32]) {}
+
+    async fn assign(&mut self, _: &[i32]) -> anyhow::Result<()> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.load).await;
+        Ok(())
+    }
+}
+
+/// A state that takes longer to load than librdkafka lets a member go unpolled: the
+/// member stays in its group and loads once. Evicted, it would load again at each
+/// new assignment, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_load_longer_than_the_poll_interval_keeps_the_member_in_its_group() {
+    const TOTAL: usize = 6;
+    let (input, output, dead) = (unique("load-in"), unique("load-out"), unique("load-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    // librdkafka evicts a member that does not poll for 6 s.
+    for (key, value) in [
+        ("max.poll.interval.ms", "6000"),
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+    ] {
+        config.kafka.consumer.insert(key.into(), value.into());
+    }
+    let (stage, _clients, shutdown) = relay_stage(dir.path(), [&input, &output, &dead], 1, config);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let aggregate = SlowLoad {
+        load: Duration::from_secs(10),
+        loads: loads.clone(),
+    };
+    let running = tokio::spawn(async move { run_aggregate(aggregate, &stage).await });
+    produce(&input, (0..TOTAL).map(repo_url)).await;
+    let out = output.clone();
+    wait_for("every record passed on", Duration::from_secs(120), || {
+        topic_size(&out, 1) >= TOTAL as i64
+    });
+    // An evicted member rejoins at its next poll and loads again.
+    std::thread::sleep(Duration::from_secs(8));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the state was loaded again: the member left its group during the load"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -549,10 +549,7 @@ async fn a_server_that_stops_sending_fails_the_clone_after_the_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let stalled = StalledServer::start();
     let store = dir.path().join("store");
-    let (downloader, _) = downloader(DownloaderOptions {
-        max_attempts: std::num::NonZeroU32::MIN,
-        ..options(&store)
-    });
+    let (downloader, _) = downloader(options(&store));
     let url = format!("git://127.0.0.1:{}/erin/stalled.git", stalled.port);
     let started = Instant::now();
     let err = tokio::time::timeout(

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context as _};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use codelupe_runtime::language;
 use codelupe_runtime::records::{now_ms, RepoUrl};
+use codelupe_runtime::retry::{self, Backoff};
 use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -472,7 +473,8 @@ impl<'a> GithubSource<'a> {
     /// GETs one page, waiting out rate limits and retrying transient failures.
     async fn fetch(&mut self, url: Url) -> Result<Page, Stopped> {
         let mut attempt = 0;
-        let mut backoff = Duration::from_secs(1);
+        let ceiling = Duration::from_secs(self.options.max_backoff_s);
+        let mut backoff = Backoff::new(Duration::from_secs(1), ceiling);
         loop {
             let failure = match self.get_page(&url).await? {
                 Ok(page) => return Ok(page),
@@ -495,9 +497,7 @@ impl<'a> GithubSource<'a> {
                         )));
                     }
                     tracing::warn!(page = %page_label(&url), attempt, error = %failure.message, "retrying page");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(self.options.max_backoff_s));
-                    pause
+                    backoff.next_pause()
                 }
             };
             self.sleep(pause).await?;
@@ -603,10 +603,9 @@ impl<'a> GithubSource<'a> {
     }
 
     async fn sleep(&self, pause: Duration) -> Result<(), Stopped> {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Err(Stopped::Shutdown),
-            _ = tokio::time::sleep(pause) => Ok(()),
-        }
+        retry::sleep(pause, &self.shutdown)
+            .await
+            .map_err(|_| Stopped::Shutdown)
     }
 }
 

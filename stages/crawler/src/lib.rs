@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use codelupe_runtime::publish::{Outgoing, TransactionalPublisher};
+use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::RepoUrl;
+use codelupe_runtime::transaction::Transactions;
 use codelupe_runtime::StageRuntime;
 use serde::Deserialize;
 
@@ -88,7 +89,7 @@ impl Default for CrawlerOptions {
 
 /// Publishes pages of discovered repositories with their state, transactionally.
 pub struct Sink<'a> {
-    publisher: &'a TransactionalPublisher,
+    publisher: &'a Transactions,
     pub state: CrawlState,
     output: &'a str,
     state_topic: &'a str,
@@ -149,7 +150,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     runtime
         .readiness
         .set_not_ready("initialising transactions and loading crawl state");
-    let publisher = TransactionalPublisher::init(&runtime, &options.transactional_id).await?;
+    let publisher = Transactions::init(&runtime, &options.transactional_id).await?;
     let state = CrawlState::load(&runtime.clients, &options.state_topic).await?;
     runtime.readiness.set_ready();
     let mut sink = Sink {

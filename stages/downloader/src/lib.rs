@@ -9,11 +9,12 @@ pub mod filter;
 pub mod metrics;
 pub mod store;
 
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use bytes::Bytes;
 use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::descriptor::{Bound, Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
@@ -65,8 +66,9 @@ pub struct DownloaderOptions {
     pub clone_timeout_s: u64,
     /// Transfer cap: a clone is aborted once it has received more.
     pub max_clone_bytes: u64,
-    /// Attempts at a clone failing with a network error.
-    pub max_attempts: NonZeroU32,
+    /// Gone: a clone failing with a network error returns to the runtime, which tries
+    /// the record again (as `transient_give_up_s` says). Kept only to refuse it by name.
+    pub max_attempts: Option<serde::de::IgnoredAny>,
     /// Packs older than this are deleted by the sweep (unless still unread).
     pub retention_hours: u64,
     /// Oldest read packs are deleted while the store holds more, and uploads wait
@@ -98,7 +100,7 @@ impl Default for DownloaderOptions {
             max_concurrent: NonZeroUsize::new(4).expect("positive"),
             clone_timeout_s: 600,
             max_clone_bytes: 1 << 30,
-            max_attempts: NonZeroU32::new(3).expect("positive"),
+            max_attempts: None,
             retention_hours: 72,
             max_store_bytes: None,
             sweep_interval_s: NonZeroU64::new(600).expect("positive"),
@@ -130,6 +132,13 @@ struct Packed {
 
 impl Downloader {
     pub fn new(mut options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
+        if options.max_attempts.is_some() {
+            bail!(
+                "stages.downloader.options.max_attempts is gone: a clone that fails with a \
+                 network error is tried again by the runtime until \
+                 stages.downloader.transient_give_up_s; remove the key"
+            );
+        }
         // GitHub names a repository's language as Linguist does: `cpp` would match none.
         options.filter.languages = language::resolve(
             &options.filter.languages,
@@ -180,7 +189,7 @@ impl Downloader {
             .expect("semaphore is never closed");
         self.metrics.active_downloads.inc();
         let started = Instant::now();
-        let result = self.clone_with_retries(source).await;
+        let result = self.clone_packed(source).await;
         self.metrics.active_downloads.dec();
         let Packed { pack, stats } = result.map_err(|f| {
             if f.transient {
@@ -234,60 +243,48 @@ impl Downloader {
         Ok(marker)
     }
 
-    async fn clone_with_retries(&self, source: &Source) -> Result<Packed, CloneFailure> {
+    /// One clone, packed and measured. A transient failure goes back to the runtime,
+    /// whose retry (with its backoff, ended by shutdown) tries the record again.
+    async fn clone_packed(&self, source: &Source) -> Result<Packed, CloneFailure> {
         let limits = Limits {
             max_bytes: self.options.max_clone_bytes,
             timeout: Duration::from_secs(self.options.clone_timeout_s),
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let temporary = self.work.temporary().map_err(|e| CloneFailure {
-                reason: Failure::Store,
-                message: format!("{e:#}"),
-                transient: true,
-            })?;
-            let (source_c, token) = (source.clone(), self.token.clone());
-            let (token_host, tree_limits) = (self.options.token_host.clone(), self.options.tree);
-            // The temporary clone is removed when the task ends, whatever the outcome.
-            let result = tokio::task::spawn_blocking(move || {
-                let token = token.as_deref().map(|secret| Token {
-                    secret,
-                    host: &token_host,
-                });
-                let repo = clone::clone_bare(&source_c, temporary.path(), limits, token)?;
-                let stats = clone::measure(&repo, &tree_limits)?;
-                let commit = git2::Oid::from_str(&stats.commit_id)
-                    .and_then(|oid| clone_store::pack_of(&repo, oid))
-                    .map_err(|e| CloneFailure {
-                        reason: Failure::Store,
-                        message: format!("cannot pack the clone: {}", e.message()),
-                        transient: false,
-                    })?;
-                Ok(Packed {
-                    pack: Bytes::from(commit),
-                    stats,
-                })
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(CloneFailure {
-                    reason: Failure::Network,
-                    message: format!("clone task failed: {e}"),
-                    transient: false,
-                })
+        let temporary = self.work.temporary().map_err(|e| CloneFailure {
+            reason: Failure::Store,
+            message: format!("{e:#}"),
+            transient: true,
+        })?;
+        let (source_c, token) = (source.clone(), self.token.clone());
+        let (token_host, tree_limits) = (self.options.token_host.clone(), self.options.tree);
+        // The temporary clone is removed when the task ends, whatever the outcome.
+        tokio::task::spawn_blocking(move || {
+            let token = token.as_deref().map(|secret| Token {
+                secret,
+                host: &token_host,
             });
-            match result {
-                Ok(packed) => return Ok(packed),
-                Err(failure) => {
-                    if !failure.transient || attempt >= self.options.max_attempts.get() {
-                        return Err(failure);
-                    }
-                    tracing::warn!(url = %source.url, attempt, reason = %failure.reason, error = %failure, "clone failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1 << attempt.min(5))).await;
-                }
-            }
-        }
+            let repo = clone::clone_bare(&source_c, temporary.path(), limits, token)?;
+            let stats = clone::measure(&repo, &tree_limits)?;
+            let commit = git2::Oid::from_str(&stats.commit_id)
+                .and_then(|oid| clone_store::pack_of(&repo, oid))
+                .map_err(|e| CloneFailure {
+                    reason: Failure::Store,
+                    message: format!("cannot pack the clone: {}", e.message()),
+                    transient: false,
+                })?;
+            Ok(Packed {
+                pack: Bytes::from(commit),
+                stats,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(CloneFailure {
+                reason: Failure::Network,
+                message: format!("clone task failed: {e}"),
+                transient: false,
+            })
+        })
     }
 }
 
@@ -361,9 +358,9 @@ impl Transform for Downloader {
 }
 
 /// How young a pack the sweep never deletes: `sweep_grace_s`, or, in `exactly_once`,
-/// at least as long as a finished record may wait in memory for an earlier one (every
-/// clone attempt of the earlier record, retried transiently for up to
-/// `transient_give_up_s`) before its transaction publishes it: until then no reader
+/// at least as long as a finished record may wait in memory for an earlier one (the
+/// earlier record's clone, tried again for up to `transient_give_up_s`) before its
+/// transaction publishes it: until then no reader
 /// sees its record, so only its age keeps its pack.
 fn sweep_grace(
     options: &DownloaderOptions,
@@ -373,8 +370,9 @@ fn sweep_grace(
     if settings.delivery != codelupe_runtime::config::Delivery::ExactlyOnce {
         return configured;
     }
-    let clone = options.clone_timeout_s * u64::from(options.max_attempts.get());
-    let held = Duration::from_secs(settings.transient_give_up_s + clone);
+    // The runtime gives up on a record that failed transiently for
+    // `transient_give_up_s`; its last clone attempt may have begun just before.
+    let held = Duration::from_secs(settings.transient_give_up_s + options.clone_timeout_s);
     configured.max(held + Duration::from_secs(60))
 }
 
@@ -430,16 +428,16 @@ mod tests {
     use super::*;
     use codelupe_runtime::config::{Delivery, StageSettings};
 
-    /// In exactly_once a finished record can wait for an earlier one through all its
-    /// clone attempts and transient retries; its pack must outlive that wait.
+    /// In exactly_once a finished record can wait for an earlier one through its
+    /// transient retries and a last clone; its pack must outlive that wait.
     #[test]
     fn the_sweep_spares_packs_whose_records_may_still_wait_for_a_transaction() {
         let options = DownloaderOptions::default();
         let mut settings = StageSettings::default();
         assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(600));
         settings.delivery = Delivery::ExactlyOnce;
-        // 3600 s of transient retries, then 3 attempts of 600 s, and a minute's margin.
-        assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(5460));
+        // 3600 s of transient retries, a last clone of up to 600 s, a minute's margin.
+        assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(4260));
         let patient = DownloaderOptions {
             sweep_grace_s: 7200,
             ..DownloaderOptions::default()
@@ -467,5 +465,22 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("filter.languages: \"Klingon\""), "{error}");
+    }
+
+    /// The clone's own retry is gone (the runtime's retries the record): a config that
+    /// still sets it is told so by name, not silently given other behaviour.
+    #[test]
+    fn the_old_max_attempts_key_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "store": dir.path().join("store"),
+            "work_dir": dir.path().join("work"),
+            "max_attempts": 3,
+        });
+        let options: DownloaderOptions = serde_json::from_value(config).unwrap();
+        let metrics = DownloaderMetrics::register(&prometheus::Registry::new()).unwrap();
+        let error = Downloader::new(options, metrics).err().unwrap().to_string();
+        assert!(error.contains("max_attempts is gone"), "{error}");
+        assert!(error.contains("transient_give_up_s"), "{error}");
     }
 }

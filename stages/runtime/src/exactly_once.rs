@@ -10,22 +10,15 @@
 //! every place is held). One
 //! transactional producer per consumer instance, offsets sent with the consumer's group
 //! metadata (KIP-447), so a member that lost its partitions cannot commit for them. A
-//! transaction that fails abortably is aborted and sent again from memory (the same
-//! outputs and offsets: the rewind costs no re-read); one that fails fatally (fenced)
-//! stops the stage with its input uncommitted. Outputs above the output topic's
+//! transaction that fails is sent again from memory (the same outputs and offsets:
+//! the rewind costs no re-read), as [`crate::transaction`] says. Outputs above the output topic's
 //! `max.message.bytes` are dead-lettered before they could poison a transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use futures::StreamExt;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::util::Timeout;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
@@ -34,12 +27,11 @@ use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, Shared};
 use crate::publish::Outgoing;
 use crate::records::now_ms;
 use crate::stage::StageRuntime;
+use crate::transaction::{InputOffsets, Transactions};
 use crate::Transform;
 
 /// How often finished records are committed.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
-/// Attempts at one transaction before the stage stops.
-const TRANSACTION_ATTEMPTS: u32 = 5;
 
 /// A transformed record waiting for its transaction.
 struct Finished {
@@ -99,7 +91,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut state = Loop {
         input: input.to_string(),
-        producer: transactional_producer(runtime, group).await?,
+        transactions: Transactions::for_group(runtime, group).await?,
         shared: Arc::new(Shared::new(transform, runtime, &metrics)?),
         back_pressure: pipeline::BackPressure::new(&runtime.settings, &consumer),
         consumer: consumer.clone(),
@@ -154,7 +146,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
 struct Loop<T: Transform> {
     input: String,
     consumer: Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
-    producer: Arc<FutureProducer>,
+    transactions: Transactions,
     shared: Arc<Shared<T>>,
     metrics: LoopMetrics,
     tracker: Arc<Mutex<OffsetTracker>>,
@@ -235,10 +227,9 @@ impl<T: Transform> Loop<T> {
         if offsets.is_empty() {
             return Ok(());
         }
-        let (producer, consumer) = (&self.producer, &self.consumer);
         commit(
-            producer,
-            consumer,
+            &self.transactions,
+            &self.consumer,
             &self.input,
             ready,
             offsets,
@@ -316,123 +307,32 @@ fn accept(
     }
 }
 
-/// One transactional producer for one consumer instance of `group`, initialised (which
-/// aborts whatever a crashed predecessor of the same id left open).
-pub(crate) async fn transactional_producer(
-    runtime: &StageRuntime,
-    group: &str,
-) -> anyhow::Result<Arc<FutureProducer>> {
-    let transactional_id = format!(
-        "{group}-{}-{}-{}",
-        runtime.client_id(),
-        std::process::id(),
-        now_ms()
-    );
-    let producer: Arc<FutureProducer> = Arc::new(
-        runtime
-            .clients
-            .producer_config(&runtime.client_id())
-            .set("transactional.id", &transactional_id)
-            // A transaction spans one commit step, never a transform: a crashed
-            // instance's open one is aborted (and its partitions readable) this soon.
-            .set("transaction.timeout.ms", "10000")
-            .create()
-            .context("cannot create the transactional Kafka producer")?,
-    );
-    let timeout = Duration::from_secs(30);
-    crate::publish::blocking(&producer, timeout, |p, t| p.init_transactions(t))
-        .await
-        .with_context(|| format!("cannot initialise transactions for {transactional_id}"))?;
-    Ok(producer)
-}
-
-/// One transaction: the outputs of `ready`, and `offsets` sent with the group's
-/// metadata.
+/// One transaction: the outputs of `ready`, and `offsets` with the group's metadata.
 async fn commit(
-    producer: &Arc<FutureProducer>,
-    consumer: &Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
+    transactions: &Transactions,
+    consumer: &rdkafka::consumer::StreamConsumer<pipeline::LoopContext>,
     input: &str,
     ready: Vec<Finished>,
     offsets: BTreeMap<i32, i64>,
     metrics: &LoopMetrics,
 ) -> anyhow::Result<()> {
     let records: Vec<&Outgoing> = ready.iter().flat_map(|f| &f.records).collect();
+    // Outputs are committed in input order, so nothing is ever done ahead here: the
+    // offsets carry no metadata.
     let offsets = offsets
         .into_iter()
         .map(|(partition, next)| (partition, (next, String::new())))
         .collect();
-    commit_transaction(producer, consumer, input, &records, &offsets).await?;
+    let input = InputOffsets {
+        consumer,
+        input,
+        offsets: &offsets,
+    };
+    transactions.commit(&records, Some(input)).await?;
     metrics.produced.inc_by(records.len() as u64);
     metrics.in_flight.sub(ready.len() as i64);
     metrics.last_processed.set(now_ms() / 1000);
     Ok(())
-}
-
-/// `records` and `offsets` (of `input`: each partition's next offset and its metadata)
-/// in one transaction, the offsets sent with the group's metadata. Abortable failures
-/// abort and send the same again; fatal ones stop.
-pub(crate) async fn commit_transaction(
-    producer: &Arc<FutureProducer>,
-    consumer: &Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
-    input: &str,
-    records: &[&Outgoing],
-    offsets: &BTreeMap<i32, (i64, String)>,
-) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs(30);
-    let mut list = TopicPartitionList::new();
-    for (partition, (next, metadata)) in offsets {
-        let mut element = list.add_partition(input, *partition);
-        element.set_offset(Offset::Offset(*next))?;
-        element.set_metadata(metadata);
-    }
-    for attempt in 1..=TRANSACTION_ATTEMPTS {
-        let attempt_result: Result<(), KafkaError> = async {
-            producer.begin_transaction()?;
-            let sends = records.iter().map(|r| {
-                let mut record = FutureRecord::to(&r.topic).key(&r.key).payload(&r.payload);
-                record.partition = r.partition;
-                producer.send(record, Timeout::After(timeout))
-            });
-            for sent in futures::future::join_all(sends).await {
-                sent.map_err(|(e, _)| e)?;
-            }
-            let (list, consumer) = (list.clone(), consumer.clone());
-            crate::publish::blocking(producer, timeout, move |p, t| {
-                // The group's generation goes with the offsets: a member that lost the
-                // partitions meanwhile is refused.
-                let metadata = consumer
-                    .group_metadata()
-                    .ok_or(KafkaError::Global(rdkafka::types::RDKafkaErrorCode::State))?;
-                p.send_offsets_to_transaction(&list, &metadata, t)
-            })
-            .await?;
-            crate::publish::commit_retrying(producer, timeout).await
-        }
-        .await;
-        match attempt_result {
-            Ok(()) => {
-                // Stored too, so the consumer's own commit (the same offsets, after the
-                // transaction's) updates what librdkafka reports as lag: otherwise
-                // `codelupe_consumer_lag` would never move in this mode.
-                if let Err(e) = consumer.store_offsets(&list) {
-                    tracing::debug!(error = %e, "committed offsets not stored");
-                }
-                return Ok(());
-            }
-            Err(e) => {
-                let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
-                if fatal {
-                    bail!("transaction failed fatally (fenced by a newer instance?): {e}");
-                }
-                tracing::warn!(error = %e, attempt, "transaction failed; aborting and sending it again");
-                crate::publish::blocking(producer, timeout, |p, t| p.abort_transaction(t))
-                    .await
-                    .with_context(|| format!("cannot abort after: {e}"))?;
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-        }
-    }
-    bail!("transaction failed {TRANSACTION_ATTEMPTS} times; stopping with the input uncommitted")
 }
 
 impl<T: Transform> Shared<T> {

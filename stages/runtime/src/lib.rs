@@ -16,13 +16,16 @@ pub mod offsets;
 pub mod pipeline;
 pub mod publish;
 pub mod records;
+pub mod retry;
 pub mod stage;
 pub mod telemetry;
 pub mod topology;
+pub mod transaction;
 pub mod tree;
 pub mod work_dir;
 
 pub use codec::AvroRecord;
 pub use pipeline::{Keyed, Output, Transform, TransformError};
-pub use publish::{Publisher, TransactionalPublisher};
+pub use publish::Publisher;
 pub use stage::StageRuntime;
+pub use transaction::Transactions;

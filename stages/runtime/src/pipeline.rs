@@ -33,6 +33,7 @@ use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::{now_ms, DeadLetter};
+use crate::retry::Backoff;
 use crate::stage::StageRuntime;
 use crate::telemetry::{register, Readiness};
 
@@ -602,8 +603,8 @@ impl BackPressure {
     pub(crate) fn released(&mut self, consumer: &StreamConsumer<LoopContext>) {
         if self.places.available_permits() > 0 {
             self.exhausted_since = None;
-            if self.is_paused() && set_paused(consumer, false) {
-                self.paused.store(false, Ordering::Release);
+            if self.is_paused() {
+                hold_input(consumer, false);
             }
         }
     }
@@ -614,12 +615,30 @@ impl BackPressure {
             .exhausted_since
             .is_some_and(|since| since.elapsed() >= PAUSE_AFTER);
         if stuck && !self.is_paused() && self.places.available_permits() == 0 {
-            // Set first: a partition assigned while the pause is applied is paused too.
-            self.paused.store(true, Ordering::Release);
-            if !set_paused(consumer, true) {
-                self.paused.store(false, Ordering::Release);
-            }
+            hold_input(consumer, true);
         }
+    }
+}
+
+/// Holds the input (every partition assigned paused, and those assigned meanwhile as
+/// they arrive) or lets it go again; true when done. Polling a held input only keeps
+/// the member in its group.
+pub(crate) fn hold_input(consumer: &StreamConsumer<LoopContext>, hold: bool) -> bool {
+    let paused = &consumer.context().paused;
+    if hold {
+        // Set first: a partition assigned while the pause is applied is paused too.
+        paused.store(true, Ordering::Release);
+        let held = set_paused(consumer, true);
+        if !held {
+            paused.store(false, Ordering::Release);
+        }
+        held
+    } else {
+        let let_go = set_paused(consumer, false);
+        if let_go {
+            paused.store(false, Ordering::Release);
+        }
+        let_go
     }
 }
 
@@ -1032,6 +1051,7 @@ impl<T: Transform> Shared<T> {
         };
         let mut attempt = 1;
         let mut failing_since = None;
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_TRANSIENT_BACKOFF);
         loop {
             // Decoding each attempt keeps `Input` free of a Clone bound; it is cheap.
             let input = T::Input::decode(value).map_err(|e| {
@@ -1041,7 +1061,6 @@ impl<T: Transform> Shared<T> {
                     attempt,
                 )
             })?;
-            let backoff = Duration::from_millis(200 * 2u64.saturating_pow(attempt - 1));
             match self.transform.transform(input).await {
                 Ok(outputs) => return Ok(outputs),
                 Err(e) if e.transient => {
@@ -1058,21 +1077,21 @@ impl<T: Transform> Shared<T> {
                         return Err(Failed::DeadLetter(e.reason.label(), message, attempt));
                     }
                     self.metrics.retries.inc();
-                    let backoff = backoff.min(MAX_TRANSIENT_BACKOFF);
                     tracing::warn!(
-                        reason = e.reason.label(), error = %e, attempt, ?backoff,
+                        reason = e.reason.label(), error = %e, attempt,
                         partition = record.partition, offset = record.offset,
                         "transient failure; the record waits and is tried again"
                     );
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Err(Failed::Abandoned),
-                        _ = tokio::time::sleep(backoff) => {}
+                    if backoff.pause(&self.shutdown).await.is_err() {
+                        return Err(Failed::Abandoned);
                     }
                 }
                 Err(e) if e.retryable && attempt < self.max_attempts => {
                     self.metrics.retries.inc();
                     tracing::debug!(reason = e.reason.label(), error = %e, attempt, "retrying transform");
-                    tokio::time::sleep(backoff).await;
+                    if backoff.pause(&self.shutdown).await.is_err() {
+                        return Err(Failed::Abandoned);
+                    }
                 }
                 Err(e) => return Err(Failed::DeadLetter(e.reason.label(), e.message, attempt)),
             }

@@ -24,8 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::{Consumer, MessageStream, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -35,12 +34,13 @@ use crate::codec::AvroRecord;
 use crate::labels::LabelSet;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{
-    commit_and_leave, drain, stepped_over, store, store_stepped_over, subscribe, DeadLetters,
-    InputRecord, LoopContext, LoopMetrics, LoopReason, Polled, Rebalanced,
+    commit_and_leave, drain, hold_input, stepped_over, store, store_stepped_over, subscribe,
+    DeadLetters, InputRecord, LoopContext, LoopMetrics, LoopReason, Polled, Rebalanced,
 };
 use crate::publish::{Outgoing, Publisher, SendError};
 use crate::records::now_ms;
 use crate::stage::StageRuntime;
+use crate::transaction::{InputOffsets, Transactions};
 use crate::TransformError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,7 +236,7 @@ enum Done {
 
 /// `exactly_once`: what the next transaction commits.
 struct Transaction {
-    producer: Arc<FutureProducer>,
+    transactions: Transactions,
     /// Sealed outputs, with the inputs holding a part of each and their records
     /// alongside.
     outputs: Vec<(Outgoing, Ticket, Vec<Outgoing>)>,
@@ -291,8 +291,9 @@ pub async fn run_aggregate<A: Aggregate>(
             biased;
             _ = runtime.shutdown.cancelled() => break None,
             Some(change) = rebalanced.recv() => {
-                if let Err(e) = state.rebalanced(&mut aggregate, change).await {
-                    break Some(e);
+                match state.rebalanced(&mut aggregate, change, &mut stream).await {
+                    Ok(early) => state.read(early, &preparer, &mut preparing),
+                    Err(e) => break Some(e),
                 }
             }
             Some(message) = done.recv() => {
@@ -329,11 +330,12 @@ pub async fn run_aggregate<A: Aggregate>(
                     Polled::Skip => continue,
                     Polled::End => break None,
                 };
-                if let Err(e) = state.apply_rebalances(&mut aggregate, &mut rebalanced).await {
-                    break Some(e);
-                }
-                if state.begin(&record) {
-                    state.prepare(&preparer, record, &mut preparing);
+                let early = state
+                    .apply_rebalances(&mut aggregate, &mut rebalanced, &mut stream)
+                    .await;
+                match early {
+                    Ok(early) => state.read(std::iter::once(record).chain(early), &preparer, &mut preparing),
+                    Err(e) => break Some(e),
                 }
             }
         }
@@ -342,6 +344,28 @@ pub async fn run_aggregate<A: Aggregate>(
     // The loop's is then the last handle: leaving the group closes the consumer.
     drop(consumer);
     state.finish(done, failure, runtime).await
+}
+
+/// Runs `work` while polling `stream`, so the member stays in its group however long
+/// the work takes; the records polled meanwhile (fetched before the input was held)
+/// come back with its result, in the order read.
+async fn polled_while<T>(
+    work: impl Future<Output = T>,
+    stream: &mut MessageStream<'_, LoopContext>,
+) -> (T, Vec<InputRecord>) {
+    tokio::pin!(work);
+    let (mut early, mut ended) = (Vec::new(), false);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut work => return (result, early),
+            message = stream.next(), if !ended => match crate::pipeline::polled(message) {
+                Polled::Record(message) => early.push(InputRecord::of(&message)),
+                Polled::Skip => {}
+                Polled::End => ended = true,
+            },
+        }
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -371,7 +395,7 @@ impl Loop {
         let publisher = Publisher::new(runtime)?;
         let transaction = match runtime.settings.delivery {
             crate::config::Delivery::ExactlyOnce => Some(Transaction {
-                producer: crate::exactly_once::transactional_producer(runtime, group).await?,
+                transactions: Transactions::for_group(runtime, group).await?,
                 outputs: Vec::new(),
                 released: Vec::new(),
             }),
@@ -399,25 +423,53 @@ impl Loop {
 
     /// Partitions revoked: the loop's holds and the aggregate's state of them dropped.
     /// Partitions assigned: the aggregate loads their state (an error stops the stage).
+    /// Follows a change of partitions; returns the records read meanwhile.
     async fn rebalanced<A: Aggregate>(
         &mut self,
         aggregate: &mut A,
         change: Rebalanced,
-    ) -> anyhow::Result<()> {
+        stream: &mut MessageStream<'_, LoopContext>,
+    ) -> anyhow::Result<Vec<InputRecord>> {
         match change {
             Rebalanced::Revoked(partitions) => {
                 self.revoke(&partitions);
                 aggregate.revoke(&partitions);
-                Ok(())
+                Ok(Vec::new())
             }
             Rebalanced::Assigned(partitions) => {
-                if self.transaction.is_some() {
-                    self.resume_done_ahead(&partitions).await;
+                // A state kept forever can take longer to load than librdkafka lets a
+                // member go unpolled (`max.poll.interval.ms`) before evicting it, and
+                // an evicted member would load again at its next assignment, for
+                // ever: the input is held and polled until the state is loaded.
+                let held = hold_input(&self.consumer, true);
+                let load = async {
+                    if self.transaction.is_some() {
+                        self.resume_done_ahead(&partitions).await;
+                    }
+                    aggregate
+                        .assign(&partitions)
+                        .await
+                        .with_context(|| format!("loading the state of partitions {partitions:?}"))
+                };
+                let (loaded, early) = polled_while(load, stream).await;
+                if held {
+                    hold_input(&self.consumer, false);
                 }
-                aggregate
-                    .assign(&partitions)
-                    .await
-                    .with_context(|| format!("loading the state of partitions {partitions:?}"))
+                loaded.map(|()| early)
+            }
+        }
+    }
+
+    /// Takes `records` in and queues each new one to be prepared.
+    fn read<A: Aggregate>(
+        &self,
+        records: impl IntoIterator<Item = InputRecord>,
+        preparer: &Preparer<A::Input, A::Prepared>,
+        preparing: &mut Ordered<Prepared<A>>,
+    ) {
+        for record in records {
+            if self.begin(&record) {
+                self.prepare(preparer, record, preparing);
             }
         }
     }
@@ -457,11 +509,13 @@ impl Loop {
         &mut self,
         aggregate: &mut A,
         rebalanced: &mut mpsc::UnboundedReceiver<Rebalanced>,
-    ) -> anyhow::Result<()> {
+        stream: &mut MessageStream<'_, LoopContext>,
+    ) -> anyhow::Result<Vec<InputRecord>> {
+        let mut early = Vec::new();
         while let Ok(change) = rebalanced.try_recv() {
-            self.rebalanced(aggregate, change).await?;
+            early.extend(self.rebalanced(aggregate, change, stream).await?);
         }
-        Ok(())
+        Ok(early)
     }
 
     /// Queues a record to be decoded and prepared off the loop.
@@ -594,7 +648,6 @@ impl Loop {
         };
         let outputs = std::mem::take(&mut transaction.outputs);
         let mut released = std::mem::take(&mut transaction.released);
-        let producer = transaction.producer.clone();
         let produced = outputs.len() as u64;
         let mut records = Vec::with_capacity(outputs.len());
         for (output, ticket, alongside) in outputs {
@@ -630,14 +683,15 @@ impl Loop {
             return Ok(());
         }
         let records: Vec<&Outgoing> = records.iter().collect();
-        crate::exactly_once::commit_transaction(
-            &producer,
-            &self.consumer,
-            &self.input,
-            &records,
-            &marks,
-        )
-        .await?;
+        let input = InputOffsets {
+            consumer: &self.consumer,
+            input: &self.input,
+            offsets: &marks,
+        };
+        transaction
+            .transactions
+            .commit(&records, Some(input))
+            .await?;
         self.metrics.produced.inc_by(produced);
         self.metrics
             .in_flight

@@ -17,6 +17,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
+use crate::retry::Backoff;
 
 pub use admin::{apply_topology, ApplyReport};
 pub use embedded::EmbeddedBroker;
@@ -194,7 +195,7 @@ impl KafkaClients {
             .create()
             .context("cannot create a Kafka client")?;
         let probe = std::sync::Arc::new(probe);
-        let mut backoff = first_backoff;
+        let mut backoff = Backoff::new(first_backoff, Duration::from_secs(10));
         let mut last_error = String::new();
         for attempt in 1..=attempts.max(1) {
             let client = probe.clone();
@@ -213,8 +214,7 @@ impl KafkaClients {
                 }
             }
             if attempt < attempts {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         }
         bail!(

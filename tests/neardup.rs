@@ -456,16 +456,8 @@ async fn exactly_once_a_judge_killed_behind_a_waiting_file_judges_no_file_twice(
     let gather = format!("neardup-gather-{}", run.suffix);
     let waiting: Vec<String> = (0..12).map(|p| format!("waiting-{p}")).collect();
     for (partition, hash) in waiting.iter().enumerate() {
-        let mut file = files[0].clone();
-        file.content_hash = hash.clone();
-        let record = codelupe_runtime::records::NeardupGather {
-            content_hash: hash.clone(),
-            at_us: codelupe_runtime::records::now_ms() * 1000,
-            shards: 1,
-            file: Some(file.encode().unwrap()),
-            candidates: Vec::new(),
-        };
-        produce_to_partition(&gather, partition as i32, hash, &record.encode().unwrap()).await;
+        let record = never_answered(&files[0], hash);
+        produce_to_partition(&gather, partition as i32, hash, &record).await;
     }
     run.produce(&files).await;
     run.wait_for_all(files.len());
@@ -496,6 +488,149 @@ async fn exactly_once_a_judge_killed_behind_a_waiting_file_judges_no_file_twice(
         twice.len(),
         &twice[..twice.len().min(3)]
     );
+}
+
+/// `file` as the judge's input under content hash `hash`, routed to one shard whose
+/// answer never comes (a stalled shard, a dead-lettered probe): it waits.
+fn never_answered(file: &CodeFile, hash: &str) -> Vec<u8> {
+    let mut file = file.clone();
+    file.content_hash = hash.to_string();
+    let record = codelupe_runtime::records::NeardupGather {
+        content_hash: hash.to_string(),
+        at_us: codelupe_runtime::records::now_ms() * 1000,
+        shards: 1,
+        file: Some(file.encode().unwrap()),
+        candidates: Vec::new(),
+    };
+    record.encode().unwrap()
+}
+
+/// A shard that stalls leaves every file routed meanwhile waiting for its answer. The
+/// judge holds no more of them than `max_waiting_bytes` (4 MiB here): of 400 files of
+/// 64 KiB (25 MiB) with a ten-minute answer timeout, all but the bound's worth are
+/// judged at once, on the answers they have. Before the bound the judge held all 400
+/// until the timeout. `STALLED_BOUND_BYTES` sets another bound, to measure the
+/// unbounded judge beside it (the count assertions then fail), `STALLED_FILES` another
+/// count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_shard_holds_the_judge_to_its_byte_bound() {
+    const FILE_BYTES: usize = 64 << 10;
+    let setting = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(default)
+    };
+    let (files, bound) = (
+        setting("STALLED_FILES", 400),
+        setting("STALLED_BOUND_BYTES", 4 << 20),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = format!("      answer_timeout_ms: 600000\n      max_waiting_bytes: {bound}\n");
+    let run = Run::configured(dir.path(), 1, "at_least_once", &options);
+    let stage = run.start(0);
+    wait_for("ready", Duration::from_secs(60), || run.ready(0));
+    let pid = stage.0.id().to_string();
+    let before_kb = proc_status_kb(&pid, "VmRSS:").unwrap_or(0);
+    let file = codelupe_testkit::code_file("stalled/shard", "big.rs", "x".repeat(FILE_BYTES));
+    let records = (0..files)
+        .map(|i| {
+            let hash = format!("stalled-{i}");
+            let record = never_answered(&file, &hash);
+            (hash, record)
+        })
+        .collect();
+    produce_all(&format!("neardup-gather-{}", run.suffix), records).await;
+    // The bound holds at most bound / FILE_BYTES files; the rest are judged now.
+    let held_at_most = bound / FILE_BYTES;
+    let expected = files.saturating_sub(held_at_most);
+    let (mut peak_kb, mut judged, mut read) = (before_kb, 0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while (judged < expected || read < files) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        peak_kb = peak_kb.max(proc_status_kb(&pid, "VmRSS:").unwrap_or(0));
+        judged = run.metric(0, "neardup_files_checked_total").unwrap_or(0.0) as usize;
+        // Only the judge reads here: the files went straight to its input.
+        read = run
+            .metric(0, "codelupe_records_consumed_total")
+            .unwrap_or(0.0) as usize;
+    }
+    let incomplete = run
+        .metric(0, "neardup_files_judged_incomplete_total")
+        .unwrap_or(0.0) as usize;
+    eprintln!(
+        "{files} files of {FILE_BYTES} bytes waiting on a stalled shard, bound {bound} bytes: \
+         {judged} judged early ({incomplete} counted incomplete); resident memory {} MB \
+         before, peak {} MB",
+        before_kb / 1024,
+        peak_kb / 1024
+    );
+    assert!(
+        judged >= expected,
+        "{judged} of {files} judged in 90 s: the judge held more than its bound"
+    );
+    assert!(
+        judged <= files.saturating_sub(held_at_most * 9 / 10) + 1,
+        "{judged} judged: more than the bound required"
+    );
+    assert_eq!(incomplete, judged, "every file was judged incomplete");
+}
+
+/// How long a shard's index takes to load, in seconds per million files: the index is
+/// never pruned, so this is what a lookup's assignment costs as the corpus grows (the
+/// member stays in its group meanwhile: `tests/delivery.rs`). One shard holding every
+/// file with all 32 of its bands (a one-partition index: the most a shard can hold per
+/// file), random sketches and buckets. `INDEX_FILES` sets the count. Long form:
+///
+///     cargo test --test neardup -- --ignored --nocapture index_load
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long form: a million index records through the broker, minutes"]
+async fn index_load_seconds_per_million_files() {
+    use codelupe_runtime::aggregate::Aggregate as _;
+    let count: usize = std::env::var("INDEX_FILES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let index = unique("neardup-index-load");
+    create_topics(&[(&index, 1)]).await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let started = std::time::Instant::now();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(100_000) {
+        let records = chunk
+            .iter()
+            .map(|i| {
+                let probe = codelupe_runtime::records::NeardupProbe {
+                    content_hash: format!("{:064x}", i),
+                    at_us: *i as i64,
+                    shard: 0,
+                    shards: 1,
+                    buckets: (0..32).map(|_| rng.i64(..)).collect(),
+                    sketch: (0..256).map(|_| rng.u8(..)).collect(),
+                };
+                (probe.content_hash.clone(), probe.encode().unwrap())
+            })
+            .collect();
+        produce_all(&index, records).await;
+    }
+    let produced = started.elapsed();
+    let registry = prometheus::Registry::new();
+    let metrics = std::sync::Arc::new(
+        codelupe_neardup::metrics::NeardupMetrics::register(&registry).unwrap(),
+    );
+    let clients = codelupe_runtime::kafka::KafkaClients::new(brokers(), &Default::default());
+    let mut lookup =
+        codelupe_neardup::lookup::Lookup::new(0.7, index, Duration::ZERO, clients, metrics.clone());
+    let started = std::time::Instant::now();
+    lookup.assign(&[0]).await.unwrap();
+    let loaded = started.elapsed();
+    let files = metrics.index_files.with_label_values(&["0"]).get() as usize;
+    let per_million = loaded.as_secs_f64() * 1e6 / count as f64;
+    eprintln!(
+        "{count} index records ({:.0} bytes each, produced in {produced:.1?}): loaded in \
+         {loaded:.1?}, {per_million:.1} s per million files",
+        8.0 + 64.0 + 32.0 * 9.0 + 256.0
+    );
+    assert_eq!(files, count, "every file loaded");
 }
 
 /// Django's `manage.py` for project `name`: real boilerplate, the same in every

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
+use codelupe_runtime::labels::LabelSet as _;
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, CodeFile, NearDuplicate, NeardupGather};
 use codelupe_runtime::{AvroRecord, TransformError};
 
-use crate::metrics::{NeardupError, NeardupMetrics, Skip};
+use crate::metrics::{Incomplete, NeardupError, NeardupMetrics, Skip};
 use crate::shard::{representative, Candidate, Order};
+use crate::NeardupOptions;
 
 /// What is known of one file not judged yet.
 #[derive(Default)]
@@ -24,6 +26,8 @@ struct Pending {
     file: Option<CodeFile>,
     /// Where the file was read (the first time, if routed twice).
     file_at: Option<InputPosition>,
+    /// The file's content bytes, counted against `max_waiting_bytes`.
+    bytes: usize,
     routed_us: i64,
     shards: usize,
     /// Each shard's answer: the order it indexed the file under, and its candidates.
@@ -43,48 +47,75 @@ pub struct Judge {
     /// When the files waiting were last looked over for overdue ones: at most once a
     /// second, so a record costs no scan of every file waiting.
     looked_over: Instant,
+    /// The content bytes of the files waiting, and the most they may come to.
+    waiting_bytes: usize,
+    max_waiting_bytes: usize,
+}
+
+/// Which waiting files are judged before every answer has come.
+#[derive(Clone, Copy)]
+enum Due {
+    /// Those that arrived before this (every one if None): waited out the timeout.
+    ArrivedBefore(Option<Instant>),
+    /// The longest waiting, until the files waiting hold no more than this many bytes.
+    Over(usize),
 }
 
 impl Judge {
-    pub fn new(
-        dropped_topic: String,
-        metrics: Arc<NeardupMetrics>,
-        answer_timeout: Duration,
-    ) -> Self {
+    pub fn new(options: &NeardupOptions, metrics: Arc<NeardupMetrics>) -> Self {
         Self {
-            dropped_topic,
+            dropped_topic: options.dropped_topic.clone(),
             metrics,
             pending: HashMap::new(),
-            answer_timeout,
+            answer_timeout: Duration::from_millis(options.answer_timeout_ms),
             looked_over: Instant::now(),
+            waiting_bytes: 0,
+            max_waiting_bytes: usize::try_from(options.max_waiting_bytes).unwrap_or(usize::MAX),
         }
     }
 
-    /// Judges on the answers they have the files of `partition` that arrived before
-    /// `deadline` (all of them if None) and are still waiting, in the order they came.
-    fn judge_overdue(&mut self, partition: i32, deadline: Option<Instant>) -> Step<CodeFile> {
-        let mut step = Step::default();
-        let pending = self.pending.entry(partition).or_default();
-        let mut due: Vec<(Instant, String)> = pending
+    /// Judges on the answers they have the waiting files `due` names, longest waiting
+    /// first: a file some shard never answers for must not hold its partition's commit
+    /// for good, nor a stalled shard make the judge hold every file routed meanwhile.
+    fn judge_early(&mut self, due: Due) -> Step<CodeFile> {
+        let mut waiting: Vec<(Instant, i32, String)> = self
+            .pending
             .iter()
-            .filter_map(|(hash, p)| Some((p.arrived?, hash)))
-            .filter(|(at, _)| deadline.is_none_or(|deadline| *at < deadline))
-            .map(|(at, hash)| (at, hash.clone()))
+            .flat_map(|(partition, files)| {
+                files
+                    .iter()
+                    .filter_map(move |(hash, p)| Some((p.arrived?, *partition, hash.clone())))
+            })
             .collect();
-        due.sort();
-        let overdue: Vec<(String, Pending)> = due
-            .into_iter()
-            .filter_map(|(_, hash)| pending.remove(&hash).map(|p| (hash, p)))
-            .collect();
-        for (content_hash, waiting) in overdue {
+        waiting.sort();
+        let mut step = Step::default();
+        for (arrived, partition, content_hash) in waiting {
+            let why = match due {
+                Due::ArrivedBefore(deadline) if deadline.is_none_or(|d| arrived < d) => {
+                    Incomplete::AnswerTimeout
+                }
+                Due::Over(bound) if self.waiting_bytes > bound => Incomplete::WaitingBytes,
+                _ => break,
+            };
+            let Some(pending) = self.take(partition, &content_hash) else {
+                continue;
+            };
+            self.metrics.files_judged_incomplete.inc(why);
             tracing::warn!(
-                %content_hash, partition,
-                answers = waiting.answers.len(), shards = waiting.shards,
+                %content_hash, partition, why = why.label(),
+                answers = pending.answers.len(), shards = pending.shards,
                 "judged without every shard's answer"
             );
-            step.extend(self.verdict(content_hash, waiting));
+            step.extend(self.verdict(content_hash, pending));
         }
         step
+    }
+
+    /// Removes a file from those waiting.
+    fn take(&mut self, partition: i32, content_hash: &str) -> Option<Pending> {
+        let pending = self.pending.get_mut(&partition)?.remove(content_hash)?;
+        self.waiting_bytes -= pending.bytes;
+        Some(pending)
     }
 
     fn verdict(&self, content_hash: String, pending: Pending) -> Step<CodeFile> {
@@ -176,6 +207,8 @@ impl Aggregate for Judge {
                 let pending = partition.entry(content_hash.clone()).or_default();
                 if pending.file.is_none() {
                     pending.arrived = Some(Instant::now());
+                    pending.bytes = file.content.len();
+                    self.waiting_bytes += pending.bytes;
                     pending.file = Some(file);
                     pending.file_at = Some(at);
                     pending.routed_us = gathered.at_us;
@@ -215,18 +248,19 @@ impl Aggregate for Judge {
             .is_some_and(|p| p.file.is_some() && p.answers.len() >= p.shards);
         let mut step = Step::default();
         if complete {
-            let pending = partition.remove(&content_hash).expect("complete");
+            let pending = self.take(at.partition, &content_hash).expect("complete");
             step = self.verdict(content_hash, pending);
         }
         if self.looked_over.elapsed() >= LOOK_OVER_EVERY {
             self.looked_over = Instant::now();
             if let Some(deadline) = Instant::now().checked_sub(self.answer_timeout) {
-                let mut partitions: Vec<i32> = self.pending.keys().copied().collect();
-                partitions.sort_unstable();
-                for partition in partitions {
-                    step.extend(self.judge_overdue(partition, Some(deadline)));
-                }
+                step.extend(self.judge_early(Due::ArrivedBefore(Some(deadline))));
             }
+        }
+        if self.waiting_bytes > self.max_waiting_bytes {
+            // Down to nine tenths, so the next look is some files away.
+            let bound = self.max_waiting_bytes - self.max_waiting_bytes / 10;
+            step.extend(self.judge_early(Due::Over(bound)));
         }
         Ok(step)
     }
@@ -234,13 +268,7 @@ impl Aggregate for Judge {
     /// The input paused for the answer timeout, so every file still waiting arrived
     /// at least that long ago: each is judged on the answers it has.
     async fn flush(&mut self) -> Step<CodeFile> {
-        let mut partitions: Vec<i32> = self.pending.keys().copied().collect();
-        partitions.sort_unstable();
-        let mut step = Step::default();
-        for partition in partitions {
-            step.extend(self.judge_overdue(partition, None));
-        }
-        step
+        self.judge_early(Due::ArrivedBefore(None))
     }
 
     fn flush_after(&self) -> Option<Duration> {
@@ -250,7 +278,9 @@ impl Aggregate for Judge {
     /// What was gathered is replayed to the partition's new owner.
     fn revoke(&mut self, partitions: &[i32]) {
         for p in partitions {
-            self.pending.remove(p);
+            if let Some(files) = self.pending.remove(p) {
+                self.waiting_bytes -= files.values().map(|f| f.bytes).sum::<usize>();
+            }
         }
     }
 
@@ -264,8 +294,17 @@ mod tests {
     use super::*;
 
     fn judge(answer_timeout: Duration) -> Judge {
+        judge_holding(answer_timeout, u64::MAX)
+    }
+
+    fn judge_holding(answer_timeout: Duration, max_waiting_bytes: u64) -> Judge {
         let metrics = Arc::new(NeardupMetrics::register(&prometheus::Registry::new()).unwrap());
-        Judge::new("near-duplicates".into(), metrics, answer_timeout)
+        let options = NeardupOptions {
+            answer_timeout_ms: answer_timeout.as_millis() as u64,
+            max_waiting_bytes,
+            ..NeardupOptions::default()
+        };
+        Judge::new(&options, metrics)
     }
 
     fn file(content_hash: &str) -> CodeFile {
@@ -336,5 +375,35 @@ mod tests {
         let (record, file) = gathered("next", 2);
         let step = judge.push(at(1), record, file).await.unwrap();
         assert_eq!(kept(&step), ["lonely"], "only the overdue one");
+    }
+
+    /// A shard that stalls leaves every routed file waiting: past `max_waiting_bytes`
+    /// the longest waiting are judged on the answers they have (down to nine tenths of
+    /// the bound), so the judge's memory is bounded by configuration, not by the input
+    /// rate times the answer timeout.
+    #[tokio::test]
+    async fn files_waiting_past_the_byte_bound_are_judged_longest_waiting_first() {
+        // Each file holds 12 bytes ("fn main() {}"): five fit under 64, six do not.
+        let mut judge = judge_holding(Duration::from_secs(600), 64);
+        for (offset, hash) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            let (record, file) = gathered(hash, 2);
+            let step = judge.push(at(offset as i64), record, file).await.unwrap();
+            assert!(kept(&step).is_empty(), "{hash}: judged under the bound");
+        }
+        let (record, file) = gathered("f", 2);
+        let step = judge.push(at(5), record, file).await.unwrap();
+        // 72 bytes > 64: judged down to 58 (nine tenths), so two go, the oldest.
+        assert_eq!(kept(&step), ["a", "b"]);
+        assert_eq!(judge.waiting_bytes, 48);
+        assert_eq!(
+            judge
+                .metrics
+                .files_judged_incomplete
+                .get(Incomplete::WaitingBytes),
+            2
+        );
+        // Revoking the partition forgets its files and their bytes.
+        judge.revoke(&[0]);
+        assert_eq!(judge.waiting_bytes, 0);
     }
 }

@@ -85,6 +85,10 @@ pub struct NeardupOptions {
     /// for (its probe dead-lettered, a forged gather record) is judged on the answers
     /// it has after this, instead of holding its partition's commit for good.
     pub answer_timeout_ms: u64,
+    /// The most content bytes the judge holds in files waiting for answers: past it
+    /// the longest waiting are judged on the answers they have, so a stalled shard
+    /// cannot make the judge hold every file routed meanwhile.
+    pub max_waiting_bytes: u64,
 }
 
 impl Default for NeardupOptions {
@@ -97,6 +101,7 @@ impl Default for NeardupOptions {
             dropped_topic: "near-duplicates".into(),
             reorder_ms: 1_000,
             answer_timeout_ms: 600_000,
+            max_waiting_bytes: 512 << 20,
         }
     }
 }
@@ -149,11 +154,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
         runtime.clients.clone(),
         metrics.clone(),
     );
-    let judging = judge::Judge::new(
-        options.dropped_topic.clone(),
-        metrics,
-        std::time::Duration::from_millis(options.answer_timeout_ms),
-    );
+    let judging = judge::Judge::new(&options, metrics);
     let (a, b, c) = tokio::join!(
         async { stopping(aggregate::run_aggregate(router, &route).await) },
         async { stopping(aggregate::run_aggregate(shard, &lookup).await) },

@@ -14,6 +14,18 @@ codelupe_runtime::label_set! {
 }
 
 codelupe_runtime::label_set! {
+    /// Why the judge judged a file before every shard had answered
+    /// (`neardup_files_judged_incomplete_total{reason}`): on the answers it had, so a
+    /// near-duplicate only a missing shard knew of is kept.
+    pub enum Incomplete {
+        /// The file waited `answer_timeout_ms` (a probe dead-lettered, a shard stalled).
+        AnswerTimeout => "answer_timeout",
+        /// The files waiting held more than `max_waiting_bytes`: the longest waiting go.
+        WaitingBytes => "waiting_bytes",
+    }
+}
+
+codelupe_runtime::label_set! {
     /// Why a record of one of the stage's own topics is dead-lettered.
     pub enum NeardupError {
         /// A probe whose sketch is not 256 bytes.
@@ -35,6 +47,7 @@ pub struct NeardupMetrics {
     pub files_checked: IntCounter,
     pub files_kept: IntCounter,
     pub files_skipped: CounterBy<Skip>,
+    pub files_judged_incomplete: CounterBy<Incomplete>,
     /// Files in each shard's index held by this replica.
     pub index_files: IntGaugeVec,
     pub lookup_seconds: Histogram,
@@ -54,6 +67,12 @@ impl NeardupMetrics {
                 r,
                 FILES_SKIPPED,
                 "Files not passed on, by reason",
+                "reason",
+            )?,
+            files_judged_incomplete: CounterBy::register(
+                r,
+                "neardup_files_judged_incomplete_total",
+                "Files judged before every shard answered, by reason",
                 "reason",
             )?,
             index_files: register::gauge_vec(

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{brokers, free_port, http_get, repo_root};
+use codelupe_runtime::kafka::LagReader;
+
+use crate::support::{brokers, free_port, http_get, lag_readers, repo_root};
 
 /// Each stage and how many replicas of it run.
 pub const STAGES: [(&str, usize); 7] = [
@@ -24,7 +26,7 @@ pub const STAGES: [(&str, usize); 7] = [
 /// Starts the line the harness writes into a replica's log when it ended on its own.
 const EXIT_MARK: &str = "=== fault harness: the replica ended on its own:";
 
-/// Unplanned exits of one replica that make a crash loop.
+/// Unplanned exits of one replica that make a crash loop, wherever its group stood.
 pub const CRASH_LOOP: usize = 3;
 
 /// The secret every stage is given as GITHUB_TOKEN; no host but GitHub may see it.
@@ -37,6 +39,10 @@ pub struct Replica {
     child: Option<Child>,
     /// Times this replica ended without being killed by the harness.
     pub unplanned_exits: usize,
+    /// At each unplanned exit, its group's committed offset of each input partition,
+    /// when input was left to read (None: the group had read everything, or its
+    /// offsets could not be read).
+    exits_at: Vec<Option<Vec<(i32, i64)>>>,
 }
 
 impl Replica {
@@ -50,6 +56,8 @@ pub struct Cluster {
     config: PathBuf,
     topology: PathBuf,
     logs: PathBuf,
+    /// Each consuming stage's group on its input, to tell where a replica ended.
+    inputs: Vec<(String, LagReader)>,
 }
 
 fn binary(stage: &str) -> PathBuf {
@@ -67,14 +75,16 @@ fn binary(stage: &str) -> PathBuf {
 }
 
 impl Cluster {
-    /// Starts every replica; their stderr goes to `<logs>/<stage>-<i>.log`.
-    pub fn start(config: &Path, topology: &Path, logs: &Path) -> Self {
+    /// Starts every replica on the topics of `suffix`; their stderr goes to
+    /// `<logs>/<stage>-<i>.log`.
+    pub fn start(config: &Path, topology: &Path, logs: &Path, suffix: &str) -> Self {
         std::fs::create_dir_all(logs).unwrap();
         let mut cluster = Self {
             replicas: Vec::new(),
             config: config.to_path_buf(),
             topology: topology.to_path_buf(),
             logs: logs.to_path_buf(),
+            inputs: lag_readers(suffix, &[]),
         };
         for (stage, replicas) in STAGES {
             for index in 0..replicas {
@@ -84,6 +94,7 @@ impl Cluster {
                     port: free_port(),
                     child: None,
                     unplanned_exits: 0,
+                    exits_at: Vec::new(),
                 };
                 replica.child = Some(cluster.spawn(&replica));
                 cluster.replicas.push(replica);
@@ -172,6 +183,8 @@ impl Cluster {
                 None => None,
             };
             if let Some(status) = exited {
+                let at = self.input_left(self.replicas[i].stage);
+                self.replicas[i].exits_at.push(at);
                 self.replicas[i].unplanned_exits += 1;
                 // The life that ended is told from the next one in the log.
                 let mut log = OpenOptions::new()
@@ -185,15 +198,35 @@ impl Cluster {
         }
     }
 
-    /// Replicas that ended on their own `CRASH_LOOP` times or more: one poison record
-    /// met again at every restart, which a one-off exit (a broker outage outlasting
-    /// the start-up retries) is not.
+    /// Where `stage`'s group stood on its input: the committed offset of each
+    /// partition, when some input was left to read.
+    fn input_left(&mut self, stage: &str) -> Option<Vec<(i32, i64)>> {
+        let (_, reader) = self.inputs.iter_mut().find(|(name, _)| name == stage)?;
+        let unread = reader.unread().ok()?;
+        let left = unread.iter().any(|(_, from, high)| from < high);
+        left.then(|| unread.iter().map(|(p, from, _)| (*p, *from)).collect())
+    }
+
+    /// Replicas crash-looping: ended twice with their group at the same offsets and
+    /// input left to read (the same record met again after a restart), or ended on
+    /// their own `CRASH_LOOP` times or more. A one-off exit (a broker outage
+    /// outlasting the start-up retries) is neither.
     pub fn crash_looping(&self) -> Vec<String> {
-        self.replicas
-            .iter()
-            .filter(|r| r.unplanned_exits >= CRASH_LOOP)
-            .map(|r| format!("{} ended {} times", r.name(), r.unplanned_exits))
-            .collect()
+        let mut looping = Vec::new();
+        for r in &self.replicas {
+            let stood: Vec<&Vec<(i32, i64)>> = r.exits_at.iter().flatten().collect();
+            let twice =
+                (1..stood.len()).find_map(|i| stood[..i].contains(&stood[i]).then_some(stood[i]));
+            if let Some(offsets) = twice {
+                looping.push(format!(
+                    "{} ended twice at input offsets {offsets:?}",
+                    r.name()
+                ));
+            } else if r.unplanned_exits >= CRASH_LOOP {
+                looping.push(format!("{} ended {} times", r.name(), r.unplanned_exits));
+            }
+        }
+        looping
     }
 
     /// Replicas whose /readyz does not answer 200.

@@ -117,7 +117,6 @@ stages:
       urls: {{allowed_schemes: [git, http], allowed_hosts: [127.0.0.1]}}
       filter: {{min_stars: 0, languages: [], exclude_words: []}}
       read_timeout_s: 3
-      max_attempts: 2
       store_readers: [codelupe-processor-{suffix}]
   processor:
     metrics_bind: 127.0.0.1
@@ -218,7 +217,7 @@ fn scenario(delivery: &str, kafka: Kafka) {
     let config = write_config(dir, &suffix, delivery, &corpus.github.url);
     let topic = |name: &str| format!("{name}-{suffix}");
 
-    let mut cluster = Cluster::start(&config, &topology, &dir.join("logs"));
+    let mut cluster = Cluster::start(&config, &topology, &dir.join("logs"), &suffix);
     let started = Instant::now();
 
     // Poison into every topic once records flow, each shaped from a real one.

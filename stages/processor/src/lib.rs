@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use codelupe_runtime::clone_store::{self, CloneStore, ReadError};
+use codelupe_runtime::clone_store::{CloneStore, ReadError};
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::language::{Kept, Selection};
@@ -88,6 +88,10 @@ pub struct ProcessorOptions {
     pub parse_timeout_ms: u64,
     /// Caps on the walk over a clone's tree.
     pub tree: TreeLimits,
+    /// The most bytes of a clone's files read at once: they are read and examined in
+    /// batches of this size, so a clone's files (up to `tree.max_read_bytes`) are not
+    /// all held at once.
+    pub read_batch_bytes: u64,
     /// Benchmarks whose prompts and solutions no kept file may hold.
     pub decontamination: DecontaminationOptions,
     /// Replace secrets and personal data in kept files with placeholders.
@@ -114,6 +118,7 @@ impl Default for ProcessorOptions {
             min_quality: 30.0,
             parse_timeout_ms: 2_000,
             tree: TreeLimits::default(),
+            read_batch_bytes: 64 << 20,
             decontamination: DecontaminationOptions::default(),
             redact: true,
             licenses: LicenseOptions::default(),
@@ -134,10 +139,11 @@ pub struct Examined {
 }
 
 /// Where a clone's objects are.
-#[derive(Debug, Clone)]
 pub enum CloneObjects {
-    /// Its pack's bytes (every record since the clone store became a claim check).
-    Pack(bytes::Bytes),
+    /// Its pack, streamed from the clone store into a temporary repository in this
+    /// replica's working folder (every record since the clone store became a claim
+    /// check); the folder goes when this does.
+    Indexed(git2::Repository, codelupe_runtime::work_dir::TempDir),
     /// A bare repository in the store's folder (a record of the shared-folder release).
     Bare(PathBuf),
 }
@@ -202,9 +208,9 @@ impl Processor {
         })
     }
 
-    /// Where the objects of `clone` are: its pack, read from the clone store and
-    /// checked; or, for a record of the shared-folder release (no pack), the bare
-    /// repository it names in the store's folder.
+    /// Where the objects of `clone` are: its pack, streamed from the clone store into
+    /// a temporary repository and checked; or, for a record of the shared-folder
+    /// release (no pack), the bare repository it names in the store's folder.
     pub async fn objects(
         &self,
         clone: &RepoClone,
@@ -214,10 +220,13 @@ impl Processor {
                 .legacy_repository(&clone.clone_uri)
                 .map(CloneObjects::Bare)
         } else {
+            let dir = self.work.temporary().map_err(|e| {
+                TransformError::retryable(CloneError::Worker, format!("working folder: {e:#}"))
+            })?;
             self.store
-                .read_pack(&clone.pack())
+                .unpack_pack(&clone.pack(), dir.path())
                 .await
-                .map(CloneObjects::Pack)
+                .map(|repo| CloneObjects::Indexed(repo, dir))
         };
         read.map_err(|e| match e {
             ReadError::Refused(why) => TransformError::permanent(CloneError::RefusedClone, why),
@@ -237,26 +246,12 @@ impl Processor {
         clone: &RepoClone,
     ) -> Result<Examined, TransformError<CloneError>> {
         match objects {
-            CloneObjects::Pack(pack) => self.examine_pack(pack, clone),
+            CloneObjects::Indexed(repo, _) => self.examine(repo, clone),
             CloneObjects::Bare(path) => {
                 let repo = git2::Repository::open_bare(path).map_err(|e| corrupt(clone, e))?;
                 self.examine(&repo, clone)
             }
         }
-    }
-
-    /// Every file of `clone` with its verdict, in tree order, from its pack: indexed
-    /// into a temporary repository in this replica's working folder, removed after.
-    pub fn examine_pack(
-        &self,
-        pack: &[u8],
-        clone: &RepoClone,
-    ) -> Result<Examined, TransformError<CloneError>> {
-        let dir = self.work.temporary().map_err(|e| {
-            TransformError::retryable(CloneError::Worker, format!("working folder: {e:#}"))
-        })?;
-        let repo = clone_store::unpack(pack, dir.path()).map_err(|e| corrupt(clone, e))?;
-        self.examine(&repo, clone)
     }
 
     /// Every file of `clone` at its commit in `repo`, with its verdict, in tree order.
@@ -292,13 +287,36 @@ impl Processor {
         let (to_read, mut verdicts) = self.select(listed);
         tree::check_read_budget(to_read.iter().map(|(f, _)| f), &self.options.tree)
             .map_err(|e| bomb(e.to_string()))?;
-        let mut files = Vec::with_capacity(to_read.len());
-        for (file, language) in to_read {
+        for batch in batches(to_read, self.options.read_batch_bytes) {
+            let examined = self.examine_batch(repo, clone, batch).map_err(corrupt)?;
+            verdicts.extend(examined.into_iter().map(|(path, mut verdict)| {
+                if let Verdict::Keep(file) = &mut verdict {
+                    file.license = license.clone();
+                }
+                (path, verdict)
+            }));
+        }
+        Ok(Examined {
+            verdicts,
+            license,
+            outcome,
+        })
+    }
+
+    /// Reads the blobs of `batch` and examines them on every worker.
+    fn examine_batch(
+        &self,
+        repo: &git2::Repository,
+        clone: &RepoClone,
+        batch: Vec<(tree::FileEntry, Guess)>,
+    ) -> Result<Verdicts, git2::Error> {
+        let mut files = Vec::with_capacity(batch.len());
+        for (file, language) in batch {
             // Listed a moment ago: a blob that cannot be read now is damage, not a skip.
-            let blob = repo.find_blob(file.id).map_err(corrupt)?;
+            let blob = repo.find_blob(file.id)?;
             files.push((file.path, language, blob.content().to_vec()));
         }
-        let examined: Verdicts = self.pool.install(|| {
+        Ok(self.pool.install(|| {
             files
                 .into_par_iter()
                 .map(|(path, language, bytes)| {
@@ -306,18 +324,7 @@ impl Processor {
                     (path, verdict)
                 })
                 .collect()
-        });
-        verdicts.extend(examined.into_iter().map(|(path, mut verdict)| {
-            if let Verdict::Keep(file) = &mut verdict {
-                file.license = license.clone();
-            }
-            (path, verdict)
-        }));
-        Ok(Examined {
-            verdicts,
-            license,
-            outcome,
-        })
+        }))
     }
 
     /// The licenses of one license file, by its blob id: the same text (a stock
@@ -609,6 +616,31 @@ type Guess = Option<Language>;
 /// Files by path with their verdicts.
 type Verdicts = Vec<(String, Verdict)>;
 
+/// `files` in order, in batches whose sizes add up to at most `budget` bytes (a file
+/// larger than that alone): the blobs of one batch are read while the workers are
+/// between batches, so a clone's raw files are never all in memory at once.
+fn batches(
+    files: Vec<(tree::FileEntry, Guess)>,
+    budget: u64,
+) -> Vec<Vec<(tree::FileEntry, Guess)>> {
+    let mut batches: Vec<Vec<(tree::FileEntry, Guess)>> = Vec::new();
+    let mut room = 0;
+    for file in files {
+        let size = file.0.size;
+        match batches.last_mut() {
+            Some(batch) if size <= room => {
+                batch.push(file);
+                room -= size;
+            }
+            _ => {
+                batches.push(vec![file]);
+                room = budget.saturating_sub(size);
+            }
+        }
+    }
+    batches
+}
+
 /// A clone whose objects cannot be read, even one file's.
 fn corrupt(clone: &RepoClone, e: git2::Error) -> TransformError<CloneError> {
     TransformError::permanent(
@@ -631,4 +663,43 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let metrics = ProcessorMetrics::register(&runtime.registry)?;
     let processor = Processor::new(options, metrics)?;
     codelupe_runtime::pipeline::run(processor, &runtime).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, size: u64) -> (tree::FileEntry, Guess) {
+        let id = git2::Oid::hash_object(git2::ObjectType::Blob, path.as_bytes()).unwrap();
+        let path = path.to_string();
+        (tree::FileEntry { path, id, size }, None)
+    }
+
+    /// Batches keep the files' order, never pass the budget but with one file larger
+    /// than it, which goes alone.
+    #[test]
+    fn files_are_read_in_batches_within_the_byte_budget() {
+        let files = vec![
+            entry("a", 40),
+            entry("b", 50),
+            entry("c", 20),
+            entry("huge", 500),
+            entry("d", 100),
+            entry("e", 1),
+        ];
+        let paths: Vec<Vec<String>> = batches(files, 100)
+            .into_iter()
+            .map(|batch| batch.into_iter().map(|(f, _)| f.path).collect())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                vec!["a", "b"],
+                vec!["c"],
+                vec!["huge"],
+                vec!["d"],
+                vec!["e"]
+            ]
+        );
+    }
 }

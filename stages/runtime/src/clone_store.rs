@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use serde::de::DeserializeOwned;
@@ -109,33 +109,73 @@ impl CloneStore {
 
     /// The pack `reference` names, checked against its size and checksum.
     pub async fn read_pack(&self, reference: &PackRef) -> Result<Bytes, ReadError> {
+        let mut chunks = self.pack_chunks(reference).await?;
+        let mut checking = Checking::new(reference);
+        let mut pack = bytes::BytesMut::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            checking.update(&chunk)?;
+            pack.extend_from_slice(&chunk);
+        }
+        checking.finish()?;
+        Ok(pack.freeze())
+    }
+
+    /// Streams the pack `reference` names into a new bare repository at `dir`:
+    /// libgit2's indexer takes it as it comes, so the pack (up to the downloader's
+    /// `max_clone_bytes`, 1 GiB) is never held whole in memory. Its size and SHA-256
+    /// are checked on the way; no repository is returned from a pack that fails either.
+    pub async fn unpack_pack(
+        &self,
+        reference: &PackRef,
+        dir: &FsPath,
+    ) -> Result<git2::Repository, ReadError> {
+        let mut chunks = self.pack_chunks(reference).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(UNPACK_QUEUE);
+        let dir = dir.to_path_buf();
+        let indexing = tokio::task::spawn_blocking(move || {
+            index_pack(&dir, std::iter::from_fn(|| rx.blocking_recv()))
+        });
+        let mut checking = Checking::new(reference);
+        let streamed = async {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                checking.update(&chunk)?;
+                if tx.send(chunk).await.is_err() {
+                    // The indexer stopped: its error says why.
+                    break;
+                }
+            }
+            Ok::<(), ReadError>(())
+        }
+        .await;
+        drop(tx);
+        let indexed = indexing.await.expect("the pack indexer panicked");
+        streamed?;
+        let repo = indexed
+            .map_err(|e| ReadError::Corrupt(format!("{}: {}", reference.uri, e.message())))?;
+        checking.finish()?;
+        Ok(repo)
+    }
+
+    /// The bytes of the pack `reference` names, as the store sends them.
+    async fn pack_chunks(
+        &self,
+        reference: &PackRef,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, ReadError>>, ReadError> {
         let key = self.pack_key(&reference.uri).ok_or_else(|| {
             ReadError::Refused(format!(
                 "{} is no pack of the clone store {}",
                 reference.uri, self.url
             ))
         })?;
-        let read = async { self.objects.get(&key).await?.bytes().await };
-        let pack = read.await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => ReadError::Missing(reference.uri.clone()),
-            e => ReadError::Unavailable(format!("{}: {e}", reference.uri)),
-        })?;
-        if pack.len() as i64 != reference.bytes {
-            return Err(ReadError::Corrupt(format!(
-                "{}: {} bytes, the record says {}",
-                reference.uri,
-                pack.len(),
-                reference.bytes
-            )));
-        }
-        let sha256 = hex_sha256(&pack);
-        if sha256 != reference.sha256 {
-            return Err(ReadError::Corrupt(format!(
-                "{}: SHA-256 {sha256}, the record says {}",
-                reference.uri, reference.sha256
-            )));
-        }
-        Ok(pack)
+        let uri = reference.uri.clone();
+        let failed = move |e: object_store::Error| match e {
+            object_store::Error::NotFound { .. } => ReadError::Missing(uri.clone()),
+            e => ReadError::Unavailable(format!("{uri}: {e}")),
+        };
+        let found = self.objects.get(&key).await.map_err(failed.clone())?;
+        Ok(found.into_stream().map_err(failed).boxed())
     }
 
     /// The bare repository a record of the shared-folder release names (`repo-clones`
@@ -306,15 +346,77 @@ pub fn pack_commit(repo: &git2::Repository, commit: git2::Oid) -> Result<Vec<u8>
 /// Indexes `pack` into a new bare repository at `dir` (which must not exist or be
 /// empty) and opens it.
 pub fn unpack(pack: &[u8], dir: &FsPath) -> Result<git2::Repository, git2::Error> {
+    index_pack(dir, std::iter::once(pack))
+}
+
+/// Chunks of a pack on their way from the store to the indexer: the most held at once.
+const UNPACK_QUEUE: usize = 16;
+
+/// A new bare repository at `dir` holding the pack that `chunks` make up, indexed as
+/// they come.
+fn index_pack(
+    dir: &FsPath,
+    chunks: impl Iterator<Item = impl AsRef<[u8]>>,
+) -> Result<git2::Repository, git2::Error> {
     let repo = git2::Repository::init_bare(dir)?;
     {
         let odb = repo.odb()?;
         let mut writer = odb.packwriter()?;
-        std::io::Write::write_all(&mut writer, pack)
-            .map_err(|e| git2::Error::from_str(&format!("cannot index the pack: {e}")))?;
+        for chunk in chunks {
+            std::io::Write::write_all(&mut writer, chunk.as_ref())
+                .map_err(|e| git2::Error::from_str(&format!("cannot index the pack: {e}")))?;
+        }
         writer.commit()?;
     }
     Ok(repo)
+}
+
+/// A pack's bytes counted and hashed as they come, against what its record says.
+struct Checking<'a> {
+    reference: &'a PackRef,
+    bytes: i64,
+    sha256: Sha256,
+}
+
+impl<'a> Checking<'a> {
+    fn new(reference: &'a PackRef) -> Self {
+        Self {
+            reference,
+            bytes: 0,
+            sha256: Sha256::new(),
+        }
+    }
+
+    /// Takes the next chunk; a pack longer than its record says is refused at once.
+    fn update(&mut self, chunk: &[u8]) -> Result<(), ReadError> {
+        self.bytes += chunk.len() as i64;
+        if self.bytes > self.reference.bytes {
+            return Err(self.wrong_size());
+        }
+        self.sha256.update(chunk);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), ReadError> {
+        if self.bytes != self.reference.bytes {
+            return Err(self.wrong_size());
+        }
+        let sha256 = format!("{:x}", self.sha256.finalize());
+        if sha256 != self.reference.sha256 {
+            return Err(ReadError::Corrupt(format!(
+                "{}: SHA-256 {sha256}, the record says {}",
+                self.reference.uri, self.reference.sha256
+            )));
+        }
+        Ok(())
+    }
+
+    fn wrong_size(&self) -> ReadError {
+        ReadError::Corrupt(format!(
+            "{}: {} bytes or more, the record says {}",
+            self.reference.uri, self.bytes, self.reference.bytes
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -352,7 +454,11 @@ mod tests {
             .ends_with(&format!("/packs/{}.pack", reference.sha256)));
         assert!(store.has_pack(&reference.uri).await);
         let read = store.read_pack(&reference).await.unwrap();
-        let copy = unpack(&read, &dir.path().join("copy.git")).unwrap();
+        assert_eq!(read, pack);
+        let copy = store
+            .unpack_pack(&reference, &dir.path().join("copy.git"))
+            .await
+            .unwrap();
         let tree = copy.find_commit(commit).unwrap().tree().unwrap();
         let file = tree.get_path(FsPath::new("src/main.rs")).unwrap();
         assert_eq!(
@@ -368,6 +474,9 @@ mod tests {
             store.read_pack(&wrong_sum).await,
             Err(ReadError::Corrupt(_))
         ));
+        let into = dir.path().join("wrong.git");
+        let unpacked = store.unpack_pack(&wrong_sum, &into).await;
+        assert!(matches!(unpacked, Err(ReadError::Corrupt(_))));
         let wrong_size = PackRef {
             bytes: reference.bytes - 1,
             ..reference.clone()
@@ -376,6 +485,9 @@ mod tests {
             store.read_pack(&wrong_size).await,
             Err(ReadError::Corrupt(_))
         ));
+        let into = dir.path().join("short.git");
+        let unpacked = store.unpack_pack(&wrong_size, &into).await;
+        assert!(matches!(unpacked, Err(ReadError::Corrupt(_))));
         for outside in [
             "file:///etc/passwd".to_string(),
             format!("{}/packs/../../x.pack", store.url()),

@@ -37,9 +37,7 @@ pub struct Replica {
     pub index: usize,
     pub port: u16,
     child: Option<Child>,
-    /// Times this replica ended without being killed by the harness.
-    pub unplanned_exits: usize,
-    /// At each unplanned exit, its group's committed offset of each input partition,
+    /// At each time it ended without being killed by the harness, its group's committed offset of each input partition,
     /// when input was left to read (None: the group had read everything, or its
     /// offsets could not be read).
     exits_at: Vec<Option<Vec<(i32, i64)>>>,
@@ -93,7 +91,6 @@ impl Cluster {
                     index,
                     port: free_port(),
                     child: None,
-                    unplanned_exits: 0,
                     exits_at: Vec::new(),
                 };
                 replica.child = Some(cluster.spawn(&replica));
@@ -110,16 +107,16 @@ impl Cluster {
     /// Each replica that ended on its own: how often, and the last lines it wrote.
     pub fn exit_reasons(&self) -> String {
         let mut out = String::from("unplanned exits (restarted): ");
-        if self.replicas.iter().all(|r| r.unplanned_exits == 0) {
+        if self.replicas.iter().all(|r| r.exits_at.is_empty()) {
             out.push_str("none\n");
         }
-        for replica in self.replicas.iter().filter(|r| r.unplanned_exits > 0) {
+        for replica in self.replicas.iter().filter(|r| !r.exits_at.is_empty()) {
             let log = std::fs::read_to_string(self.log(replica)).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             out.push_str(&format!(
                 "{} ended {} times; its log before each end:\n",
                 replica.name(),
-                replica.unplanned_exits
+                replica.exits_at.len()
             ));
             for (at, _) in lines
                 .iter()
@@ -185,7 +182,6 @@ impl Cluster {
             if let Some(status) = exited {
                 let at = self.input_left(self.replicas[i].stage);
                 self.replicas[i].exits_at.push(at);
-                self.replicas[i].unplanned_exits += 1;
                 // The life that ended is told from the next one in the log.
                 let mut log = OpenOptions::new()
                     .append(true)
@@ -212,21 +208,10 @@ impl Cluster {
     /// their own `CRASH_LOOP` times or more. A one-off exit (a broker outage
     /// outlasting the start-up retries) is neither.
     pub fn crash_looping(&self) -> Vec<String> {
-        let mut looping = Vec::new();
-        for r in &self.replicas {
-            let stood: Vec<&Vec<(i32, i64)>> = r.exits_at.iter().flatten().collect();
-            let twice =
-                (1..stood.len()).find_map(|i| stood[..i].contains(&stood[i]).then_some(stood[i]));
-            if let Some(offsets) = twice {
-                looping.push(format!(
-                    "{} ended twice at input offsets {offsets:?}",
-                    r.name()
-                ));
-            } else if r.unplanned_exits >= CRASH_LOOP {
-                looping.push(format!("{} ended {} times", r.name(), r.unplanned_exits));
-            }
-        }
-        looping
+        self.replicas
+            .iter()
+            .filter_map(|r| crash_loop(&r.exits_at).map(|why| format!("{} {why}", r.name())))
+            .collect()
     }
 
     /// Replicas whose /readyz does not answer 200.
@@ -385,4 +370,28 @@ pub fn replay_forged(config: &Path, topology: &Path) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Why a replica that ended on its own at `exits_at` (where its group stood each
+/// time) is crash-looping, if it is.
+fn crash_loop(exits_at: &[Option<Vec<(i32, i64)>>]) -> Option<String> {
+    let stood: Vec<&Vec<(i32, i64)>> = exits_at.iter().flatten().collect();
+    let twice = (1..stood.len()).find_map(|i| stood[..i].contains(&stood[i]).then_some(stood[i]));
+    match twice {
+        Some(offsets) => Some(format!("ended twice at input offsets {offsets:?}")),
+        None if exits_at.len() >= CRASH_LOOP => Some(format!("ended {} times", exits_at.len())),
+        None => None,
+    }
+}
+
+#[test]
+fn a_replica_ending_twice_where_its_group_stood_still_is_crash_looping() {
+    let at = |offsets: &[(i32, i64)]| Some(offsets.to_vec());
+    // Twice at the same offsets with input left: the same record met again.
+    assert!(crash_loop(&[at(&[(0, 5), (1, 9)]), at(&[(0, 5), (1, 9)])]).is_some());
+    // The group moved on between the two ends, or had read everything: no loop.
+    assert!(crash_loop(&[at(&[(0, 5)]), at(&[(0, 6)])]).is_none());
+    assert!(crash_loop(&[None, None]).is_none());
+    // Three ends wherever it stood.
+    assert!(crash_loop(&[None, at(&[(0, 1)]), None]).is_some());
 }

@@ -422,8 +422,8 @@ impl Loop {
     }
 
     /// Partitions revoked: the loop's holds and the aggregate's state of them dropped.
-    /// Partitions assigned: the aggregate loads their state (an error stops the stage).
-    /// Follows a change of partitions; returns the records read meanwhile.
+    /// Partitions assigned: the aggregate loads their state (an error stops the stage);
+    /// returns the records read meanwhile.
     async fn rebalanced<A: Aggregate>(
         &mut self,
         aggregate: &mut A,

@@ -406,14 +406,9 @@ async fn shutdown_drains_records_in_flight_instead_of_abandoning_them() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group() {
-    const TOTAL: usize = 6;
-    let (input, output, dead) = (unique("slow-in"), unique("slow-out"), unique("slow-dead"));
-    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
-    let dir = tempfile::tempdir().unwrap();
+/// A config under which librdkafka evicts a member that does not poll for 6 s.
+fn evicting_after_six_seconds() -> Config {
     let mut config = Config::default();
-    // librdkafka evicts a member that does not poll for 6 s.
     for (key, value) in [
         ("max.poll.interval.ms", "6000"),
         ("session.timeout.ms", "6000"),
@@ -421,6 +416,16 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
     ] {
         config.kafka.consumer.insert(key.into(), value.into());
     }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group() {
+    const TOTAL: usize = 6;
+    let (input, output, dead) = (unique("slow-in"), unique("slow-out"), unique("slow-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = evicting_after_six_seconds();
     let (mut stage, clients, shutdown) =
         relay_stage(dir.path(), [&input, &output, &dead], 1, config);
     // Two at a time, 8 s each: every permit is held for longer than the poll interval.
@@ -546,15 +551,7 @@ async fn a_state_load_longer_than_the_poll_interval_keeps_the_member_in_its_grou
     let (input, output, dead) = (unique("load-in"), unique("load-out"), unique("load-dead"));
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    // librdkafka evicts a member that does not poll for 6 s.
-    for (key, value) in [
-        ("max.poll.interval.ms", "6000"),
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "1000"),
-    ] {
-        config.kafka.consumer.insert(key.into(), value.into());
-    }
+    let config = evicting_after_six_seconds();
     let (stage, _clients, shutdown) = relay_stage(dir.path(), [&input, &output, &dead], 1, config);
     let loads = Arc::new(AtomicUsize::new(0));
     let aggregate = SlowLoad {

@@ -88,7 +88,7 @@ impl Judge {
             })
             .collect();
         waiting.sort();
-        let mut step = Step::default();
+        let (mut step, mut judged) = (Step::default(), 0);
         for (arrived, partition, content_hash) in waiting {
             let why = match due {
                 Due::ArrivedBefore(deadline) if deadline.is_none_or(|d| arrived < d) => {
@@ -101,12 +101,21 @@ impl Judge {
                 continue;
             };
             self.metrics.files_judged_incomplete.inc(why);
-            tracing::warn!(
+            tracing::debug!(
                 %content_hash, partition, why = why.label(),
                 answers = pending.answers.len(), shards = pending.shards,
                 "judged without every shard's answer"
             );
             step.extend(self.verdict(content_hash, pending));
+            judged += 1;
+        }
+        if judged > 0 {
+            // One line a look, not one a file: a stalled shard makes thousands.
+            tracing::warn!(
+                judged,
+                waiting_bytes = self.waiting_bytes,
+                "files judged without every shard's answer (neardup_files_judged_incomplete_total)"
+            );
         }
         step
     }

@@ -360,8 +360,8 @@ impl Transform for Downloader {
 /// How young a pack the sweep never deletes: `sweep_grace_s`, or, in `exactly_once`,
 /// at least as long as a finished record may wait in memory for an earlier one (the
 /// earlier record's clone, tried again for up to `transient_give_up_s`) before its
-/// transaction publishes it: until then no reader
-/// sees its record, so only its age keeps its pack.
+/// transaction publishes it: until then no reader sees its record, so only its age
+/// keeps its pack.
 fn sweep_grace(
     options: &DownloaderOptions,
     settings: &codelupe_runtime::config::StageSettings,

@@ -490,6 +490,14 @@ async fn exactly_once_a_judge_killed_behind_a_waiting_file_judges_no_file_twice(
     );
 }
 
+/// A long form's size from the environment variable `name`, else `default`.
+fn count_from_env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 /// `file` as the judge's input under content hash `hash`, routed to one shard whose
 /// answer never comes (a stalled shard, a dead-lettered probe): it waits.
 fn never_answered(file: &CodeFile, hash: &str) -> Vec<u8> {
@@ -515,15 +523,9 @@ fn never_answered(file: &CodeFile, hash: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_shard_holds_the_judge_to_its_byte_bound() {
     const FILE_BYTES: usize = 64 << 10;
-    let setting = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|b| b.parse().ok())
-            .unwrap_or(default)
-    };
     let (files, bound) = (
-        setting("STALLED_FILES", 400),
-        setting("STALLED_BOUND_BYTES", 4 << 20),
+        count_from_env("STALLED_FILES", 400),
+        count_from_env("STALLED_BOUND_BYTES", 4 << 20),
     );
     let dir = tempfile::tempdir().unwrap();
     let options = format!("      answer_timeout_ms: 600000\n      max_waiting_bytes: {bound}\n");
@@ -587,10 +589,7 @@ async fn a_stalled_shard_holds_the_judge_to_its_byte_bound() {
 #[ignore = "long form: a million index records through the broker, minutes"]
 async fn index_load_seconds_per_million_files() {
     use codelupe_runtime::aggregate::Aggregate as _;
-    let count: usize = std::env::var("INDEX_FILES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000);
+    let count = count_from_env("INDEX_FILES", 1_000_000);
     let index = unique("neardup-index-load");
     create_topics(&[(&index, 1)]).await;
     let mut rng = fastrand::Rng::with_seed(7);
@@ -680,10 +679,7 @@ fn histogram_quantile(port: u16, name: &str, q: f64) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long form: 30,000 files through the stage, minutes"]
 async fn thousands_of_copies_of_boilerplate_are_judged_in_linear_time() {
-    let count: usize = std::env::var("BOILERPLATE_FILES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(30_000);
+    let count = count_from_env("BOILERPLATE_FILES", 30_000);
     let dir = tempfile::tempdir().unwrap();
     let run = Run::new(dir.path(), 1);
     let files: Vec<CodeFile> = (0..count)

@@ -1,4 +1,4 @@
-//! The README's table of label values against what each stage registers: a value the
+//! The metrics reference's table of label values against what each stage registers: a value the
 //! code can count (its reason enums) that is missing from the table, or a value the
 //! table promises that no stage registers, fails here.
 
@@ -47,13 +47,14 @@ fn registries() -> Vec<(&'static str, Registry)> {
     ]
 }
 
-/// (metric, stage, label) → values, from the rows of the README's "Label values" table.
-fn readme_table() -> BTreeMap<(String, String, String), BTreeSet<String>> {
-    let readme = include_str!("../README.md");
-    let section = readme
+/// (metric, stage, label) → values, from the rows of the "Label values" table of the
+/// metrics reference (docs/src/reference/metrics.md).
+fn reference_table() -> BTreeMap<(String, String, String), BTreeSet<String>> {
+    let reference = include_str!("../docs/src/reference/metrics.md");
+    let section = reference
         .split("### Label values")
         .nth(1)
-        .expect("README has a Label values section");
+        .expect("the metrics reference has a Label values section");
     let mut rows = BTreeMap::new();
     for line in section.lines().skip_while(|l| !l.starts_with('|')) {
         if !line.starts_with('|') {
@@ -99,7 +100,7 @@ fn registered(
 }
 
 #[test]
-fn the_readme_lists_exactly_the_label_values_each_stage_registers() {
+fn the_metrics_reference_lists_exactly_the_label_values_each_stage_registers() {
     let mut from_code = BTreeMap::new();
     for (stage, registry) in registries() {
         from_code.extend(registered(stage, &registry));
@@ -108,20 +109,20 @@ fn the_readme_lists_exactly_the_label_values_each_stage_registers() {
         from_code.len() >= 12,
         "every labelled metric is registered with its values at start: {from_code:#?}"
     );
-    let from_readme = readme_table();
+    let from_reference = reference_table();
     for (key, values) in &from_code {
         assert_eq!(
-            from_readme.get(key),
+            from_reference.get(key),
             Some(values),
-            "README's row for {key:?} differs from what the stage registers"
+            "the metrics reference's row for {key:?} differs from what the stage registers"
         );
     }
-    let extra: Vec<_> = from_readme
+    let extra: Vec<_> = from_reference
         .keys()
         .filter(|k| !from_code.contains_key(*k))
         .collect();
     assert!(
         extra.is_empty(),
-        "README rows no stage registers: {extra:?}"
+        "metrics reference rows no stage registers: {extra:?}"
     );
 }

@@ -8,7 +8,7 @@ use codelupe_runtime::descriptor::Bound;
 /// millions of small allocations across its threads, and glibc's per-thread arenas
 /// held on to the freed memory. Side by side on the whole-pipeline benchmark the
 /// batcher spent 42 CPU seconds on the 4x corpus against 65.5, and its peak grew
-/// 1.18-1.40x from the 1x corpus (four runs) against 1.58x (README, Memory).
+/// 1.18-1.40x from the 1x corpus (four runs) against 1.58x (benches/RESULTS.md, Memory).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -42,7 +42,7 @@ pub fn find_binary(binary: &str) -> anyhow::Result<PathBuf> {
         Some(path) => Ok(path),
         None => bail!(
             "{binary} was not found next to codelupe or on PATH; build it with \
-             `cargo build --release -p codelupe-trainer` (it links libtorch: see README)"
+             `cargo build --release -p codelupe-trainer` (it links libtorch: see docs/src/guide/first-run.md)"
         ),
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! Asserts recall ≥ 0.95 on pairs with J ≥ 0.8 (the later of the pair is dropped) and
 //! at most 0.5% of files with no partner above J 0.6 dropped; prints the confusion
-//! table by each file's best earlier partner (the figures in the README).
+//! table by each file's best earlier partner (the figures in docs/src/stages/neardup.md).
 
 use std::collections::HashMap;
 

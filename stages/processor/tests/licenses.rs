@@ -3,7 +3,7 @@
 //! SPDX expression. The licenses detected in the crate's top-level license files must
 //! be the licenses the expression names (by family: `-only` and `-or-later` forms are
 //! one, exceptions aside) for at least 95% of the crates. Prints the disagreements by
-//! kind (the figures in the README). Then the documented outcomes of the default
+//! kind (the figures in docs/src/stages/processor.md). Then the documented outcomes of the default
 //! policy on repositories built here: no license file, GPL-3.0, dual MIT/Apache-2.0.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,6 @@
 //! Redaction on real code: the source files of the local cargo registry through the
 //! processor's redaction. Reports how many files a placeholder touches, by kind, with a
-//! sample (the figures in the README); asserts that every redacted file that parsed
+//! sample (the figures in docs/src/stages/processor.md); asserts that every redacted file that parsed
 //! without an error node still does.
 
 use std::collections::BTreeMap;

@@ -1,8 +1,8 @@
 //! Closed sets of label values (skip reasons, error reasons, splits) as enums. A
 //! counter labelled by one is registered with every value at 0, so `rate()` and alert
 //! rules see each series before its first event, and code can only count a value the
-//! set declares: the registered series, the values emitted and the README's tables
-//! (compared by a test) cannot drift apart.
+//! set declares: the registered series, the values emitted and the metrics
+//! reference's tables (compared by a test) cannot drift apart.
 
 use std::marker::PhantomData;
 

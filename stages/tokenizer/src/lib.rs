@@ -363,7 +363,7 @@ mod tests {
         assert_eq!(tok.decode(&ids).unwrap(), tricky);
     }
 
-    /// Long real texts (this crate's sources, the batcher's, the README) with the
+    /// Long real texts (this crate's sources, the batcher's, two chapters of the docs) with the
     /// places a cut could go wrong in: trailing spaces, CRLF, tabs, digits, non-ASCII.
     fn long_text() -> String {
         long_text_parts().concat().repeat(3)
@@ -375,7 +375,8 @@ mod tests {
         vec![
             include_str!("lib.rs").into(),
             tricky.repeat(40),
-            include_str!("../../../README.md").into(),
+            include_str!("../../../docs/src/stages/processor.md").into(),
+            include_str!("../../../docs/src/design/delivery.md").into(),
             include_str!("../../batcher/src/lib.rs").into(),
         ]
     }

@@ -32,11 +32,7 @@ fn setup(options: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (suffix, topology) = fresh_topics(dir.path(), "c");
     let config = dir.path().join("codelupe.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = codelupe_testkit::free_port();
     std::fs::write(
         &config,
         format!(

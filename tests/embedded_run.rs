@@ -415,11 +415,7 @@ fn start_prometheus() -> Prometheus {
         .replace("scrape_interval: 30s", "scrape_interval: 3s");
     let config_path = data.path().join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = codelupe_testkit::free_port();
     let process = Command::new("prometheus")
         .arg(format!("--config.file={}", config_path.display()))
         .arg(format!(

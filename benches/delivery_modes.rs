@@ -40,7 +40,7 @@ async fn relay_all(delivery: Delivery) -> f64 {
         relay_stage(dir.path(), [&input, &output, &dead], 3, Config::default());
     stage.settings.delivery = delivery;
     let readiness = stage.readiness.clone();
-    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(Relay, &stage).await });
     while !readiness.is_ready() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

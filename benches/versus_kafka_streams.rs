@@ -100,7 +100,7 @@ async fn start(runner: Runner, delivery: Delivery, input: &str, output: &str) ->
             stage.settings.delivery = delivery;
             let readiness = stage.readiness.clone();
             let task =
-                tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+                tokio::spawn(async move { codelupe_runtime::consume::run(Relay, &stage).await });
             while !readiness.is_ready() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use codelupe_runtime::aggregate::{
+use codelupe_runtime::consume::aggregate::{
     run_aggregate, Aggregate, InputPosition, Preparer, Sealed, Step,
 };
 
@@ -57,9 +57,7 @@ fn relay_replica_process() {
             term.recv().await;
             cancel.cancel();
         });
-        codelupe_runtime::pipeline::run(Relay, &stage)
-            .await
-            .unwrap();
+        codelupe_runtime::consume::run(Relay, &stage).await.unwrap();
         server.await.unwrap();
     });
 }
@@ -195,7 +193,7 @@ async fn malformed_record_goes_to_dead_letters_and_the_stage_goes_on() {
     let (stage, _, shutdown) =
         relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
     let registry = stage.registry.clone();
-    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(Relay, &stage).await });
 
     // An operator's tool writes garbage; then a good record follows.
     let kcat = Command::new("sh")
@@ -259,7 +257,7 @@ async fn an_output_the_topic_refuses_is_dead_lettered_and_the_partition_moves_on
     let dir = tempfile::tempdir().unwrap();
     let (stage, clients, shutdown) =
         relay_stage(dir.path(), [&input, &output, &dead], 1, Config::default());
-    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(Relay, &stage).await });
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(Relay, &stage).await });
 
     // A record whose output is too large for the output topic, an undecodable value
     // too large to dead-letter whole, then a good record. Incompressible, so the
@@ -381,7 +379,7 @@ async fn shutdown_drains_records_in_flight_instead_of_abandoning_them() {
         delay: Duration::from_secs(2),
         only: None,
     };
-    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(relay, &stage).await });
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(relay, &stage).await });
     produce(&input, (0..TOTAL).map(repo_url)).await;
     wait_for("every record in flight", Duration::from_secs(60), || {
         metric(&registry, "codelupe_records_in_flight", None) == TOTAL as f64
@@ -434,7 +432,7 @@ async fn transforms_slower_than_the_poll_interval_keep_the_member_in_its_group()
         delay: Duration::from_secs(8),
         only: None,
     };
-    let running = tokio::spawn(async move { codelupe_runtime::pipeline::run(relay, &stage).await });
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(relay, &stage).await });
     produce(&input, (0..TOTAL).map(repo_url)).await;
     let out = output.clone();
     wait_for("every record relayed", Duration::from_secs(120), || {
@@ -588,8 +586,7 @@ async fn a_record_failing_transiently_waits_out_the_outage_instead_of_being_dead
         failures: 5,
         attempts: Default::default(),
     };
-    let running =
-        tokio::spawn(async move { codelupe_runtime::pipeline::run(outage, &stage).await });
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(outage, &stage).await });
     produce(&input, std::iter::once(repo_url(7))).await;
     let out = output.clone();
     wait_for(
@@ -642,7 +639,7 @@ async fn committed_in_each_mode<T: Transform<Input = RepoUrl>>(
         stage.group = Some(group.clone());
         let transform = transform();
         let running =
-            tokio::spawn(async move { codelupe_runtime::pipeline::run(transform, &stage).await });
+            tokio::spawn(async move { codelupe_runtime::consume::run(transform, &stage).await });
         let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, input).unwrap();
         wait_for(
             &format!("{delivery:?}: every record committed"),
@@ -729,9 +726,7 @@ async fn a_record_failing_transiently_past_the_give_up_time_is_dead_lettered_and
         .transient_give_up_s = 3;
     let (stage, clients, shutdown) = relay_stage(dir.path(), [&input, &output, &dead], 1, config);
     let running =
-        tokio::spawn(
-            async move { codelupe_runtime::pipeline::run(HostNeverAnswers, &stage).await },
-        );
+        tokio::spawn(async move { codelupe_runtime::consume::run(HostNeverAnswers, &stage).await });
     produce(&input, (0..3).map(repo_url)).await;
     let (out, letters) = (output.clone(), dead.clone());
     wait_for(
@@ -862,7 +857,7 @@ async fn a_rebalance_that_moves_no_partition_replays_nothing_in_flight() {
             begun: begun.clone(),
         };
         let running =
-            tokio::spawn(async move { codelupe_runtime::pipeline::run(gated, &stage).await });
+            tokio::spawn(async move { codelupe_runtime::consume::run(gated, &stage).await });
         wait_for(
             &format!("{delivery:?}: every record in flight"),
             Duration::from_secs(60),
@@ -950,9 +945,9 @@ async fn partitions_assigned_while_paused_are_paused_too() {
     };
     let (stage_a, stage_b) = (a.clone(), b.clone());
     let running_a =
-        tokio::spawn(async move { codelupe_runtime::pipeline::run(stuck(), &stage_a).await });
+        tokio::spawn(async move { codelupe_runtime::consume::run(stuck(), &stage_a).await });
     let running_b =
-        tokio::spawn(async move { codelupe_runtime::pipeline::run(stuck(), &stage_b).await });
+        tokio::spawn(async move { codelupe_runtime::consume::run(stuck(), &stage_b).await });
     wait_for(
         "both replicas hold a partition",
         Duration::from_secs(60),

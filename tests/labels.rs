@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use codelupe_runtime::aggregate::Aggregate;
-use codelupe_runtime::pipeline::LoopMetrics;
+use codelupe_runtime::consume::aggregate::Aggregate;
+use codelupe_runtime::consume::LoopMetrics;
 use codelupe_runtime::Transform;
 use prometheus::Registry;
 

@@ -588,7 +588,7 @@ async fn a_stalled_shard_holds_the_judge_to_its_byte_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long form: a million index records through the broker, minutes"]
 async fn index_load_seconds_per_million_files() {
-    use codelupe_runtime::aggregate::Aggregate as _;
+    use codelupe_runtime::consume::aggregate::Aggregate as _;
     let count = count_from_env("INDEX_FILES", 1_000_000);
     let index = unique("neardup-index-load");
     create_topics(&[(&index, 1)]).await;

@@ -212,7 +212,7 @@ impl Sampler {
                     card.produced = metric_total(&families, flow.produced);
                 }
                 card.dead_letters =
-                    metric_total(&families, codelupe_runtime::pipeline::DEAD_LETTERS);
+                    metric_total(&families, codelupe_runtime::consume::DEAD_LETTERS);
                 card.progress = stage
                     .progress
                     .iter()

@@ -64,7 +64,7 @@ pub fn render(board: &Board, elapsed: Duration, parts: &[Part<'_>]) -> String {
         let letters: Vec<(String, f64)> = board
             .skips
             .iter()
-            .filter(|s| s.metric == codelupe_runtime::pipeline::DEAD_LETTERS)
+            .filter(|s| s.metric == codelupe_runtime::consume::DEAD_LETTERS)
             .map(|s| (s.reason.clone(), s.count))
             .collect();
         let _ = writeln!(

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use codelupe_batcher::metrics::BatcherMetrics;
 use codelupe_batcher::{Batcher, BatcherOptions};
-use codelupe_runtime::aggregate::prepare::Ordered;
-use codelupe_runtime::aggregate::{Aggregate, InputPosition};
 use codelupe_runtime::config::StageSettings;
+use codelupe_runtime::consume::aggregate::prepare::Ordered;
+use codelupe_runtime::consume::aggregate::{Aggregate, InputPosition};
 use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::Topology;

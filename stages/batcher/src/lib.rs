@@ -23,8 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::config::Config;
+use codelupe_runtime::consume::aggregate::{
+    self, Aggregate, InputPosition, Preparer, Sealed, Step,
+};
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::labels::LabelSet;
@@ -54,7 +56,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
         ("duplicates", metrics::DUPLICATES_DROPPED),
         ("batches", metrics::BATCHES_PRODUCED),
         ("tokens", metrics::TOKENS_PRODUCED),
-        ("lag", codelupe_runtime::pipeline::CONSUMER_LAG),
+        ("lag", codelupe_runtime::consume::CONSUMER_LAG),
     ],
     flow: Some(Flow {
         consumed: metrics::FILES_CONSUMED,

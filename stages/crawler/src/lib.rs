@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use codelupe_runtime::consume::transaction::Transactions;
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::RepoUrl;
-use codelupe_runtime::transaction::Transactions;
 use codelupe_runtime::StageRuntime;
 use serde::Deserialize;
 

@@ -420,7 +420,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
             }
         }
     });
-    codelupe_runtime::pipeline::run(downloader, &runtime).await
+    codelupe_runtime::consume::run(downloader, &runtime).await
 }
 
 #[cfg(test)]

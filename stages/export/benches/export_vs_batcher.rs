@@ -14,7 +14,7 @@ use codelupe_export::metrics::ExportMetrics;
 use codelupe_export::rows::Files;
 use codelupe_export::store::DatasetStore;
 use codelupe_export::{ExportOptions, Exporter};
-use codelupe_runtime::aggregate::{Aggregate, InputPosition};
+use codelupe_runtime::consume::aggregate::{Aggregate, InputPosition};
 use codelupe_runtime::kafka::{EmbeddedBroker, KafkaClients};
 use codelupe_runtime::records::CodeFile;
 use codelupe_runtime::topology::Topology;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use codelupe_runtime::aggregate::{self, Aggregate, InputPosition, Preparer, Step};
+use codelupe_runtime::consume::aggregate::{self, Aggregate, InputPosition, Preparer, Step};
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 use codelupe_runtime::records::{NearDuplicate, RepoSummary};
 use codelupe_runtime::stage::LoopSpec;
@@ -47,7 +47,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
         ("rows", metrics::ROWS_EXPORTED),
         ("files", metrics::FILES_WRITTEN),
         ("bytes", metrics::BYTES_WRITTEN),
-        ("lag", codelupe_runtime::pipeline::CONSUMER_LAG),
+        ("lag", codelupe_runtime::consume::CONSUMER_LAG),
     ],
     flow: Some(Flow {
         consumed: metrics::ROWS_EXPORTED,

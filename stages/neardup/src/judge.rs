@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
+use codelupe_runtime::consume::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::labels::LabelSet as _;
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_ms, CodeFile, NearDuplicate, NeardupGather};

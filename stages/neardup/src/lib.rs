@@ -26,7 +26,7 @@ pub mod shard;
 use std::sync::Arc;
 
 use anyhow::bail;
-use codelupe_runtime::aggregate;
+use codelupe_runtime::consume::aggregate;
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 use codelupe_runtime::stage::LoopSpec;
 use codelupe_runtime::StageRuntime;
@@ -47,7 +47,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
         ("files", metrics::FILES_CHECKED),
         ("kept", metrics::FILES_KEPT),
         ("near-duplicates", metrics::FILES_SKIPPED),
-        ("lag", codelupe_runtime::pipeline::CONSUMER_LAG),
+        ("lag", codelupe_runtime::consume::CONSUMER_LAG),
     ],
     flow: Some(Flow {
         consumed: metrics::FILES_CHECKED,

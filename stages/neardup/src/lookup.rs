@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
+use codelupe_runtime::consume::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::kafka::{self, KafkaClients};
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_us, NeardupCandidate, NeardupGather, NeardupProbe};

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use codelupe_runtime::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
+use codelupe_runtime::consume::aggregate::{Aggregate, InputPosition, Preparer, Sealed, Step};
 use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::{now_us, CodeFile, NeardupGather, NeardupProbe};
 use codelupe_runtime::{AvroRecord, TransformError};

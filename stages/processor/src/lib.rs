@@ -55,7 +55,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     progress: LOOP_PROGRESS,
     // Files, not records: a clone's summary is a record too.
     flow: Some(Flow {
-        consumed: codelupe_runtime::pipeline::RECORDS_CONSUMED,
+        consumed: codelupe_runtime::consume::RECORDS_CONSUMED,
         produced: metrics::FILES_PROCESSED,
     }),
     // Where the downloader's embedded default puts the clones.
@@ -662,7 +662,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     )?;
     let metrics = ProcessorMetrics::register(&runtime.registry)?;
     let processor = Processor::new(options, metrics)?;
-    codelupe_runtime::pipeline::run(processor, &runtime).await
+    codelupe_runtime::consume::run(processor, &runtime).await
 }
 
 #[cfg(test)]

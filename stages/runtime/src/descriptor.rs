@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use prometheus::Registry;
 
 use crate::config::Config;
-use crate::pipeline;
+use crate::consume::metrics;
 use crate::StageRuntime;
 
 /// Runs a built stage until its runtime's shutdown token is cancelled; the stage
@@ -68,17 +68,17 @@ pub struct StageDescriptor {
 
 /// The flow of a stage that runs the runtime's consume loop.
 pub const LOOP_FLOW: Option<Flow> = Some(Flow {
-    consumed: pipeline::RECORDS_CONSUMED,
-    produced: pipeline::RECORDS_PRODUCED,
+    consumed: metrics::RECORDS_CONSUMED,
+    produced: metrics::RECORDS_PRODUCED,
 });
 
 /// The progress line of a stage that runs the runtime's consume loop.
 pub const LOOP_PROGRESS: &[(&str, &str)] = &[
-    ("in", pipeline::RECORDS_CONSUMED),
-    ("out", pipeline::RECORDS_PRODUCED),
-    ("dead", pipeline::DEAD_LETTERS),
-    ("in flight", pipeline::RECORDS_IN_FLIGHT),
-    ("lag", pipeline::CONSUMER_LAG),
+    ("in", metrics::RECORDS_CONSUMED),
+    ("out", metrics::RECORDS_PRODUCED),
+    ("dead", metrics::DEAD_LETTERS),
+    ("in flight", metrics::RECORDS_IN_FLIGHT),
+    ("lag", metrics::CONSUMER_LAG),
 ];
 
 /// What the run saw of one stage, for its summary lines.

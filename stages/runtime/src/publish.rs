@@ -2,7 +2,7 @@
 //! acknowledges it (at-least-once, idempotent), unless the broker or the client says it
 //! can never succeed (too large, no such topic, not authorised), which is returned.
 //! Transactions (a batch of records visible all together or not at all) are
-//! [`crate::transaction`]'s.
+//! [`crate::consume::transaction`]'s.
 
 use std::time::Duration;
 

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use codelupe_runtime::consume::{dead_letter, LoopReason, Origin};
 use codelupe_runtime::kafka;
 use codelupe_runtime::labels::LabelSet;
-use codelupe_runtime::pipeline::{dead_letter, LoopReason, Origin};
 use codelupe_runtime::records::{now_ms, Split, TrainingBatch};
 use codelupe_runtime::{AvroRecord, Publisher, StageRuntime};
 use codelupe_tokenizer::CodeTokenizer;

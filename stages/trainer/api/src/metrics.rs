@@ -2,8 +2,8 @@
 //! runs take minutes to hours, so the duration buckets do too (the original's stopped
 //! at 10 s).
 
+use codelupe_runtime::consume::LoopMetrics;
 use codelupe_runtime::labels::{CounterBy, GaugeBy, NoReason};
-use codelupe_runtime::pipeline::LoopMetrics;
 use codelupe_runtime::records::Split;
 use codelupe_runtime::telemetry::register;
 use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, Registry};

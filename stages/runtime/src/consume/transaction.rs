@@ -24,7 +24,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::LoopContext;
+use crate::consume::subscription::LoopContext;
 use crate::publish::Outgoing;
 use crate::records::now_ms;
 use crate::retry::Backoff;

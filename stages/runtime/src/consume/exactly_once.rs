@@ -11,7 +11,7 @@
 //! transactional producer per consumer instance, offsets sent with the consumer's group
 //! metadata (KIP-447), so a member that lost its partitions cannot commit for them. A
 //! transaction that fails is sent again from memory (the same outputs and offsets:
-//! the rewind costs no re-read), as [`crate::transaction`] says. Outputs above the output topic's
+//! the rewind costs no re-read), as [`crate::consume::transaction`] says. Outputs above the output topic's
 //! `max.message.bytes` are dead-lettered before they could poison a transaction.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,13 +22,15 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
-use crate::offsets::OffsetTracker;
-use crate::pipeline::{self, Failed, InputRecord, LoopMetrics, Shared};
+use crate::consume::metrics::LoopMetrics;
+use crate::consume::offsets::OffsetTracker;
+use crate::consume::subscription::InputRecord;
+use crate::consume::tasks::{Failed, Shared};
+use crate::consume::transaction::{InputOffsets, Transactions};
+use crate::consume::transform::Transform;
 use crate::publish::Outgoing;
 use crate::records::now_ms;
 use crate::stage::StageRuntime;
-use crate::transaction::{InputOffsets, Transactions};
-use crate::Transform;
 
 /// How often finished records are committed.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
@@ -87,13 +89,21 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     let metrics = LoopMetrics::register::<T::Reason>(&runtime.registry)?;
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let (rebalanced_tx, mut rebalanced) = mpsc::unbounded_channel();
-    let consumer = pipeline::subscribe(runtime, &metrics, tracker.clone(), Some(rebalanced_tx))?;
+    let consumer = crate::consume::subscription::subscribe(
+        runtime,
+        &metrics,
+        tracker.clone(),
+        Some(rebalanced_tx),
+    )?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut state = Loop {
         input: input.to_string(),
         transactions: Transactions::for_group(runtime, group).await?,
         shared: Arc::new(Shared::new(transform, runtime, &metrics)?),
-        back_pressure: pipeline::BackPressure::new(&runtime.settings, &consumer),
+        back_pressure: crate::consume::back_pressure::BackPressure::new(
+            &runtime.settings,
+            &consumer,
+        ),
         consumer: consumer.clone(),
         metrics,
         tracker,
@@ -118,16 +128,16 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
             }
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = tick.tick() => {
-                let stepped = pipeline::stepped_over(&state.consumer, &state.tracker);
+                let stepped = crate::consume::subscription::stepped_over(&state.consumer, &state.tracker);
                 state.waiting.committable.extend(stepped);
                 state.commit_ready().await?;
                 state.back_pressure.tick(&state.consumer);
             }
             message = stream.next(), if state.back_pressure.poll_input() => {
-                let message = match pipeline::polled(message) {
-                    pipeline::Polled::Record(message) => message,
-                    pipeline::Polled::Skip => continue,
-                    pipeline::Polled::End => break,
+                let message = match crate::consume::subscription::polled(message) {
+                    crate::consume::subscription::Polled::Record(message) => message,
+                    crate::consume::subscription::Polled::Skip => continue,
+                    crate::consume::subscription::Polled::End => break,
                 };
                 while let Ok(change) = rebalanced.try_recv() {
                     state.rebalanced(change);
@@ -145,7 +155,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
 /// transaction.
 struct Loop<T: Transform> {
     input: String,
-    consumer: Arc<rdkafka::consumer::StreamConsumer<pipeline::LoopContext>>,
+    consumer: Arc<rdkafka::consumer::StreamConsumer<crate::consume::subscription::LoopContext>>,
     transactions: Transactions,
     shared: Arc<Shared<T>>,
     metrics: LoopMetrics,
@@ -156,14 +166,14 @@ struct Loop<T: Transform> {
     waiting: Waiting,
     tasks: JoinSet<()>,
     done: mpsc::UnboundedSender<Done>,
-    back_pressure: pipeline::BackPressure,
+    back_pressure: crate::consume::back_pressure::BackPressure,
 }
 
 impl<T: Transform> Loop<T> {
     /// Partitions revoked are dropped; an assignment needs nothing (a transform keeps
     /// no state of its partitions).
-    fn rebalanced(&mut self, change: pipeline::Rebalanced) {
-        if let pipeline::Rebalanced::Revoked(partitions) = change {
+    fn rebalanced(&mut self, change: crate::consume::subscription::Rebalanced) {
+        if let crate::consume::subscription::Rebalanced::Revoked(partitions) = change {
             revoke(
                 &partitions,
                 &mut self.generations,
@@ -249,11 +259,11 @@ impl<T: Transform> Loop<T> {
     ) -> anyhow::Result<()> {
         let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
         let mut tasks = std::mem::take(&mut self.tasks);
-        pipeline::drain(&mut tasks, &mut done, timeout, |d| self.accept(d)).await;
+        crate::consume::tasks::drain(&mut tasks, &mut done, timeout, |d| self.accept(d)).await;
         let committed = self.commit_ready().await;
         let consumer = self.consumer.clone();
         drop(self);
-        pipeline::commit_and_leave(consumer).await?;
+        crate::consume::subscription::commit_and_leave(consumer).await?;
         committed
     }
 }
@@ -310,7 +320,7 @@ fn accept(
 /// One transaction: the outputs of `ready`, and `offsets` with the group's metadata.
 async fn commit(
     transactions: &Transactions,
-    consumer: &rdkafka::consumer::StreamConsumer<pipeline::LoopContext>,
+    consumer: &rdkafka::consumer::StreamConsumer<crate::consume::subscription::LoopContext>,
     input: &str,
     ready: Vec<Finished>,
     offsets: BTreeMap<i32, i64>,

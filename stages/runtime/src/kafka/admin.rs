@@ -9,7 +9,7 @@ use rdkafka::admin::{
 };
 use rdkafka::client::DefaultClientContext;
 
-use super::KafkaClients;
+use super::clients::KafkaClients;
 use crate::topology::Topology;
 
 /// What `apply` did or found, one line each.

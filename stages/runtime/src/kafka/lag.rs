@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::{partition_count, KafkaClients};
+use super::clients::{partition_count, KafkaClients};
 
 /// Reads how far a consumer group is behind, without joining it: for each partition,
 /// the high watermark less the group's committed offset (the low watermark when it has

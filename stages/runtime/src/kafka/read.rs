@@ -12,7 +12,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use super::{partition_count, verdict, KafkaClients, Verdict};
+use super::clients::{partition_count, KafkaClients};
+use super::verdict::{verdict, Verdict};
 
 /// A reader that asks for end-of-partition events to know it has read everything;
 /// librdkafka also reports them as client errors, which are not worth a log line.

@@ -57,7 +57,7 @@ impl NaiveBayes {
                 let token = take(t, len as usize)?;
                 trained.tokens.insert(token, f32::from_le_bytes(fixed(t)?));
             }
-            languages.insert(super::canonical(name).unwrap_or(name), trained);
+            languages.insert(super::index::canonical(name).unwrap_or(name), trained);
         }
         t.is_empty().then_some(NaiveBayes { unseen, languages })
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::{kind, resolve, Kind};
+use super::index::{candidates, kind, resolve, tie_break, Kind};
 
 /// The languages kept, as configured (`stages.processor.options.languages`).
 ///
@@ -91,12 +91,12 @@ impl Kept {
     /// The language of `path` by its name alone among those kept (`language::of_path`
     /// for callers that want only kept code: the tokenizer's sample, line counts).
     pub fn of_path(&self, path: &str) -> Option<&'static str> {
-        let kept: Vec<_> = super::candidates(path)
+        let kept: Vec<_> = candidates(path)
             .iter()
             .copied()
             .filter(|l| self.keeps(l))
             .collect();
-        super::tie_break(&kept)
+        tie_break(&kept)
     }
 
     /// Whether any of `candidates` is kept.

@@ -1,7 +1,7 @@
 //! The interpreter a `#!` line names, read as Linguist's shebang strategy reads it
 //! (`lib/linguist/shebang.rb`), and the languages Linguist runs with it.
 
-use super::INDEX;
+use super::index::INDEX;
 
 /// The languages whose `interpreters` hold the program `text`'s shebang runs.
 pub fn languages(text: &str) -> Vec<&'static str> {

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use codelupe_clone_store::CloneStore;
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
-use codelupe_runtime::clone_store::CloneStore;
 use codelupe_runtime::records::{CodeFile, RepoClone};
 use codelupe_runtime::AvroRecord;
 use sha2::{Digest, Sha256};
@@ -137,7 +137,7 @@ async fn every_pack_is_whole(store: &CloneStore) -> usize {
     for pack in &packs {
         let name = pack.uri.rsplit('/').next().unwrap();
         let sha256 = name.strip_suffix(".pack").unwrap();
-        let reference = codelupe_runtime::clone_store::PackRef {
+        let reference = codelupe_clone_store::PackRef {
             uri: pack.uri.clone(),
             bytes: pack.bytes as i64,
             sha256: sha256.to_string(),
@@ -292,7 +292,10 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
             clone.clone_uri
         );
         assert_eq!(by_name[clone.full_name.as_str()], clone.commit_id);
-        store.read_pack(&clone.pack()).await.unwrap();
+        store
+            .read_pack(&codelupe_clone_store::PackRef::from(clone))
+            .await
+            .unwrap();
     }
     assert!(every_pack_is_whole(&store).await >= repos.len());
 

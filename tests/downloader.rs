@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use codelupe_clone_store::{self as clone_store, CloneStore};
 use codelupe_downloader::clone::{clone_bare, Limits, Source, Token, UrlPolicy};
 use codelupe_downloader::filter::FilterOptions;
 use codelupe_downloader::metrics::DownloaderMetrics;
 use codelupe_downloader::{Downloader, DownloaderOptions};
-use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{RepoClone, RepoUrl};
 use codelupe_runtime::{AvroRecord, Transform};
@@ -70,7 +70,10 @@ fn listing(dir: &Path) -> Vec<String> {
 /// The repository a record's pack holds, read back as the processor reads it.
 async fn unpacked(store: &Path, clone: &RepoClone, into: &Path) -> git2::Repository {
     let store = CloneStore::open(store.to_str().unwrap()).unwrap();
-    let pack = store.read_pack(&clone.pack()).await.unwrap();
+    let pack = store
+        .read_pack(&codelupe_clone_store::PackRef::from(clone))
+        .await
+        .unwrap();
     clone_store::unpack(&pack, into).unwrap()
 }
 

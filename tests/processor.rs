@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use codelupe_clone_store::{CloneStore, PackRef};
 use codelupe_processor::metrics::{ProcessorMetrics, Skip};
 use codelupe_processor::{Processor, ProcessorOptions, Verdict};
-use codelupe_runtime::clone_store::{CloneStore, PackRef};
 use codelupe_runtime::config::Config;
 use codelupe_runtime::kafka::KafkaClients;
 use codelupe_runtime::labels::LabelSet;

@@ -16,8 +16,8 @@
 
 use std::time::{Duration, Instant};
 
+use codelupe_clone_store::{self as clone_store, CloneStore};
 use codelupe_downloader::clone::{clone_bare, Limits, Source};
-use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_testkit::bench::{disk_bytes, median, served_crates, ROUNDS};
 
 struct Row {

@@ -8,8 +8,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use codelupe_clone_store::tree::TreeLimits;
 use codelupe_downloader::clone::{clone_bare, measure, Limits, Source};
-use codelupe_runtime::tree::TreeLimits;
 use codelupe_testkit::bench::{disk_bytes, median, served_crates, ROUNDS};
 use codelupe_testkit::{bare_repo, incompressible, GitDaemon};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use codelupe_runtime::tree::{self, TreeError, TreeLimits};
+use codelupe_clone_store::tree::{self, TreeError, TreeLimits};
 
 use crate::metrics::Failure;
 use git2::{

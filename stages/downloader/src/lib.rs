@@ -1,6 +1,6 @@
 //! Downloader: filters `repo-urls` by metadata, makes bare shallow clones in its
 //! private working folder, writes a pack of each clone's commit to the clone store
-//! (an object store: `codelupe_runtime::clone_store`) and publishes a `repo-clones`
+//! (an object store: `codelupe_clone_store`) and publishes a `repo-clones`
 //! reference to it. Failures are dead-lettered with their reason by the runtime; the
 //! stage goes on.
 
@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
-use codelupe_runtime::clone_store::{self, CloneStore};
+use codelupe_clone_store::work_dir::WorkDir;
+use codelupe_clone_store::{self as clone_store, CloneStore};
 use codelupe_runtime::descriptor::{Bound, Runs, StageDescriptor, LOOP_FLOW, LOOP_PROGRESS};
 use codelupe_runtime::language;
 use codelupe_runtime::records::{now_ms, RepoClone, RepoUrl};
-use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -29,7 +29,7 @@ use crate::clone::{CloneFailure, Limits, Source, Token, UrlPolicy};
 use crate::filter::FilterOptions;
 use crate::metrics::{DownloaderMetrics, Failure};
 use crate::store::{Budget, Marker, Retention};
-use codelupe_runtime::tree::TreeLimits;
+use codelupe_clone_store::tree::TreeLimits;
 
 pub const STAGE: &str = "downloader";
 

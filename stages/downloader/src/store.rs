@@ -1,4 +1,4 @@
-//! The downloader's side of the clone store (`codelupe_runtime::clone_store`): a
+//! The downloader's side of the clone store (`codelupe_clone_store`): a
 //! marker per repository (which pack holds it at which commit, so an unchanged
 //! repository is published again without the network), the byte budget uploads wait
 //! for, and retention.
@@ -21,7 +21,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use codelupe_runtime::clone_store::{CloneStore, PackRef, StoredPack};
+use codelupe_clone_store::{CloneStore, PackRef, StoredPack};
 use codelupe_runtime::codec::AvroRecord as _;
 use codelupe_runtime::kafka::{read_from, KafkaClients, LagReader};
 use codelupe_runtime::records::RepoClone;

@@ -68,7 +68,7 @@ pub struct DatasetStore {
 
 impl DatasetStore {
     pub fn open(location: &str) -> anyhow::Result<Self> {
-        let (objects, url) = codelupe_runtime::objects::open(location, "dataset")?;
+        let (objects, url) = codelupe_objects::open(location, "dataset")?;
         Ok(Self { objects, url })
     }
 
@@ -120,7 +120,7 @@ impl DatasetStore {
     }
 
     async fn delete(&self, key: &Path) -> anyhow::Result<()> {
-        codelupe_runtime::objects::delete_if_present(self.objects.as_ref(), &self.url, key).await
+        codelupe_objects::delete_if_present(self.objects.as_ref(), &self.url, key).await
     }
 
     /// A data file's bytes; None once it is gone.
@@ -129,7 +129,7 @@ impl DatasetStore {
     }
 
     async fn get(&self, key: &Path) -> anyhow::Result<Option<bytes::Bytes>> {
-        codelupe_runtime::objects::get_if_present(self.objects.as_ref(), &self.url, key).await
+        codelupe_objects::get_if_present(self.objects.as_ref(), &self.url, key).await
     }
 
     pub async fn put_card(&self, text: String) -> anyhow::Result<()> {

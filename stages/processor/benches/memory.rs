@@ -13,9 +13,9 @@
 use std::path::Path;
 use std::process::Command;
 
+use codelupe_clone_store::{self as clone_store, CloneStore};
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{CloneObjects, Processor, ProcessorOptions};
-use codelupe_runtime::clone_store::{self, CloneStore};
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::proc_status_kb;
 use codelupe_testkit::stored_clone;
@@ -69,7 +69,9 @@ fn child(way: &str, store: &Path, work: &Path, clone: RepoClone) {
     let processor = Processor::new(options(store, work, batch), metrics).unwrap();
     let examined = if way == "whole" {
         let store = CloneStore::open(&store.display().to_string()).unwrap();
-        let pack = runtime.block_on(store.read_pack(&clone.pack())).unwrap();
+        let pack = runtime
+            .block_on(store.read_pack(&codelupe_clone_store::PackRef::from(&clone)))
+            .unwrap();
         let dir = tempfile::tempdir_in(work).unwrap();
         let repo = clone_store::unpack(&pack, dir.path()).unwrap();
         let examined = processor.examine(&repo, &clone).unwrap();

@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use codelupe_runtime::clone_store::{CloneStore, ReadError};
+use codelupe_clone_store::tree::{self, TreeError, TreeLimits};
+use codelupe_clone_store::work_dir::WorkDir;
+use codelupe_clone_store::{CloneStore, ReadError};
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor, LOOP_PROGRESS};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::language::{Kept, Selection};
 use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense, RepoSummary};
-use codelupe_runtime::tree::{self, TreeError, TreeLimits};
-use codelupe_runtime::work_dir::WorkDir;
 use codelupe_runtime::{Keyed, StageRuntime, Transform, TransformError};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -143,7 +143,7 @@ pub enum CloneObjects {
     /// Its pack, streamed from the clone store into a temporary repository in this
     /// replica's working folder (every record since the clone store became a claim
     /// check); the folder goes when this does.
-    Indexed(git2::Repository, codelupe_runtime::work_dir::TempDir),
+    Indexed(git2::Repository, codelupe_clone_store::work_dir::TempDir),
     /// A bare repository in the store's folder (a record of the shared-folder release).
     Bare(PathBuf),
 }
@@ -224,7 +224,7 @@ impl Processor {
                 TransformError::retryable(CloneError::Worker, format!("working folder: {e:#}"))
             })?;
             self.store
-                .unpack_pack(&clone.pack(), dir.path())
+                .unpack_pack(&codelupe_clone_store::PackRef::from(clone), dir.path())
                 .await
                 .map(|repo| CloneObjects::Indexed(repo, dir))
         };

@@ -2,7 +2,6 @@
 //! the metrics server and the capped walk over a clone's tree. A stage crate holds
 //! only its own domain logic.
 
-pub mod clone_store;
 pub mod codec;
 pub mod config;
 pub mod consume;
@@ -10,15 +9,12 @@ pub mod descriptor;
 pub mod kafka;
 pub mod labels;
 pub mod language;
-pub mod objects;
 pub mod publish;
 pub mod records;
 pub mod retry;
 pub mod stage;
 pub mod telemetry;
 pub mod topology;
-pub mod tree;
-pub mod work_dir;
 
 pub use codec::AvroRecord;
 pub use consume::transaction::Transactions;

@@ -88,17 +88,6 @@ avro_record!(
     earlier: ["repo-clones/1.avsc", "repo-clones/2.avsc", "repo-clones/3.avsc"]
 );
 
-impl RepoClone {
-    /// The clone store reference this record carries.
-    pub fn pack(&self) -> crate::clone_store::PackRef {
-        crate::clone_store::PackRef {
-            uri: self.clone_uri.clone(),
-            bytes: self.pack_bytes,
-            sha256: self.pack_sha256.clone(),
-        }
-    }
-}
-
 /// The license of a file's repository: what its license files hold, and what GitHub
 /// reported.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use codelupe_runtime::clone_store::{self, CloneStore, PackRef};
+use codelupe_clone_store::{self as clone_store, CloneStore, PackRef};
 use codelupe_runtime::records::RepoClone;
 
 /// A bare repository at `path` with `files` (path, content) in two commits (the first

@@ -5,12 +5,15 @@
 //! checks both, and indexes the pack into a private temporary repository; no folder
 //! is shared between replicas.
 //!
-//! Locations and credentials as [`crate::objects`] takes them.
+//! Locations and credentials as [`codelupe_objects`] takes them.
 //!
 //! An object is named by the SHA-256 of its bytes, and written whole or not at all
 //! (an S3 PUT; a local file is written aside and renamed): a half-written upload is
 //! never visible under a name a record could hold, and two downloaders writing the
 //! same pack write the same bytes to the same name.
+
+pub mod tree;
+pub mod work_dir;
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use object_store::{ObjectStore, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use codelupe_runtime::records::RepoClone;
 
 /// Where packs live under the store's URL.
 const PACKS: &str = "packs";
@@ -39,6 +44,17 @@ pub struct PackRef {
     pub uri: String,
     pub bytes: i64,
     pub sha256: String,
+}
+
+impl From<&RepoClone> for PackRef {
+    /// The clone store reference a `repo-clones` record carries.
+    fn from(clone: &RepoClone) -> Self {
+        PackRef {
+            uri: clone.clone_uri.clone(),
+            bytes: clone.pack_bytes,
+            sha256: clone.pack_sha256.clone(),
+        }
+    }
 }
 
 /// A pack in the store, as a listing sees it.
@@ -68,7 +84,7 @@ pub enum ReadError {
 impl CloneStore {
     /// Opens the store at `location`, a URL or a local path (created if missing).
     pub fn open(location: &str) -> anyhow::Result<Self> {
-        let (objects, url) = crate::objects::open(location, "clone store")?;
+        let (objects, url) = codelupe_objects::open(location, "clone store")?;
         Ok(Self { objects, url })
     }
 
@@ -246,13 +262,13 @@ impl CloneStore {
     }
 
     async fn delete(&self, key: &Path) -> anyhow::Result<()> {
-        crate::objects::delete_if_present(self.objects.as_ref(), &self.url, key).await
+        codelupe_objects::delete_if_present(self.objects.as_ref(), &self.url, key).await
     }
 
     /// A small JSON document at `key` (not under `packs/`); None if there is none.
     pub async fn read_json<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
         let found =
-            crate::objects::get_if_present(self.objects.as_ref(), &self.url, &Path::from(key))
+            codelupe_objects::get_if_present(self.objects.as_ref(), &self.url, &Path::from(key))
                 .await?;
         Ok(found.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }

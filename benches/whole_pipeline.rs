@@ -111,6 +111,7 @@ impl Run {
             &config,
             format!(
                 "kafka: {{brokers: '{brokers}', dead_letter_topic: dead-letters-{suffix}}}
+clone_store: {{url: {store}}}
 stages:
   crawler:
     metrics_bind: 127.0.0.1
@@ -122,13 +123,11 @@ stages:
   downloader:
     metrics_bind: 127.0.0.1
     options:
-      store: {store}
       urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}
       filter: {{min_stars: 0, languages: [], exclude_words: []}}
       store_readers: [never-reads-{suffix}]
   processor:
     metrics_bind: 127.0.0.1
-    options: {{store: {store}}}
   neardup:
     metrics_bind: 127.0.0.1
     options: {{probes_topic: neardup-probes-{suffix}, index_topic: neardup-index-{suffix}, gather_topic: neardup-gather-{suffix}, dropped_topic: near-duplicates-{suffix}}}

@@ -78,9 +78,8 @@ fn compose_runs_every_stage_and_scales() {
     for stage in ["downloader", "processor"] {
         let service = &services[stage];
         assert!(service["volumes"].is_null(), "{stage} mounts a volume");
-        let store = format!("CODELUPE_STAGES__{}__OPTIONS__STORE", stage.to_uppercase());
         assert_eq!(
-            service["environment"][store.as_str()],
+            service["environment"]["CODELUPE_CLONE_STORE__URL"],
             "s3://codelupe/clones"
         );
         assert_eq!(

@@ -141,10 +141,9 @@ fn every_stage_is_a_deployment_and_every_consumer_scales_on_its_lag() {
         assert!(env.contains("codelupe-object-store"), "{name}: {env}");
     }
     let env = &get("ConfigMap", "codelupe-env").unwrap()["data"];
-    for name in ["DOWNLOADER", "PROCESSOR"] {
-        let key = format!("CODELUPE_STAGES__{name}__OPTIONS__STORE");
-        assert!(env[key.as_str()].as_str().unwrap().starts_with("s3://"));
-    }
+    // One setting for both: the clone store is configured once.
+    let store = env["CODELUPE_CLONE_STORE__URL"].as_str().unwrap();
+    assert!(store.starts_with("s3://"), "{store}");
 }
 
 /// Every pod runs as a non-root user on a read-only root filesystem, with requests and

@@ -112,11 +112,11 @@ fn write_config(
         path,
         format!(
             "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n{kafka_extra}\
-             stages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n{stage_extra}\
-             \x20   options:\n      store: {}\n      work_dir: {}\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n{options_extra}",
+             clone_store: {{url: {}}}\nstages:\n  downloader:\n    metrics_port: {}\n    metrics_bind: 127.0.0.1\n{stage_extra}\
+             \x20   options:\n      work_dir: {}\n      urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}\n{options_extra}",
             brokers(),
-            free_port(),
             store.display(),
+            free_port(),
             work_dir(store).display()
         ),
     )

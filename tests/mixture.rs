@@ -140,6 +140,7 @@ fn write_config(
         "kafka:
   brokers: {brokers}
   dead_letter_topic: dead-letters-{suffix}
+clone_store: {{url: {store}}}
 stages:
   crawler:
     metrics_port: {crawler}
@@ -152,13 +153,12 @@ stages:
   downloader:
     metrics_port: {downloader}
     options:
-      store: {store}
       urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}
       filter: {{min_stars: 0, languages: [], exclude_words: []}}
       store_readers: [codelupe-processor-{suffix}]
   processor:
     metrics_port: {processor}
-    options: {{store: {store}, licenses: {{enabled: false}}}}
+    options: {{licenses: {{enabled: false}}}}
   neardup:
     metrics_port: {neardup}
     options: {{probes_topic: neardup-probes-{suffix}, index_topic: neardup-index-{suffix}, gather_topic: neardup-gather-{suffix}, dropped_topic: near-duplicates-{suffix}}}

@@ -382,8 +382,14 @@ impl Drop for AddressFile {
 
 /// Options a stage gets on the embedded default when the config gives none: with no
 /// network, each stage's `offline_options` (the crawler reads the git repositories
-/// under the working directory, the downloader clones them locally, …).
+/// under the working directory, the downloader clones them locally, …), and the clone
+/// store in `.codelupe/clones`.
 fn offline_defaults(config: &mut Config) {
+    if config.clone_store.url.is_none() {
+        let url = ".codelupe/clones";
+        tracing::info!(%url, "embedded default (set clone_store.url to change)");
+        config.clone_store.url = Some(url.into());
+    }
     for stage in stages::STAGES {
         let settings = config.stages.entry(stage.name.to_string()).or_default();
         if settings.options.is_null() {

@@ -99,6 +99,7 @@ fn write_config(dir: &Path, suffix: &str, delivery: &str, api: &str) -> std::pat
   dead_letter_topic: dead-letters-{suffix}
   # A killed member's partitions move after 6 s, not the default 45.
   consumer: {{session.timeout.ms: '6000', heartbeat.interval.ms: '1000'}}
+clone_store: {{url: {store}}}
 stages:
   crawler:
     metrics_bind: 127.0.0.1
@@ -113,7 +114,6 @@ stages:
     delivery: {delivery}
     transient_give_up_s: 20
     options:
-      store: {store}
       urls: {{allowed_schemes: [git, http], allowed_hosts: [127.0.0.1]}}
       filter: {{min_stars: 0, languages: [], exclude_words: []}}
       read_timeout_s: 3
@@ -123,7 +123,7 @@ stages:
     delivery: {delivery}
     # The verdict must not depend on the machine's load: a parse over its time budget
     # is skipped (parse_failed), and the ledger judges every file again.
-    options: {{store: {store}, parse_timeout_ms: {PARSE_TIMEOUT_MS}}}
+    options: {{parse_timeout_ms: {PARSE_TIMEOUT_MS}}}
   neardup:
     metrics_bind: 127.0.0.1
     delivery: {delivery}

@@ -29,6 +29,25 @@ use sha2::{Digest, Sha256};
 
 use codelupe_runtime::records::RepoClone;
 
+/// The clone store's place when the config's `clone_store.url` names none.
+pub const DEFAULT_URL: &str = "/var/lib/codelupe/clones";
+
+/// The clone store's URL the config gives, or [`DEFAULT_URL`].
+pub fn url(config: &codelupe_runtime::config::CloneStoreConfig) -> String {
+    config
+        .url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
+}
+
+/// The refusal of a stage's old `store` option, which `clone_store.url` replaced.
+pub fn moved_store(stage: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "stages.{stage}.options.store is gone: the downloader and the processor share one \
+         clone store, `clone_store.url` at the top of the config; move the URL there"
+    )
+}
+
 /// Where packs live under the store's URL.
 const PACKS: &str = "packs";
 

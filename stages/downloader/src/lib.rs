@@ -41,7 +41,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
     flow: LOOP_FLOW,
     // The crawler's local repositories, cloned over the local transport into the
     // working directory, whatever their stars or language.
-    offline_options: "{store: .codelupe/clones, work_dir: .codelupe/work/downloader, \
+    offline_options: "{work_dir: .codelupe/work/downloader, \
         urls: {allow_local: true}, filter: {min_stars: 0, languages: [], exclude_words: []}}",
     prepare_offline: None,
     summarize: |seen| {
@@ -57,9 +57,14 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
 pub struct DownloaderOptions {
     pub filter: FilterOptions,
     pub urls: UrlPolicy,
-    /// The clone store: a URL (`s3://bucket/prefix`, `file:///path`, `gs://…`,
-    /// `az://…`) or a local path.
+    /// The clone store's URL: the config's `clone_store.url`, which the stage sets here
+    /// (the downloader and the processor share one setting).
+    #[serde(skip)]
     pub store: String,
+    /// Gone: the clone store is `clone_store.url` at the top of the config. Kept only to
+    /// refuse it by name.
+    #[serde(rename = "store")]
+    pub moved_store: Option<serde::de::IgnoredAny>,
     /// This replica's own folder for clones in progress (shared with no one).
     pub work_dir: PathBuf,
     pub max_concurrent: NonZeroUsize,
@@ -75,9 +80,10 @@ pub struct DownloaderOptions {
     /// while it is over.
     pub max_store_bytes: Option<u64>,
     pub sweep_interval_s: NonZeroU64,
-    /// Consumer groups that read the packs this stage publishes (the processor's): no
-    /// pack a record they have not committed references is ever deleted.
-    pub store_readers: Vec<String>,
+    /// Consumer groups that read the packs this stage publishes: no pack a record they
+    /// have not committed references is ever deleted. None: every group topology.yaml
+    /// has reading the stage's output.
+    pub store_readers: Option<Vec<String>>,
     /// Packs written this recently are never swept (their record may still be on its
     /// way to `repo-clones`).
     pub sweep_grace_s: u64,
@@ -101,10 +107,11 @@ impl Default for DownloaderOptions {
             clone_timeout_s: 600,
             max_clone_bytes: 1 << 30,
             max_attempts: None,
+            moved_store: None,
             retention_hours: 72,
             max_store_bytes: None,
             sweep_interval_s: NonZeroU64::new(600).expect("positive"),
-            store_readers: vec!["codelupe-processor".into()],
+            store_readers: None,
             sweep_grace_s: 600,
             read_timeout_s: 60,
             token_host: "github.com".into(),
@@ -132,6 +139,9 @@ struct Packed {
 
 impl Downloader {
     pub fn new(mut options: DownloaderOptions, metrics: DownloaderMetrics) -> anyhow::Result<Self> {
+        if options.moved_store.is_some() {
+            return Err(codelupe_clone_store::moved_store(STAGE));
+        }
         if options.max_attempts.is_some() {
             bail!(
                 "stages.downloader.options.max_attempts is gone: a clone that fails with a \
@@ -379,12 +389,19 @@ fn sweep_grace(
 /// Runs the stage until shutdown, sweeping the clone store on an interval and
 /// whenever an upload waits for room.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
-    let options: DownloaderOptions = runtime.settings.options(STAGE)?;
+    let mut options: DownloaderOptions = runtime.settings.options(STAGE)?;
+    options.store = codelupe_clone_store::url(&runtime.clone_store);
+    let published = runtime.output.clone();
+    let readers = match (&options.store_readers, &published) {
+        (Some(readers), _) => readers.clone(),
+        (None, Some(topic)) => runtime.groups_reading(topic),
+        (None, None) => Vec::new(),
+    };
     let metrics = DownloaderMetrics::register(&runtime.registry)?;
     let downloader = Downloader::new(options.clone(), metrics.clone())?;
     let (store, budget) = (downloader.store.clone(), downloader.budget.clone());
     let shutdown = runtime.shutdown.clone();
-    let (clients, published) = (runtime.clients.clone(), runtime.output.clone());
+    let clients = runtime.clients.clone();
     let retention = Retention {
         max_age: Duration::from_secs(options.retention_hours * 3600),
         budget_bytes: options.max_store_bytes,
@@ -403,7 +420,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
                 &store,
                 &clients,
                 published.as_deref(),
-                &options.store_readers,
+                &readers,
                 &retention,
                 budget.wanted(),
             )
@@ -473,7 +490,6 @@ mod tests {
     fn the_old_max_attempts_key_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let config = serde_json::json!({
-            "store": dir.path().join("store"),
             "work_dir": dir.path().join("work"),
             "max_attempts": 3,
         });
@@ -482,5 +498,20 @@ mod tests {
         let error = Downloader::new(options, metrics).err().unwrap().to_string();
         assert!(error.contains("max_attempts is gone"), "{error}");
         assert!(error.contains("transient_give_up_s"), "{error}");
+    }
+
+    /// The clone store is configured once, for the downloader and the processor: a
+    /// config still naming it among a stage's options is told where it went.
+    #[test]
+    fn the_old_store_option_is_refused_by_name() {
+        let config = serde_json::json!({"store": "s3://codelupe/clones"});
+        let options: DownloaderOptions = serde_json::from_value(config).unwrap();
+        let metrics = DownloaderMetrics::register(&prometheus::Registry::new()).unwrap();
+        let error = Downloader::new(options, metrics).err().unwrap().to_string();
+        assert!(
+            error.contains("stages.downloader.options.store is gone"),
+            "{error}"
+        );
+        assert!(error.contains("`clone_store.url`"), "{error}");
     }
 }

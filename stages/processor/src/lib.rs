@@ -59,7 +59,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
         produced: metrics::FILES_PROCESSED,
     }),
     // Where the downloader's embedded default puts the clones.
-    offline_options: "{store: .codelupe/clones, work_dir: .codelupe/work/processor}",
+    offline_options: "{work_dir: .codelupe/work/processor}",
     prepare_offline: None,
     summarize: |seen| {
         vec![format!(
@@ -73,9 +73,15 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorOptions {
-    /// The clone store (a URL or a local path, as the downloader's); references
-    /// outside it are refused.
+    /// The clone store's URL: the config's `clone_store.url`, which the stage sets here
+    /// (the downloader and the processor share one setting); references outside it are
+    /// refused.
+    #[serde(skip)]
     pub store: String,
+    /// Gone: the clone store is `clone_store.url` at the top of the config. Kept only to
+    /// refuse it by name.
+    #[serde(rename = "store")]
+    pub moved_store: Option<serde::de::IgnoredAny>,
     /// This replica's own folder for packs being read (shared with no one).
     pub work_dir: PathBuf,
     pub workers: NonZeroUsize,
@@ -124,6 +130,7 @@ impl Default for ProcessorOptions {
             licenses: LicenseOptions::default(),
             languages: Selection::default(),
             summaries_topic: None,
+            moved_store: None,
         }
     }
 }
@@ -175,6 +182,9 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(options: ProcessorOptions, metrics: ProcessorMetrics) -> anyhow::Result<Self> {
+        if options.moved_store.is_some() {
+            return Err(codelupe_clone_store::moved_store(STAGE));
+        }
         let workers = options.workers.get();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
@@ -652,6 +662,7 @@ fn corrupt(clone: &RepoClone, e: git2::Error) -> TransformError<CloneError> {
 /// Runs the stage until shutdown.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let mut options: ProcessorOptions = runtime.settings.options(STAGE)?;
+    options.store = codelupe_clone_store::url(&runtime.clone_store);
     let summaries = runtime
         .topic_of::<RepoSummary>(options.summaries_topic.as_deref())
         .context("stages.processor.options.summaries_topic")?;

@@ -43,6 +43,19 @@ pub struct Config {
     pub topology: PathBuf,
     /// Per-stage overrides of topology.yaml and stage options, keyed by stage name.
     pub stages: BTreeMap<String, StageSettings>,
+    /// The clone store the downloader writes and the processor reads, configured once
+    /// for both.
+    pub clone_store: CloneStoreConfig,
+}
+
+/// Where the clone store is (its readers come from topology.yaml: every group reading
+/// the downloader's output).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloneStoreConfig {
+    /// `s3://bucket/prefix`, `file:///path`, `gs://…`, `az://…` or a local path; none:
+    /// `/var/lib/codelupe/clones` (`codelupe run`: `.codelupe/clones`).
+    pub url: Option<String>,
 }
 
 impl Default for Config {
@@ -51,6 +64,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             topology: PathBuf::from("topology.yaml"),
             stages: BTreeMap::new(),
+            clone_store: CloneStoreConfig::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail};
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StageSettings};
+use crate::config::{CloneStoreConfig, Config, StageSettings};
 use crate::kafka::KafkaClients;
 use crate::records::DeadLetter;
 use crate::telemetry::{self, Readiness};
@@ -29,6 +29,8 @@ pub struct StageRuntime {
     /// The topology the stage was resolved from.
     pub topology: Arc<Topology>,
     pub settings: StageSettings,
+    /// The clone store's place, the same for every stage that uses it.
+    pub clone_store: CloneStoreConfig,
     pub clients: KafkaClients,
     pub registry: Registry,
     pub readiness: Arc<Readiness>,
@@ -38,6 +40,13 @@ pub struct StageRuntime {
 }
 
 impl StageRuntime {
+    /// The consumer groups topology.yaml has reading `topic`.
+    pub fn groups_reading(&self, topic: &str) -> Vec<String> {
+        let stages = self.topology.stages.values();
+        let reading = stages.filter(|spec| spec.input.as_deref() == Some(topic));
+        reading.filter_map(|spec| spec.group.clone()).collect()
+    }
+
     /// Refuses to start a stage whose records can be larger than its output topic
     /// takes: such a record would be refused and dead-lettered at run time instead.
     /// `largest` is the stage's bound on one record; `bound_by` names the option.
@@ -149,6 +158,7 @@ impl StageRuntime {
             metrics_path: spec.metrics.path.clone(),
             dead_letter_topic: config.kafka.dead_letter_topic.clone(),
             settings,
+            clone_store: config.clone_store.clone(),
             clients,
             registry: telemetry::new_registry(),
             readiness: Readiness::new("starting"),

@@ -309,7 +309,7 @@ fn write_config_seeds() {
     let dir = corpus("config");
     write(
         &dir,
-        b"kafka:\n  brokers: 127.0.0.1:9092\nstages:\n  crawler:\n    options: {source: local_folder, local_folder: ., interval_s: 60}\n  processor:\n    max_in_flight: 4\n    options: {store: .codelupe/clones, min_quality: 25.0}\n",
+        b"kafka:\n  brokers: 127.0.0.1:9092\nstages:\n  crawler:\n    options: {source: local_folder, local_folder: ., interval_s: 60}\n  processor:\n    max_in_flight: 4\n    options: {min_quality: 25.0}\nclone_store: {url: .codelupe/clones}\n",
     );
     write(
         &dir,

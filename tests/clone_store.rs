@@ -43,18 +43,18 @@ fn replica(
     let port = free_port();
     let options = match stage {
         "downloader" => format!(
-            "{{store: '{store}', work_dir: {}, urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}, \
+            "{{work_dir: {}, urls: {{allowed_schemes: [git], allowed_hosts: [127.0.0.1]}}, \
              filter: {{min_stars: 0, languages: [], exclude_words: []}}}}",
             work.display()
         ),
-        _ => format!("{{store: '{store}', work_dir: {}, workers: 1}}", work.display()),
+        _ => format!("{{work_dir: {}, workers: 1}}", work.display()),
     };
     std::fs::write(
         &config,
         format!(
             "kafka:\n  brokers: {}\n  dead_letter_topic: dead-letters-{suffix}\n  \
              consumer: {{session.timeout.ms: 6000, heartbeat.interval.ms: 1000}}\n\
-             stages:\n  {stage}:\n    metrics_port: {port}\n    metrics_bind: 127.0.0.1\n    \
+             clone_store: {{url: '{store}'}}\nstages:\n  {stage}:\n    metrics_port: {port}\n    metrics_bind: 127.0.0.1\n    \
              options: {options}\n",
             brokers()
         ),

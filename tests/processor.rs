@@ -406,6 +406,7 @@ async fn blobs_are_judged_by_their_header_before_they_are_read_and_hostile_trees
 fn start_processor(
     topology: &Path,
     suffix: &str,
+    store: &Path,
     options: &str,
 ) -> (
     tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -415,6 +416,7 @@ fn start_processor(
     let topology = Topology::load(topology).unwrap();
     let mut config = Config::default();
     config.kafka.dead_letter_topic = format!("dead-letters-{suffix}");
+    config.clone_store.url = Some(store.display().to_string());
     config.stages.entry("processor".into()).or_default().options =
         serde_yaml::from_str(options).unwrap();
     let shutdown = CancellationToken::new();
@@ -467,9 +469,9 @@ async fn real_code_runs_end_to_end_on_the_broker_and_every_record_decodes_agains
     let (stage, registry, shutdown) = start_processor(
         &topology_path,
         &suffix,
+        &store,
         &format!(
-            "{{store: {}, work_dir: {}, workers: 2}}",
-            store.display(),
+            "{{work_dir: {}, workers: 2}}",
             dir.path().join("work").display()
         ),
     );
@@ -565,11 +567,8 @@ async fn a_kept_file_above_kafkas_default_record_limit_reaches_code_files() {
     let (stage, registry, shutdown) = start_processor(
         &topology_path,
         &suffix,
-        &format!(
-            "{{store: {}, work_dir: {}}}",
-            store.display(),
-            dir.path().join("work").display()
-        ),
+        &store,
+        &format!("{{work_dir: {}}}", dir.path().join("work").display()),
     );
     let out = output.clone();
     wait_for(

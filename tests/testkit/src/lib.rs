@@ -15,6 +15,7 @@ pub use corpus::{code_file, code_files, document_pieces, documents_ended, is_rus
 pub use hostile::{RecordingHost, StalledServer};
 pub use kafka::*;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -339,24 +340,44 @@ pub async fn stored_clone(
     clone_record(full_name, &reference, commit)
 }
 
-/// Crate sources Cargo downloaded for this build: real code no one here wrote. The
-/// latest version of each crate named by a prefix (`"tokio-1"`).
+/// Crate sources Cargo downloaded for this build: real code no one here wrote. One
+/// unpacked crate for each of `prefixes` (`serde_json-1`: a 1.x): the version the workspace's Cargo.lock names when it is
+/// unpacked, else the highest. What a test reads must not change with the other
+/// versions the registry holds (a `cargo install` unpacks its own).
 pub fn registry_crates(prefixes: &[&str]) -> Vec<PathBuf> {
     let all = all_registry_crates();
+    let locked = locked_crates();
     prefixes
         .iter()
-        .filter_map(|prefix| {
-            all.iter()
-                .filter(|p| {
-                    p.file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .starts_with(&format!("{prefix}."))
-                })
-                .max()
-                .cloned()
-        })
+        .filter_map(|prefix| pick_crate(prefix, &all, &locked))
         .collect()
+}
+
+/// The `name-version` of every registry package in the workspace's Cargo.lock.
+fn locked_crates() -> BTreeSet<String> {
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
+    let text = std::fs::read_to_string(lock).unwrap_or_default();
+    let mut names = text.lines().filter_map(|l| l.strip_prefix("name = "));
+    let mut versions = text.lines().filter_map(|l| l.strip_prefix("version = "));
+    std::iter::from_fn(|| Some((names.next()?, versions.next()?)))
+        .map(|(name, version)| format!("{}-{}", name.trim_matches('"'), version.trim_matches('"')))
+        .collect()
+}
+
+/// Of the crates under `all` whose folder is `prefix.…`, the locked one, else the
+/// highest version (compared as numbers: 0.8.12 above 0.8.5).
+fn pick_crate(prefix: &str, all: &[PathBuf], locked: &BTreeSet<String>) -> Option<PathBuf> {
+    let crate_name = prefix.rsplit_once('-').map_or(prefix, |(name, _)| name);
+    let folder = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let version = |p: &PathBuf| -> Vec<u64> {
+        let name = folder(p);
+        let numbers = name[crate_name.len() + 1..].split(['.', '-', '+']);
+        numbers.map(|n| n.parse().unwrap_or(0)).collect()
+    };
+    all.iter()
+        .filter(|p| folder(p).starts_with(&format!("{prefix}.")))
+        .max_by_key(|p| (locked.contains(&folder(p)), version(p)))
+        .cloned()
 }
 
 /// Every unpacked crate of the local cargo registry (the workspace's dependencies at
@@ -430,6 +451,21 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_locked_version_of_a_registry_crate_is_read_whatever_else_is_unpacked() {
+        let all: Vec<PathBuf> = ["regex-syntax-0.8.12", "regex-syntax-0.8.5", "serde-1.0.228"]
+            .iter()
+            .map(|n| PathBuf::from("/registry").join(n))
+            .collect();
+        let locked = BTreeSet::from(["regex-syntax-0.8.5".to_string()]);
+        let picked = |locked: &BTreeSet<String>| pick_crate("regex-syntax-0", &all, locked);
+        assert_eq!(picked(&locked), Some(all[1].clone()));
+        // Nothing locked: the highest version as numbers, not as text.
+        assert_eq!(picked(&BTreeSet::new()), Some(all[0].clone()));
+    }
+
     #[test]
     fn free_ports_lie_below_the_ephemeral_range_and_never_repeat() {
         let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();

@@ -658,8 +658,7 @@ async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
     create_topics(&[(&input, 2), (&output, 2), (&dead, 1)]).await;
     // Written as the crawler (or an exactly_once stage) writes: each transaction ends
     // with a commit marker in every partition it touched.
-    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let producer: FutureProducer = codelupe_testkit::kafka::client()
         .set("transactional.id", unique("txn-writer"))
         .create()
         .unwrap();

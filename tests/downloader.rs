@@ -689,30 +689,6 @@ async fn sigterm_ends_the_process_while_a_clone_is_stuck() {
     println!("exited {:?} after SIGTERM", signalled.elapsed());
 }
 
-/// Commits `group`'s offsets on every partition of `topic` at its end, as a reader
-/// that has read everything does.
-fn commit_at_end(group: &str, topic: &str) {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in metadata.topics()[0].partitions() {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .unwrap();
-        list.add_partition_offset(topic, p.id(), Offset::Offset(high))
-            .unwrap();
-    }
-    consumer.commit(&list, CommitMode::Sync).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_budget_the_downloader_waits_and_only_finished_packs_are_reclaimed() {
     let dir = tempfile::tempdir().unwrap();
@@ -815,7 +791,11 @@ async fn over_budget_the_downloader_waits_and_only_finished_packs_are_reclaimed(
         }
         // The processor finishes what was published: its pack makes room for the next.
         finished.push(newest[0].clone());
-        commit_at_end("codelupe-processor", &clones);
+        codelupe_testkit::kafka::commit_group(
+            "codelupe-processor",
+            &clones,
+            codelupe_testkit::kafka::At::End,
+        );
         wait_for("the next pack published", Duration::from_secs(60), || {
             published().len() > step
         });

@@ -6,7 +6,6 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::support::{brokers, repo_root, OnCluster};
@@ -155,10 +154,7 @@ fn kafka_tool(class: &str, args: &[&str]) -> String {
 }
 
 fn leader_of(topic: &str, partition: usize) -> i32 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = codelupe_testkit::kafka::client().create().unwrap();
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(20))
         .unwrap();

@@ -13,7 +13,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use codelupe_runtime::records::{now_ms, RepoUrl};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// A metric of the stage serving metrics on `port`, summed over its series; None while
@@ -352,10 +351,7 @@ pub fn url_record(full_name: &str, clone_url: &str) -> RepoUrl {
 /// Sum of the high watermarks of `topic` (records ever written to it, transaction
 /// markers included); 0 while the topic's metadata has not reached the client yet.
 pub fn topic_size(topic: &str, partitions: i32) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = codelupe_testkit::kafka::client().create().unwrap();
     (0..partitions)
         .map(|p| {
             consumer

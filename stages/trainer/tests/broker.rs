@@ -301,7 +301,7 @@ async fn partitions_added_to_the_input_after_start_are_trained() {
     );
 
     // The topic grows to 3 partitions; every later batch lands on one of them.
-    grow_partitions(&s.input, 3).await;
+    codelupe_testkit::kafka::grow_partitions(&s.input, 3).await;
     let rest: Vec<_> = corpus.train[4..].iter().map(record).collect();
     for (i, (key, value)) in rest.into_iter().enumerate() {
         produce_to_partition(&s.input, 1 + (i % 2) as i32, &key, &value).await;
@@ -451,7 +451,11 @@ async fn a_group_commit_lost_before_a_restart_is_made_by_the_restarted_trainer()
     drop(trainer); // SIGKILL
 
     // The group's offsets back at the start, as if the last commit had failed.
-    rewind_group(&s.group, &s.input, 2);
+    codelupe_testkit::kafka::commit_group(
+        &s.group,
+        &s.input,
+        codelupe_testkit::kafka::At::Beginning,
+    );
     assert_eq!(lag.lag().unwrap(), corpus.train.len() as i64);
     let _trainer = start(&s.config, &s.topology);
     wait_for(
@@ -464,38 +468,4 @@ async fn a_group_commit_lost_before_a_restart_is_made_by_the_restarted_trainer()
         corpus.train.len(),
         "nothing retrained"
     );
-}
-
-/// Commits offset 0 of every partition for `group`, which has no live member.
-fn rewind_group(group: &str, topic: &str, partitions: i32) {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, Offset::Offset(0))
-            .unwrap();
-    }
-    consumer.commit(&list, CommitMode::Sync).unwrap();
-}
-
-async fn grow_partitions(topic: &str, total: usize) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::config::ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-    for result in admin
-        .create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
 }

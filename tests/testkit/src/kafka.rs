@@ -46,6 +46,66 @@ pub fn brokers() -> String {
     )
 }
 
+/// The configuration every Kafka client of a test starts from: the test broker, or the
+/// cluster an [`OnCluster`] names.
+pub fn client() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers());
+    config
+}
+
+/// Where [`commit_group`] leaves a group on each partition.
+pub enum At {
+    /// Offset 0: as a group that has read nothing.
+    Beginning,
+    /// The high watermark: as a group that has read everything.
+    End,
+}
+
+/// Commits `group`'s offsets on every partition of `topic` at `at`; the group has no
+/// live member.
+pub fn commit_group(group: &str, topic: &str, at: At) {
+    use rdkafka::consumer::CommitMode;
+    let consumer: BaseConsumer = client()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        let offset = match at {
+            At::Beginning => 0,
+            At::End => {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .unwrap();
+                high
+            }
+        };
+        list.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(offset))
+            .unwrap();
+    }
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+/// Grows `topic` to `total` partitions.
+pub async fn grow_partitions(topic: &str, total: usize) {
+    let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
+    let grown = admin
+        .create_partitions(
+            &[rdkafka::admin::NewPartitions::new(topic, total)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for result in grown {
+        result.unwrap();
+    }
+}
+
 /// A topic name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -73,10 +133,7 @@ pub async fn create_topic_with(topic: &str, partitions: i32, configs: &[(&str, &
 }
 
 async fn create(new: &[NewTopic<'_>]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = client().create().unwrap();
     for result in admin
         .create_topics(
             new,
@@ -91,10 +148,7 @@ async fn create(new: &[NewTopic<'_>]) {
 
 /// Produces one record to `partition` of `topic` and waits for its acknowledgement.
 pub async fn produce_to_partition(topic: &str, partition: i32, key: &str, value: &[u8]) {
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
+    let producer: rdkafka::producer::FutureProducer = client().create().unwrap();
     producer
         .send(
             rdkafka::producer::FutureRecord::to(topic)
@@ -110,11 +164,8 @@ pub async fn produce_to_partition(topic: &str, partition: i32, key: &str, value:
 
 /// Produces (key, value) pairs to `topic` and waits for every acknowledgement.
 pub async fn produce_all(topic: &str, records: Vec<(String, Vec<u8>)>) {
-    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let producer: rdkafka::producer::FutureProducer =
+        client().set("linger.ms", "5").create().unwrap();
     let sends = records.iter().map(|(key, value)| {
         producer.send(
             rdkafka::producer::FutureRecord::to(topic)
@@ -158,8 +209,7 @@ fn read_each<T>(
     idle: Duration,
     mut read: impl FnMut(&rdkafka::message::BorrowedMessage) -> T,
 ) -> Vec<T> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let consumer: BaseConsumer = client()
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()

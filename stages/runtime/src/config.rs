@@ -17,7 +17,7 @@ use serde_yaml::Value;
 
 pub const ENV_PREFIX: &str = "CODELUPE_";
 /// The config's top-level keys, each a section but `topology`, a path.
-const TOP_LEVEL_KEYS: &[&str] = &["kafka", "stages", "topology"];
+const TOP_LEVEL_KEYS: &[&str] = &["kafka", "stages", "topology", "clone_store"];
 /// The sections whose keys are librdkafka properties: those are spelt with dots and
 /// never with `_`, so an override's `_` stands for a dot there
 /// (`CODELUPE_KAFKA__CLIENT__SECURITY_PROTOCOL` sets `security.protocol`), which a
@@ -422,6 +422,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.kafka.brokers.as_deref(), Some("b:1"));
+    }
+
+    /// The override check knows every top-level key, so a misspelt override of a new
+    /// section is refused too.
+    #[test]
+    fn the_override_check_knows_every_top_level_key() {
+        let err = serde_yaml::from_str::<Config>("no_such_key: 1").unwrap_err();
+        let expected = err.to_string();
+        // "unknown field `no_such_key`, expected one of `kafka`, `topology`, …"
+        let mut fields: Vec<&str> = expected.split('`').skip(3).step_by(2).collect();
+        fields.sort();
+        let mut known = TOP_LEVEL_KEYS.to_vec();
+        known.sort();
+        assert_eq!(known, fields, "{expected}");
+    }
+
+    /// The clone store is configured once, from the environment as from the file; a
+    /// misspelt name is refused, not ignored.
+    #[test]
+    fn the_clone_store_is_set_from_the_environment_and_a_misspelt_name_refused() {
+        let config =
+            Config::load_with_env(None, env(&[("CODELUPE_CLONE_STORE__URL", "s3://b/c")])).unwrap();
+        assert_eq!(config.clone_store.url.as_deref(), Some("s3://b/c"));
+        let err = Config::load_with_env(None, env(&[("CODELUPE_CLONE_STORE_URL", "s3://b/c")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(CODELUPE_CLONE_STORE__URL)"), "{err}");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub const DESCRIPTOR: StageDescriptor = StageDescriptor {
         consumed: codelupe_runtime::consume::RECORDS_CONSUMED,
         produced: metrics::FILES_PROCESSED,
     }),
-    // Where the downloader's embedded default puts the clones.
+    // A work folder of its own; the clone store is the run's (`.codelupe/clones`).
     offline_options: "{work_dir: .codelupe/work/processor}",
     prepare_offline: None,
     summarize: |seen| {

@@ -1,6 +1,7 @@
-//! What every CodeLupe stage shares: config, topology, Avro records, the Kafka loop,
-//! the metrics server and the capped walk over a clone's tree. A stage crate holds
-//! only its own domain logic.
+//! What every CodeLupe stage shares: config, topology, Avro records, the consume loops
+//! (`consume/`), Kafka clients, languages by Linguist and the metrics server. A stage
+//! crate holds only its own domain logic; the clone store is the `codelupe-clone-store`
+//! crate's, for the two stages that use it.
 
 pub mod codec;
 pub mod config;

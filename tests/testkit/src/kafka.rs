@@ -66,29 +66,43 @@ pub enum At {
 /// live member.
 pub fn commit_group(group: &str, topic: &str, at: At) {
     use rdkafka::consumer::CommitMode;
-    let consumer: BaseConsumer = client()
+    let consumer = consumer_in(group);
+    let list = every_partition(&consumer, topic, |partition| match at {
+        At::Beginning => rdkafka::Offset::Offset(0),
+        At::End => {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .unwrap();
+            rdkafka::Offset::Offset(high)
+        }
+    });
+    consumer.commit(&list, CommitMode::Sync).unwrap();
+}
+
+/// A consumer in `group` that commits only when told.
+fn consumer_in(group: &str) -> BaseConsumer {
+    client()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Every partition of `topic`, each at the offset `at` gives it.
+fn every_partition(
+    consumer: &BaseConsumer,
+    topic: &str,
+    at: impl Fn(i32) -> rdkafka::Offset,
+) -> rdkafka::TopicPartitionList {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let mut list = rdkafka::TopicPartitionList::new();
     for p in metadata.topics()[0].partitions() {
-        let offset = match at {
-            At::Beginning => 0,
-            At::End => {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-                    .unwrap();
-                high
-            }
-        };
-        list.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(offset))
+        list.add_partition_offset(topic, p.id(), at(p.id()))
             .unwrap();
     }
-    consumer.commit(&list, CommitMode::Sync).unwrap();
+    list
 }
 
 /// Grows `topic` to `total` partitions.
@@ -209,20 +223,8 @@ fn read_each<T>(
     idle: Duration,
     mut read: impl FnMut(&rdkafka::message::BorrowedMessage) -> T,
 ) -> Vec<T> {
-    let consumer: BaseConsumer = client()
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut list = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
+    let consumer = consumer_in(&unique("reader"));
+    let list = every_partition(&consumer, topic, |_| rdkafka::Offset::Beginning);
     consumer.assign(&list).unwrap();
     let mut records = Vec::new();
     let mut last = Instant::now();

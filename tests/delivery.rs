@@ -685,6 +685,75 @@ async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
     committed_in_each_mode(|| Relay, [&input, &output, &dead], 2, |_| {}).await;
 }
 
+/// Under `exactly_once` a stage's input offsets (and their metadata: the aggregate
+/// loop's inputs done ahead) are written by its transactions alone. Its consumer once
+/// also committed what each transaction had stored (every second, on a revocation and
+/// on leaving), outside the transaction: such a commit that reached the broker after a
+/// newer transaction's put the group back to the older offset and metadata, and the
+/// next owner judged the files of that newer transaction again (CI: 7 files judged
+/// twice in `exactly_once_a_judge_killed_behind_a_waiting_file_judges_no_file_twice`).
+/// Here the newer transaction is written from outside the stage, and the stage's
+/// periodic commit is put off, so the commit on leaving comes after it for certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_stage_commits_its_offsets_in_its_transactions_alone() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{FutureProducer, Producer};
+    let (input, output, dead) = (unique("own-in"), unique("own-out"), unique("own-dead"));
+    create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
+    produce(&input, (0..5).map(repo_url)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.stages.entry("relay".into()).or_default().delivery = Delivery::ExactlyOnce;
+    config
+        .kafka
+        .consumer
+        .insert("auto.commit.interval.ms".into(), "600000".into());
+    let (stage, clients, shutdown) = relay_stage(dir.path(), [&input, &output, &dead], 1, config);
+    let group = format!("{input}-relay");
+    let running = tokio::spawn(async move { codelupe_runtime::consume::run(Relay, &stage).await });
+    let mut lag = codelupe_runtime::kafka::LagReader::new(&clients, &group, &input).unwrap();
+    wait_for("every record committed", Duration::from_secs(60), || {
+        lag.lag().unwrap() == 0
+    });
+
+    // A later transaction of the group's: the same offset, other metadata.
+    let outside: BaseConsumer = codelupe_testkit::kafka::client()
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&input, 0, rdkafka::Offset::Offset(5))
+        .unwrap();
+    offsets.elements_for_topic(&input)[0].set_metadata("the newer transaction's");
+    let producer: FutureProducer = codelupe_testkit::kafka::client()
+        .set("transactional.id", unique("newer"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    let metadata = outside.group_metadata().unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &metadata, Duration::from_secs(30))
+        .unwrap();
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let committed = outside
+        .committed_offsets(offsets, Duration::from_secs(30))
+        .unwrap();
+    let element = &committed.elements()[0];
+    assert_eq!(element.offset(), rdkafka::Offset::Offset(5));
+    assert_eq!(
+        element.metadata(),
+        "the newer transaction's",
+        "the stage's consumer committed the offset outside its transactions"
+    );
+}
+
 /// Fails every attempt at one repository as a host that never answers would.
 struct HostNeverAnswers;
 

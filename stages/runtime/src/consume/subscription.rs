@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 /// offset tracker inside the callback, before any record of a new assignment arrives.
 pub(crate) struct LoopContext {
     readiness: Arc<Readiness>,
+    /// Whether the consumer commits the offsets stored (at-least-once); under
+    /// `exactly_once` the transactions alone commit them.
+    commits_offsets: bool,
     lag: IntGaugeVec,
     tracker: Arc<Mutex<OffsetTracker>>,
     /// Tells a stateful stage of its partitions coming and going, in the order they do.
@@ -46,10 +49,18 @@ impl ClientContext for LoopContext {
         let mut fetching = false;
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                // From the offset stored (done) when there is one: under `exactly_once`
+                // the consumer commits nothing itself, so librdkafka's committed offset
+                // stays the one it read at assignment.
+                let lag = if p.consumer_lag_stored >= 0 {
+                    p.consumer_lag_stored
+                } else {
+                    p.consumer_lag
+                };
+                if *partition >= 0 && lag >= 0 {
                     self.lag
                         .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
+                        .set(lag);
                 }
                 fetching |= *partition >= 0 && p.fetch_state == "active";
             }
@@ -73,8 +84,11 @@ impl ConsumerContext for LoopContext {
             // Commit what is stored before the partitions go, so the next owner starts
             // right after the last acknowledged record. Records still in flight were not
             // stored and will be replayed by that owner (duplicates, never losses).
-            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-                tracing::debug!(error = %e, "commit on revoke");
+            if self.commits_offsets {
+                if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+                {
+                    tracing::debug!(error = %e, "commit on revoke");
+                }
             }
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             for e in list.elements() {
@@ -143,16 +157,23 @@ pub(crate) fn subscribe(
     rebalanced: Option<mpsc::UnboundedSender<Rebalanced>>,
 ) -> anyhow::Result<Arc<StreamConsumer<LoopContext>>> {
     let (input, group) = runtime.require_input()?;
+    let commits_offsets = runtime.settings.delivery == crate::config::Delivery::AtLeastOnce;
     let context = LoopContext {
         readiness: runtime.readiness.clone(),
+        commits_offsets,
         lag: metrics.consumer_lag.clone(),
         tracker,
         rebalanced,
         paused: Arc::new(AtomicBool::new(false)),
     };
-    let consumer: StreamConsumer<LoopContext> = runtime
-        .clients
-        .consumer_config(&runtime.client_id(), group)
+    let mut config = runtime.clients.consumer_config(&runtime.client_id(), group);
+    if !commits_offsets {
+        // A commit of its own, outside the transactions, could land after a newer
+        // transaction's and put the group back to an older offset and its metadata:
+        // off whatever `kafka.consumer` says.
+        config.set("enable.auto.commit", "false");
+    }
+    let consumer: StreamConsumer<LoopContext> = config
         .create_with_context(context)
         .context("cannot create the Kafka consumer")?;
     consumer
@@ -164,14 +185,16 @@ pub(crate) fn subscribe(
     Ok(Arc::new(consumer))
 }
 
-/// Commits what was stored, then leaves the group (the drop closes the consumer); both
-/// block, so off the async workers.
+/// Commits what was stored (at-least-once), then leaves the group (the drop closes the
+/// consumer); both block, so off the async workers.
 pub(crate) async fn commit_and_leave(
     consumer: Arc<StreamConsumer<LoopContext>>,
 ) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-            tracing::debug!(error = %e, "final commit");
+        if consumer.context().commits_offsets {
+            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::debug!(error = %e, "final commit");
+            }
         }
         consumer.unsubscribe();
         drop(consumer);

@@ -151,9 +151,8 @@ impl Transactions {
             }
         }
         if let Some((consumer, list)) = offsets {
-            // Stored too, so the consumer's own commit (the same offsets, after the
-            // transaction's) updates what librdkafka reports as lag: otherwise
-            // `codelupe_consumer_lag` would never move in this mode.
+            // Stored, never committed by the consumer itself: the stored offset is what
+            // `codelupe_consumer_lag` counts from in this mode.
             if let Err(e) = consumer.store_offsets(&list) {
                 tracing::debug!(error = %e, "committed offsets not stored");
             }

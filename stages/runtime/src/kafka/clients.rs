@@ -86,7 +86,8 @@ impl KafkaClients {
 
     /// Offsets are stored by the stage loop only after the outputs derived from a record
     /// are acknowledged; librdkafka's auto-commit then commits what was stored (also on
-    /// partition revoke).
+    /// partition revoke). An `exactly_once` loop turns the auto-commit off: its
+    /// transactions commit the offsets.
     pub fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
         let mut config = self.fetch_bounded(client_id);
         config

@@ -11,9 +11,12 @@
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use codelupe_runtime::consume::offsets::OffsetTracker;
+use codelupe_runtime::consume::subscription::{store, store_stepped_over, ConsumerLag, LagContext};
 use codelupe_runtime::consume::{dead_letter, LoopReason, Origin};
 use codelupe_runtime::kafka;
 use codelupe_runtime::labels::LabelSet;
@@ -242,6 +245,9 @@ struct Stage {
     trainer: Trainer,
     eval: EvalSet,
     offsets: BTreeMap<i32, i64>,
+    /// Which records are done, as the consume loops track them: the offsets stored
+    /// (what the lag counts from) and the partitions read past transaction markers.
+    tracker: Mutex<OffsetTracker>,
     /// The offsets last committed to the group by this process.
     committed: BTreeMap<i32, i64>,
     /// Publishes the dead letters of batches it cannot read.
@@ -258,16 +264,21 @@ struct Stage {
     evaluator: Option<Evaluator>,
 }
 
+/// The trainer's consumer: it assigns its partitions itself, and reports its lag as
+/// every stage's consumer does.
+type InputConsumer = BaseConsumer<LagContext>;
+
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: TrainerOptions = runtime.settings.options(codelupe_trainer_api::STAGE)?;
     let metrics = TrainerMetrics::register(&runtime.registry)?;
     let (input, group) = runtime.require_input()?;
     let partitions = runtime.clients.partition_count(input).await?;
-    let consumer: BaseConsumer = runtime
+    let lag = LagContext(ConsumerLag::new(metrics.records.consumer_lag.clone()));
+    let consumer: InputConsumer = runtime
         .clients
         .consumer_config(&runtime.client_id(), group)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(lag)
         .context("cannot create the Kafka consumer")?;
     let input = input.to_string();
     tokio::task::spawn_blocking(move || {
@@ -381,6 +392,7 @@ impl Stage {
             // before the crash left the group behind it, and only a commit moves it on.
             committed: BTreeMap::new(),
             offsets,
+            tracker: Mutex::default(),
             dead_letters,
             partitions: 0,
             tokens_seen,
@@ -391,7 +403,7 @@ impl Stage {
 
     fn assign(
         &mut self,
-        consumer: &BaseConsumer,
+        consumer: &InputConsumer,
         input: &str,
         partitions: i32,
     ) -> anyhow::Result<()> {
@@ -415,7 +427,7 @@ impl Stage {
 
     /// Partitions added to the input since they were assigned join the assignment,
     /// read from their beginning (no checkpoint has an offset for them).
-    fn assign_new_partitions(&mut self, consumer: &BaseConsumer, input: &str) {
+    fn assign_new_partitions(&mut self, consumer: &InputConsumer, input: &str) {
         let count = match kafka::partition_count(consumer.client(), input) {
             Ok(count) if count > self.partitions => count,
             Ok(_) => return,
@@ -444,7 +456,7 @@ impl Stage {
         }
     }
 
-    fn train(&mut self, consumer: &BaseConsumer, input: &str) -> anyhow::Result<()> {
+    fn train(&mut self, consumer: &InputConsumer, input: &str) -> anyhow::Result<()> {
         let idle = (self.options.idle_checkpoint_ms > 0)
             .then(|| Duration::from_millis(self.options.idle_checkpoint_ms));
         let mut last_input = Instant::now();
@@ -454,7 +466,6 @@ impl Stage {
             if Instant::now() >= next_check {
                 next_check = Instant::now() + check_every;
                 self.assign_new_partitions(consumer, input);
-                self.report_lag(consumer, input);
             }
             if let Some(scored) = self.evaluator.as_mut().and_then(Evaluator::poll) {
                 self.status.pass_at_k = Some(scored);
@@ -474,7 +485,7 @@ impl Stage {
                 None => {
                     let paused = idle.is_some_and(|idle| last_input.elapsed() >= idle);
                     if paused {
-                        self.step_over_markers(consumer);
+                        self.step_over_markers(consumer, input);
                     }
                     if paused && !self.run.batches.is_empty() {
                         self.finish_run(consumer, input, "input paused")?;
@@ -488,10 +499,20 @@ impl Stage {
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                 Some(Ok(message)) => {
                     last_input = Instant::now();
+                    let (partition, offset) = (message.partition(), message.offset());
+                    if !self
+                        .tracker
+                        .get_mut()
+                        .expect("tracker lock")
+                        .begin(partition, offset)
+                    {
+                        continue; // read already
+                    }
                     self.metrics.records.consumed.inc();
                     self.handle(&message)?;
-                    self.offsets
-                        .insert(message.partition(), message.offset() + 1);
+                    if let Some(next) = store(consumer, input, &self.tracker, partition, offset) {
+                        self.offsets.insert(partition, next);
+                    }
                     self.metrics.records.last_processed.set(now_ms() / 1000);
                     if self.run.steps >= self.options.steps_per_run {
                         self.finish_run(consumer, input, "run complete")?;
@@ -653,44 +674,19 @@ impl Stage {
             .map_or(2048, |s| s.tokens.size()[1])
     }
 
-    /// `codelupe_consumer_lag`: each partition's end less the consumer's position.
-    fn report_lag(&self, consumer: &BaseConsumer, input: &str) {
-        let Ok(positions) = consumer.position() else {
-            return;
-        };
-        for e in positions.elements() {
-            let Offset::Offset(position) = e.offset() else {
-                continue;
-            };
-            let timeout = Duration::from_secs(1);
-            if let Ok((_, high)) = consumer.fetch_watermarks(input, e.partition(), timeout) {
-                self.metrics
-                    .records
-                    .consumer_lag
-                    .with_label_values(&[input, &e.partition().to_string()])
-                    .set((high - position).max(0));
-            }
-        }
-    }
-
     /// Moves each partition's offset to the consumer's position when that is further:
     /// transaction markers (a batcher in `exactly_once`) are never delivered, and an
     /// offset left at one would show a lag of 1 for good.
-    fn step_over_markers(&mut self, consumer: &BaseConsumer) {
-        let Ok(positions) = consumer.position() else {
-            return;
-        };
-        for e in positions.elements() {
-            if let Offset::Offset(position) = e.offset() {
-                let offset = self.offsets.entry(e.partition()).or_insert(position);
-                *offset = (*offset).max(position);
-            }
+    fn step_over_markers(&mut self, consumer: &InputConsumer, input: &str) {
+        for (partition, next) in store_stepped_over(consumer, input, &self.tracker) {
+            let offset = self.offsets.entry(partition).or_insert(next);
+            *offset = (*offset).max(next);
         }
     }
 
     /// Commits the offsets read to the group. The checkpoint holds the offsets a
     /// restart resumes from; the commit feeds lag dashboards and alerts.
-    fn commit_offsets(&mut self, consumer: &BaseConsumer, input: &str) -> anyhow::Result<()> {
+    fn commit_offsets(&mut self, consumer: &InputConsumer, input: &str) -> anyhow::Result<()> {
         let mut list = TopicPartitionList::new();
         for (&p, &o) in &self.offsets {
             list.add_partition_offset(input, p, Offset::Offset(o))?;
@@ -706,7 +702,7 @@ impl Stage {
     /// checkpoint, and only then the offset commit.
     fn finish_run(
         &mut self,
-        consumer: &BaseConsumer,
+        consumer: &InputConsumer,
         input: &str,
         why: &str,
     ) -> anyhow::Result<()> {

@@ -350,6 +350,17 @@ async fn an_input_ending_in_batches_it_does_not_train_is_committed_to_its_end_an
         Duration::from_secs(60),
         || lag.lag().unwrap() == 0,
     );
+    // Its own lag series (from librdkafka's statistics, as every stage's) reaches 0 too:
+    // the offsets of the tail it skipped are stored.
+    let series = format!(
+        "codelupe_consumer_lag{{partition=\"0\",topic=\"{}\"}} 0",
+        s.input
+    );
+    wait_for(
+        "the trainer's own lag at 0",
+        Duration::from_secs(30),
+        || http_get(s.port, "/prometheus").is_ok_and(|(_, m)| m.contains(&series)),
+    );
     // The undecodable value is dead-lettered like every stage's.
     let letters: Vec<codelupe_runtime::records::DeadLetter> =
         codelupe_testkit::read_all(&s.dead_letters, Duration::from_secs(2))

@@ -52,12 +52,12 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
                 break;
             }
             Some((partition, offset)) = done_rx.recv() => {
-                store(&consumer, input, &tracker, partition, offset);
+                store(&*consumer, input, &tracker, partition, offset);
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => back_pressure.released(&consumer),
             _ = tick.tick() => {
                 back_pressure.tick(&consumer);
-                store_stepped_over(&consumer, input, &tracker);
+                store_stepped_over(&*consumer, input, &tracker);
             }
             message = stream.next(), if back_pressure.poll_input() => {
                 let message = match polled(message) {
@@ -87,7 +87,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
     );
     let timeout = Duration::from_millis(runtime.settings.drain_timeout_ms);
     drain(&mut tasks, &mut done_rx, timeout, |(partition, offset)| {
-        store(&consumer, input, &tracker, partition, offset)
+        store(&*consumer, input, &tracker, partition, offset);
     })
     .await;
     drop(shared);

@@ -128,7 +128,7 @@ pub(crate) async fn run<T: Transform>(transform: T, runtime: &StageRuntime) -> a
             }
             Some(_) = state.tasks.join_next(), if !state.tasks.is_empty() => {}
             _ = tick.tick() => {
-                let stepped = crate::consume::subscription::stepped_over(&state.consumer, &state.tracker);
+                let stepped = crate::consume::subscription::stepped_over(&*state.consumer, &state.tracker);
                 state.waiting.committable.extend(stepped);
                 state.commit_ready().await?;
                 state.back_pressure.tick(&state.consumer);

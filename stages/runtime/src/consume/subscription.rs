@@ -25,7 +25,7 @@ pub(crate) struct LoopContext {
     /// Whether the consumer commits the offsets stored (at-least-once); under
     /// `exactly_once` the transactions alone commit them.
     commits_offsets: bool,
-    lag: IntGaugeVec,
+    lag: ConsumerLag,
     tracker: Arc<Mutex<OffsetTracker>>,
     /// Tells a stateful stage of its partitions coming and going, in the order they do.
     rebalanced: Option<mpsc::UnboundedSender<Rebalanced>>,
@@ -44,8 +44,18 @@ pub(crate) enum Rebalanced {
     Assigned(Vec<i32>),
 }
 
-impl ClientContext for LoopContext {
-    fn stats(&self, statistics: Statistics) {
+/// `codelupe_consumer_lag{topic,partition}` from librdkafka's statistics: every
+/// consumer of a stage reports its lag this way, the loops' and the trainer's.
+#[derive(Clone)]
+pub struct ConsumerLag(IntGaugeVec);
+
+impl ConsumerLag {
+    pub fn new(gauge: IntGaugeVec) -> Self {
+        Self(gauge)
+    }
+
+    /// Sets each partition's lag; true when any partition is being fetched.
+    pub fn report(&self, statistics: &Statistics) -> bool {
         let mut fetching = false;
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
@@ -58,13 +68,41 @@ impl ClientContext for LoopContext {
                     p.consumer_lag
                 };
                 if *partition >= 0 && lag >= 0 {
-                    self.lag
+                    self.0
                         .with_label_values(&[topic.as_str(), &partition.to_string()])
                         .set(lag);
                 }
                 fetching |= *partition >= 0 && p.fetch_state == "active";
             }
         }
+        fetching
+    }
+
+    /// Drops the series of partitions this consumer no longer holds.
+    fn forget(&self, list: &TopicPartitionList) {
+        for e in list.elements() {
+            let _ = self
+                .0
+                .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+        }
+    }
+}
+
+/// The context of a consumer outside the loops (the trainer's, which assigns its
+/// partitions itself): it reports the lag.
+pub struct LagContext(pub ConsumerLag);
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        self.0.report(&statistics);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        let fetching = self.lag.report(&statistics);
         // A member fetching its partitions is consuming, whatever an earlier rebalance
         // error said: after a failed rebalance the member may keep its assignment with
         // no new assignment callback to say so, and stay not ready for good.
@@ -91,11 +129,7 @@ impl ConsumerContext for LoopContext {
                 }
             }
             let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-            for e in list.elements() {
-                let _ = self
-                    .lag
-                    .remove_label_values(&[e.topic(), &e.partition().to_string()]);
-            }
+            self.lag.forget(list);
             tracing::info!(?partitions, "partitions revoked");
             self.tracker
                 .lock()
@@ -161,7 +195,7 @@ pub(crate) fn subscribe(
     let context = LoopContext {
         readiness: runtime.readiness.clone(),
         commits_offsets,
-        lag: metrics.consumer_lag.clone(),
+        lag: ConsumerLag::new(metrics.consumer_lag.clone()),
         tracker,
         rebalanced,
         paused: Arc::new(AtomicBool::new(false)),
@@ -223,20 +257,19 @@ pub(crate) fn polled<M>(message: Option<KafkaResult<M>>) -> Polled<M> {
     }
 }
 
-pub(crate) fn store(
-    consumer: &StreamConsumer<LoopContext>,
+/// Marks `offset` done and stores the partition's new high-water mark when it moved;
+/// returns that mark (the next offset to consume).
+pub fn store<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
     topic: &str,
     tracker: &Mutex<OffsetTracker>,
     partition: i32,
     offset: i64,
-) {
-    let completed = tracker
+) -> Option<i64> {
+    let next = tracker
         .lock()
         .expect("tracker lock")
-        .complete(partition, offset);
-    let Some(next) = completed else {
-        return;
-    };
+        .complete(partition, offset)?;
     let mut list = TopicPartitionList::new();
     if list
         .add_partition_offset(topic, partition, Offset::Offset(next))
@@ -248,12 +281,13 @@ pub(crate) fn store(
             tracing::debug!(partition, next, error = %e, "offset not stored");
         }
     }
+    Some(next)
 }
 
 /// Offsets to store for partitions with nothing in flight whose consumer position has
 /// stepped over records never delivered (transaction markers).
-pub(crate) fn stepped_over(
-    consumer: &StreamConsumer<LoopContext>,
+pub fn stepped_over<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
     tracker: &Mutex<OffsetTracker>,
 ) -> Vec<(i32, i64)> {
     let Ok(positions) = consumer.position() else {
@@ -272,14 +306,16 @@ pub(crate) fn stepped_over(
         .collect()
 }
 
-/// Stores the offsets [`stepped_over`] finds (for the at-least-once loops).
-pub(crate) fn store_stepped_over(
-    consumer: &StreamConsumer<LoopContext>,
+/// Stores the offsets [`stepped_over`] finds (for the at-least-once loops and the
+/// trainer), and returns them.
+pub fn store_stepped_over<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
     topic: &str,
     tracker: &Mutex<OffsetTracker>,
-) {
+) -> Vec<(i32, i64)> {
+    let stepped = stepped_over(consumer, tracker);
     let mut list = TopicPartitionList::new();
-    for (partition, next) in stepped_over(consumer, tracker) {
+    for &(partition, next) in &stepped {
         let _ = list.add_partition_offset(topic, partition, Offset::Offset(next));
     }
     if list.count() > 0 {
@@ -287,6 +323,7 @@ pub(crate) fn store_stepped_over(
             tracing::debug!(error = %e, "stepped-over offsets not stored");
         }
     }
+    stepped
 }
 
 pub(crate) struct InputRecord {

@@ -22,7 +22,7 @@ impl Loop {
         if self.transaction.is_some() {
             return self.commit().await;
         }
-        store_stepped_over(&self.consumer, &self.input, &self.tracker);
+        store_stepped_over(&*self.consumer, &self.input, &self.tracker);
         Ok(())
     }
 
@@ -54,7 +54,7 @@ impl Loop {
             }
         }
         touched.extend(
-            stepped_over(&self.consumer, &self.tracker)
+            stepped_over(&*self.consumer, &self.tracker)
                 .into_iter()
                 .map(|(p, _)| p),
         );
@@ -99,7 +99,7 @@ impl Loop {
 
     pub(super) fn release(&self, at: InputPosition) {
         store(
-            &self.consumer,
+            &*self.consumer,
             &self.input,
             &self.tracker,
             at.partition,

@@ -54,9 +54,38 @@ fn newest_checkpoint(root: &Path) -> Option<PathBuf> {
 fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let work = fresh_checkout(dir.path());
+    let start = Instant::now();
+    let mut guard = started(&work);
+    let run = &mut guard.0;
+    let prometheus = start_prometheus();
+    every_port_serves_its_metrics_and_is_ready(run, start);
+    check_seed_queries(&prometheus);
+    check_tail(&work);
+
+    let checkpoints = work.join(".codelupe/checkpoints");
+    wait_for(
+        "the trainer's first checkpoint",
+        FIRST_CHECKPOINT_WITHIN.saturating_sub(start.elapsed()),
+        || newest_checkpoint(&checkpoints).is_some(),
+    );
+    check_live_page();
+
+    let summary = stopped_by_ctrl_c(run);
+    check_summary_names_its_model(&summary, &checkpoints);
+    assert!(
+        !work.join(".codelupe/broker").exists(),
+        "the embedded broker's address outlived the run"
+    );
+    check_dataset(&work, &summary);
+    check_a_second_run_goes_on(&work, &summary);
+    check_generate(&work);
+}
+
+/// `codelupe run` in `work` until every stage's port answers.
+fn started(work: &Path) -> KillOnDrop {
     let mut guard = KillOnDrop(
         codelupe()
-            .current_dir(&work)
+            .current_dir(work)
             .arg("run")
             .env_remove("CODELUPE_KAFKA__BROKERS")
             .stdin(Stdio::null())
@@ -66,7 +95,6 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
             .unwrap(),
     );
     let run = &mut guard.0;
-    let start = Instant::now();
     wait_for(
         "the crawler's metrics port",
         Duration::from_secs(60),
@@ -85,7 +113,13 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
             http_get(*port, "/healthz").is_ok()
         });
     }
-    let prometheus = start_prometheus();
+    guard
+}
+
+/// For 30 s (two rounds at least) every port serves valid exposition with its
+/// stage's own metrics; past 30 s every stage is ready, the crawler has published and
+/// the batcher has made a batch; the run is still going.
+fn every_port_serves_its_metrics_and_is_ready(run: &mut std::process::Child, start: Instant) {
     let mut rounds = 0;
     while start.elapsed() < Duration::from_secs(30) || rounds < 2 {
         for (stage, port, path) in ENDPOINTS {
@@ -110,33 +144,7 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
                 );
             }
             if start.elapsed() >= Duration::from_secs(30) {
-                let (ready, why) = http_get(*port, "/readyz").unwrap();
-                assert_eq!(ready, 200, "{stage} /readyz: {why}");
-                if *stage == "crawler" {
-                    // The offline default crawls the git repositories under the working
-                    // directory: at least this checkout.
-                    let published = body
-                        .lines()
-                        .find_map(|l| l.strip_prefix("crawler_repos_indexed_total "))
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .unwrap_or(0.0);
-                    assert!(
-                        published >= 1.0,
-                        "the embedded crawler published nothing:\n{body}"
-                    );
-                }
-                if *stage == "batcher" {
-                    // This checkout's files went all the way through to training batches.
-                    let batches: f64 = body
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("batcher_batches_produced_total{"))
-                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                        .sum();
-                    assert!(
-                        batches >= 1.0,
-                        "the embedded batcher made no batch:\n{body}"
-                    );
-                }
+                check_ready_and_flowing(stage, *port, &body);
             }
         }
         rounds += 1;
@@ -147,17 +155,42 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
         std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
         panic!("codelupe run exited on its own with {status}:\n{stderr}");
     }
-    check_seed_queries(&prometheus);
-    check_tail(&work);
+}
 
-    let checkpoints = work.join(".codelupe/checkpoints");
-    wait_for(
-        "the trainer's first checkpoint",
-        FIRST_CHECKPOINT_WITHIN.saturating_sub(start.elapsed()),
-        || newest_checkpoint(&checkpoints).is_some(),
-    );
-    check_live_page();
+/// One stage past 30 s: ready, and the files of this checkout on their way.
+fn check_ready_and_flowing(stage: &str, port: u16, body: &str) {
+    let (ready, why) = http_get(port, "/readyz").unwrap();
+    assert_eq!(ready, 200, "{stage} /readyz: {why}");
+    if stage == "crawler" {
+        // The offline default crawls the git repositories under the working
+        // directory: at least this checkout.
+        let published = body
+            .lines()
+            .find_map(|l| l.strip_prefix("crawler_repos_indexed_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(
+            published >= 1.0,
+            "the embedded crawler published nothing:\n{body}"
+        );
+    }
+    if stage == "batcher" {
+        // This checkout's files went all the way through to training batches.
+        let batches: f64 = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("batcher_batches_produced_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(
+            batches >= 1.0,
+            "the embedded batcher made no batch:\n{body}"
+        );
+    }
+}
 
+/// Ctrl-C stops the run within 60 s, successfully, with every port closed;
+/// returns the summary it printed.
+fn stopped_by_ctrl_c(run: &mut std::process::Child) -> String {
     Command::new("kill")
         .args(["-INT", &run.id().to_string()])
         .status()
@@ -183,8 +216,12 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
             "port {port} still open after exit"
         );
     }
-    // The summary names the model it made and how to try it.
-    let newest = newest_checkpoint(&checkpoints).unwrap();
+    stdout
+}
+
+/// The summary names the model it made and how to try it.
+fn check_summary_names_its_model(stdout: &str, checkpoints: &Path) {
+    let newest = newest_checkpoint(checkpoints).unwrap();
     let name = newest.file_name().unwrap().to_str().unwrap();
     for expected in [
         "summary after",
@@ -199,14 +236,12 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
             "summary lacks {expected:?}:\n{stdout}"
         );
     }
-    assert!(
-        !work.join(".codelupe/broker").exists(),
-        "the embedded broker's address outlived the run"
-    );
-    check_dataset(&work, &stdout);
+}
 
-    // A second run in the same folder goes on from the checkpoint with another pass over
-    // the files (the embedded broker starts empty), instead of waiting past their end.
+/// A second run in the same folder goes on from the checkpoint with another
+/// pass over the files (the embedded broker starts empty), instead of waiting past
+/// their end.
+fn check_a_second_run_goes_on(work: &Path, stdout: &str) {
     let steps = |summary: &str| -> u64 {
         summary
             .lines()
@@ -221,7 +256,7 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
             .unwrap_or_else(|| panic!("no step count in the summary:\n{summary}"))
     };
     let second = codelupe()
-        .current_dir(&work)
+        .current_dir(work)
         .args(["run", "--for", "90s"])
         .env_remove("CODELUPE_KAFKA__BROKERS")
         .stdin(Stdio::null())
@@ -230,12 +265,15 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
     assert!(second.status.success(), "{}", text(&second));
     let second = String::from_utf8_lossy(&second.stdout);
     assert!(
-        steps(&second) > steps(&stdout),
+        steps(&second) > steps(stdout),
         "the second run trained nothing more:\n{stdout}\n{second}"
     );
+}
 
+/// `codelupe generate` samples from the checkpoints.
+fn check_generate(work: &Path) {
     let generated = codelupe()
-        .current_dir(&work)
+        .current_dir(work)
         .args(["generate", "--checkpoint", ".codelupe/checkpoints"])
         .args(["--prompt", "fn main(", "--max-tokens", "24"])
         .output()
@@ -248,7 +286,6 @@ fn run_trains_a_model_with_every_port_the_live_page_and_tail_and_stops_on_ctrl_c
     );
 }
 
-/// `codelupe tail` finds the running embedded broker and prints decoded records.
 /// The run's export, read by `datasets` and DuckDB: a row for each file the
 /// near-duplicate stage kept, as the summary says.
 fn check_dataset(work: &Path, summary: &str) {
@@ -304,6 +341,7 @@ fn check_dataset(work: &Path, summary: &str) {
     }
 }
 
+/// `codelupe tail` finds the running embedded broker and prints decoded records.
 fn check_tail(work: &Path) {
     let out = codelupe()
         .current_dir(work)

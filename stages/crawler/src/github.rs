@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CrawlerMetrics, ScrapeError};
-use crate::Sink;
+use crate::sink::Sink;
 
 /// The API's hard cap on results reachable through one query.
 pub const SEARCH_CAP: u64 = 1000;

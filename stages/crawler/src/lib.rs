@@ -5,16 +5,15 @@
 
 pub mod github;
 pub mod metrics;
+pub mod sink;
 pub mod sources;
 pub mod state;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use codelupe_runtime::consume::transaction::Transactions;
-use codelupe_runtime::publish::Outgoing;
 use codelupe_runtime::records::RepoUrl;
 use codelupe_runtime::StageRuntime;
 use serde::Deserialize;
@@ -22,7 +21,8 @@ use serde::Deserialize;
 use codelupe_runtime::descriptor::{Bound, Flow, Runs, StageDescriptor};
 
 use crate::github::{GithubOptions, GithubSource, Stopped};
-use crate::metrics::{CrawlerMetrics, IndexError, ScrapeError};
+use crate::metrics::{CrawlerMetrics, ScrapeError};
+use crate::sink::Sink;
 use crate::state::CrawlState;
 
 pub const STAGE: &str = "crawler";
@@ -87,55 +87,6 @@ impl Default for CrawlerOptions {
     }
 }
 
-/// Publishes pages of discovered repositories with their state, transactionally.
-pub struct Sink<'a> {
-    publisher: &'a Transactions,
-    pub state: CrawlState,
-    output: &'a str,
-    state_topic: &'a str,
-    metrics: &'a CrawlerMetrics,
-}
-
-impl Sink<'_> {
-    /// Publishes the repositories that are news (new, or pushed since), with the
-    /// cursor if given, in one transaction; returns how many were published.
-    pub async fn publish(
-        &mut self,
-        repos: Vec<RepoUrl>,
-        cursor: Option<(&str, i64)>,
-    ) -> anyhow::Result<usize> {
-        let mut seen = HashSet::new();
-        let fresh: Vec<RepoUrl> = repos
-            .into_iter()
-            .filter(|r| self.state.is_news(r) && seen.insert(r.full_name.clone()))
-            .collect();
-        if fresh.is_empty() && cursor.is_none() {
-            return Ok(0);
-        }
-        let mut batch = Vec::with_capacity(fresh.len() * 2 + 1);
-        for repo in &fresh {
-            match Outgoing::record(self.output, &repo.full_name, repo) {
-                Ok(record) => batch.push(record),
-                Err(e) => {
-                    self.metrics.index_errors.inc(IndexError::Encode);
-                    bail!("cannot encode {}: {e}", repo.full_name);
-                }
-            }
-        }
-        batch.extend(CrawlState::entries(self.state_topic, &fresh, cursor)?);
-        if let Err(e) = self.publisher.send_batch(&batch).await {
-            self.metrics.index_errors.inc(IndexError::Produce);
-            return Err(e);
-        }
-        self.state.committed(&fresh, cursor);
-        self.metrics.repos_indexed.inc_by(fresh.len() as u64);
-        if let Some(last) = fresh.last() {
-            self.metrics.last_repo_stars.set(last.stars as f64);
-        }
-        Ok(fresh.len())
-    }
-}
-
 /// Runs passes until shutdown, or one pass with `--once`.
 pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let options: CrawlerOptions = runtime.settings.options(STAGE)?;
@@ -153,13 +104,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let publisher = Transactions::init(&runtime, &options.transactional_id).await?;
     let state = CrawlState::load(&runtime.clients, &options.state_topic).await?;
     runtime.readiness.set_ready();
-    let mut sink = Sink {
-        publisher: &publisher,
-        state,
-        output: &output,
-        state_topic: &options.state_topic,
-        metrics: &metrics,
-    };
+    let mut sink = Sink::new(&publisher, state, &output, &options.state_topic, &metrics);
     loop {
         match pass(&options, &mut sink, &metrics, &runtime).await {
             Ok(published) => tracing::info!(

@@ -8,67 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use codelupe_runtime::records::CodeFile;
-
 use crate::catalogue::{DropStats, NearDuplicates, RepoStats, Repositories};
-use crate::rows::Files;
+use crate::rows::{FileStats, Files};
 use crate::store::DatasetStore;
 use crate::table::Table;
-
-/// What one data file holds.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FileStats {
-    pub language: String,
-    pub rows: u64,
-    pub content_bytes: u64,
-    pub lines: u64,
-    /// Rows by detected licence (SPDX id; `none detected` when the repository's files
-    /// named none).
-    pub licenses: BTreeMap<String, u64>,
-    /// Placeholders put in, by kind.
-    pub redactions: BTreeMap<String, u64>,
-}
-
-const NONE_DETECTED: &str = "none detected";
-
-impl FileStats {
-    pub fn of(files: &[&CodeFile]) -> Self {
-        let mut stats = FileStats {
-            language: files
-                .first()
-                .map(|f| f.language.clone())
-                .unwrap_or_default(),
-            ..FileStats::default()
-        };
-        for file in files {
-            stats.rows += 1;
-            stats.content_bytes += file.content.len() as u64;
-            stats.lines += file.lines.max(0) as u64;
-            if file.license.detected.is_empty() {
-                *stats.licenses.entry(NONE_DETECTED.into()).or_default() += 1;
-            }
-            for id in &file.license.detected {
-                *stats.licenses.entry(id.clone()).or_default() += 1;
-            }
-            for (kind, n) in &file.redactions {
-                *stats.redactions.entry(kind.clone()).or_default() += (*n).max(0) as u64;
-            }
-        }
-        stats
-    }
-
-    fn add(&mut self, other: &FileStats) {
-        self.rows += other.rows;
-        self.content_bytes += other.content_bytes;
-        self.lines += other.lines;
-        for (id, n) in &other.licenses {
-            *self.licenses.entry(id.clone()).or_default() += n;
-        }
-        for (kind, n) in &other.redactions {
-            *self.redactions.entry(kind.clone()).or_default() += n;
-        }
-    }
-}
 
 /// Per language folder: its files and their figures summed.
 #[derive(Default)]
@@ -242,6 +185,7 @@ fn filters(card: &mut String, figures: &Figures, rows: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codelupe_runtime::records::CodeFile;
 
     fn file(language: &str, licence: Option<&str>, lines: i64) -> CodeFile {
         CodeFile {

@@ -3,6 +3,7 @@
 //! about `row_group_bytes` of content so a reader (DuckDB, `datasets` streaming) holds
 //! one bounded group at a time and parallelises over several.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::builder::{
@@ -12,8 +13,63 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use codelupe_runtime::records::CodeFile;
 
-use crate::card::FileStats;
 use crate::table::{Table, BATCH_ROWS};
+
+/// What one data file holds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FileStats {
+    pub language: String,
+    pub rows: u64,
+    pub content_bytes: u64,
+    pub lines: u64,
+    /// Rows by detected licence (SPDX id; `none detected` when the repository's files
+    /// named none).
+    pub licenses: BTreeMap<String, u64>,
+    /// Placeholders put in, by kind.
+    pub redactions: BTreeMap<String, u64>,
+}
+
+const NONE_DETECTED: &str = "none detected";
+
+impl FileStats {
+    pub fn of(files: &[&CodeFile]) -> Self {
+        let mut stats = FileStats {
+            language: files
+                .first()
+                .map(|f| f.language.clone())
+                .unwrap_or_default(),
+            ..FileStats::default()
+        };
+        for file in files {
+            stats.rows += 1;
+            stats.content_bytes += file.content.len() as u64;
+            stats.lines += file.lines.max(0) as u64;
+            if file.license.detected.is_empty() {
+                *stats.licenses.entry(NONE_DETECTED.into()).or_default() += 1;
+            }
+            for id in &file.license.detected {
+                *stats.licenses.entry(id.clone()).or_default() += 1;
+            }
+            for (kind, n) in &file.redactions {
+                *stats.redactions.entry(kind.clone()).or_default() += (*n).max(0) as u64;
+            }
+        }
+        stats
+    }
+
+    /// Adds `other`'s figures to these.
+    pub fn add(&mut self, other: &FileStats) {
+        self.rows += other.rows;
+        self.content_bytes += other.content_bytes;
+        self.lines += other.lines;
+        for (id, n) in &other.licenses {
+            *self.licenses.entry(id.clone()).or_default() += n;
+        }
+        for (kind, n) in &other.redactions {
+            *self.redactions.entry(kind.clone()).or_default() += n;
+        }
+    }
+}
 
 /// The processor's quality terms (`quality_components`), one struct field each; a term
 /// a record lacks is null.

@@ -14,6 +14,7 @@ pub mod macros;
 pub mod metrics;
 pub mod notebook;
 pub mod parse;
+pub mod parsed;
 pub mod redact;
 pub mod score;
 pub mod select;
@@ -580,7 +581,12 @@ impl Transform for Processor {
         .map_err(|e| {
             TransformError::retryable(CloneError::Worker, format!("worker failed: {e}"))
         })??;
-        let mut summary = Summarizing::new(&clone, &examined);
+        let mut summary = Summarizing::new(
+            &clone,
+            &examined.license,
+            examined.outcome,
+            examined.verdicts.len(),
+        );
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (_, verdict) in examined.verdicts {

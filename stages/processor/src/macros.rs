@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use tree_sitter::{InputEdit, Point, Tree};
 
-use crate::parse::{ParseFailure, Parsed};
+use crate::parsed::{ParseFailure, Parsed};
 
 /// Languages whose files use macros the parser never sees expanded.
 pub const PREPROCESSED: &[&str] = &["C", "C++"];

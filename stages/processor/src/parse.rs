@@ -10,6 +10,7 @@ use codelupe_runtime::records::ParseStats;
 use tree_sitter::{Language, ParseOptions, ParseState, Parser, Tree};
 
 use crate::macros;
+use crate::parsed::{ParseFailure, Parsed};
 
 fn grammar(language: &str) -> Option<Language> {
     Some(match language {
@@ -61,22 +62,6 @@ const TYPE_KINDS: &[&str] = &[
     "union_specifier",
     "abstract_class_declaration",
 ];
-
-/// What the parse found: the record's statistics, plus the share of bytes inside
-/// ERROR nodes (a few ERROR nodes can swallow most of a broken file).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parsed {
-    pub stats: ParseStats,
-    pub error_byte_share: f64,
-    /// ERROR and MISSING nodes.
-    pub errors: u64,
-}
-
-#[derive(Debug)]
-pub enum ParseFailure {
-    Timeout,
-    NoTree,
-}
 
 thread_local! {
     static PARSERS: RefCell<HashMap<&'static str, Parser>> = RefCell::new(HashMap::new());

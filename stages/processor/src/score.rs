@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::parse::Parsed;
+use crate::parsed::Parsed;
 use crate::text::TextStats;
 
 const WEIGHTS: [(&str, f64); 6] = [

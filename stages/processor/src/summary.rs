@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use codelupe_runtime::codec::CodecError;
 use codelupe_runtime::labels::LabelSet as _;
-use codelupe_runtime::records::{CodeFile, RepoClone, RepoSummary};
+use codelupe_runtime::records::{CodeFile, RepoClone, RepoLicense, RepoSummary};
 use codelupe_runtime::{AvroRecord as _, Keyed, Output};
 
+use crate::license::LicenseOutcome;
 use crate::metrics::Skip;
-use crate::Examined;
 
 /// One record the processor publishes.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,16 +59,23 @@ impl Output for Published {
 pub struct Summarizing(RepoSummary);
 
 impl Summarizing {
-    pub fn new(clone: &RepoClone, examined: &Examined) -> Self {
+    /// For `clone`, whose licence was found `license` (and judged `outcome` by the
+    /// policy, when on), with `files_seen` files in its tree.
+    pub fn new(
+        clone: &RepoClone,
+        license: &RepoLicense,
+        outcome: Option<LicenseOutcome>,
+        files_seen: usize,
+    ) -> Self {
         Self(RepoSummary {
             full_name: clone.full_name.clone(),
             commit_id: clone.commit_id.clone(),
             stars: clone.stars,
             quality_score: clone.quality_score,
-            license_reported: examined.license.reported.clone(),
-            licenses_detected: examined.license.detected.clone(),
-            license_outcome: examined.outcome.map(|o| o.label().to_string()),
-            files_seen: examined.verdicts.len() as i64,
+            license_reported: license.reported.clone(),
+            licenses_detected: license.detected.clone(),
+            license_outcome: outcome.map(|o| o.label().to_string()),
+            files_seen: files_seen as i64,
             files_published: 0,
             bytes_published: 0,
             published_by_language: Default::default(),

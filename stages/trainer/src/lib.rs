@@ -3,6 +3,7 @@
 //! that links libtorch; it ships as its own binary, `codelupe-trainer`.
 
 pub mod checkpoint;
+pub mod eval_set;
 pub mod evaluate;
 pub mod generate;
 pub mod model;

@@ -30,11 +30,12 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::checkpoint::{self, CheckpointState, EvalSet};
+use crate::checkpoint::{self, CheckpointState};
+use crate::eval_set::{EvalLosses, EvalSet};
 use crate::model::{ModelConfig, Preset};
 use crate::optim::OptimizerOptions;
 use crate::pass_at_k::{Evaluator, PassAtKOptions, Scored};
-use crate::train::{BatchLimits, EvalLosses, Sequences, Trainer};
+use crate::train::{BatchLimits, Sequences, Trainer};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -712,7 +713,7 @@ impl Stage {
         let EvalLosses {
             overall: eval_loss,
             by_language: eval_loss_by_language,
-        } = self.trainer.evaluate_set(&self.eval);
+        } = self.eval.losses(&self.trainer);
         if let Some(loss) = eval_loss {
             self.metrics.current_eval_loss.set(loss);
         }

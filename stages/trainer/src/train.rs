@@ -1,13 +1,11 @@
 //! The model, its optimiser and one training step; batches as tensors.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use codelupe_runtime::records::TrainingBatch;
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::checkpoint::EvalSet;
 use crate::model::{ModelConfig, Transformer};
 use crate::optim::{AdamW, OptimizerOptions};
 
@@ -89,13 +87,6 @@ impl Sequences {
     }
 }
 
-/// What one evaluation measured.
-pub struct EvalLosses {
-    /// The mean of the eval batches' mean losses; None without eval batches.
-    pub overall: Option<f64>,
-    pub by_language: BTreeMap<String, f64>,
-}
-
 pub struct Trainer {
     pub vs: nn::VarStore,
     pub model: Transformer,
@@ -167,53 +158,20 @@ impl Trainer {
         Some(total / eval.len() as f64)
     }
 
-    /// One pass over the eval set: the mean of its batches' losses (as
-    /// [`Self::evaluate`]) and the loss on each language's tokens (the mean over every
-    /// token of it, wherever it lies; batches whose record named no languages count
-    /// only in the first).
-    pub fn evaluate_set(&self, eval: &EvalSet) -> EvalLosses {
-        let languages = eval.languages.len() as i64;
-        let mut sums = vec![0.0f64; eval.languages.len()];
-        let mut counts = vec![0i64; eval.languages.len()];
-        let mut batch_means = 0.0;
+    /// Each predicted token's loss on `sequences` ([S, L - 1]), on the CPU, without
+    /// gradients.
+    pub fn token_losses(&self, sequences: &Sequences) -> Tensor {
         tch::no_grad(|| {
-            for (sequences, token_languages) in eval.sequences.iter().zip(&eval.token_languages) {
-                let on_device = sequences.to(self.device());
-                let losses = tch::autocast(self.bf16, || {
-                    self.model.token_losses(
-                        &on_device.tokens,
-                        &on_device.positions,
-                        self.mask_documents,
-                    )
-                })
-                .to_device(Device::Cpu);
-                batch_means += losses.mean(Kind::Float).double_value(&[]);
-                let Some(token_languages) = token_languages else {
-                    continue;
-                };
-                // A token's loss is its language's: the language of the predicted token.
-                let t = token_languages.size()[1];
-                let predicted = token_languages.narrow(1, 1, t - 1).reshape([-1]);
-                let by_language =
-                    predicted.bincount(Some(losses.reshape([-1]).to_kind(Kind::Double)), languages);
-                let tokens = predicted.bincount::<Tensor>(None, languages);
-                for i in 0..eval.languages.len() {
-                    sums[i] += by_language.double_value(&[i as i64]);
-                    counts[i] += tokens.int64_value(&[i as i64]);
-                }
-            }
-        });
-        EvalLosses {
-            overall: (!eval.sequences.is_empty())
-                .then(|| batch_means / eval.sequences.len() as f64),
-            by_language: eval
-                .languages
-                .iter()
-                .zip(sums.into_iter().zip(counts))
-                .filter(|(_, (_, count))| *count > 0)
-                .map(|(name, (sum, count))| (name.clone(), sum / count as f64))
-                .collect(),
-        }
+            let on_device = sequences.to(self.device());
+            tch::autocast(self.bf16, || {
+                self.model.token_losses(
+                    &on_device.tokens,
+                    &on_device.positions,
+                    self.mask_documents,
+                )
+            })
+            .to_device(Device::Cpu)
+        })
     }
 
     /// Weights and optimiser moments into `dir` (which exists).
@@ -313,39 +271,5 @@ mod tests {
         let positions: Vec<i64> = s.positions.view([-1]).try_into().unwrap();
         // Document b runs 3..6 across the sequence boundary at 4.
         assert_eq!(positions, [0, 1, 2, 0, 0, 1, 0, 1]);
-    }
-
-    #[test]
-    fn losses_by_language_split_the_mean_loss_by_token() {
-        let config = ModelConfig::preset("tiny", 8).unwrap();
-        let trainer = Trainer::new(config, OptimizerOptions::default(), Device::Cpu, 3, false);
-        let batch = TrainingBatch {
-            batch_id: "b".into(),
-            split: "eval".into(),
-            sequence_length: 8,
-            token_ids: vec![1, 2, 3, 4, 5, 6, 7, 1],
-            document_starts: vec![0, 5],
-            content_hashes: vec!["a".into(), "b".into()],
-            languages: vec!["Rust".into(), "Python".into()],
-            tokenizer_fingerprint: "f".into(),
-        };
-        let limits = BatchLimits {
-            vocab_size: 8,
-            max_sequence_length: 8,
-        };
-        let mut eval = EvalSet::default();
-        assert!(eval.offer(&batch, Sequences::from_batch(&batch, limits).unwrap(), 1, 1));
-        let losses = trainer.evaluate_set(&eval);
-        let by_language = losses.by_language;
-        assert_eq!(by_language.len(), 2, "{by_language:?}");
-        // Of the 7 predicted tokens, 4 are Rust's (positions 1-4) and 3 Python's.
-        let mean = (4.0 * by_language["Rust"] + 3.0 * by_language["Python"]) / 7.0;
-        let overall = trainer.evaluate(&eval.sequences).unwrap();
-        assert!(
-            (losses.overall.unwrap() - overall).abs() < 1e-5,
-            "one pass, the same loss"
-        );
-        assert!((mean - overall).abs() < 1e-5, "{mean} vs {overall}");
-        assert!((by_language["Rust"] - by_language["Python"]).abs() > 1e-6);
     }
 }

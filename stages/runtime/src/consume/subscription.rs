@@ -119,9 +119,10 @@ impl ConsumerContext for LoopContext {
         rebalance: &Rebalance<'_>,
     ) {
         if let Rebalance::Revoke(list) = rebalance {
-            // Commit what is stored before the partitions go, so the next owner starts
-            // right after the last acknowledged record. Records still in flight were not
-            // stored and will be replayed by that owner (duplicates, never losses).
+            // At-least-once: commit what is stored before the partitions go, so the next
+            // owner starts right after the last acknowledged record. Records still in
+            // flight were not stored and will be replayed by that owner (duplicates,
+            // never losses). Under `exactly_once` the transactions committed it.
             if self.commits_offsets {
                 if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
                 {

@@ -220,101 +220,22 @@ fn scenario(delivery: &str, kafka: Kafka) {
     let mut cluster = Cluster::start(&config, &topology, &dir.join("logs"), &suffix);
     let started = Instant::now();
 
-    // Poison into every topic once records flow, each shaped from a real one.
-    for name in [
-        "repo-urls",
-        "repo-clones",
-        "code-files",
-        "neardup-probes",
-        "neardup-index",
-        "neardup-gather",
-        "distinct-files",
-        "training-batches",
-        "crawler-state",
-        "batcher-seen",
-        "dead-letters",
-    ] {
-        let real = first_record(&topic(name));
-        cluster::poison(&topic(name), &real, dir);
-        cluster.restart_exited();
-    }
-    cluster::forge(topic, |name| first_record(&topic(name)));
+    poisoned_and_forged(&mut cluster, &topic, dir);
     eprintln!(
         "fault harness: poison and forged records produced after {:?}",
         started.elapsed()
     );
 
-    // SIGKILL a random replica of a random stage, again and again; stop the broker once.
-    for k in 0..scale.kills {
-        std::thread::sleep(scale.every);
-        let i = dice.usize(..cluster.replicas.len());
-        let down_for = Duration::from_millis(500 * dice.u64(1..=4));
-        eprintln!(
-            "fault harness: kill {} of {}: {} (down {down_for:?})",
-            k + 1,
-            scale.kills,
-            cluster.replicas[i].name()
-        );
-        cluster.kill_and_restart(i, down_for);
-        match &three {
-            None if k == scale.kills / 2 => {
-                eprintln!("fault harness: broker stopped for {:?}", scale.outage);
-                let outage = Outage::begin();
-                std::thread::sleep(scale.outage);
-                outage.end();
-            }
-            Some(three) => {
-                if let Some(fault) = BrokerFault::at(k, scale.kills) {
-                    let killed = three.kill(fault, &suffix, scale.outage);
-                    eprintln!("fault harness: SIGKILLed {killed}, down {:?}", scale.outage);
-                }
-            }
-            None => {}
-        }
-        cluster.restart_exited();
-    }
+    faulted(&mut cluster, &scale, &mut dice, three.as_ref(), &suffix);
     let last_fault = Instant::now();
 
-    // Every group's lag back to 0, every replica ready.
-    let mut readers = lag_readers(&suffix, &[]);
-    let mut lags: Vec<(String, i64)>;
-    let settled = loop {
-        cluster.restart_exited();
-        lags = readers
-            .iter_mut()
-            .map(|(stage, r)| (stage.clone(), r.lag().unwrap_or(-1)))
-            .collect();
-        if lags.iter().all(|(_, lag)| *lag == 0) && cluster.not_ready().is_empty() {
-            break Some(last_fault.elapsed());
-        }
-        if last_fault.elapsed() > scale.settle {
-            break None;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let (settled, lags) = settled(&mut cluster, &suffix, &scale, last_fault);
     let not_ready = cluster.not_ready();
     let exit_reasons = cluster.exit_reasons();
     let looping = cluster.crash_looping();
     let unclean = cluster.stop();
 
-    let ledger = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(Ledger::read(
-            &Topics {
-                repo_urls: topic("repo-urls"),
-                repo_clones: topic("repo-clones"),
-                code_files: topic("code-files"),
-                distinct_files: topic("distinct-files"),
-                near_duplicates: topic("near-duplicates"),
-                repo_summaries: topic("repo-summaries"),
-                training_batches: topic("training-batches"),
-                dead_letters: topic("dead-letters"),
-            },
-            &corpus.repos,
-            &dir.join("store"),
-            &dir.join("tokenizer.json"),
-            &dir.join("dataset"),
-        ));
+    let ledger = ledger_of(&topic, &corpus, dir);
     let state_skipped = logged(dir, "crawler", "undecodable state entry skipped");
     let (replayed, refused) = cluster::replay_forged(&config, &topology);
     let listed = codelupe()
@@ -355,6 +276,138 @@ fn scenario(delivery: &str, kafka: Kafka) {
     );
     assert_eq!(ledger.lost(), 0, "records lost");
     assert!(ledger.problems.is_empty(), "{:#?}", ledger.problems);
+    check_poison_and_forged(&ledger, &topic, &listed, &replayed, &refused);
+    check_the_token_went_only_to_github(&corpus);
+    check_once_and_the_export(delivery, &ledger, dir);
+    assert!(unclean.is_empty(), "stopped uncleanly: {unclean:?}");
+    // A replica that keeps ending on its own is crash-looping on some record.
+    assert!(
+        looping.is_empty(),
+        "crash loop: {looping:?}\n{exit_reasons}"
+    );
+}
+
+/// Poison into every topic once records flow, each shaped from a real one, then the
+/// forged records (well-formed and hostile).
+fn poisoned_and_forged(cluster: &mut Cluster, topic: &impl Fn(&str) -> String, dir: &Path) {
+    for name in [
+        "repo-urls",
+        "repo-clones",
+        "code-files",
+        "neardup-probes",
+        "neardup-index",
+        "neardup-gather",
+        "distinct-files",
+        "training-batches",
+        "crawler-state",
+        "batcher-seen",
+        "dead-letters",
+    ] {
+        let real = first_record(&topic(name));
+        cluster::poison(&topic(name), &real, dir);
+        cluster.restart_exited();
+    }
+    cluster::forge(topic, |name| first_record(&topic(name)));
+}
+
+/// SIGKILLs a random replica of a random stage, again and again; stops the one broker
+/// once, or kills the three brokers' input leader and coordinators in turn.
+fn faulted(
+    cluster: &mut Cluster,
+    scale: &Scale,
+    dice: &mut fastrand::Rng,
+    three: Option<&ThreeBrokers>,
+    suffix: &str,
+) {
+    for k in 0..scale.kills {
+        std::thread::sleep(scale.every);
+        let i = dice.usize(..cluster.replicas.len());
+        let down_for = Duration::from_millis(500 * dice.u64(1..=4));
+        eprintln!(
+            "fault harness: kill {} of {}: {} (down {down_for:?})",
+            k + 1,
+            scale.kills,
+            cluster.replicas[i].name()
+        );
+        cluster.kill_and_restart(i, down_for);
+        match three {
+            None if k == scale.kills / 2 => {
+                eprintln!("fault harness: broker stopped for {:?}", scale.outage);
+                let outage = Outage::begin();
+                std::thread::sleep(scale.outage);
+                outage.end();
+            }
+            Some(three) => {
+                if let Some(fault) = BrokerFault::at(k, scale.kills) {
+                    let killed = three.kill(fault, suffix, scale.outage);
+                    eprintln!("fault harness: SIGKILLed {killed}, down {:?}", scale.outage);
+                }
+            }
+            None => {}
+        }
+        cluster.restart_exited();
+    }
+}
+
+/// Waits, up to the scale's bound after the last fault, for every group's lag to be 0
+/// and every replica ready; how long it took (None: never), and the lags last read.
+fn settled(
+    cluster: &mut Cluster,
+    suffix: &str,
+    scale: &Scale,
+    last_fault: Instant,
+) -> (Option<Duration>, Vec<(String, i64)>) {
+    let mut readers = lag_readers(suffix, &[]);
+    let mut lags: Vec<(String, i64)>;
+    let settled = loop {
+        cluster.restart_exited();
+        lags = readers
+            .iter_mut()
+            .map(|(stage, r)| (stage.clone(), r.lag().unwrap_or(-1)))
+            .collect();
+        if lags.iter().all(|(_, lag)| *lag == 0) && cluster.not_ready().is_empty() {
+            break Some(last_fault.elapsed());
+        }
+        if last_fault.elapsed() > scale.settle {
+            break None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    (settled, lags)
+}
+
+/// What became of every record, read from the topics, the store and the dataset.
+fn ledger_of(topic: &impl Fn(&str) -> String, corpus: &Corpus, dir: &Path) -> Ledger {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(Ledger::read(
+            &Topics {
+                repo_urls: topic("repo-urls"),
+                repo_clones: topic("repo-clones"),
+                code_files: topic("code-files"),
+                distinct_files: topic("distinct-files"),
+                near_duplicates: topic("near-duplicates"),
+                repo_summaries: topic("repo-summaries"),
+                training_batches: topic("training-batches"),
+                dead_letters: topic("dead-letters"),
+            },
+            &corpus.repos,
+            &dir.join("store"),
+            &dir.join("tokenizer.json"),
+            &dir.join("dataset"),
+        ))
+}
+
+/// Every poison dead-lettered from every input, the forged records dead-lettered by
+/// the stage they were aimed at, every letter bounded, and a forged letter never
+/// replayed.
+fn check_poison_and_forged(
+    ledger: &Ledger,
+    topic: &impl Fn(&str) -> String,
+    listed: &std::process::Output,
+    replayed: &str,
+    refused: &str,
+) {
     for input in [
         "repo-urls",
         "repo-clones",
@@ -376,7 +429,7 @@ fn scenario(delivery: &str, kafka: Kafka) {
     assert!(
         listed.status.success(),
         "dead-letters list: {}",
-        text(&listed)
+        text(listed)
     );
     for (input, kind, stage) in [
         ("repo-urls", "forged-huge-url", "downloader"),
@@ -398,8 +451,11 @@ fn scenario(delivery: &str, kafka: Kafka) {
             && refused.contains("is not the input of stage batcher"),
         "a forged letter was replayed: {replayed} {refused}"
     );
-    // The token went nowhere but GitHub: neither the redirecting host nor the host it
-    // pointed at saw it, and the redirect was not followed.
+}
+
+/// The token went nowhere but GitHub: neither the redirecting host nor the host it
+/// pointed at saw it, and the redirect was not followed.
+fn check_the_token_went_only_to_github(corpus: &Corpus) {
     assert!(
         !corpus.redirecting.requests().is_empty(),
         "the redirecting host was asked"
@@ -416,6 +472,11 @@ fn scenario(delivery: &str, kafka: Kafka) {
         corpus.stalled.connections() > 0,
         "the stalled host was asked"
     );
+}
+
+/// No stage duplicated in `exactly_once`; the export, exactly once whatever the mode,
+/// as `datasets` and DuckDB read it.
+fn check_once_and_the_export(delivery: &str, ledger: &Ledger, dir: &Path) {
     if delivery == "exactly_once" {
         for row in &ledger.rows {
             if ["downloader", "processor", "neardup", "batcher"].contains(&row.stage) {
@@ -462,12 +523,6 @@ fn scenario(delivery: &str, kafka: Kafka) {
             "rows {client} read"
         );
     }
-    assert!(unclean.is_empty(), "stopped uncleanly: {unclean:?}");
-    // A replica that keeps ending on its own is crash-looping on some record.
-    assert!(
-        looping.is_empty(),
-        "crash loop: {looping:?}\n{exit_reasons}"
-    );
 }
 
 #[test]

@@ -653,16 +653,12 @@ async fn committed_in_each_mode<T: Transform<Input = RepoUrl>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
-    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    use rdkafka::producer::{FutureRecord, Producer};
     let (input, output, dead) = (unique("txn-in"), unique("txn-out"), unique("txn-dead"));
     create_topics(&[(&input, 2), (&output, 2), (&dead, 1)]).await;
     // Written as the crawler (or an exactly_once stage) writes: each transaction ends
     // with a commit marker in every partition it touched.
-    let producer: FutureProducer = codelupe_testkit::kafka::client()
-        .set("transactional.id", unique("txn-writer"))
-        .create()
-        .unwrap();
-    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let producer = codelupe_testkit::kafka::transactional_producer("txn-writer");
     for chunk in 0..3 {
         producer.begin_transaction().unwrap();
         for i in chunk * 10..chunk * 10 + 10 {
@@ -696,8 +692,8 @@ async fn a_transactional_input_read_to_its_end_leaves_no_lag() {
 /// periodic commit is put off, so the commit on leaving comes after it for certain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exactly_once_stage_commits_its_offsets_in_its_transactions_alone() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::producer::{FutureProducer, Producer};
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::Producer;
     let (input, output, dead) = (unique("own-in"), unique("own-out"), unique("own-dead"));
     create_topics(&[(&input, 1), (&output, 1), (&dead, 1)]).await;
     produce(&input, (0..5).map(repo_url)).await;
@@ -717,20 +713,13 @@ async fn an_exactly_once_stage_commits_its_offsets_in_its_transactions_alone() {
     });
 
     // A later transaction of the group's: the same offset, other metadata.
-    let outside: BaseConsumer = codelupe_testkit::kafka::client()
-        .set("group.id", &group)
-        .create()
-        .unwrap();
+    let outside = codelupe_testkit::kafka::consumer_in(&group);
     let mut offsets = rdkafka::TopicPartitionList::new();
     offsets
         .add_partition_offset(&input, 0, rdkafka::Offset::Offset(5))
         .unwrap();
     offsets.elements_for_topic(&input)[0].set_metadata("the newer transaction's");
-    let producer: FutureProducer = codelupe_testkit::kafka::client()
-        .set("transactional.id", unique("newer"))
-        .create()
-        .unwrap();
-    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let producer = codelupe_testkit::kafka::transactional_producer("newer");
     producer.begin_transaction().unwrap();
     let metadata = outside.group_metadata().unwrap();
     producer

@@ -99,11 +99,7 @@ fn started(work: &Path) -> KillOnDrop {
         "the crawler's metrics port",
         Duration::from_secs(60),
         || {
-            if let Some(status) = run.try_wait().unwrap() {
-                let mut stderr = String::new();
-                std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-                panic!("codelupe run exited at start with {status}:\n{stderr}");
-            }
+            fail_if_exited(run, "at start");
             http_get(9092, "/healthz").is_ok()
         },
     );
@@ -150,10 +146,15 @@ fn every_port_serves_its_metrics_and_is_ready(run: &mut std::process::Child, sta
         rounds += 1;
         std::thread::sleep(Duration::from_secs(5));
     }
+    fail_if_exited(run, "on its own");
+}
+
+/// Fails, with its stderr, if the run has ended (`when`: how the message says it).
+fn fail_if_exited(run: &mut std::process::Child, when: &str) {
     if let Some(status) = run.try_wait().unwrap() {
         let mut stderr = String::new();
         std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        panic!("codelupe run exited on its own with {status}:\n{stderr}");
+        panic!("codelupe run exited {when} with {status}:\n{stderr}");
     }
 }
 

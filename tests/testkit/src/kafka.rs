@@ -79,8 +79,19 @@ pub fn commit_group(group: &str, topic: &str, at: At) {
     consumer.commit(&list, CommitMode::Sync).unwrap();
 }
 
+/// A transactional producer with an id of its own (starting `prefix`), initialised.
+pub fn transactional_producer(prefix: &str) -> rdkafka::producer::FutureProducer {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::FutureProducer = client()
+        .set("transactional.id", unique(prefix))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer
+}
+
 /// A consumer in `group` that commits only when told.
-fn consumer_in(group: &str) -> BaseConsumer {
+pub fn consumer_in(group: &str) -> BaseConsumer {
     client()
         .set("group.id", group)
         .set("enable.auto.commit", "false")

@@ -15,8 +15,6 @@ mod env;
 mod error;
 
 pub use env::ENV_PREFIX;
-#[cfg(test)]
-use env::TOP_LEVEL_KEYS;
 use env::{apply_env_override, is_override};
 pub use error::ConfigError;
 
@@ -341,7 +339,7 @@ mod tests {
         // "unknown field `no_such_key`, expected one of `kafka`, `topology`, …"
         let mut fields: Vec<&str> = expected.split('`').skip(3).step_by(2).collect();
         fields.sort();
-        let mut known = TOP_LEVEL_KEYS.to_vec();
+        let mut known = env::TOP_LEVEL_KEYS.to_vec();
         known.sort();
         assert_eq!(known, fields, "{expected}");
     }

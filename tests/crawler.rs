@@ -463,3 +463,57 @@ async fn a_repository_pushed_while_its_window_is_paged_shifts_nothing_out_of_rea
         queries.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_read_under_heavy_churn_loses_no_repository_that_stays_in_it() {
+    // 40 repositories in one window of 8 pages of 5. After nearly every page served
+    // (15 requests of 18), one repository already served is pushed and leaves the
+    // window, as happens to busy windows: each read of the window comes up short, and
+    // every read misses `owner34/repo34`, which never moves.
+    let all = repos(40);
+    let github = FakeGithub::start(all.clone(), Duration::ZERO);
+    let schedule = [
+        Some(0),
+        Some(5),
+        Some(3),
+        Some(18),
+        None,
+        Some(13),
+        Some(22),
+        Some(2),
+        Some(10),
+        None,
+        Some(7),
+        Some(26),
+        Some(33),
+        Some(9),
+        Some(14),
+        Some(4),
+        Some(25),
+        None,
+    ];
+    let faults: Vec<Fault> = schedule
+        .iter()
+        .map(|pushed| match pushed {
+            Some(i) => Fault::PushAfter {
+                full_name: all[*i].full_name.clone().leak(),
+            },
+            None => Fault::Nothing,
+        })
+        .collect();
+    github.inject(&faults);
+    let setup = setup(&format!(
+        "{}  per_page: 5\n  turn_days: 0\n",
+        github_options(&github.url)
+    ));
+    crawl_once(&setup).await;
+    let got = published(&setup.output);
+    let pushed = github.shared.lock().unwrap().pushed.clone();
+    // A pushed repository left the range for a later window; every other one stayed.
+    let missing: Vec<&str> = all
+        .iter()
+        .map(|r| r.full_name.as_str())
+        .filter(|name| !pushed.contains_key(*name) && !got.contains_key(*name))
+        .collect();
+    assert!(missing.is_empty(), "never published: {missing:?}");
+}

@@ -37,6 +37,8 @@ pub enum Fault {
     PushAfter {
         full_name: &'static str,
     },
+    /// Serves the request as it is: holds a place in the queue.
+    Nothing,
 }
 
 #[derive(Default)]
@@ -152,7 +154,7 @@ fn serve(
         Some(Fault::BadGateway) => {
             return respond(&mut out, "502 Bad Gateway", "", "<html>bad gateway</html>")
         }
-        Some(Fault::PushAfter { .. }) | None => {}
+        Some(Fault::PushAfter { .. } | Fault::Nothing) | None => {}
         Some(Fault::MalformedBody) => {
             return respond(
                 &mut out,

@@ -25,7 +25,8 @@ use crate::sink::Sink;
 /// The API's hard cap on results reachable through one query.
 pub const SEARCH_CAP: u64 = 1000;
 
-/// Reads of one window whose results shifted while paging, before moving on.
+/// Reads of a one-second window whose results shifted while paging, before moving on:
+/// a wider one is halved instead, so that no repository is missed by every read.
 const WINDOW_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
@@ -425,11 +426,10 @@ impl<'a> GithubSource<'a> {
             let query = self.query(language, a, b);
             let mut page = self.fetch(self.first_page_url(&query)?).await?;
             let span = b - a;
+            let splittable = span > chrono::Duration::seconds(1);
             if page.total_count >= SEARCH_CAP {
-                if span > chrono::Duration::seconds(1) {
-                    let mid = a + span / 2;
-                    windows.push((mid + chrono::Duration::seconds(1), b));
-                    windows.push((a, mid));
+                if splittable {
+                    windows.extend(halves(a, b));
                     attempt = 0;
                     continue;
                 }
@@ -438,7 +438,9 @@ impl<'a> GithubSource<'a> {
             }
             // A repository pushed while the window is paged leaves it and shifts the
             // rest of the pages: one of them is never served. Fewer distinct items
-            // than total_count means the window is read again before the cursor moves.
+            // than total_count means the window is read again, in halves, before the
+            // cursor moves: under heavy churn every read of one window can miss the
+            // same repository, while a window of one page is served whole at once.
             let expected = page.total_count.min(SEARCH_CAP);
             let mut seen = std::collections::HashSet::new();
             loop {
@@ -447,14 +449,16 @@ impl<'a> GithubSource<'a> {
                 self.metrics.repos_scraped.inc_by(repos.len() as u64);
                 seen.extend(repos.iter().map(|r| r.full_name.clone()));
                 let short = next.is_none() && (seen.len() as u64) < expected;
-                let retry = short && attempt < WINDOW_ATTEMPTS;
+                let again = short && (splittable || attempt < WINDOW_ATTEMPTS);
                 // The last page of a window carries the cursor in its transaction.
-                let cursor = (next.is_none() && !retry).then(|| (cursor_key, b.timestamp_millis()));
+                let cursor = (next.is_none() && !again).then(|| (cursor_key, b.timestamp_millis()));
                 published += sink.publish(repos, cursor).await?;
                 if short {
                     self.metrics.scrape_errors.inc(ScrapeError::WindowShifted);
-                    tracing::warn!(%query, expected, fetched = seen.len(), attempt, retry, "the window's results shifted while paging");
-                    if retry {
+                    tracing::warn!(%query, expected, fetched = seen.len(), attempt, again, "the window's results shifted while paging");
+                    if splittable {
+                        windows.extend(halves(a, b));
+                    } else if again {
                         windows.push((a, b));
                     }
                 }
@@ -607,6 +611,13 @@ impl<'a> GithubSource<'a> {
             .await
             .map_err(|_| Stopped::Shutdown)
     }
+}
+
+/// The two halves of a window, in the order `crawl_language` pops them: the earlier
+/// one last.
+fn halves(a: DateTime<Utc>, b: DateTime<Utc>) -> [(DateTime<Utc>, DateTime<Utc>); 2] {
+    let mid = a + (b - a) / 2;
+    [(mid + chrono::Duration::seconds(1), b), (a, mid)]
 }
 
 /// A page that could not be had this time, and why.

@@ -18,6 +18,7 @@ use codelupe_downloader::{Downloader, DownloaderOptions};
 use codelupe_runtime::labels::LabelSet;
 use codelupe_runtime::records::{RepoClone, RepoUrl};
 use codelupe_runtime::{AvroRecord, Transform};
+use codelupe_testkit::packs::delta_bomb;
 use support::*;
 
 const RUST: &str = "fn main() {\n    let x = 1;\n    let y = 2;\n    println!(\"{}\", x + y);\n}\n";
@@ -283,6 +284,9 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
         None,
     );
     tree_bomb(&srv.join("mallory/paths.git"), 10, 10);
+    // A few KiB sent whose delta declares an object one MiB over the cap.
+    let bomb_copies = clone_store::MAX_PACK_OBJECT_BYTES / (1 << 20) + 1;
+    delta_bomb(&srv.join("mallory/delta.git"), bomb_copies);
     let daemon = GitDaemon::start(&srv);
     let store = dir.path().join("store");
     let (downloader, registry) = downloader(options(&store));
@@ -317,6 +321,10 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
             "too_large",
         ),
         (
+            url_record("mallory/delta", &daemon.url("mallory/delta.git")),
+            "too_large",
+        ),
+        (
             url_record("mallory/missing", &daemon.url("mallory/missing.git")),
             "not_found",
         ),
@@ -346,7 +354,7 @@ async fn hostile_inputs_are_refused_or_capped_and_leave_nothing_behind() {
             "downloader_repos_failed_total",
             Some("too_large")
         ),
-        1.0
+        2.0
     );
     assert!(listing(&store).is_empty(), "nothing left in the store");
     assert!(

@@ -101,8 +101,11 @@ pub enum ReadError {
 }
 
 impl CloneStore {
-    /// Opens the store at `location`, a URL or a local path (created if missing).
+    /// Opens the store at `location`, a URL or a local path (created if missing), and
+    /// caps the objects libgit2 builds from packs in this process
+    /// ([`MAX_PACK_OBJECT_BYTES`]): both stages that read packs open the store first.
     pub fn open(location: &str) -> anyhow::Result<Self> {
+        cap_pack_objects()?;
         let (objects, url) = codelupe_objects::open(location, "clone store")?;
         Ok(Self { objects, url })
     }
@@ -326,6 +329,36 @@ fn is_sha256(s: &str) -> bool {
 
 fn hex_sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
+}
+
+/// The largest object libgit2 builds from a pack's deltas, in the downloader's fetch
+/// and in the processor's unpacking. A delta of a few bytes may declare an object of
+/// any size and fill it by copying its base again and again; libgit2 allocates what it
+/// declares, up to 2 GiB by default. GitHub refuses files over 100 MiB, so no object of
+/// a repository it serves comes near this.
+pub const MAX_PACK_OBJECT_BYTES: usize = 256 << 20;
+
+/// Sets [`MAX_PACK_OBJECT_BYTES`] as libgit2's process-wide cap, once, before the
+/// process's first fetch or unpack (the option is a plain global that libgit2 reads
+/// without a lock). A delta past it fails its fetch or unpack: "overly large object".
+pub fn cap_pack_objects() -> Result<(), git2::Error> {
+    static CAPPED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let capped = CAPPED.get_or_init(|| {
+        libgit2_sys::init();
+        // SAFETY: a documented libgit2 option taking one size_t, set once per process
+        // (OnceLock) before any pack is indexed.
+        let code = unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_SET_PACK_MAX_OBJECT_SIZE as libc::c_int,
+                MAX_PACK_OBJECT_BYTES as libc::size_t,
+            )
+        };
+        if code < 0 {
+            return Err(format!("libgit2 refused its pack object cap (code {code})"));
+        }
+        Ok(())
+    });
+    capped.clone().map_err(|why| git2::Error::from_str(&why))
 }
 
 /// What the processor needs of `commit` as one packfile. A shallow clone's objects

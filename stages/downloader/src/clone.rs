@@ -308,6 +308,9 @@ fn classify(e: &git2::Error) -> CloneFailure {
         || lower.contains("access denied")
     {
         (Failure::NotFound, false)
+    } else if lower.contains("overly large object") {
+        // A delta declaring an object past clone_store::MAX_PACK_OBJECT_BYTES.
+        (Failure::TooLarge, false)
     } else if matches!(
         e.class(),
         ErrorClass::Odb | ErrorClass::Indexer | ErrorClass::Zlib | ErrorClass::Object

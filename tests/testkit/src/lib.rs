@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod hostile;
 pub mod kafka;
 pub mod neardup;
+pub mod packs;
 pub mod reference;
 pub mod schemas;
 pub use corpus::{code_file, code_files, document_pieces, documents_ended, is_rust, packed_twice};

@@ -148,59 +148,16 @@ async fn every_pack_is_whole(store: &CloneStore) -> usize {
     packs.len()
 }
 
+/// A served repository: its name, its bare repository and its commit.
+type Served = (String, PathBuf, String);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
     let dir = tempfile::tempdir().unwrap();
     let srv = dir.path().join("srv");
-    let import_work = dir.path().join("import");
-    std::fs::create_dir_all(&import_work).unwrap();
-    let crates = registry_crates(&[
-        "serde_json-1",
-        "regex-syntax-0",
-        "tree-sitter-python-0",
-        "itoa-1",
-        "memchr-2",
-        "hashbrown-0",
-        "either-1",
-        "anyhow-1",
-    ]);
-    assert!(crates.len() >= 6, "crate sources: {crates:?}");
-    let mut repos = Vec::new();
-    for source in &crates {
-        let name = source.file_name().unwrap().to_string_lossy().to_string();
-        let full_name = format!("crates/{name}");
-        let bare = srv.join(format!("{full_name}.git"));
-        let commit = import_tree(source, &bare, &import_work);
-        repos.push((full_name, bare, commit));
-    }
+    let repos = served_crates_of_the_registry(dir.path(), &srv);
     let daemon = GitDaemon::start(&srv);
-
-    // What must arrive: every file the processor's own library keeps, judged here
-    // from the served repositories.
-    let judge = Processor::new(
-        ProcessorOptions {
-            store: dir.path().join("unused-store").display().to_string(),
-            work_dir: dir.path().join("judge-work"),
-            ..Default::default()
-        },
-        ProcessorMetrics::register(&prometheus::Registry::new()).unwrap(),
-    )
-    .unwrap();
-    let mut expected = BTreeSet::new();
-    for (full_name, bare, commit) in &repos {
-        let repo = git2::Repository::open_bare(bare).unwrap();
-        let record = unstored_clone_record(full_name, commit);
-        for (path, verdict) in judge.examine(&repo, &record).unwrap().verdicts {
-            if let Verdict::Keep(file) = verdict {
-                expected.insert((full_name.clone(), path, file.content_hash));
-            }
-        }
-    }
-    assert!(
-        expected.len() > 50,
-        "too few kept files: {}",
-        expected.len()
-    );
+    let expected = kept_by_the_processors_library(dir.path(), &repos);
 
     let (suffix, topology) = fresh_topics(dir.path(), "s3");
     let store_url = s3_store(&suffix);
@@ -224,26 +181,116 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
         start("processor", 1),
         start("processor", 2),
     ];
-
-    // One downloader killed while it clones and uploads, one processor while it reads.
-    let (clones_topic, files_topic) = (
-        format!("repo-clones-{suffix}"),
-        format!("code-files-{suffix}"),
-    );
-    let (victim, stale_clones) = kill_one_at_work(&mut downloaders, "a downloader cloning");
-    let (reader, stale_reads) = kill_one_at_work(&mut processors, "a processor reading");
-    println!(
-        "{} files expected; killed a downloader with {:?} and a processor with {:?} in progress",
-        expected.len(),
-        stale_clones,
-        stale_reads
-    );
     let store = CloneStore::open(&store_url).unwrap();
+    let killed = one_of_each_killed_at_work_and_restarted(
+        &mut downloaders,
+        &mut processors,
+        &store,
+        expected.len(),
+    )
+    .await;
+
+    every_kept_file_arrives_and_none_else(&suffix, &expected);
+    check_every_record_names_a_whole_pack_of_its_commit(&suffix, &store, &store_url, &repos).await;
+    check_no_work_is_left(&downloaders, &processors, &killed);
+}
+
+/// Eight crates of the local registry, each imported as one commit into a bare
+/// repository under `srv`.
+fn served_crates_of_the_registry(dir: &Path, srv: &Path) -> Vec<Served> {
+    let import_work = dir.join("import");
+    std::fs::create_dir_all(&import_work).unwrap();
+    let crates = registry_crates(&[
+        "serde_json-1",
+        "regex-syntax-0",
+        "tree-sitter-python-0",
+        "itoa-1",
+        "memchr-2",
+        "hashbrown-0",
+        "either-1",
+        "anyhow-1",
+    ]);
+    assert!(crates.len() >= 6, "crate sources: {crates:?}");
+    let mut repos = Vec::new();
+    for source in &crates {
+        let name = source.file_name().unwrap().to_string_lossy().to_string();
+        let full_name = format!("crates/{name}");
+        let bare = srv.join(format!("{full_name}.git"));
+        let commit = import_tree(source, &bare, &import_work);
+        repos.push((full_name, bare, commit));
+    }
+    repos
+}
+
+/// What must arrive: every file the processor's own library keeps, judged here from
+/// the served repositories, as (repository, path, content hash).
+fn kept_by_the_processors_library(
+    dir: &Path,
+    repos: &[Served],
+) -> BTreeSet<(String, String, String)> {
+    let judge = Processor::new(
+        ProcessorOptions {
+            store: dir.join("unused-store").display().to_string(),
+            work_dir: dir.join("judge-work"),
+            ..Default::default()
+        },
+        ProcessorMetrics::register(&prometheus::Registry::new()).unwrap(),
+    )
+    .unwrap();
+    let mut expected = BTreeSet::new();
+    for (full_name, bare, commit) in repos {
+        let repo = git2::Repository::open_bare(bare).unwrap();
+        let record = unstored_clone_record(full_name, commit);
+        for (path, verdict) in judge.examine(&repo, &record).unwrap().verdicts {
+            if let Verdict::Keep(file) = verdict {
+                expected.insert((full_name.clone(), path, file.content_hash));
+            }
+        }
+    }
+    assert!(
+        expected.len() > 50,
+        "too few kept files: {}",
+        expected.len()
+    );
+    expected
+}
+
+/// Which replica of each stage was killed, and what it left in its working folder.
+struct Killed {
+    downloader: (usize, Vec<String>),
+    processor: (usize, Vec<String>),
+}
+
+/// One downloader killed while it clones and uploads, one processor while it reads;
+/// nothing partial is visible in the store; both restarted.
+async fn one_of_each_killed_at_work_and_restarted(
+    downloaders: &mut [Replica],
+    processors: &mut [Replica],
+    store: &CloneStore,
+    expected: usize,
+) -> Killed {
+    let (victim, stale_clones) = kill_one_at_work(downloaders, "a downloader cloning");
+    let (reader, stale_reads) = kill_one_at_work(processors, "a processor reading");
+    println!(
+        "{expected} files expected; killed a downloader with {stale_clones:?} and a processor with {stale_reads:?} in progress"
+    );
     // Nothing partial is visible: every pack in the store is whole.
-    every_pack_is_whole(&store).await;
+    every_pack_is_whole(store).await;
     downloaders[victim].start();
     processors[reader].start();
+    Killed {
+        downloader: (victim, stale_clones),
+        processor: (reader, stale_reads),
+    }
+}
 
+/// Waits for every expected file in code-files, then requires exactly those and no
+/// dead letter.
+fn every_kept_file_arrives_and_none_else(
+    suffix: &str,
+    expected: &BTreeSet<(String, String, String)>,
+) {
+    let files_topic = format!("code-files-{suffix}");
     let arrived = || -> Vec<CodeFile> {
         read_all(&files_topic, Duration::from_secs(2))
             .into_iter()
@@ -269,15 +316,22 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
         .collect();
     let missing: Vec<_> = expected.difference(&got).take(5).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
-    let extra: Vec<_> = got.difference(&expected).take(5).collect();
+    let extra: Vec<_> = got.difference(expected).take(5).collect();
     assert!(extra.is_empty(), "not expected: {extra:?}");
     assert!(
         read_all(&format!("dead-letters-{suffix}"), Duration::from_secs(2)).is_empty(),
         "dead letters"
     );
+}
 
-    // Every record is a reference into the S3 store, to a whole pack of its commit.
-    let clones: Vec<RepoClone> = read_all(&clones_topic, Duration::from_secs(2))
+/// Every record is a reference into the S3 store, to a whole pack of its commit.
+async fn check_every_record_names_a_whole_pack_of_its_commit(
+    suffix: &str,
+    store: &CloneStore,
+    store_url: &str,
+    repos: &[Served],
+) {
+    let clones: Vec<RepoClone> = read_all(&format!("repo-clones-{suffix}"), Duration::from_secs(2))
         .into_iter()
         .map(|(_, v)| RepoClone::decode(&v).unwrap())
         .collect();
@@ -297,13 +351,17 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
             .await
             .unwrap();
     }
-    assert!(every_pack_is_whole(&store).await >= repos.len());
+    assert!(every_pack_is_whole(store).await >= repos.len());
+}
 
-    // The restarted replicas cleared what the killed ones left; nothing else is left
-    // in any working folder once the work is done.
+/// The restarted replicas cleared what the killed ones left; nothing else is left in
+/// any working folder once the work is done.
+fn check_no_work_is_left(downloaders: &[Replica], processors: &[Replica], killed: &Killed) {
+    let (victim, stale_clones) = &killed.downloader;
+    let (reader, stale_reads) = &killed.processor;
     for (replica, stale) in [
-        (&downloaders[victim], &stale_clones),
-        (&processors[reader], &stale_reads),
+        (&downloaders[*victim], stale_clones),
+        (&processors[*reader], stale_reads),
     ] {
         let left: Vec<&String> = stale
             .iter()
@@ -315,7 +373,7 @@ async fn two_downloaders_and_three_processors_meet_only_in_the_s3_store() {
             replica.stage
         );
     }
-    for replica in downloaders.iter().chain(&processors) {
+    for replica in downloaders.iter().chain(processors) {
         assert!(
             replica.work_in_progress().is_empty(),
             "{} left {:?}",

@@ -113,6 +113,37 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         .verdicts
         .into_iter()
         .collect();
+    check_each_file_has_its_verdict(&verdicts);
+
+    let mut records = processor.transform(clone.clone()).await.unwrap();
+    // The clone's summary comes last, for the summaries topic, keyed by the repository.
+    let summary = records.pop().unwrap();
+    assert_eq!(summary.key, "fixture/kinds");
+    assert_eq!(summary.value.side_topic(), Some("repo-summaries"));
+    let summary = summary.value.into_summary().expect("a summary");
+    check_the_summary_counts_every_file(&summary, &commit, verdicts.len());
+    let records: Vec<Keyed<CodeFile>> = records
+        .into_iter()
+        .map(|r| Keyed {
+            key: r.key,
+            value: r.value.into_file().expect("files before the summary"),
+        })
+        .collect();
+    check_the_published_files(&records, &summary, &registry);
+
+    assert!(
+        std::fs::read_dir(store.with_file_name("work"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a pack's repository stayed in the working folder"
+    );
+    check_bad_references_are_refused(&processor, &store, &clone, &commit).await;
+}
+
+/// Each skipped file has its reason; each kept one its language, parse statistics and
+/// score; a symlink is no file.
+fn check_each_file_has_its_verdict(verdicts: &BTreeMap<String, Verdict>) {
     for (path, reason) in EXPECTED_SKIPS {
         let skipped = match verdicts.get(*path) {
             Some(Verdict::Skip(why)) => Some(why.label()),
@@ -145,17 +176,13 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         "symlinks are not files"
     );
     assert_eq!(verdicts.len(), GOOD.len() + EXPECTED_SKIPS.len() + 1);
+}
 
-    let mut records = processor.transform(clone.clone()).await.unwrap();
-    // The clone's summary comes last, for the summaries topic, keyed by the repository.
-    let summary = records.pop().unwrap();
-    assert_eq!(summary.key, "fixture/kinds");
-    assert_eq!(summary.value.side_topic(), Some("repo-summaries"));
-    let summary = summary.value.into_summary().expect("a summary");
+fn check_the_summary_counts_every_file(summary: &RepoSummary, commit: &str, seen: usize) {
     RepoSummary::decode(&summary.encode().unwrap()).unwrap();
     assert_eq!(summary.commit_id, commit);
     assert_eq!(summary.stars, Some(100));
-    assert_eq!(summary.files_seen as usize, verdicts.len());
+    assert_eq!(summary.files_seen as usize, seen);
     assert_eq!(summary.files_published as usize, GOOD.len());
     assert_eq!(
         summary.files_published + summary.files_skipped.values().sum::<i64>(),
@@ -168,13 +195,15 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         summary.published_by_language.values().sum::<i64>(),
         summary.files_published
     );
-    let records: Vec<Keyed<CodeFile>> = records
-        .into_iter()
-        .map(|r| Keyed {
-            key: r.key,
-            value: r.value.into_file().expect("files before the summary"),
-        })
-        .collect();
+}
+
+/// One record per good file, keyed by its content hash, as the summary and the skip
+/// counters say.
+fn check_the_published_files(
+    records: &[Keyed<CodeFile>],
+    summary: &RepoSummary,
+    registry: &prometheus::Registry,
+) {
     assert_eq!(
         records.len(),
         GOOD.len(),
@@ -189,33 +218,32 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
     let mut expected: Vec<&str> = GOOD.iter().map(|(p, _, _)| *p).collect();
     expected.sort();
     assert_eq!(paths, expected);
-    for record in &records {
+    for record in records {
         assert_eq!(record.key, record.value.content_hash);
         assert_eq!(record.key.len(), 64);
         CodeFile::decode(&record.value.encode().unwrap()).unwrap();
     }
-    let skipped = |reason| metric(&registry, "processor_files_skipped_total", Some(reason));
+    let skipped = |reason| metric(registry, "processor_files_skipped_total", Some(reason));
     assert_eq!(skipped("vendored"), 2.0);
     assert_eq!(skipped("minified"), 2.0);
     assert_eq!(skipped("duplicate"), 1.0);
     assert_eq!(skipped("low_quality"), 1.0);
+}
 
-    assert!(
-        std::fs::read_dir(store.with_file_name("work"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "a pack's repository stayed in the working folder"
-    );
-
-    // A reference outside the store, missing, or to bytes that are no pack, is
-    // refused with its reason.
+/// A reference outside the store, missing, or to bytes that are no pack, is refused
+/// with its reason.
+async fn check_bad_references_are_refused(
+    processor: &Processor,
+    store: &Path,
+    clone: &RepoClone,
+    commit: &str,
+) {
     let pack_at = |uri: String| PackRef {
         uri,
         bytes: clone.pack_bytes,
         sha256: clone.pack_sha256.clone(),
     };
-    let outside = clone_record("x/y", &pack_at("file:///etc/passwd".into()), &commit);
+    let outside = clone_record("x/y", &pack_at("file:///etc/passwd".into()), commit);
     assert_eq!(
         processor
             .transform(outside)
@@ -226,7 +254,7 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         "refused_clone"
     );
     let missing_uri = clone.clone_uri.replace(&clone.pack_sha256, &"0".repeat(64));
-    let missing = clone_record("x/y", &pack_at(missing_uri), &commit);
+    let missing = clone_record("x/y", &pack_at(missing_uri), commit);
     assert_eq!(
         processor
             .transform(missing)
@@ -242,7 +270,7 @@ async fn a_fixture_clone_yields_exactly_the_expected_records_and_skip_reasons() 
         .await
         .unwrap();
     let err = processor
-        .transform(clone_record("x/y", &garbage, &commit))
+        .transform(clone_record("x/y", &garbage, commit))
         .await
         .unwrap_err();
     assert_eq!(err.reason.label(), "corrupt_clone", "{err}");

@@ -371,19 +371,28 @@ impl Transform for Downloader {
 /// at least as long as a finished record may wait in memory for an earlier one (the
 /// earlier record's clone, tried again for up to `transient_give_up_s`) before its
 /// transaction publishes it: until then no reader sees its record, so only its age
-/// keeps its pack.
+/// keeps its pack. With `transient_give_up_s` 0 that wait has no end, so no grace is
+/// long enough: refused.
 fn sweep_grace(
     options: &DownloaderOptions,
     settings: &codelupe_runtime::config::StageSettings,
-) -> Duration {
+) -> anyhow::Result<Duration> {
     let configured = Duration::from_secs(options.sweep_grace_s);
     if settings.delivery != codelupe_runtime::config::Delivery::ExactlyOnce {
-        return configured;
+        return Ok(configured);
+    }
+    if settings.transient_give_up_s == 0 {
+        anyhow::bail!(
+            "stages.{STAGE}: with delivery exactly_once, transient_give_up_s 0 lets a \
+             finished record wait for ever behind an earlier one before its transaction \
+             publishes it, and the clone store's sweep could delete its pack meanwhile; \
+             set transient_give_up_s (3600 by default), or use at_least_once"
+        );
     }
     // The runtime gives up on a record that failed transiently for
     // `transient_give_up_s`; its last clone attempt may have begun just before.
     let held = Duration::from_secs(settings.transient_give_up_s + options.clone_timeout_s);
-    configured.max(held + Duration::from_secs(60))
+    Ok(configured.max(held + Duration::from_secs(60)))
 }
 
 /// Runs the stage until shutdown, sweeping the clone store on an interval and
@@ -405,7 +414,7 @@ pub async fn run(runtime: StageRuntime) -> anyhow::Result<()> {
     let retention = Retention {
         max_age: Duration::from_secs(options.retention_hours * 3600),
         budget_bytes: options.max_store_bytes,
-        grace: sweep_grace(&options, &runtime.settings),
+        grace: sweep_grace(&options, &runtime.settings)?,
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(options.sweep_interval_s.get()));
@@ -451,15 +460,24 @@ mod tests {
     fn the_sweep_spares_packs_whose_records_may_still_wait_for_a_transaction() {
         let options = DownloaderOptions::default();
         let mut settings = StageSettings::default();
-        assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(600));
+        let grace = |options: &DownloaderOptions, settings: &StageSettings| {
+            sweep_grace(options, settings).unwrap()
+        };
+        assert_eq!(grace(&options, &settings), Duration::from_secs(600));
         settings.delivery = Delivery::ExactlyOnce;
         // 3600 s of transient retries, a last clone of up to 600 s, a minute's margin.
-        assert_eq!(sweep_grace(&options, &settings), Duration::from_secs(4260));
+        assert_eq!(grace(&options, &settings), Duration::from_secs(4260));
         let patient = DownloaderOptions {
             sweep_grace_s: 7200,
             ..DownloaderOptions::default()
         };
-        assert_eq!(sweep_grace(&patient, &settings), Duration::from_secs(7200));
+        assert_eq!(grace(&patient, &settings), Duration::from_secs(7200));
+        // Retried for ever, a record may wait for ever: no grace covers that.
+        settings.transient_give_up_s = 0;
+        let refused = sweep_grace(&options, &settings).unwrap_err().to_string();
+        assert!(refused.contains("transient_give_up_s 0"), "{refused}");
+        settings.delivery = Delivery::AtLeastOnce;
+        assert_eq!(grace(&options, &settings), Duration::from_secs(600));
     }
 
     #[test]

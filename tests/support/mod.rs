@@ -7,7 +7,6 @@ pub mod fake_github;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use codelupe_testkit::*;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -372,20 +371,11 @@ pub const CONTRACT_NAMES_LINT_FLAGS: &[&str] = &[
 /// `promtool check metrics` on an exposition: it must parse (exit 1 is a parse error),
 /// and lint findings (exit 3) may only concern [`CONTRACT_NAMES_LINT_FLAGS`].
 pub fn promtool_check_metrics(name: &str, exposition: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // promtool is installed by setup/deps.sh (Debian package prometheus).
+    let out = output_given(
+        Command::new("promtool").args(["check", "metrics"]),
+        exposition.as_bytes(),
+    );
     let report = text(&out);
     match out.status.code() {
         Some(0) => {}

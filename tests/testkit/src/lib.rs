@@ -400,7 +400,28 @@ pub fn all_registry_crates() -> Vec<PathBuf> {
 
 /// The standard output of `command`, which must succeed (its standard error if not).
 pub fn stdout_of(command: &mut Command) -> String {
-    let out = command.output().unwrap();
+    succeeded(command.output().unwrap())
+}
+
+/// The standard output of `command` given `input` on its standard input, which must
+/// succeed (its standard error if not).
+pub fn stdout_given(command: &mut Command, input: &[u8]) -> String {
+    succeeded(output_given(command, input))
+}
+
+/// What `command` wrote and how it ended, given `input` on its standard input.
+pub fn output_given(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn succeeded(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{}",

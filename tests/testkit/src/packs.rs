@@ -1,9 +1,8 @@
 //! Hostile packfiles, written byte by byte as git lays them out: a delta a few bytes
 //! long that declares (and, applied, fills) an object of any size.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sha1::Digest as _;
 
@@ -121,30 +120,14 @@ pub fn delta_bomb(path: &Path, copies: usize) -> String {
 
 /// Runs git on the repository at `dir` with `input` on its standard input; its output.
 fn git(dir: &Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new("git")
+    let mut command = Command::new("git");
+    command
         .arg("--git-dir")
         .arg(dir)
         .args(args)
         .env("GIT_AUTHOR_NAME", "bomb")
         .env("GIT_AUTHOR_EMAIL", "bomb@example.com")
         .env("GIT_COMMITTER_NAME", "bomb")
-        .env("GIT_COMMITTER_EMAIL", "bomb@example.com")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .env("GIT_COMMITTER_EMAIL", "bomb@example.com");
+    crate::stdout_given(&mut command, input.as_bytes())
 }

@@ -100,21 +100,34 @@ impl DatasetStore {
     }
 
     /// Deletes the files under `root` of `partition` from offset `from` on (a flush
-    /// the group never committed), and their figures; returns how many files.
+    /// the group never committed), and their figures; returns how many files. What a
+    /// put of theirs killed midway left in a local folder goes too.
     pub async fn delete_uncommitted(
         &self,
         root: &str,
         partition: i32,
         from: i64,
     ) -> anyhow::Result<usize> {
+        let uncommitted = |file: &DataFile| file.partition == partition && file.first >= from;
         let mut deleted = 0;
         for file in self.files(root).await? {
-            if file.partition == partition && file.first >= from {
+            if uncommitted(&file) {
                 // Figures first: a card never counts a file that is gone.
                 self.delete(&file.stats_key()).await?;
                 self.delete(&file.key()).await?;
                 deleted += 1;
             }
+        }
+        let abandoned = codelupe_objects::remove_abandoned_puts(&self.url, root, |key| {
+            DataFile::parse(key).is_some_and(|file| uncommitted(&file))
+        })?;
+        if abandoned > 0 {
+            tracing::info!(
+                partition,
+                from,
+                abandoned,
+                "removed the files of puts killed midway"
+            );
         }
         Ok(deleted)
     }
@@ -218,5 +231,26 @@ mod tests {
         left.sort_by_key(|f| (f.partition, f.first, f.folder.clone()));
         assert_eq!(left, [files[0].clone(), files[1].clone(), files[4].clone()]);
         assert_eq!(store.files("repositories").await.unwrap(), [other]);
+    }
+
+    /// A local put writes `<name>#<n>` and renames it into place; a replica killed in
+    /// between leaves that file, which the store's listing hides and `datasets`, which
+    /// reads every file of a folder, fails on.
+    #[tokio::test]
+    async fn a_put_killed_midway_leaves_nothing_once_its_partition_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DatasetStore::open(dir.path().to_str().unwrap()).unwrap();
+        let folder = dir.path().join("data/toml");
+        std::fs::create_dir_all(&folder).unwrap();
+        let staged = |name: &str| folder.join(name);
+        let killed = staged("p003-000000000000-000000000027.parquet#1");
+        // Another partition's put in progress: its owner is alive.
+        let in_progress = staged("p004-000000000000-000000000009.parquet#1");
+        for half_written in [&killed, &in_progress] {
+            std::fs::write(half_written, b"PAR1 and no footer").unwrap();
+        }
+        store.delete_uncommitted("data", 3, 0).await.unwrap();
+        assert!(!killed.exists(), "the killed put's file stayed");
+        assert!(in_progress.exists(), "another partition's put was removed");
     }
 }

@@ -77,3 +77,58 @@ pub async fn delete_if_present(
         Err(e) => Err(e).with_context(|| format!("cannot delete {url}/{key}")),
     }
 }
+
+/// Removes what local puts killed midway left under `folder` of the store at `url`,
+/// for the objects `abandoned` names; returns how many files. A local put writes
+/// `<name>#<n>` beside its object and renames it into place, so a process killed in
+/// between leaves that file: the store's own listing hides it, but a reader listing the
+/// folder itself (Hugging Face `datasets` reads every file of a data folder) does not.
+/// Only the writer that owns an object may call this, or it removes a live put's file.
+/// Other stores put whole or not at all and leave nothing: 0.
+pub fn remove_abandoned_puts(
+    url: &str,
+    folder: &str,
+    abandoned: impl Fn(&object_store::path::Path) -> bool,
+) -> anyhow::Result<usize> {
+    let Some(root) = url.strip_prefix("file://") else {
+        return Ok(0);
+    };
+    let root = std::path::Path::new(root);
+    let mut removed = 0;
+    let mut folders = vec![root.join(folder)];
+    while let Some(dir) = folders.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let Some(object) = staged_object(root, &path) else {
+                continue;
+            };
+            if abandoned(&object) {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The object a local put's staging file `<name>#<digits>` is for; None for any other
+/// file.
+fn staged_object(
+    root: &std::path::Path,
+    file: &std::path::Path,
+) -> Option<object_store::path::Path> {
+    let relative = file.strip_prefix(root).ok()?.to_str()?;
+    let (object, suffix) = relative.rsplit_once('#')?;
+    let digits = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| object_store::path::Path::from(object))
+}

@@ -412,9 +412,16 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// How long a sweep may take: a process SIGKILLed in uninterruptible sleep (a page
+/// fault on a busy disk) dies only when that I/O ends, so the bound is a time, not a
+/// count of rounds (200 rounds, well under a second, once fell short under load).
+const SWEEP_FOR: Duration = Duration::from_secs(10);
+
 /// Kills every process of `uid` until none is left, and reaps those orphaned to us.
 fn sweep(uid: u32, any_binary: &Path) -> anyhow::Result<()> {
-    for _ in 0..200 {
+    let deadline = Instant::now() + SWEEP_FOR;
+    let mut pause = Duration::from_millis(1);
+    while Instant::now() < deadline {
         let processes = processes_of(uid);
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
@@ -426,8 +433,10 @@ fn sweep(uid: u32, any_binary: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
         kill_all_as(uid, any_binary)?;
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    bail!("processes of user id {uid} outlived 200 sweeps")
+    bail!("processes of user id {uid} outlived {SWEEP_FOR:?} of sweeps")
 }
 
 /// kill(-1) from a process of `uid` signals exactly that user's processes (but

@@ -10,16 +10,15 @@
 //! the difference is the pack and the raw blobs. Prints both peaks and their ratio
 //! (cargo bench -p codelupe-processor --bench memory).
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use codelupe_clone_store::{self as clone_store, CloneStore};
 use codelupe_processor::metrics::ProcessorMetrics;
 use codelupe_processor::{CloneObjects, Processor, ProcessorOptions};
 use codelupe_runtime::records::RepoClone;
 use codelupe_testkit::bench::proc_status_kb;
-use codelupe_testkit::clone_record;
+use codelupe_testkit::{clone_record, output_given};
 
 const FILE_BYTES: usize = 1 << 20;
 /// Set in the child: which way to examine, the store, the record as JSON lines.
@@ -56,19 +55,21 @@ fn repository(bare: &Path, files: usize) -> String {
 /// The pack of `commit`, made by git with no delta search: the files share no text a
 /// delta would save, and libgit2's search over 4,000 of them takes most of an hour.
 fn undeltified_pack(bare: &Path, commit: &str) -> Vec<u8> {
-    let mut child = Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["pack-objects", "--stdout", "--revs", "--window=0", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(format!("{commit}\n").as_bytes()).unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "git pack-objects failed");
+    let out = output_given(
+        Command::new("git").arg("--git-dir").arg(bare).args([
+            "pack-objects",
+            "--stdout",
+            "--revs",
+            "--window=0",
+            "-q",
+        ]),
+        format!("{commit}\n").as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "git pack-objects: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 

@@ -390,7 +390,7 @@ fn c_path(path: &Path) -> anyhow::Result<CString> {
 /// The child's status, or None when it is still running at the deadline.
 fn wait_until(child: &mut Child, wall: Duration) -> anyhow::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + wall;
-    let mut pause = Duration::from_millis(1);
+    let mut pauses = polling_pauses();
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Some(status));
@@ -398,9 +398,15 @@ fn wait_until(child: &mut Child, wall: Duration) -> anyhow::Result<Option<ExitSt
         if Instant::now() >= deadline {
             return Ok(None);
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        std::thread::sleep(pauses.next().expect("endless"));
     }
+}
+
+/// Pauses between two looks at processes: 1 ms, doubling up to 20 ms, for ever.
+fn polling_pauses() -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(Duration::from_millis(1)), |pause| {
+        Some((*pause * 2).min(Duration::from_millis(20)))
+    })
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -420,7 +426,7 @@ const SWEEP_FOR: Duration = Duration::from_secs(10);
 /// Kills every process of `uid` until none is left, and reaps those orphaned to us.
 fn sweep(uid: u32, any_binary: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + SWEEP_FOR;
-    let mut pause = Duration::from_millis(1);
+    let mut pauses = polling_pauses();
     while Instant::now() < deadline {
         let processes = processes_of(uid);
         // SAFETY: getpid has no preconditions.
@@ -433,8 +439,7 @@ fn sweep(uid: u32, any_binary: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
         kill_all_as(uid, any_binary)?;
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        std::thread::sleep(pauses.next().expect("endless"));
     }
     bail!("processes of user id {uid} outlived {SWEEP_FOR:?} of sweeps")
 }
